@@ -1,0 +1,136 @@
+"""A consume loop for services that apply others' events to their own database.
+
+Records are parsed as CloudEvents and validated against the registry. A record
+that cannot be parsed or validated goes to ``<topic>.dlq`` with the reason and
+never blocks its partition; an event type this build does not know is skipped
+(a newer producer may add types). The handler runs the effect, normally in one
+transaction with ``inbox.claim``; offsets are committed only after it returns, so
+a crash means redelivery, and the inbox makes redelivery harmless.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiokafka import TopicPartition
+from prometheus_client import Counter, Gauge
+
+from shared.events import CloudEvent, EventData, InvalidEvent, UnknownEventType, decode, parse_data
+from shared.kafka import dead_letter, make_consumer, make_producer
+from shared.logging import trace_id_var
+from shared.events.envelope import trace_id_of
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[CloudEvent, EventData], Awaitable[None]]
+
+CONSUMED = Counter("changai_events_consumed_total", "Events applied by a consumer", ["consumer", "topic"])
+LAG = Gauge("changai_consumer_lag", "Records behind the end of the partition", ["consumer", "topic", "partition"])
+LAST_EVENT = Gauge("changai_consumer_last_event_timestamp_seconds", "Time of the last event applied", ["consumer", "topic"])
+
+
+class EventConsumer:
+    def __init__(self, bootstrap: str, group_id: str, topics: list[str], handler: Handler,
+                 *, event_types: set[str] | None = None, retry_backoff: float = 1.0):
+        self.bootstrap = bootstrap
+        self.group_id = group_id
+        self.topics = topics
+        self.handler = handler
+        self.event_types = event_types
+        self.retry_backoff = retry_backoff
+        self._task: asyncio.Task | None = None
+        self.consumer = None
+        self.producer = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run_forever(), name=f"consumer-{self.group_id}")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for client in (self.consumer, self.producer):
+            if client is not None:
+                await client.stop()
+
+    async def _run_forever(self) -> None:
+        while True:
+            try:
+                await self._run()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("consumer stopped; restarting", extra={"consumer": self.group_id})
+                for client in (self.consumer, self.producer):
+                    if client is not None:
+                        await client.stop()
+                self.consumer = self.producer = None
+                await asyncio.sleep(self.retry_backoff)
+
+    async def _run(self) -> None:
+        self.producer = make_producer(self.bootstrap)
+        await self.producer.start()
+        self.consumer = make_consumer(self.bootstrap, self.group_id, *self.topics)
+        await self.consumer.start()
+        last_lag = 0.0
+        while True:
+            batches = await self.consumer.getmany(timeout_ms=500, max_records=500)
+            for tp, records in batches.items():
+                for record in records:
+                    await self._handle(record)
+                await self.consumer.commit({tp: records[-1].offset + 1})
+            if time.monotonic() - last_lag > 2:
+                last_lag = time.monotonic()
+                await self._report_lag()
+
+    async def _report_lag(self) -> None:
+        for tp in self.consumer.assignment():
+            end = self.consumer.highwater(tp)
+            if end is None:
+                continue
+            position = await self.consumer.position(tp)
+            LAG.labels(self.group_id, tp.topic, str(tp.partition)).set(max(end - position, 0))
+
+    async def _handle(self, record) -> None:
+        try:
+            event = decode(record.value)
+            if self.event_types is not None and event.type not in self.event_types:
+                return
+            data = parse_data(event)
+        except UnknownEventType:
+            return
+        except InvalidEvent as exc:
+            await dead_letter(self.producer, record, str(exc), self.group_id)
+            return
+        token = trace_id_var.set(trace_id_of(event.traceparent))
+        try:
+            # A failing handler (database down) is retried in place: skipping would lose the event.
+            while True:
+                try:
+                    await self.handler(event, data)
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("handler failed; retrying", extra={"consumer": self.group_id, "event_id": event.id,
+                                                                      "event_type": event.type})
+                    await asyncio.sleep(self.retry_backoff)
+        finally:
+            trace_id_var.reset(token)
+        CONSUMED.labels(self.group_id, record.topic).inc()
+        LAST_EVENT.labels(self.group_id, record.topic).set(record.timestamp / 1000)
+
+
+async def wait_assigned(consumer: EventConsumer, timeout: float = 30.0) -> None:
+    """Until the group has given this consumer its partitions (tests)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if consumer.consumer is not None and consumer.consumer.assignment():
+            return
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"consumer {consumer.group_id} got no partitions")
+
+
+__all__ = ["EventConsumer", "Handler", "TopicPartition", "wait_assigned"]

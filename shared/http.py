@@ -1,0 +1,242 @@
+"""The FastAPI app every HTTP service is built from.
+
+``create_app`` gives a service: ``/livez``, ``/readyz`` (database and Kafka),
+``/metrics``, RFC 9457 problem details for every error, request metrics per route
+template (bounded cardinality), trace ids, a database pool with migrations
+applied, and the outbox relay. ``write`` runs a route's transaction with
+``Idempotency-Key`` support: a repeat returns the first answer.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import asyncpg
+import orjson
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from shared import logging as changai_logging
+from shared import migrate
+from shared.auth import Principal
+from shared.events.envelope import new_traceparent, trace_id_of
+from shared.outbox import OutboxRelay
+from shared.problems import MEDIA_TYPE, Problem
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+REQUESTS = Counter("changai_http_requests_total", "HTTP requests", ["service", "method", "route", "status"])
+LATENCY = Histogram(
+    "changai_http_request_duration_seconds", "HTTP request latency", ["service", "method", "route"],
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+# A part of a service's lifespan: given the app, starts something and returns how to stop it.
+LifespanPart = Callable[[FastAPI], Awaitable[Callable[[], Awaitable[None]] | None]]
+
+
+def problem_response(problem: Problem, request: Request | None = None) -> JSONResponse:
+    return JSONResponse(problem.body(request.url.path if request else None), status_code=problem.status,
+                        media_type=MEDIA_TYPE)
+
+
+def _field(loc: tuple) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "<body>"
+
+
+async def _on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return problem_response(Problem(400, "malformed-json", "Request body is not valid JSON",
+                                        errors[0].get("msg")), request)
+    items = [{"field": _field(tuple(e.get("loc", ()))), "reason": e.get("msg", ""), "type": e.get("type", "")}
+             for e in errors]
+    detail = "; ".join(f"{i['field']}: {i['reason']}" for i in items[:5])
+    return problem_response(Problem(422, "validation-error", "Request is not valid", detail, errors=items), request)
+
+
+async def _on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    kind = {404: "not-found", 405: "method-not-allowed", 401: "unauthorized", 403: "forbidden"}.get(
+        exc.status_code, "http-error")
+    return problem_response(Problem(exc.status_code, kind, str(exc.detail)), request)
+
+
+async def _on_problem(request: Request, exc: Problem) -> JSONResponse:
+    return problem_response(exc, request)
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", extra={"path": request.url.path})
+    return problem_response(Problem(500, "internal-error", "Internal error",
+                                    "the error was logged with this request's trace id"), request)
+
+
+class RequestMetrics:
+    """ASGI middleware: trace id in and out, latency and count per route template."""
+
+    def __init__(self, app, service: str):
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        traceparent = headers.get(b"traceparent", b"").decode() or new_traceparent()
+        token = changai_logging.trace_id_var.set(trace_id_of(traceparent))
+        status = [500]
+        start = time.perf_counter()
+
+        async def send_wrapper(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                message.setdefault("headers", []).append((b"traceparent", traceparent.encode()))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "<unmatched>"
+            if template not in ("/metrics", "/livez", "/readyz"):
+                REQUESTS.labels(self.service, scope["method"], template, str(status[0])).inc()
+                LATENCY.labels(self.service, scope["method"], template).observe(time.perf_counter() - start)
+            changai_logging.trace_id_var.reset(token)
+
+
+def create_app(*, service: str, settings: Settings, routers: list[APIRouter], title: str,
+               description: str = "", parts: list[LifespanPart] = (), with_database: bool = True,
+               with_relay: bool = True) -> FastAPI:
+    changai_logging.configure(service, settings.log_level)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            app.state.settings = settings
+            app.state.relay = None
+            if with_database:
+                await migrate.apply(settings.database_url, service)
+                app.state.db = await asyncpg.create_pool(settings.database_url, min_size=settings.db_pool_min,
+                                                         max_size=settings.db_pool_max)
+                stack.push_async_callback(app.state.db.close)
+                if with_relay:
+                    relay = OutboxRelay(app.state.db, settings.kafka_bootstrap, service, dsn=settings.database_url,
+                                        poll_interval=settings.outbox_poll_interval_s,
+                                        batch_size=settings.outbox_batch_size)
+                    relay.start()
+                    app.state.relay = relay
+                    stack.push_async_callback(relay.stop)
+            for part in parts:
+                stop = await part(app)
+                if stop is not None:
+                    stack.push_async_callback(stop)
+            log.info("service started", extra={"port": settings.http_port})
+            yield
+
+    app = FastAPI(title=title, description=description, version="1", lifespan=lifespan)
+    app.add_exception_handler(Problem, _on_problem)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(Exception, _on_unexpected)
+    app.add_middleware(RequestMetrics, service=service)
+
+    @app.get("/livez", include_in_schema=False)
+    async def livez() -> dict:
+        return {"status": "ok", "service": service}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> JSONResponse:
+        checks = {}
+        ok = True
+        if with_database:
+            try:
+                async with asyncio.timeout(2):
+                    await request.app.state.db.fetchval("SELECT 1")
+                checks["database"] = "ok"
+            except Exception as exc:  # noqa: BLE001
+                checks["database"] = f"unavailable: {type(exc).__name__}"
+                ok = False
+        relay: OutboxRelay | None = getattr(request.app.state, "relay", None)
+        if relay is not None:
+            # Kafka down is reported but does not make the service unready: writes are still
+            # accepted and wait in the outbox, which is the point of the outbox.
+            checks["kafka"] = await _kafka_check(relay)
+        return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks},
+                            status_code=200 if ok else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    for router in routers:
+        app.include_router(router)
+    return app
+
+
+async def _kafka_check(relay: OutboxRelay) -> str:
+    if relay.producer is None:
+        return "connecting (events wait in the outbox)"
+    try:
+        async with asyncio.timeout(2):
+            await relay.producer.client.fetch_all_metadata()
+        return "ok"
+    except Exception:  # noqa: BLE001
+        return "unreachable (events wait in the outbox)"
+
+
+# -- writes with Idempotency-Key ------------------------------------------------
+Write = Callable[[asyncpg.Connection], Awaitable[tuple[int, Any]]]
+
+
+def _request_hash(payload: Any) -> bytes:
+    return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS, default=str)).digest()
+
+
+async def write(request: Request, principal: Principal, operation: str, payload: Any, fn: Write,
+                headers: dict[str, str] | None = None) -> JSONResponse:
+    """Run ``fn(conn)`` in one transaction; honour ``Idempotency-Key``.
+
+    The key row is inserted first in the same transaction, so a concurrent repeat
+    waits on it and then replays the committed answer; a failed write rolls the
+    key back, so a retry runs again. The same key with a different body is 422.
+    """
+    key = request.headers.get("idempotency-key")
+    if key is not None and not (1 <= len(key) <= 255):
+        raise Problem(400, "bad-idempotency-key", "Idempotency-Key must be 1 to 255 characters")
+    pool: asyncpg.Pool = request.app.state.db
+    scope = f"{principal.subject}:{operation}"
+    digest = _request_hash(payload)
+    async with pool.acquire() as conn, conn.transaction():
+        if key is not None:
+            fresh = await conn.fetchval(
+                "INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3) "
+                "ON CONFLICT DO NOTHING RETURNING true", scope, key, digest)
+            if not fresh:
+                row = await conn.fetchrow(
+                    "SELECT request_hash, status, body FROM idempotency_keys WHERE scope = $1 AND key = $2",
+                    scope, key)
+                if row["request_hash"] != digest:
+                    raise Problem(422, "idempotency-key-reused", "Idempotency-Key was used with a different request",
+                                  "send a new key for a new request")
+                return JSONResponse(orjson.loads(row["body"]), status_code=row["status"],
+                                    headers={"Idempotent-Replayed": "true", **(headers or {})})
+        status, body = await fn(conn)
+        if key is not None:
+            await conn.execute("UPDATE idempotency_keys SET status = $3, body = $4 WHERE scope = $1 AND key = $2",
+                               scope, key, status, orjson.dumps(body, default=str).decode())
+    return JSONResponse(orjson.loads(orjson.dumps(body, default=str)), status_code=status, headers=headers)
+
+
+def new_id() -> uuid.UUID:
+    return uuid.uuid4()

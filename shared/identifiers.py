@@ -1,0 +1,87 @@
+"""Check-digit validators for the identifiers the platform accepts.
+
+- Resident ID number (公民身份号码, GB 11643-1999): 17 digits + ISO 7064 MOD 11-2 check character.
+- Unified social credit code (统一社会信用代码, GB 32100-2015): 18 characters with a mod-31 check character.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from datetime import date
+
+_ID_WEIGHTS = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2]
+_ID_CHECK = "10X98765432"
+
+
+def id_check_char(first17: str) -> str:
+    return _ID_CHECK[sum(int(c) * w for c, w in zip(first17, _ID_WEIGHTS)) % 11]
+
+
+@dataclass(frozen=True)
+class ResidentId:
+    number: str
+    region_code: str
+    birth_date: date
+    sex: str  # "male" | "female"
+
+    @property
+    def masked(self) -> str:
+        return mask_id_number(self.number)
+
+
+class InvalidIdentifier(ValueError):
+    pass
+
+
+def parse_resident_id(value: str, today: date | None = None) -> ResidentId:
+    number = value.strip().upper()
+    if len(number) != 18 or not number[:17].isdigit() or not (number[17].isdigit() or number[17] == "X"):
+        raise InvalidIdentifier("must be 17 digits followed by a digit or X")
+    if id_check_char(number[:17]) != number[17]:
+        raise InvalidIdentifier("check digit does not match (GB 11643)")
+    try:
+        born = date(int(number[6:10]), int(number[10:12]), int(number[12:14]))
+    except ValueError:
+        raise InvalidIdentifier("birth date in the number is not a real date") from None
+    today = today or date.today()
+    if born.year < 1900 or born > today:
+        raise InvalidIdentifier("birth date in the number is not plausible")
+    return ResidentId(number, number[:6], born, "male" if int(number[16]) % 2 else "female")
+
+
+def mask_id_number(number: str) -> str:
+    """``640104********123X``: region prefix and last four shown, birth date hidden."""
+    return number[:6] + "*" * 8 + number[-4:]
+
+
+def mask_phone(phone: str) -> str:
+    return phone[:3] + "****" + phone[-4:] if len(phone) >= 7 else "*" * len(phone)
+
+
+def keyed_hash(key: bytes, value: str) -> bytes:
+    """Deterministic lookup hash (HMAC-SHA256) so equality can be tested without the clear value."""
+    return hmac.new(key, value.encode(), hashlib.sha256).digest()
+
+
+_USCC_ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"
+_USCC_WEIGHTS = [1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28]
+
+
+def uscc_check_char(first17: str) -> str:
+    total = sum(_USCC_ALPHABET.index(c) * w for c, w in zip(first17, _USCC_WEIGHTS))
+    return _USCC_ALPHABET[(31 - total % 31) % 31]
+
+
+def validate_credit_code(value: str) -> str:
+    code = value.strip().upper()
+    if len(code) != 18:
+        raise InvalidIdentifier("must be 18 characters")
+    bad = [c for c in code if c not in _USCC_ALPHABET]
+    if bad:
+        raise InvalidIdentifier(f"character {bad[0]!r} is not allowed (GB 32100 excludes I, O, Z, S, V)")
+    if not code[8:17].isalnum():
+        raise InvalidIdentifier("organisation code part is malformed")
+    if uscc_check_char(code[:17]) != code[17]:
+        raise InvalidIdentifier("check character does not match (GB 32100)")
+    return code

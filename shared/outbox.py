@@ -1,0 +1,201 @@
+"""Transactional outbox: events written with the domain change, published by a relay.
+
+``await outbox.add(conn, event)`` inside the caller's transaction stores the exact
+CloudEvent bytes. The :class:`OutboxRelay` publishes unpublished rows in order with
+an idempotent producer, woken by LISTEN/NOTIFY with polling as the fallback.
+Several relays (replicas) share the work through ``FOR UPDATE SKIP LOCKED`` on
+lanes: a key always falls in the same lane and a lane is held by one relay at a
+time, so each aggregate's events reach Kafka in the order they were written.
+Kafka being down delays events; it never loses them and never fails the write.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+import zlib
+from collections.abc import Iterable
+from datetime import datetime, timezone
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from prometheus_client import Counter, Gauge, Histogram
+
+from shared.events import CONTENT_TYPE, CloudEvent, EventData, encode, envelope
+from shared.kafka import make_producer
+
+log = logging.getLogger(__name__)
+
+LANES = 16
+BACKLOG = Gauge("changai_outbox_backlog", "Outbox rows not yet published", ["service"])
+OLDEST = Gauge("changai_outbox_oldest_unpublished_age_seconds", "Age of the oldest unpublished outbox row", ["service"])
+PUBLISHED = Counter("changai_outbox_published_total", "Outbox rows published to Kafka", ["service"])
+PUBLISH_FAILURES = Counter("changai_outbox_publish_failures_total", "Relay batches that failed to publish", ["service"])
+PUBLISH_DELAY = Histogram(
+    "changai_outbox_publish_delay_seconds", "Time from the write to its event being acknowledged by Kafka", ["service"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+_HEADERS = [("content-type", CONTENT_TYPE.encode())]
+
+
+def lane_of(key: str) -> int:
+    return zlib.crc32(key.encode()) % LANES
+
+
+def _row(event: CloudEvent, topic: str) -> tuple:
+    key, value, _ = encode(event)
+    k = key.decode()
+    return (uuid.UUID(event.id), topic, k, lane_of(k), event.type, value)
+
+
+async def add(conn: asyncpg.Connection, data: EventData, *, trace_id: str | None = None,
+              time: datetime | None = None) -> CloudEvent:
+    """Store one event in the caller's transaction; returns its envelope."""
+    event = envelope(data, trace_id=trace_id, time=time)
+    await conn.execute(
+        "INSERT INTO outbox (event_id, topic, key, lane, event_type, value) VALUES ($1, $2, $3, $4, $5, $6)",
+        *_row(event, data.topic),
+    )
+    return event
+
+
+async def add_many(conn: asyncpg.Connection, items: Iterable[EventData], *, trace_id: str | None = None) -> int:
+    """Store many events with COPY (bulk writes); returns how many."""
+    rows = [_row(envelope(d, trace_id=trace_id), d.topic) for d in items]
+    if rows:
+        await conn.copy_records_to_table(
+            "outbox", records=rows, columns=["event_id", "topic", "key", "lane", "event_type", "value"]
+        )
+    return len(rows)
+
+
+class OutboxRelay:
+    def __init__(self, pool: asyncpg.Pool, bootstrap: str, service: str, *, dsn: str | None = None,
+                 poll_interval: float = 1.0, batch_size: int = 2000, publish_timeout: float = 30.0):
+        self.pool = pool
+        self.bootstrap = bootstrap
+        self.service = service
+        self.dsn = dsn
+        self.poll_interval = poll_interval
+        self.batch_size = batch_size
+        self.publish_timeout = publish_timeout
+        self.producer: AIOKafkaProducer | None = None
+        self.last_publish_ok: float | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._listener: asyncpg.Connection | None = None
+        self._backlog_checked = 0.0
+
+    # -- lifecycle -------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"outbox-relay-{self.service}")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._listener:
+            await self._listener.close()
+        if self.producer:
+            await self.producer.stop()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _listen(self) -> None:
+        try:
+            self._listener = await (asyncpg.connect(self.dsn) if self.dsn else self.pool.acquire())
+            await self._listener.add_listener("outbox", lambda *_: self._wake.set())
+        except Exception:  # polling still works without it
+            log.warning("outbox LISTEN unavailable; relying on polling", exc_info=True)
+
+    async def _ensure_producer(self) -> AIOKafkaProducer:
+        if self.producer is None:
+            producer = make_producer(self.bootstrap)
+            try:
+                await producer.start()
+            except Exception:
+                await producer.stop()
+                raise
+            self.producer = producer
+        return self.producer
+
+    async def _run(self) -> None:
+        await self._listen()
+        backoff = 0.5
+        while True:
+            try:
+                published = await self.publish_batch()
+                backoff = 0.5
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                PUBLISH_FAILURES.labels(self.service).inc()
+                log.warning("outbox publish failed; will retry", extra={"error": repr(exc), "retry_in_s": backoff})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            await self._update_backlog()
+            if published >= self.batch_size:
+                continue  # more waiting: no pause
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _update_backlog(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._backlog_checked < 1.0:
+            return
+        self._backlog_checked = now
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT count(*) AS n, extract(epoch FROM clock_timestamp() - min(created_at)) AS age "
+                "FROM outbox WHERE published_at IS NULL"
+            )
+        BACKLOG.labels(self.service).set(row["n"])
+        OLDEST.labels(self.service).set(float(row["age"] or 0))
+
+    # -- the work --------------------------------------------------------
+    async def publish_batch(self) -> int:
+        """Publish up to one batch from the lanes this relay can lock; returns rows published."""
+        producer = await self._ensure_producer()
+        async with self.pool.acquire() as conn, conn.transaction():
+            lanes = [r["lane"] for r in await conn.fetch("SELECT lane FROM outbox_lanes FOR UPDATE SKIP LOCKED")]
+            if not lanes:
+                return 0
+            if len(lanes) == LANES:
+                rows = await conn.fetch(
+                    "SELECT seq, topic, key, value, created_at FROM outbox WHERE published_at IS NULL "
+                    "ORDER BY seq LIMIT $1", self.batch_size)
+            else:
+                rows = await conn.fetch(
+                    "SELECT seq, topic, key, value, created_at FROM outbox WHERE published_at IS NULL "
+                    "AND lane = ANY($1::smallint[]) ORDER BY seq LIMIT $2", lanes, self.batch_size)
+            if not rows:
+                return 0
+            # send() only enqueues; the idempotent producer keeps enqueue order within each partition.
+            futures = [await producer.send(r["topic"], r["value"], key=r["key"].encode(), headers=_HEADERS)
+                       for r in rows]
+            await asyncio.wait_for(asyncio.gather(*futures), timeout=self.publish_timeout)
+            await conn.execute("UPDATE outbox SET published_at = clock_timestamp() WHERE seq = ANY($1::bigint[])",
+                               [r["seq"] for r in rows])
+        now = datetime.now(timezone.utc)
+        for r in rows:
+            PUBLISH_DELAY.labels(self.service).observe((now - r["created_at"]).total_seconds())
+        PUBLISHED.labels(self.service).inc(len(rows))
+        self.last_publish_ok = time.monotonic()
+        return len(rows)
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        """Publish until nothing is left (tests, benchmarks, shutdown)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if await self.publish_batch() == 0:
+                async with self.pool.acquire() as conn:
+                    if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM outbox WHERE published_at IS NULL)"):
+                        return
+            await asyncio.sleep(0)
+        raise TimeoutError("outbox not drained in time")

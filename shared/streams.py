@@ -1,0 +1,91 @@
+"""Faust (faust-streaming) apps: the common set-up of the stream processors.
+
+Records are read raw and parsed here as CloudEvents, so a record that cannot be
+parsed or validated goes to ``<topic>.dlq`` with the reason instead of killing
+the agent; unknown event types (a newer producer) are skipped. Every app serves
+``/livez`` and ``/metrics`` on its web port, which Prometheus scrapes.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import faust
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from shared.events import CloudEvent, EventData, InvalidEvent, UnknownEventType, decode, parse_data
+from shared.kafka import DEAD_LETTERS, dlq_topic
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_stream_app(service: str, settings: Settings, **overrides) -> faust.App:
+    options = dict(
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        store="memory://",  # tables are rebuilt from their changelog topics on start
+        datadir=str(Path(settings.data_dir) / service),
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_partitions=6,
+        topic_replication_factor=1,
+        web_enabled=True,
+        web_host=settings.http_host,
+        web_port=settings.http_port,
+        web_in_thread=False,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        broker_commit_interval=1.0,
+        table_standby_replicas=0,
+    )
+    options.update(overrides)
+    app = faust.App(f"changai-{service}", **options)
+
+    @app.page("/livez")
+    async def livez(web, request):
+        return web.json({"status": "ok", "service": service})
+
+    @app.page("/metrics")
+    async def metrics(web, request):
+        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    return app
+
+
+def source_topic(app: faust.App, name: str) -> faust.TopicT:
+    """An existing domain topic, read as raw bytes (never declared by Faust: the platform creates it)."""
+    return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+                     internal=False)
+
+
+async def parse_or_dead_letter(app: faust.App, event: faust.EventT,
+                               wanted: set[str] | None = None) -> tuple[CloudEvent, EventData] | None:
+    """The CloudEvent and its typed data, or None (dead-lettered, unknown, or not wanted)."""
+    message = event.message
+    try:
+        ce = decode(message.value)
+        if wanted is not None and ce.type not in wanted:
+            return None
+        return ce, parse_data(ce)
+    except UnknownEventType:
+        return None
+    except InvalidEvent as exc:
+        headers = list((message.headers or {}).items()) if isinstance(message.headers, dict) else list(
+            message.headers or [])
+        headers += [("changai-dlq-reason", str(exc).encode()[:1000]),
+                    ("changai-dlq-consumer", app.conf.id.encode()),
+                    ("changai-dlq-topic", message.topic.encode()),
+                    ("changai-dlq-partition", str(message.partition).encode()),
+                    ("changai-dlq-offset", str(message.offset).encode())]
+        await app.producer.send_and_wait(dlq_topic(message.topic), message.key, message.value, partition=None,
+                                         timestamp=None, headers=headers)
+        DEAD_LETTERS.labels(message.topic).inc()
+        log.warning("record sent to dead letters: %s", exc)
+        return None
+
+
+def run_worker(app: faust.App, settings: Settings) -> None:
+    from faust.worker import Worker
+
+    Worker(app, loglevel=settings.log_level.lower(), web_port=settings.http_port,
+           web_host=settings.http_host).execute_from_commandline()
