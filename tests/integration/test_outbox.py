@@ -1,0 +1,157 @@
+"""The outbox relay, the inbox and dead letters, on the real Kafka and PostgreSQL."""
+import asyncio
+import uuid
+from collections import defaultdict
+from datetime import date
+
+import asyncpg
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from shared import inbox, outbox
+from shared.consumer import EventConsumer, wait_assigned
+from shared.events import decode
+from shared.events.membership import BranchEstablished
+from shared.kafka import make_producer
+
+pytestmark = pytest.mark.integration
+
+
+def branch(branch_id: uuid.UUID, n: int) -> BranchEstablished:
+    return BranchEstablished(branch_id=branch_id, name=f"branch step {n}", credit_code="91350100M000100Y43",
+                             region_code="640104", city_code="640100", industry_section="C", kind="enterprise",
+                             founded_on=date(2021, 1, 1))
+
+
+async def read_topic(bootstrap: str, topic: str, want, timeout: float = 30.0) -> list:
+    """Records of ``topic`` from the start until ``want(records)`` is true."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    records = []
+    try:
+        async with asyncio.timeout(timeout):
+            while not want(records):
+                for batch in (await consumer.getmany(timeout_ms=300)).values():
+                    records.extend(batch)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def test_relays_publish_each_key_in_order_exactly_once(stack, make_database):
+    dsn = await make_database("membership")
+    pool = await asyncpg.create_pool(dsn, min_size=2, max_size=8)
+    keys = [uuid.uuid4() for _ in range(5)]
+    per_key = 40
+
+    async def writer(key):
+        for n in range(per_key):
+            async with pool.acquire() as conn, conn.transaction():
+                await outbox.add(conn, branch(key, n))
+
+    # Two relays (two replicas) race for the same outbox while writes are still coming in.
+    relays = [outbox.OutboxRelay(pool, stack.kafka.bootstrap, "test", dsn=dsn, poll_interval=0.2, batch_size=37)
+              for _ in range(2)]
+    for r in relays:
+        r.start()
+    try:
+        await asyncio.gather(*(writer(k) for k in keys))
+        wanted = {str(k) for k in keys}
+
+        def mine(records):
+            return [r for r in records if r.key and r.key.decode() in wanted]
+
+        records = mine(await read_topic(stack.kafka.bootstrap, "membership.events",
+                                        lambda rs: len(mine(rs)) >= len(keys) * per_key))
+    finally:
+        for r in relays:
+            await r.stop()
+        remaining = await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        await pool.close()
+
+    assert len(records) == len(keys) * per_key, "an event was published twice"
+    seen = defaultdict(list)
+    for rec in records:
+        assert dict(rec.headers)["content-type"] == b"application/cloudevents+json; charset=utf-8"
+        seen[rec.key.decode()].append(int(decode(rec.value).data["name"].split()[-1]))
+    for key in keys:
+        assert seen[str(key)] == list(range(per_key)), f"events of {key} out of order"
+    assert remaining == 0
+
+
+async def test_rolled_back_write_leaves_no_event(stack, make_database):
+    dsn = await make_database("membership")
+    conn = await asyncpg.connect(dsn)
+    try:
+        with pytest.raises(RuntimeError):
+            async with conn.transaction():
+                await outbox.add(conn, branch(uuid.uuid4(), 0))
+                raise RuntimeError("domain change failed")
+        assert await conn.fetchval("SELECT count(*) FROM outbox") == 0
+    finally:
+        await conn.close()
+
+
+async def test_inbox_claims_once_and_rolls_back_with_the_effect(stack, make_database):
+    dsn = await make_database("membership")
+    conn = await asyncpg.connect(dsn)
+    event_id = uuid.uuid4()
+    try:
+        with pytest.raises(RuntimeError):
+            async with conn.transaction():
+                assert await inbox.claim(conn, "c1", event_id)
+                raise RuntimeError("effect failed")
+        async with conn.transaction():
+            assert await inbox.claim(conn, "c1", event_id), "a failed effect must not consume the event"
+        async with conn.transaction():
+            assert not await inbox.claim(conn, "c1", event_id), "redelivery must be recognised"
+        async with conn.transaction():
+            assert await inbox.claim(conn, "c2", event_id), "each consumer has its own inbox"
+    finally:
+        await conn.close()
+
+
+async def test_poison_record_goes_to_dlq_and_partition_moves_on(stack):
+    bootstrap = stack.kafka.bootstrap
+    key = str(uuid.uuid4()).encode()
+    good = branch(uuid.UUID(key.decode()), 1)
+    from shared.events import encode, envelope
+    _, good_value, headers = encode(envelope(good))
+    marker = uuid.uuid4().hex
+    bad_schema = orjson.dumps({"specversion": "1.0", "id": str(uuid.uuid4()), "source": "/x", "time": "2021-01-01T00:00:00Z",
+                               "type": "changai.membership.branch.established.v1", "data": {"name": marker}})
+    producer = make_producer(bootstrap)
+    await producer.start()
+    try:
+        # Same key, so same partition: the poison records sit in front of the good one.
+        await producer.send_and_wait("membership.events", f"garbage {marker}".encode(), key=key)
+        await producer.send_and_wait("membership.events", bad_schema, key=key)
+        await producer.send_and_wait("membership.events", good_value, key=key, headers=headers)
+    finally:
+        await producer.stop()
+
+    handled = []
+
+    async def handler(event, data):
+        handled.append(data)
+
+    consumer = EventConsumer(bootstrap, f"test-dlq-{marker}", ["membership.events"], handler)
+    consumer.start()
+    try:
+        await wait_assigned(consumer)
+        async with asyncio.timeout(30):
+            while good not in handled:
+                await asyncio.sleep(0.1)
+    finally:
+        await consumer.stop()
+
+    dead = await read_topic(bootstrap, "membership.events.dlq",
+                            lambda rs: sum(marker.encode() in (r.value or b"") for r in rs) >= 2)
+    ours = [r for r in dead if marker.encode() in (r.value or b"")]
+    reasons = [dict(r.headers)["changai-dlq-reason"].decode() for r in ours]
+    assert "not JSON" in reasons[0]
+    assert "data does not match" in reasons[1]
+    assert all(dict(r.headers)["changai-dlq-topic"] == b"membership.events" for r in ours)
+    assert all(r.key == key for r in ours)
