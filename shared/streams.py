@@ -21,12 +21,14 @@ log = logging.getLogger(__name__)
 
 
 def create_stream_app(service: str, settings: Settings, **overrides) -> faust.App:
+    datadir = Path(settings.data_dir) / service
+    datadir.parent.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     options = dict(
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="memory://",  # tables are rebuilt from their changelog topics on start
-        datadir=str(Path(settings.data_dir) / service),
-        key_serializer="raw",
-        value_serializer="raw",
+        datadir=str(datadir),
+        key_serializer="raw",  # record keys are aggregate ids
+        value_serializer="json",  # for tables; domain topics are read raw (see source_topic)
         topic_partitions=6,
         topic_replication_factor=1,
         web_enabled=True,
@@ -87,5 +89,5 @@ async def parse_or_dead_letter(app: faust.App, event: faust.EventT,
 def run_worker(app: faust.App, settings: Settings) -> None:
     from faust.worker import Worker
 
-    Worker(app, loglevel=settings.log_level.lower(), web_port=settings.http_port,
-           web_host=settings.http_host).execute_from_commandline()
+    # Web host and port come from the app's configuration (create_stream_app).
+    Worker(app, loglevel=settings.log_level.lower()).execute_from_commandline()

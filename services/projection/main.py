@@ -19,7 +19,7 @@ settings = Settings(service="projection")
 app = create_stream_app("projection", settings)
 membership_events = app.topic("membership.events", key_type=bytes, value_type=bytes,
                               key_serializer="raw", value_serializer="raw")
-branches = app.Table("branches", default=None, partitions=6, key_serializer="raw", value_serializer="json")
+branches = app.Table("branches", default=None, partitions=6)
 
 
 @app.agent(membership_events)
