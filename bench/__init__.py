@@ -1,0 +1,1 @@
+"""Benchmarks (``make bench``): figures measured on this machine, apart from the tests."""
