@@ -1,0 +1,93 @@
+"""What funding does with others' events: the training-subsidy saga.
+
+``changai.training.session.completed.v1`` → in ONE transaction with the inbox record:
+a subsidy claim for the session (eligible persons × the rule in force on the completion
+date), paid from the fund configured for the category through a grant to the organiser
+that is approved and disbursed at once — or rejected with a reason. Both outcomes are
+events. A redelivered event (same id) finds its inbox record and changes nothing; a
+second completion event for the same session (another id) finds the session's claim
+and changes nothing either.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+
+import asyncpg
+from fastapi import FastAPI
+
+from services.funding import domain, ledger, store
+from services.funding.config import FundingSettings
+from shared import inbox
+from shared.consumer import EventConsumer
+from shared.events import CloudEvent
+from shared.events.training import SessionCompleted
+
+log = logging.getLogger(__name__)
+
+INBOX_CONSUMER = "funding.subsidy"
+
+
+async def on_session_completed(pool: asyncpg.Pool, event: CloudEvent, data: SessionCompleted, *,
+                               auto_register_organisers: bool = False) -> str:
+    """Apply one completion event; returns what happened (for logs and tests)."""
+    async with pool.acquire() as conn, conn.transaction():
+        if not await inbox.claim(conn, INBOX_CONSUMER, event.id):
+            return "redelivery"
+        existing = await store.claim_by_session(conn, data.session_id)
+        if existing is not None:
+            log.warning("session already claimed under another event; nothing paid",
+                        extra={"session_id": str(data.session_id), "claim_id": str(existing["id"]),
+                               "event_id": event.id})
+            return "duplicate-session"
+        claim = {
+            "id": uuid.uuid4(), "session_id": data.session_id, "event_id": uuid.UUID(event.id),
+            "programme_id": data.programme_id, "programme_name": data.programme_name, "session_number": data.number,
+            "organiser_id": data.organiser_id, "organiser_kind": data.organiser_kind.value,
+            "organiser_name": data.organiser_name, "category": data.subsidy_category.value,
+            "region_code": data.region_code, "city_code": data.city_code,
+            "persons": domain.eligible_persons(data.eligible_member_ids, data.eligible_persons),
+            "member_ids": sorted(set(data.eligible_member_ids)), "completed_on": data.completed_on,
+        }
+        outcome = await ledger.settle_claim(conn, claim, auto_register_organisers=auto_register_organisers)
+        await store.insert_claim(conn, {**claim, **outcome})
+    log.info("subsidy claim settled", extra={"session_id": str(data.session_id), "claim_id": str(claim["id"]),
+                                             "status": outcome["status"], "reason": outcome["reason"],
+                                             "amount_fen": outcome["amount_fen"]})
+    return outcome["status"]
+
+
+def subsidy_part(settings: FundingSettings):
+    """A ``create_app`` part: the subsidy consumer, started with the API and stopped with it."""
+
+    async def start(app: FastAPI):
+        if not settings.funding_subsidy_consumer:
+            return None
+        pool: asyncpg.Pool = app.state.db
+
+        async def handle(event: CloudEvent, data) -> None:
+            await on_session_completed(pool, event, data,
+                                       auto_register_organisers=settings.funding_auto_register_organisers)
+
+        consumer = EventConsumer(settings.kafka_bootstrap, settings.funding_subsidy_group,
+                                 [settings.funding_training_topic], handle,
+                                 event_types={SessionCompleted.event_type})
+        consumer.start()
+        app.state.subsidy_consumer = consumer
+        return consumer.stop
+
+    return start
+
+
+def seed_part(settings: FundingSettings):
+    """A ``create_app`` part: the seeded pre-job subsidy rules (unless the API has set that category)."""
+
+    async def start(app: FastAPI):
+        if settings.funding_seed_rules:
+            seeds = domain.seed_rules(settings.funding_pre_job_change_date, settings.funding_pre_job_old_from)
+            async with app.state.db.acquire() as conn:
+                if await store.seed_rules(conn, seeds):
+                    log.info("subsidy rules seeded", extra={"change_date": settings.funding_pre_job_change_date.isoformat()})
+        return None
+
+    return start

@@ -1,0 +1,38 @@
+"""Funding service: wiring and entry point (``python -m services.funding api``).
+
+One process serves the HTTP API and runs the subsidy saga (a consumer of
+``training.events``); set ``CHANGAI_FUNDING_SUBSIDY_CONSUMER=false`` to run an
+API-only replica.
+"""
+from __future__ import annotations
+
+import sys
+
+import uvicorn
+
+from services.funding.api import router
+from services.funding.config import FundingSettings
+from services.funding.consumers import seed_part, subsidy_part
+from shared.http import create_app
+
+
+def build_app(settings: FundingSettings | None = None):
+    settings = settings or FundingSettings()
+    return create_app(service="funding", settings=settings, routers=[router],
+                      title="Changai funding (资金)",
+                      description="Funds, grants and disbursements on a double-entry ledger; training subsidies "
+                                  "paid automatically when sessions complete.",
+                      parts=[seed_part(settings), subsidy_part(settings)])
+
+
+def main(argv: list[str]) -> None:
+    role = argv[0] if argv else "api"
+    if role != "api":
+        raise SystemExit(f"unknown role {role!r}; use: api")
+    settings = FundingSettings()
+    uvicorn.run(build_app(settings), host=settings.http_host, port=settings.http_port, log_config=None,
+                access_log=False)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

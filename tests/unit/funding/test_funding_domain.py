@@ -1,0 +1,112 @@
+"""Funding's pure rules: subsidy standards in force, the claim decision, request validation, fund figures."""
+import uuid
+from datetime import date
+
+import pytest
+from pydantic import ValidationError
+
+from services.funding import domain
+from services.funding.domain import FundFigures, FundState, Rule
+from shared.events.funding import RejectionReason
+
+SEEDS = domain.seed_rules(date(2021, 1, 1), date(2019, 1, 1))
+
+
+@pytest.mark.parametrize("on, rate", [
+    (date(2019, 1, 1), 30_000), (date(2020, 12, 31), 30_000), (date(2021, 1, 1), 80_000), (date(2024, 6, 1), 80_000),
+])
+def test_rule_in_force_is_the_latest_effective_from_not_after_the_date(on, rate):
+    assert domain.rule_in_force(SEEDS, on).rate_fen == rate
+
+
+def test_no_rule_before_the_first_and_change_date_is_configurable():
+    assert domain.rule_in_force(SEEDS, date(2018, 12, 31)) is None
+    moved = domain.seed_rules(date(2021, 7, 1), date(2019, 1, 1))
+    assert domain.rule_in_force(moved, date(2021, 6, 30)).rate_fen == 30_000
+    assert domain.rule_in_force(moved, date(2021, 7, 1)).rate_fen == 80_000
+    with pytest.raises(ValueError):
+        domain.seed_rules(date(2019, 1, 1), date(2021, 1, 1))
+
+
+def decide(persons=3, rule=Rule("pre_job", date(2021, 1, 1), 80_000), known=True, available=10_000_000,
+           status="open", fund=True):
+    state = FundState(uuid.uuid4(), status, available) if fund else None
+    return domain.decide_subsidy(persons=persons, rule=rule, organiser_known=known, fund=state, category="pre_job",
+                                 completed_on=date(2021, 5, 1), organiser="branch b-1")
+
+
+def test_a_claim_pays_persons_times_the_rate():
+    d = decide(persons=3)
+    assert (d.paid, d.amount_fen, d.rate_fen, d.reason) == (True, 240_000, 80_000, None)
+
+
+def test_a_fund_that_holds_exactly_the_amount_pays():
+    assert decide(persons=2, available=160_000).paid
+
+
+@pytest.mark.parametrize("kwargs, reason", [
+    (dict(persons=0), RejectionReason.nothing_eligible),
+    (dict(rule=None), RejectionReason.no_rule),
+    (dict(rule=Rule("pre_job", date(2021, 1, 1), 0)), RejectionReason.no_rule),
+    (dict(known=False), RejectionReason.organiser_unknown),
+    (dict(fund=False), RejectionReason.no_fund),
+    (dict(status="closed"), RejectionReason.no_fund),
+    (dict(persons=2, available=159_999), RejectionReason.fund_exhausted),
+])
+def test_rejections_say_why(kwargs, reason):
+    d = decide(**kwargs)
+    assert not d.paid and d.reason == reason and d.detail
+
+
+def test_exhausted_detail_carries_the_balance_and_the_need():
+    d = decide(persons=2, available=100_000)
+    assert "1000.00" in d.detail and "1600.00" in d.detail and d.amount_fen == 160_000
+
+
+def test_eligible_persons_are_distinct_members():
+    a, b = uuid.uuid4(), uuid.uuid4()
+    assert domain.eligible_persons([a, b, a], 3) == 2
+    assert domain.eligible_persons([], 4) == 4  # a producer that reports only a count
+    assert domain.eligible_persons([], 0) == 0
+
+
+@pytest.mark.parametrize("amount", [800, 800.5, "800.005", "-1.00", "1e3", "", "800.00 ", None])
+def test_amounts_must_be_decimal_strings_with_at_most_two_decimals(amount):
+    with pytest.raises(ValidationError):
+        domain.DisbursementIn.model_validate({"amount": amount})
+
+
+def test_amounts_in_fen():
+    assert domain.DisbursementIn.model_validate({"amount": "800"}).amount == 80_000
+    assert domain.DisbursementIn.model_validate({"amount": "0.01"}).amount == 1
+    assert domain.TopUpIn.model_validate({"amount": "280000000.00"}).amount == 28_000_000_000
+    with pytest.raises(ValidationError):
+        domain.DisbursementIn.model_validate({"amount": "0.00"})  # a payment of nothing
+    assert domain.FundIn.model_validate({"name": "empty fund", "source_kind": "union_funds", "fiscal_year": 2021,
+                                         "amount": "0.00"}).amount == 0
+
+
+def test_grant_request_checks_region_and_unknown_fields():
+    base = {"fund_id": str(uuid.uuid4()), "beneficiary_kind": "studio", "beneficiary_id": "s-1",
+            "beneficiary_name": "studio one", "purpose": "innovation studio", "amount": "100000.00"}
+    assert domain.GrantIn.model_validate({**base, "region_code": "640104"}).region_code == "640104"
+    for bad in ({**base, "region_code": "110000"}, {**base, "colour": "red"}, {**base, "beneficiary_kind": "person"}):
+        with pytest.raises(ValidationError):
+            domain.GrantIn.model_validate(bad)
+
+
+def test_fund_figures_must_add_up():
+    assert FundFigures(1000, 600, 300, 100).violations() == []
+    assert FundFigures(1000, 600, 300, 100).allocated_fen == 400
+    assert FundFigures(1000, 600, 300, 99).violations()
+    assert FundFigures(0, -1, 1, 0).violations()
+
+
+def test_organiser_kinds_map_to_beneficiary_kinds():
+    assert domain.organiser_beneficiary_kind("branch").value == "branch"
+    assert domain.organiser_beneficiary_kind("enterprise").value == "enterprise"
+
+
+def test_fen_str():
+    assert [domain.fen_str(v) for v in (0, 5, 80_000, 12_345_678, -150)] == ["0.00", "0.05", "800.00", "123456.78",
+                                                                             "-1.50"]
