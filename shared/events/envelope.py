@@ -54,10 +54,11 @@ def trace_id_of(traceparent: str | None) -> str | None:
 def envelope(data: EventData, *, trace_id: str | None = None, time: datetime | None = None,
              event_id: str | None = None) -> CloudEvent:
     subject = data.subject()
+    cls = type(data)  # class attributes: a payload field may share the name (notifier's `event_type`)
     return CloudEvent(
         id=event_id or str(uuid.uuid4()),
-        source=data.source,
-        type=data.event_type,
+        source=cls.source,
+        type=cls.event_type,
         subject=subject,
         time=time or datetime.now(timezone.utc),
         dataschema=data.dataschema(),

@@ -1,0 +1,161 @@
+"""End to end: real membership service, real Kafka, the projection worker, the real Prometheus.
+
+A scenario goes through the membership API (branches and members: outbox → Kafka →
+projection) and, for the services being built beside it, as events published on the real
+topics. Then every panel query of both dashboards must return data from Prometheus, and
+the key figures must have moved by exactly what the scenario sent.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import time
+import uuid
+from collections import Counter
+from datetime import date
+
+import httpx
+import pytest
+
+from services.projection import dashboards
+from services.projection.synthetic import encode_all, produce, scenario
+from shared.auth import mint_token
+from shared.events import membership as me
+from shared.events import training as te
+from shared.identifiers import id_check_char, uscc_check_char
+from shared.regions import REGIONS
+
+pytestmark = pytest.mark.e2e
+JOB = f"projection-e2e-{uuid.uuid4().hex[:6]}"
+MEMBERSHIP_JOB = f"membership-e2e-{uuid.uuid4().hex[:6]}"
+ALPHABET = "0123456789ABCDEFGH"
+
+
+def credit_code(region: str, rng: random.Random) -> str:
+    first = "91" + region + "".join(rng.choice(ALPHABET) for _ in range(9))
+    return first + uscc_check_char(first)
+
+
+def id_number(region: str, rng: random.Random) -> str:
+    first = region + f"19{rng.randint(70, 99)}{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}{rng.randint(100, 999)}"
+    return first + id_check_char(first)
+
+
+async def by_city(prom, metric: str, **match) -> Counter:
+    selector = ",".join([f'job="{JOB}"', *(f'{k}="{v}"' for k, v in match.items())])
+    result = await prom.query(f"sum by (city) ({metric}{{{selector}}})")
+    return Counter({r["metric"].get("city", ""): float(r["value"][1]) for r in result})
+
+
+async def settle(prom, query, want, timeout: float = 90):
+    """Poll Prometheus until `query()` returns `want`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = await query()
+        if got == want:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"Prometheus shows {got}, expected {want}")
+        await asyncio.sleep(1)
+
+
+def expand(expr: str) -> str:
+    return expr.replace("$__rate_interval", "1m").replace("$year", dashboards.YEAR_DEFAULT)
+
+
+async def test_dashboards_show_the_scenario(stack, make_database):
+    rng = random.Random()
+    # -- the servers: membership (API + outbox relay) and the projection on the real topics
+    m_env = stack.service_env("membership", database_url=await make_database("membership"))
+    p_env = stack.service_env("projection", CHANGAI_PROJECTION_APP_ID=f"e2e-projection-{uuid.uuid4().hex[:8]}",
+                              CHANGAI_LOG_LEVEL="WARNING")
+    await asyncio.gather(stack.start_service("membership", ["-m", "services.membership", "api"], m_env),
+                         stack.start_service("projection", ["-m", "services.projection", "worker"], p_env,
+                                             timeout=90))
+    stack.prometheus.set_targets({JOB: [f"127.0.0.1:{p_env['CHANGAI_HTTP_PORT']}"],
+                                  MEMBERSHIP_JOB: [f"127.0.0.1:{m_env['CHANGAI_HTTP_PORT']}"]})
+    prom = stack.prometheus
+    try:
+        await _scenario_and_checks(stack, prom, m_env, rng)
+    finally:
+        prom.set_targets({JOB: [], MEMBERSHIP_JOB: []})
+
+
+async def _scenario_and_checks(stack, prom, m_env, rng) -> None:
+    # caught up with whatever the shared topics held before: lag 0 everywhere, seen by Prometheus
+    await prom.wait_for(f'changai_projection_ready{{job="{JOB}"}} == 1', timeout=90)
+    await prom.wait_for(f'sum(changai_consumer_lag{{job="{JOB}"}}) == 0', timeout=120)
+    members_before = await by_city(prom, "changai_union_members")
+    branches_before = await by_city(prom, "changai_union_branches")
+    person_times_before = await by_city(prom, "changai_training_person_times_total", year="2021")
+
+    # -- the scenario, part 1: through the membership API
+    api = f"http://127.0.0.1:{m_env['CHANGAI_HTTP_PORT']}/v1"
+    token = {"Authorization": "Bearer " + mint_token("e2e", ["membership:write", "membership:read"], "640000")}
+    api_branches, api_members = Counter(), Counter()
+    async with httpx.AsyncClient(timeout=30) as http:
+        branch_ids = []
+        for county in ("640104", "640302"):
+            r = await http.post(f"{api}/branches", headers={**token, "Idempotency-Key": str(uuid.uuid4())},
+                                json={"name": f"端到端测试工会{county}", "credit_code": credit_code(county, rng),
+                                      "region_code": county, "industry_section": "C", "kind": "enterprise",
+                                      "founded_on": "2021-03-01"})
+            assert r.status_code == 201, r.text
+            branch_ids.append((r.json()["id"], county))
+            api_branches[REGIONS[county].parent] += 1
+        for i in range(5):
+            branch_id, county = branch_ids[i % 2]
+            r = await http.post(f"{api}/members", headers={**token, "Idempotency-Key": str(uuid.uuid4())},
+                                json={"branch_id": branch_id, "name": f"测试{i}", "id_number": id_number(county, rng),
+                                      "employment_form": "courier", "joined_on": "2021-05-01"})
+            assert r.status_code == 201, r.text
+            api_members[REGIONS[county].parent] += 1
+
+    # -- part 2: the other services' events, published as their outboxes would, and one poison record
+    events = scenario(seed=rng.randrange(10**9))
+    await produce(stack.bootstrap, encode_all(events) + [("notifier.events", b"e2e-poison", b"\x00 not json", [])])
+    members, branches, person_times = Counter(api_members), Counter(api_branches), Counter()
+    for e in events:
+        if isinstance(e, me.MemberJoined):
+            members[e.city_code] += 1
+        elif isinstance(e, me.MemberTransferred):
+            members[e.from_city_code] -= 1
+            members[e.to_city_code] += 1
+        elif isinstance(e, (me.MemberLeft, me.MemberLapsed)):
+            members[e.city_code] -= 1
+        elif isinstance(e, me.BranchEstablished):
+            branches[e.city_code] += 1
+        elif isinstance(e, me.BranchUpdated):
+            pass  # counted below from the final state
+        elif isinstance(e, te.SessionCompleted) and e.completed_on.year == 2021:
+            person_times[e.city_code] += e.person_times
+    final_city: dict = {}
+    for e in events:
+        if isinstance(e, (me.BranchEstablished, me.BranchUpdated)):
+            final_city[e.branch_id] = e.city_code
+        elif isinstance(e, (me.BranchMerged, me.BranchDissolved)):
+            final_city.pop(e.branch_id)
+    branches = Counter(api_branches) + Counter(final_city.values())
+
+    def plus(before: Counter, delta: Counter) -> Counter:
+        return Counter({k: v for k, v in (before + Counter()).items()} | {
+            k: before.get(k, 0) + delta.get(k, 0) for k in delta})
+
+    # -- the key figures moved by exactly what was sent
+    await settle(prom, lambda: by_city(prom, "changai_union_members"), plus(members_before, members))
+    await settle(prom, lambda: by_city(prom, "changai_union_branches"), plus(branches_before, branches))
+    await settle(prom, lambda: by_city(prom, "changai_training_person_times_total", year="2021"),
+                 plus(person_times_before, person_times))
+    await prom.wait_for(f'changai_dlq_records_total{{job="{JOB}",topic="notifier.events"}}', timeout=60)
+    await prom.wait_for(f'changai_outbox_published_total{{job="{MEMBERSHIP_JOB}"}} > 0', timeout=60)
+    await asyncio.sleep(3)  # a few more scrapes, so rate() over 1m has two points everywhere
+
+    # -- every panel of both dashboards has data
+    empty = []
+    for name, build in dashboards.DASHBOARDS.items():
+        for title, expr in dashboards.queries(build()):
+            if not await prom.query(expand(expr)):
+                empty.append(f"{name}: {title}: {expr}")
+    assert not empty, "panels without data:\n" + "\n".join(empty)
+    assert re.match(r"^\d", (await prom.query(f'sum(changai_funds_amount_yuan{{job="{JOB}"}})'))[0]["value"][1])
