@@ -156,9 +156,11 @@ class EnrolmentAssessed(EventData):
 
 @event("changai.training.enrolment.withdrawn.v1", subject="enrolment_id")
 class EnrolmentWithdrawn(EventData):
+    """An enrolment was withdrawn: by request, as absent when its session completed, or with a cancelled session."""
     enrolment_id: UUID
     session_id: UUID
     member_id: UUID
+    reason: str | None = Field(default=None, description='e.g. "absent" (closed at completion), "session cancelled"')
 
 
 @event("changai.training.certificate.issued.v1", subject="certificate_id")

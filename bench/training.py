@@ -1,0 +1,314 @@
+"""Training at the article's scale: 134,000 subsidised person-times (Jan–Aug 2021) across 5,000
+sessions, enrolled through the bulk endpoint, completed, and timed until every
+``changai.training.session.completed.v1`` is on Kafka.
+
+The training service runs as its own process (uvicorn, as in production). Its member read model
+is seeded directly with COPY (100,000 members, 200 branches, so 34,000 person-times are second
+trainings of the same worker) and its consumer is switched off, so the figure is the training
+path alone; the read model's own speed is measured separately by rebuilding it from 100,000
+membership events on a private topic. Baselines on the same machine in the same run: raw
+asyncpg COPY of the same number of rows, raw aiokafka sends of 5,000 records.
+
+    python -m bench training          (make bench)
+    CHANGAI_BENCH_SESSIONS=500 python -m bench training    (a smaller run)
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+import uuid
+from datetime import date
+
+import asyncpg
+import httpx
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from bench.common import servers, table
+from services.training.consumers import rebuild, topic_partitions
+from shared import regions
+from shared.auth import mint_token
+from shared.events import encode, envelope
+from shared.events.membership import MemberJoined
+from shared.kafka import make_producer
+
+PERSON_TIMES = 134_000
+SESSIONS = int(os.environ.get("CHANGAI_BENCH_SESSIONS", "5000"))
+MEMBERS = 100_000
+BRANCHES = 200
+CONCURRENCY = int(os.environ.get("CHANGAI_BENCH_CONCURRENCY", "16"))
+REBUILD_EVENTS = int(os.environ.get("CHANGAI_BENCH_REBUILD_EVENTS", "100000"))
+CATEGORIES = ("pre_job", "skills_upgrade", "new_form")
+
+
+async def seed_read_model(dsn: str, person_times: int) -> tuple[list, dict]:
+    """Branches across the 22 counties and members in them; returns (member ids, branch of member)."""
+    rng = random.Random(2021)
+    counties = [r.code for r in regions.COUNTIES]
+    branches = [(uuid.uuid4(), f"基准工会{i}", counties[i % len(counties)]) for i in range(BRANCHES)]
+    members = [uuid.uuid4() for _ in range(min(MEMBERS, person_times))]
+    member_branch = {m: branches[rng.randrange(BRANCHES)] for m in members}
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.copy_records_to_table("branches", columns=["id", "name", "region_code", "city_code", "kind", "status"],
+                                         records=[(b, n, r, regions.city_of(r), "enterprise", "active")
+                                                  for b, n, r in branches])
+        await conn.copy_records_to_table(
+            "members", columns=["id", "branch_id", "region_code", "city_code", "employment_form", "status", "joined_on"],
+            records=[(m, b[0], b[2], regions.city_of(b[2]), "standard", "active", date(2021, 1, 4))
+                     for m, b in member_branch.items()])
+    finally:
+        await conn.close()
+    return members, member_branch
+
+
+async def pool_run(jobs, concurrency: int) -> list:
+    """Run the coroutine factories with at most ``concurrency`` in flight; results in order."""
+    results = [None] * len(jobs)
+    queue = list(enumerate(jobs))[::-1]
+
+    async def worker():
+        while queue:
+            i, job = queue.pop()
+            results[i] = await job()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return results
+
+
+class CompletedTail:
+    """Counts session.completed records for our sessions as they arrive on training.events."""
+
+    def __init__(self, bootstrap: str, session_ids: set[str]):
+        self.bootstrap, self.wanted = bootstrap, {s.encode() for s in session_ids}
+        self.seen: set[bytes] = set()
+        self.last_at = 0.0
+        self.records = 0
+
+    async def start(self) -> None:
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
+                                         fetch_max_bytes=50 * 1024 * 1024, max_partition_fetch_bytes=8 * 1024 * 1024)
+        await self.consumer.start()
+        partitions = await topic_partitions(self.consumer, "training.events")
+        self.consumer.assign(partitions)
+        for tp, offset in (await self.consumer.end_offsets(partitions)).items():
+            self.consumer.seek(tp, offset)
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            for records in (await self.consumer.getmany(timeout_ms=200, max_records=10000)).values():
+                self.records += len(records)
+                for r in records:
+                    if r.key in self.wanted and b"session.completed" in r.value and r.key not in self.seen:
+                        self.seen.add(r.key)
+                        self.last_at = time.perf_counter()
+
+    async def wait_all(self, timeout: float) -> float:
+        deadline = time.monotonic() + timeout
+        while len(self.seen) < len(self.wanted):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(self.seen)} of {len(self.wanted)} session.completed on Kafka after {timeout} s")
+            await asyncio.sleep(0.05)
+        return self.last_at
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        await self.consumer.stop()
+
+
+class PrivateTopic:
+    """A topic of the benchmark's own (deleted afterwards), so no shared topic gets synthetic records."""
+
+    def __init__(self, bootstrap: str, partitions: int = 6):
+        self.bootstrap, self.partitions = bootstrap, partitions
+        self.name = f"bench-training-{uuid.uuid4().hex[:8]}"
+
+    async def __aenter__(self) -> str:
+        self.admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=15000)
+        await self.admin.start()
+        await self.admin.create_topics([NewTopic(self.name, self.partitions, 1)])
+        return self.name
+
+    async def __aexit__(self, *exc) -> None:
+        try:
+            await self.admin.delete_topics([self.name])
+        finally:
+            await self.admin.close()
+
+
+async def baselines(dsn: str, bootstrap: str, rows: int, records: int, value_size: int) -> dict:
+    """Raw asyncpg COPY of ``rows`` enrolment-shaped rows; raw aiokafka sends of ``records`` records."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("CREATE TEMP TABLE raw_enrolments (id uuid, session_id uuid, member_id uuid, branch_id uuid)")
+        data = [(uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()) for _ in range(rows)]
+        started = time.perf_counter()
+        await conn.copy_records_to_table("raw_enrolments", records=data)
+        copy_s = time.perf_counter() - started
+    finally:
+        await conn.close()
+    async with PrivateTopic(bootstrap) as topic:
+        producer = make_producer(bootstrap)
+        await producer.start()
+        try:
+            value = b"x" * value_size
+            started = time.perf_counter()
+            futures = [await producer.send(topic, value, key=str(uuid.uuid4()).encode()) for _ in range(records)]
+            await asyncio.gather(*futures)
+            send_s = time.perf_counter() - started
+        finally:
+            await producer.stop()
+    return {"copy_s": copy_s, "send_s": send_s}
+
+
+async def rebuild_figure(s, events: int) -> dict:
+    """Rebuild the member read model from ``events`` membership events on a private topic."""
+    async with PrivateTopic(s.kafka.bootstrap) as topic:
+        producer = make_producer(s.kafka.bootstrap)
+        await producer.start()
+        try:
+            branch = uuid.uuid4()
+            futures = []
+            for _ in range(events):
+                k, v, h = encode(envelope(MemberJoined(member_id=uuid.uuid4(), branch_id=branch, region_code="640104",
+                                                       city_code="640100", employment_form="courier",
+                                                       joined_on=date(2021, 5, 1))))
+                futures.append(await producer.send(topic, v, key=k, headers=h))
+            await asyncio.gather(*futures)
+        finally:
+            await producer.stop()
+        dsn = await s.database("training")
+        result = await rebuild(dsn, s.kafka.bootstrap, f"bench-{uuid.uuid4().hex[:6]}", topic=topic,
+                               progress=lambda _: None)
+    return result
+
+
+async def main() -> None:
+    sessions_n = SESSIONS
+    person_times = PERSON_TIMES * sessions_n // 5000
+    async with servers() as s:
+        dsn = await s.database("training")
+        seed_started = time.perf_counter()
+        members, member_branch = await seed_read_model(dsn, person_times)
+        seed_s = time.perf_counter() - seed_started
+        env = s.env("training", database_url=dsn, CHANGAI_MEMBERS_CONSUMER="false", CHANGAI_DB_POOL_MAX="20")
+        await s.start("training", ["-m", "services.training", "api"], env)
+        base = f"http://127.0.0.1:{env['CHANGAI_HTTP_PORT']}"
+        auth = {"Authorization": "Bearer " + mint_token("bench", ["training:write", "training:read"], "640000")}
+        print(f"seeded {len(members):,} members / {BRANCHES} branches in {seed_s:.1f} s; "
+              f"{sessions_n:,} sessions, {person_times:,} person-times, concurrency {CONCURRENCY}", flush=True)
+
+        # Sessions of 26 or 27: slot j is member j mod 100,000 (so 34,000 people train twice).
+        sizes = [person_times // sessions_n + (1 if i < person_times % sessions_n else 0) for i in range(sessions_n)]
+        slots, offset = [], 0
+        for size in sizes:
+            slots.append([members[(offset + k) % len(members)] for k in range(size)])
+            offset += size
+
+        timings: dict[str, float] = {}
+        limits = httpx.Limits(max_connections=CONCURRENCY * 2, max_keepalive_connections=CONCURRENCY * 2)
+        async with httpx.AsyncClient(base_url=base, headers=auth, timeout=120, limits=limits) as http:
+            async def post(path: str, body: dict, want: int = 200) -> dict:
+                resp = await http.post(path, json=body, headers={"Idempotency-Key": uuid.uuid4().hex})
+                if resp.status_code != want:
+                    raise RuntimeError(f"POST {path} -> {resp.status_code} {resp.text[:300]}")
+                return resp.json()
+
+            programmes = [await post("/v1/programmes", {
+                "name": f"基准项目 {c}", "occupation": "电工", "target_level": 4, "provider_kind": "technical_school",
+                "provider_name": "宁夏技师学院", "subsidy_category": c}, 201) for c in CATEGORIES]
+
+            started = time.perf_counter()
+            scheduled = await pool_run([
+                (lambda i=i: post("/v1/sessions", {
+                    "programme_id": programmes[i % 3]["id"], "organiser_kind": "branch",
+                    "organiser_id": str(member_branch[slots[i][0]][0]), "starts_on": "2021-03-01",
+                    "ends_on": "2021-08-20", "capacity": len(slots[i])}, 201)) for i in range(sessions_n)], CONCURRENCY)
+            timings["schedule"] = time.perf_counter() - started
+            print(f"scheduled {sessions_n:,} sessions in {timings['schedule']:.1f} s", flush=True)
+            session_ids = [x["id"] for x in scheduled]
+
+            tail = CompletedTail(s.kafka.bootstrap, set(session_ids))
+            await tail.start()
+
+            t_enrol = time.perf_counter()
+            enrolled = await pool_run([
+                (lambda i=i: post(f"/v1/sessions/{session_ids[i]}/enrolments/bulk",
+                                  {"member_ids": [str(m) for m in slots[i]]})) for i in range(sessions_n)], CONCURRENCY)
+            timings["enrol"] = time.perf_counter() - t_enrol
+            total_enrolled = sum(r["enrolled"] for r in enrolled)
+            print(f"enrolled {total_enrolled:,} in {timings['enrol']:.1f} s", flush=True)
+            assert total_enrolled == person_times, f"{total_enrolled} enrolled, wanted {person_times}"
+
+            started = time.perf_counter()
+            await pool_run([(lambda i=i: post(f"/v1/sessions/{session_ids[i]}/start", {"started_on": "2021-03-01"}))
+                            for i in range(sessions_n)], CONCURRENCY)
+            timings["start"] = time.perf_counter() - started
+            started = time.perf_counter()
+            await pool_run([(lambda i=i: post(f"/v1/sessions/{session_ids[i]}/attendance",
+                                              {"member_ids": [str(m) for m in slots[i]]})) for i in range(sessions_n)],
+                           CONCURRENCY)
+            timings["attendance"] = time.perf_counter() - started
+            started = time.perf_counter()
+            await pool_run([(lambda i=i: post(f"/v1/sessions/{session_ids[i]}/results", {"results": [
+                {"member_id": str(m), "result": "failed" if k % 10 == 9 else "passed"} for k, m in enumerate(slots[i])]}))
+                for i in range(sessions_n)], CONCURRENCY)
+            timings["results"] = time.perf_counter() - started
+            print(f"started, attendance, results in {timings['start'] + timings['attendance'] + timings['results']:.1f} s",
+                  flush=True)
+
+            t_complete = time.perf_counter()
+            completed = await pool_run([(lambda i=i: post(f"/v1/sessions/{session_ids[i]}/complete",
+                                                          {"completed_on": "2021-08-31"})) for i in range(sessions_n)],
+                                       CONCURRENCY)
+            timings["complete"] = time.perf_counter() - t_complete
+            print(f"completion calls answered in {timings['complete']:.1f} s", flush=True)
+            t_done = await tail.wait_all(timeout=900)
+            await tail.stop()
+            person_times_done = sum(c["results"]["person_times"] for c in completed)
+            eligible = sum(c["results"]["eligible_persons"] for c in completed)
+            summary = (await http.get("/v1/summary/person-times", params={"from": "2021-01-01", "to": "2021-08-31"})).json()
+
+        conn = await asyncpg.connect(dsn)
+        try:
+            outbox_rows = await conn.fetchval("SELECT count(*) FROM outbox")
+            unpublished = await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            completed_size = await conn.fetchval(
+                "SELECT avg(length(value))::int FROM outbox WHERE event_type = 'changai.training.session.completed.v1'")
+        finally:
+            await conn.close()
+
+        raw = await baselines(dsn, s.kafka.bootstrap, person_times, sessions_n, completed_size)
+        rebuilt = await rebuild_figure(s, REBUILD_EVENTS)
+
+    rows = [
+        ("schedule sessions (POST /v1/sessions)", f"{sessions_n:,}", f"{timings['schedule']:.1f}",
+         f"{sessions_n / timings['schedule']:,.0f} sessions/s"),
+        ("bulk enrol (POST .../enrolments/bulk)", f"{person_times:,}", f"{timings['enrol']:.1f}",
+         f"{person_times / timings['enrol']:,.0f} person-times/s"),
+        ("start sessions", f"{sessions_n:,}", f"{timings['start']:.1f}", f"{sessions_n / timings['start']:,.0f}/s"),
+        ("record attendance (bulk)", f"{person_times:,}", f"{timings['attendance']:.1f}",
+         f"{person_times / timings['attendance']:,.0f}/s"),
+        ("record results (bulk)", f"{person_times:,}", f"{timings['results']:.1f}",
+         f"{person_times / timings['results']:,.0f}/s"),
+        ("complete sessions (HTTP answered)", f"{sessions_n:,}", f"{timings['complete']:.1f}",
+         f"{sessions_n / timings['complete']:,.0f} sessions/s"),
+        ("first complete call → all session.completed on Kafka", f"{sessions_n:,}", f"{t_done - t_complete:.1f}", ""),
+        ("first bulk enrol → all session.completed on Kafka", f"{sessions_n:,}", f"{t_done - t_enrol:.1f}",
+         f"{person_times / (t_done - t_enrol):,.0f} person-times/s end to end"),
+        ("baseline: raw asyncpg COPY of the enrolment rows", f"{person_times:,}", f"{raw['copy_s']:.2f}",
+         f"bulk enrol is {timings['enrol'] / raw['copy_s']:,.0f}× this"),
+        ("baseline: raw aiokafka send of completed-size records", f"{sessions_n:,}", f"{raw['send_s']:.2f}",
+         f"completion→Kafka is {(t_done - t_complete) / raw['send_s']:,.0f}× this"),
+        ("member read model rebuild from membership events", f"{rebuilt['applied']:,}", f"{rebuilt['seconds']:.1f}",
+         f"{rebuilt['applied'] / rebuilt['seconds']:,.0f} events/s"),
+    ]
+    print(table(rows, ("step", "n", "seconds", "rate")))
+    print(f"person-times completed {person_times_done:,} (summary endpoint: {summary['total']['person_times']:,} "
+          f"person-times, {summary['total']['persons']:,} distinct persons); subsidy-eligible persons {eligible:,}; "
+          f"outbox rows {outbox_rows:,} ({unpublished} unpublished at the end); "
+          f"session.completed record ≈ {completed_size} bytes")
