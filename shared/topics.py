@@ -42,6 +42,16 @@ TOPICS: tuple[Topic, ...] = (
     # Dead letters: kept a few weeks so an operator can inspect and replay them.
     *(Topic(f"{s}.events.dlq", 1, retention_ms=4 * WEEK_MS, purpose=f"records of {s}.events that could not be parsed or validated")
       for s in DOMAIN_SERVICES),
+    # The notifier's pipeline (route → render → deliver), its retry tiers and its dead letters.
+    Topic("notifier.deliver", 6, retention_ms=WEEK_MS,
+          purpose="notifier: deliveries keyed by channel, so one worker owns each channel's send budget"),
+    # Retries and deferrals are few and wait in memory until due: one partition each is plenty
+    # (fewer idle partitions in every fetch), and their records go back keyed by channel.
+    Topic("notifier.deferred", 1, retention_ms=WEEK_MS, purpose="notifier: deliveries held back (quiet hours, leases)"),
+    *(Topic(f"notifier.retry.{n}", 1, retention_ms=WEEK_MS, purpose=f"notifier: deliveries waiting for retry {n}")
+      for n in range(1, 9)),
+    Topic("notifier.deliveries.dlq", 1, retention_ms=4 * WEEK_MS,
+          purpose="notifier: deliveries whose attempts were exhausted (dead letters)"),
 )
 
 BY_NAME = {t.name: t for t in TOPICS}

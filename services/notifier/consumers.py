@@ -1,64 +1,285 @@
-"""The notifier's agents: membership events → signed webhooks to the federations configured per region."""
+"""The notifier worker: faust-streaming agents route → render → deliver, plus retries.
+
+    domain topics ──route, render──▶ notifier.deliver ──deliver──▶ receivers
+                                      ▲ (keyed by channel)            │ failure, quiet hours
+    notifier.retry.1…8, notifier.deferred ◀────── outbox ◀───────────┘
+           └──────wait_until_due (held until due)──────┘
+
+Every agent acknowledges a record only when what it produced from it is safely stored or
+acknowledged by Kafka, so a crash means the record is read again; the delivery rows in
+Postgres make a second reading harmless. Agents never die on an error: they retry in place.
+"""
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+import uuid
+from dataclasses import dataclass, field
 
 import asyncpg
+import faust
 import httpx
+import orjson
 
-from services.notifier import delivery, domain, store
+from services.notifier import pipeline, topics
+from services.notifier.render import Renderer
+from services.notifier.settings import NotifierSettings
 from shared import migrate
-from shared.events import encode
-from shared.events.membership import BranchEstablished
-from shared.settings import Settings
-from shared.streams import parse_or_dead_letter
+from shared.outbox import OutboxRelay
+from shared.streams import create_stream_app, parse_or_dead_letter
 
 log = logging.getLogger(__name__)
-RETRY_DELAYS = (0.5, 1, 2, 5, 10, 30)
 
 
-def wire(app, settings: Settings) -> None:
-    membership_events = app.topic("membership.events", key_type=bytes, value_type=bytes,
-                                  key_serializer="raw", value_serializer="raw")
-    state: dict = {}
+def _raw_topic(app: faust.App, *names: str) -> faust.TopicT:
+    return app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+                     internal=False)
 
-    async def resources() -> tuple[asyncpg.Pool, httpx.AsyncClient]:
-        if "pool" not in state:
-            await migrate.apply(settings.database_url, "notifier")
-            state["pool"] = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=5)
-            state["http"] = httpx.AsyncClient()
-        return state["pool"], state["http"]
 
-    @app.agent(membership_events)
-    async def notify_branches(stream):
-        async for event in stream.events():
-            parsed = await parse_or_dead_letter(app, event, {BranchEstablished.event_type})
+class LingeringRelay(OutboxRelay):
+    """The worker's outbox holds outcome events, retry records and dead letters: none is urgent
+    to the millisecond, and at hundreds of notices a second publishing each row on its own (the
+    relay wakes on every insert) costs more than the notices. So each batch waits a little for
+    company first."""
+
+    linger_s = 0.05
+
+    async def publish_batch(self) -> int:
+        await asyncio.sleep(self.linger_s)
+        return await super().publish_batch()
+
+
+@dataclass
+class Resources:
+    settings: NotifierSettings
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    pool: asyncpg.Pool | None = None
+    http: httpx.AsyncClient | None = None
+    relay: OutboxRelay | None = None
+    channels: pipeline.ChannelCache | None = None
+    model: pipeline.ReadModel | None = None
+    router: pipeline.Router | None = None
+    renderer: Renderer | None = None
+    render: pipeline.RenderStage | None = None
+    deliverer: pipeline.Deliverer | None = None
+    due: pipeline.DueQueue | None = None
+    sweeper: pipeline.Sweeper | None = None
+    error: str | None = None
+
+    async def start(self, forward) -> None:
+        s = self.settings
+        await migrate.apply(s.database_url, "notifier")
+        # No session state is ever changed on these connections (settings are transaction-local),
+        # so a connection goes back to the pool without a reset query: one round trip less per use.
+        self.pool = await asyncpg.create_pool(s.database_url, min_size=2, max_size=max(4, s.db_pool_max),
+                                              reset=_keep_session)
+        await pipeline.seed_channels(self.pool, s)
+        self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200, max_keepalive_connections=100),
+                                      follow_redirects=False)
+        self.relay = LingeringRelay(self.pool, s.kafka_bootstrap, "notifier", dsn=s.database_url,
+                                    poll_interval=s.outbox_poll_interval_s, batch_size=s.outbox_batch_size)
+        self.relay.start()
+        self.channels = pipeline.ChannelCache(self.pool, s.database_url, s.data_key_bytes())
+        await self.channels.start()
+        self.model = pipeline.ReadModel(self.pool)
+        self.renderer = Renderer()
+        self.router = pipeline.Router(self.pool, self.channels, self.model)
+        self.render = pipeline.RenderStage(self.pool, self.channels, self.model, self.renderer)
+        self.deliverer = pipeline.Deliverer(s, self.pool, self.http, self.channels, self.renderer)
+        self.due = pipeline.DueQueue(forward)
+        self.sweeper = pipeline.Sweeper(self.pool, forward, s.notifier_sweep_grace_s)
+        self.ready.set()
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    return None
+
+
+async def _retrying(what: str, fn, *args):
+    """Run ``fn`` until it succeeds (a database or broker away for a while must not kill an agent)."""
+    delay = 0.2
+    while True:
+        try:
+            return await fn(*args)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001
+            log.exception("%s failed; retrying in %.1f s", what, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+async def _send_all(topic: faust.TopicT, event, records: list[tuple[bytes, bytes]]) -> None:
+    """Send what was made from ``event`` and acknowledge it once Kafka has every record; a record
+    Kafka refused is sent again (with back-off) until it is taken, so none is dropped."""
+    if not records:
+        event.ack()
+        return
+    futures = [await topic.send(key=k, value=v) for k, v in records]
+
+    async def settle() -> None:
+        for (key, value), fut in zip(records, futures):
+            delay = 0.5
+            while True:
+                try:
+                    await fut
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: BLE001 - broker away or timed out: try again
+                    log.warning("a record was not acknowledged by Kafka; sending it again", exc_info=True)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+                    try:
+                        fut = await topic.send(key=key, value=value)
+                    except Exception:  # noqa: BLE001
+                        fut = asyncio.get_running_loop().create_future()
+                        fut.set_exception(RuntimeError("send failed"))
+        event.ack()
+
+    asyncio.ensure_future(settle())
+
+
+def _peek_type(value: bytes | None) -> str | None:
+    try:
+        return orjson.loads(value).get("type") if value else None
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+
+
+def _once(event):
+    """An acknowledgement that counts once however often it is called."""
+    done = []
+
+    async def ack() -> None:
+        if not done:
+            done.append(True)
+            event.ack()
+
+    return ack
+
+
+def build_worker(settings: NotifierSettings) -> tuple[faust.App, Resources]:
+    app = create_stream_app(
+        settings.notifier_app_id, settings,
+        consumer_auto_offset_reset=settings.notifier_auto_offset_reset,
+        stream_wait_empty=False,  # deliveries wait in channel queues and retries until due: never block a rebalance
+        broker_commit_livelock_soft_timeout=24 * 3600.0,
+        producer_linger_ms=settings.notifier_producer_linger_ms,
+        broker_session_timeout=settings.notifier_session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.notifier_session_timeout_s / 3),
+    )
+    res = Resources(settings)
+    domain_topics = _raw_topic(app, *topics.DOMAIN_SOURCES)
+    deliver_topic = _raw_topic(app, topics.DELIVER)
+    waiting_topic = _raw_topic(app, topics.DEFERRED, *topics.RETRIES)
+
+    async def forward(key: bytes, value: bytes) -> None:
+        fut = await deliver_topic.send(key=key, value=value)
+        await fut
+
+    @app.task
+    async def start_resources() -> None:
+        try:
+            await _retrying("starting the notifier's resources", res.start, forward)
+        except Exception as exc:  # noqa: BLE001
+            res.error = repr(exc)
+            raise
+        asyncio.ensure_future(res.due.run())
+        log.info("notifier worker ready", extra={"channels": len(res.channels.index.by_id)})
+
+    @app.agent(domain_topics)
+    async def route(stream):
+        """Route (who gets it) and render (what each channel is sent), then re-key by channel.
+
+        Both steps run here, one after the other: a Kafka hop between them would add a hop's
+        latency and buy nothing (rendering is CPU work on data already in hand). The hop that
+        matters is the next one, onto the deliver topic keyed by channel."""
+        await res.ready.wait()
+        async for event in stream.noack().events():
+            if not res.router.wants(_peek_type(event.message.value)):
+                event.ack()  # nobody hears it and the read model needs nothing from it: no parsing
+                continue
+            parsed = await parse_or_dead_letter(app, event)
             if parsed is None:
+                event.ack()
                 continue
             ce, data = parsed
-            pool, http = await resources()
-            _, body, _ = encode(ce)
-            secret = settings.notifier_webhook_secret.get_secret_value()
-            for _, url in domain.webhook_recipients(data.region_code, settings.notifier_webhooks):
-                await deliver(pool, http, url, secret, ce.id, ce.type, body)
+            deliveries = await _retrying("routing an event", res.router.route, ce, data)
+            records = []
+            if deliveries:
+                records = await _retrying("rendering notices", res.render.render, ce, data, event.message.value,
+                                          deliveries)
+            await _send_all(deliver_topic, event, records)
+
+    @app.agent(deliver_topic)
+    async def deliver(stream):
+        await res.ready.wait()
+        async for event in stream.noack().events():
+            try:
+                record = orjson.loads(event.message.value)
+                delivery_id, channel_id = uuid.UUID(record["d"]), uuid.UUID(record["c"])
+            except Exception:  # noqa: BLE001
+                log.warning("unreadable deliver record skipped")
+                event.ack()
+                continue
+
+            await _retrying("queueing a delivery", res.deliverer.submit, delivery_id, channel_id, record, _once(event))
+
+    @app.agent(waiting_topic)
+    async def wait_until_due(stream):
+        await res.ready.wait()
+        async for event in stream.noack().events():
+            try:
+                record = orjson.loads(event.message.value)
+            except Exception:  # noqa: BLE001
+                event.ack()
+                continue
+
+            ack = _once(event)
+            try:
+                known = await res.channels.get_or_load(uuid.UUID(record["c"]))
+            except Exception:  # noqa: BLE001 - cannot tell: keep it
+                known = True
+            if not known:
+                await ack()  # not a channel of this deployment
+                continue
+            res.due.add(event.message.key or b"", record, ack)
+
+    @app.timer(interval=settings.notifier_sweep_interval_s)
+    async def sweep() -> None:
+        if res.ready.is_set():
+            try:
+                await res.sweeper.sweep_once()
+            except Exception:  # noqa: BLE001
+                log.warning("sweep failed", exc_info=True)
+
+    @app.page("/readyz")
+    async def readyz(web, request):
+        assigned = bool(app.consumer and app.consumer.assignment()) if res.ready.is_set() else False
+        ok = res.ready.is_set() and assigned and not app.rebalancing
+        return web.json({"status": "ok" if ok else "starting", "resources": res.ready.is_set(),
+                         "assigned": assigned, "rebalancing": bool(app.rebalancing), "error": res.error},
+                        status=200 if ok else 503)
+
+    return app, res
 
 
-async def deliver(pool, http, url, secret, event_id, event_type, body) -> None:
-    """At least once from Kafka, once to the receiver: skip what the log says was delivered."""
-    if await store.already_delivered(pool, event_id, url):
-        return
-    for delay in (*RETRY_DELAYS, None):
-        status, error = None, None
+async def ensure_topics(settings: NotifierSettings, timeout: float = 120.0) -> None:
+    """The notifier's topics exist before its consumer subscribes (broker auto-creation is off)."""
+    from shared.topics import TOPICS, ensure_topics as create
+
+    wanted = tuple(t for t in TOPICS if t.name.startswith("notifier.") or t.name in topics.DOMAIN_SOURCES)
+    deadline = time.monotonic() + timeout
+    delay = 0.5
+    while True:
         try:
-            response = await delivery.post_webhook(http, url, secret, event_id, body)
-            status = response.status_code
-        except httpx.HTTPError as exc:
-            error = repr(exc)
-        ok = status is not None and 200 <= status < 300
-        await store.record_attempt(pool, event_id, url, event_type, delivered=ok, status_code=status, error=error)
-        if ok or delay is None:
-            if not ok:
-                log.warning("notice not delivered", extra={"event_id": event_id, "status": status})
+            await create(settings.kafka_bootstrap, wanted)
             return
-        await asyncio.sleep(delay)
+        except Exception:  # noqa: BLE001
+            if time.monotonic() > deadline:
+                raise
+            log.warning("Kafka not reachable to create the notifier's topics; retrying")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5)

@@ -1,22 +1,70 @@
-"""Notifier: wiring and entry point (``python -m services.notifier worker``)."""
+"""Notifier: wiring and entry points.
+
+    python -m services.notifier api      # the HTTP API (channels, log, resends)
+    python -m services.notifier worker   # the Faust worker: route → render → deliver, retries
+
+Both refuse to start when a registered event type has no template.
+"""
 from __future__ import annotations
 
+import asyncio
 import sys
 
-from services.notifier import consumers
-from shared.settings import Settings
-from shared.streams import create_stream_app, run_worker
+from services.notifier.settings import NotifierSettings
 
-settings = Settings(service="notifier")
-app = create_stream_app("notifier", settings)
-consumers.wire(app, settings)
+
+def build_app(settings: NotifierSettings | None = None):
+    from services.notifier.api import renderer, router
+    from services.notifier.pipeline import seed_channels
+    from shared.http import create_app
+
+    settings = settings or NotifierSettings()
+    renderer().check()
+
+    async def seed(app) -> None:
+        await seed_channels(app.state.db, settings)
+
+    app = create_app(service="notifier", settings=settings, routers=[router], parts=[seed],
+                     title="Changai notifier (通知)",
+                     description="Notice channels of union branches and federations (webhook, WeCom, DingTalk, "
+                                 "e-mail), subscriptions, the delivery log and resends.")
+    app.state.settings = settings
+    return app
+
+
+def run_worker(settings: NotifierSettings) -> None:
+    from services.notifier.consumers import build_worker, ensure_topics
+    from services.notifier.render import Renderer
+    from shared import logging as changai_logging
+    from shared.streams import run_worker as run
+
+    changai_logging.configure("notifier-worker", settings.log_level)
+    import logging
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per notice sent is the delivery log's job
+    Renderer().check()
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(ensure_topics(settings))
+    finally:
+        loop.close()
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    app, _ = build_worker(settings)
+    run(app, settings)
 
 
 def main(argv: list[str]) -> None:
     role = argv[0] if argv else "worker"
-    if role != "worker":
-        raise SystemExit(f"unknown role {role!r}; use: worker")
-    run_worker(app, settings)
+    settings = NotifierSettings()
+    if role == "api":
+        import uvicorn
+
+        uvicorn.run(build_app(settings), host=settings.http_host, port=settings.http_port, log_config=None,
+                    access_log=False)
+    elif role == "worker":
+        run_worker(settings)
+    else:
+        raise SystemExit(f"unknown role {role!r}; use: api | worker")
 
 
 if __name__ == "__main__":

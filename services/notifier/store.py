@@ -1,25 +1,368 @@
-"""Notifier's SQL: the delivery log, which is also the dedupe record."""
+"""The notifier's SQL: the branch read model, channels, deliveries and attempts.
+
+The delivery row is the dedupe record (one per event × channel: its id is derived from both,
+and a unique index holds) and the state machine's single source of truth: a claim
+(``notifier_claim``, migration 0003) moves it to ``sending`` under a row lock with a lease,
+so however many records Kafka redelivers for it, one attempt at a time reaches the receiver.
+"""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import asyncpg
+import orjson
+
+from services.notifier.domain import payload_hash
+from shared.outbox import lane_of
+
+# -- raw records through the outbox (internal topics) -----------------------------------
 
 
-async def already_delivered(pool: asyncpg.Pool, event_id: str, endpoint: str) -> bool:
-    return bool(await pool.fetchval(
-        "SELECT status = 'delivered' FROM deliveries WHERE event_id = $1 AND endpoint = $2",
-        uuid.UUID(event_id), endpoint))
+async def enqueue(conn: asyncpg.Connection, topic: str, key: str, value: dict) -> None:
+    """A record for one of the notifier's own topics, written with the state change that
+    needs it: the relay publishes it, so a crash can never lose it."""
+    await conn.execute(
+        "INSERT INTO outbox (event_id, topic, key, lane, event_type, value) VALUES ($1, $2, $3, $4, $5, $6)",
+        uuid.uuid4(), topic, key, lane_of(key), f"notifier.internal.{topic}", orjson.dumps(value))
 
 
-async def record_attempt(pool: asyncpg.Pool, event_id: str, endpoint: str, event_type: str, *,
-                         delivered: bool, status_code: int | None, error: str | None) -> None:
-    await pool.execute(
-        """INSERT INTO deliveries (event_id, endpoint, event_type, status, attempts, last_status_code, last_error,
-                                   delivered_at)
-           VALUES ($1, $2, $3, $4, 1, $5, $6, CASE WHEN $4 = 'delivered' THEN now() END)
-           ON CONFLICT (event_id, endpoint) DO UPDATE SET
-               status = EXCLUDED.status, attempts = deliveries.attempts + 1,
-               last_status_code = EXCLUDED.last_status_code, last_error = EXCLUDED.last_error,
-               delivered_at = EXCLUDED.delivered_at""",
-        uuid.UUID(event_id), endpoint, event_type, "delivered" if delivered else "pending", status_code, error)
+async def enqueue_many(conn: asyncpg.Connection, rows: Iterable[tuple[str, str, dict]]) -> int:
+    records = [(uuid.uuid4(), topic, key, lane_of(key), f"notifier.internal.{topic}", orjson.dumps(value))
+               for topic, key, value in rows]
+    if records:
+        await conn.copy_records_to_table("outbox", records=records,
+                                         columns=["event_id", "topic", "key", "lane", "event_type", "value"])
+    return len(records)
+
+
+# -- read model ------------------------------------------------------------------------
+
+
+async def upsert_branch(conn, branch_id: uuid.UUID, name: str | None, region_code: str, parent_id: uuid.UUID | None,
+                        kind: str | None, status: str = "active") -> None:
+    await conn.execute(
+        """INSERT INTO branches (id, name, region_code, parent_id, kind, status) VALUES ($1, COALESCE($2, ''), $3, $4, $5, $6)
+           ON CONFLICT (id) DO UPDATE SET name = COALESCE($2, branches.name), region_code = $3,
+               parent_id = COALESCE($4, branches.parent_id), kind = COALESCE($5, branches.kind), status = $6,
+               updated_at = now()""",
+        branch_id, name, region_code, parent_id, kind, status)
+
+
+async def set_branch_status(conn, branch_id: uuid.UUID, region_code: str, status: str) -> None:
+    await conn.execute(
+        """INSERT INTO branches (id, name, region_code, status) VALUES ($1, '', $2, $3)
+           ON CONFLICT (id) DO UPDATE SET status = $3, updated_at = now()""", branch_id, region_code, status)
+
+
+async def set_member_branch(conn, member_id: uuid.UUID, branch_id: uuid.UUID) -> None:
+    await conn.execute(
+        """INSERT INTO member_branches (member_id, branch_id) VALUES ($1, $2)
+           ON CONFLICT (member_id) DO UPDATE SET branch_id = $2, updated_at = now()""", member_id, branch_id)
+
+
+async def set_session_organiser(conn, session_id: uuid.UUID, branch_id: uuid.UUID | None) -> None:
+    await conn.execute(
+        """INSERT INTO session_organisers (session_id, branch_id) VALUES ($1, $2)
+           ON CONFLICT (session_id) DO UPDATE SET branch_id = COALESCE($2, session_organisers.branch_id),
+               updated_at = now()""", session_id, branch_id)
+
+
+async def members_branches(conn, member_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+    rows = await conn.fetch("SELECT branch_id FROM member_branches WHERE member_id = ANY($1::uuid[])", list(member_ids))
+    return [r["branch_id"] for r in rows]
+
+
+async def sessions_branches(conn, session_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+    rows = await conn.fetch("SELECT branch_id FROM session_organisers WHERE session_id = ANY($1::uuid[]) "
+                            "AND branch_id IS NOT NULL", list(session_ids))
+    return [r["branch_id"] for r in rows]
+
+
+async def branch_lineage(conn, branch_ids: Sequence[uuid.UUID]) -> list[asyncpg.Record]:
+    """The branches and every parent above them (id, name, region_code, parent_id, depth)."""
+    return await conn.fetch(
+        """WITH RECURSIVE up AS (
+               SELECT id, name, region_code, parent_id, 0 AS depth, id AS start FROM branches WHERE id = ANY($1::uuid[])
+               UNION ALL
+               SELECT b.id, b.name, b.region_code, b.parent_id, up.depth + 1, up.start
+               FROM branches b JOIN up ON b.id = up.parent_id WHERE up.depth < 8)
+           SELECT * FROM up ORDER BY start, depth""", list(branch_ids))
+
+
+async def branch_names(conn, branch_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+    rows = await conn.fetch("SELECT id, name FROM branches WHERE id = ANY($1::uuid[]) AND name <> ''", list(branch_ids))
+    return {r["id"]: r["name"] for r in rows}
+
+
+async def get_branch(conn, branch_id: uuid.UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT * FROM branches WHERE id = $1", branch_id)
+
+
+# -- channels ---------------------------------------------------------------------------
+CHANNEL_COLUMNS = ("id, kind, name, owner_kind, owner_branch_id, owner_region, scope, event_types, locale, config, "
+                   "secrets, quiet_hours, status, paused_reason, paused_at, failing_since, seed, created_by, "
+                   "created_at, updated_at")
+
+
+async def all_channels(conn) -> list[asyncpg.Record]:
+    return await conn.fetch(f"SELECT {CHANNEL_COLUMNS} FROM channels")
+
+
+async def get_channel(conn, channel_id: uuid.UUID, *, lock: bool = False) -> asyncpg.Record | None:
+    return await conn.fetchrow(f"SELECT {CHANNEL_COLUMNS} FROM channels WHERE id = $1" + (" FOR UPDATE" if lock else ""),
+                               channel_id)
+
+
+async def list_channels(conn, *, regions: Sequence[str] | None, owner_branch_id: uuid.UUID | None,
+                        kind: str | None, status: str | None, limit: int, after: uuid.UUID | None) -> list:
+    return await conn.fetch(
+        f"""SELECT {CHANNEL_COLUMNS} FROM channels
+            WHERE ($1::text[] IS NULL OR owner_region = ANY($1::text[]))
+              AND ($2::uuid IS NULL OR owner_branch_id = $2) AND ($3::text IS NULL OR kind = $3)
+              AND ($4::text IS NULL OR status = $4) AND ($5::uuid IS NULL OR id > $5)
+            ORDER BY id LIMIT $6""",
+        list(regions) if regions is not None else None, owner_branch_id, kind, status, after, limit)
+
+
+async def insert_channel(conn, *, id: uuid.UUID, kind: str, name: str, owner_kind: str, owner_branch_id, owner_region,
+                         scope: str, event_types: list[str], locale: str, config: dict, secrets: bytes,
+                         quiet_hours: dict | None, created_by: str, seed: bool = False) -> None:
+    await conn.execute(
+        """INSERT INTO channels (id, kind, name, owner_kind, owner_branch_id, owner_region, scope, event_types, locale,
+                                 config, secrets, quiet_hours, created_by, seed)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)""",
+        id, kind, name, owner_kind, owner_branch_id, owner_region, scope, event_types, locale,
+        orjson.dumps(config).decode(), secrets, orjson.dumps(quiet_hours).decode() if quiet_hours else None,
+        created_by, seed)
+
+
+async def update_channel(conn, channel_id: uuid.UUID, **fields: Any) -> None:
+    sets, args = [], [channel_id]
+    for name, value in fields.items():
+        if name in ("config", "quiet_hours"):
+            value = orjson.dumps(value).decode() if value is not None else None
+        args.append(value)
+        sets.append(f"{name} = ${len(args)}")
+    await conn.execute(f"UPDATE channels SET {', '.join(sets)}, updated_at = now() WHERE id = $1", *args)
+
+
+async def pause_channel(conn, channel_id: uuid.UUID, reason: str) -> asyncpg.Record | None:
+    """Pause an active channel; the row when it was paused now, None when it already was not active."""
+    return await conn.fetchrow(
+        "UPDATE channels SET status = 'paused', paused_reason = $2, paused_at = now(), updated_at = now() "
+        "WHERE id = $1 AND status = 'active' RETURNING id, kind, owner_region", channel_id, reason[:500])
+
+
+async def upsert_seed_channel(conn, *, id: uuid.UUID, region: str, name: str, secrets: bytes, config: dict) -> None:
+    await conn.execute(
+        """INSERT INTO channels (id, kind, name, owner_kind, owner_region, scope, event_types, config, secrets, seed,
+                                 created_by)
+           VALUES ($1, 'webhook', $2, 'federation', $3, 'subtree', ARRAY['*'], $4, $5, true, 'settings')
+           ON CONFLICT (id) DO UPDATE SET secrets = $5, config = $4, name = $2, updated_at = now()
+           WHERE channels.secrets IS DISTINCT FROM $5 OR channels.config IS DISTINCT FROM $4::jsonb""",
+        id, name, region, orjson.dumps(config).decode(), secrets)
+
+
+# -- delivering ---------------------------------------------------------------------------
+
+
+@dataclass
+class Claim:
+    delivery_id: uuid.UUID
+    attempt_id: int
+    n: int
+    failures: int
+    payload: bytes
+    event_id: uuid.UUID
+    event_type: str
+    event_time: datetime
+    channel_id: uuid.UUID
+    resend_of: uuid.UUID | None
+    requested_by: str | None
+
+
+async def peek_payloads(conn, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, bytes]:
+    rows = await conn.fetch("SELECT id, payload FROM deliveries WHERE id = ANY($1::uuid[]) AND payload IS NOT NULL",
+                            list(ids))
+    return {r["id"]: bytes(r["payload"]) for r in rows}
+
+
+async def claim(conn, delivery_id: uuid.UUID, channel_id: uuid.UUID, *, lease_s: float,
+                send_id: uuid.UUID | None, routed: dict | None = None, defer_until: datetime | None = None,
+                deferred_topic: str = "", deferred_value: dict | None = None) -> tuple[str, Claim | None]:
+    """Take a delivery for one attempt, in one round trip (``notifier_claim``, migration 0003).
+
+    ``routed`` (the delivery as the render stage made it: event id, type, time, branch, region,
+    fallback, payload) creates the row on its first claim. Returns (decision, claim): ``claimed``
+    with the claim, or why not: unknown | done | busy | early | held | deferred | cancelled."""
+    r = routed or {}
+    payload = r.get("payload")
+    row = await conn.fetchrow(
+        "SELECT * FROM notifier_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+        delivery_id, channel_id, lease_s, send_id, r.get("event_id"), r.get("event_type"), r.get("event_time"),
+        r.get("branch_id"), r.get("region"), r.get("fallback_for"), payload,
+        payload_hash(payload) if payload is not None else None, defer_until, deferred_topic,
+        lane_of(str(channel_id)), orjson.dumps(deferred_value) if deferred_value is not None else None)
+    if row["decision"] != "claimed":
+        return row["decision"], None
+    return "claimed", Claim(delivery_id, row["attempt_id"], row["n"], row["failures"], bytes(row["payload"]),
+                            row["event_id"], row["event_type"], row["event_time"], channel_id, row["resend_of"],
+                            row["requested_by"])
+
+
+async def finish_attempt(conn, claim: Claim, *, outcome: str, status_code, errcode, error, latency_ms: int,
+                         payload_hash: str | None, digest_of: int | None, send_id: uuid.UUID | None) -> None:
+    await conn.execute(
+        """UPDATE attempts SET finished_at = clock_timestamp(), outcome = $2, status_code = $3, errcode = $4, error = $5,
+               latency_ms = $6, payload_hash = $7, digest_of = $8, send_id = COALESCE($9, send_id) WHERE id = $1""",
+        claim.attempt_id, outcome, status_code, errcode, (error or None) and error[:1000], latency_ms, payload_hash,
+        digest_of, send_id)
+
+
+async def mark_delivered(conn, claim: Claim, *, status_code, errcode) -> None:
+    await conn.execute(
+        """UPDATE deliveries SET status = 'delivered', delivered_at = clock_timestamp(), lease_until = NULL,
+               last_status_code = $2, last_errcode = $3, last_error = NULL, updated_at = now() WHERE id = $1""",
+        claim.delivery_id, status_code, errcode)
+
+
+async def mark_retry(conn, claim: Claim, *, delay_s: float, counts: bool, status_code, errcode, error) -> datetime:
+    return await conn.fetchval(
+        """UPDATE deliveries SET status = 'retrying', failures = failures + $2::int, lease_until = NULL,
+               next_attempt_at = clock_timestamp() + make_interval(secs => $3), last_status_code = $4, last_errcode = $5,
+               last_error = $6, updated_at = now() WHERE id = $1 RETURNING next_attempt_at""",
+        claim.delivery_id, 1 if counts else 0, delay_s, status_code, errcode, (error or "")[:1000])
+
+
+DELIVERED_SQL = """
+    WITH a AS (UPDATE attempts SET finished_at = clock_timestamp(), outcome = 'delivered', status_code = $3,
+                   errcode = $4, error = $5, latency_ms = $6, payload_hash = $7, send_id = COALESCE($8, send_id)
+               WHERE id = $2),
+         d AS (UPDATE deliveries SET status = 'delivered', delivered_at = clock_timestamp(), lease_until = NULL,
+                   last_status_code = $3, last_errcode = $4, last_error = NULL, updated_at = now()
+               WHERE id = $1),
+         c AS (UPDATE channels SET failing_since = NULL WHERE id = $9 AND failing_since IS NOT NULL),
+         o AS (INSERT INTO outbox (event_id, topic, key, lane, event_type, value)
+               SELECT $10, $11, $12, $13, $14, $15 WHERE $10::uuid IS NOT NULL)
+    SELECT 1"""
+
+
+def delivered_args(claim: Claim, *, status_code, errcode, error, latency_ms: int, payload_hash: str | None,
+                   send_id: uuid.UUID | None, event: tuple | None) -> tuple:
+    """The common case as one statement's arguments: the attempt, the delivery, the channel no
+    longer failing, and ``event`` (an outbox row: id, topic, key, lane, type, value)."""
+    return (claim.delivery_id, claim.attempt_id, status_code, errcode, error, latency_ms, payload_hash, send_id,
+            claim.channel_id, *(event or (None, None, None, None, None, None)))
+
+
+async def delivered_many(conn, rows: list[tuple]) -> None:
+    """Several deliveries recorded in one round trip and one commit (group commit)."""
+    async with conn.transaction():
+        await conn.executemany(DELIVERED_SQL, rows)
+
+
+async def mark_dead(conn, claim: Claim, *, status_code, errcode, error) -> None:
+    await conn.execute(
+        """UPDATE deliveries SET status = 'dead', failures = failures + 1, lease_until = NULL, last_status_code = $2,
+               last_errcode = $3, last_error = $4, updated_at = now() WHERE id = $1""",
+        claim.delivery_id, status_code, errcode, (error or "")[:1000])
+
+
+async def channel_failed(conn, channel_id: uuid.UUID) -> float:
+    """Note a failure; returns for how many seconds the channel has been failing."""
+    return await conn.fetchval(
+        "UPDATE channels SET failing_since = COALESCE(failing_since, now()) WHERE id = $1 "
+        "RETURNING extract(epoch FROM now() - failing_since)::float8", channel_id) or 0.0
+
+
+async def channel_succeeded(conn, channel_id: uuid.UUID) -> None:
+    await conn.execute("UPDATE channels SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL",
+                       channel_id)
+
+
+async def recent_sends(conn, channel_id: uuid.UUID, window_s: float) -> list[float]:
+    """Ages (seconds) of the requests sent on a channel within the window (its budget so far)."""
+    rows = await conn.fetch(
+        """SELECT extract(epoch FROM now() - min(started_at))::float8 AS age FROM attempts
+           WHERE channel_id = $1 AND started_at > now() - make_interval(secs => $2)
+             AND outcome IS DISTINCT FROM 'throttled'
+           GROUP BY COALESCE(send_id::text, id::text)""", channel_id, window_s)
+    return [r["age"] for r in rows]
+
+
+async def sweep(conn, *, grace_s: float, limit: int = 500) -> list[asyncpg.Record]:
+    """Deliveries overdue by more than the grace (a lost message, a dead worker's lease): their
+    ids, to forward again. ``swept_at`` keeps replicas from all forwarding the same ones."""
+    return await conn.fetch(
+        """WITH due AS (
+               SELECT id FROM deliveries
+               WHERE status IN ('ready', 'retrying', 'deferred', 'sending')
+                 AND next_attempt_at < now() - make_interval(secs => $1)
+                 AND (status <> 'sending' OR lease_until < now())
+                 AND (swept_at IS NULL OR swept_at < now() - make_interval(secs => $1))
+               ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+           UPDATE deliveries d SET swept_at = now() FROM due WHERE d.id = due.id
+           RETURNING d.id, d.channel_id, d.event_type, d.event_time""", grace_s, limit)
+
+
+# -- the delivery log ------------------------------------------------------------------------
+DELIVERY_COLUMNS = ("d.id, d.event_id, d.event_type, d.event_time, d.channel_id, c.kind AS channel_kind, "
+                    "c.name AS channel_name, c.owner_region, d.branch_id, d.region_code, d.fallback_for, d.resend_of, "
+                    "d.requested_by, d.status, d.attempts, d.failures, d.payload_hash, d.next_attempt_at, "
+                    "d.last_status_code, d.last_errcode, d.last_error, d.created_at, d.delivered_at")
+
+
+async def list_deliveries(conn, *, regions: Sequence[str], branch_id, channel_id, event_type, status, since, until,
+                          limit: int, before: tuple[datetime, uuid.UUID] | None) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        f"""SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN channels c ON c.id = d.channel_id
+            WHERE c.owner_region = ANY($1::text[])
+              AND ($2::uuid IS NULL OR d.branch_id = $2) AND ($3::uuid IS NULL OR d.channel_id = $3)
+              AND ($4::text IS NULL OR d.event_type = $4) AND ($5::text IS NULL OR d.status = $5)
+              AND ($6::timestamptz IS NULL OR d.created_at >= $6) AND ($7::timestamptz IS NULL OR d.created_at < $7)
+              AND ($8::timestamptz IS NULL OR (d.created_at, d.id) < ($8, $9::uuid))
+            ORDER BY d.created_at DESC, d.id DESC LIMIT $10""",
+        list(regions), branch_id, channel_id, event_type, status, since, until,
+        before[0] if before else None, before[1] if before else None, limit)
+
+
+async def get_delivery(conn, delivery_id: uuid.UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN channels c ON c.id = d.channel_id WHERE d.id = $1",
+        delivery_id)
+
+
+async def attempts_of(conn, delivery_ids: Sequence[uuid.UUID]) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT delivery_id, n, started_at, finished_at, outcome, status_code, errcode, error, latency_ms, "
+        "payload_hash, digest_of, requested_by FROM attempts WHERE delivery_id = ANY($1::uuid[]) ORDER BY delivery_id, n",
+        list(delivery_ids))
+
+
+async def resend(conn, original: uuid.UUID, requested_by: str) -> asyncpg.Record:
+    """A new delivery of the same notice on the same channel, asked for by someone."""
+    return await conn.fetchrow(
+        """INSERT INTO deliveries (id, event_id, event_type, event_time, channel_id, branch_id, region_code, resend_of,
+                                   requested_by, status, payload, payload_hash)
+           SELECT $1, event_id, event_type, event_time, channel_id, branch_id, region_code, id, $3, 'ready', payload,
+                  payload_hash FROM deliveries WHERE id = $2 AND payload IS NOT NULL
+           RETURNING id, channel_id, event_time""", uuid.uuid4(), original, requested_by)
+
+
+async def release_held(conn, channel_id: uuid.UUID) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """UPDATE deliveries SET status = 'ready', next_attempt_at = now(), updated_at = now()
+           WHERE channel_id = $1 AND status = 'held' RETURNING id, channel_id, event_type, event_time""", channel_id)
+
+
+async def insert_test_delivery(conn, *, channel_id: uuid.UUID, region: str, payload: bytes, payload_hash: str,
+                               requested_by: str, event_type: str) -> asyncpg.Record:
+    return await conn.fetchrow(
+        """INSERT INTO deliveries (id, event_id, event_type, event_time, channel_id, region_code, requested_by, status,
+                                   payload, payload_hash)
+           VALUES ($1, $2, $3, clock_timestamp(), $4, $5, $6, 'ready', $7, $8) RETURNING id, channel_id, event_time""",
+        uuid.uuid4(), uuid.uuid4(), event_type, channel_id, region, requested_by, payload, payload_hash)

@@ -1,0 +1,270 @@
+"""The notifier: latency from a domain event to its receipt at 200 events/s, and throughput.
+
+Set-up: one notifier worker (the real entry point, a process) with its own database; 100
+branches, each with a webhook channel (Standard Webhooks signed) pointing at one receiver in
+this process (a minimal asyncio HTTP/1.1 server answering 204 at once: a healthy receiver).
+Events (``funding.subsidy.paid``, spread over the branches: each goes to the organising branch's
+channel) are published straight to ``funding.events`` with their CloudEvent ``time`` set at
+publication.
+
+1. Latency: 50 then 200 events/s (``CHANGAI_BENCH_NOTIFIER_RATES``) for ``CHANGAI_BENCH_NOTIFIER_SECONDS``
+   (default 20) seconds each; for every notice, receipt time minus the event's ``time``: p50 / p90 /
+   p99 / max.
+2. Throughput: a burst of ``CHANGAI_BENCH_NOTIFIER_BURST`` (default 5,000) events published as fast
+   as possible; notices per second from the first receipt to the last.
+3. The raw floor on the same machine: a bare aiokafka consumer + httpx POST to the same
+   receiver (no database, no signing, no routing), on the same burst size.
+Every notice is checked: one per event, none missing.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from datetime import date
+
+import asyncpg
+import httpx
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from bench.common import servers, summary, table
+from services.notifier import topics, vault
+from services.notifier.pipeline import SEED_NS  # noqa: F401  (imported to fail early if the package is broken)
+from shared.events import encode, envelope
+from shared.events.membership import BranchEstablished
+from shared.events.funding import SubsidyPaid
+from shared.kafka import make_consumer, make_producer
+
+BRANCHES = 100
+RATES = tuple(float(r) for r in os.environ.get("CHANGAI_BENCH_NOTIFIER_RATES", "50,200").split(","))
+
+
+class Receiver:
+    """A minimal keep-alive HTTP/1.1 server: records (receipt time, webhook-id, event time), answers 204."""
+
+    def __init__(self):
+        self.seen: dict[str, tuple[float, float]] = {}
+        self.count = 0
+        self.first: float | None = None
+        self.last: float | None = None
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._conn, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                now = time.time()
+                headers = {}
+                for line in head.decode("latin-1").split("\r\n")[1:]:
+                    if ":" in line:
+                        k, v = line.split(":", 1)
+                        headers[k.strip().lower()] = v.strip()
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                self.record(now, headers.get("webhook-id", ""), body)
+                writer.write(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionResetError):
+            pass
+        finally:
+            writer.close()
+
+    def record(self, now: float, msg_id: str, body: bytes) -> None:
+        if msg_id not in self.seen:
+            event_time = orjson.loads(body).get("time")
+            from datetime import datetime
+
+            self.seen[msg_id] = (now, datetime.fromisoformat(event_time).timestamp() if event_time else now)
+        self.count += 1
+        self.first = self.first or now
+        self.last = now
+
+
+def completed(branch: uuid.UUID, n: int) -> SubsidyPaid:
+    """A notice every branch gets: its training subsidy was paid."""
+    return SubsidyPaid(
+        claim_id=uuid.uuid4(), session_id=uuid.uuid4(), organiser_id=str(branch), subsidy_category="pre_job",
+        region_code="640104", city_code="640100", fund_id=uuid.uuid4(), source_kind="skills_account",
+        fiscal_year=2024, disbursement_id=uuid.uuid4(), persons=30 + n % 10, amount_fen=2_400_000)
+
+
+async def start_at_end(bootstrap: str, group: str, names) -> None:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()  # noqa: SLF001
+        tps = [TopicPartition(t, p) for t in names for p in consumer.partitions_for_topic(t) or ()]
+        consumer.assign(tps)
+        await consumer.commit(await consumer.end_offsets(tps))
+    finally:
+        await consumer.stop()
+
+
+def lag_sums(text: str) -> dict[str, tuple[float, float]]:
+    """(sum, count) of changai_notifier_lag_seconds per point, from the worker's /metrics."""
+    out: dict[str, list[float]] = {}
+    for line in text.splitlines():
+        for suffix, i in (("_sum{", 0), ("_count{", 1)):
+            if line.startswith("changai_notifier_lag_seconds" + suffix):
+                point = line.split('point="')[1].split('"')[0]
+                out.setdefault(point, [0.0, 0.0])[i] = float(line.rsplit(" ", 1)[1])
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+async def publish(producer, events, rate: float | None) -> list[str]:
+    ids = []
+    start = time.perf_counter()
+    for i, data in enumerate(events):
+        if rate:
+            due = start + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        event = envelope(data)
+        key, value, headers = encode(event)
+        await producer.send(data.topic, value, key=key, headers=headers)
+        ids.append(event.id)
+    await producer.flush()
+    return ids
+
+
+async def wait_for(receiver: Receiver, ids: list[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(i in receiver.seen for i in ids):
+        if time.monotonic() > deadline:
+            missing = sum(1 for i in ids if i not in receiver.seen)
+            raise RuntimeError(f"{missing} of {len(ids)} notices not received after {timeout:.0f} s")
+        await asyncio.sleep(0.2)
+
+
+async def raw_floor(bootstrap: str, port: int, n: int) -> float:
+    """aiokafka consumer → httpx POST, 32 in flight: no database, routing or signing."""
+    topic = "funding.events"
+    producer = make_producer(bootstrap, linger_ms=5)
+    await producer.start()
+    consumer = make_consumer(bootstrap, f"bench-raw-{uuid.uuid4().hex[:6]}", topic, auto_offset_reset="latest")
+    await consumer.start()
+    while not consumer.assignment():
+        await asyncio.sleep(0.1)
+    for tp in consumer.assignment():
+        await consumer.seek_to_end(tp)
+        await consumer.position(tp)
+    receiver = Receiver()
+    rport = await receiver.start()
+    branch = uuid.uuid4()
+    await publish(producer, [completed(branch, i) for i in range(n)], None)
+    sem = asyncio.Semaphore(32)
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=32)) as http:
+        async def post(value: bytes, msg_id: str):
+            async with sem:
+                await http.post(f"http://127.0.0.1:{rport}/raw", content=value, headers={"webhook-id": msg_id})
+
+        tasks, got = [], 0
+        while got < n:
+            for records in (await consumer.getmany(timeout_ms=500, max_records=2000)).values():
+                for r in records:
+                    tasks.append(asyncio.ensure_future(post(r.value, str(r.offset) + str(r.partition))))
+                    got += 1
+        await asyncio.gather(*tasks)
+    await consumer.stop()
+    await producer.stop()
+    receiver.server.close()
+    return receiver.count / max(receiver.last - receiver.first, 1e-6)
+
+
+async def main() -> None:
+    seconds = float(os.environ.get("CHANGAI_BENCH_NOTIFIER_SECONDS", "20"))
+    burst = int(os.environ.get("CHANGAI_BENCH_NOTIFIER_BURST", "5000"))
+    receiver = Receiver()
+    port = await receiver.start()
+    async with servers() as s:
+        dsn = await s.database("notifier")
+        app_id = f"notifier-bench{uuid.uuid4().hex[:6]}"
+        names = (*topics.DOMAIN_SOURCES, topics.DELIVER, topics.DEFERRED, *topics.RETRIES)
+        from services.notifier.consumers import ensure_topics
+        from services.notifier.settings import NotifierSettings
+
+        settings = NotifierSettings(database_url=dsn, kafka_bootstrap=s.kafka.bootstrap)
+        await ensure_topics(settings)
+        await start_at_end(s.kafka.bootstrap, f"changai-{app_id}", names)
+
+        # The read model and 100 webhook channels, written as the API writes them.
+        branches = [uuid.uuid4() for _ in range(BRANCHES)]
+        key = settings.data_key_bytes()
+        conn = await asyncpg.connect(dsn)
+        from services.notifier import store
+
+        for i, b in enumerate(branches):
+            await store.upsert_branch(conn, b, f"基准工会{i:03d}", "640104", None, "enterprise")
+            channel_id = uuid.uuid4()
+            await store.insert_channel(
+                conn, id=channel_id, kind="webhook", name=f"bench {i}", owner_kind="branch", owner_branch_id=b,
+                owner_region="640104", scope="own", event_types=["changai.funding.*"], locale="zh-CN",
+                config={}, secrets=vault.seal(key, channel_id, {
+                    "url": f"http://127.0.0.1:{port}/hooks/{i}",
+                    "signing": [{"secret": vault.new_webhook_secret(), "expires_at": None}]}),
+                quiet_hours=None, created_by="bench")
+        await conn.close()
+
+        env = s.env("notifier-worker", database_url=dsn, CHANGAI_NOTIFIER_APP_ID=app_id,
+                    CHANGAI_NOTIFIER_WEBHOOKS="{}", CHANGAI_OUTBOUND_ALLOW_PRIVATE="1", CHANGAI_LOG_LEVEL="WARNING",
+                    CHANGAI_OUTBOX_POLL_INTERVAL_S="0.5")
+        await s.start("notifier-worker", ["-m", "services.notifier", "worker"], env, health="/readyz")
+        producer = make_producer(s.kafka.bootstrap, linger_ms=0)
+        await producer.start()
+        try:
+            # Warm-up: connections, caches, the first rebalance.
+            warm = await publish(producer, [completed(b, 0) for b in branches], 100)
+            await wait_for(receiver, warm, 60)
+
+            phases = []
+            metrics_url = f"http://127.0.0.1:{env['CHANGAI_HTTP_PORT']}/metrics"
+            for rate in RATES:
+                before_lag = lag_sums(httpx.get(metrics_url).text)
+                n = int(seconds * rate)
+                events = [completed(branches[i % BRANCHES], i) for i in range(n)]
+                started = time.perf_counter()
+                ids = await publish(producer, events, rate)
+                sent_for = time.perf_counter() - started
+                await wait_for(receiver, ids, 300)
+                after_lag = lag_sums(httpx.get(metrics_url).text)
+                where = {k: (after_lag[k][0] - before_lag.get(k, (0, 0))[0]) /
+                         max(1, after_lag[k][1] - before_lag.get(k, (0, 0))[1]) * 1000 for k in after_lag}
+                phases.append((len(ids), len(ids) / sent_for,
+                               [(receiver.seen[i][0] - receiver.seen[i][1]) * 1000 for i in ids], where))
+                await asyncio.sleep(2)
+            total = sum(p[0] for p in phases)
+
+            before = receiver.count
+            burst_ids = await publish(producer, [completed(branches[i % BRANCHES], i) for i in range(burst)], None)
+            t0 = time.time()
+            await wait_for(receiver, burst_ids, 300)
+            first = min(receiver.seen[i][0] for i in burst_ids)
+            last = max(receiver.seen[i][0] for i in burst_ids)
+            throughput = burst / max(last - first, 1e-6)
+            duplicates = receiver.count - before - burst
+        finally:
+            await producer.stop()
+        raw = await raw_floor(s.kafka.bootstrap, port, burst)
+
+    print(table([(f"{n} events at {rate:.0f}/s, 100 channels", *summary(latencies))
+                 for n, rate, latencies, _ in phases],
+                ("latency: domain event → receipt (ms)", "p50", "p90", "p99", "max")))
+    points = ("route", "rendered", "deliver", "claimed", "sent")
+    print()
+    print(table([(f"at {rate:.0f}/s", *(f"{where.get(p, 0):.1f}" for p in points)) for _, rate, _, where in phases],
+                ("mean ms from the event's time to:", *points)))
+    print()
+    print(table([
+        ("notifier worker (1 process): route → render → deliver, signed", f"{throughput:.0f}", "1.00"),
+        ("raw floor: aiokafka consumer → httpx POST (no DB, no signing)", f"{raw:.0f}", f"{raw / throughput:.2f}"),
+    ], ("throughput on a burst of %d events" % burst, "notices/s", "× notifier")))
+    load = os.getloadavg()
+    print(f"\nload average during the run (2 cores): {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")
+    print(f"notices: {total + len(burst_ids)} expected, all received; "
+          f"{max(duplicates, 0)} duplicate request(s) in the burst; elapsed since burst end {time.time() - t0:.1f} s")

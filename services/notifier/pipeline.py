@@ -1,0 +1,912 @@
+"""The notifier's pipeline, independent of Faust: route → render → deliver, retries, sweeping.
+
+``consumers.py`` feeds these stages from Kafka. Each is safe to run again on the same input
+(Kafka delivers at least once):
+
+* route: who gets the event (the read model says which branches and regions it concerns;
+  subscriptions and owners say which channels); each delivery's id is derived from the event
+  and the channel, so routing an event twice yields the same deliveries. Writes nothing.
+* render: what each channel is sent (the event itself for webhooks, the templates for robots
+  and e-mail), as a record of the deliver topic keyed by channel. Writes nothing.
+* deliver: one task per channel (the channel's partition has one owner, so the budget is the
+  channel's, not the process's); a claim (one database call) creates the delivery's row on
+  first sight (one per event × channel: a unique index) and moves it to ``sending`` with a
+  lease under a row lock, so one attempt at a time reaches the receiver; the outcome, the next
+  retry (a record for ``notifier.retry.<n>``) and the events are written in one transaction,
+  through the outbox, so none can be lost;
+* retries wait in memory until due (their records unacknowledged until forwarded);
+* sweep: anything overdue (a lost record, a dead worker's lease) is forwarded again.
+"""
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import asyncpg
+import httpx
+import orjson
+from prometheus_client import Counter, Gauge, Histogram
+
+from services.notifier import domain, outbound, store, topics, vault
+from services.notifier.domain import ROBOTS, TEST_TYPE, Channel, ChannelIndex, Outcome, Target
+from services.notifier.render import Names, Renderer
+from services.notifier.settings import NotifierSettings
+from shared import outbox, regions
+from shared.events import CloudEvent, EventData, decode, encode, envelope, parse_data
+from shared.events import membership as m
+from shared.events import training as t
+from shared.events.notifier import ChannelPaused, ChannelResumed, DeliveryFailed, DeliverySucceeded
+
+log = logging.getLogger(__name__)
+
+ROUTED = Counter("changai_notifier_routed_total", "Deliveries created by routing events", ["event_type"])
+ATTEMPTS = Counter("changai_notifier_attempts_total", "Delivery attempts by outcome", ["kind", "outcome"])
+DELIVERED = Counter("changai_notifier_delivered_total", "Notices delivered", ["kind"])
+DEAD = Counter("changai_notifier_dead_letters_total", "Deliveries whose attempts were exhausted", ["kind"])
+PAUSED = Counter("changai_notifier_channels_paused_total", "Channels paused for failing", ["kind"])
+LATENCY = Histogram("changai_notifier_delivery_latency_seconds",
+                    "From the domain event's time to the receiver's acknowledgement", ["kind"],
+                    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600))
+ATTEMPT_SECONDS = Histogram("changai_notifier_attempt_seconds", "Duration of one call to a receiver", ["kind"],
+                            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15))
+STAGE = Histogram("changai_notifier_stage_seconds", "Time spent per pipeline step", ["stage"],
+                  buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5))
+LAG = Histogram("changai_notifier_lag_seconds", "From the domain event's time to each point of the pipeline",
+                ["point"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60))
+QUEUED = Gauge("changai_notifier_queued", "Deliveries waiting in this worker's channel queues")
+WAITING = Gauge("changai_notifier_retries_waiting", "Retries and deferrals this worker holds until they are due")
+SEED_NS = uuid.UUID("a3f0c1d2-7b5e-4e8a-9c3f-5eed0c4a77e1")
+
+
+def outbox_row(data: EventData) -> tuple:
+    """An event as an outbox row (what ``shared.outbox.add`` writes), for a statement of our own."""
+    event = envelope(data)
+    key, value, _ = encode(event)
+    return (uuid.UUID(event.id), data.topic, key.decode(), outbox.lane_of(key.decode()), event.type, value)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# -- channels in memory ------------------------------------------------------------------
+
+
+def channel_from_row(row, key: bytes) -> Channel:
+    config = row["config"]
+    config = orjson.loads(config) if isinstance(config, str) else (config or {})
+    quiet = row["quiet_hours"]
+    quiet = orjson.loads(quiet) if isinstance(quiet, str) else quiet
+    try:
+        secrets = vault.open_(key, row["id"], bytes(row["secrets"]))
+    except Exception:  # noqa: BLE001 - a blob under another key: the channel cannot send, say so once
+        log.error("channel secrets cannot be decrypted (wrong CHANGAI_DATA_KEY?)", extra={"channel_id": str(row["id"])})
+        secrets = {}
+    return Channel(id=row["id"], kind=row["kind"], name=row["name"], owner_kind=row["owner_kind"],
+                   owner_branch_id=row["owner_branch_id"], owner_region=row["owner_region"], scope=row["scope"],
+                   event_types=list(row["event_types"]), locale=row["locale"], status=row["status"], config=config,
+                   secrets=secrets, quiet_hours=quiet)
+
+
+class ChannelCache:
+    """Every channel, secrets decrypted in memory only; kept current by LISTEN/NOTIFY."""
+
+    def __init__(self, pool: asyncpg.Pool, dsn: str, key: bytes):
+        self.pool, self.dsn, self.key = pool, dsn, key
+        self.index = ChannelIndex()
+        self._listener: asyncpg.Connection | None = None
+        self._task: asyncio.Task | None = None
+        self._dirty: set[uuid.UUID] = set()
+        self._unknown: dict[uuid.UUID, float] = {}
+
+    async def start(self, refresh_s: float = 30.0) -> None:
+        await self.reload()
+        try:
+            self._listener = await asyncpg.connect(self.dsn)
+            await self._listener.add_listener("notifier_channels", self._notified)
+        except Exception:  # noqa: BLE001 - the periodic reload still works
+            log.warning("LISTEN notifier_channels unavailable; channels refresh every %s s", refresh_s)
+        self._task = asyncio.create_task(self._refresh_loop(refresh_s), name="notifier-channel-refresh")
+
+    def _notified(self, _conn, _pid, _channel, payload: str) -> None:
+        try:
+            self._dirty.add(uuid.UUID(payload))
+        except ValueError:
+            return
+        asyncio.get_running_loop().create_task(self._reload_dirty())
+
+    async def _reload_dirty(self) -> None:
+        while self._dirty:
+            channel_id = self._dirty.pop()
+            await self.reload_one(channel_id)
+
+    async def _refresh_loop(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.reload()
+            except Exception:  # noqa: BLE001
+                log.warning("channel refresh failed", exc_info=True)
+
+    async def reload(self) -> None:
+        async with self.pool.acquire() as conn:
+            rows = await store.all_channels(conn)
+        self.index = ChannelIndex(channel_from_row(r, self.key) for r in rows)
+
+    async def reload_one(self, channel_id: uuid.UUID) -> Channel | None:
+        async with self.pool.acquire() as conn:
+            row = await store.get_channel(conn, channel_id)
+        if row is None:
+            self.index.remove(channel_id)
+            return None
+        ch = channel_from_row(row, self.key)
+        self.index.put(ch)
+        self._unknown.pop(channel_id, None)
+        return ch
+
+    def get(self, channel_id: uuid.UUID) -> Channel | None:
+        return self.index.by_id.get(channel_id)
+
+    async def get_or_load(self, channel_id: uuid.UUID) -> Channel | None:
+        """The channel, loading it if this worker has not seen it yet. Ids not in the database are
+        remembered for a while (records of another deployment sharing the topics cost nothing)."""
+        ch = self.get(channel_id)
+        if ch is not None:
+            return ch
+        if self._unknown.get(channel_id, 0.0) > time.monotonic():
+            return None
+        ch = await self.reload_one(channel_id)
+        if ch is None:
+            self._unknown[channel_id] = time.monotonic() + 30.0
+            if len(self._unknown) > 10000:
+                self._unknown.clear()
+        return ch
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+        if self._listener:
+            await self._listener.close()
+
+
+async def seed_channels(pool: asyncpg.Pool, settings: NotifierSettings) -> list[uuid.UUID]:
+    """``CHANGAI_NOTIFIER_WEBHOOKS`` (region → URL) as federation webhook channels that hear
+    everything under their region, signed with ``CHANGAI_NOTIFIER_WEBHOOK_SECRET``."""
+    key = settings.data_key_bytes()
+    made = []
+    for region, url in (settings.notifier_webhooks or {}).items():
+        r = regions.get(str(region))
+        if r is None:
+            log.error("CHANGAI_NOTIFIER_WEBHOOKS names an unknown region; skipped", extra={"region": region})
+            continue
+        channel_id = uuid.uuid5(SEED_NS, f"webhook:{region}")
+        wanted = {"url": url, "signing": [{"secret": settings.notifier_webhook_secret.get_secret_value(),
+                                           "expires_at": None}]}
+        async with pool.acquire() as conn, conn.transaction():
+            row = await store.get_channel(conn, channel_id, lock=True)
+            if row is not None:
+                try:
+                    if vault.open_(key, channel_id, bytes(row["secrets"])) == wanted:
+                        made.append(channel_id)
+                        continue
+                except Exception:  # noqa: BLE001 - re-seal under the current key
+                    pass
+            await store.upsert_seed_channel(conn, id=channel_id, region=r.code, name=f"{r.name} webhook (settings)",
+                                            secrets=vault.seal(key, channel_id, wanted),
+                                            config={"url": domain.mask_url(url)})
+        made.append(channel_id)
+    return made
+
+
+# -- read model and routing -----------------------------------------------------------------
+
+
+READ_MODEL_TYPES = frozenset({
+    m.BranchEstablished.event_type, m.BranchUpdated.event_type, m.BranchMerged.event_type,
+    m.BranchDissolved.event_type, m.MemberJoined.event_type, m.MemberTransferred.event_type,
+    t.SessionScheduled.event_type, t.SessionCompleted.event_type})
+
+
+class ReadModel:
+    """Branches (names, regions, parents), and who member- and session-level events concern."""
+
+    def __init__(self, pool: asyncpg.Pool, ttl_s: float = 60.0):
+        self.pool, self.ttl = pool, ttl_s
+        self._lineage: dict[uuid.UUID, tuple[float, list]] = {}
+        self._names: dict[uuid.UUID, tuple[float, str]] = {}
+        self._sessions: OrderedDict[uuid.UUID, uuid.UUID | None] = OrderedDict()
+
+    async def apply(self, conn, data: EventData) -> None:
+        if isinstance(data, (m.BranchEstablished, m.BranchUpdated)):
+            await store.upsert_branch(conn, data.branch_id, data.name, data.region_code, data.parent_id,
+                                      str(data.kind))
+            self._forget(data.branch_id)
+        elif isinstance(data, m.BranchMerged):
+            await store.set_branch_status(conn, data.branch_id, data.region_code, "merged")
+        elif isinstance(data, m.BranchDissolved):
+            await store.set_branch_status(conn, data.branch_id, data.region_code, "dissolved")
+        elif isinstance(data, m.MemberJoined):
+            await store.set_member_branch(conn, data.member_id, data.branch_id)
+        elif isinstance(data, m.MemberTransferred):
+            await store.set_member_branch(conn, data.member_id, data.to_branch_id)
+        elif isinstance(data, (t.SessionScheduled, t.SessionCompleted)):
+            organiser = domain._uuid(data.organiser_id) if str(data.organiser_kind) == "branch" else None
+            if self._sessions.get(data.session_id, ...) != organiser:  # completed after scheduled: known
+                await store.set_session_organiser(conn, data.session_id, organiser)
+                self._sessions[data.session_id] = organiser
+                if len(self._sessions) > 100_000:
+                    self._sessions.popitem(last=False)
+
+    def _forget(self, branch_id: uuid.UUID) -> None:
+        self._names.pop(branch_id, None)
+        self._lineage.clear()  # a parent change moves whole subtrees
+
+    async def lineage(self, conn, branch_ids: set[uuid.UUID]) -> tuple[dict, dict]:
+        """(ancestors by branch, region by branch) for these branches."""
+        now = time.monotonic()
+        missing = [b for b in branch_ids if b not in self._lineage or self._lineage[b][0] < now]
+        if missing:
+            rows = await store.branch_lineage(conn, missing)
+            found: dict[uuid.UUID, list] = {b: [] for b in missing}
+            for r in rows:
+                found.setdefault(r["start"], []).append(r)
+            for b, chain in found.items():
+                self._lineage[b] = (now + self.ttl, chain)
+                for r in chain:
+                    if r["name"]:
+                        self._names[r["id"]] = (now + self.ttl, r["name"])
+        ancestors, regions_ = {}, {}
+        for b in branch_ids:
+            chain = self._lineage[b][1]
+            ancestors[b] = [r["id"] for r in chain if r["depth"] > 0]
+            for r in chain:
+                regions_[r["id"]] = r["region_code"]
+        return ancestors, regions_
+
+    async def names(self, conn, branch_ids: set[uuid.UUID]) -> dict[uuid.UUID, str]:
+        now = time.monotonic()
+        out, missing = {}, []
+        for b in branch_ids:
+            hit = self._names.get(b)
+            if hit and hit[0] > now:
+                out[b] = hit[1]
+            else:
+                missing.append(b)
+        if missing:
+            for b, name in (await store.branch_names(conn, missing)).items():
+                self._names[b] = (now + self.ttl, name)
+                out[b] = name
+        return out
+
+
+def branch_ids_in(data: EventData) -> set[uuid.UUID]:
+    """Every id in the event that may name a branch (for names in the notice)."""
+    found = set()
+    for name in (*domain.BRANCH_FIELDS, "parent_id", "organiser_id", "beneficiary_id"):
+        value = getattr(data, name, None)
+        if (b := domain._uuid(value)) is not None:
+            found.add(b)
+    return found
+
+
+class LazyConnection:
+    """A pooled connection taken only when a query is made (routing usually needs none)."""
+
+    def __init__(self, pool: asyncpg.Pool):
+        self.pool, self.conn = pool, None
+
+    async def __aenter__(self) -> "LazyConnection":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self.conn is not None:
+            await self.pool.release(self.conn)
+
+    async def _get(self):
+        if self.conn is None:
+            self.conn = await self.pool.acquire()
+        return self.conn
+
+    async def execute(self, *args, **kwargs):
+        return await (await self._get()).execute(*args, **kwargs)
+
+    async def fetch(self, *args, **kwargs):
+        return await (await self._get()).fetch(*args, **kwargs)
+
+    async def fetchrow(self, *args, **kwargs):
+        return await (await self._get()).fetchrow(*args, **kwargs)
+
+    async def fetchval(self, *args, **kwargs):
+        return await (await self._get()).fetchval(*args, **kwargs)
+
+
+DELIVERY_NS = uuid.UUID("d3c1b5e4-2f6a-4e0b-8a7d-6c9e1f2b3a40")
+
+
+def delivery_id(event_id: str, channel_id: uuid.UUID) -> uuid.UUID:
+    """The one delivery of an event to a channel: the same id however often the event is routed."""
+    return uuid.uuid5(DELIVERY_NS, f"{event_id}/{channel_id}")
+
+
+class Router:
+    def __init__(self, pool: asyncpg.Pool, channels: ChannelCache, model: ReadModel):
+        self.pool, self.channels, self.model = pool, channels, model
+
+    def wants(self, event_type: str | None) -> bool:
+        """Whether an event needs parsing: the read model learns from it, or a channel may hear it.
+        (A record that is not even JSON is parsed, so that it goes to the dead letters.)"""
+        if event_type is None:
+            return True
+        return event_type in READ_MODEL_TYPES or self.channels.index.anyone_hears(event_type)
+
+    async def route(self, ce: CloudEvent, data: EventData) -> list[dict]:
+        """Apply the read model; the deliveries of this event (one per channel, ids derived from
+        the event and the channel, so routing the same event again yields the same deliveries)."""
+        LAG.labels("route").observe(max(0.0, (_now() - ce.time).total_seconds()))
+        with STAGE.labels("route").time():
+            index = self.channels.index
+            async with LazyConnection(self.pool) as conn:  # most events need no database at all
+                await self.model.apply(conn, data)
+                chosen = await self._targets(conn, ce, data, index)
+        if chosen:
+            ROUTED.labels(ce.type).inc(len(chosen))
+        return [{"d": str(delivery_id(ce.id, tg.channel.id)), "c": str(tg.channel.id),
+                 "b": str(tg.branch_id) if tg.branch_id else None,
+                 "f": str(tg.fallback_for) if tg.fallback_for else None} for tg in chosen]
+
+    async def _targets(self, conn, ce: CloudEvent, data: EventData, index: ChannelIndex) -> list[Target]:
+        if ce.type in domain.NOT_ROUTED or not index.by_id or not index.anyone_hears(ce.type):
+            return []
+        if isinstance(data, ChannelPaused):
+            paused = self.channels.get(data.channel_id) or await self.channels.reload_one(data.channel_id)
+            if paused is None:
+                return []
+            regions_ = {}
+            if paused.owner_branch_id:
+                _, regions_ = await self.model.lineage(conn, {paused.owner_branch_id})
+            return domain.paused_notice_targets(self.channels.index, paused, regions_)
+        if isinstance(data, ChannelResumed):
+            ch = self.channels.get(data.channel_id) or await self.channels.reload_one(data.channel_id)
+            ok = ch is not None and ch.status == "active" and domain.subscribed(ch.event_types, ce.type)
+            return [Target(ch, ch.owner_branch_id)] if ok else []
+        c = domain.concern(ce.type, data)
+        if c.members:
+            c.branches.update(await store.members_branches(conn, list(c.members)))
+        if c.sessions:
+            c.branches.update(await store.sessions_branches(conn, list(c.sessions)))
+        ancestors, branch_regions = await self.model.lineage(conn, c.branches) if c.branches else ({}, {})
+        return domain.targets(index, ce.type, c, ancestors, branch_regions)
+
+
+# -- rendering ---------------------------------------------------------------------------------
+FALLBACK_NOTE = {"zh-CN": "（此通知原应发往「{name}」，该渠道已暂停，暂由本渠道代收；请核对配置后恢复该渠道。）",
+                 "en": "(This notice was meant for \"{name}\", which is paused; this channel stands in. "
+                       "Please fix and resume that channel.)"}
+
+
+def deliver_record(delivery_id, channel_id, event_type: str | None, event_time: datetime, **extra) -> dict:
+    """A record of the deliver topic. From the render stage it carries the whole delivery (``i``
+    event id, ``b`` branch, ``r`` region, ``f`` fallback for, ``p`` payload); later ones (retries,
+    resends, sweeps) only name an existing delivery."""
+    return {"d": str(delivery_id), "c": str(channel_id), "e": event_type, "t": event_time.timestamp(), **extra}
+
+
+def routed_fields(record: dict) -> dict | None:
+    """The delivery as the render stage made it, to create its row on the first claim."""
+    if not record.get("i") or record.get("p") is None:
+        return None
+    return {"event_id": uuid.UUID(record["i"]), "event_type": record["e"],
+            "event_time": datetime.fromtimestamp(record["t"], timezone.utc),
+            "branch_id": uuid.UUID(record["b"]) if record.get("b") else None, "region": record.get("r"),
+            "fallback_for": uuid.UUID(record["f"]) if record.get("f") else None,
+            "payload": record["p"].encode()}
+
+
+class RenderStage:
+    def __init__(self, pool: asyncpg.Pool, channels: ChannelCache, model: ReadModel, renderer: Renderer):
+        self.pool, self.channels, self.model, self.renderer = pool, channels, model, renderer
+
+    async def render(self, ce: CloudEvent, data: EventData, raw: bytes, deliveries: list[dict]
+                     ) -> list[tuple[bytes, bytes]]:
+        """Each delivery's payload, as records for the deliver topic, keyed by channel."""
+        with STAGE.labels("render").time():
+            records = await self._render(ce, data, raw, deliveries)
+        LAG.labels("rendered").observe(max(0.0, (_now() - ce.time).total_seconds()))
+        return records
+
+    async def _render(self, ce: CloudEvent, data: EventData, raw: bytes, deliveries: list[dict]
+                      ) -> list[tuple[bytes, bytes]]:
+        kinds = {ch.kind for d in deliveries if (ch := self.channels.get(uuid.UUID(d["c"])))}
+        names = Names()
+        if kinds - {"webhook"}:  # webhooks get the event itself: no names needed
+            async with self.pool.acquire() as conn:
+                names = Names(branches=await self.model.names(conn, branch_ids_in(data)),
+                              channels={ch.id: ch.name for ch in self.channels.index.by_id.values()}
+                              if ce.type.startswith("changai.notifier.") else {})
+        region = getattr(data, "region_code", None) or getattr(data, "owner_region", None)
+        records = []
+        cache: dict[tuple, bytes] = {}
+        for d in deliveries:
+            ch = await self.channels.get_or_load(uuid.UUID(d["c"]))
+            if ch is None:
+                continue
+            fallback = d.get("f")
+            key = (ch.kind, ch.locale, ch.config.get("format"), ch.config.get("keyword"), fallback)
+            if key not in cache:
+                cache[key] = self._payload(ce, data, raw, ch, names, fallback)
+            records.append((d["c"].encode(), orjson.dumps(deliver_record(
+                d["d"], d["c"], ce.type, ce.time, i=ce.id, b=d.get("b"), r=region, f=fallback,
+                p=cache[key].decode()))))
+        return records
+
+    def _payload(self, ce: CloudEvent, data: EventData, raw: bytes, ch: Channel, names: Names,
+                 fallback: str | None) -> bytes:
+        if ch.kind == "webhook":
+            return raw  # the event itself, byte for byte as published
+        note = None
+        if fallback:
+            paused = self.channels.get(uuid.UUID(fallback))
+            note = FALLBACK_NOTE.get(ch.locale, FALLBACK_NOTE["zh-CN"]).format(
+                name=paused.name if paused else fallback[:8])
+        try:
+            notice = self.renderer.notice(ce.type, data, ch.locale, names, event_time=ce.time, note=note)
+        except Exception:  # noqa: BLE001 - checked at start-up; never lose a notice to a template bug
+            log.exception("template failed; sending a plain notice", extra={"event_type": ce.type})
+            from services.notifier.render import Notice
+
+            notice = Notice(ce.type, ch.locale, ce.type, f"{ce.subject or ce.id}", [], note)
+        body = self.renderer.layout(notice, ch.kind, ch.config.get("format", "markdown"),
+                                    keyword=ch.config.get("keyword"))
+        return orjson.dumps(body)
+
+
+# -- delivering --------------------------------------------------------------------------------
+
+
+@dataclass
+class Item:
+    delivery_id: uuid.UUID
+    record: dict
+    ack: Callable[[], Awaitable[None]]
+
+    @property
+    def event_type(self) -> str | None:
+        return self.record.get("e")
+
+    @property
+    def channel_id(self) -> uuid.UUID:
+        return uuid.UUID(self.record["c"])
+
+
+@dataclass
+class ChannelState:
+    channel_id: uuid.UUID
+    window: domain.SlidingWindow
+    queue: deque = field(default_factory=deque)
+    ids: set = field(default_factory=set)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    cooldown_until: float = 0.0
+    backlogged: bool = False
+    task: asyncio.Task | None = None
+
+
+class GroupCommit:
+    """Successful attempts of every channel, recorded together: whoever arrives while a batch is
+    being written waits for the next one, so under load many outcomes share one round trip and
+    one commit, and alone an outcome is written at once. ``record`` returns when its row is
+    committed (the caller acknowledges its Kafka record only then)."""
+
+    def __init__(self, pool: asyncpg.Pool, max_batch: int = 200):
+        self.pool, self.max_batch = pool, max_batch
+        self.pending: list[tuple[tuple, asyncio.Future]] = []
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task | None = None
+
+    async def record(self, args: tuple) -> None:
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._run(), name="notifier-group-commit")
+        fut = asyncio.get_running_loop().create_future()
+        self.pending.append((args, fut))
+        self.wake.set()
+        await fut
+
+    async def _run(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.pending:
+                batch, self.pending = self.pending[:self.max_batch], self.pending[self.max_batch:]
+                try:
+                    async with self.pool.acquire() as conn:
+                        await store.delivered_many(conn, [args for args, _ in batch])
+                except Exception as exc:  # noqa: BLE001 - each caller retries its own
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    continue
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_result(None)
+
+
+class Deliverer:
+    """One task per channel: budget, quiet hours, claim, send, record — in the channel's order."""
+
+    def __init__(self, settings: NotifierSettings, pool: asyncpg.Pool, http: httpx.AsyncClient,
+                 channels: ChannelCache, renderer: Renderer):
+        self.settings, self.pool, self.http, self.channels, self.renderer = settings, pool, http, channels, renderer
+        self.states: dict[uuid.UUID, ChannelState] = {}
+        self._creating: dict[uuid.UUID, asyncio.Lock] = {}
+        self.recorder = GroupCommit(pool)
+
+    async def submit(self, delivery_id: uuid.UUID, channel_id: uuid.UUID, record: dict,
+                     ack: Callable[[], Awaitable[None]]) -> None:
+        if record.get("t"):
+            LAG.labels("deliver").observe(max(0.0, time.time() - record["t"]))
+        st = self.states.get(channel_id)
+        if st is None:
+            if await self.channels.get_or_load(channel_id) is None:
+                await ack()  # not a channel of this deployment
+                return
+            st = await self._state(channel_id)
+        if delivery_id in st.ids:
+            await ack()  # already waiting here: a duplicate record
+            return
+        if len(st.queue) >= self.settings.notifier_max_queued_per_channel:
+            await self._defer_overflow(channel_id, record)
+            await ack()
+            return
+        st.queue.append(Item(delivery_id, record, ack))
+        st.ids.add(delivery_id)
+        QUEUED.inc()
+        st.wake.set()
+
+    async def _state(self, channel_id: uuid.UUID) -> ChannelState:
+        lock = self._creating.setdefault(channel_id, asyncio.Lock())
+        async with lock:
+            if channel_id in self.states:
+                return self.states[channel_id]
+            ch = await self.channels.get_or_load(channel_id)
+            limit, window = self.settings.budget(ch.kind if ch else "webhook")
+            # A margin over the robot's own window: our clock starts at the send, theirs at the receipt.
+            st = ChannelState(channel_id, domain.SlidingWindow(limit, window * 1.02 + 0.05))
+            if limit > 0:
+                async with self.pool.acquire() as conn:
+                    st.window.preload(await store.recent_sends(conn, channel_id, window))
+            st.task = asyncio.create_task(self._run(st), name=f"notifier-channel-{channel_id}")
+            self.states[channel_id] = st
+            return st
+
+    async def _defer_overflow(self, channel_id, record: dict) -> None:
+        """A channel's queue is full: the record comes back later instead of growing memory."""
+        _, window = self.settings.budget("wecom")
+        async with self.pool.acquire() as conn:
+            await store.enqueue(conn, topics.DEFERRED, str(channel_id), {**record, "due": time.time() + window})
+
+    async def stop(self) -> None:
+        for st in list(self.states.values()):
+            if st.task:
+                st.task.cancel()
+        await asyncio.gather(*(st.task for st in self.states.values() if st.task), return_exceptions=True)
+
+    async def _run(self, st: ChannelState) -> None:
+        while True:
+            if not st.queue:
+                st.backlogged = False
+                st.wake.clear()
+                try:
+                    await asyncio.wait_for(st.wake.wait(), timeout=300)
+                except asyncio.TimeoutError:
+                    if not st.queue:
+                        self.states.pop(st.channel_id, None)
+                        return
+                continue
+            now = time.monotonic()
+            if st.cooldown_until > now:
+                st.backlogged = True
+                await asyncio.sleep(st.cooldown_until - now)
+                continue
+            wait = st.window.wait_time()
+            if wait > 0:
+                st.backlogged = True
+                await asyncio.sleep(wait)
+                continue
+            ch = self.channels.get(st.channel_id)
+            batch = [st.queue.popleft()]
+            if (st.backlogged and ch is not None and ch.kind in ROBOTS and self.settings.notifier_merge_bursts
+                    and st.queue):
+                while st.queue and len(batch) < 50:
+                    batch.append(st.queue.popleft())
+            try:
+                back = await self._process(st, ch, batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the database is away: keep the items, try again
+                log.exception("delivery step failed; retrying", extra={"channel_id": str(st.channel_id)})
+                back = batch
+                await asyncio.sleep(1.0)
+            for item in reversed(back):
+                st.queue.appendleft(item)
+            done = [i for i in batch if i not in back]
+            for item in done:
+                st.ids.discard(item.delivery_id)
+            QUEUED.dec(len(done))
+
+    def _defer_until(self, ch: Channel | None, event_type: str | None) -> datetime | None:
+        if ch is None or not ch.quiet_hours or not event_type:
+            return None
+        if event_type in self.settings.notifier_critical_types:
+            return None
+        return domain.quiet_until(_now(), ch.quiet_hours)
+
+    async def _claim(self, ch: Channel | None, item: Item, send_id: uuid.UUID | None):
+        with STAGE.labels("claim").time():
+            return await self._claim_now(ch, item, send_id)
+
+    async def _claim_now(self, ch: Channel | None, item: Item, send_id: uuid.UUID | None):
+        defer_until = self._defer_until(ch, item.event_type)
+        deferred = {**item.record, "due": defer_until.timestamp()} if defer_until is not None else None
+        async with self.pool.acquire() as conn:
+            return await store.claim(conn, item.delivery_id, item.channel_id, lease_s=self.settings.lease_s,
+                                     send_id=send_id, routed=routed_fields(item.record), defer_until=defer_until,
+                                     deferred_topic=topics.DEFERRED, deferred_value=deferred)
+
+    async def _process(self, st: ChannelState, ch: Channel | None, batch: list[Item]) -> list[Item]:
+        """Attempt the batch (one notice, or a digest of several); returns items to put back."""
+        if ch is None:
+            ch = await self.channels.get_or_load(st.channel_id)
+        if ch is None:  # the channel is not in the database (not ours): nothing to send
+            for item in batch:
+                await item.ack()
+            return []
+        back: list[Item] = []
+        if len(batch) > 1:
+            payloads = {i.delivery_id: i.record["p"].encode() for i in batch if i.record.get("p") is not None}
+            missing = [i.delivery_id for i in batch if i.delivery_id not in payloads]
+            if missing:
+                async with self.pool.acquire() as conn:
+                    payloads.update(await store.peek_payloads(conn, missing))
+            bodies = [orjson.loads(payloads[i.delivery_id]) for i in batch if i.delivery_id in payloads]
+            _, fits = self.renderer.digest(ch.kind, ch.config.get("format", "markdown"), ch.locale, bodies,
+                                           keyword=ch.config.get("keyword"))
+            with_payload = [i for i in batch if i.delivery_id in payloads]
+            back = with_payload[max(fits, 1):]
+            batch = [i for i in batch if i not in back]
+        send_id = uuid.uuid4()
+        claims = []
+        for item in batch:
+            decision, claim = await self._claim(ch, item, send_id)
+            if decision == "claimed":
+                claims.append((item, claim))
+            else:
+                await item.ack()
+        if not claims:
+            return back
+        LAG.labels("claimed").observe(max(0.0, (_now() - claims[0][1].event_time).total_seconds()))
+        with STAGE.labels("send").time():
+            outcome, body_claims = await self._send(ch, [c for _, c in claims])
+        LAG.labels("sent").observe(max(0.0, (_now() - claims[0][1].event_time).total_seconds()))
+        with STAGE.labels("record").time():
+            await self._finish(ch, body_claims, outcome, send_id)
+        if outcome.result != "throttled":
+            st.window.record()
+        else:
+            st.cooldown_until = time.monotonic() + (outcome.retry_after_s or 60.0)
+        for item, _ in claims:
+            await item.ack()
+        return back
+
+    async def _send(self, ch: Channel | None, claims: list[store.Claim]) -> tuple[Outcome, list[store.Claim]]:
+        s = self.settings
+        timeout = s.notifier_attempt_timeout_s
+        if ch is None or not ch.secrets:
+            return Outcome("retry", error="channel not available to this worker"), claims
+        if len(claims) > 1:
+            bodies = [orjson.loads(c.payload) for c in claims]
+            digest, n = self.renderer.digest(ch.kind, ch.config.get("format", "markdown"), ch.locale, bodies,
+                                             keyword=ch.config.get("keyword"))
+            body = orjson.dumps(digest)
+        else:
+            body = claims[0].payload
+        claim = claims[0]
+        started = time.perf_counter()
+        if ch.kind == "webhook":
+            msg_id = str(claim.event_id) if claim.event_type != TEST_TYPE else str(claim.delivery_id)
+            outcome = await outbound.send_webhook(self.http, ch.secrets["url"], ch.secrets.get("signing", []), msg_id,
+                                                  body, timeout=timeout, allow_private=s.outbound_allow_private)
+        elif ch.kind == "wecom":
+            outcome = await outbound.send_wecom(self.http, s.notifier_wecom_url, ch.secrets["key"], body,
+                                                timeout=timeout, throttle_s=s.notifier_wecom_throttle_s)
+        elif ch.kind == "dingtalk":
+            outcome = await outbound.send_dingtalk(self.http, s.notifier_dingtalk_url, ch.secrets["token"],
+                                                   ch.secrets.get("secret"), body, timeout=timeout,
+                                                   blocked_s=s.notifier_dingtalk_blocked_s)
+        else:
+            message_id = f"<{claim.event_id}.{claim.channel_id}@changai.notifier>"
+            outcome = await outbound.send_email(s, ch.secrets.get("to", []), orjson.loads(body), message_id,
+                                                timeout=timeout)
+        ATTEMPT_SECONDS.labels(ch.kind).observe(time.perf_counter() - started)
+        return outcome, claims
+
+    async def _finish(self, ch: Channel, claims: list[store.Claim], o: Outcome, send_id: uuid.UUID) -> None:
+        """Record the outcome of one request for every notice it carried, in one transaction,
+        retrying until the database takes it (the attempt happened: it must be in the log)."""
+        delay = 0.5
+        while True:
+            try:
+                await self._record(ch, claims, o, send_id)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001
+                log.exception("recording an attempt failed; retrying")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10)
+
+    async def _record(self, ch: Channel, claims: list[store.Claim], o: Outcome, send_id: uuid.UUID) -> None:
+        s = self.settings
+        digest_of = len(claims) if len(claims) > 1 else None
+        outcome_name = {"delivered": "delivered", "retry": "failed", "throttled": "throttled",
+                        "permanent": "refused"}[o.result]
+        now = _now()
+        paused_now = None
+        if o.delivered and len(claims) == 1:
+            c = claims[0]
+            event = None
+            if c.event_type != TEST_TYPE:
+                event = outbox_row(DeliverySucceeded(
+                    delivery_id=c.delivery_id, event_id=c.event_id, event_type=c.event_type, channel_id=c.channel_id,
+                    channel_kind=ch.kind, owner_region=ch.owner_region, attempts=c.n,
+                    latency_ms=max(0, int((now - c.event_time).total_seconds() * 1000))))
+            await self.recorder.record(store.delivered_args(
+                c, status_code=o.status_code, errcode=o.errcode, error=o.error, latency_ms=o.latency_ms,
+                payload_hash=o.body_hash, send_id=send_id, event=event))
+            ATTEMPTS.labels(ch.kind, outcome_name).inc()
+            DELIVERED.labels(ch.kind).inc()
+            LATENCY.labels(ch.kind).observe(max(0.0, (now - c.event_time).total_seconds()))
+            return
+        async with self.pool.acquire() as conn, conn.transaction():
+            channel_failing = False
+            for c in claims:
+                test = c.event_type == TEST_TYPE
+                await store.finish_attempt(conn, c, outcome=outcome_name, status_code=o.status_code,
+                                           errcode=o.errcode, error=o.error, latency_ms=o.latency_ms,
+                                           payload_hash=o.body_hash, digest_of=digest_of, send_id=send_id)
+                if o.delivered:
+                    await store.mark_delivered(conn, c, status_code=o.status_code, errcode=o.errcode)
+                    if not test:
+                        latency_ms = max(0, int((now - c.event_time).total_seconds() * 1000))
+                        await outbox.add(conn, DeliverySucceeded(
+                            delivery_id=c.delivery_id, event_id=c.event_id, event_type=c.event_type,
+                            channel_id=c.channel_id, channel_kind=ch.kind, owner_region=ch.owner_region,
+                            attempts=c.n, latency_ms=latency_ms))
+                    continue
+                if o.result == "throttled" and not test:
+                    due = await store.mark_retry(conn, c, delay_s=o.retry_after_s or 60.0, counts=False,
+                                                 status_code=o.status_code, errcode=o.errcode, error=o.error)
+                    await store.enqueue(conn, topics.DEFERRED, str(c.channel_id), deliver_record(
+                        c.delivery_id, c.channel_id, c.event_type, c.event_time, due=due.timestamp()))
+                    continue
+                failures = c.failures + 1
+                delay = None if (o.result == "permanent" or test) else domain.retry_delay(
+                    s.schedule(ch.kind), failures, jitter=s.notifier_retry_jitter, retry_after_s=o.retry_after_s)
+                if not test:
+                    channel_failing = True
+                if delay is not None:
+                    due = await store.mark_retry(conn, c, delay_s=delay, counts=True, status_code=o.status_code,
+                                                 errcode=o.errcode, error=o.error)
+                    await store.enqueue(conn, topics.retry_topic(failures), str(c.channel_id), deliver_record(
+                        c.delivery_id, c.channel_id, c.event_type, c.event_time, due=due.timestamp(), n=failures))
+                    continue
+                await store.mark_dead(conn, c, status_code=o.status_code, errcode=o.errcode, error=o.error)
+                if test:
+                    continue
+                await outbox.add(conn, DeliveryFailed(
+                    delivery_id=c.delivery_id, event_id=c.event_id, event_type=c.event_type, channel_id=c.channel_id,
+                    channel_kind=ch.kind, owner_region=ch.owner_region, attempts=c.n,
+                    last_error=(o.error or "failed")[:500]))
+                await store.enqueue(conn, topics.DEAD, str(c.channel_id), {
+                    "delivery_id": str(c.delivery_id), "event_id": str(c.event_id), "event_type": c.event_type,
+                    "channel_id": str(c.channel_id), "channel_kind": ch.kind, "attempts": c.n,
+                    "last_status_code": o.status_code, "last_errcode": o.errcode, "last_error": o.error,
+                    "payload_hash": o.body_hash, "dead_at": now.isoformat()})
+                DEAD.labels(ch.kind).inc()
+            if o.delivered and not all(c.event_type == TEST_TYPE for c in claims):
+                await store.channel_succeeded(conn, ch.id)
+            elif channel_failing:
+                failing_for = await store.channel_failed(conn, ch.id)
+                reason = None
+                if o.pause:
+                    reason = o.error or "the receiver refused the channel's configuration"
+                elif failing_for >= s.notifier_pause_after_s:
+                    reason = f"failing for {int(failing_for)} s; last error: {o.error or 'unknown'}"
+                if reason:
+                    paused_now = await store.pause_channel(conn, ch.id, reason)
+                    if paused_now:
+                        await outbox.add(conn, ChannelPaused(channel_id=ch.id, channel_kind=ch.kind,
+                                                             owner_region=ch.owner_region, reason=reason[:500]))
+        ATTEMPTS.labels(ch.kind, outcome_name).inc(len(claims))
+        if o.delivered:
+            DELIVERED.labels(ch.kind).inc(len(claims))
+            for c in claims:
+                LATENCY.labels(ch.kind).observe(max(0.0, (now - c.event_time).total_seconds()))
+        if paused_now:
+            PAUSED.labels(ch.kind).inc()
+            ch.status = "paused"
+            log.warning("channel paused", extra={"channel_id": str(ch.id), "kind": ch.kind})
+
+
+# -- retries and deferrals ---------------------------------------------------------------------
+
+
+class DueQueue:
+    """Records of the retry and deferral topics, held until due, then forwarded to the
+    deliver topic and only then acknowledged (a crash means they are read again)."""
+
+    def __init__(self, forward: Callable[[bytes, bytes], Awaitable[None]]):
+        self.forward = forward
+        self.heap: list = []
+        self.seq = itertools.count()
+        self.wake = asyncio.Event()
+
+    def add(self, key: bytes, record: dict, ack: Callable[[], Awaitable[None]]) -> None:
+        due = float(record.get("due") or 0.0)
+        heapq.heappush(self.heap, (due, next(self.seq), key, record, ack))
+        WAITING.inc()
+        self.wake.set()
+
+    async def run(self) -> None:
+        while True:
+            if not self.heap:
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            due = self.heap[0][0]
+            delay = due - time.time()
+            if delay > 0:
+                self.wake.clear()
+                try:
+                    await asyncio.wait_for(self.wake.wait(), timeout=min(delay, 60.0))
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            _, _, key, record, ack = heapq.heappop(self.heap)
+            forwarded = {k: v for k, v in record.items() if k not in ("due",)}
+            backoff = 0.5
+            while True:
+                try:
+                    await self.forward(key, orjson.dumps(forwarded))
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: BLE001 - Kafka away: hold on to it
+                    log.warning("forwarding a retry failed; will try again", exc_info=True)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 10)
+            WAITING.dec()
+            await ack()
+
+
+class Sweeper:
+    """Forwards deliveries that are overdue by more than the grace: nothing waits forever."""
+
+    def __init__(self, pool: asyncpg.Pool, forward: Callable[[bytes, bytes], Awaitable[None]], grace_s: float):
+        self.pool, self.forward, self.grace = pool, forward, grace_s
+
+    async def sweep_once(self) -> int:
+        async with self.pool.acquire() as conn:
+            rows = await store.sweep(conn, grace_s=self.grace)
+        for r in rows:
+            await self.forward(str(r["channel_id"]).encode(),
+                               orjson.dumps(deliver_record(r["id"], r["channel_id"], r["event_type"], r["event_time"])))
+        if rows:
+            log.info("swept overdue deliveries", extra={"count": len(rows)})
+        return len(rows)
