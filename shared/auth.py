@@ -71,10 +71,16 @@ async def decode_token(token: str, settings: Settings) -> Principal:
     return Principal(str(claims["sub"]), frozenset(str(claims["scope"]).split()), org)
 
 
+async def current_settings() -> Settings:
+    """``get_settings()`` as an async dependency: FastAPI runs a sync one in its thread pool, a thread
+    hop on every authenticated request."""
+    return get_settings()
+
+
 def require(scope: str):
     """FastAPI dependency: a valid bearer token that carries ``scope``."""
 
-    async def dependency(request: Request, settings: Settings = Depends(get_settings)) -> Principal:
+    async def dependency(request: Request, settings: Settings = Depends(current_settings)) -> Principal:
         header = request.headers.get("authorization", "")
         kind, _, token = header.partition(" ")
         if kind.lower() != "bearer" or not token:

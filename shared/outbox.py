@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 import uuid
 import zlib
+from bisect import bisect_left
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import datetime
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -37,6 +39,9 @@ PUBLISH_DELAY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
 _HEADERS = [("content-type", CONTENT_TYPE.encode())]
+# What the relay reads of a row: the key as bytes and the write time as epoch seconds, as Kafka and the
+# delay histogram want them (no str or datetime made per row only to be converted again).
+_COLUMNS = "seq, topic, convert_to(key, 'UTF8') AS key, value, extract(epoch FROM created_at)::float8 AS created"
 
 
 def lane_of(key: str) -> int:
@@ -70,15 +75,80 @@ async def add_many(conn: asyncpg.Connection, items: Iterable[EventData], *, trac
     return len(rows)
 
 
+async def add_encoded(conn: asyncpg.Connection, rows: list[tuple]) -> int:
+    """Store events the caller has already encoded, with COPY (bulk imports that build the
+    CloudEvent bytes themselves). Each row is ``(event_id: UUID, topic, key, lane, event_type,
+    value)``, with ``lane == lane_of(key)`` and ``value`` the exact record value ``encode`` gives."""
+    if rows:
+        await conn.copy_records_to_table(
+            "outbox", records=rows, columns=["event_id", "topic", "key", "lane", "event_type", "value"]
+        )
+    return len(rows)
+
+
+_WORDS: dict[int, struct.Struct] = {}
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (the Java client's and aiokafka's default partitioner), a 32-bit word a step
+    and masking once per step: ~1.5× faster than ``aiokafka.partitioner.murmur2`` and equal to it
+    (a test holds them equal)."""
+    length = len(data)
+    m = 0x5BD1E995
+    h = 0x9747B28C ^ length
+    n4 = length >> 2
+    words = _WORDS.get(n4)
+    if words is None:
+        words = _WORDS[n4] = struct.Struct(f"<{n4}I")
+    for k in words.unpack_from(data):
+        k = k * m & 0xFFFFFFFF
+        h = (h * m ^ (k ^ k >> 24) * m) & 0xFFFFFFFF
+    rest = length & 3
+    if rest:
+        if rest == 3:
+            h ^= data[-1] << 16
+        if rest >= 2:
+            h ^= data[n4 * 4 + 1] << 8
+        h ^= data[n4 * 4]
+        h = h * m & 0xFFFFFFFF
+    h ^= h >> 13
+    h = h * m & 0xFFFFFFFF
+    return h ^ h >> 15
+
+
+def observe_many(child, values: list[float]) -> None:
+    """``Histogram.observe`` for many values at once: counted per bucket first, then one increment per
+    bucket (a relay batch of 20,000 rows costs 20,000 comparisons, not 20,000 locked increments)."""
+    bounds, buckets, total = (getattr(child, a, None) for a in ("_upper_bounds", "_buckets", "_sum"))
+    if bounds is None or buckets is None or total is None:  # another prometheus_client layout: the plain way
+        for v in values:
+            child.observe(v)
+        return
+    counts = [0] * len(bounds)
+    for v in values:
+        counts[bisect_left(bounds, v)] += 1  # observe() counts v in the first bucket whose bound is >= v
+    for i, n in enumerate(counts):
+        if n:
+            buckets[i].inc(n)
+    total.inc(sum(values))
+
+
 class OutboxRelay:
+    """Publishes the outbox. A batch that comes back full makes the next one twice as large, up
+    to ``max_batch_size`` (a bulk import of 100,000s of rows then costs tens of round trips,
+    not thousands); a batch that is not full brings the size back to ``batch_size``."""
+
     def __init__(self, pool: asyncpg.Pool, bootstrap: str, service: str, *, dsn: str | None = None,
-                 poll_interval: float = 1.0, batch_size: int = 2000, publish_timeout: float = 30.0):
+                 poll_interval: float = 1.0, batch_size: int = 2000, publish_timeout: float = 30.0,
+                 max_batch_size: int = 20000):
         self.pool = pool
         self.bootstrap = bootstrap
         self.service = service
         self.dsn = dsn
         self.poll_interval = poll_interval
         self.batch_size = batch_size
+        self.max_batch_size = max(batch_size, max_batch_size)
+        self._next_batch = batch_size
         self.publish_timeout = publish_timeout
         self.producer: AIOKafkaProducer | None = None
         self.last_publish_ok: float | None = None
@@ -115,7 +185,7 @@ class OutboxRelay:
             producer = make_producer(self.bootstrap)
             try:
                 await producer.start()
-            except Exception:
+            except BaseException:  # also cancelled mid-start (shutdown): never leave it unclosed
                 await producer.stop()
                 raise
             self.producer = producer
@@ -126,7 +196,9 @@ class OutboxRelay:
         backoff = 0.5
         while True:
             try:
-                published = await self.publish_batch()
+                limit = self._next_batch
+                full = await self._publish(limit) >= limit
+                self._next_batch = min(limit * 2, self.max_batch_size) if full else self.batch_size
                 backoff = 0.5
             except asyncio.CancelledError:
                 raise
@@ -137,7 +209,7 @@ class OutboxRelay:
                 backoff = min(backoff * 2, 10.0)
                 continue
             await self._update_backlog()
-            if published >= self.batch_size:
+            if full:
                 continue  # more waiting: no pause
             self._wake.clear()
             try:
@@ -161,33 +233,64 @@ class OutboxRelay:
     # -- the work --------------------------------------------------------
     async def publish_batch(self) -> int:
         """Publish up to one batch from the lanes this relay can lock; returns rows published."""
+        limit = self._next_batch
+        published = await self._publish(limit)
+        self._next_batch = min(limit * 2, self.max_batch_size) if published >= limit else self.batch_size
+        return published
+
+    async def _publish(self, limit: int) -> int:
+        """One cycle: lock the free lanes, publish up to ``limit`` of their rows in order, mark them
+        published, release the lanes."""
         producer = await self._ensure_producer()
         async with self.pool.acquire() as conn, conn.transaction():
             lanes = [r["lane"] for r in await conn.fetch("SELECT lane FROM outbox_lanes FOR UPDATE SKIP LOCKED")]
             if not lanes:
                 return 0
             if len(lanes) == LANES:
-                rows = await conn.fetch(
-                    "SELECT seq, topic, key, value, created_at FROM outbox WHERE published_at IS NULL "
-                    "ORDER BY seq LIMIT $1", self.batch_size)
+                rows = await conn.fetch(f"SELECT {_COLUMNS} FROM outbox WHERE published_at IS NULL "
+                                        "ORDER BY seq LIMIT $1", limit)
             else:
-                rows = await conn.fetch(
-                    "SELECT seq, topic, key, value, created_at FROM outbox WHERE published_at IS NULL "
-                    "AND lane = ANY($1::smallint[]) ORDER BY seq LIMIT $2", lanes, self.batch_size)
+                rows = await conn.fetch(f"SELECT {_COLUMNS} FROM outbox WHERE published_at IS NULL "
+                                        "AND lane = ANY($1::smallint[]) ORDER BY seq LIMIT $2", lanes, limit)
             if not rows:
                 return 0
-            # send() only enqueues; the idempotent producer keeps enqueue order within each partition.
-            futures = [await producer.send(r["topic"], r["value"], key=r["key"].encode(), headers=_HEADERS)
-                       for r in rows]
+            futures = await self._send(producer, rows)
             await asyncio.wait_for(asyncio.gather(*futures), timeout=self.publish_timeout)
             await conn.execute("UPDATE outbox SET published_at = clock_timestamp() WHERE seq = ANY($1::bigint[])",
                                [r["seq"] for r in rows])
-        now = datetime.now(timezone.utc)
-        for r in rows:
-            PUBLISH_DELAY.labels(self.service).observe((now - r["created_at"]).total_seconds())
+        now = time.time()
+        observe_many(PUBLISH_DELAY.labels(self.service), [now - r["created"] for r in rows])
         PUBLISHED.labels(self.service).inc(len(rows))
         self.last_publish_ok = time.monotonic()
         return len(rows)
+
+    async def _send(self, producer: AIOKafkaProducer, rows: list) -> list[asyncio.Future]:
+        """Enqueue the rows as record batches, one open batch per partition, in seq order.
+
+        The partition is the one the producer's default partitioner picks for the key
+        (murmur2, as every Kafka client), so a key's partition never depends on the path.
+        Batches of a partition are handed over in order and the idempotent producer keeps
+        that order, so each key's records reach Kafka in the order they were written."""
+        futures: list[asyncio.Future] = []
+        builders: dict[tuple[str, int], object] = {}
+        partitions: dict[str, list[int]] = {}
+        for r in rows:
+            topic = r["topic"]
+            parts = partitions.get(topic)
+            if parts is None:
+                parts = partitions[topic] = sorted(await producer.partitions_for(topic))
+            key = r["key"]
+            tp = (topic, parts[(murmur2(key) & 0x7FFFFFFF) % len(parts)])
+            builder = builders.get(tp)
+            if builder is None:
+                builder = builders[tp] = producer.create_batch()
+            if builder.append(timestamp=None, key=key, value=r["value"], headers=_HEADERS) is None:
+                futures.append(await producer.send_batch(builder, tp[0], partition=tp[1]))
+                builder = builders[tp] = producer.create_batch()
+                builder.append(timestamp=None, key=key, value=r["value"], headers=_HEADERS)  # a new batch takes one
+        for (topic, partition), builder in builders.items():
+            futures.append(await producer.send_batch(builder, topic, partition=partition))
+        return futures
 
     async def drain(self, timeout: float = 30.0) -> None:
         """Publish until nothing is left (tests, benchmarks, shutdown)."""

@@ -184,10 +184,16 @@ STEPS: list[tuple[str, Step]] = [
     ("notices", step_notices),
     ("metrics", step_metrics),
 ]
+from demo_membership import STEPS as MEMBERSHIP_STEPS  # noqa: E402  (members, 658 orgs, 65,585 imported, stations)
+STEPS += MEMBERSHIP_STEPS
 from demo_training import STEPS as TRAINING_STEPS  # noqa: E402  (sessions, competitions, studios; before funding pays)
 STEPS += TRAINING_STEPS
 from demo_funding import STEPS as FUNDING_STEPS  # noqa: E402  (funds, grants, subsidies)
 STEPS += FUNDING_STEPS
+from demo_notifier import STEPS as NOTIFIER_STEPS  # noqa: E402  (channels, the delivery log, a rendered notice)
+STEPS += NOTIFIER_STEPS
+from demo_projection import STEPS as PROJECTION_STEPS  # noqa: E402  (the figures as Prometheus has them)
+STEPS += PROJECTION_STEPS
 
 
 async def run(config: DemoConfig | None = None) -> int:

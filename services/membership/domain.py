@@ -1,16 +1,52 @@
-"""Membership rules: what a valid branch is, and the event each change produces. No I/O."""
+"""Membership rules: what valid branches, members and stations are, and the event each change produces.
+
+No I/O here: the routes load state through ``store``, ask these functions what the change
+is (raising :class:`~shared.problems.Problem` when a rule forbids it) and store the result.
+"""
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import date
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from services.membership.pii import InvalidIdentifier, age_on, normalise_phone, parse_id_number
 from shared import regions
-from shared.events.membership import BranchEstablished, BranchKind
-from shared.identifiers import InvalidIdentifier, validate_credit_code
+from shared.events.membership import (
+    BranchDissolved, BranchEstablished, BranchKind, BranchMerged, BranchUpdated, EmploymentForm, MemberJoined,
+    MemberLapsed, MemberLeft, MemberSkillLevelChanged, MemberTransferred, StationClosed, StationOpened,
+    StationTransferred,
+)
+from shared.identifiers import validate_credit_code
+from shared.problems import Problem, conflict
+
+MIN_MEMBER_AGE = 16  # the minimum working age (Labour Law art. 15): younger people cannot be members
+SKILL_LEVELS = {1: "高级技师", 2: "技师", 3: "高级工", 4: "中级工", 5: "初级工"}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+def _region(v: str, *, county_only: bool = False) -> str:
+    region = regions.get(v)
+    if region is None or region.level == "region" or (county_only and region.level != "county"):
+        raise ValueError("must be the code of a Ningxia " + ("county" if county_only else "city or county")
+                         + " (GB/T 2260)")
+    return v
+
+
+def _not_future(v: date | None) -> date | None:
+    if v is not None and v > date.today():
+        raise ValueError("cannot be in the future")
+    return v
+
+
+def _text(v: str | None) -> str | None:
+    if v is not None and _CONTROL.search(v):
+        raise ValueError("must not contain control characters")
+    return v
+
+
+# -- branches ------------------------------------------------------------------
 class BranchIn(BaseModel):
     """A union branch as an upstream system establishes it."""
 
@@ -32,20 +68,56 @@ class BranchIn(BaseModel):
         except InvalidIdentifier as exc:
             raise ValueError(str(exc)) from None
 
-    @field_validator("region_code")
-    @classmethod
-    def _region(cls, v: str) -> str:
-        region = regions.get(v)
-        if region is None or region.level == "region":
-            raise ValueError("must be the code of a Ningxia city or county (GB/T 2260)")
-        return v
+    _name = field_validator("name")(_text)
+    _region = field_validator("region_code")(_region)
 
     @field_validator("founded_on")
     @classmethod
     def _founded(cls, v: date) -> date:
-        if v > date.today():
-            raise ValueError("cannot be in the future")
-        return v
+        return _not_future(v)
+
+
+class BranchPatch(BaseModel):
+    """Fields of a branch that may change; absent fields stay as they are. The employer's credit code never changes."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    name: str | None = Field(default=None, min_length=2, max_length=100)
+    region_code: str | None = None
+    industry_section: str | None = Field(default=None, pattern=r"^[A-T]$")
+    kind: BranchKind | None = None
+    parent_id: uuid.UUID | None = None
+
+    _name = field_validator("name")(_text)
+
+    @field_validator("region_code")
+    @classmethod
+    def _region(cls, v: str | None) -> str | None:
+        return None if v is None else _region(v)
+
+    @model_validator(mode="after")
+    def _something(self) -> "BranchPatch":
+        if not self.model_fields_set:
+            raise ValueError("send at least one field to change")
+        return self
+
+
+class MergeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    into_branch_id: uuid.UUID
+    merged_on: date | None = Field(default=None, description="defaults to today")
+
+    _on = field_validator("merged_on")(_not_future)
+
+
+class DissolveIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    transfer_to: uuid.UUID | None = Field(default=None, description="branch that takes the members and stations")
+    dissolved_on: date | None = Field(default=None, description="defaults to today")
+
+    _on = field_validator("dissolved_on")(_not_future)
 
 
 def establish_branch(cmd: BranchIn, branch_id: uuid.UUID | None = None) -> BranchEstablished:
@@ -60,3 +132,286 @@ def establish_branch(cmd: BranchIn, branch_id: uuid.UUID | None = None) -> Branc
         parent_id=cmd.parent_id,
         founded_on=cmd.founded_on,
     )
+
+
+def ensure_active(branch, what: str = "branch") -> None:
+    if branch["status"] != "active":
+        raise conflict("branch-not-active", f"The {what} is not active",
+                       f"branch {branch['id']} is {branch['status']}", branch_id=str(branch["id"]),
+                       branch_status=branch["status"])
+
+
+def update_branch(branch, patch: BranchPatch) -> BranchUpdated | None:
+    """The update event, or None when nothing would change."""
+    ensure_active(branch)
+    current = {"name": branch["name"], "region_code": branch["region_code"],
+               "industry_section": branch["industry_section"], "kind": branch["kind"],
+               "parent_id": branch["parent_id"]}
+    wanted = {k: getattr(patch, k) for k in patch.model_fields_set}
+    if "parent_id" in wanted and wanted["parent_id"] == branch["id"]:
+        raise Problem(422, "validation-error", "Request is not valid", "parent_id: a branch cannot be its own parent",
+                      errors=[{"field": "parent_id", "reason": "a branch cannot be its own parent"}])
+    for key in ("name", "region_code", "industry_section", "kind"):
+        if key in wanted and wanted[key] is None:
+            raise Problem(422, "validation-error", "Request is not valid", f"{key}: cannot be null",
+                          errors=[{"field": key, "reason": "cannot be null"}])
+    after = {**current, **{k: (v.value if isinstance(v, BranchKind) else v) for k, v in wanted.items()}}
+    changed = [k for k in ("name", "region_code", "industry_section", "kind", "parent_id") if after[k] != current[k]]
+    if not changed:
+        return None
+    return BranchUpdated(branch_id=branch["id"], name=after["name"], region_code=after["region_code"],
+                         city_code=regions.city_of(after["region_code"]), industry_section=after["industry_section"],
+                         kind=after["kind"], parent_id=after["parent_id"], changed=changed)
+
+
+def check_merge(branch, into) -> None:
+    if branch["id"] == into["id"]:
+        raise conflict("merge-into-itself", "A branch cannot be merged into itself")
+    ensure_active(branch)
+    ensure_active(into, "target branch")
+
+
+def branch_merged(branch, into_id: uuid.UUID, moved: int, on: date) -> BranchMerged:
+    return BranchMerged(branch_id=branch["id"], into_branch_id=into_id, region_code=branch["region_code"],
+                        city_code=regions.city_of(branch["region_code"]), kind=branch["kind"], members_moved=moved,
+                        merged_on=on)
+
+
+def check_dissolve(branch, target, members: int, stations: int) -> None:
+    ensure_active(branch)
+    if target is None:
+        if members or stations:
+            raise conflict("branch-not-empty", "The branch still has members or open stations",
+                           f"{members} active member(s) and {stations} open station(s): "
+                           "state transfer_to to move them first", members=members, open_stations=stations)
+        return
+    if target["id"] == branch["id"]:
+        raise conflict("transfer-to-itself", "A branch cannot transfer its members to itself")
+    ensure_active(target, "target branch")
+
+
+def branch_dissolved(branch, transfer_to: uuid.UUID | None, moved: int, on: date) -> BranchDissolved:
+    return BranchDissolved(branch_id=branch["id"], region_code=branch["region_code"],
+                           city_code=regions.city_of(branch["region_code"]), kind=branch["kind"],
+                           transferred_to=transfer_to, members_moved=moved, dissolved_on=on)
+
+
+def member_moved(member_id: uuid.UUID, employment_form: str, source, target, reason: str, on: date) -> MemberTransferred:
+    return MemberTransferred(
+        member_id=member_id, from_branch_id=source["id"], to_branch_id=target["id"],
+        from_region_code=source["region_code"], to_region_code=target["region_code"],
+        from_city_code=regions.city_of(source["region_code"]), to_city_code=regions.city_of(target["region_code"]),
+        employment_form=employment_form, reason=reason, transferred_on=on)
+
+
+def station_moved(station_id: uuid.UUID, region_code: str, source, target, reason: str, on: date) -> StationTransferred:
+    return StationTransferred(station_id=station_id, from_branch_id=source["id"], to_branch_id=target["id"],
+                              region_code=region_code, city_code=regions.city_of(region_code), reason=reason,
+                              transferred_on=on)
+
+
+# -- members -------------------------------------------------------------------
+EMPLOYMENT_FORM_ALIASES = {
+    **{f.value: f.value for f in EmploymentForm},
+    "标准劳动关系": "standard", "快递员": "courier", "网约车司机": "ride_hailing", "货车司机": "truck_driver",
+    "外卖骑手": "food_delivery", "外卖送餐员": "food_delivery",
+}
+SKILL_LEVEL_ALIASES = {**{str(k): k for k in SKILL_LEVELS}, **{v: k for k, v in SKILL_LEVELS.items()}}
+
+
+class MemberIn(BaseModel):
+    """A worker joining a union branch (入会)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    branch_id: uuid.UUID
+    name: str = Field(min_length=1, max_length=50, description="姓名")
+    id_number: str = Field(description="resident ID number (GB 11643); stored encrypted, shown masked")
+    phone: str | None = Field(default=None, description="mainland mobile number; stored encrypted, shown masked")
+    employment_form: EmploymentForm = EmploymentForm.standard
+    occupation: str | None = Field(default=None, max_length=50)
+    skill_level: int | None = Field(default=None, ge=1, le=5, description="1 高级技师 … 5 初级工")
+    joined_on: date | None = Field(default=None, description="defaults to today")
+
+    _name = field_validator("name", "occupation")(_text)
+
+    @field_validator("id_number")
+    @classmethod
+    def _id_number(cls, v: str) -> str:
+        try:
+            return parse_id_number(v).number
+        except InvalidIdentifier as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("phone")
+    @classmethod
+    def _phone(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        try:
+            return normalise_phone(v)
+        except InvalidIdentifier as exc:
+            raise ValueError(str(exc)) from None
+
+    _joined = field_validator("joined_on")(_not_future)
+
+    @model_validator(mode="after")
+    def _old_enough(self) -> "MemberIn":
+        born = parse_id_number(self.id_number).birth_date
+        if age_on(born, self.joined_on or date.today()) < MIN_MEMBER_AGE:
+            raise ValueError(f"id_number: a member must be at least {MIN_MEMBER_AGE} on the day of joining")
+        return self
+
+    def __repr__(self) -> str:  # never show personal data in a traceback or a log
+        return f"MemberIn(branch_id={self.branch_id}, ...)"
+
+    __str__ = __repr__
+
+
+class TransferIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    to_branch_id: uuid.UUID
+    reason: str | None = Field(default=None, max_length=200)
+    transferred_on: date | None = Field(default=None, description="defaults to today")
+
+    _on = field_validator("transferred_on")(_not_future)
+    _reason = field_validator("reason")(_text)
+
+
+class EndIn(BaseModel):
+    """Leaving (退会) or lapsing."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    on: date | None = Field(default=None, description="defaults to today")
+    reason: str | None = Field(default=None, max_length=200)
+
+    _on = field_validator("on")(_not_future)
+    _reason = field_validator("reason")(_text)
+
+
+class RevealIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    reason: str = Field(min_length=5, max_length=300, description="why the full numbers are needed (audited)")
+
+    _reason = field_validator("reason")(_text)
+
+
+class LookupIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    id_number: str
+
+    @field_validator("id_number")
+    @classmethod
+    def _id_number(cls, v: str) -> str:
+        return MemberIn._id_number(v)
+
+    def __repr__(self) -> str:
+        return "LookupIn(...)"
+
+    __str__ = __repr__
+
+
+def member_joined(member_id: uuid.UUID, branch, *, employment_form: str, occupation: str | None,
+                  skill_level: int | None, born: date, sex: str, joined_on: date) -> MemberJoined:
+    return MemberJoined(member_id=member_id, branch_id=branch["id"], region_code=branch["region_code"],
+                        city_code=regions.city_of(branch["region_code"]), employment_form=employment_form,
+                        occupation=occupation, skill_level=skill_level, birth_year=born.year, sex=sex,
+                        joined_on=joined_on)
+
+
+def ensure_member_active(member) -> None:
+    if member["status"] != "active":
+        raise conflict("member-not-active", "The member is not active",
+                       f"member {member['id']} is {member['status']}", member_id=str(member["id"]),
+                       member_status=member["status"])
+
+
+def check_join_date(joined_on: date, branch) -> None:
+    if joined_on < branch["founded_on"]:
+        raise Problem(422, "validation-error", "Request is not valid",
+                      "joined_on: before the branch was founded",
+                      errors=[{"field": "joined_on", "reason": "before the branch was founded"}])
+
+
+def check_transfer(member, source, target) -> None:
+    ensure_member_active(member)
+    if source["id"] == target["id"]:
+        raise conflict("same-branch", "The member is already in that branch")
+    ensure_active(target, "target branch")
+
+
+def member_ended(kind: str, member, branch, on: date) -> MemberLeft | MemberLapsed:
+    ensure_member_active(member)
+    common = dict(member_id=member["id"], branch_id=branch["id"], region_code=branch["region_code"],
+                  city_code=regions.city_of(branch["region_code"]), employment_form=member["employment_form"])
+    return MemberLeft(**common, left_on=on) if kind == "left" else MemberLapsed(**common, lapsed_on=on)
+
+
+def raised_skill_level(current: int | None, certified: int) -> bool:
+    """Level 1 (高级技师) is the highest: a certificate raises the level only to a smaller number."""
+    return current is None or certified < current
+
+
+def skill_level_changed(member, branch, to_level: int, certificate_id: uuid.UUID | None) -> MemberSkillLevelChanged:
+    return MemberSkillLevelChanged(member_id=member["id"], branch_id=branch["id"], region_code=branch["region_code"],
+                                   city_code=regions.city_of(branch["region_code"]), from_level=member["skill_level"],
+                                   to_level=to_level, certificate_id=certificate_id)
+
+
+# -- stations ------------------------------------------------------------------
+class StationIn(BaseModel):
+    """An outdoor-worker service station (户外劳动者服务站点)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    name: str = Field(min_length=2, max_length=100)
+    branch_id: uuid.UUID = Field(description="the branch that operates it")
+    region_code: str = Field(description="GB/T 2260 code of the county it is in")
+    services: list[str] = Field(default_factory=list, max_length=20,
+                                description="e.g. 饮水, 休息, 充电, 加热, 如厕, 医药箱")
+    opened_on: date | None = Field(default=None, description="defaults to today")
+
+    _name = field_validator("name")(_text)
+    _on = field_validator("opened_on")(_not_future)
+
+    @field_validator("region_code")
+    @classmethod
+    def _county(cls, v: str) -> str:
+        return _region(v, county_only=True)
+
+    @field_validator("services")
+    @classmethod
+    def _services(cls, v: list[str]) -> list[str]:
+        out = []
+        for item in v:
+            item = item.strip()
+            if not 1 <= len(item) <= 30 or _CONTROL.search(item):
+                raise ValueError("each service is 1 to 30 characters")
+            if item not in out:
+                out.append(item)
+        return out
+
+
+class CloseIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    closed_on: date | None = Field(default=None, description="defaults to today")
+
+    _on = field_validator("closed_on")(_not_future)
+
+
+def station_opened(station_id: uuid.UUID, cmd: StationIn, branch, on: date) -> StationOpened:
+    ensure_active(branch)
+    return StationOpened(station_id=station_id, name=cmd.name, branch_id=branch["id"], region_code=cmd.region_code,
+                         city_code=regions.city_of(cmd.region_code), services=cmd.services, opened_on=on)
+
+
+def station_closed(station, on: date) -> StationClosed:
+    if station["status"] != "open":
+        raise conflict("station-closed", "The station is already closed", station_id=str(station["id"]))
+    return StationClosed(station_id=station["id"], branch_id=station["branch_id"], region_code=station["region_code"],
+                         city_code=regions.city_of(station["region_code"]), closed_on=on)

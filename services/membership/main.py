@@ -4,24 +4,60 @@ from __future__ import annotations
 import sys
 
 import uvicorn
+from fastapi import FastAPI
 
 from services.membership.api import router
+from services.membership.consumers import certificate_consumer
+from services.membership.pii import Vault
 from shared.http import create_app
 from shared.settings import Settings
 
 
+class MembershipSettings(Settings):
+    """The platform's settings plus membership's own (same ``CHANGAI_`` prefix)."""
+
+    consume_certificates: bool = True          # CHANGAI_CONSUME_CERTIFICATES
+    certificates_group_id: str = "membership-certificates"
+    import_batch_rows: int = 5000              # rows per import transaction
+    import_writers: int = 2                    # import transactions at once (each on its own connection)
+
+
+def _membership_settings(settings: Settings | None) -> MembershipSettings:
+    if settings is None:
+        return MembershipSettings(service="membership")
+    if isinstance(settings, MembershipSettings):
+        return settings
+    return MembershipSettings(**settings.model_dump())
+
+
+async def vault_part(app: FastAPI):
+    app.state.vault = Vault(app.state.settings.data_key_bytes())
+    return None
+
+
+async def certificates_part(app: FastAPI):
+    settings: MembershipSettings = app.state.settings
+    if not settings.consume_certificates:
+        return None
+    consumer = certificate_consumer(app.state.db, settings.kafka_bootstrap, settings.certificates_group_id)
+    consumer.start()
+    app.state.certificates = consumer
+    return consumer.stop
+
+
 def build_app(settings: Settings | None = None):
-    settings = settings or Settings(service="membership")
+    settings = _membership_settings(settings)
     return create_app(service="membership", settings=settings, routers=[router],
                       title="Changai membership (工会会员与组织)",
-                      description="Regions, union branches, members, transfers and service stations.")
+                      description="Regions, union branches, members, transfers, service stations and bulk import.",
+                      parts=[vault_part, certificates_part])
 
 
 def main(argv: list[str]) -> None:
     role = argv[0] if argv else "api"
     if role != "api":
         raise SystemExit(f"unknown role {role!r}; use: api")
-    settings = Settings(service="membership")
+    settings = MembershipSettings(service="membership")
     uvicorn.run(build_app(settings), host=settings.http_host, port=settings.http_port, log_config=None,
                 access_log=False)
 

@@ -171,3 +171,15 @@ class StationClosed(EventData):
     region_code: str = RegionCode
     city_code: str | None = CityCode
     closed_on: date
+
+
+@event("changai.membership.station.transferred.v1", subject="station_id")
+class StationTransferred(EventData):
+    """An open station's operating branch changed (its branch was merged or dissolved with a transfer target)."""
+    station_id: UUID
+    from_branch_id: UUID
+    to_branch_id: UUID
+    region_code: str = RegionCode
+    city_code: str | None = CityCode
+    reason: str | None = None
+    transferred_on: date

@@ -1,0 +1,150 @@
+"""Personal data of members: validation, encryption at rest, keyed lookup hashes, masking.
+
+* Resident ID numbers: GB 11643 check character and birth date (``shared.identifiers``),
+  plus a plausible GB/T 2260 region prefix (see :func:`region_prefix_problem`).
+* Phones: mainland mobile numbers, normalised to 11 digits.
+* At rest: AES-256-GCM, stored as ``version byte || 12-byte random nonce || ciphertext+tag``;
+  the associated data binds a ciphertext to its field and member, so a value cannot be
+  copied to another row or column and still decrypt.
+* Lookup: HMAC-SHA256 of the normalised number (``shared.identifiers.keyed_hash``), unique in
+  the database, so equality is tested without the clear value.
+
+The encryption and lookup keys are derived from ``Settings.data_key_bytes()`` with HKDF
+(one key per purpose), so one secret in the settings never serves two algorithms.
+"""
+from __future__ import annotations
+
+import hmac
+import os
+import re
+import time
+import uuid
+from datetime import date
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from shared import regions
+from shared.identifiers import InvalidIdentifier, ResidentId, keyed_hash, mask_phone, parse_resident_id
+
+BLOB_VERSION = b"\x01"
+
+# GB/T 2260 province-level codes (the first two digits of every ID number), plus 83 used by
+# residence permits of Taiwan residents (HK 81 and Macao 82 are in the list).
+PROVINCES = frozenset({
+    "11", "12", "13", "14", "15", "21", "22", "23", "31", "32", "33", "34", "35", "36", "37",
+    "41", "42", "43", "44", "45", "46", "50", "51", "52", "53", "54", "61", "62", "63", "64", "65",
+    "71", "81", "82", "83",
+})
+# Ningxia's prefecture-level parts: the 5 cities of today, and the former prefectures whose
+# codes people registered there still carry (ID numbers are never renumbered): 6421 银南地区
+# (until 1998, now 吴忠市) and 6422 固原地区 (until 2001, now 固原市).
+NINGXIA_PREFECTURES = frozenset({"01", "02", "03", "04", "05", "21", "22"})
+
+_PHONE = re.compile(r"1[3-9]\d{9}")
+_PHONE_NOISE = re.compile(r"[\s\-()]")
+
+
+def region_prefix_problem(prefix: str) -> str | None:
+    """Why the 6-digit region prefix of an ID number is not a plausible GB/T 2260 code, or None.
+
+    A member may come from any province, so the prefix is not required to be in Ningxia;
+    it must be a real province code with a plausible prefecture part. Inside Ningxia (64)
+    the prefecture part must be one of its cities or former prefectures.
+    """
+    province, prefecture = prefix[:2], prefix[2:4]
+    if province not in PROVINCES:
+        return "region prefix is not a GB/T 2260 province code"
+    if province == "64":
+        if prefecture not in NINGXIA_PREFECTURES:
+            return "region prefix is not a Ningxia city or former prefecture (GB/T 2260)"
+    elif province not in ("81", "82", "83", "71") and not ("01" <= prefecture <= "70" or prefecture == "90"):
+        return "region prefix has no such prefecture part (GB/T 2260)"
+    return None
+
+
+def parse_id_number(value: str, today: date | None = None) -> ResidentId:
+    """GB 11643 check character, real and plausible birth date, plausible region prefix."""
+    parsed = parse_resident_id(value, today)
+    problem = region_prefix_problem(parsed.region_code)
+    if problem:
+        raise InvalidIdentifier(problem)
+    return parsed
+
+
+def normalise_phone(value: str) -> str:
+    """A mainland mobile number as 11 digits (spaces, dashes and a +86 prefix are accepted)."""
+    phone = _PHONE_NOISE.sub("", value)
+    if phone.startswith("+86"):
+        phone = phone[3:]
+    elif phone.startswith("0086"):
+        phone = phone[4:]
+    elif len(phone) == 13 and phone.startswith("86"):
+        phone = phone[2:]
+    if not _PHONE.fullmatch(phone):
+        raise InvalidIdentifier("must be a mainland mobile number: 11 digits starting 13–19")
+    return phone
+
+
+def age_on(born: date, day: date) -> int:
+    return day.year - born.year - ((day.month, day.day) < (born.month, born.day))
+
+
+def home_region_name(code: str) -> str | None:
+    region = regions.get(code)
+    return region.name if region else None
+
+
+def _derive(key: bytes, purpose: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"changai/membership", info=purpose).derive(key)
+
+
+class Vault:
+    """Encrypts, decrypts and hashes members' personal data with keys derived from the data key."""
+
+    def __init__(self, data_key: bytes):
+        self._aes = AESGCM(_derive(data_key, b"aes-256-gcm v1"))
+        self._mac_key = _derive(data_key, b"lookup hmac-sha256 v1")
+
+    def lookup_hash(self, number: str) -> bytes:
+        return keyed_hash(self._mac_key, number)
+
+    def lookup_hash_fast(self, number: str) -> bytes:
+        """The same digest as :meth:`lookup_hash`, by OpenSSL's one-shot HMAC (bulk imports)."""
+        return hmac.digest(self._mac_key, number.encode(), "sha256")
+
+    def encrypt(self, field: str, member_id: uuid.UUID, value: str) -> bytes:
+        nonce = os.urandom(12)
+        return BLOB_VERSION + nonce + self._aes.encrypt(nonce, value.encode(), _aad(field, member_id))
+
+    def sealer(self, field: str):
+        """``seal(nonce, member_id_bytes, value)``: :meth:`encrypt` for bulk work, the nonces drawn by the caller
+        (12 random bytes each, from one ``os.urandom`` call per batch)."""
+        encrypt = self._aes.encrypt
+        prefix = b"changai/member/" + field.encode() + b"/"
+
+        def seal(nonce: bytes, member_id_bytes: bytes, value: str) -> bytes:
+            return BLOB_VERSION + nonce + encrypt(nonce, value.encode(), prefix + member_id_bytes)
+        return seal
+
+    def decrypt(self, field: str, member_id: uuid.UUID, blob: bytes) -> str:
+        if blob[:1] != BLOB_VERSION:
+            raise ValueError("unknown ciphertext version")
+        return self._aes.decrypt(blob[1:13], blob[13:], _aad(field, member_id)).decode()
+
+
+def _aad(field: str, member_id: uuid.UUID) -> bytes:
+    return b"changai/member/" + field.encode() + b"/" + member_id.bytes
+
+
+def uuid7(ms: int | None = None) -> uuid.UUID:
+    """A time-ordered UUID (RFC 9562 version 7): ids sort by creation time, to the millisecond."""
+    ms = time.time_ns() // 1_000_000 if ms is None else ms
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | (rand >> 62 & 0xFFF) << 64 | 0b10 << 62 | rand & (1 << 62) - 1
+    return uuid.UUID(int=value)
+
+
+__all__ = ["Vault", "parse_id_number", "normalise_phone", "mask_phone", "region_prefix_problem", "uuid7", "age_on",
+           "InvalidIdentifier", "ResidentId"]
