@@ -13,7 +13,7 @@ Records are read in batches by ``SourceReader``: an aiokafka consumer bound to
 the source partitions whose numbers match the table partitions Faust made active
 on this worker (tables and topics are co-partitioned by number). Faust's
 per-message stream pipeline was measured at about 2,500 events/s on this machine
-even with ``take_events`` and an empty agent (see docs/projection.md), far below
+even with ``take_events`` and an empty agent (see README.md, "Metrics projection"), far below
 what the state needs; the batch reader does the same job in bulk.
 
 A batch is applied to the state, the changed records are written to the changelogs

@@ -191,7 +191,7 @@ def test_deploy_k8s_secrets_exist_or_are_provided_outside(overlay):
     objects = ds.overlay_objects(overlay)
     secrets = {o["metadata"]["name"] for o in ds.find(objects, "Secret")}
     clusters = {o["metadata"]["name"] for o in ds.find(objects, "Cluster")}
-    external = {"changai-secrets"} if overlay == "prod" else set()  # created from the secret store (docs/deploy.md)
+    external = {"changai-secrets"} if overlay == "prod" else set()  # created from the secret store (README.md, "Deployment")
     for dep in ds.find(objects, "Deployment"):
         for env in dep["spec"]["template"]["spec"]["containers"][0].get("env", []):
             ref = (env.get("valueFrom") or {}).get("secretKeyRef")

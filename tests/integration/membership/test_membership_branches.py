@@ -67,8 +67,8 @@ async def test_get_list_filters_and_pagination(membership):
 
 
 async def test_update_emits_changed_fields(membership):
-    b = await membership.branch("640106")
-    parent = await membership.branch("640106")
+    b = await membership.branch("640122")
+    parent = await membership.branch("640122")
     c = membership.client
     r = await c.patch(f"/v1/branches/{b['id']}", json={"name": "金凤区快递行业联合工会", "kind": "joint",
                                                      "parent_id": parent["id"]}, headers=auth())

@@ -150,8 +150,8 @@ async def test_concurrent_uploads_of_one_file_make_each_member_once(stack, make_
 
 
 async def _concurrent_uploads(membership):
-    b = await membership.branch("640106")
-    numbers = [unique_id_number("640106") for _ in range(300)]
+    b = await membership.branch("640424")
+    numbers = [unique_id_number("640424") for _ in range(300)]
     data = ("name,id_number\n" + "".join(f"孙{i},{n}\n" for i, n in enumerate(numbers))).encode()
     first, second = await asyncio.gather(*(upload(membership, data, chunk=1000, params={"branch_id": b["id"]})
                                            for _ in range(2)))

@@ -11,8 +11,8 @@ JOINED = "changai.membership.member.joined.v1"
 
 
 async def test_join_masks_and_emits_no_personal_data(membership):
-    b = await membership.branch("640105")
-    number, mobile = unique_id_number("640105", male=False), phone()
+    b = await membership.branch("640122")
+    number, mobile = unique_id_number("640122", male=False), phone()
     r = await membership.join(b["id"], number, phone=mobile, employment_form="ride_hailing", occupation="网约车司机",
                               skill_level=4, joined_on="2021-06-01")
     assert r.status_code == 201, r.text
@@ -20,10 +20,10 @@ async def test_join_masks_and_emits_no_personal_data(membership):
     assert m["id_number_masked"] == number[:6] + "********" + number[-4:]
     assert m["phone_masked"] == mobile[:3] + "****" + mobile[-4:]
     assert number not in r.text and mobile not in r.text
-    assert (m["sex"], m["home_region_code"], m["region_code"], m["city_code"]) == ("female", "640105", "640105", "640100")
+    assert (m["sex"], m["home_region_code"], m["region_code"], m["city_code"]) == ("female", "640122", "640122", "640100")
     assert (m["skill_level"], m["skill_level_name"], m["status"]) == (4, "中级工", "active")
     [event] = [e for e in await outbox_events(membership.dsn, JOINED) if e.subject == m["id"]]
-    assert event.data["branch_id"] == b["id"] and event.data["region_code"] == "640105"
+    assert event.data["branch_id"] == b["id"] and event.data["region_code"] == "640122"
     assert event.data["birth_year"] == int(number[6:10]) and event.data["employment_form"] == "ride_hailing"
     conn = await asyncpg.connect(membership.dsn)
     try:
