@@ -25,6 +25,8 @@ from shared.events.envelope import trace_id_of
 log = logging.getLogger(__name__)
 
 Handler = Callable[[CloudEvent, EventData], Awaitable[None]]
+# Applies a partition's batch in one go (one transaction), for consumers that must keep up with bulk imports.
+BatchHandler = Callable[[list[tuple[CloudEvent, EventData]]], Awaitable[None]]
 
 CONSUMED = Counter("changai_events_consumed_total", "Events applied by a consumer", ["consumer", "topic"])
 LAG = Gauge("changai_consumer_lag", "Records behind the end of the partition", ["consumer", "topic", "partition"])
@@ -32,12 +34,16 @@ LAST_EVENT = Gauge("changai_consumer_last_event_timestamp_seconds", "Time of the
 
 
 class EventConsumer:
-    def __init__(self, bootstrap: str, group_id: str, topics: list[str], handler: Handler,
-                 *, event_types: set[str] | None = None, retry_backoff: float = 1.0):
+    def __init__(self, bootstrap: str, group_id: str, topics: list[str], handler: Handler | None = None,
+                 *, batch_handler: BatchHandler | None = None, event_types: set[str] | None = None,
+                 retry_backoff: float = 1.0):
+        if (handler is None) == (batch_handler is None):
+            raise ValueError("give exactly one of handler and batch_handler")
         self.bootstrap = bootstrap
         self.group_id = group_id
         self.topics = topics
         self.handler = handler
+        self.batch_handler = batch_handler
         self.event_types = event_types
         self.retry_backoff = retry_backoff
         self._task: asyncio.Task | None = None
@@ -78,8 +84,11 @@ class EventConsumer:
         while True:
             batches = await self.consumer.getmany(timeout_ms=500, max_records=500)
             for tp, records in batches.items():
-                for record in records:
-                    await self._handle(record)
+                if self.batch_handler is not None:
+                    await self._handle_batch(records)
+                else:
+                    for record in records:
+                        await self._handle(record)
                 await self.consumer.commit({tp: records[-1].offset + 1})
             if time.monotonic() - last_lag > 2:
                 last_lag = time.monotonic()
@@ -93,30 +102,47 @@ class EventConsumer:
             position = await self.consumer.position(tp)
             LAG.labels(self.group_id, tp.topic, str(tp.partition)).set(max(end - position, 0))
 
-    async def _handle(self, record) -> None:
+    async def _parse(self, record) -> tuple[CloudEvent, EventData] | None:
+        """The event and its data, or None: dead-lettered, unknown, or not wanted."""
         try:
             event = decode(record.value)
             if self.event_types is not None and event.type not in self.event_types:
-                return
-            data = parse_data(event)
+                return None
+            return event, parse_data(event)
         except UnknownEventType:
-            return
+            return None
         except InvalidEvent as exc:
             await dead_letter(self.producer, record, str(exc), self.group_id)
+            return None
+
+    async def _retrying(self, call, what: dict) -> None:
+        # A failing handler (database down) is retried in place: skipping would lose events.
+        while True:
+            try:
+                await call()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("handler failed; retrying", extra={"consumer": self.group_id, **what})
+                await asyncio.sleep(self.retry_backoff)
+
+    async def _handle_batch(self, records) -> None:
+        items = [parsed for record in records if (parsed := await self._parse(record)) is not None]
+        if items:
+            await self._retrying(lambda: self.batch_handler(items),
+                                 {"first_event_id": items[0][0].id, "events": len(items)})
+        CONSUMED.labels(self.group_id, records[-1].topic).inc(len(items))
+        LAST_EVENT.labels(self.group_id, records[-1].topic).set(records[-1].timestamp / 1000)
+
+    async def _handle(self, record) -> None:
+        parsed = await self._parse(record)
+        if parsed is None:
             return
+        event, data = parsed
         token = trace_id_var.set(trace_id_of(event.traceparent))
         try:
-            # A failing handler (database down) is retried in place: skipping would lose the event.
-            while True:
-                try:
-                    await self.handler(event, data)
-                    break
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("handler failed; retrying", extra={"consumer": self.group_id, "event_id": event.id,
-                                                                      "event_type": event.type})
-                    await asyncio.sleep(self.retry_backoff)
+            await self._retrying(lambda: self.handler(event, data), {"event_id": event.id, "event_type": event.type})
         finally:
             trace_id_var.reset(token)
         CONSUMED.labels(self.group_id, record.topic).inc()
@@ -133,4 +159,4 @@ async def wait_assigned(consumer: EventConsumer, timeout: float = 30.0) -> None:
     raise TimeoutError(f"consumer {consumer.group_id} got no partitions")
 
 
-__all__ = ["EventConsumer", "Handler", "TopicPartition", "wait_assigned"]
+__all__ = ["BatchHandler", "EventConsumer", "Handler", "TopicPartition", "wait_assigned"]

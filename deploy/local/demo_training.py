@@ -104,7 +104,8 @@ async def step_training(demo) -> None:
             members[branch["id"]].append(resp.json()["id"])
     everyone = [m for ms in members.values() for m in ms]
     demo.row("training", f"{len(everyone)} workers joined {len(demo.branches)} branches", "via membership")
-    deadline = time.monotonic() + 30
+    # The read model follows membership.events in order: the 65,585 imported members come first.
+    deadline = time.monotonic() + 180
     pending = set(everyone)
     while pending and time.monotonic() < deadline:
         for m in list(pending):
@@ -114,7 +115,7 @@ async def step_training(demo) -> None:
             await asyncio.sleep(0.5)
     if pending:
         demo.failures += 1
-        demo.row("training", "member read model", f"{len(pending)} member(s) not known after 30 s")
+        demo.row("training", "member read model", f"{len(pending)} member(s) not known after 180 s")
         raise _skip(demo, "membership events did not reach training")
     demo.row("training", "member read model (from membership.events)", f"knows all {len(everyone)}")
     STATE["members"] = everyone

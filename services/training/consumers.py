@@ -66,16 +66,6 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[Topic
 
 
 # ---------------------------------------------------------------------------- applying
-async def apply(conn: asyncpg.Connection, generation: int, event: CloudEvent, data: EventData) -> bool:
-    """Inside the caller's transaction: apply one event unless already applied; True if applied."""
-    if await store.model_generation(conn, share_lock=True) != generation:
-        raise StaleGeneration()
-    if not await inbox.claim(conn, INBOX_CONSUMER, event.id):
-        return False
-    await store.apply_membership_event(conn, data)
-    return True
-
-
 async def apply_batch(conn: asyncpg.Connection, generation: int, items: list[tuple[uuid.UUID, EventData]]) -> int:
     """Inside the caller's transaction: apply events in order, each unless applied before; returns how many."""
     if not items:
@@ -218,7 +208,8 @@ class MemberReadModel:
                             exc_info=True)
                 if not last:
                     await asyncio.sleep(min(2 ** attempt, 10))
-        self.consumer = EventConsumer(self.bootstrap, group, [self.topic], self._handle, event_types=EVENT_TYPES)
+        self.consumer = EventConsumer(self.bootstrap, group, [self.topic], batch_handler=self._handle_batch,
+                                      event_types=EVENT_TYPES)
         self.consumer.start()
         log.info("member read model consumer started", extra={"generation": self.generation, "group": group})
         while True:
@@ -238,10 +229,11 @@ class MemberReadModel:
                 self.consumer = None
                 return
 
-    async def _handle(self, event: CloudEvent, data: EventData) -> None:
+    async def _handle_batch(self, items: list[tuple[CloudEvent, EventData]]) -> None:
+        """A partition's batch in one transaction: the live consumer keeps up with bulk imports."""
         try:
             async with self.pool.acquire() as conn, conn.transaction():
-                await apply(conn, self.generation, event, data)
+                await apply_batch(conn, self.generation, [(uuid.UUID(e.id), d) for e, d in items])
         except StaleGeneration:
             # Not applied, offset not committed: wait here until this consumer is replaced.
             self._stale.set()
