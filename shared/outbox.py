@@ -254,8 +254,12 @@ class OutboxRelay:
                                         "AND lane = ANY($1::smallint[]) ORDER BY seq LIMIT $2", lanes, limit)
             if not rows:
                 return 0
-            futures = await self._send(producer, rows)
-            await asyncio.wait_for(asyncio.gather(*futures), timeout=self.publish_timeout)
+            acked = asyncio.gather(*await self._send(producer, rows))
+            try:
+                await asyncio.wait_for(acked, timeout=self.publish_timeout)
+            except BaseException:  # timed out or stopped: its outcome no longer matters, nor is it an error
+                acked.add_done_callback(lambda f: f.cancelled() or f.exception())
+                raise
             await conn.execute("UPDATE outbox SET published_at = clock_timestamp() WHERE seq = ANY($1::bigint[])",
                                [r["seq"] for r in rows])
         now = time.time()
