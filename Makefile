@@ -24,8 +24,14 @@ $(VENV_STAMP):
 run: venv  ## infrastructure + every service + demo receiver + demo; Ctrl-C stops
 	$(VPY) deploy/local/stack.py run
 
+# The projection's restart/rebuild and dashboard tests start fresh Faust workers that replay every
+# topic; after the rest of the suite they have twice failed to become ready in time (cause not yet
+# found, see README "Tests"), so they run in a second session on servers of their own.
+OWN_STACK_TESTS := tests/integration/projection tests/e2e/test_projection_dashboards.py
+
 test: venv  ## pytest against real servers the fixtures start
-	$(VPY) -m pytest -q $(PYTEST_ARGS)
+	$(VPY) -m pytest -q $(PYTEST_ARGS) $(addprefix --ignore=,$(OWN_STACK_TESTS))
+	$(VPY) -m pytest -q $(PYTEST_ARGS) $(OWN_STACK_TESTS)
 
 up: venv  ## infrastructure only (Kafka, PostgreSQL, Prometheus), reused when already up
 	$(VPY) deploy/local/stack.py up

@@ -129,7 +129,7 @@ def create_app(*, service: str, settings: Settings, routers: list[APIRouter], ti
                 await migrate.apply(settings.database_url, service)
                 app.state.db = await asyncpg.create_pool(settings.database_url, min_size=settings.db_pool_min,
                                                          max_size=settings.db_pool_max)
-                stack.push_async_callback(app.state.db.close)
+                stack.push_async_callback(close_pool, app.state.db)
                 if with_relay:
                     relay = OutboxRelay(app.state.db, settings.kafka_bootstrap, service, dsn=settings.database_url,
                                         poll_interval=settings.outbox_poll_interval_s,
@@ -193,6 +193,15 @@ async def _kafka_check(relay: OutboxRelay) -> str:
         return "ok"
     except Exception:  # noqa: BLE001
         return "unreachable (events wait in the outbox)"
+
+
+async def close_pool(pool: asyncpg.Pool, timeout: float = 10.0) -> None:
+    """Close gracefully, but never hang shutdown on a connection someone failed to release."""
+    try:
+        await asyncio.wait_for(pool.close(), timeout)
+    except (asyncio.TimeoutError, TimeoutError):
+        log.warning("database pool did not close in time; terminating its connections")
+        pool.terminate()
 
 
 # -- writes with Idempotency-Key ------------------------------------------------
