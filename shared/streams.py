@@ -28,7 +28,7 @@ def create_stream_app(service: str, settings: Settings, **overrides) -> faust.Ap
         store="memory://",  # tables are rebuilt from their changelog topics on start
         datadir=str(datadir),
         key_serializer="raw",  # record keys are aggregate ids
-        value_serializer="json",  # for tables; domain topics are read raw (see source_topic)
+        value_serializer="json",  # for tables; domain topics are declared raw by each app
         topic_partitions=6,
         topic_replication_factor=1,
         web_enabled=True,
@@ -52,12 +52,6 @@ def create_stream_app(service: str, settings: Settings, **overrides) -> faust.Ap
         return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     return app
-
-
-def source_topic(app: faust.App, name: str) -> faust.TopicT:
-    """An existing domain topic, read as raw bytes (never declared by Faust: the platform creates it)."""
-    return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
-                     internal=False)
 
 
 async def parse_or_dead_letter(app: faust.App, event: faust.EventT,

@@ -40,7 +40,7 @@ from services.notifier.domain import ROBOTS, TEST_TYPE, Channel, ChannelIndex, O
 from services.notifier.render import Names, Renderer
 from services.notifier.settings import NotifierSettings
 from shared import outbox, regions
-from shared.events import CloudEvent, EventData, decode, encode, envelope, parse_data
+from shared.events import CloudEvent, EventData, encode, envelope
 from shared.events import membership as m
 from shared.events import training as t
 from shared.events.notifier import ChannelPaused, ChannelResumed, DeliveryFailed, DeliverySucceeded

@@ -30,7 +30,6 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from services.training import store
-from shared import inbox
 from shared.consumer import EventConsumer
 from shared.events import CloudEvent, EventData, InvalidEvent, UnknownEventType, decode, parse_data
 from shared.events.membership import (

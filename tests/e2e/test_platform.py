@@ -11,6 +11,7 @@ import pytest
 
 from shared.auth import mint_token
 from shared.identifiers import uscc_check_char
+from shared.settings import Settings
 
 pytestmark = pytest.mark.e2e
 
@@ -147,8 +148,8 @@ async def test_kafka_down_write_accepted_and_delivered_once_after_restart(platfo
 async def test_bad_input_is_a_problem_and_writes_nothing(platform):
     url = f"{platform.membership}/v1/branches"
     before = await platform.counts()
-    forged = "Bearer " + mint_token("x", ["membership:write"], settings=__import__("shared.settings").settings
-                                    .Settings(jwt_secret="someone-else's-secret-of-32-bytes-or-more"))
+    forged = "Bearer " + mint_token("x", ["membership:write"],
+                                    settings=Settings(jwt_secret="someone-else's-secret-of-32-bytes-or-more"))
     out_of_scope = "Bearer " + mint_token("x", ["membership:write"], "640200")
     valid = credit_code()
     corrupted = valid[:-1] + next(c for c in ALPHABET if c != valid[-1])

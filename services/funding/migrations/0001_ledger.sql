@@ -162,8 +162,12 @@ CREATE TRIGGER journal_lines_append_only BEFORE UPDATE OR DELETE ON journal_line
 -- The one way the service writes the ledger: checks the entry balances, that no line
 -- touches another fund's accounts, locks the accounts in id order (concurrent entries
 -- never deadlock on them), then writes the entry and its lines.
-CREATE FUNCTION post_entry(p_kind text, p_fund uuid, p_grant uuid, p_reference uuid, p_memo text, p_on date,
-                           p_accounts bigint[], p_amounts bigint[]) RETURNS bigint LANGUAGE plpgsql AS $$
+-- Lock accounts FOR NO KEY UPDATE, not FOR UPDATE: a balance change does not touch a key, and
+-- FOR UPDATE would also block the FOR KEY SHARE locks that the foreign-key checks of other
+-- transactions' journal lines take on the same rows (needless waits, and deadlocks with them).
+CREATE FUNCTION post_entry(p_kind text, p_fund uuid, p_grant uuid, p_reference uuid, p_memo text,
+                                      p_on date, p_accounts bigint[], p_amounts bigint[])
+    RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     v_entry bigint;
     v_total numeric;
@@ -181,7 +185,7 @@ BEGIN
         RAISE EXCEPTION 'journal entry of fund % touches another fund''s account', p_fund
             USING ERRCODE = 'check_violation', CONSTRAINT = 'journal_entry_one_fund';
     END IF;
-    PERFORM 1 FROM accounts WHERE id = ANY (p_accounts) ORDER BY id FOR UPDATE;
+    PERFORM 1 FROM accounts WHERE id = ANY (p_accounts) ORDER BY id FOR NO KEY UPDATE;
     INSERT INTO journal_entries (kind, fund_id, grant_id, reference, memo, effective_on)
         VALUES (p_kind, p_fund, p_grant, p_reference, p_memo, p_on) RETURNING id INTO v_entry;
     INSERT INTO journal_lines (entry_id, account_id, amount)
