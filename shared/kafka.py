@@ -5,9 +5,10 @@ never writes a record twice, and records of one partition keep their order.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import Counter
 
@@ -64,3 +65,35 @@ async def dead_letter(producer: AIOKafkaProducer, record: ConsumerRecord, reason
     DEAD_LETTERS.labels(record.topic).inc()
     log.warning("record sent to dead letters", extra={"topic": record.topic, "partition": record.partition,
                                                       "offset": record.offset, "reason": reason})
+
+
+async def read_to_end(bootstrap: str, partitions: list[TopicPartition], *, timeout: float = 60):
+    """Yield every record of ``partitions`` from their first offset up to the end offsets seen at the start.
+
+    Positions are set with a plain ``seek`` to the beginning offsets, never ``seek_to_beginning``: in
+    aiokafka a ``seek_to_*`` issued while the assignment's own reset (``auto_offset_reset``) is in flight
+    can be overwritten by that reset's answer, leaving the position at the end and the caller waiting for
+    records that never come (seen in about 4 of 5 tries here). Raises ``TimeoutError`` after ``timeout``."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        starts = await consumer.beginning_offsets(partitions)
+        ends = await consumer.end_offsets(partitions)
+        for tp in partitions:
+            consumer.seek(tp, starts[tp])
+        pending = {tp for tp in partitions if ends[tp] > starts[tp]}
+        deadline = asyncio.get_running_loop().time() + timeout
+        while pending:
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"{len(pending)} partition(s) not read to their end in {timeout:.0f} s")
+            for tp, records in (await consumer.getmany(*pending, timeout_ms=500)).items():
+                for record in records:
+                    if record.offset < ends[tp]:
+                        yield record
+            for tp in list(pending):
+                if await consumer.position(tp) >= ends[tp]:
+                    pending.discard(tp)
+    finally:
+        await consumer.stop()

@@ -41,7 +41,7 @@ from services.projection.domain import DOMAIN_TOPICS, Projection, base_topic
 from services.projection.exposition import FiguresCollector, Renderer, figures_registry
 from shared.consumer import LAG
 from shared.events import InvalidEvent, UnknownEventType, decode, parse_data
-from shared.kafka import DEAD_LETTERS, dlq_topic
+from shared.kafka import DEAD_LETTERS, dlq_topic, read_to_end
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ class SourceReader:
         s = self.worker.settings
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap, group_id=None, enable_auto_commit=False,
-            isolation_level="read_committed", max_poll_records=s.projection_batch_max,
+            isolation_level="read_committed", auto_offset_reset="earliest", max_poll_records=s.projection_batch_max,
             fetch_max_wait_ms=s.projection_fetch_wait_ms, fetch_max_bytes=64 * 1024 * 1024,
             max_partition_fetch_bytes=4 * 1024 * 1024, client_id=f"{s.projection_app_id}-reader")
         await self.consumer.start()
@@ -138,29 +138,19 @@ class SourceReader:
         """(topic, partition, offset) of the records this projection dead-lettered before (e.g. before a
         rebuild): read from the dead-letter topics' headers, so a replay parks no record twice."""
         s = self.worker.settings
-        consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, group_id=None, enable_auto_commit=False)
-        await consumer.start()
         parked: set[tuple[str, int, int]] = set()
         try:
-            tps = [TopicPartition(t, 0) for t in s.dlq_topics()]
-            consumer.assign(tps)
-            ends = await consumer.end_offsets(tps)
-            await consumer.seek_to_beginning(*tps)
-            pending = {tp for tp in tps if ends[tp] > 0}
-            while pending:
-                for tp, records in (await consumer.getmany(*pending, timeout_ms=1000)).items():
-                    for r in records:
-                        h = {k: _text(v) for k, v in (r.headers or [])}
-                        if h.get("changai-dlq-consumer") == s.projection_app_id:
-                            try:
-                                parked.add((h["changai-dlq-topic"], int(h["changai-dlq-partition"]),
-                                            int(h["changai-dlq-offset"])))
-                            except (KeyError, ValueError):
-                                pass
-                        if r.offset + 1 >= ends[tp]:
-                            pending.discard(tp)
-        finally:
-            await consumer.stop()
+            async for r in read_to_end(s.kafka_bootstrap, [TopicPartition(t, 0) for t in s.dlq_topics()]):
+                h = {k: _text(v) for k, v in (r.headers or [])}
+                if h.get("changai-dlq-consumer") == s.projection_app_id:
+                    try:
+                        parked.add((h["changai-dlq-topic"], int(h["changai-dlq-partition"]),
+                                    int(h["changai-dlq-offset"])))
+                    except (KeyError, ValueError):
+                        pass
+        except TimeoutError:
+            # Carry on rather than never becoming ready: at worst a replayed invalid record is parked twice.
+            log.warning("dead-letter topics not read to their end; %d earlier dead letters known", len(parked))
         return parked
 
     async def stop(self) -> None:

@@ -88,7 +88,7 @@ async def test_killed_mid_stream_then_rebuilt(stack):
     app_id = f"it-projection-{uuid.uuid4().hex[:8]}"
     env = stack.service_env("projection", CHANGAI_PROJECTION_TOPIC_PREFIX=prefix, CHANGAI_PROJECTION_APP_ID=app_id,
                             CHANGAI_PROJECTION_BATCH_MAX="300", CHANGAI_PROJECTION_SESSION_TIMEOUT_S="6",
-                            CHANGAI_LOG_LEVEL="WARNING")
+                            CHANGAI_LOG_LEVEL="INFO")
     url = f"http://127.0.0.1:{env['CHANGAI_HTTP_PORT']}/metrics"
     argv = ["-m", "services.projection", "worker"]
 
