@@ -24,17 +24,8 @@ $(VENV_STAMP):
 run: venv  ## infrastructure + every service + demo receiver + demo; Ctrl-C stops
 	$(VPY) deploy/local/stack.py run
 
-# The projection's restart/rebuild and dashboard tests start fresh Faust workers that replay every
-# topic; after the rest of the suite they have failed to become ready in time, so they run in a
-# second session on servers of their own. Its rebuild phase is still flaky (a worker restarted after
-# `rebuild` sometimes reads nothing: an open bug, see README "Tests"), so failures get ONE rerun.
-OWN_STACK_TESTS := tests/integration/projection tests/e2e/test_projection_dashboards.py
-
 test: venv  ## pytest against real servers the fixtures start
-	$(VPY) -m pytest -q $(PYTEST_ARGS) $(addprefix --ignore=,$(OWN_STACK_TESTS))
-	$(VPY) -m pytest -q $(PYTEST_ARGS) $(OWN_STACK_TESTS) || { \
-	  echo "projection: rerunning the failed test once (known flaky rebuild, see README 'Tests')"; \
-	  $(VPY) -m pytest -q --lf $(PYTEST_ARGS) $(OWN_STACK_TESTS); }
+	$(VPY) -m pytest -q $(PYTEST_ARGS)
 
 up: venv  ## infrastructure only (Kafka, PostgreSQL, Prometheus), reused when already up
 	$(VPY) deploy/local/stack.py up

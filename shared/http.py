@@ -133,14 +133,15 @@ def create_app(*, service: str, settings: Settings, routers: list[APIRouter], ti
                 if with_relay:
                     relay = OutboxRelay(app.state.db, settings.kafka_bootstrap, service, dsn=settings.database_url,
                                         poll_interval=settings.outbox_poll_interval_s,
-                                        batch_size=settings.outbox_batch_size)
+                                        batch_size=settings.outbox_batch_size,
+                                        lanes_per_relay=settings.outbox_lanes_per_relay)
                     relay.start()
                     app.state.relay = relay
-                    stack.push_async_callback(relay.stop)
+                    stack.push_async_callback(stop_within, "outbox relay", relay.stop)
             for part in parts:
                 stop = await part(app)
                 if stop is not None:
-                    stack.push_async_callback(stop)
+                    stack.push_async_callback(stop_within, getattr(part, "__name__", "part"), stop)
             log.info("service started", extra={"port": settings.http_port})
             yield
 
@@ -193,6 +194,33 @@ async def _kafka_check(relay: OutboxRelay) -> str:
         return "ok"
     except Exception:  # noqa: BLE001
         return "unreachable (events wait in the outbox)"
+
+
+SHUTDOWN_STEP_SECONDS = 20.0
+
+
+async def stop_within(name: str, stop: Callable[[], Awaitable[None]], timeout: float | None = None) -> None:
+    """Run one shutdown step, but never let it hang the rest: after ``timeout`` it is abandoned (cancelled,
+    not awaited) and logged with where every task was waiting, so the hang can be found."""
+    task = asyncio.ensure_future(stop())
+    done, _ = await asyncio.wait({task}, timeout=SHUTDOWN_STEP_SECONDS if timeout is None else timeout)
+    if task in done:
+        task.result()  # a step that failed still fails shutdown loudly
+        return
+    task.cancel()
+    log.error("shutdown step did not finish in time; moving on",
+              extra={"step": name, "waiting_tasks": task_stacks()})
+
+
+def task_stacks(limit: int = 30) -> list[str]:
+    """One line per pending task: its name and the innermost frames it is suspended in."""
+    lines = []
+    for t in list(asyncio.all_tasks())[:limit]:
+        frames = t.get_stack(limit=None)[-3:]
+        where = " < ".join(f"{f.f_code.co_name}@{f.f_code.co_filename.rsplit('/', 2)[-1]}:{f.f_lineno}"
+                           for f in reversed(frames))
+        lines.append(f"{t.get_name()}: {where or '(not started)'}")
+    return lines
 
 
 async def close_pool(pool: asyncpg.Pool, timeout: float = 10.0) -> None:

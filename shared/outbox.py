@@ -5,7 +5,9 @@ CloudEvent bytes. The :class:`OutboxRelay` publishes unpublished rows in order w
 an idempotent producer, woken by LISTEN/NOTIFY with polling as the fallback.
 Several relays (replicas) share the work through ``FOR UPDATE SKIP LOCKED`` on
 lanes: a key always falls in the same lane and a lane is held by one relay at a
-time, so each aggregate's events reach Kafka in the order they were written.
+time, so each aggregate's events reach Kafka in the order they were written. A
+relay takes at most ``lanes_per_relay`` of the lanes that have rows waiting, in
+random order, so replicas share a backlog instead of one holding every lane.
 Kafka being down delays events; it never loses them and never fails the write.
 """
 from __future__ import annotations
@@ -41,6 +43,10 @@ PUBLISH_DELAY = Histogram(
 _HEADERS = [("content-type", CONTENT_TYPE.encode())]
 # What the relay reads of a row: the key as bytes and the write time as epoch seconds, as Kafka and the
 # delay histogram want them (no str or datetime made per row only to be converted again).
+# Lanes with rows waiting (one index probe each), in random order so that replicas pick different ones,
+# at most $1 of them, skipping those another relay holds.
+_TAKE_LANES = ("SELECT lane FROM outbox_lanes l WHERE EXISTS (SELECT 1 FROM outbox o WHERE o.lane = l.lane "
+               "AND o.published_at IS NULL) ORDER BY random() LIMIT $1 FOR UPDATE SKIP LOCKED")
 _COLUMNS = "seq, topic, convert_to(key, 'UTF8') AS key, value, extract(epoch FROM created_at)::float8 AS created"
 
 
@@ -140,8 +146,9 @@ class OutboxRelay:
 
     def __init__(self, pool: asyncpg.Pool, bootstrap: str, service: str, *, dsn: str | None = None,
                  poll_interval: float = 1.0, batch_size: int = 2000, publish_timeout: float = 30.0,
-                 max_batch_size: int = 20000):
+                 max_batch_size: int = 20000, lanes_per_relay: int = LANES // 2):
         self.pool = pool
+        self.lanes_per_relay = max(1, min(lanes_per_relay, LANES))
         self.bootstrap = bootstrap
         self.service = service
         self.dsn = dsn
@@ -197,7 +204,8 @@ class OutboxRelay:
         while True:
             try:
                 limit = self._next_batch
-                full = await self._publish(limit) >= limit
+                published = await self._publish(limit)
+                full = published >= limit
                 self._next_batch = min(limit * 2, self.max_batch_size) if full else self.batch_size
                 backoff = 0.5
             except asyncio.CancelledError:
@@ -209,8 +217,8 @@ class OutboxRelay:
                 backoff = min(backoff * 2, 10.0)
                 continue
             await self._update_backlog()
-            if full:
-                continue  # more waiting: no pause
+            if published:
+                continue  # more may be waiting (in this relay's lanes or the ones it did not take): no pause
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval)
@@ -243,15 +251,11 @@ class OutboxRelay:
         published, release the lanes."""
         producer = await self._ensure_producer()
         async with self.pool.acquire() as conn, conn.transaction():
-            lanes = [r["lane"] for r in await conn.fetch("SELECT lane FROM outbox_lanes FOR UPDATE SKIP LOCKED")]
+            lanes = [r["lane"] for r in await conn.fetch(_TAKE_LANES, self.lanes_per_relay)]
             if not lanes:
                 return 0
-            if len(lanes) == LANES:
-                rows = await conn.fetch(f"SELECT {_COLUMNS} FROM outbox WHERE published_at IS NULL "
-                                        "ORDER BY seq LIMIT $1", limit)
-            else:
-                rows = await conn.fetch(f"SELECT {_COLUMNS} FROM outbox WHERE published_at IS NULL "
-                                        "AND lane = ANY($1::smallint[]) ORDER BY seq LIMIT $2", lanes, limit)
+            rows = await conn.fetch(f"SELECT {_COLUMNS} FROM outbox WHERE published_at IS NULL "
+                                    "AND lane = ANY($1::smallint[]) ORDER BY seq LIMIT $2", lanes, limit)
             if not rows:
                 return 0
             acked = asyncio.gather(*await self._send(producer, rows))

@@ -30,7 +30,7 @@ def create_stream_app(service: str, settings: Settings, **overrides) -> faust.Ap
         key_serializer="raw",  # record keys are aggregate ids
         value_serializer="json",  # for tables; domain topics are declared raw by each app
         topic_partitions=6,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.stream_replication_factor,
         web_enabled=True,
         web_host=settings.http_host,
         web_port=settings.http_port,

@@ -15,6 +15,7 @@ instead of starting their own (databases they create there are dropped at the en
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 import uuid
@@ -220,7 +221,31 @@ async def make_database(_test_servers: Servers):
     return make
 
 
+class ShutdownHangs(logging.Handler):
+    """Collects the services' "shutdown step did not finish" reports (shared.http.stop_within), which
+    would otherwise only be in the captured log of a passing test, for the summary."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith(("shutdown step did not finish", "database pool did not close")):
+            tasks = "\n    ".join(getattr(record, "waiting_tasks", []))
+            self.seen.append(f"{record.getMessage()} [{getattr(record, 'step', 'pool')}]\n    {tasks}")
+
+
+SHUTDOWN_HANGS = ShutdownHangs()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name in ("shared.http",):
+        logging.getLogger(name).addHandler(SHUTDOWN_HANGS)
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     servers = getattr(config, "_changai_servers", None)
     if servers and servers.summary:
         terminalreporter.write_line("test servers: " + ", ".join(servers.summary))
+    for hang in SHUTDOWN_HANGS.seen:
+        terminalreporter.write_line("shutdown hang: " + hang)

@@ -81,6 +81,12 @@ def dead_letter_topics() -> list[str]:
     return [t.name for t in TOPICS if t.name.endswith(".dlq")]
 
 
+def changelog_configs(settings: ProjectionSettings) -> dict[str, str]:
+    """Compacted often (the tables rewrite the same keys all the time); with replicas, a write waits for two."""
+    return {"min.cleanable.dirty.ratio": "0.1", "segment.ms": "600000",
+            "min.insync.replicas": str(min(2, settings.stream_replication_factor))}
+
+
 def changelog_topics(app_id: str) -> list[str]:
     return [f"{app_id}-{name}-changelog" for name in TABLES]
 
@@ -205,7 +211,7 @@ class ProjectionWorker:
             key_serializer="raw",
             value_serializer="raw",
             topic_partitions=6,
-            topic_replication_factor=1,
+            topic_replication_factor=s.stream_replication_factor,
             web_enabled=True,
             web_host=s.http_host,
             web_bind=s.http_host,
@@ -221,7 +227,7 @@ class ProjectionWorker:
             self.app.monitor = _faust_monitor()
         schema = faust.Schema(key_type=str, value_type=None, key_serializer="json", value_serializer="json")
         table_opts = dict(default=None, schema=schema, recovery_buffer_size=10000,
-                          extra_topic_configs={"min.cleanable.dirty.ratio": "0.1", "segment.ms": "600000"})
+                          extra_topic_configs=changelog_configs(s))
         self.tables = {name: self.app.Table(name, partitions=6, **table_opts) for name in TABLES}
         self.projection = Projection(self._store("counters"), self._store("aggregates"))
         COLLECTOR.projection = RENDERER.projection = self.projection
@@ -416,9 +422,8 @@ async def ensure_changelogs(settings: ProjectionSettings) -> list[str]:
         missing = [t for t in changelog_topics(settings.projection_app_id) if t not in existing]
         if missing:
             try:
-                await admin.create_topics([NewTopic(t, 6, 1, topic_configs={
-                    "cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1", "segment.ms": "600000"})
-                    for t in missing])
+                await admin.create_topics([NewTopic(t, 6, settings.stream_replication_factor, topic_configs={
+                    "cleanup.policy": "compact", **changelog_configs(settings)}) for t in missing])
             except TopicAlreadyExistsError:
                 pass
         deadline = time.monotonic() + 30

@@ -92,3 +92,51 @@ def test_metrics_use_route_templates(client):
     text = client.get("/metrics").text
     assert 'route="/things/{thing_id}"' in text
     assert 'route="/things/123"' not in text
+
+
+async def test_a_hanging_shutdown_step_is_abandoned_and_reported(caplog):
+    import asyncio
+    import logging
+    import time
+
+    from shared.http import stop_within
+
+    finished = asyncio.Event()
+
+    async def stubborn():  # ignores the cancellation, as a stuck client library can, then ends later
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.5)
+        finished.set()
+
+    stopped = []
+
+    async def quick():
+        stopped.append(True)
+
+    started = time.monotonic()
+    logger = logging.getLogger("shared.http")
+    session_handlers, logger.handlers = logger.handlers, []  # keep this staged hang out of the session's report
+    try:
+        with caplog.at_level("ERROR", logger="shared.http"):
+            await stop_within("stubborn thing", stubborn, timeout=0.2)
+    finally:
+        logger.handlers = session_handlers
+    await stop_within("quick thing", quick, timeout=5)
+    assert time.monotonic() - started < 2
+    assert stopped == [True]
+    [record] = [r for r in caplog.records if r.getMessage().startswith("shutdown step did not finish")]
+    assert record.step == "stubborn thing"
+    assert any("stubborn" in line for line in record.waiting_tasks), record.waiting_tasks
+    await asyncio.wait_for(finished.wait(), 5)
+
+
+async def test_a_failing_shutdown_step_still_fails():
+    from shared.http import stop_within
+
+    async def broken():
+        raise RuntimeError("cannot stop")
+
+    with pytest.raises(RuntimeError, match="cannot stop"):
+        await stop_within("broken", broken, timeout=5)
