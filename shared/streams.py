@@ -14,7 +14,7 @@ import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shared.events import CloudEvent, EventData, InvalidEvent, UnknownEventType, decode, parse_data
-from shared.kafka import DEAD_LETTERS, dlq_topic
+from shared.kafka import DEAD_LETTERS, dlq_topic, kafka_security
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,7 @@ def create_stream_app(service: str, settings: Settings, **overrides) -> faust.Ap
     datadir.parent.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     options = dict(
         broker=f"kafka://{settings.kafka_bootstrap}",
+        broker_credentials=kafka_security().faust_credentials(),
         store="memory://",  # tables are rebuilt from their changelog topics on start
         datadir=str(datadir),
         key_serializer="raw",  # record keys are aggregate ids

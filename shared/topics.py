@@ -65,7 +65,9 @@ async def ensure_topics(bootstrap: str, topics: tuple[Topic, ...] = TOPICS) -> l
     """Create every declared topic that does not exist yet; return the names created."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+    from shared.kafka import connection
+
+    admin = AIOKafkaAdminClient(**connection(bootstrap), request_timeout_ms=15000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -84,7 +84,8 @@ class Servers:
                 self.report(f"test servers: reusing the runner's Kafka at {self.runner.kafka.bootstrap}")
                 await self.runner.kafka.ensure_topics()
                 return self.runner.kafka
-            kafka = await local_stack.start_kafka(self.state_dir, local_stack.free_port(), local_stack.free_port())
+            kafka = await local_stack.start_kafka(self.state_dir, local_stack.free_port(), local_stack.free_port(),
+                                                  sasl_port=local_stack.free_port())
             if kafka.assembly_seconds:
                 self.summary.append(f"Kafka assembly from Maven Central {kafka.assembly_seconds:.1f} s")
                 self.report(f"test servers: Kafka {local_stack.KAFKA_VERSION} assembled from Maven Central in "

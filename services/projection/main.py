@@ -41,7 +41,7 @@ from services.projection.domain import DOMAIN_TOPICS, Projection, base_topic
 from services.projection.exposition import FiguresCollector, Renderer, figures_registry
 from shared.consumer import LAG
 from shared.events import InvalidEvent, UnknownEventType, decode, parse_data
-from shared.kafka import DEAD_LETTERS, dlq_topic, read_to_end
+from shared.kafka import DEAD_LETTERS, connection, dlq_topic, kafka_security, read_to_end
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ class SourceReader:
     async def start(self) -> None:
         s = self.worker.settings
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap, group_id=None, enable_auto_commit=False,
+            **connection(s.kafka_bootstrap), group_id=None, enable_auto_commit=False,
             isolation_level="read_committed", auto_offset_reset="earliest", max_poll_records=s.projection_batch_max,
             fetch_max_wait_ms=s.projection_fetch_wait_ms, fetch_max_bytes=64 * 1024 * 1024,
             max_partition_fetch_bytes=4 * 1024 * 1024, client_id=f"{s.projection_app_id}-reader")
@@ -205,6 +205,7 @@ class ProjectionWorker:
         self.app = faust.App(
             s.projection_app_id,
             broker=f"kafka://{s.kafka_bootstrap}",
+            broker_credentials=kafka_security().faust_credentials(),
             store="memory://",  # tables are rebuilt from their changelog topics on start
             datadir=str(datadir),
             autodiscover=False,
@@ -415,7 +416,7 @@ async def ensure_changelogs(settings: ProjectionSettings) -> list[str]:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=15000)
+    admin = AIOKafkaAdminClient(**connection(settings.kafka_bootstrap), request_timeout_ms=15000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())

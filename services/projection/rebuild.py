@@ -21,6 +21,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.protocol.admin import DeleteGroupsRequest
 
 from services.projection.main import ProjectionSettings, changelog_topics
+from shared.kafka import connection
 
 GROUP_ID_NOT_FOUND, NON_EMPTY_GROUP = 69, 68
 
@@ -40,7 +41,7 @@ async def active_members(admin: AIOKafkaAdminClient, group: str) -> int:
 async def rebuild(settings: ProjectionSettings, *, timeout: float = 60) -> list[str]:
     """Delete the projection's changelog topics and consumer group; returns what was deleted."""
     app_id = settings.projection_app_id
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=15000)
+    admin = AIOKafkaAdminClient(**connection(settings.kafka_bootstrap), request_timeout_ms=15000)
     await admin.start()
     try:
         members = await active_members(admin, app_id)

@@ -31,6 +31,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from services.training import store
 from shared.consumer import EventConsumer
+from shared.kafka import connection
 from shared.events import CloudEvent, EventData, InvalidEvent, UnknownEventType, decode, parse_data
 from shared.events.membership import (
     BranchDissolved, BranchEstablished, BranchMerged, BranchUpdated, MemberJoined, MemberLapsed, MemberLeft,
@@ -86,7 +87,7 @@ async def replay(conn: asyncpg.Connection, bootstrap: str, group: str, topic: st
     """Apply ``topic`` in batches from the group's committed offsets (or the beginning) to the end
     offsets seen now, then commit those offsets for the group (best effort: a live member of the
     group keeps its own position, and the inbox makes the overlap harmless)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**connection(bootstrap), group_id=group, enable_auto_commit=False,
                                 auto_offset_reset="earliest", isolation_level="read_committed",
                                 max_poll_records=batch, fetch_max_bytes=16 * 1024 * 1024,
                                 max_partition_fetch_bytes=4 * 1024 * 1024)
