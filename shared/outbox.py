@@ -177,6 +177,12 @@ class OutboxRelay:
         if self.producer:
             await self.producer.stop()
 
+    async def connect(self) -> None:
+        """Listen for new rows and start the producer now, rather than in the first cycle (optional)."""
+        if self._listener is None:
+            await self._listen()
+        await self._ensure_producer()
+
     def wake(self) -> None:
         self._wake.set()
 
@@ -199,7 +205,8 @@ class OutboxRelay:
         return self.producer
 
     async def _run(self) -> None:
-        await self._listen()
+        if self._listener is None:
+            await self._listen()
         backoff = 0.5
         while True:
             try:

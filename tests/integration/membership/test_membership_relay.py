@@ -36,6 +36,7 @@ async def test_backlog_published_once_each_in_order_per_key(stack, make_database
                                      batch_size=50, max_batch_size=400) for name in names]
         wanted = {str(k) for k in keys}
         async with KafkaTail(stack.kafka.bootstrap) as tail:
+            await asyncio.gather(*(r.connect() for r in relays))  # both ready before either publishes
             for r in relays:
                 r.start()
             try:
