@@ -133,8 +133,7 @@ def create_app(*, service: str, settings: Settings, routers: list[APIRouter], ti
                 if with_relay:
                     relay = OutboxRelay(app.state.db, settings.kafka_bootstrap, service, dsn=settings.database_url,
                                         poll_interval=settings.outbox_poll_interval_s,
-                                        batch_size=settings.outbox_batch_size,
-                                        lanes_per_relay=settings.outbox_lanes_per_relay)
+                                        batch_size=settings.outbox_batch_size)
                     relay.start()
                     app.state.relay = relay
                     stack.push_async_callback(stop_within, "outbox relay", relay.stop)

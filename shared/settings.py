@@ -50,8 +50,6 @@ class Settings(BaseSettings):
     # Replication of the topics the stream processors (Faust) create themselves: their tables' changelogs.
     # 3 on a three-broker cluster, so losing a broker loses no state; 1 where there is one broker.
     stream_replication_factor: int = 1
-    # Lanes (of 16) one relay publishes at a time: replicas then share a backlog (half each with two).
-    outbox_lanes_per_relay: int = 8
 
     # Notices (skeleton): region code -> webhook URL, and its signing secret.
     notifier_webhooks: dict[str, str] = Field(default_factory=dict)
