@@ -163,3 +163,27 @@ async def test_poison_record_goes_to_dlq_and_partition_moves_on(stack):
     assert "data does not match" in reasons[1]
     assert all(dict(r.headers)["changai-dlq-topic"] == b"membership.events" for r in ours)
     assert all(r.key == key for r in ours)
+
+
+async def test_relays_count_each_other_and_take_their_share_of_lanes(stack, make_database):
+    dsn = await make_database("membership")
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+    present = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND "
+               "database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND "
+               f"(classid::bigint << 32) + objid::bigint = {outbox.PRESENCE_KEY}")
+    share = outbox._TAKE_LANES.split("LIMIT (", 1)[1].rsplit(") FOR UPDATE", 1)[0]  # the share, as the relays ask
+    relays = [outbox.OutboxRelay(pool, stack.kafka.bootstrap, "test", dsn=dsn) for _ in range(3)]
+    try:
+        assert await pool.fetchval(share) == 16  # nobody there: a relay would take them all
+        await relays[0].connect()
+        assert (await pool.fetchval(present), await pool.fetchval(share)) == (1, 16)
+        await relays[1].connect()
+        assert (await pool.fetchval(present), await pool.fetchval(share)) == (2, 8)
+        await relays[2].connect()
+        assert (await pool.fetchval(present), await pool.fetchval(share)) == (3, 6)
+        await relays[2].stop()  # a relay that stops (or dies: its connection closes) is counted out
+        assert (await pool.fetchval(present), await pool.fetchval(share)) == (2, 8)
+    finally:
+        for r in relays[:2]:
+            await r.stop()
+        await pool.close()
