@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import statistics
 import time
 import uuid
-from datetime import date
 
 import asyncpg
 import httpx
@@ -33,12 +33,16 @@ from bench.common import servers, summary, table
 from services.notifier import topics, vault
 from services.notifier.pipeline import SEED_NS  # noqa: F401  (imported to fail early if the package is broken)
 from shared.events import encode, envelope
-from shared.events.membership import BranchEstablished
 from shared.events.funding import SubsidyPaid
 from shared.kafka import make_consumer, make_producer
 
 BRANCHES = 100
 RATES = tuple(float(r) for r in os.environ.get("CHANGAI_BENCH_NOTIFIER_RATES", "50,200").split(","))
+
+
+def quarters(values: list[float]) -> list[list[float]]:
+    n = max(1, len(values) // 4)
+    return [values[i * n:(i + 1) * n] or values[-1:] for i in range(4)]
 
 
 class Receiver:
@@ -255,6 +259,11 @@ async def main() -> None:
     print(table([(f"{n} events at {rate:.0f}/s, 100 channels", *summary(latencies))
                  for n, rate, latencies, _ in phases],
                 ("latency: domain event → receipt (ms)", "p50", "p90", "p99", "max")))
+    # Whether the latency is a queue that keeps growing, a start that is caught up, or steady.
+    print()
+    print(table([(f"at {rate:.0f}/s", *(f"{statistics.median(q):.1f}" for q in quarters(latencies)))
+                 for _, rate, latencies, _ in phases],
+                ("p50 ms by quarter of the phase, in publishing order", "1st", "2nd", "3rd", "4th")))
     points = ("route", "rendered", "deliver", "claimed", "sent")
     print()
     print(table([(f"at {rate:.0f}/s", *(f"{where.get(p, 0):.1f}" for p in points)) for _, rate, _, where in phases],
