@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     # Replication of the topics the stream processors (Faust) create themselves: their tables' changelogs.
     # 3 on a three-broker cluster, so losing a broker loses no state; 1 where there is one broker.
     stream_replication_factor: int = 1
+    # Longest a stream processor's fetch waits at the broker for records (see shared.streams.bound_fetch_wait).
+    stream_fetch_max_wait_ms: int = 20
 
     # Notices (skeleton): region code -> webhook URL, and its signing secret.
     notifier_webhooks: dict[str, str] = Field(default_factory=dict)
