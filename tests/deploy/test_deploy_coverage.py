@@ -231,3 +231,19 @@ def test_deploy_kafka_topics_match_the_code(target):
             assert config.get(key) == str(value), f"{name}: {key} is {config.get(key)!r}, declared {value!r}"
         assert 1 <= spec["replicas"] <= brokers, f"{name}: replicas {spec['replicas']} with {brokers} brokers"
         assert int(config["min.insync.replicas"]) <= spec["replicas"]
+
+
+@pytest.mark.parametrize("target", ["base", *(f"overlays/{o}" for o in ds.OVERLAYS)])
+def test_deploy_replication_fits_the_brokers(target):
+    """The broker defaults and the stream processors' own topics (CHANGAI_STREAM_REPLICATION_FACTOR)
+    ask no more replicas than there are brokers, and at least as many as min.insync.replicas."""
+    objects = ds.build(target)
+    brokers = sum(p["spec"]["replicas"] for p in ds.find(objects, "KafkaNodePool") if "broker" in p["spec"]["roles"])
+    config = ds.one(objects, "Kafka", "changai")["spec"]["kafka"]["config"]
+    common = next(o for o in ds.find(objects, "ConfigMap") if o["metadata"]["name"].startswith("changai-common"))
+    streams = int(common["data"]["CHANGAI_STREAM_REPLICATION_FACTOR"])
+    insync = int(config["min.insync.replicas"])
+    for key in ("default.replication.factor", "offsets.topic.replication.factor",
+                "transaction.state.log.replication.factor"):
+        assert insync <= int(config[key]) <= brokers, f"{target}: {key} {config[key]}, {brokers} broker(s)"
+    assert insync <= streams <= brokers, f"{target}: stream replication {streams}, {brokers} broker(s)"
