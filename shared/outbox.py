@@ -176,6 +176,7 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._listener: asyncpg.Connection | None = None
+        self._listen_checked = time.monotonic()
         self._backlog_checked = 0.0
 
     # -- lifecycle -------------------------------------------------------
@@ -199,6 +200,32 @@ class OutboxRelay:
 
     def wake(self) -> None:
         self._wake.set()
+
+    LISTEN_CHECK_S = 5.0
+
+    async def _keep_listening(self) -> None:
+        """Re-establish LISTEN and this relay's presence when their connection was lost (a database
+        restart or failover): without it, new rows would wait for the poll, and the other relays
+        would count this one out and take every lane between them."""
+        now = time.monotonic()
+        if now - self._listen_checked < self.LISTEN_CHECK_S:
+            return
+        self._listen_checked = now
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        old, self._listener = self._listener, None
+        if old is not None:
+            try:
+                if self.dsn:
+                    old.terminate()
+                else:
+                    await self.pool.release(old)
+            except Exception:  # noqa: BLE001 - it is gone either way
+                pass
+        await self._listen()
+        if self._listener is not None and not self._listener.is_closed():
+            log.info("outbox LISTEN re-established")
+            self._wake.set()  # rows written while it was away were not announced
 
     async def _listen(self) -> None:
         try:
@@ -225,6 +252,7 @@ class OutboxRelay:
         backoff = 0.5
         while True:
             try:
+                await self._keep_listening()
                 limit = self._next_batch
                 published = await self._publish(limit)
                 full = published >= limit

@@ -187,3 +187,37 @@ async def test_relays_count_each_other_and_take_their_share_of_lanes(stack, make
         for r in relays[:2]:
             await r.stop()
         await pool.close()
+
+
+async def test_relay_listens_again_after_losing_its_connection(stack, make_database):
+    """A database restart or failover drops the LISTEN connection: the relay reconnects, is counted
+    again, and new rows are published on their NOTIFY rather than on the next poll."""
+    dsn = await make_database("membership")
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+    present = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND "
+               "database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND "
+               f"(classid::bigint << 32) + objid::bigint = {outbox.PRESENCE_KEY}")
+    relay = outbox.OutboxRelay(pool, stack.kafka.bootstrap, "test", dsn=dsn, poll_interval=60)
+    relay.LISTEN_CHECK_S = 0.2
+    try:
+        await relay.connect()
+        first = relay._listener
+        await pool.execute("SELECT pg_terminate_backend($1)", first.get_server_pid())
+        async with asyncio.timeout(10):
+            while await pool.fetchval(present) != 0 or not first.is_closed():
+                await asyncio.sleep(0.05)
+        relay.start()
+        async with asyncio.timeout(10):
+            while await pool.fetchval(present) != 1:
+                await asyncio.sleep(0.05)
+        assert relay._listener is not first and not relay._listener.is_closed()
+        # With a 60 s poll, only the NOTIFY of the new connection can get this row out in time.
+        key = uuid.uuid4()
+        async with pool.acquire() as conn, conn.transaction():
+            await outbox.add(conn, branch(key, 0))
+        async with asyncio.timeout(10):
+            while await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"):
+                await asyncio.sleep(0.05)
+    finally:
+        await relay.stop()
+        await pool.close()
