@@ -29,6 +29,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from shared.events import CONTENT_TYPE, CloudEvent, EventData, encode, envelope
 from shared.kafka import make_producer
+from shared.timing import wait_set, within
 
 log = logging.getLogger(__name__)
 
@@ -270,10 +271,7 @@ class OutboxRelay:
             if published:
                 continue  # more may be waiting (in this relay's lanes or the ones it did not take): no pause
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval)
-            except asyncio.TimeoutError:
-                pass
+            await wait_set(self._wake, self.poll_interval)
 
     async def _update_backlog(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -313,7 +311,7 @@ class OutboxRelay:
                 return 0
             acked = asyncio.gather(*await self._send(producer, rows))
             try:
-                await asyncio.wait_for(acked, timeout=self.publish_timeout)
+                await within(acked, self.publish_timeout)
             except BaseException:  # timed out or stopped: its outcome no longer matters, nor is it an error
                 acked.add_done_callback(lambda f: f.cancelled() or f.exception())
                 raise

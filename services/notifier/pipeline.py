@@ -44,6 +44,7 @@ from shared.events import CloudEvent, EventData, encode, envelope
 from shared.events import membership as m
 from shared.events import training as t
 from shared.events.notifier import ChannelPaused, ChannelResumed, DeliveryFailed, DeliverySucceeded
+from shared.timing import wait_set
 
 log = logging.getLogger(__name__)
 
@@ -602,12 +603,9 @@ class Deliverer:
             if not st.queue:
                 st.backlogged = False
                 st.wake.clear()
-                try:
-                    await asyncio.wait_for(st.wake.wait(), timeout=300)
-                except asyncio.TimeoutError:
-                    if not st.queue:
-                        self.states.pop(st.channel_id, None)
-                        return
+                if not await wait_set(st.wake, 300) and not st.queue:
+                    self.states.pop(st.channel_id, None)
+                    return
                 continue
             now = time.monotonic()
             if st.cooldown_until > now:
@@ -873,10 +871,7 @@ class DueQueue:
             delay = due - time.time()
             if delay > 0:
                 self.wake.clear()
-                try:
-                    await asyncio.wait_for(self.wake.wait(), timeout=min(delay, 60.0))
-                except asyncio.TimeoutError:
-                    pass
+                await wait_set(self.wake, min(delay, 60.0))
                 continue
             _, _, key, record, ack = heapq.heappop(self.heap)
             forwarded = {k: v for k, v in record.items() if k not in ("due",)}

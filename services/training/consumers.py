@@ -32,6 +32,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from services.training import store
 from shared.consumer import EventConsumer
 from shared.kafka import connection
+from shared.timing import wait_set
 from shared.events import CloudEvent, EventData, InvalidEvent, UnknownEventType, decode, parse_data
 from shared.events.membership import (
     BranchDissolved, BranchEstablished, BranchMerged, BranchUpdated, MemberJoined, MemberLapsed, MemberLeft,
@@ -213,10 +214,7 @@ class MemberReadModel:
         self.consumer.start()
         log.info("member read model consumer started", extra={"generation": self.generation, "group": group})
         while True:
-            try:
-                await asyncio.wait_for(self._stale.wait(), timeout=self.check_interval)
-            except asyncio.TimeoutError:
-                pass
+            await wait_set(self._stale, self.check_interval)
             try:
                 current = await store.model_generation(self.pool)
             except Exception:  # noqa: BLE001 - database away: try again later
