@@ -177,7 +177,7 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._listener: asyncpg.Connection | None = None
-        self._listen_checked = time.monotonic()
+        self._listen_checked = 0.0  # checked in the first cycle, then every LISTEN_CHECK_S at most
         self._backlog_checked = 0.0
 
     # -- lifecycle -------------------------------------------------------
