@@ -54,8 +54,12 @@ async def servers(with_prometheus: bool = False):
               f"PostgreSQL {pg.address} ({pg.start_seconds:.1f} s)")
         s = Servers(kafka, pg, prom, state)
         own = True
+    failed = False
     try:
         yield s
+    except BaseException:
+        failed = True
+        raise
     finally:
         for svc in reversed(s.services):
             await svc.stop(grace=5)
@@ -63,7 +67,10 @@ async def servers(with_prometheus: bool = False):
             for c in (s.prometheus, s.pg, s.kafka):
                 if c:
                     await c.stop()
-            shutil.rmtree(s.state_dir, ignore_errors=True)  # a full-durability run leaves gigabytes
+            if failed:  # the services' logs say why
+                print(f"benchmark failed: state and logs kept in {s.state_dir}")
+            else:
+                shutil.rmtree(s.state_dir, ignore_errors=True)  # a full-durability run leaves gigabytes
 
 
 def percentile(values: list[float], p: float) -> float:

@@ -32,6 +32,8 @@ class Settings(BaseSettings):
 
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    # Idle keep-alive of the APIs: longer than the clients' and load balancers' own (shared.http.serve).
+    http_keep_alive_s: int = 75
     data_dir: str = ".run/data"
 
     # Authentication: HS256 with a shared secret by default, RS256 via JWKS when set.

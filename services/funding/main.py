@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import sys
 
-import uvicorn
-
 from services.funding.api import router
 from services.funding.config import FundingSettings
 from services.funding.consumers import seed_part, subsidy_part
-from shared.http import create_app
+from shared.http import create_app, serve
 
 
 def build_app(settings: FundingSettings | None = None):
@@ -30,8 +28,7 @@ def main(argv: list[str]) -> None:
     if role != "api":
         raise SystemExit(f"unknown role {role!r}; use: api")
     settings = FundingSettings()
-    uvicorn.run(build_app(settings), host=settings.http_host, port=settings.http_port, log_config=None,
-                access_log=False)
+    serve(build_app(settings), settings)
 
 
 if __name__ == "__main__":

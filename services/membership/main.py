@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import sys
 
-import uvicorn
 from fastapi import FastAPI
 
 from services.membership.api import router
 from services.membership.consumers import certificate_consumer
 from services.membership.pii import Vault
-from shared.http import create_app
+from shared.http import create_app, serve
 from shared.settings import Settings
 
 
@@ -58,8 +57,7 @@ def main(argv: list[str]) -> None:
     if role != "api":
         raise SystemExit(f"unknown role {role!r}; use: api")
     settings = MembershipSettings(service="membership")
-    uvicorn.run(build_app(settings), host=settings.http_host, port=settings.http_port, log_config=None,
-                access_log=False)
+    serve(build_app(settings), settings)
 
 
 if __name__ == "__main__":

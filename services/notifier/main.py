@@ -57,10 +57,9 @@ def main(argv: list[str]) -> None:
     role = argv[0] if argv else "worker"
     settings = NotifierSettings()
     if role == "api":
-        import uvicorn
+        from shared.http import serve
 
-        uvicorn.run(build_app(settings), host=settings.http_host, port=settings.http_port, log_config=None,
-                    access_log=False)
+        serve(build_app(settings), settings)
     elif role == "worker":
         run_worker(settings)
     else:

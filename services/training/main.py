@@ -8,11 +8,9 @@ from __future__ import annotations
 import asyncio
 import sys
 
-import uvicorn
-
 from services.training.api import router
 from services.training.consumers import read_model_part, rebuild
-from shared.http import create_app
+from shared.http import create_app, serve
 from shared.settings import Settings
 
 
@@ -40,8 +38,7 @@ def main(argv: list[str]) -> None:
     role = argv[0] if argv else "api"
     settings = TrainingSettings()
     if role == "api":
-        uvicorn.run(build_app(settings), host=settings.http_host, port=settings.http_port, log_config=None,
-                    access_log=False)
+        serve(build_app(settings), settings)
     elif role == "rebuild-members":
         from shared import migrate
 
