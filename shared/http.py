@@ -32,6 +32,7 @@ from shared.events.envelope import new_traceparent, trace_id_of
 from shared.outbox import OutboxRelay
 from shared.problems import MEDIA_TYPE, Problem
 from shared.settings import Settings
+from shared.timing import within
 
 log = logging.getLogger(__name__)
 
@@ -238,8 +239,8 @@ def task_stacks(limit: int = 30) -> list[str]:
 async def close_pool(pool: asyncpg.Pool, timeout: float = 10.0) -> None:
     """Close gracefully, but never hang shutdown on a connection someone failed to release."""
     try:
-        await asyncio.wait_for(pool.close(), timeout)
-    except (asyncio.TimeoutError, TimeoutError):
+        await within(pool.close(), timeout)
+    except TimeoutError:
         log.warning("database pool did not close in time; terminating its connections")
         pool.terminate()
 

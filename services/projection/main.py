@@ -43,6 +43,7 @@ from shared.consumer import LAG
 from shared.events import InvalidEvent, UnknownEventType, decode, parse_data
 from shared.kafka import DEAD_LETTERS, connection, dlq_topic, kafka_security, read_to_end
 from shared.settings import Settings
+from shared.timing import within
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +165,8 @@ class SourceReader:
         self._stopping = True
         if self.task:
             try:
-                await asyncio.wait_for(asyncio.shield(self.task), timeout=30)
-            except (asyncio.TimeoutError, Exception):  # noqa: BLE001
+                await within(asyncio.shield(self.task), 30)
+            except Exception:  # noqa: BLE001 - TimeoutError included
                 self.task.cancel()
                 await asyncio.gather(self.task, return_exceptions=True)
         if self.consumer:
