@@ -43,25 +43,23 @@ PUBLISH_DELAY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
 _HEADERS = [("content-type", CONTENT_TYPE.encode())]
-# What the relay reads of a row: the key as bytes and the write time as epoch seconds, as Kafka and the
-# delay histogram want them (no str or datetime made per row only to be converted again).
-# Lanes with rows waiting (one index probe each), in random order so that replicas pick different ones,
-# at most $1 of them, skipping those another relay holds.
 # Each running relay holds this advisory lock (shared mode) on its LISTEN connection: the relays of a
 # database count each other by it, and the share of one is 16 lanes / relays.
 PRESENCE_KEY = 0x6F7574626F78  # "outbox"
-_TAKE_LANES = (
-    "SELECT lane FROM outbox_lanes l WHERE EXISTS (SELECT 1 FROM outbox o WHERE o.lane = l.lane "
-    "AND o.published_at IS NULL) ORDER BY random() "
-    f"LIMIT (SELECT ceil({LANES}.0 / greatest(count(*), 1))::int FROM pg_locks WHERE locktype = 'advisory' "
+RELAYS_PRESENT = (
+    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
     "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-    f"AND classid::bigint = {PRESENCE_KEY >> 32} AND objid::bigint = {PRESENCE_KEY & 0xFFFFFFFF} "
-    "AND objsubid = 1 AND granted) FOR UPDATE SKIP LOCKED")
+    f"AND classid::bigint = {PRESENCE_KEY >> 32} AND objid::bigint = {PRESENCE_KEY & 0xFFFFFFFF} AND objsubid = 1")
+# Lanes with rows waiting (one index probe each), in random order so that replicas pick different ones,
+# at most $1 of them (this relay's share), skipping those another relay holds.
+_TAKE_LANES = ("SELECT lane FROM outbox_lanes l WHERE EXISTS (SELECT 1 FROM outbox o WHERE o.lane = l.lane "
+               "AND o.published_at IS NULL) ORDER BY random() LIMIT $1 FOR UPDATE SKIP LOCKED")
+# What the relay reads of a row: the key as bytes and the write time as epoch seconds, as Kafka and the
+# delay histogram want them (no str or datetime made per row only to be converted again).
 _COLUMNS = "seq, topic, convert_to(key, 'UTF8') AS key, value, extract(epoch FROM created_at)::float8 AS created"
-# The oldest rows of each lane taken, an equal share of the batch each: one short range scan of the
-# (lane, seq) index per lane. (One "lane = ANY(...) ORDER BY seq" over the lanes made PostgreSQL sort
-# the lanes' whole backlog for every batch: a 450,000-row import took 20 s longer to publish.)
-# Order matters only within a key, hence within a lane; rows of different lanes may go in any order.
+# With some of the lanes: the oldest rows of each, an equal share of the batch each, by one short range
+# scan of the (lane, seq) index a lane rather than one sort of those lanes' whole backlog. Order matters
+# only within a key, hence within a lane; rows of different lanes may go in any order.
 _TAKE_ROWS = (f"SELECT o.* FROM unnest($1::smallint[]) AS l(lane) CROSS JOIN LATERAL (SELECT {_COLUMNS} "
               "FROM outbox WHERE lane = l.lane AND published_at IS NULL ORDER BY seq LIMIT $2) o")
 
@@ -177,7 +175,8 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._listener: asyncpg.Connection | None = None
-        self._listen_checked = 0.0  # checked in the first cycle, then every LISTEN_CHECK_S at most
+        self._checked_in = 0.0  # in the first cycle, then every CHECK_IN_S at most
+        self.lane_share = LANES  # of the lanes, how many this relay takes at most (16 / relays)
         self._backlog_checked = 0.0
 
     # -- lifecycle -------------------------------------------------------
@@ -202,31 +201,34 @@ class OutboxRelay:
     def wake(self) -> None:
         self._wake.set()
 
-    LISTEN_CHECK_S = 5.0
+    CHECK_IN_S = 5.0
 
-    async def _keep_listening(self) -> None:
-        """Re-establish LISTEN and this relay's presence when their connection was lost (a database
-        restart or failover): without it, new rows would wait for the poll, and the other relays
-        would count this one out and take every lane between them."""
+    async def _check_in(self) -> None:
+        """Every ``CHECK_IN_S`` at most (not on every batch): re-open LISTEN and this relay's presence if
+        their connection was lost (a database restart or failover: without it, new rows would wait for
+        the poll, and the other relays would count this one out), and count the relays for this one's
+        share of the lanes (a relay that starts or stops is noticed within that time)."""
         now = time.monotonic()
-        if now - self._listen_checked < self.LISTEN_CHECK_S:
+        if now - self._checked_in < self.CHECK_IN_S:
             return
-        self._listen_checked = now
-        if self._listener is not None and not self._listener.is_closed():
-            return
-        old, self._listener = self._listener, None
-        if old is not None:
-            try:
-                if self.dsn:
-                    old.terminate()
-                else:
-                    await self.pool.release(old)
-            except Exception:  # noqa: BLE001 - it is gone either way
-                pass
-        await self._listen()
-        if self._listener is not None and not self._listener.is_closed():
-            log.info("outbox LISTEN re-established")
-            self._wake.set()  # rows written while it was away were not announced
+        self._checked_in = now
+        if self._listener is None or self._listener.is_closed():
+            old, self._listener = self._listener, None
+            if old is not None:
+                try:
+                    if self.dsn:
+                        old.terminate()
+                    else:
+                        await self.pool.release(old)
+                except Exception:  # noqa: BLE001 - it is gone either way
+                    pass
+            await self._listen()
+            if self._listener is not None and not self._listener.is_closed():
+                log.info("outbox LISTEN re-established")
+                self._wake.set()  # rows written while it was away were not announced
+        async with self.pool.acquire() as conn:
+            relays = await conn.fetchval(RELAYS_PRESENT)
+        self.lane_share = -(-LANES // max(relays, 1))
 
     async def _listen(self) -> None:
         try:
@@ -253,7 +255,7 @@ class OutboxRelay:
         backoff = 0.5
         while True:
             try:
-                await self._keep_listening()
+                await self._check_in()
                 limit = self._next_batch
                 published = await self._publish(limit)
                 full = published >= limit
@@ -299,7 +301,7 @@ class OutboxRelay:
         published, release the lanes."""
         producer = await self._ensure_producer()
         async with self.pool.acquire() as conn, conn.transaction():
-            lanes = [r["lane"] for r in await conn.fetch(_TAKE_LANES)]
+            lanes = [r["lane"] for r in await conn.fetch(_TAKE_LANES, self.lane_share)]
             if not lanes:
                 return 0
             if len(lanes) == LANES:  # alone (or the others idle): the oldest rows, whatever their lane

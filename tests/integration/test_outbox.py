@@ -7,13 +7,13 @@ from datetime import date
 import asyncpg
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from shared import inbox, outbox
 from shared.consumer import EventConsumer, wait_assigned
 from shared.events import decode
 from shared.events.membership import BranchEstablished
 from shared.kafka import make_producer
+from tests.integration.kafka_records import read_records
 
 pytestmark = pytest.mark.integration
 
@@ -22,22 +22,6 @@ def branch(branch_id: uuid.UUID, n: int) -> BranchEstablished:
     return BranchEstablished(branch_id=branch_id, name=f"branch step {n}", credit_code="91350100M000100Y43",
                              region_code="640104", city_code="640100", industry_section="C", kind="enterprise",
                              founded_on=date(2021, 1, 1))
-
-
-async def read_topic(bootstrap: str, topic: str, want, timeout: float = 30.0) -> list:
-    """Records of ``topic`` from the start until ``want(records)`` is true."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None)
-    await consumer.start()
-    records = []
-    try:
-        async with asyncio.timeout(timeout):
-            while not want(records):
-                for batch in (await consumer.getmany(timeout_ms=300)).values():
-                    records.extend(batch)
-    finally:
-        await consumer.stop()
-    return records
 
 
 async def test_relays_publish_each_key_in_order_exactly_once(stack, make_database):
@@ -63,7 +47,7 @@ async def test_relays_publish_each_key_in_order_exactly_once(stack, make_databas
         def mine(records):
             return [r for r in records if r.key and r.key.decode() in wanted]
 
-        records = mine(await read_topic(stack.kafka.bootstrap, "membership.events",
+        records = mine(await read_records(stack.kafka.bootstrap, "membership.events",
                                         lambda rs: len(mine(rs)) >= len(keys) * per_key))
         # Kafka acknowledges before the relay marks its rows: give the last batch time to commit.
         async with asyncio.timeout(10):
@@ -157,7 +141,7 @@ async def test_poison_record_goes_to_dlq_and_partition_moves_on(stack):
         # Other consumers running in this session dead-letter the same records too, each under its own name.
         return [r for r in records if dict(r.headers).get("changai-dlq-consumer") == group]
 
-    ours = ours_in(await read_topic(bootstrap, "membership.events.dlq", lambda rs: len(ours_in(rs)) >= 2))
+    ours = ours_in(await read_records(bootstrap, "membership.events.dlq", lambda rs: len(ours_in(rs)) >= 2))
     reasons = [dict(r.headers)["changai-dlq-reason"].decode() for r in ours]
     assert "not JSON" in reasons[0]
     assert "data does not match" in reasons[1]
@@ -168,21 +152,23 @@ async def test_poison_record_goes_to_dlq_and_partition_moves_on(stack):
 async def test_relays_count_each_other_and_take_their_share_of_lanes(stack, make_database):
     dsn = await make_database("membership")
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
-    present = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND "
-               "database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND "
-               f"(classid::bigint << 32) + objid::bigint = {outbox.PRESENCE_KEY}")
-    share = outbox._TAKE_LANES.split("LIMIT (", 1)[1].rsplit(") FOR UPDATE", 1)[0]  # the share, as the relays ask
     relays = [outbox.OutboxRelay(pool, stack.kafka.bootstrap, "test", dsn=dsn) for _ in range(3)]
+
+    async def shares(n: int) -> list[int]:
+        for r in relays[:n]:
+            r._checked_in = 0.0  # check in now, not CHECK_IN_S after the last time
+            await r._check_in()
+        return [r.lane_share for r in relays[:n]]
+
     try:
-        assert await pool.fetchval(share) == 16  # nobody there: a relay would take them all
         await relays[0].connect()
-        assert (await pool.fetchval(present), await pool.fetchval(share)) == (1, 16)
+        assert (await pool.fetchval(outbox.RELAYS_PRESENT), await shares(1)) == (1, [16])
         await relays[1].connect()
-        assert (await pool.fetchval(present), await pool.fetchval(share)) == (2, 8)
+        assert (await pool.fetchval(outbox.RELAYS_PRESENT), await shares(2)) == (2, [8, 8])
         await relays[2].connect()
-        assert (await pool.fetchval(present), await pool.fetchval(share)) == (3, 6)
+        assert (await pool.fetchval(outbox.RELAYS_PRESENT), await shares(3)) == (3, [6, 6, 6])
         await relays[2].stop()  # a relay that stops (or dies: its connection closes) is counted out
-        assert (await pool.fetchval(present), await pool.fetchval(share)) == (2, 8)
+        assert (await pool.fetchval(outbox.RELAYS_PRESENT), await shares(2)) == (2, [8, 8])
     finally:
         for r in relays[:2]:
             await r.stop()
@@ -194,11 +180,9 @@ async def test_relay_listens_again_after_losing_its_connection(stack, make_datab
     again, and new rows are published on their NOTIFY rather than on the next poll."""
     dsn = await make_database("membership")
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
-    present = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND "
-               "database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND "
-               f"(classid::bigint << 32) + objid::bigint = {outbox.PRESENCE_KEY}")
+    present = outbox.RELAYS_PRESENT
     relay = outbox.OutboxRelay(pool, stack.kafka.bootstrap, "test", dsn=dsn, poll_interval=60)
-    relay.LISTEN_CHECK_S = 0.2
+    relay.CHECK_IN_S = 0.2
     try:
         await relay.connect()
         first = relay._listener

@@ -25,6 +25,7 @@ from shared.auth import mint_token
 from shared.events import EventData, encode, envelope
 from shared.events.membership import BranchEstablished
 from shared.kafka import make_producer
+from tests.integration.kafka_records import read_records
 
 WORKER_TOPICS = (*topics.DOMAIN_SOURCES, topics.DELIVER, topics.DEFERRED, *topics.RETRIES)
 TOKEN = mint_token("notifier-tests", ["notifier:write", "notifier:read"], "640000")
@@ -178,22 +179,6 @@ class Notifier:
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
             await asyncio.sleep(interval)
-
-
-async def read_records(bootstrap: str, topic: str, want, timeout: float = 20.0) -> list:
-    """Records of ``topic`` from the start until ``want(records)`` is true."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None)
-    await consumer.start()
-    records = []
-    try:
-        async with asyncio.timeout(timeout):
-            while not want(records):
-                for batch in (await consumer.getmany(timeout_ms=300)).values():
-                    records.extend(batch)
-    finally:
-        await consumer.stop()
-    return records
 
 
 def values(records) -> list[dict]:
