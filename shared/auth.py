@@ -19,6 +19,7 @@ import jwt
 from fastapi import Depends, Request
 
 from shared import regions
+from shared.errors import Invalid, NotFound, OutOfScope
 from shared.problems import Problem
 from shared.settings import Settings, get_settings
 
@@ -29,15 +30,42 @@ class Principal:
     scopes: frozenset[str]
     region: str  # organisation scope: a GB/T 2260 code
 
-    def may_act_on(self, region_code: str) -> bool:
-        return regions.contains(self.region, region_code)
+    # The one region rule of every service (scope + region):
+    #   read of one record outside the scope  -> 404 (``ensure_visible``: never tells it exists)
+    #   write naming a region outside it      -> 403 (``ensure_region``)
+    #   list                                  -> cut to the scope (``scope_codes``)
+    #   region-wide settings                  -> a region-level token (``ensure_region_level``)
+    def may_act_on(self, region_code: str | None) -> bool:
+        return region_code is not None and regions.contains(self.region, region_code)
 
-    def ensure_region(self, region_code: str) -> None:
+    def ensure_region(self, region_code: str | None) -> None:
+        """A write naming ``region_code``: 403 unless it is the caller's region or under it."""
         if not self.may_act_on(region_code):
-            raise Problem(
-                403, "out-of-scope", "Region outside the caller's organisation scope",
-                f"token is scoped to {self.region}; {region_code} is not under it",
-            )
+            raise OutOfScope(f"token is scoped to {self.region}; {region_code} is not under it")
+
+    def ensure_visible(self, region_code: str | None, what: str, ident: object = None) -> None:
+        """A read (or a write addressed by id) of a record in ``region_code``: 404 outside the scope."""
+        if not self.may_act_on(region_code):
+            raise NotFound(what, ident)
+
+    def ensure_region_level(self) -> None:
+        """Region-wide settings (funds, rates, routes) need a token scoped to the whole region."""
+        if self.region != regions.REGION_ROOT:
+            raise OutOfScope(f"this needs a region-level token ({regions.REGION_ROOT}); token is scoped to {self.region}")
+
+    def scope_codes(self, requested: str | None = None) -> list[str]:
+        """Region codes a list covers: ``requested`` and below, cut to the caller's scope.
+
+        A requested region above the caller's scope narrows to the caller's scope; one beside it is 403."""
+        if requested is None:
+            return regions.descendants(self.region)
+        if regions.get(requested) is None:
+            raise Invalid("region", "not a Ningxia region code (GB/T 2260)")
+        if self.may_act_on(requested):
+            return regions.descendants(requested)
+        if regions.contains(requested, self.region):
+            return regions.descendants(self.region)
+        raise OutOfScope(f"token is scoped to {self.region}; {requested} is not under it")
 
 
 def _unauthorized(detail: str) -> Problem:

@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from shared import logging as changai_logging
 from shared import migrate
 from shared.auth import Principal
+from shared.errors import DomainError, status_of
 from shared.events.envelope import new_traceparent, trace_id_of
 from shared.outbox import OutboxRelay
 from shared.problems import MEDIA_TYPE, Problem
@@ -75,6 +76,11 @@ async def _on_http_error(request: Request, exc: StarletteHTTPException) -> JSONR
 
 async def _on_problem(request: Request, exc: Problem) -> JSONResponse:
     return problem_response(exc, request)
+
+
+async def _on_domain_error(request: Request, exc: DomainError) -> JSONResponse:
+    """The one place where a domain refusal becomes an RFC 9457 problem."""
+    return problem_response(Problem(status_of(exc), exc.kind, exc.title, exc.detail, **exc.extra), request)
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -147,6 +153,7 @@ def create_app(*, service: str, settings: Settings, routers: list[APIRouter], ti
 
     app = FastAPI(title=title, description=description, version="1", lifespan=lifespan)
     app.add_exception_handler(Problem, _on_problem)
+    app.add_exception_handler(DomainError, _on_domain_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(Exception, _on_unexpected)

@@ -6,6 +6,9 @@ caller scoped to a city may act on that city's counties, not on another city.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import AfterValidator, Field
 
 REGION_ROOT = "640000"
 
@@ -75,3 +78,13 @@ def descendants(code: str) -> list[str]:
 def city_of(code: str) -> str | None:
     region = REGIONS.get(code)
     return region.city if region else None
+
+
+def _known(code: str) -> str:
+    if code not in REGIONS:
+        raise ValueError("not a Ningxia region code (GB/T 2260)")
+    return code
+
+
+# The one type of a region code in every request model: six digits, and one of Ningxia's.
+RegionCode = Annotated[str, Field(pattern=r"^\d{6}$", examples=["640104"]), AfterValidator(_known)]
