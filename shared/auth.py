@@ -29,6 +29,9 @@ class Principal:
     subject: str
     scopes: frozenset[str]
     region: str  # organisation scope: a GB/T 2260 code
+    # A member unit of the reform coordination group the caller speaks for (its liaison officer), from
+    # the optional ``unit`` claim; None for everyone else.
+    unit: str | None = None
 
     # The one region rule of every service (scope + region):
     #   read of one record outside the scope  -> 404 (``ensure_visible``: never tells it exists)
@@ -96,7 +99,9 @@ async def decode_token(token: str, settings: Settings) -> Principal:
     org = str(claims["org"])
     if regions.get(org) is None:
         raise _unauthorized(f"token's organisation scope {org!r} is not a known region code")
-    return Principal(str(claims["sub"]), frozenset(str(claims["scope"]).split()), org)
+    unit = claims.get("unit")
+    return Principal(str(claims["sub"]), frozenset(str(claims["scope"]).split()), org,
+                     str(unit) if unit is not None else None)
 
 
 async def current_settings() -> Settings:
@@ -119,18 +124,45 @@ def require(scope: str):
         request.state.principal = principal
         return principal
 
+    dependency.changai_scope = scope  # read by document_scopes: the OpenAPI says which scope a route needs
     return dependency
 
 
+def document_scopes(routes) -> None:
+    """Write each route's scope into its OpenAPI operation: ``x-changai-scope`` and ``x-changai-access``
+    (``read`` for GET/HEAD or a ``…:read`` scope, else ``write``), from the ``require(scope)`` it depends
+    on. The authorisation matrix test (tests/e2e/test_authz_matrix.py) is generated from these."""
+    from fastapi.routing import APIRoute
+
+    def scopes_of(dependant) -> set[str]:
+        found = {getattr(dependant.call, "changai_scope", None)} - {None}
+        for sub in dependant.dependencies:
+            found |= scopes_of(sub)
+        return found
+
+    for route in routes:
+        if not isinstance(route, APIRoute):
+            continue
+        scopes = scopes_of(route.dependant)
+        if len(scopes) != 1:
+            continue  # public (no token), or more than one scope: documented by hand if it ever happens
+        (scope,) = scopes
+        reads = set(route.methods) <= {"GET", "HEAD"} or scope.endswith(":read")
+        route.openapi_extra = {**(route.openapi_extra or {}), "x-changai-scope": scope,
+                               "x-changai-access": "read" if reads else "write"}
+
+
 def mint_token(subject: str, scopes: list[str] | str, region: str = regions.REGION_ROOT,
-               ttl_s: int = 3600, settings: Settings | None = None) -> str:
-    """An HS256 token for local use and tests."""
+               ttl_s: int = 3600, settings: Settings | None = None, unit: str | None = None) -> str:
+    """An HS256 token for local use and tests (``unit``: a reform member unit's id, for its liaison)."""
     settings = settings or get_settings()
     now = int(time.time())
     claims = {
         "sub": subject, "scope": scopes if isinstance(scopes, str) else " ".join(scopes), "org": region,
         "iss": settings.jwt_issuer, "aud": settings.jwt_audience, "iat": now, "exp": now + ttl_s,
     }
+    if unit is not None:
+        claims["unit"] = unit
     return jwt.encode(claims, settings.jwt_secret.get_secret_value(), algorithm="HS256")
 
 
@@ -142,8 +174,9 @@ def main() -> None:
     mint.add_argument("--scope", action="append", required=True, help="repeatable, e.g. membership:write")
     mint.add_argument("--region", default=regions.REGION_ROOT)
     mint.add_argument("--ttl", type=int, default=3600 * 8)
+    mint.add_argument("--unit", default=None, help="reform member unit id (a liaison officer's token)")
     args = parser.parse_args()
-    print(mint_token(args.sub, args.scope, args.region, args.ttl))
+    print(mint_token(args.sub, args.scope, args.region, args.ttl, unit=args.unit))
 
 
 if __name__ == "__main__":
