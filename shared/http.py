@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared import logging as changai_logging
 from shared import migrate
-from shared.auth import Principal
+from shared.auth import Principal, document_scopes
 from shared.errors import DomainError, status_of
 from shared.events.envelope import new_traceparent, trace_id_of
 from shared.outbox import OutboxRelay
@@ -188,6 +188,7 @@ def create_app(*, service: str, settings: Settings, routers: list[APIRouter], ti
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     for router in routers:
+        document_scopes(router.routes)
         app.include_router(router)
     return app
 

@@ -21,7 +21,7 @@ from typing import Any
 FUNDING_URL = os.environ.get("CHANGAI_DEMO_FUNDING_URL", "http://127.0.0.1:8003")
 FUNDED_YEAR = 2021
 
-# (name, source kind, amount in yuan): the funds of FACTS.md. The skills-upgrading account's size is
+# (name, source kind, amount in yuan): the funds of docs/domain.md. The skills-upgrading account's size is
 # not in the report: 20 million is illustrative, enough for 25,000 pre-job subsidies at 800 yuan.
 FUNDS = (
     ("中央预算内资金·产教融合 2021", "central_budget", "280000000.00"),

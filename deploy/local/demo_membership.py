@@ -3,7 +3,7 @@
 * ``members``: new-form workers (a courier, a ride-hailing driver, a truck driver, a food-delivery
   rider) join the first demo branch; ID numbers and phones come back masked; the same person
   again is refused with the existing member's id.
-* ``orgs``: the 658 union organisations founded in 2021 (FACTS.md), across the 22 counties, with
+* ``orgs``: the 658 union organisations founded in 2021 (docs/domain.md), across the 22 counties, with
   new-form-worker branches among them (the three of the ``branches`` step count).
 * ``import``: the 65,585 members who joined in 2021, as one CSV streamed to ``POST /v1/members:import``;
   the same file again with its Content-Digest (nothing to do); a small file with bad rows and its

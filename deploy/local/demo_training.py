@@ -26,7 +26,7 @@ STATE: dict[str, Any] = {}
 
 SURNAMES = "马杨王李张刘丁田白海金"
 GIVEN = ("建国", "春燕", "学军", "玉兰", "志强", "海燕", "文博", "小龙", "红梅", "国庆", "丽娜", "振华")
-# One programme per demo branch (FACTS.md's industries): (name, occupation, level, provider kind, provider, category)
+# One programme per demo branch (docs/domain.md: the key industries): (name, occupation, level, provider kind, provider, category)
 PROGRAMMES = (
     ("枸杞精深加工以工代训", "农产品食品检验员", 4, "enterprise", "宁夏枸杞产业集团有限公司", "pre_job"),
     ("新型材料化工操作技能提升", "化工总控工", 3, "technical_school", "石嘴山工贸职业技术学院", "skills_upgrade"),
@@ -38,7 +38,7 @@ SKILLS = (("葡萄酒", "酿酒师"), ("枸杞", "枸杞制干工"), ("奶产业
           ("电子信息", "电子产品装配工"), ("新型材料", "化工总控工"), ("绿色食品", "食品检验员"), ("清洁能源", "光伏运维工"),
           ("文化旅游", "导游"), ("电子信息", "网络与信息安全管理员"), ("新型材料", "焊工"), ("清洁能源", "电工"))
 TIERS = ("region", "city", "county", "enterprise")
-PARTICIPANTS = 500_000  # "about 500,000 workers took part" (FACTS.md)
+PARTICIPANTS = 500_000  # "about 500,000 workers took part" (docs/domain.md)
 
 
 def _skip(demo, reason: str) -> Exception:

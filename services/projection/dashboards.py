@@ -6,7 +6,7 @@
 Two dashboards, provisioned by docker-compose and Kubernetes from deploy/grafana/:
 
 * ``reform-overview.json`` "产改进展 Reform overview": the event-countable figures of
-  the source article (FACTS.md), by city, Chinese titles with English subtitles;
+  the source article (docs/domain.md), by city, Chinese titles with English subtitles;
 * ``pipeline-health.json`` "管道健康 Pipeline health": RED metrics per service, consumer
   lag, outbox backlog, dead letters, notice delivery success, the projection itself.
 

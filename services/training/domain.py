@@ -32,7 +32,7 @@ from shared.problems import Problem
 
 BULK_MAX = 5000
 
-# The nine key industries of the region (九大重点产业), FACTS.md.
+# The nine key industries of the region (九大重点产业), docs/domain.md.
 KEY_INDUSTRIES: dict[str, tuple[str, str]] = {
     "goji": ("枸杞", "goji"),
     "wine": ("葡萄酒", "wine"),
