@@ -126,12 +126,44 @@ class Names:
     channels: dict[uuid.UUID, str] = field(default_factory=dict)
 
 
-_MD_UNSAFE = re.compile(r"[<>`]")
+# Every character that means something in WeCom's or DingTalk's markdown (emphasis, links and
+# images, headings, code, quotes, tables, strike-through, tags and WeCom's <@userid> mentions),
+# replaced by its full-width form: shown the same to a reader, meaningless to the renderer.
+# Backslash escapes are not used: neither vendor documents them for its markdown subset.
+_MD_CHARS = {"\\": "＼", "*": "＊", "_": "＿", "[": "［", "]": "］", "#": "＃", "!": "！", "`": "＇", "<": "＜",
+             ">": "＞", "~": "～", "|": "｜"}
+_MD_UNSAFE = re.compile("[" + re.escape("".join(_MD_CHARS)) + "]")
+_TAGS = {"<": "＜", ">": "＞"}
+# A line that starts like a list item, an ordered item or a setext underline.
+_LINE_START = re.compile(r"^(\s*)([-+=]|\d+\.(?=\s))")
+_SCHEME = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*):(//)")
 
 
-def _md(text: str) -> str:
-    """Values inside robot markdown: no tags, no code spans (DingTalk's subset has none)."""
-    return _MD_UNSAFE.sub(lambda m: {"<": "＜", ">": "＞", "`": "'"}[m.group()], text)
+def one_line(text: str) -> str:
+    """Any run of whitespace (newlines, U+2028, tabs…) as one space: a value cannot start a line
+    of its own (``\n\n# HEAD``) nor forge a line of the notice."""
+    return " ".join(str(text).split())
+
+
+def _no_links(text: str) -> str:
+    """``http://evil`` as ``http：//evil``: readable, but no client turns it into a link."""
+    return _SCHEME.sub(lambda m: f"{m.group(1)}：{m.group(2)}", text)
+
+
+def _md(text: str, *, line_start: bool = False) -> str:
+    """Text inside robot markdown: one line, no markup, no links (NOTICES.md: values are data);
+    ``line_start``: the text begins a line, where ``- ``, ``+ ``, ``1. `` would make a list."""
+    text = _MD_UNSAFE.sub(lambda m: _MD_CHARS[m.group()], _no_links(one_line(text)))
+    if not line_start:
+        return text
+    return _LINE_START.sub(lambda m: m.group(1) + {"-": "－", "+": "＋", "=": "＝"}.get(
+        m.group(2), m.group(2).replace(".", "．")), text)
+
+
+def _plain(text: str, kind: str) -> str:
+    """Text inside a plain-text robot message: one line; WeCom's text also reads ``<@userid>``."""
+    text = _no_links(one_line(text))
+    return re.sub("[<>]", lambda m: _TAGS[m.group()], text) if kind == "wecom" else text
 
 
 class Renderer:
@@ -255,24 +287,26 @@ class Renderer:
         return Notice(event_type, locale, title, summary, facts, note)
 
     # -- layouts per channel kind ----------------------------------------------------
-    def text(self, n: Notice) -> str:
+    def text(self, n: Notice, kind: str = "plain") -> str:
+        """Plain text, one line per part: a value cannot add lines of its own."""
         sep = "：" if n.locale == "zh-CN" else ": "
-        head = f"【{n.title}】{n.summary}" if n.locale == "zh-CN" else f"[{n.title}] {n.summary}"
-        lines = [head, *(f"{k}{sep}{v}" for k, v in n.facts)]
+        title, summary = _plain(n.title, kind), _plain(n.summary, kind)
+        head = f"【{title}】{summary}" if n.locale == "zh-CN" else f"[{title}] {summary}"
+        lines = [head, *(f"{_plain(k, kind)}{sep}{_plain(v, kind)}" for k, v in n.facts)]
         if n.note:
-            lines.append(n.note)
+            lines.append(_plain(n.note, kind))
         return "\n".join(lines)
 
     def markdown(self, n: Notice, kind: str) -> str:
         sep = "：" if n.locale == "zh-CN" else ": "
         title = f"【{n.title}】" if n.locale == "zh-CN" else n.title
         if kind == "wecom":
-            lines = [f"**{_md(title)}**", _md(n.summary),
+            lines = [f"**{_md(title)}**", _md(n.summary, line_start=True),
                      *(f"> {_md(k)}{sep}<font color=\"comment\">{_md(v)}</font>" for k, v in n.facts)]
             if n.note:
                 lines.append(f"<font color=\"warning\">{_md(n.note)}</font>")
             return "\n".join(lines)
-        parts = [f"#### {_md(title)}", _md(n.summary), "\n".join(f"- {_md(k)}{sep}{_md(v)}" for k, v in n.facts)]
+        parts = [f"#### {_md(title)}", _md(n.summary, line_start=True), "\n".join(f"- {_md(k)}{sep}{_md(v)}" for k, v in n.facts)]
         if n.note:
             parts.append(f"**{_md(n.note)}**")
         return "\n\n".join(p for p in parts if p)
@@ -281,14 +315,20 @@ class Renderer:
         """The stored form of a notice for a channel: what the deliverer sends (robots: the
         message body; e-mail: subject, text, HTML)."""
         if kind == "email":
-            subject = (f"【{n.title}】" if n.locale == "zh-CN" else f"[{n.title}] ") + n.summary
+            # A header is one line (a newline in it would forge headers); HTML is escaped by
+            # Jinja's autoescape, and links are defused in every part.
+            subject = _no_links(one_line((f"【{n.title}】" if n.locale == "zh-CN" else f"[{n.title}] ") + n.summary))
             if len(subject) > 120:
                 subject = subject[:119] + "…"
-            html = self.html.get_template("layouts/email.html.j2").render(n=n)
+            safe = Notice(n.event_type, n.locale, _no_links(one_line(n.title)), _no_links(one_line(n.summary)),
+                          [(_no_links(one_line(k)), _no_links(one_line(v))) for k, v in n.facts],
+                          _no_links(one_line(n.note)) if n.note else None)
+            html = self.html.get_template("layouts/email.html.j2").render(n=safe)
             return {"subject": subject, "text": self.text(n), "html": html}
         fmt = "text" if fmt == "text" else "markdown"
-        content = self.text(n) if fmt == "text" else self.markdown(n, kind)
-        head = f"【{n.title}】{n.summary}" if n.locale == "zh-CN" else f"[{n.title}] {n.summary}"
+        content = self.text(n, kind) if fmt == "text" else self.markdown(n, kind)
+        title, summary = _plain(n.title, kind), _plain(n.summary, kind)
+        head = f"【{title}】{summary}" if n.locale == "zh-CN" else f"[{title}] {summary}"
         return robot_body(kind, fmt, head, content, n.locale, keyword=keyword)
 
     def digest(self, kind: str, fmt: str, locale: str, bodies: list[dict], *, keyword: str | None = None,
@@ -320,9 +360,15 @@ def robot_body(kind: str, fmt: str, title: str, content: str, locale: str, *, ke
     """The JSON body a robot takes, cut to its byte limit on a character boundary and marked as
     cut; DingTalk's keyword added when the text lacks it (kept even when cut)."""
     limit = limit or LIMITS[(kind, fmt)]
-    suffix = keyword_suffix(keyword, fmt) if (kind == "dingtalk" and keyword and keyword not in content) else ""
-    content, _ = truncate_utf8(content, limit - utf8_len(suffix), CUT.get(locale, CUT["zh-CN"]))
-    content += suffix
+    if kind == "dingtalk" and keyword:
+        # Cut first, then make sure the keyword is there: a keyword inside the text may be cut off
+        # (DingTalk then refuses the message with 310000), so room for it is always kept.
+        suffix = keyword_suffix(keyword, fmt)
+        content, cut = truncate_utf8(content, limit - utf8_len(suffix), CUT.get(locale, CUT["zh-CN"]))
+        if keyword not in content:
+            content += suffix
+    else:
+        content, _ = truncate_utf8(content, limit, CUT.get(locale, CUT["zh-CN"]))
     if fmt == "text":
         return {"msgtype": "text", "text": {"content": content}}
     if kind == "wecom":

@@ -74,7 +74,7 @@ def test_money_dates_and_regions_read_naturally():
 def test_markdown_values_cannot_inject_tags():
     data = sample("changai.membership.branch.established.v1").model_copy(update={"name": "<font>坏`名`</font>"})
     md = renderer.markdown(renderer.notice(data.event_type, data, "zh-CN", Names()), "wecom")
-    assert "<font>坏" not in md and "＜font＞坏'名'" in md
+    assert "<font>坏" not in md and "＜font＞坏＇名＇" in md
 
 
 def test_long_notices_are_cut_on_a_character_boundary_and_say_so():
