@@ -25,6 +25,7 @@ from shared.events.funding import (
 from shared.logging import trace_id_var
 from shared.money import fen_to_yuan
 from shared.problems import Problem, invalid, not_found
+from shared.regions import REGION_ROOT
 
 
 CLAIMS = Counter("changai_funding_subsidy_claims_total", "Subsidy claims settled (retries included)",
@@ -70,7 +71,7 @@ async def open_fund(conn: asyncpg.Connection, cmd: domain.FundIn) -> uuid.UUID:
         await store.post_entry(conn, "fund_opened", fund_id, [(source, -cmd.amount), (fund_account, cmd.amount)],
                                on=on, memo=f"opened: {cmd.name}")
     await emit(conn, FundOpened(fund_id=fund_id, name=cmd.name, source_kind=cmd.source_kind,
-                                fiscal_year=cmd.fiscal_year, amount_fen=cmd.amount))
+                                fiscal_year=cmd.fiscal_year, amount_fen=cmd.amount, region_code=REGION_ROOT))
     return fund_id
 
 
@@ -91,7 +92,7 @@ async def top_up(conn: asyncpg.Connection, fund_id: uuid.UUID, cmd: domain.TopUp
                            on=domain.today(), memo=cmd.note or "top-up")
     total = store.figures_of((await store.fund_figures(conn, [fund_id]))[0]).total_fen
     await emit(conn, FundToppedUp(fund_id=fund_id, source_kind=fund["source_kind"], fiscal_year=fund["fiscal_year"],
-                                  amount_fen=cmd.amount, total_fen=total))
+                                  amount_fen=cmd.amount, total_fen=total, region_code=REGION_ROOT))
 
 
 async def close_fund(conn: asyncpg.Connection, fund_id: uuid.UUID, cmd: domain.CloseIn) -> int:
@@ -110,7 +111,7 @@ async def close_fund(conn: asyncpg.Connection, fund_id: uuid.UUID, cmd: domain.C
                                on=on, memo=cmd.reason or "closed: unspent money returned")
     await store.close_fund(conn, fund_id, on)
     await emit(conn, FundClosed(fund_id=fund_id, source_kind=fund["source_kind"], fiscal_year=fund["fiscal_year"],
-                                unspent_fen=unspent))
+                                unspent_fen=unspent, region_code=REGION_ROOT))
     return unspent
 
 
@@ -160,7 +161,7 @@ async def revoke_grant(conn: asyncpg.Connection, grant_id: uuid.UUID, cmd: domai
     await store.record_revocation(conn, grant_id, released, on)
     await emit(conn, GrantRevoked(grant_id=grant_id, fund_id=fund_id, source_kind=grant["source_kind"],
                                   fiscal_year=grant["fiscal_year"], beneficiary_kind=grant["beneficiary_kind"],
-                                  released_fen=released))
+                                  released_fen=released, region_code=grant["region_code"]))
     return released
 
 
@@ -185,7 +186,7 @@ async def disburse(conn: asyncpg.Connection, grant_id: uuid.UUID, amount_fen: in
         disbursement_id=disbursement_id, grant_id=grant_id, fund_id=grant["fund_id"], source_kind=grant["source_kind"],
         fiscal_year=grant["fiscal_year"], beneficiary_kind=grant["beneficiary_kind"],
         beneficiary_id=grant["beneficiary_id"], amount_fen=amount_fen,
-        grant_remaining_fen=grant["remaining_fen"] - amount_fen, paid_on=on))
+        grant_remaining_fen=grant["remaining_fen"] - amount_fen, paid_on=on, region_code=grant["region_code"]))
     return disbursement_id
 
 
