@@ -296,34 +296,28 @@ class Outcome:
         return self.result == "delivered"
 
 
-WECOM_CONFIG_ERRORS = {93000: "webhook key is wrong or the robot was removed"}
-DINGTALK_CONFIG_ERRORS = {310000: "security setting mismatch", 300001: "access token does not exist",
-                          300005: "access token does not exist"}
-DINGTALK_PERMANENT = {400402: "markdown title missing"}
-
-
 def classify_robot(kind: str, errcode: int | None, errmsg: str | None, *, wecom_throttle_s: float = 60.0,
                    dingtalk_blocked_s: float = 600.0) -> Outcome:
-    """WeCom / DingTalk answer 200 even when they refuse: ``errcode`` decides (NOTICES.md)."""
+    """WeCom / DingTalk answer 200 even when they refuse: ``errcode`` decides, by the one table
+    in :mod:`services.notifier.errcodes` (a code not in it is retried)."""
+    from services.notifier import errcodes
+
     msg = (errmsg or "")[:300]
     if errcode == 0:
         return Outcome("delivered", errcode=0)
     if errcode is None:
         return Outcome("retry", error="answer without errcode")
-    if kind == "wecom":
-        if errcode == 45009:
-            return Outcome("throttled", errcode=errcode, error=f"too frequent: {msg}", retry_after_s=wecom_throttle_s)
-        if errcode in WECOM_CONFIG_ERRORS:
-            return Outcome("permanent", errcode=errcode, error=f"{WECOM_CONFIG_ERRORS[errcode]}: {msg}", pause=True)
-    else:
-        if errcode == 130101:
-            return Outcome("throttled", errcode=errcode, error=f"robot blocked for sending too fast: {msg}",
-                           retry_after_s=dingtalk_blocked_s)
-        if errcode in DINGTALK_CONFIG_ERRORS:
-            return Outcome("permanent", errcode=errcode, error=f"{DINGTALK_CONFIG_ERRORS[errcode]}: {msg}", pause=True)
-        if errcode in DINGTALK_PERMANENT:
-            return Outcome("permanent", errcode=errcode, error=f"{DINGTALK_PERMANENT[errcode]}: {msg}")
-    return Outcome("retry", errcode=errcode, error=f"errcode {errcode}: {msg}")
+    known = errcodes.lookup(kind, errcode)
+    action = known.action if known else "retry"
+    error = f"{known.meaning if known else f'errcode {errcode}'}: {msg}"
+    if action == "throttle":
+        return Outcome("throttled", errcode=errcode, error=error,
+                       retry_after_s=wecom_throttle_s if kind == "wecom" else dingtalk_blocked_s)
+    if action == "pause":
+        return Outcome("permanent", errcode=errcode, error=error, pause=True)
+    if action == "permanent":
+        return Outcome("permanent", errcode=errcode, error=error)
+    return Outcome("retry", errcode=errcode, error=error)
 
 
 def classify_http(status: int, retry_after: str | None = None) -> Outcome:

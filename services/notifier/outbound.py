@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import socket
 import time
@@ -24,6 +25,7 @@ import httpx
 import orjson
 from standardwebhooks.webhooks import Webhook
 
+from services.notifier import errcodes
 from services.notifier.domain import Outcome, classify_http, classify_robot, dingtalk_sign, payload_hash
 
 
@@ -144,8 +146,38 @@ async def _robot(http: httpx.AsyncClient, kind: str, url: str, body: bytes, *, t
         outcome = classify_robot(kind, errcode, errmsg, wecom_throttle_s=wecom_throttle_s,
                                  dingtalk_blocked_s=dingtalk_blocked_s)
         outcome.status_code = 200
+        _repeats(kind, url, outcome)
     outcome.latency_ms, outcome.body_hash = _elapsed_ms(start), digest
     return outcome
+
+
+# Answers that pause a channel only when they repeat (DingTalk's 300005 is also reported for
+# valid tokens now and then): how many came in a row, per robot (a hash of its URL without the
+# signature, never the key itself). A worker owns a channel's partition, so its memory suffices;
+# after a restart the count starts again, which only delays a pause.
+_REPEATS: dict[str, int] = {}
+
+
+def _robot_id(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query) if k in ("key", "access_token")]
+    return hashlib.sha256(f"{parts.path}?{query}".encode()).hexdigest()[:16]
+
+
+def _repeats(kind: str, url: str, outcome: Outcome) -> None:
+    """Turn a ``retry_then_pause`` answer into a pause once it came PAUSE_AFTER_REPEATS times in a row."""
+    rid = _robot_id(url)
+    known = errcodes.lookup(kind, outcome.errcode) if outcome.errcode is not None else None
+    if known is None or known.action != "retry_then_pause":
+        _REPEATS.pop(rid, None)
+        return
+    _REPEATS[rid] = n = _REPEATS.get(rid, 0) + 1
+    if len(_REPEATS) > 10_000:
+        _REPEATS.clear()
+    if n >= errcodes.PAUSE_AFTER_REPEATS:
+        _REPEATS.pop(rid, None)
+        outcome.result, outcome.pause = "permanent", True
+        outcome.error = f"{outcome.error} ({n} times in a row)"
 
 
 def wecom_url(base: str, key: str) -> str:

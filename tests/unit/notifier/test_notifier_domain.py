@@ -97,9 +97,11 @@ def test_delivery_outcomes_are_never_routed():
 # -- outcomes --------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind,errcode,result,pause", [
     ("wecom", 0, "delivered", False), ("wecom", 45009, "throttled", False), ("wecom", 93000, "permanent", True),
-    ("wecom", 40008, "retry", False), ("dingtalk", 0, "delivered", False), ("dingtalk", 130101, "throttled", False),
-    ("dingtalk", 310000, "permanent", True), ("dingtalk", 300001, "permanent", True),
-    ("dingtalk", 300005, "permanent", True), ("dingtalk", 400402, "permanent", False), ("dingtalk", 1, "retry", False),
+    ("wecom", 40008, "permanent", False), ("wecom", 40058, "permanent", False), ("wecom", -1, "retry", False),
+    ("dingtalk", 0, "delivered", False), ("dingtalk", 130101, "throttled", False), ("dingtalk", 410100, "throttled", False),
+    ("dingtalk", 310000, "permanent", True), ("dingtalk", 300001, "permanent", True), ("dingtalk", 400013, "permanent", True),
+    ("dingtalk", 300005, "retry", False), ("dingtalk", 400402, "permanent", False), ("dingtalk", 1, "retry", False),
+    ("dingtalk", 460101, "permanent", False), ("dingtalk", 400403, "permanent", False),
     ("dingtalk", None, "retry", False),
 ])
 def test_robots_are_judged_by_errcode(kind, errcode, result, pause):
