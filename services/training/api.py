@@ -202,7 +202,7 @@ async def register_programme(body: domain.ProgrammeIn, request: Request, princip
 @router.get("/programmes", tags=["programmes"], summary="Programmes, filtered, cursor-paginated")
 async def list_programmes(request: Request, principal: Principal = Depends(READ),
                           subsidy_category: SubsidyCategory | None = None, provider_kind: ProviderKind | None = None,
-                          occupation: str | None = None, limit: int = Limit, cursor: str | None = Cursor):
+                          occupation: domain.Text | None = None, limit: int = Limit, cursor: str | None = Cursor):
     f = store.Filter().add("subsidy_category = ?", subsidy_category and subsidy_category.value) \
         .add("provider_kind = ?", provider_kind and provider_kind.value).add("occupation = ?", occupation)
     rows, nxt = await store.page(request.app.state.db, "programmes", f, decode_cursor(cursor), limit)
@@ -222,7 +222,7 @@ async def _locked_session(conn, session_id: uuid.UUID, principal: Principal):
     session = await store.get_session(conn, session_id, lock=True)
     if session is None:
         raise not_found("session", session_id)
-    principal.ensure_region(session["region_code"])
+    principal.ensure_visible(session["region_code"], "session", session_id)
     return session
 
 
@@ -239,6 +239,8 @@ async def schedule_session(body: domain.SessionIn, request: Request, principal: 
         branch = await store.get_branch(conn, uuid.UUID(body.organiser_id)) \
             if body.organiser_kind is OrganiserKind.branch else None
         organiser_name, region_code = domain.resolve_organiser(body, branch)
+        if branch is not None:  # acting for a branch: its own region decides, whatever region_code says
+            principal.ensure_region(branch["region_code"])
         principal.ensure_region(region_code)
         number = await store.next_session_number(conn, programme["id"])
         event = domain.schedule_session(body, programme, number, region_code)
@@ -254,7 +256,7 @@ async def list_sessions(request: Request, principal: Principal = Depends(READ),
                         programme_id: uuid.UUID | None = None, status: str | None = Query(
                             None, pattern="^(scheduled|in_progress|completed|cancelled)$"),
                         region_code: str | None = None, subsidy_category: SubsidyCategory | None = None,
-                        organiser_id: str | None = None,
+                        organiser_id: domain.Text | None = None,
                         starts_from: date | None = Query(None, description="sessions starting on or after"),
                         starts_to: date | None = Query(None, description="sessions starting on or before"),
                         limit: int = Limit, cursor: str | None = Cursor):
@@ -433,7 +435,8 @@ async def _locked_enrolment(conn, enrolment_id: uuid.UUID, principal: Principal)
     enrolment = await store.get_enrolment(conn, enrolment_id)
     if enrolment is None:
         raise not_found("enrolment", enrolment_id)
-    session = await _locked_session(conn, enrolment["session_id"], principal)
+    session = await store.get_session(conn, enrolment["session_id"], lock=True)
+    principal.ensure_visible(session["region_code"], "enrolment", enrolment_id)
     return await store.get_enrolment(conn, enrolment_id), session  # re-read under the session lock
 
 
@@ -574,7 +577,8 @@ async def list_certificates(request: Request, principal: Principal = Depends(REA
 @router.get("/certificates/{serial}", tags=["certificates"],
             summary="Verify a certificate by its serial (public; no personal data)")
 async def verify_certificate(serial: str, request: Request):
-    row = await store.certificate_by_serial(request.app.state.db, serial.strip().upper())
+    serial = serial.strip().upper()
+    row = await store.certificate_by_serial(request.app.state.db, serial) if domain.SERIAL.fullmatch(serial) else None
     if row is None:
         raise Problem(404, "not-found", "No certificate with this serial",
                       "check the serial as printed on the certificate")
@@ -586,7 +590,7 @@ async def _locked_competition(conn, competition_id: uuid.UUID, principal: Princi
     c = await store.get_competition(conn, competition_id, lock=True)
     if c is None:
         raise not_found("competition", competition_id)
-    principal.ensure_region(c["region_code"])
+    principal.ensure_visible(c["region_code"], "competition", competition_id)
     return c
 
 
@@ -606,7 +610,7 @@ async def announce_competition(body: domain.CompetitionIn, request: Request, pri
 
 @router.get("/competitions", tags=["competitions"], summary="Competitions, filtered, cursor-paginated")
 async def list_competitions(request: Request, principal: Principal = Depends(READ), kind: CompetitionKind | None = None,
-                            tier: Tier | None = None, industry: str | None = None,
+                            tier: Tier | None = None, industry: domain.Text | None = None,
                             status: str | None = Query(None, pattern="^(announced|held|results_published)$"),
                             region_code: str | None = None, year: int | None = Query(None, ge=2000, le=2100),
                             limit: int = Limit, cursor: str | None = Cursor):
@@ -634,6 +638,8 @@ async def register_participants(competition_id: uuid.UUID, body: domain.Particip
         c = await _locked_competition(conn, competition_id, principal)
         members = await store.members_by_id(conn, body.member_ids)
         branch = await store.get_branch(conn, body.branch_id) if body.branch_id else None
+        if branch is not None:
+            principal.ensure_region(branch["region_code"])
         registered = await store.registered_members(conn, competition_id)
         new, again, event = domain.register_participants(c, body, members, registered, branch)
         if event is not None:
@@ -694,7 +700,7 @@ async def _locked_studio(conn, studio_id: uuid.UUID, principal: Principal):
     s = await store.get_studio(conn, studio_id, lock=True)
     if s is None:
         raise not_found("studio", studio_id)
-    principal.ensure_region(s["region_code"])
+    principal.ensure_visible(s["region_code"], "studio", studio_id)
     return s
 
 
@@ -705,6 +711,8 @@ async def recognise_studio(body: domain.StudioIn, request: Request, principal: P
 
     async def run(conn):
         lead = await store.get_member(conn, body.lead_member_id) if body.lead_member_id else None
+        if lead is not None:
+            principal.ensure_region(lead["region_code"])
         event = domain.recognise_studio(body, lead)
         await store.insert_studio(conn, event, domain.normalise_industry(body.industry)[1])
         await _emit(conn, event)
@@ -715,7 +723,7 @@ async def recognise_studio(body: domain.StudioIn, request: Request, principal: P
 
 @router.get("/studios", tags=["studios"], summary="Studios and training bases, filtered, cursor-paginated")
 async def list_studios(request: Request, principal: Principal = Depends(READ), kind: StudioKind | None = None,
-                       level: StudioLevel | None = None, industry: str | None = None,
+                       level: StudioLevel | None = None, industry: domain.Text | None = None,
                        status: str | None = Query(None, pattern="^(recognised|revoked)$"),
                        region_code: str | None = None, limit: int = Limit, cursor: str | None = Cursor):
     f = store.Filter().add("region_code = ANY(?::text[])", scope_codes(principal, region_code)) \

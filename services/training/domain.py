@@ -10,14 +10,15 @@ Lifecycles (every transition is one event):
 """
 from __future__ import annotations
 
+import re
 import secrets
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared import regions
 from shared.events.training import (
@@ -48,6 +49,18 @@ _INDUSTRY_ALIASES = {**{k: k for k in KEY_INDUSTRIES}, **{zh: k for k, (zh, _) i
                      **{en.lower(): k for k, (_, en) in KEY_INDUSTRIES.items()}}
 
 SKILL_LEVEL_NAMES = {5: "初级工", 4: "中级工", 3: "高级工", 2: "技师", 1: "高级技师"}
+RANK_MAX = 100_000  # a winner's rank: bounded so it fits every integer column and encoder on the way
+
+
+def _no_nul(v: str) -> str:
+    # PostgreSQL text cannot hold NUL: refuse it here as a 422 instead of failing in the database.
+    if "\x00" in v:
+        raise ValueError("must not contain a NUL character")
+    return v
+
+
+# Every free-text input (bodies and query filters): a str without NUL.
+Text = Annotated[str, AfterValidator(_no_nul)]
 
 
 def normalise_industry(value: str) -> tuple[str, bool]:
@@ -80,11 +93,11 @@ class _In(BaseModel):
 # ============================================================================ programmes
 class ProgrammeIn(_In):
     """A training programme (培训项目)."""
-    name: str = Field(min_length=2, max_length=200)
-    occupation: str = Field(min_length=1, max_length=100, description="职业（工种）")
+    name: Text = Field(min_length=2, max_length=200)
+    occupation: Text = Field(min_length=1, max_length=100, description="职业（工种）")
     target_level: int = Field(ge=1, le=5, description="1 高级技师 … 5 初级工")
     provider_kind: ProviderKind
-    provider_name: str = Field(min_length=2, max_length=200)
+    provider_name: Text = Field(min_length=2, max_length=200)
     subsidy_category: SubsidyCategory
 
 
@@ -97,10 +110,10 @@ class SessionIn(_In):
     """A session (培训班, one 期 of a programme)."""
     programme_id: uuid.UUID
     organiser_kind: OrganiserKind
-    organiser_id: str = Field(description="the organising branch's id, or the enterprise's unified social credit code")
-    organiser_name: str | None = Field(default=None, max_length=200,
+    organiser_id: Text = Field(description="the organising branch's id, or the enterprise's unified social credit code")
+    organiser_name: Text | None = Field(default=None, max_length=200,
                                        description="required for an enterprise; a branch's name comes from membership")
-    region_code: str | None = Field(default=None, description="defaults to the organising branch's region")
+    region_code: Text | None = Field(default=None, description="defaults to the organising branch's region")
     starts_on: date
     ends_on: date
     capacity: int = Field(ge=1, le=10000)
@@ -172,7 +185,7 @@ class CompleteIn(_In):
 
 
 class CancelIn(_In):
-    reason: str | None = Field(default=None, max_length=500)
+    reason: Text | None = Field(default=None, max_length=500)
     cancelled_on: date | None = None
     @field_validator("cancelled_on")
     @classmethod
@@ -272,7 +285,7 @@ class AttendanceIn(_In):
 
 class ResultItem(_In):
     member_id: uuid.UUID
-    result: str = Field(pattern=r"^(passed|failed)$")
+    result: Text = Field(pattern=r"^(passed|failed)$")
 
 
 class ResultsIn(_In):
@@ -280,11 +293,11 @@ class ResultsIn(_In):
 
 
 class ResultIn(_In):
-    result: str = Field(pattern=r"^(passed|failed)$")
+    result: Text = Field(pattern=r"^(passed|failed)$")
 
 
 class WithdrawIn(_In):
-    reason: str | None = Field(default=None, max_length=500)
+    reason: Text | None = Field(default=None, max_length=500)
 
 
 def problem_item(p: Problem) -> dict[str, Any]:
@@ -407,6 +420,7 @@ def withdraw(session: Mapping, enrolment: Mapping, reason: str | None) -> Enrolm
 
 # ============================================================================ certificates
 _SERIAL_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"  # no 0/1/I/O: read aloud and typed by hand
+SERIAL = re.compile(rf"^NX\d{{4}}-[{_SERIAL_ALPHABET}]{{4}}-[{_SERIAL_ALPHABET}]{{4}}-[{_SERIAL_ALPHABET}]{{4}}$")
 
 
 def new_serial(year: int) -> str:
@@ -417,7 +431,7 @@ def new_serial(year: int) -> str:
 
 class CertificateIn(_In):
     enrolment_id: uuid.UUID
-    issuer: str | None = Field(default=None, max_length=200, description="defaults to the programme's provider")
+    issuer: Text | None = Field(default=None, max_length=200, description="defaults to the programme's provider")
     issued_on: date | None = None
     @field_validator("issued_on")
     @classmethod
@@ -426,7 +440,7 @@ class CertificateIn(_In):
 
 
 class SessionCertificatesIn(_In):
-    issuer: str | None = Field(default=None, max_length=200)
+    issuer: Text | None = Field(default=None, max_length=200)
     issued_on: date | None = None
     @field_validator("issued_on")
     @classmethod
@@ -455,10 +469,10 @@ TIER_LEVELS = {Tier.region: {"region"}, Tier.city: {"city"}, Tier.county: {"coun
 
 class CompetitionIn(_In):
     """A labour competition (劳动竞赛) or a vocational skills competition (职业技能大赛)."""
-    name: str = Field(min_length=2, max_length=200)
+    name: Text = Field(min_length=2, max_length=200)
     kind: CompetitionKind
     tier: Tier
-    industry: str = Field(min_length=1, max_length=100,
+    industry: Text = Field(min_length=1, max_length=100,
                           description="one of the nine key industries by code or Chinese name, or another industry")
     region_code: str
     starts_on: date
@@ -510,9 +524,9 @@ class HeldIn(_In):
 
 class WinnerIn(_In):
     member_id: uuid.UUID | None = None
-    name: str = Field(min_length=1, max_length=100)
-    rank: int = Field(ge=1)
-    award: str = Field(min_length=1, max_length=100)
+    name: Text = Field(min_length=1, max_length=100)
+    rank: int = Field(ge=1, le=RANK_MAX)
+    award: Text = Field(min_length=1, max_length=100)
 
 
 class CompetitionResultsIn(_In):
@@ -598,12 +612,12 @@ def publish_results(c: Mapping, cmd: CompetitionResultsIn, registered: set[uuid.
 class StudioIn(_In):
     """An innovation studio (创新工作室), high-skill training base (培训基地) or skill-master studio (技能大师工作室)."""
     kind: StudioKind
-    name: str = Field(min_length=2, max_length=200)
-    host_enterprise: str = Field(min_length=2, max_length=200)
-    lead_worker: str = Field(min_length=1, max_length=100, description="领衔人 (model worker / craftsman)")
+    name: Text = Field(min_length=2, max_length=200)
+    host_enterprise: Text = Field(min_length=2, max_length=200)
+    lead_worker: Text = Field(min_length=1, max_length=100, description="领衔人 (model worker / craftsman)")
     lead_member_id: uuid.UUID | None = None
     level: StudioLevel
-    industry: str = Field(min_length=1, max_length=100)
+    industry: Text = Field(min_length=1, max_length=100)
     region_code: str
     recognised_on: date
 
@@ -618,9 +632,9 @@ class StudioIn(_In):
 
 
 class EvaluationIn(_In):
-    rating: str = Field(pattern=r"^(excellent|good|pass|fail)$")
+    rating: Text = Field(pattern=r"^(excellent|good|pass|fail)$")
     evaluated_on: date
-    notes: str | None = Field(default=None, max_length=2000)
+    notes: Text | None = Field(default=None, max_length=2000)
     @field_validator("evaluated_on")
     @classmethod
     def _date_not_future(cls, v):
@@ -628,7 +642,7 @@ class EvaluationIn(_In):
 
 
 class RevokeIn(_In):
-    reason: str = Field(min_length=2, max_length=500)
+    reason: Text = Field(min_length=2, max_length=500)
     revoked_on: date
     @field_validator("revoked_on")
     @classmethod

@@ -222,11 +222,11 @@ async def test_enterprise_session_cancelled_with_its_enrolments(stack, training)
     start = await client.post(f"/v1/sessions/{s['id']}/start", json={}, headers=key())
     assert (start.status_code, problem_type(start)) == (409, "session-cancelled")
 
-    # out of the caller's region: a Yinchuan-scoped token cannot touch a Shizuishan session
+    # out of the caller's region: a Yinchuan-scoped token cannot touch a Shizuishan session, nor learn it exists
     from shared.auth import mint_token
     yinchuan = {"Authorization": "Bearer " + mint_token("yinchuan", ["training:write", "training:read"], "640100")}
     other = await client.post(f"/v1/sessions/{second['id']}/start", json={}, headers={**yinchuan, **key()})
-    assert (other.status_code, problem_type(other)) == (403, "out-of-scope")
+    assert (other.status_code, problem_type(other)) == (404, "not-found")
     hidden = await client.get(f"/v1/sessions/{second['id']}", headers=yinchuan)
     assert hidden.status_code == 404
     reader = {"Authorization": "Bearer " + mint_token("reader", ["training:read"], "640000")}

@@ -221,3 +221,18 @@ def test_studio_lifecycle():
         domain.StudioIn(**{**cmd.model_dump(), "region_code": "640000"})
     with pytest.raises(ValidationError):
         domain.EvaluationIn(rating="good", evaluated_on=date(2999, 1, 1))
+
+
+def test_free_text_refuses_nul_and_rank_is_bounded():
+    good = {"name": "枸杞加工岗前培训", "occupation": "枸杞加工工", "target_level": 4, "provider_kind": "technical_school",
+            "provider_name": "宁夏工业职业技术学院", "subsidy_category": "pre_job"}
+    assert domain.ProgrammeIn(**good).name == good["name"]
+    for field in ("name", "occupation", "provider_name"):
+        with pytest.raises(ValidationError):
+            domain.ProgrammeIn(**{**good, field: "枸杞\x00加工"})
+    assert domain.WinnerIn(name="张三", rank=domain.RANK_MAX, award="一等奖").rank == domain.RANK_MAX
+    for rank in (domain.RANK_MAX + 1, 2**64):
+        with pytest.raises(ValidationError):
+            domain.WinnerIn(name="张三", rank=rank, award="一等奖")
+    serial = domain.new_serial(2021)
+    assert domain.SERIAL.fullmatch(serial) and not domain.SERIAL.fullmatch(serial[:-1] + "\x00")
