@@ -37,7 +37,7 @@ from shared.kafka import make_producer
 SECONDS = float(os.environ.get("SECONDS", "10"))
 CLIENTS = 50
 CLAIMS = int(os.environ.get("CLAIMS", "2000"))
-HEADERS = {"Authorization": "Bearer " + mint_token("bench", ["funding:write", "funding:read"], "640000")}
+HEADERS = {"Authorization": "Bearer " + mint_token("bench", ["funding:write", "funding:read", "funding:admin"], "640000")}
 
 
 async def _post(client: httpx.AsyncClient, path: str, body: dict) -> dict:

@@ -16,7 +16,7 @@ _YUAN = re.compile(r"^(0|[1-9]\d{0,13})(\.\d{1,2})?$")
 def yuan_to_fen(value: str) -> int:
     if not isinstance(value, str):
         raise ValueError("amount must be a decimal string of yuan, e.g. \"800.00\" (numbers are refused: floats are inexact)")
-    if not _YUAN.match(value):
+    if not _YUAN.fullmatch(value):  # not match(): its "$" also matches before a trailing "\n" ("800.00\n")
         raise ValueError("amount must be a non-negative decimal string with at most 2 decimals, e.g. \"800.00\"")
     whole, _, frac = value.partition(".")
     return int(whole) * 100 + int((frac + "00")[:2])

@@ -71,7 +71,7 @@ async def step_funding(demo) -> None:
         from shared.auth import mint_token
     except ImportError as exc:
         raise _skip(demo, f"shared.auth not importable ({exc})") from None
-    headers = {"Authorization": "Bearer " + mint_token("article-replay", ["funding:write", "funding:read"], "640000")}
+    headers = {"Authorization": "Bearer " + mint_token("article-replay", ["funding:write", "funding:read", "funding:admin"], "640000")}
     STATE["headers"] = headers
     try:
         await demo.client.get(f"{_url(demo)}/livez")
@@ -127,7 +127,7 @@ async def step_funding(demo) -> None:
         demo.row("funding", "an 11th studio asking 600,000.00", f"expected 409, got {response.status_code}")
 
     rules = (await demo.client.get(f"{_url(demo)}/v1/subsidy-rules", params={"category": "pre_job"},
-                                   headers=headers)).json()["rules"]
+                                   headers=headers)).json()["items"]
     demo.row("funding", "pre-job subsidy standard (岗前培训)",
              " → ".join(f"{r['rate']} from {r['effective_from']}" for r in rules))
     await _post(demo, headers, "/v1/subsidy-routes/pre_job", {"fund_id": funds["skills_account"]["id"], "year": None},
@@ -150,8 +150,8 @@ async def step_subsidies(demo) -> None:
     claims: list[dict] = []
     deadline = time.monotonic() + 10
     while True:  # sessions completed by the training steps reach the saga through Kafka
-        listed = (await demo.client.get(f"{base}/v1/subsidy-claims", params={"limit": 1000}, headers=headers)).json()
-        claims = [c for c in listed["claims"] if not organisers or c["organiser"]["id"] in organisers]
+        listed = (await demo.client.get(f"{base}/v1/subsidy-claims", params={"limit": 200}, headers=headers)).json()
+        claims = [c for c in listed["items"] if not organisers or c["organiser"]["id"] in organisers]
         if claims or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.5)
@@ -172,7 +172,7 @@ async def step_subsidies(demo) -> None:
     report = (await demo.client.get(f"{base}/v1/reports/funds", params={"fiscal_year": FUNDED_YEAR},
                                     headers=headers)).json()
     mine = {f["id"] for f in STATE.get("funds", {}).values()}
-    for fund in report["funds"]:
+    for fund in report["items"]:
         if fund["id"] in mine:
             demo.row("subsidies" if fund["source_kind"] == "skills_account" else "funds", fund["name"][:23],
                      f"total {fund['total']} allocated {fund['allocated']} disbursed {fund['disbursed']} "

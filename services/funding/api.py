@@ -1,416 +1,626 @@
-"""Funding's HTTP routes: thin; the ledger operations live in ledger.py, rules in domain.py, SQL in store.py.
+"""Funding's HTTP routes: parse, authorise (scope), call the use case, shape the answer.
 
 Amounts are decimal yuan strings both ways ("800.00"); every write runs through
-``shared.http.write`` (one transaction, ``Idempotency-Key`` honoured).
+``shared.http.write`` (one transaction, ``Idempotency-Key`` honoured). Who may do what:
+
+* ``funding:read`` reads, ``funding:write`` writes grants, payments, payees and claim retries —
+  within the token's region (out of scope: 404 on read or on a write addressed by id, 403 on a
+  write naming a region; lists cut to the scope);
+* region-wide settings (funds and their top-ups and closing, subsidy rules and routes) need a
+  region-level token (640000) with ``funding:admin``.
+
+Every list answers ``{"items": [...], "next_cursor": ...}`` (``limit``, opaque ``cursor``).
 """
 from __future__ import annotations
 
 import uuid
-from datetime import date
-from typing import Any
+from collections.abc import Callable
+from datetime import date, datetime
+from typing import Annotated, Any
 
 import asyncpg
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
+from pydantic import BaseModel, Field
 
-from services.funding import domain, ledger, store
+from services.funding import domain, usecases
+from services.funding.store import figures_of
 from shared.auth import Principal, require
+from shared.clock import today_cn
 from shared.events.funding import BeneficiaryKind, SourceKind
 from shared.events.training import SubsidyCategory
 from shared.http import write
 from shared.money import fen_to_yuan
-from shared.problems import Problem, invalid, not_found
+from shared.pagination import Cursor, Limit, Page, decode_cursor, page
+from shared.regions import RegionCode
 
 router = APIRouter(prefix="/v1")
 READ = require("funding:read")
 WRITE = require("funding:write")
+ADMIN = require(domain.ADMIN_SCOPE)
+
+YuanText = Annotated[str, Field(pattern=r"^-?\d+\.\d{2}$", examples=["800.00"], description="decimal yuan")]
+BIGINT = 2**63 - 1
+RegionQuery = Query(None, description="narrow to this region and below (within the token's scope)")
 
 
+# -- response models -----------------------------------------------------------------------
+class Fund(BaseModel):
+    id: uuid.UUID
+    name: str
+    source_kind: SourceKind
+    fiscal_year: int
+    status: str
+    opened_on: date
+    closed_on: date | None
+    account_id: int
+    grants: int
+    total: YuanText
+    appropriated: YuanText
+    returned: YuanText
+    allocated: YuanText
+    committed: YuanText
+    disbursed: YuanText
+    available: YuanText
+
+
+class Party(BaseModel):
+    kind: str
+    id: str
+    name: str | None
+
+
+class Grant(BaseModel):
+    id: uuid.UUID
+    fund_id: uuid.UUID
+    source_kind: SourceKind
+    fiscal_year: int
+    beneficiary: Party
+    purpose: str
+    region_code: str
+    amount: YuanText
+    paid: YuanText
+    released: YuanText
+    remaining: YuanText
+    status: str
+    approved_on: date
+    closed_on: date | None
+    account_id: int
+    claim_id: uuid.UUID | None
+
+
+class RevokedGrant(Grant):
+    released_now: YuanText
+
+
+class Disbursement(BaseModel):
+    id: uuid.UUID
+    grant_id: uuid.UUID
+    amount: YuanText
+    paid_on: date
+    memo: str | None
+    entry_id: int
+    grant_remaining: YuanText | None = None
+    grant_status: str | None = None
+
+
+class Beneficiary(BaseModel):
+    kind: BeneficiaryKind
+    id: str
+    name: str
+    region_code: str
+    account_id: int
+    grants: int
+    granted: YuanText
+    outstanding: YuanText
+    disbursed: YuanText
+
+
+class SubsidyRule(BaseModel):
+    category: SubsidyCategory
+    effective_from: date
+    rate: YuanText
+    note: str | None
+    origin: str
+
+
+class RuleDeleted(BaseModel):
+    deleted: bool
+    category: SubsidyCategory
+    effective_from: date
+
+
+class SubsidyRoute(BaseModel):
+    category: SubsidyCategory
+    year: int | None
+    fund_id: uuid.UUID
+    fund_name: str
+    source_kind: SourceKind
+    fiscal_year: int
+    fund_status: str
+
+
+class Claim(BaseModel):
+    id: uuid.UUID
+    session_id: uuid.UUID
+    programme_id: uuid.UUID | None
+    programme_name: str | None
+    session_number: int | None
+    organiser: Party
+    category: SubsidyCategory
+    region_code: str
+    city_code: str | None
+    persons: int
+    completed_on: date
+    rate: YuanText | None
+    amount: YuanText | None
+    status: str
+    reason: str | None
+    detail: str | None
+    fund_id: uuid.UUID | None
+    grant_id: uuid.UUID | None
+    disbursement_id: uuid.UUID | None
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class Totals(BaseModel):
+    funds: int
+    total: YuanText
+    allocated: YuanText
+    committed: YuanText
+    disbursed: YuanText
+    remaining: YuanText
+
+
+class FundReport(Page[Fund]):
+    totals: Totals = Field(description="over every fund the filters select, not only this page")
+
+
+class SourceFigures(BaseModel):
+    source_kind: SourceKind
+    fiscal_year: int
+    funds: int
+    total: YuanText
+    allocated: YuanText
+    committed: YuanText
+    disbursed: YuanText
+    remaining: YuanText
+
+
+class Account(BaseModel):
+    id: int
+    kind: str
+    name: str
+    balance: YuanText
+    source_kind: str | None
+    fund_id: uuid.UUID | None
+    grant_id: uuid.UUID | None
+    beneficiary: Party | None
+
+
+class Counterpart(BaseModel):
+    account_id: int
+    amount: YuanText
+
+
+class JournalLine(BaseModel):
+    line_id: int
+    entry_id: int
+    kind: str
+    effective_on: date
+    amount: YuanText
+    balance_after: YuanText
+    memo: str | None
+    fund_id: uuid.UUID
+    grant_id: uuid.UUID | None
+    reference: uuid.UUID | None
+    counterparts: list[Counterpart]
+    recorded_at: datetime
+
+
+class Journal(Page[JournalLine]):
+    account: Account
+
+
+class LedgerCheck(BaseModel):
+    ok: bool
+    violations: list[str]
+    funds: int
+    grants: int
+    paid_claims: int
+    entries: int
+    lines: int
+    accounts: int
+
+
+# -- views: a stored row as its response model ----------------------------------------------
 def _y(fen: int | None) -> str | None:
     return None if fen is None else fen_to_yuan(int(fen))
 
 
-def _d(value: date | None) -> str | None:
-    return value.isoformat() if value else None
+def fund_view(row: asyncpg.Record) -> Fund:
+    f = figures_of(row)
+    return Fund(id=row["id"], name=row["name"], source_kind=row["source_kind"], fiscal_year=row["fiscal_year"],
+                status=row["status"], opened_on=row["opened_on"], closed_on=row["closed_on"],
+                account_id=row["account_id"], grants=row["grants"], total=_y(f.total_fen),
+                appropriated=_y(row["appropriated_fen"]), returned=_y(row["returned_fen"]),
+                allocated=_y(f.allocated_fen), committed=_y(f.committed_fen), disbursed=_y(f.disbursed_fen),
+                available=_y(f.available_fen))
 
 
-def fund_view(row: asyncpg.Record) -> dict[str, Any]:
-    figures = store.figures_of(row)
-    return {
-        "id": str(row["id"]), "name": row["name"], "source_kind": row["source_kind"],
-        "fiscal_year": row["fiscal_year"], "status": row["status"], "opened_on": _d(row["opened_on"]),
-        "closed_on": _d(row["closed_on"]), "account_id": row["account_id"], "grants": row["grants"],
-        "total": _y(figures.total_fen), "appropriated": _y(row["appropriated_fen"]), "returned": _y(row["returned_fen"]),
-        "allocated": _y(figures.allocated_fen), "committed": _y(figures.committed_fen),
-        "disbursed": _y(figures.disbursed_fen), "available": _y(figures.available_fen),
-    }
+def grant_view(row: asyncpg.Record) -> Grant:
+    return Grant(id=row["id"], fund_id=row["fund_id"], source_kind=row["source_kind"], fiscal_year=row["fiscal_year"],
+                 beneficiary=Party(kind=row["beneficiary_kind"], id=row["beneficiary_id"],
+                                   name=row["beneficiary_name"]),
+                 purpose=row["purpose"], region_code=row["region_code"], amount=_y(row["amount_fen"]),
+                 paid=_y(row["paid_fen"]), released=_y(row["released_fen"]), remaining=_y(row["remaining_fen"]),
+                 status=row["status"], approved_on=row["approved_on"], closed_on=row["closed_on"],
+                 account_id=row["account_id"], claim_id=row["claim_id"])
 
 
-def grant_view(row: asyncpg.Record) -> dict[str, Any]:
-    return {
-        "id": str(row["id"]), "fund_id": str(row["fund_id"]), "source_kind": row["source_kind"],
-        "fiscal_year": row["fiscal_year"],
-        "beneficiary": {"kind": row["beneficiary_kind"], "id": row["beneficiary_id"], "name": row["beneficiary_name"]},
-        "purpose": row["purpose"], "region_code": row["region_code"], "amount": _y(row["amount_fen"]),
-        "paid": _y(row["paid_fen"]), "released": _y(row["released_fen"]), "remaining": _y(row["remaining_fen"]),
-        "status": row["status"], "approved_on": _d(row["approved_on"]), "closed_on": _d(row["closed_on"]),
-        "account_id": row["account_id"], "claim_id": str(row["claim_id"]) if row["claim_id"] else None,
-    }
+def disbursement_view(row: asyncpg.Record, grant: asyncpg.Record | None = None) -> Disbursement:
+    return Disbursement(id=row["id"], grant_id=row["grant_id"], amount=_y(row["amount_fen"]), paid_on=row["paid_on"],
+                        memo=row["memo"], entry_id=row["entry_id"],
+                        grant_remaining=_y(grant["remaining_fen"]) if grant is not None else None,
+                        grant_status=grant["status"] if grant is not None else None)
 
 
-def disbursement_view(row: asyncpg.Record, grant: asyncpg.Record | None = None) -> dict[str, Any]:
-    view = {"id": str(row["id"]), "grant_id": str(row["grant_id"]), "amount": _y(row["amount_fen"]),
-            "paid_on": _d(row["paid_on"]), "memo": row["memo"], "entry_id": row["entry_id"]}
-    if grant is not None:
-        view["grant_remaining"] = _y(grant["remaining_fen"])
-        view["grant_status"] = grant["status"]
-    return view
+def beneficiary_view(row: asyncpg.Record) -> Beneficiary:
+    return Beneficiary(kind=row["kind"], id=row["id"], name=row["name"], region_code=row["region_code"],
+                       account_id=row["account_id"], grants=row["grants"], granted=_y(row["granted_fen"]),
+                       outstanding=_y(row["outstanding_fen"]), disbursed=_y(row["disbursed_fen"]))
 
 
-def claim_view(row: asyncpg.Record) -> dict[str, Any]:
-    return {
-        "id": str(row["id"]), "session_id": str(row["session_id"]),
-        "programme_id": str(row["programme_id"]) if row["programme_id"] else None,
-        "programme_name": row["programme_name"], "session_number": row["session_number"],
-        "organiser": {"kind": row["organiser_kind"], "id": row["organiser_id"], "name": row["organiser_name"]},
-        "category": row["category"], "region_code": row["region_code"], "city_code": row["city_code"],
-        "persons": row["persons"], "completed_on": _d(row["completed_on"]), "rate": _y(row["rate_fen"]),
-        "amount": _y(row["amount_fen"]), "status": row["status"], "reason": row["reason"], "detail": row["detail"],
-        "fund_id": str(row["fund_id"]) if row["fund_id"] else None,
-        "grant_id": str(row["grant_id"]) if row["grant_id"] else None,
-        "disbursement_id": str(row["disbursement_id"]) if row["disbursement_id"] else None,
-        "attempts": row["attempts"], "created_at": row["created_at"].isoformat(),
-        "updated_at": row["updated_at"].isoformat(),
-    }
+def rule_view(row: asyncpg.Record) -> SubsidyRule:
+    return SubsidyRule(category=row["category"], effective_from=row["effective_from"], rate=_y(row["rate_fen"]),
+                       note=row["note"], origin=row["origin"])
 
 
-def beneficiary_view(row: asyncpg.Record) -> dict[str, Any]:
-    return {"kind": row["kind"], "id": row["id"], "name": row["name"], "region_code": row["region_code"],
-            "account_id": row["account_id"], "grants": row["grants"], "granted": _y(row["granted_fen"]),
-            "outstanding": _y(row["outstanding_fen"]), "disbursed": _y(row["disbursed_fen"])}
+def route_view(row: asyncpg.Record) -> SubsidyRoute:
+    return SubsidyRoute(category=row["category"], year=row["year"], fund_id=row["fund_id"], fund_name=row["fund_name"],
+                        source_kind=row["source_kind"], fiscal_year=row["fiscal_year"], fund_status=row["fund_status"])
 
 
-async def _fund(conn, fund_id: uuid.UUID) -> dict[str, Any]:
-    rows = await store.fund_figures(conn, [fund_id])
-    if not rows:
-        raise not_found("fund", fund_id)
-    return fund_view(rows[0])
+def claim_view(row: Any) -> Claim:
+    return Claim(
+        id=row["id"], session_id=row["session_id"], programme_id=row["programme_id"],
+        programme_name=row["programme_name"], session_number=row["session_number"],
+        organiser=Party(kind=row["organiser_kind"], id=row["organiser_id"], name=row["organiser_name"]),
+        category=row["category"], region_code=row["region_code"], city_code=row["city_code"], persons=row["persons"],
+        completed_on=row["completed_on"], rate=_y(row["rate_fen"]), amount=_y(row["amount_fen"]), status=row["status"],
+        reason=row["reason"], detail=row["detail"], fund_id=row["fund_id"], grant_id=row["grant_id"],
+        disbursement_id=row["disbursement_id"], attempts=row["attempts"], created_at=row["created_at"],
+        updated_at=row["updated_at"])
 
 
-# -- funds ---------------------------------------------------------------------------
-@router.post("/funds", status_code=201, tags=["funds"], summary="Open a fund (资金来源)")
-async def open_fund(body: domain.FundIn, request: Request, principal: Principal = Depends(WRITE)):
+def _json(model: BaseModel) -> dict[str, Any]:
+    return model.model_dump(mode="json")
+
+
+# -- cursors ------------------------------------------------------------------------------------
+def _time_id(text: str) -> tuple[datetime, uuid.UUID]:
+    at, _, ident = text.partition("|")
+    return datetime.fromisoformat(at), uuid.UUID(ident)
+
+
+def _time_id_of(row: asyncpg.Record) -> str:
+    return f"{row['created_at'].isoformat()}|{row['id']}"
+
+
+def _pair(text: str) -> tuple[str, str]:
+    first, sep, second = text.partition("|")
+    if not sep:
+        raise ValueError("not a pair")
+    return first, second
+
+
+def _in_memory(rows: list[Any], limit: int, cursor: str | None, key: Callable[[Any], str],
+               view: Callable[[Any], Any]) -> dict[str, Any]:
+    """A page of a short list read whole (rules, routes, sources): sorted by ``key``, after the cursor's."""
+    after = decode_cursor(cursor, str)
+    ordered = sorted(rows, key=key)
+    return page([r for r in ordered if after is None or key(r) > after][: limit + 1], limit, key, view)
+
+
+# -- funds (region-wide) ---------------------------------------------------------------------
+@router.post("/funds", status_code=201, response_model=Fund, tags=["funds"],
+             summary="Open a fund (资金来源) — funding:admin, region-level token")
+async def open_fund(body: domain.FundIn, request: Request, principal: Principal = Depends(ADMIN)):
     async def run(conn):
-        fund_id = await ledger.open_fund(conn, body)
-        return 201, await _fund(conn, fund_id)
+        fund_id = await usecases.open_fund(conn, body, principal, today_cn())
+        return 201, _json(fund_view(await usecases.get_fund(conn, fund_id, principal)))
 
     return await write(request, principal, "funds.open", body.model_dump(mode="json"), run)
 
 
-@router.get("/funds", tags=["funds"], summary="Funds, with available / committed / disbursed")
+@router.get("/funds", response_model=Page[Fund], tags=["funds"], summary="Funds, with available / committed / disbursed")
 async def list_funds(request: Request, source_kind: SourceKind | None = None,
-                     fiscal_year: int | None = Query(None, ge=2000, le=2100), _: Principal = Depends(READ)):
-    rows = await store.fund_figures(request.app.state.db, None, source_kind.value if source_kind else None, fiscal_year)
-    return {"funds": [fund_view(r) for r in rows]}
+                     fiscal_year: int | None = Query(None, ge=2000, le=2100), limit: int = Limit,
+                     cursor: str | None = Cursor, principal: Principal = Depends(READ)):
+    rows = await usecases.list_funds(request.app.state.db, principal,
+                                     source_kind=source_kind.value if source_kind else None, fiscal_year=fiscal_year,
+                                     after=decode_cursor(cursor, _time_id), limit=limit)
+    return page(rows, limit, _time_id_of, fund_view)
 
 
-@router.get("/funds/{fund_id}", tags=["funds"], summary="One fund")
-async def get_fund(fund_id: uuid.UUID, request: Request, _: Principal = Depends(READ)):
-    return await _fund(request.app.state.db, fund_id)
+@router.get("/funds/{fund_id}", response_model=Fund, tags=["funds"], summary="One fund")
+async def get_fund(fund_id: uuid.UUID, request: Request, principal: Principal = Depends(READ)):
+    return fund_view(await usecases.get_fund(request.app.state.db, fund_id, principal))
 
 
-@router.post("/funds/{fund_id}/top-ups", tags=["funds"], summary="Top up a fund")
-async def top_up(fund_id: uuid.UUID, body: domain.TopUpIn, request: Request, principal: Principal = Depends(WRITE)):
+@router.post("/funds/{fund_id}/top-ups", response_model=Fund, tags=["funds"],
+             summary="Top up a fund — funding:admin, region-level token")
+async def top_up(fund_id: uuid.UUID, body: domain.TopUpIn, request: Request, principal: Principal = Depends(ADMIN)):
     async def run(conn):
-        await ledger.top_up(conn, fund_id, body)
-        return 200, await _fund(conn, fund_id)
+        await usecases.top_up(conn, fund_id, body, principal, today_cn())
+        return 200, _json(fund_view(await usecases.get_fund(conn, fund_id, principal)))
 
     return await write(request, principal, "funds.top_up", {"fund_id": str(fund_id), **body.model_dump(mode="json")},
                        run)
 
 
-@router.post("/funds/{fund_id}/close", tags=["funds"], summary="Close a fund: unspent money returns to its source")
+@router.post("/funds/{fund_id}/close", response_model=Fund, tags=["funds"],
+             summary="Close a fund: unspent money returns to its source — funding:admin, region-level token")
 async def close_fund(fund_id: uuid.UUID, request: Request, body: domain.CloseIn | None = None,
-                     principal: Principal = Depends(WRITE)):
+                     principal: Principal = Depends(ADMIN)):
     body = body or domain.CloseIn()
 
     async def run(conn):
-        await ledger.close_fund(conn, fund_id, body)
-        return 200, await _fund(conn, fund_id)
+        await usecases.close_fund(conn, fund_id, body, principal, today_cn())
+        return 200, _json(fund_view(await usecases.get_fund(conn, fund_id, principal)))
 
     return await write(request, principal, "funds.close", {"fund_id": str(fund_id), **body.model_dump(mode="json")},
                        run)
 
 
-# -- grants --------------------------------------------------------------------------
-@router.post("/grants", status_code=201, tags=["grants"], summary="Approve a grant (资金安排) from a fund")
+# -- grants ----------------------------------------------------------------------------------
+@router.post("/grants", status_code=201, response_model=Grant, tags=["grants"],
+             summary="Approve a grant (资金安排) from a fund, within the token's region")
 async def approve_grant(body: domain.GrantIn, request: Request, principal: Principal = Depends(WRITE)):
-    if body.region_code:
-        principal.ensure_region(body.region_code)
-
     async def run(conn):
-        grant_id = await ledger.approve_grant(
-            conn, fund_id=body.fund_id, beneficiary_kind=body.beneficiary_kind.value,
-            beneficiary_id=body.beneficiary_id, beneficiary_name=body.beneficiary_name, purpose=body.purpose,
-            region_code=body.region_code, amount_fen=body.amount, approved_on=body.approved_on)
-        return 201, grant_view(await store.get_grant(conn, grant_id))
+        grant_id = await usecases.approve_grant(conn, body, principal, today_cn())
+        return 201, _json(grant_view(await usecases.get_grant(conn, grant_id, principal)))
 
     return await write(request, principal, "grants.approve", body.model_dump(mode="json"), run)
 
 
-@router.get("/grants", tags=["grants"], summary="Grants, by fund, beneficiary or status")
+@router.get("/grants", response_model=Page[Grant], tags=["grants"],
+            summary="Grants within the token's region, by fund, beneficiary, status or region")
 async def list_grants(request: Request, fund_id: uuid.UUID | None = None,
-                      beneficiary_kind: BeneficiaryKind | None = None, beneficiary_id: str | None = None,
+                      beneficiary_kind: BeneficiaryKind | None = None,
+                      beneficiary_id: str | None = Query(None, max_length=100, pattern=domain.PRINTABLE),
                       status: str | None = Query(None, pattern="^(open|closed|revoked)$"),
-                      limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0),
-                      _: Principal = Depends(READ)):
-    rows = await store.list_grants(request.app.state.db, fund_id=fund_id,
-                                   beneficiary_kind=beneficiary_kind.value if beneficiary_kind else None,
-                                   beneficiary_id=beneficiary_id, status=status, limit=limit, offset=offset)
-    return {"grants": [grant_view(r) for r in rows]}
+                      region: RegionCode | None = RegionQuery, limit: int = Limit, cursor: str | None = Cursor,
+                      principal: Principal = Depends(READ)):
+    rows = await usecases.list_grants(
+        request.app.state.db, principal, fund_id=fund_id,
+        beneficiary_kind=beneficiary_kind.value if beneficiary_kind else None, beneficiary_id=beneficiary_id,
+        status=status, region=region, after=decode_cursor(cursor, _time_id), limit=limit)
+    return page(rows, limit, _time_id_of, grant_view)
 
 
-@router.get("/grants/{grant_id}", tags=["grants"], summary="One grant")
-async def get_grant(grant_id: uuid.UUID, request: Request, _: Principal = Depends(READ)):
-    row = await store.get_grant(request.app.state.db, grant_id)
-    if row is None:
-        raise not_found("grant", grant_id)
-    return grant_view(row)
+@router.get("/grants/{grant_id}", response_model=Grant, tags=["grants"], summary="One grant")
+async def get_grant(grant_id: uuid.UUID, request: Request, principal: Principal = Depends(READ)):
+    return grant_view(await usecases.get_grant(request.app.state.db, grant_id, principal))
 
 
-@router.post("/grants/{grant_id}/revoke", tags=["grants"], summary="Revoke the unpaid rest of a grant")
+@router.post("/grants/{grant_id}/revoke", response_model=RevokedGrant, tags=["grants"],
+             summary="Revoke the unpaid rest of a grant")
 async def revoke_grant(grant_id: uuid.UUID, request: Request, body: domain.RevokeIn | None = None,
                        principal: Principal = Depends(WRITE)):
     body = body or domain.RevokeIn()
 
     async def run(conn):
-        released = await ledger.revoke_grant(conn, grant_id, body)
-        return 200, {**grant_view(await store.get_grant(conn, grant_id)), "released_now": _y(released)}
+        released = await usecases.revoke_grant(conn, grant_id, body, principal, today_cn())
+        grant = grant_view(await usecases.get_grant(conn, grant_id, principal))
+        return 200, _json(RevokedGrant(**grant.model_dump(), released_now=_y(released)))
 
     return await write(request, principal, "grants.revoke", {"grant_id": str(grant_id), **body.model_dump(mode="json")},
                        run)
 
 
-@router.post("/grants/{grant_id}/disbursements", status_code=201, tags=["grants"],
+@router.post("/grants/{grant_id}/disbursements", status_code=201, response_model=Disbursement, tags=["grants"],
              summary="Pay part or all of a grant (拨付)")
 async def disburse(grant_id: uuid.UUID, body: domain.DisbursementIn, request: Request,
                    principal: Principal = Depends(WRITE)):
     async def run(conn):
-        disbursement_id = await ledger.disburse(conn, grant_id, body.amount, paid_on=body.paid_on, memo=body.memo)
-        row = await conn.fetchrow("SELECT * FROM disbursements WHERE id = $1", disbursement_id)
-        return 201, disbursement_view(row, await store.get_grant(conn, grant_id))
+        disbursement_id = await usecases.disburse(conn, grant_id, body, principal, today_cn())
+        return 201, _json(disbursement_view(await usecases.get_disbursement(conn, disbursement_id),
+                                            await usecases.get_grant(conn, grant_id, principal)))
 
     return await write(request, principal, "grants.disburse",
                        {"grant_id": str(grant_id), **body.model_dump(mode="json")}, run)
 
 
-@router.get("/grants/{grant_id}/disbursements", tags=["grants"], summary="Payments under a grant")
-async def list_disbursements(grant_id: uuid.UUID, request: Request, _: Principal = Depends(READ)):
-    pool = request.app.state.db
-    if await store.get_grant(pool, grant_id) is None:
-        raise not_found("grant", grant_id)
-    return {"disbursements": [disbursement_view(r) for r in await store.disbursements(pool, grant_id)]}
+@router.get("/grants/{grant_id}/disbursements", response_model=Page[Disbursement], tags=["grants"],
+            summary="Payments under a grant, in the order they were booked")
+async def list_disbursements(grant_id: uuid.UUID, request: Request, limit: int = Limit, cursor: str | None = Cursor,
+                             principal: Principal = Depends(READ)):
+    rows = await usecases.list_disbursements(request.app.state.db, grant_id, principal,
+                                             after=decode_cursor(cursor, int), limit=limit)
+    return page(rows, limit, lambda r: r["entry_id"], disbursement_view)
 
 
-# -- beneficiaries --------------------------------------------------------------------
-@router.put("/beneficiaries/{kind}/{beneficiary_id}", tags=["beneficiaries"],
-            summary="Register a beneficiary (a payee: needed before a training organiser can be paid subsidies)")
-async def put_beneficiary(kind: BeneficiaryKind, beneficiary_id: str, body: domain.BeneficiaryIn, request: Request,
-                          principal: Principal = Depends(WRITE)):
-    if not 1 <= len(beneficiary_id) <= 100:
-        raise invalid("beneficiary_id", "must be 1 to 100 characters")
-    if body.region_code:
-        principal.ensure_region(body.region_code)
+# -- beneficiaries (payees) ------------------------------------------------------------------------
+BeneficiaryId = Annotated[str, Path(min_length=1, max_length=100, pattern=domain.PRINTABLE)]
 
+
+@router.put("/beneficiaries/{kind}/{beneficiary_id}", response_model=Beneficiary, tags=["beneficiaries"],
+            summary="Register a payee within the token's region (training organisers must be, to be paid subsidies)")
+async def put_beneficiary(kind: BeneficiaryKind, beneficiary_id: BeneficiaryId, body: domain.BeneficiaryIn,
+                          request: Request, principal: Principal = Depends(WRITE)):
     async def run(conn):
-        _, created = await store.upsert_beneficiary(conn, kind.value, beneficiary_id, body.name, body.region_code)
-        rows = await store.beneficiary_report(conn, kind.value, beneficiary_id, 1)
-        return (201 if created else 200), beneficiary_view(rows[0])
+        row, created = await usecases.put_beneficiary(conn, kind.value, beneficiary_id, body, principal)
+        return (201 if created else 200), _json(beneficiary_view(row))
 
     return await write(request, principal, "beneficiaries.put",
                        {"kind": kind.value, "id": beneficiary_id, **body.model_dump(mode="json")}, run)
 
 
-@router.get("/beneficiaries/{kind}/{beneficiary_id}", tags=["beneficiaries"], summary="One beneficiary and its money")
-async def get_beneficiary(kind: BeneficiaryKind, beneficiary_id: str, request: Request, _: Principal = Depends(READ)):
-    rows = await store.beneficiary_report(request.app.state.db, kind.value, beneficiary_id, 1)
-    if not rows:
-        raise not_found("beneficiary", f"{kind.value}/{beneficiary_id}")
-    return beneficiary_view(rows[0])
+@router.get("/beneficiaries/{kind}/{beneficiary_id}", response_model=Beneficiary, tags=["beneficiaries"],
+            summary="One beneficiary and its money")
+async def get_beneficiary(kind: BeneficiaryKind, beneficiary_id: BeneficiaryId, request: Request,
+                          principal: Principal = Depends(READ)):
+    return beneficiary_view(await usecases.get_beneficiary(request.app.state.db, kind.value, beneficiary_id,
+                                                           principal))
 
 
-# -- subsidy rules, routes and claims -------------------------------------------------------
-def rule_view(row: asyncpg.Record) -> dict[str, Any]:
-    return {"category": row["category"], "effective_from": _d(row["effective_from"]), "rate": _y(row["rate_fen"]),
-            "note": row["note"], "origin": row["origin"]}
+# -- subsidy rules, routes and claims ---------------------------------------------------------------
+def _rule_key(row: asyncpg.Record) -> str:
+    return f"{row['category']}|{row['effective_from'].isoformat()}"
 
 
-@router.get("/subsidy-rules", tags=["subsidies"], summary="Subsidy standards (补贴标准)")
+@router.get("/subsidy-rules", response_model=Page[SubsidyRule], tags=["subsidies"],
+            summary="Subsidy standards (补贴标准), or those in force on a date")
 async def list_rules(request: Request, category: SubsidyCategory | None = None, on: date | None = None,
-                     _: Principal = Depends(READ)):
-    rows = await store.rules(request.app.state.db, category.value if category else None)
-    if on is not None:  # the rule in force on that date, per category
-        in_force = {c: domain.rule_in_force([r for r in store.as_rules(rows) if r.category == c], on)
-                    for c in {r["category"] for r in rows}}
-        rows = [r for r in rows if (rule := in_force.get(r["category"])) and rule.effective_from == r["effective_from"]]
-    return {"rules": [rule_view(r) for r in rows]}
+                     limit: int = Limit, cursor: str | None = Cursor, _: Principal = Depends(READ)):
+    rows = await usecases.list_rules(request.app.state.db, category=category.value if category else None, on=on)
+    return _in_memory(rows, limit, cursor, _rule_key, rule_view)
 
 
-@router.put("/subsidy-rules/{category}/{effective_from}", tags=["subsidies"],
-            summary="Set the per-person subsidy of a category from a date")
+@router.put("/subsidy-rules/{category}/{effective_from}", response_model=SubsidyRule, tags=["subsidies"],
+            summary="Set the per-person subsidy of a category from a date — funding:admin, region-level token")
 async def put_rule(category: SubsidyCategory, effective_from: date, body: domain.RuleIn, request: Request,
-                   principal: Principal = Depends(WRITE)):
+                   principal: Principal = Depends(ADMIN)):
     async def run(conn):
-        created = await store.upsert_rule(conn, category.value, effective_from, body.rate, body.note)
-        row = await conn.fetchrow("SELECT * FROM subsidy_rules WHERE category = $1 AND effective_from = $2",
-                                  category.value, effective_from)
-        return (201 if created else 200), rule_view(row)
+        row, created = await usecases.put_rule(conn, category.value, effective_from, body, principal)
+        return (201 if created else 200), _json(rule_view(row))
 
     return await write(request, principal, "subsidy_rules.put",
                        {"category": category.value, "effective_from": effective_from.isoformat(),
                         **body.model_dump(mode="json")}, run)
 
 
-@router.delete("/subsidy-rules/{category}/{effective_from}", tags=["subsidies"], summary="Remove a subsidy rule")
+@router.delete("/subsidy-rules/{category}/{effective_from}", response_model=RuleDeleted, tags=["subsidies"],
+               summary="Remove a subsidy rule — funding:admin, region-level token")
 async def delete_rule(category: SubsidyCategory, effective_from: date, request: Request,
-                      principal: Principal = Depends(WRITE)):
+                      principal: Principal = Depends(ADMIN)):
     async def run(conn):
-        if not await store.delete_rule(conn, category.value, effective_from):
-            raise not_found("subsidy rule", f"{category.value} from {effective_from.isoformat()}")
-        return 200, {"deleted": True, "category": category.value, "effective_from": effective_from.isoformat()}
+        await usecases.delete_rule(conn, category.value, effective_from, principal)
+        return 200, _json(RuleDeleted(deleted=True, category=category, effective_from=effective_from))
 
     return await write(request, principal, "subsidy_rules.delete",
                        {"category": category.value, "effective_from": effective_from.isoformat()}, run)
 
 
-def route_view(row: asyncpg.Record) -> dict[str, Any]:
-    return {"category": row["category"], "year": row["year"], "fund_id": str(row["fund_id"]),
-            "fund_name": row["fund_name"], "source_kind": row["source_kind"], "fiscal_year": row["fiscal_year"],
-            "fund_status": row["fund_status"]}
+def _route_key(row: asyncpg.Record) -> str:
+    return f"{row['category']}|{row['year'] if row['year'] is not None else ''}"
 
 
-@router.get("/subsidy-routes", tags=["subsidies"], summary="Which fund pays which subsidy category")
-async def list_routes(request: Request, _: Principal = Depends(READ)):
-    return {"routes": [route_view(r) for r in await store.routes(request.app.state.db)]}
+@router.get("/subsidy-routes", response_model=Page[SubsidyRoute], tags=["subsidies"],
+            summary="Which fund pays which subsidy category")
+async def list_routes(request: Request, limit: int = Limit, cursor: str | None = Cursor,
+                      _: Principal = Depends(READ)):
+    return _in_memory(await usecases.list_routes(request.app.state.db), limit, cursor, _route_key, route_view)
 
 
-@router.put("/subsidy-routes/{category}", tags=["subsidies"],
-            summary="Set the fund that pays a category (for one year of completion, or any year)")
+@router.put("/subsidy-routes/{category}", response_model=SubsidyRoute, tags=["subsidies"],
+            summary="Set the fund that pays a category (for one year of completion, or any year) — "
+                    "funding:admin, region-level token")
 async def put_route(category: SubsidyCategory, body: domain.RouteIn, request: Request,
-                    principal: Principal = Depends(WRITE)):
+                    principal: Principal = Depends(ADMIN)):
     async def run(conn):
-        fund = await store.get_fund(conn, body.fund_id)
-        if fund is None:
-            raise invalid("fund_id", "no such fund")
-        if fund["status"] != "open":
-            raise Problem(409, "fund-closed", "The fund is closed", f"fund {body.fund_id} cannot pay subsidies",
-                          fund_id=str(body.fund_id))
-        await store.set_route(conn, category.value, body.year, body.fund_id)
-        row = next(r for r in await store.routes(conn) if r["category"] == category.value and r["year"] == body.year)
-        return 200, route_view(row)
+        return 200, _json(route_view(await usecases.put_route(conn, category.value, body, principal)))
 
     return await write(request, principal, "subsidy_routes.put",
                        {"category": category.value, **body.model_dump(mode="json")}, run)
 
 
-@router.get("/subsidy-claims", tags=["subsidies"], summary="Subsidy claims of completed sessions")
+@router.get("/subsidy-claims", response_model=Page[Claim], tags=["subsidies"],
+            summary="Subsidy claims of completed sessions within the token's region")
 async def list_claims(request: Request, status: str | None = Query(None, pattern="^(paid|rejected)$"),
-                      session_id: uuid.UUID | None = None, organiser_id: str | None = None,
-                      limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0),
-                      _: Principal = Depends(READ)):
-    rows = await store.list_claims(request.app.state.db, status=status, session_id=session_id,
-                                   organiser_id=organiser_id, limit=limit, offset=offset)
-    return {"claims": [claim_view(r) for r in rows]}
+                      session_id: uuid.UUID | None = None,
+                      organiser_id: str | None = Query(None, max_length=100, pattern=domain.PRINTABLE),
+                      region: RegionCode | None = RegionQuery, limit: int = Limit, cursor: str | None = Cursor,
+                      principal: Principal = Depends(READ)):
+    rows = await usecases.list_claims(request.app.state.db, principal, status=status, session_id=session_id,
+                                      organiser_id=organiser_id, region=region,
+                                      after=decode_cursor(cursor, _time_id), limit=limit)
+    return page(rows, limit, _time_id_of, claim_view)
 
 
-@router.get("/subsidy-claims/{claim_id}", tags=["subsidies"], summary="One subsidy claim")
-async def get_claim(claim_id: uuid.UUID, request: Request, _: Principal = Depends(READ)):
-    row = await store.get_claim(request.app.state.db, claim_id)
-    if row is None:
-        raise not_found("subsidy claim", claim_id)
-    return claim_view(row)
+@router.get("/subsidy-claims/{claim_id}", response_model=Claim, tags=["subsidies"], summary="One subsidy claim")
+async def get_claim(claim_id: uuid.UUID, request: Request, principal: Principal = Depends(READ)):
+    return claim_view(await usecases.get_claim(request.app.state.db, claim_id, principal))
 
 
-@router.post("/subsidy-claims/{claim_id}/retry", tags=["subsidies"],
+@router.post("/subsidy-claims/{claim_id}/retry", response_model=Claim, tags=["subsidies"],
              summary="Settle a rejected claim again (after a top-up, a new rule, route or registered organiser)")
 async def retry_claim(claim_id: uuid.UUID, request: Request, principal: Principal = Depends(WRITE)):
+    auto = bool(getattr(request.app.state.settings, "funding_auto_register_organisers", False))
+
     async def run(conn):
-        claim = await store.get_claim(conn, claim_id, lock=True)
-        if claim is None:
-            raise not_found("subsidy claim", claim_id)
-        if claim["status"] == "paid":
-            raise Problem(409, "claim-paid", "The claim is already paid",
-                          f"claim {claim_id} was paid by disbursement {claim['disbursement_id']}")
-        auto = getattr(request.app.state.settings, "funding_auto_register_organisers", False)
-        outcome = await ledger.settle_claim(conn, dict(claim), auto_register_organisers=auto)
-        await store.update_claim(conn, claim_id, outcome)
-        return 200, claim_view(await store.get_claim(conn, claim_id))
+        row = await usecases.retry_claim(conn, claim_id, principal, today_cn(), auto_register_organisers=auto)
+        return 200, _json(claim_view(row))
 
     return await write(request, principal, "subsidy_claims.retry", {"claim_id": str(claim_id)}, run)
 
 
 # -- reports and the ledger ------------------------------------------------------------------
-@router.get("/reports/funds", tags=["reports"], summary="Per fund: total, allocated, disbursed, remaining")
+@router.get("/reports/funds", response_model=FundReport, tags=["reports"],
+            summary="Per fund: total, allocated, disbursed, remaining; totals over every selected fund")
 async def report_funds(request: Request, source_kind: SourceKind | None = None,
-                       fiscal_year: int | None = Query(None, ge=2000, le=2100), _: Principal = Depends(READ)):
-    rows = await store.fund_figures(request.app.state.db, None, source_kind.value if source_kind else None, fiscal_year)
-    funds = [fund_view(r) for r in rows]
-    sums = {k: sum(getattr(store.figures_of(r), k) for r in rows)
-            for k in ("total_fen", "allocated_fen", "committed_fen", "disbursed_fen", "available_fen")}
-    return {"funds": funds, "totals": {"funds": len(rows), "total": _y(sums["total_fen"]),
-                                       "allocated": _y(sums["allocated_fen"]), "committed": _y(sums["committed_fen"]),
-                                       "disbursed": _y(sums["disbursed_fen"]), "remaining": _y(sums["available_fen"])}}
-
-
-@router.get("/reports/sources", tags=["reports"], summary="Per source kind and fiscal year")
-async def report_sources(request: Request, _: Principal = Depends(READ)):
-    groups: dict[tuple[str, int], dict[str, int]] = {}
-    for row in await store.fund_figures(request.app.state.db):
-        f = store.figures_of(row)
-        g = groups.setdefault((row["source_kind"], row["fiscal_year"]), dict.fromkeys(
-            ("funds", "total", "allocated", "committed", "disbursed", "remaining"), 0))
-        g["funds"] += 1
-        g["total"] += f.total_fen
-        g["allocated"] += f.allocated_fen
-        g["committed"] += f.committed_fen
-        g["disbursed"] += f.disbursed_fen
-        g["remaining"] += f.available_fen
-    return {"sources": [{"source_kind": k, "fiscal_year": y, "funds": g.pop("funds"),
-                         **{name: _y(v) for name, v in g.items()}} for (k, y), g in sorted(groups.items())]}
-
-
-@router.get("/reports/beneficiaries", tags=["reports"], summary="Per beneficiary: granted, outstanding, disbursed")
-async def report_beneficiaries(request: Request, kind: BeneficiaryKind | None = None,
-                               limit: int = Query(1000, ge=1, le=10000), _: Principal = Depends(READ)):
-    rows = await store.beneficiary_report(request.app.state.db, kind.value if kind else None, None, limit)
-    return {"beneficiaries": [beneficiary_view(r) for r in rows]}
-
-
-@router.get("/accounts/{account_id}/journal", tags=["reports"], summary="The journal of one account")
-async def account_journal(account_id: int, request: Request, after: int = Query(0, ge=0),
-                          limit: int = Query(200, ge=1, le=1000), _: Principal = Depends(READ)):
+                       fiscal_year: int | None = Query(None, ge=2000, le=2100), limit: int = Limit,
+                       cursor: str | None = Cursor, principal: Principal = Depends(READ)):
     pool = request.app.state.db
-    acct = await store.account(pool, account_id)
-    if acct is None:
-        raise not_found("account", account_id)
-    lines = await store.journal(pool, account_id, after, limit)
-    return {
-        "account": {"id": acct["id"], "kind": acct["kind"], "name": acct["name"], "balance": _y(acct["balance"]),
-                    "source_kind": acct["source_kind"], "fund_id": str(acct["fund_id"]) if acct["fund_id"] else None,
-                    "grant_id": str(acct["grant_id"]) if acct["grant_id"] else None,
-                    "beneficiary": ({"kind": acct["beneficiary_kind"], "id": acct["beneficiary_id"]}
-                                    if acct["beneficiary_id"] else None)},
-        "lines": [{"line_id": r["line_id"], "entry_id": r["entry_id"], "kind": r["kind"],
-                   "effective_on": _d(r["effective_on"]), "amount": _y(r["amount"]),
-                   "balance_after": _y(r["balance_after"]), "memo": r["memo"], "fund_id": str(r["fund_id"]),
-                   "grant_id": str(r["grant_id"]) if r["grant_id"] else None,
-                   "reference": str(r["reference"]) if r["reference"] else None,
-                   "counterparts": [{"account_id": int(a), "amount": _y(int(m))} for a, m in (r["counterparts"] or [])],
-                   "recorded_at": r["created_at"].isoformat()} for r in lines],
-        "next_after": lines[-1]["line_id"] if len(lines) == limit else None,
-    }
+    kind = source_kind.value if source_kind else None
+    rows = await usecases.list_funds(pool, principal, source_kind=kind, fiscal_year=fiscal_year,
+                                     after=decode_cursor(cursor, _time_id), limit=limit)
+    t = await usecases.fund_totals(pool, source_kind=kind, fiscal_year=fiscal_year)
+    totals = Totals(funds=t.funds, total=_y(t.total_fen), allocated=_y(t.allocated_fen),
+                    committed=_y(t.committed_fen), disbursed=_y(t.disbursed_fen), remaining=_y(t.available_fen))
+    return {**page(rows, limit, _time_id_of, fund_view), "totals": totals}
 
 
-@router.get("/ledger/check", tags=["reports"], summary="Check every invariant of the ledger")
-async def ledger_check(request: Request, _: Principal = Depends(READ)):
+@router.get("/reports/sources", response_model=Page[SourceFigures], tags=["reports"],
+            summary="Per source kind and fiscal year")
+async def report_sources(request: Request, limit: int = Limit, cursor: str | None = Cursor,
+                         _: Principal = Depends(READ)):
+    rows = await usecases.report_sources(request.app.state.db)
+
+    def view(g: dict[str, Any]) -> SourceFigures:
+        return SourceFigures(source_kind=g["source_kind"], fiscal_year=g["fiscal_year"], funds=g["funds"],
+                             **{k: _y(g[k]) for k in ("total", "allocated", "committed", "disbursed", "remaining")})
+
+    return _in_memory(rows, limit, cursor, lambda g: f"{g['source_kind']}|{g['fiscal_year']:04d}", view)
+
+
+@router.get("/reports/beneficiaries", response_model=Page[Beneficiary], tags=["reports"],
+            summary="Per beneficiary within the token's region: granted, outstanding, disbursed")
+async def report_beneficiaries(request: Request, kind: BeneficiaryKind | None = None,
+                               region: RegionCode | None = RegionQuery, limit: int = Limit,
+                               cursor: str | None = Cursor, principal: Principal = Depends(READ)):
+    rows = await usecases.report_beneficiaries(request.app.state.db, principal, kind=kind.value if kind else None,
+                                               region=region, after=decode_cursor(cursor, _pair), limit=limit)
+    return page(rows, limit, lambda r: f"{r['kind']}|{r['id']}", beneficiary_view)
+
+
+@router.get("/accounts/{account_id}/journal", response_model=Journal, tags=["reports"],
+            summary="The journal of one account (a grant's or payee's within the token's region; a fund's or "
+                    "source's to a region-level token)")
+async def account_journal(request: Request, account_id: int = Path(ge=1, le=BIGINT), limit: int = Limit,
+                          cursor: str | None = Cursor, principal: Principal = Depends(READ)):
+    acct, lines = await usecases.account_journal(request.app.state.db, account_id, principal,
+                                                 after=decode_cursor(cursor, int), limit=limit)
+
+    def line(r: asyncpg.Record) -> JournalLine:
+        return JournalLine(
+            line_id=r["line_id"], entry_id=r["entry_id"], kind=r["kind"], effective_on=r["effective_on"],
+            amount=_y(r["amount"]), balance_after=_y(r["balance_after"]), memo=r["memo"], fund_id=r["fund_id"],
+            grant_id=r["grant_id"], reference=r["reference"],
+            counterparts=[Counterpart(account_id=int(a), amount=_y(int(m))) for a, m in (r["counterparts"] or [])],
+            recorded_at=r["created_at"])
+
+    account = Account(id=acct["id"], kind=acct["kind"], name=acct["name"], balance=_y(acct["balance"]),
+                      source_kind=acct["source_kind"], fund_id=acct["fund_id"], grant_id=acct["grant_id"],
+                      beneficiary=(Party(kind=acct["beneficiary_kind"], id=acct["beneficiary_id"], name=None)
+                                   if acct["beneficiary_id"] else None))
+    return {**page(lines, limit, lambda r: r["line_id"], line), "account": account}
+
+
+@router.get("/ledger/check", response_model=LedgerCheck, tags=["reports"],
+            summary="Check every invariant of the ledger (region-level token)")
+async def ledger_check(request: Request, principal: Principal = Depends(READ)):
     async with request.app.state.db.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-        return await store.ledger_check(conn)
+        return await usecases.ledger_check(conn, principal)

@@ -16,9 +16,10 @@ import uuid
 import asyncpg
 from fastapi import FastAPI
 
-from services.funding import domain, ledger, store
+from services.funding import domain, store, usecases
 from services.funding.config import FundingSettings
 from shared import inbox
+from shared.clock import today_cn
 from shared.consumer import EventConsumer
 from shared.events import CloudEvent
 from shared.events.training import SessionCompleted
@@ -34,27 +35,16 @@ async def on_session_completed(pool: asyncpg.Pool, event: CloudEvent, data: Sess
     async with pool.acquire() as conn, conn.transaction():
         if not await inbox.claim(conn, INBOX_CONSUMER, event.id):
             return "redelivery"
-        existing = await store.claim_by_session(conn, data.session_id)
-        if existing is not None:
-            log.warning("session already claimed under another event; nothing paid",
-                        extra={"session_id": str(data.session_id), "claim_id": str(existing["id"]),
-                               "event_id": event.id})
-            return "duplicate-session"
-        claim = {
-            "id": uuid.uuid4(), "session_id": data.session_id, "event_id": uuid.UUID(event.id),
-            "programme_id": data.programme_id, "programme_name": data.programme_name, "session_number": data.number,
-            "organiser_id": data.organiser_id, "organiser_kind": data.organiser_kind.value,
-            "organiser_name": data.organiser_name, "category": data.subsidy_category.value,
-            "region_code": data.region_code, "city_code": data.city_code,
-            "persons": domain.eligible_persons(data.eligible_member_ids, data.eligible_persons),
-            "member_ids": sorted(set(data.eligible_member_ids)), "completed_on": data.completed_on,
-        }
-        outcome = await ledger.settle_claim(conn, claim, auto_register_organisers=auto_register_organisers)
-        await store.insert_claim(conn, {**claim, **outcome})
+        claim = await usecases.claim_subsidy(conn, uuid.UUID(event.id), data, today_cn(),
+                                             auto_register_organisers=auto_register_organisers)
+    if claim is None:
+        log.warning("session already claimed under another event; nothing paid",
+                    extra={"session_id": str(data.session_id), "event_id": event.id})
+        return "duplicate-session"
     log.info("subsidy claim settled", extra={"session_id": str(data.session_id), "claim_id": str(claim["id"]),
-                                             "status": outcome["status"], "reason": outcome["reason"],
-                                             "amount_fen": outcome["amount_fen"]})
-    return outcome["status"]
+                                             "status": claim["status"], "reason": claim["reason"],
+                                             "amount_fen": claim["amount_fen"]})
+    return claim["status"]
 
 
 def subsidy_part(settings: FundingSettings):

@@ -1,5 +1,5 @@
-"""Funding rules: what valid requests are, how a subsidy claim is decided, which events
-each change produces, and the ledger's invariants. No I/O.
+"""Funding rules: what valid requests are, who may act where, how a subsidy claim is decided,
+the refusals (domain exceptions from ``shared.errors``) and the ledger's invariants. No I/O.
 
 Money is integer fen everywhere in here; the HTTP layer reads and writes decimal yuan
 strings (``shared.money``).
@@ -8,31 +8,25 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import date
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from shared import regions
+from shared.auth import Principal
+from shared.errors import Conflict, OutOfScope
 from shared.events.funding import BeneficiaryKind, RejectionReason, SourceKind
 from shared.events.training import OrganiserKind, SubsidyCategory
-from shared.money import Yuan, yuan_to_fen
-
-# China has no daylight saving: UTC+8 all year round is the calendar of the users.
-CHINA = timezone(timedelta(hours=8), "Asia/Shanghai")
+from shared.money import Yuan, fen_to_yuan, yuan_to_fen
+from shared.regions import REGION_ROOT, RegionCode
 
 # Request field: "800.00" only, more than zero, held as fen.
 PositiveYuan = Annotated[int, BeforeValidator(yuan_to_fen), Field(gt=0)]
-
-
-def today() -> date:
-    return datetime.now(CHINA).date()
-
-
-def _region(v: str | None) -> str | None:
-    if v is not None and regions.get(v) is None:
-        raise ValueError("must be a Ningxia GB/T 2260 code (640000, a city or a county)")
-    return v
+# Ids and names are printable text: a control character (a NUL above all, which PostgreSQL refuses
+# in text) is a 422, never a 500.
+PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
+# Free text (purposes, memos, notes, reasons) may hold line breaks, never a NUL.
+NO_NUL = r"^[^\x00]*$"
 
 
 class _In(BaseModel):
@@ -41,7 +35,7 @@ class _In(BaseModel):
 
 class FundIn(_In):
     """A fund (资金来源) as the finance office opens it."""
-    name: str = Field(min_length=2, max_length=200)
+    name: str = Field(min_length=2, max_length=200, pattern=PRINTABLE)
     source_kind: SourceKind
     fiscal_year: int = Field(ge=2000, le=2100)
     amount: Yuan = Field(ge=0, description='decimal yuan string, e.g. "280000000.00"')
@@ -50,59 +44,109 @@ class FundIn(_In):
 
 class TopUpIn(_In):
     amount: PositiveYuan = Field(description='decimal yuan string, e.g. "1000000.00"')
-    note: str | None = Field(default=None, max_length=500)
+    note: str | None = Field(default=None, max_length=500, pattern=NO_NUL)
 
 
 class CloseIn(_In):
-    reason: str | None = Field(default=None, max_length=500)
+    reason: str | None = Field(default=None, max_length=500, pattern=NO_NUL)
 
 
 class GrantIn(_In):
     """A grant (资金安排): money of a fund committed to a beneficiary for a purpose."""
     fund_id: uuid.UUID
     beneficiary_kind: BeneficiaryKind
-    beneficiary_id: str = Field(min_length=1, max_length=100)
-    beneficiary_name: str = Field(min_length=2, max_length=200)
-    purpose: str = Field(min_length=2, max_length=500)
-    region_code: str | None = None
+    beneficiary_id: str = Field(min_length=1, max_length=100, pattern=PRINTABLE)
+    beneficiary_name: str = Field(min_length=2, max_length=200, pattern=PRINTABLE)
+    purpose: str = Field(min_length=2, max_length=500, pattern=NO_NUL)
+    region_code: RegionCode | None = Field(
+        default=None, description="where the grant's money goes; left out: the payee's region if registered, "
+                                  "else the caller's")
     amount: PositiveYuan = Field(description='decimal yuan string, e.g. "100000.00"')
     approved_on: date | None = None
 
-    @field_validator("region_code")
-    @classmethod
-    def _check_region(cls, v: str | None) -> str | None:
-        return _region(v)
-
 
 class RevokeIn(_In):
-    reason: str | None = Field(default=None, max_length=500)
+    reason: str | None = Field(default=None, max_length=500, pattern=NO_NUL)
 
 
 class DisbursementIn(_In):
     amount: PositiveYuan = Field(description='decimal yuan string, e.g. "50000.00"')
     paid_on: date | None = None
-    memo: str | None = Field(default=None, max_length=500)
+    memo: str | None = Field(default=None, max_length=500, pattern=NO_NUL)
 
 
 class BeneficiaryIn(_In):
-    name: str = Field(min_length=2, max_length=200)
-    region_code: str | None = None
-
-    @field_validator("region_code")
-    @classmethod
-    def _check_region(cls, v: str | None) -> str | None:
-        return _region(v)
+    name: str = Field(min_length=2, max_length=200, pattern=PRINTABLE)
+    region_code: RegionCode | None = Field(default=None, description="left out: the caller's region (a payee "
+                                                                     "already registered keeps its region)")
 
 
 class RuleIn(_In):
     rate: Yuan = Field(ge=0, description='yuan per person, e.g. "800.00"')
-    note: str | None = Field(default=None, max_length=500)
+    note: str | None = Field(default=None, max_length=500, pattern=NO_NUL)
 
 
 class RouteIn(_In):
     fund_id: uuid.UUID
     year: int | None = Field(default=None, ge=2000, le=2100,
                              description="year of session completion this route is for; null: any year")
+
+
+# -- who may act where -------------------------------------------------------------
+ADMIN_SCOPE = "funding:admin"
+
+
+def ensure_admin(actor: Principal) -> None:
+    """Region-wide settings (funds, subsidy rules and routes): a region-level token with ``funding:admin``."""
+    if ADMIN_SCOPE not in actor.scopes:
+        raise OutOfScope(f"this needs scope {ADMIN_SCOPE!r}", kind="insufficient-scope",
+                         title="Token lacks the required scope")
+    actor.ensure_region_level()
+
+
+def grant_region(actor: Principal, requested: str | None, payee_region: str | None) -> str:
+    """Where a grant belongs: as asked (within the caller's scope, else 403), else the registered payee's
+    region (the caller can see it, or the payee was already refused as not found), else the caller's own
+    region — never the whole province on a city's behalf."""
+    if requested is not None:
+        actor.ensure_region(requested)
+        return requested
+    return payee_region or actor.region
+
+
+def owner_region(region_code: str | None) -> str:
+    """A record with no region of its own (a fund, a budget source) is the federation's: region-level."""
+    return region_code or REGION_ROOT
+
+
+# -- refusals ------------------------------------------------------------------------
+def insufficient(account_kind: str, account_id: int, balance_fen: int, requested_fen: int) -> Conflict:
+    return Conflict(
+        f"the {account_kind} has {fen_to_yuan(balance_fen)} yuan; {fen_to_yuan(requested_fen)} was asked",
+        kind="insufficient-funds", title=f"The {account_kind} cannot afford this",
+        account=account_kind, account_id=account_id, balance=fen_to_yuan(balance_fen),
+        requested=fen_to_yuan(requested_fen))
+
+
+def fund_closed(fund_id: uuid.UUID, closed_on: date | None) -> Conflict:
+    return Conflict(f"fund {fund_id} was closed on {closed_on}", kind="fund-closed", title="The fund is closed",
+                    fund_id=str(fund_id))
+
+
+def grant_not_open(grant_id: uuid.UUID, status: str, what: str, **extra) -> Conflict:
+    return Conflict(f"grant {grant_id} is {status}: {what}", kind="grant-not-open", title=f"The grant is {status}",
+                    status_now=status, **extra)
+
+
+def fund_has_commitments(fund_id: uuid.UUID, committed_fen: int) -> Conflict:
+    return Conflict(f"{fen_to_yuan(committed_fen)} yuan is granted and unpaid: pay or revoke those grants first",
+                    kind="fund-has-commitments", title="The fund still has unpaid grants",
+                    committed=fen_to_yuan(committed_fen), fund_id=str(fund_id))
+
+
+def claim_paid(claim_id: uuid.UUID, disbursement_id: uuid.UUID | None) -> Conflict:
+    return Conflict(f"claim {claim_id} was paid by disbursement {disbursement_id}", kind="claim-paid",
+                    title="The claim is already paid")
 
 
 # -- subsidy rules ----------------------------------------------------------------

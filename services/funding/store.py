@@ -34,7 +34,13 @@ async def source_account(conn: Conn, source_kind: str) -> int:
 
 
 async def account(conn: Conn, account_id: int) -> asyncpg.Record | None:
-    return await conn.fetchrow("SELECT * FROM accounts WHERE id = $1", account_id)
+    """An account with its owner's region (a grant's or a payee's; NULL for a fund or a budget source)."""
+    return await conn.fetchrow(
+        """SELECT a.*, coalesce(g.region_code, b.region_code) AS owner_region FROM accounts a
+             LEFT JOIN grants g ON a.kind = 'grant' AND g.id = a.grant_id
+             LEFT JOIN beneficiaries b ON a.kind = 'beneficiary' AND b.kind = a.beneficiary_kind
+                                      AND b.id = a.beneficiary_id
+            WHERE a.id = $1""", account_id)
 
 
 async def account_balance(conn: Conn, account_id: int) -> int:
@@ -93,7 +99,9 @@ _FIGURES = """
 WITH f AS (
     SELECT * FROM funds
      WHERE ($1::uuid[] IS NULL OR id = ANY ($1)) AND ($2::text IS NULL OR source_kind = $2)
-       AND ($3::int IS NULL OR fiscal_year = $3)),
+       AND ($3::int IS NULL OR fiscal_year = $3)
+       AND ($4::timestamptz IS NULL OR (created_at, id) > ($4, $5::uuid))
+     ORDER BY created_at, id LIMIT $6),
 sums AS (
     SELECT e.fund_id, a.kind, sum(l.amount) AS net,
            coalesce(sum(-l.amount) FILTER (WHERE l.amount < 0), 0) AS taken_out,
@@ -110,14 +118,16 @@ SELECT f.*, fa.id AS account_id,
        coalesce((SELECT net FROM sums s WHERE s.fund_id = f.id AND s.kind = 'beneficiary'), 0)::bigint AS disbursed_fen,
        (SELECT count(*) FROM grants g WHERE g.fund_id = f.id) AS grants
   FROM f JOIN accounts fa ON fa.kind = 'fund' AND fa.fund_id = f.id
- ORDER BY f.fiscal_year, f.source_kind, f.created_at, f.id
+ ORDER BY f.created_at, f.id
 """
 
 
 async def fund_figures(conn: Conn, fund_ids: list[uuid.UUID] | None = None, source_kind: str | None = None,
-                       fiscal_year: int | None = None) -> list[asyncpg.Record]:
-    """Funds with their money derived from the journal lines (not from cached balances)."""
-    return await conn.fetch(_FIGURES, fund_ids, source_kind, fiscal_year)
+                       fiscal_year: int | None = None, *, after: tuple[Any, uuid.UUID] | None = None,
+                       limit: int | None = None) -> list[asyncpg.Record]:
+    """Funds with their money derived from the journal lines (not from cached balances), by (created_at, id)
+    after ``after``."""
+    return await conn.fetch(_FIGURES, fund_ids, source_kind, fiscal_year, *(after or (None, None)), limit)
 
 
 def figures_of(row: asyncpg.Record) -> FundFigures:
@@ -155,8 +165,10 @@ async def get_beneficiary(conn: Conn, kind: str, ident: str) -> asyncpg.Record |
             WHERE b.kind = $1 AND b.id = $2""", kind, ident)
 
 
-async def beneficiary_report(conn: Conn, kind: str | None = None, ident: str | None = None,
-                             limit: int = 1000) -> list[asyncpg.Record]:
+async def beneficiary_report(conn: Conn, kind: str | None = None, ident: str | None = None, *,
+                             regions: list[str] | None = None, after: tuple[str, str] | None = None,
+                             limit: int = 1) -> list[asyncpg.Record]:
+    """Payees with their money, by (kind, id) after ``after``, within ``regions`` when given."""
     return await conn.fetch(
         """SELECT b.kind, b.id, b.name, b.region_code, a.id AS account_id,
                   count(g.id) AS grants,
@@ -170,8 +182,10 @@ async def beneficiary_report(conn: Conn, kind: str | None = None, ident: str | N
              JOIN accounts a ON a.kind = 'beneficiary' AND a.beneficiary_kind = b.kind AND a.beneficiary_id = b.id
              LEFT JOIN grants g ON g.beneficiary_kind = b.kind AND g.beneficiary_id = b.id
             WHERE ($1::text IS NULL OR b.kind = $1) AND ($2::text IS NULL OR b.id = $2)
+              AND ($4::text[] IS NULL OR b.region_code = ANY ($4))
+              AND ($5::text IS NULL OR (b.kind, b.id) > ($5, $6::text))
             GROUP BY b.kind, b.id, a.id
-            ORDER BY disbursed_fen DESC, b.kind, b.id LIMIT $3""", kind, ident, limit)
+            ORDER BY b.kind, b.id LIMIT $3""", kind, ident, limit, regions, *(after or (None, None)))
 
 
 # -- grants --------------------------------------------------------------------------
@@ -209,20 +223,24 @@ async def lock_grant(conn: asyncpg.Connection, grant_id: uuid.UUID) -> asyncpg.R
     return await conn.fetchrow(_GRANT, grant_id)
 
 
-async def grant_fund_id(conn: Conn, grant_id: uuid.UUID) -> uuid.UUID | None:
-    return await conn.fetchval("SELECT fund_id FROM grants WHERE id = $1", grant_id)
+async def grant_head(conn: Conn, grant_id: uuid.UUID) -> asyncpg.Record | None:
+    """A grant's fund and region, unlocked: enough to authorise before taking locks in the one order."""
+    return await conn.fetchrow("SELECT fund_id, region_code FROM grants WHERE id = $1", grant_id)
 
 
 async def list_grants(conn: Conn, *, fund_id: uuid.UUID | None, beneficiary_kind: str | None,
-                      beneficiary_id: str | None, status: str | None, limit: int, offset: int) -> list[asyncpg.Record]:
+                      beneficiary_id: str | None, status: str | None, regions: list[str] | None,
+                      after: tuple[Any, uuid.UUID] | None, limit: int) -> list[asyncpg.Record]:
     return await conn.fetch(
         """SELECT g.*, a.id AS account_id, a.balance AS remaining_fen, f.source_kind, f.fiscal_year,
                   f.status AS fund_status
              FROM grants g JOIN accounts a ON a.kind = 'grant' AND a.grant_id = g.id JOIN funds f ON f.id = g.fund_id
             WHERE ($1::uuid IS NULL OR g.fund_id = $1) AND ($2::text IS NULL OR g.beneficiary_kind = $2)
               AND ($3::text IS NULL OR g.beneficiary_id = $3) AND ($4::text IS NULL OR g.status = $4)
-            ORDER BY g.created_at, g.id LIMIT $5 OFFSET $6""",
-        fund_id, beneficiary_kind, beneficiary_id, status, limit, offset)
+              AND ($5::text[] IS NULL OR g.region_code = ANY ($5))
+              AND ($6::timestamptz IS NULL OR (g.created_at, g.id) > ($6, $7::uuid))
+            ORDER BY g.created_at, g.id LIMIT $8""",
+        fund_id, beneficiary_kind, beneficiary_id, status, regions, *(after or (None, None)), limit)
 
 
 async def record_payment(conn: asyncpg.Connection, grant_id: uuid.UUID, amount_fen: int, on: date) -> None:
@@ -246,8 +264,15 @@ async def insert_disbursement(conn: asyncpg.Connection, disbursement_id: uuid.UU
            VALUES ($1, $2, $3, $4, $5, $6)""", disbursement_id, grant_id, amount_fen, paid_on, memo, entry_id)
 
 
-async def disbursements(conn: Conn, grant_id: uuid.UUID) -> list[asyncpg.Record]:
-    return await conn.fetch("SELECT * FROM disbursements WHERE grant_id = $1 ORDER BY created_at, entry_id", grant_id)
+async def disbursements(conn: Conn, grant_id: uuid.UUID, after_entry: int | None, limit: int) -> list[asyncpg.Record]:
+    """Payments under a grant in the order they were booked (by journal entry)."""
+    return await conn.fetch(
+        "SELECT * FROM disbursements WHERE grant_id = $1 AND ($2::bigint IS NULL OR entry_id > $2) "
+        "ORDER BY entry_id LIMIT $3", grant_id, after_entry, limit)
+
+
+async def get_disbursement(conn: Conn, disbursement_id: uuid.UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT * FROM disbursements WHERE id = $1", disbursement_id)
 
 
 # -- subsidy rules, routes and claims ----------------------------------------------------
@@ -259,6 +284,11 @@ async def rules(conn: Conn, category: str | None = None) -> list[asyncpg.Record]
 
 def as_rules(rows: list[asyncpg.Record]) -> list[Rule]:
     return [Rule(r["category"], r["effective_from"], r["rate_fen"]) for r in rows]
+
+
+async def get_rule(conn: Conn, category: str, effective_from: date) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT * FROM subsidy_rules WHERE category = $1 AND effective_from = $2",
+                               category, effective_from)
 
 
 async def upsert_rule(conn: asyncpg.Connection, category: str, effective_from: date, rate_fen: int,
@@ -343,12 +373,15 @@ async def update_claim(conn: asyncpg.Connection, claim_id: uuid.UUID, changes: d
 
 
 async def list_claims(conn: Conn, *, status: str | None, session_id: uuid.UUID | None, organiser_id: str | None,
-                      limit: int, offset: int) -> list[asyncpg.Record]:
+                      regions: list[str] | None, after: tuple[Any, uuid.UUID] | None,
+                      limit: int) -> list[asyncpg.Record]:
     return await conn.fetch(
         """SELECT * FROM subsidy_claims
             WHERE ($1::text IS NULL OR status = $1) AND ($2::uuid IS NULL OR session_id = $2)
-              AND ($3::text IS NULL OR organiser_id = $3)
-            ORDER BY created_at, id LIMIT $4 OFFSET $5""", status, session_id, organiser_id, limit, offset)
+              AND ($3::text IS NULL OR organiser_id = $3) AND ($4::text[] IS NULL OR region_code = ANY ($4))
+              AND ($5::timestamptz IS NULL OR (created_at, id) > ($5, $6::uuid))
+            ORDER BY created_at, id LIMIT $7""",
+        status, session_id, organiser_id, regions, *(after or (None, None)), limit)
 
 
 # -- the ledger check ------------------------------------------------------------------

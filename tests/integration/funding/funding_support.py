@@ -14,7 +14,8 @@ from services.funding import store
 from shared.auth import mint_token
 from shared.topics import BY_NAME
 
-WRITER = {"Authorization": "Bearer " + mint_token("funding-tests", ["funding:write", "funding:read"], "640000")}
+WRITER = {"Authorization": "Bearer " + mint_token("funding-tests", ["funding:write", "funding:read", "funding:admin"],
+                                                   "640000")}
 
 
 @asynccontextmanager

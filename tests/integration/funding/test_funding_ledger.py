@@ -65,7 +65,7 @@ async def test_fund_grant_disburse_revoke_close_keeps_the_ledger_sound(funding):
         "changai.funding.grant.approved.v1", "changai.funding.disbursement.made.v1", "changai.funding.grant.revoked.v1"]
 
     journal = (await client.get(f"/v1/accounts/{fund['account_id']}/journal")).json()
-    assert [(l["kind"], l["amount"], l["balance_after"]) for l in journal["lines"]] == [
+    assert [(l["kind"], l["amount"], l["balance_after"]) for l in journal["items"]] == [
         ("fund_opened", "280000000.00", "280000000.00"), ("grant_approved", "-23333333.33", "256666666.67"),
         ("fund_topped_up", "0.67", "256666667.34"), ("grant_revoked", "13333333.33", "270000000.67"),
         ("fund_closed", "-270000000.67", "0.00")]
@@ -128,7 +128,7 @@ async def test_the_same_idempotency_key_twenty_times_at_once_pays_once(funding):
     assert sum(r.headers.get("idempotent-replayed") == "true" for r in responses) == 19
     after = (await client.get(f"/v1/grants/{grant['id']}")).json()
     assert (after["paid"], after["remaining"]) == ("300.00", "700.00")
-    assert len((await client.get(f"/v1/grants/{grant['id']}/disbursements")).json()["disbursements"]) == 1
+    assert len((await client.get(f"/v1/grants/{grant['id']}/disbursements")).json()["items"]) == 1
     assert (await events_in_outbox(app.state.db, grant["id"])).count("changai.funding.disbursement.made.v1") == 1
 
     other = await client.post(f"/v1/grants/{grant['id']}/disbursements", json={"amount": "301.00"}, headers=headers)
@@ -208,7 +208,7 @@ async def test_reports_per_fund_source_and_beneficiary(funding):
     report = (await client.get("/v1/reports/funds", params={"fiscal_year": year})).json()
     assert report["totals"] == {"funds": 2, "total": "326000000.00", "allocated": "150000.00", "committed": "30000.00",
                                 "disbursed": "120000.00", "remaining": "325850000.00"}
-    sources = {(s["source_kind"], s["fiscal_year"]): s for s in (await client.get("/v1/reports/sources")).json()["sources"]}
+    sources = {(s["source_kind"], s["fiscal_year"]): s for s in (await client.get("/v1/reports/sources")).json()["items"]}
     assert sources[("central_budget", year)] == {"source_kind": "central_budget", "fiscal_year": year, "funds": 1,
                                                  "total": "280000000.00", "allocated": "100000.00",
                                                  "committed": "0.00", "disbursed": "100000.00",
@@ -216,14 +216,14 @@ async def test_reports_per_fund_source_and_beneficiary(funding):
     studio = (await client.get(f"/v1/beneficiaries/studio/{studio_id}")).json()
     assert (studio["grants"], studio["granted"], studio["outstanding"], studio["disbursed"]) == \
         (2, "150000.00", "30000.00", "120000.00")
-    listed = (await client.get("/v1/reports/beneficiaries", params={"kind": "studio"})).json()["beneficiaries"]
+    listed = (await client.get("/v1/reports/beneficiaries", params={"kind": "studio"})).json()["items"]
     assert any(b["id"] == studio_id and b["disbursed"] == "120000.00" for b in listed)
     journal = (await client.get(f"/v1/accounts/{studio['account_id']}/journal", params={"limit": 1})).json()
-    assert [l["amount"] for l in journal["lines"]] == ["100000.00"] and journal["next_after"]
+    assert [l["amount"] for l in journal["items"]] == ["100000.00"] and journal["next_cursor"]
     rest = (await client.get(f"/v1/accounts/{studio['account_id']}/journal",
-                             params={"after": journal["next_after"]})).json()
-    assert [(l["amount"], l["balance_after"]) for l in rest["lines"]] == [("20000.00", "120000.00")]
-    assert rest["lines"][0]["counterparts"] == [{"account_id": g2["account_id"], "amount": "-20000.00"}]
+                             params={"cursor": journal["next_cursor"]})).json()
+    assert [(l["amount"], l["balance_after"]) for l in rest["items"]] == [("20000.00", "120000.00")]
+    assert rest["next_cursor"] is None and rest["items"][0]["counterparts"] == [{"account_id": g2["account_id"], "amount": "-20000.00"}]
     check = (await client.get("/v1/ledger/check")).json()
     assert check["ok"] and check["violations"] == []
 

@@ -22,7 +22,7 @@ async def test_the_process_serves_the_api_and_publishes_its_events(stack, make_d
     base = f"http://127.0.0.1:{env['CHANGAI_HTTP_PORT']}"
     async with httpx.AsyncClient(base_url=base, headers=WRITER, timeout=10) as client:
         rules = (await client.get("/v1/subsidy-rules", params={"category": "pre_job", "on": "2021-06-30"})).json()
-        assert [(r["effective_from"], r["rate"]) for r in rules["rules"]] == [("2019-01-01", "300.00")]
+        assert [(r["effective_from"], r["rate"]) for r in rules["items"]] == [("2019-01-01", "300.00")]
         resp = await client.post("/v1/funds", headers={"Idempotency-Key": "p1"}, json={
             "name": "石嘴山职业技能提升专账", "source_kind": "skills_account", "fiscal_year": 2021, "amount": "9900000.00"})
         assert resp.status_code == 201, resp.text

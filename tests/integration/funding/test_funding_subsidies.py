@@ -47,7 +47,7 @@ async def produce(producer, data: SessionCompleted, event_id: str | None = None)
 async def claim_of(client, session_id, timeout=30.0) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        claims = (await client.get("/v1/subsidy-claims", params={"session_id": str(session_id)})).json()["claims"]
+        claims = (await client.get("/v1/subsidy-claims", params={"session_id": str(session_id)})).json()["items"]
         if claims:
             return claims[0]
         await asyncio.sleep(0.1)
@@ -67,7 +67,7 @@ async def route(client, category: str, year: int | None, fund_id: str) -> None:
 
 async def test_a_session_before_the_change_pays_300_and_after_it_800_per_person(saga):
     app, client, producer = saga
-    rules = (await client.get("/v1/subsidy-rules", params={"category": "pre_job"})).json()["rules"]
+    rules = (await client.get("/v1/subsidy-rules", params={"category": "pre_job"})).json()["items"]
     assert [(r["effective_from"], r["rate"], r["origin"]) for r in rules] == [
         ("2019-01-01", "300.00", "seed"), ("2021-01-01", "800.00", "seed")]
     fund = await open_fund(client, "100000.00", "skills_account", 2021, name="职业技能提升行动专账 2020-2021")
@@ -167,9 +167,9 @@ async def test_a_redelivered_completion_pays_nothing_more(saga):
         assert time.monotonic() < deadline, "the re-sent completion was not consumed"
         await asyncio.sleep(0.1)
 
-    claims = (await client.get("/v1/subsidy-claims", params={"session_id": str(session.session_id)})).json()["claims"]
+    claims = (await client.get("/v1/subsidy-claims", params={"session_id": str(session.session_id)})).json()["items"]
     assert len(claims) == 1 and claims[0]["attempts"] == 1
-    grants = (await client.get("/v1/grants", params={"fund_id": fund["id"]})).json()["grants"]
+    grants = (await client.get("/v1/grants", params={"fund_id": fund["id"]})).json()["items"]
     assert [(g["amount"], g["paid"]) for g in grants] == [("2400.00", "2400.00")]
     figures = (await client.get(f"/v1/funds/{fund['id']}")).json()
     assert (figures["disbursed"], figures["available"]) == ("2400.00", "97600.00")
