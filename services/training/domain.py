@@ -223,7 +223,7 @@ def cancel_session(session: Mapping, live: list[Mapping], reason: str | None,
     if session["status"] not in ("scheduled", "in_progress"):
         raise _session_state_problem(session, "cancel it")
     withdrawn = [EnrolmentWithdrawn(enrolment_id=e["id"], session_id=session["id"], member_id=e["member_id"],
-                                    reason="session cancelled")
+                                    reason="session cancelled", **_region_fields(session))
                  for e in live if e["status"] in ("enrolled", "attended")]
     return SessionCancelled(session_id=session["id"], reason=reason, cancelled_on=cancelled_on,
                             **_region_fields(session)), withdrawn
@@ -266,7 +266,7 @@ def complete_session(session: Mapping, programme: Mapping, enrolments: Iterable[
         **_region_fields(session),
     )
     withdrawn = [EnrolmentWithdrawn(enrolment_id=e["id"], session_id=session["id"], member_id=e["member_id"],
-                                    reason="absent") for e in absent]
+                                    reason="absent", **_region_fields(session)) for e in absent]
     return Completion(event, withdrawn)
 
 
@@ -387,7 +387,8 @@ def decide_attendance(session: Mapping, requested: list[uuid.UUID],
                                                                            "record attendance")
         seen.add(mid)
         if problem is None:
-            events.append(EnrolmentAttended(enrolment_id=e["id"], session_id=session["id"], member_id=mid))
+            events.append(EnrolmentAttended(enrolment_id=e["id"], session_id=session["id"], member_id=mid,
+                                            **_region_fields(session)))
         outcomes.append(Outcome(mid, e["id"] if e else None, problem))
     return outcomes, events
 
@@ -404,7 +405,7 @@ def decide_results(session: Mapping, items: list[tuple[uuid.UUID, str]],
         seen.add(mid)
         if problem is None:
             events.append(EnrolmentAssessed(enrolment_id=e["id"], session_id=session["id"], member_id=mid,
-                                            result=result))
+                                            result=result, **_region_fields(session)))
         outcomes.append(Outcome(mid, e["id"] if e else None, problem))
     return outcomes, events
 
@@ -415,7 +416,7 @@ def withdraw(session: Mapping, enrolment: Mapping, reason: str | None) -> Enrolm
     if problem:
         raise problem
     return EnrolmentWithdrawn(enrolment_id=enrolment["id"], session_id=session["id"],
-                              member_id=enrolment["member_id"], reason=reason)
+                              member_id=enrolment["member_id"], reason=reason, **_region_fields(session))
 
 
 # ============================================================================ certificates

@@ -57,6 +57,10 @@ class StudioLevel(StrEnum):
 
 
 SkillLevel = Field(ge=1, le=5, description="1 高级技师, 2 技师, 3 高级工, 4 中级工, 5 初级工")
+# The session's region on enrolment events, added later (optional: records written before lack it),
+# so that a federation's channel is routed an enrolment's changes like the session's own events.
+SessionRegion = Field(default=None, pattern=r"^64\d{4}$",
+                      description="GB/T 2260 code of the session's county or city (always set by the producer)")
 
 
 @event("changai.training.programme.registered.v1", subject="programme_id")
@@ -143,6 +147,9 @@ class EnrolmentAttended(EventData):
     enrolment_id: UUID
     session_id: UUID
     member_id: UUID
+    region_code: str | None = SessionRegion
+    city_code: str | None = CityCode
+    subsidy_category: SubsidyCategory | None = None
 
 
 @event("changai.training.enrolment.assessed.v1", subject="enrolment_id")
@@ -152,6 +159,9 @@ class EnrolmentAssessed(EventData):
     session_id: UUID
     member_id: UUID
     result: str = Field(pattern=r"^(passed|failed)$")
+    region_code: str | None = SessionRegion
+    city_code: str | None = CityCode
+    subsidy_category: SubsidyCategory | None = None
 
 
 @event("changai.training.enrolment.withdrawn.v1", subject="enrolment_id")
@@ -161,6 +171,9 @@ class EnrolmentWithdrawn(EventData):
     session_id: UUID
     member_id: UUID
     reason: str | None = Field(default=None, description='e.g. "absent" (closed at completion), "session cancelled"')
+    region_code: str | None = SessionRegion
+    city_code: str | None = CityCode
+    subsidy_category: SubsidyCategory | None = None
 
 
 @event("changai.training.certificate.issued.v1", subject="certificate_id")

@@ -236,3 +236,28 @@ def test_free_text_refuses_nul_and_rank_is_bounded():
             domain.WinnerIn(name="张三", rank=rank, award="一等奖")
     serial = domain.new_serial(2021)
     assert domain.SERIAL.fullmatch(serial) and not domain.SERIAL.fullmatch(serial[:-1] + "\x00")
+
+
+def test_every_training_event_about_a_place_carries_its_region():
+    """Issue 15: a federation's channel is routed by region, so every event that concerns a place
+    (a session, its enrolments, a certificate, a competition, a studio) names it."""
+    from shared.events import REGISTRY
+    placeless = {"changai.training.programme.registered.v1"}  # a programme is not held anywhere; its sessions are
+    training = {name: cls for name, cls in REGISTRY.items() if name.startswith("changai.training.")}
+    assert len(training) == 17
+    for name, cls in training.items():
+        if name not in placeless:
+            assert {"region_code", "city_code"} <= set(cls.model_fields), name
+
+
+def test_enrolment_events_carry_the_sessions_region():
+    a, b = uuid.uuid4(), uuid.uuid4()
+    s = session(status="in_progress")
+    live = {a: {"id": uuid.uuid4(), "member_id": a, "status": "enrolled"},
+            b: {"id": uuid.uuid4(), "member_id": b, "status": "attended"}}
+    _, attended = domain.decide_attendance(s, [a], live)
+    _, assessed = domain.decide_results(s, [(b, "passed")], live)
+    withdrawn = domain.withdraw(s, live[a], "moved away")
+    _, cancelled = domain.cancel_session(s, list(live.values()), None, date(2021, 4, 5))
+    for e in [*attended, *assessed, withdrawn, *cancelled]:
+        assert (e.region_code, e.city_code, e.subsidy_category.value) == ("640302", "640300", "pre_job"), e
