@@ -22,7 +22,7 @@ import faust
 import httpx
 import orjson
 
-from services.notifier import pipeline, topics
+from services.notifier import outbound, pipeline, topics
 from services.notifier.render import Renderer
 from services.notifier.settings import NotifierSettings
 from shared import migrate
@@ -75,8 +75,7 @@ class Resources:
         self.pool = await asyncpg.create_pool(s.database_url, min_size=2, max_size=max(4, s.db_pool_max),
                                               reset=_keep_session)
         await pipeline.seed_channels(self.pool, s)
-        self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200, max_keepalive_connections=100),
-                                      follow_redirects=False)
+        self.http = outbound.http_client(s)  # checked addresses, pooled by host name, CA bundle
         self.relay = LingeringRelay(self.pool, s.kafka_bootstrap, "notifier", dsn=s.database_url,
                                     poll_interval=s.outbox_poll_interval_s, batch_size=s.outbox_batch_size)
         self.relay.start()

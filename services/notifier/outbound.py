@@ -1,10 +1,12 @@
 """Calls out: the SSRF guard and one sender per channel kind. Every sender returns an
 :class:`~services.notifier.domain.Outcome`; none raises for a receiver's failure.
 
-* Webhooks: https only, and the host must resolve to public addresses only; the request then
-  goes to the address that was checked (with the host's name for TLS and ``Host``), so a DNS
-  answer cannot change between the check and the connection. ``outbound_allow_private``
-  (tests, local runs) lifts both rules.
+* Webhooks: https only, and the host must resolve to public addresses only; the connection then
+  goes to one of the addresses that were checked (IPv4 first, then IPv6, each in turn until one
+  answers), so a DNS answer cannot change between the check and the connection. The URL keeps
+  the host's name: TLS (SNI, certificate) and ``Host`` name it, and the connection pool is keyed
+  by it (two names on one address never share a TLS connection). ``outbound_allow_private``
+  (tests, local runs) lifts the https and public-address rules, not the pinning.
 * Robots: only the configured WeCom / DingTalk endpoints (pre-approved hosts); the key or
   token is the secret and is never logged.
 * E-mail: the union's own mail relay (settings), STARTTLS or TLS as configured.
@@ -12,37 +14,79 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextvars
 import hashlib
+import hmac
 import ipaddress
+import logging
+import re
 import socket
+import ssl
 import time
 import urllib.parse
+from collections import OrderedDict
 from datetime import datetime, timezone
 from email.message import EmailMessage
 from email.utils import formatdate
 
+import httpcore
 import httpx
 import orjson
 from standardwebhooks.webhooks import Webhook
 
 from services.notifier import errcodes
-from services.notifier.domain import Outcome, classify_http, classify_robot, dingtalk_sign, payload_hash
+from services.notifier.domain import (Outcome, classify_http, classify_robot, dingtalk_sign, mask_email,
+                                     payload_hash)
+
+
+log = logging.getLogger(__name__)
 
 
 class UnsafeURL(ValueError):
     """A webhook URL the notifier refuses to call (scheme, or a private address)."""
 
 
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_COMPATIBLE = ipaddress.ip_network("::/96")          # deprecated IPv4-compatible ::a.b.c.d
+_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")  # SIIT IPv4-translated ::ffff:0:a.b.c.d
+
+
+def _embedded_ipv4(addr: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """Every IPv4 address an IPv6 address carries (mapped, compatible, translated, NAT64, 6to4,
+    Teredo): a host that reaches that IPv4 address through it must be judged by it."""
+    found = []
+    low32 = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    if addr.ipv4_mapped:
+        found.append(addr.ipv4_mapped)
+    if addr in _COMPATIBLE or addr in _TRANSLATED or any(addr in net for net in _NAT64):
+        found.append(low32)
+    if addr.sixtofour:
+        found.append(addr.sixtofour)
+    if addr.teredo:
+        found.extend(addr.teredo)  # (server, client)
+    return found
+
+
 def _public(ip: str) -> bool:
-    addr = ipaddress.ip_address(ip)
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        addr = addr.ipv4_mapped
+    addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.scope_id or addr in _COMPATIBLE:
+            return False  # a zone (link-local by nature) or the deprecated ::a.b.c.d form: never public
+        embedded = _embedded_ipv4(addr)
+        if embedded:
+            return all(v4.is_global and not v4.is_multicast for v4 in embedded) and (
+                bool(addr.ipv4_mapped) or addr.is_global or any(addr in net for net in _NAT64))
     return addr.is_global and not addr.is_multicast
 
 
 async def check_url(url: str, *, allow_private: bool, resolve: bool = True) -> tuple[str, list[str]]:
     """Validate a webhook URL; returns (host, addresses it resolves to). Raises UnsafeURL."""
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises for a port out of range or not a number
+    except ValueError as exc:
+        raise UnsafeURL(f"not a valid URL ({exc})") from None
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise UnsafeURL("must be an absolute https:// URL")
     if parts.scheme != "https" and not allow_private:
@@ -60,12 +104,77 @@ async def check_url(url: str, *, allow_private: bool, resolve: bool = True) -> t
             infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
         except OSError as exc:
             raise UnsafeURL(f"host {host!r} does not resolve ({exc.strerror or exc})") from None
-        addresses = sorted({info[4][0] for info in infos})
+        addresses = list(dict.fromkeys(info[4][0] for info in infos))  # the resolver's order, once each
     if not allow_private:
         private = [a for a in addresses if not _public(a)]
         if private:
             raise UnsafeURL(f"host {host!r} resolves to a non-public address ({private[0]})")
     return host, addresses
+
+
+def order_addresses(addresses: list[str]) -> list[str]:
+    """IPv4 first, then IPv6, each in the resolver's order: a host without IPv6 egress (many pods)
+    connects at once instead of failing on an IPv6 address that sorts first."""
+    v4 = [a for a in addresses if ":" not in a]
+    return v4 + [a for a in addresses if ":" in a]
+
+
+# host name -> the addresses checked for it, for connections made in the current task.
+_PINS: contextvars.ContextVar[dict[str, list[str]] | None] = contextvars.ContextVar("notifier_pins", default=None)
+
+
+class PinnedBackend(httpcore.AsyncNetworkBackend):
+    """Connects a pinned host name to its checked addresses, each in turn until one answers.
+
+    httpcore asks the backend for a TCP connection to the URL's host, then starts TLS on it with
+    that host as the server name: so TLS, ``Host`` and the pool stay the name's while the socket
+    goes to an address the SSRF guard accepted. Hosts not pinned (the robots' fixed endpoints)
+    connect as usual."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkBackend | None = None):
+        self.inner = inner or httpcore.AnyIOBackend()
+
+    async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        pins = (_PINS.get() or {}).get(host)
+        if not pins or pins == [host]:
+            return await self.inner.connect_tcp(host, port, timeout=timeout, local_address=local_address,
+                                                socket_options=socket_options)
+        failures = []
+        # Each address gets its share of the connect timeout (at least 2 s): one that black-holes
+        # must not use up the time of the next.
+        share = None if timeout is None else max(2.0, timeout / len(pins))
+        for ip in pins:
+            try:
+                return await self.inner.connect_tcp(ip, port, timeout=share, local_address=local_address,
+                                                    socket_options=socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout, OSError) as exc:
+                failures.append(f"{ip}: {type(exc).__name__}")
+        raise httpcore.ConnectError(f"no checked address of {host} answered ({'; '.join(failures)})")
+
+    async def connect_unix_socket(self, path, timeout=None, socket_options=None):
+        return await self.inner.connect_unix_socket(path, timeout=timeout, socket_options=socket_options)
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
+
+
+def tls_context(ca_bundle: str | None = None) -> ssl.SSLContext:
+    """The system's trust store, plus the operator's CA bundle (PEM) when one is configured
+    (a federation's internal CA, or a test's)."""
+    context = ssl.create_default_context()
+    if ca_bundle:
+        context.load_verify_locations(cafile=ca_bundle)
+    return context
+
+
+def http_client(settings=None, *, ca_bundle: str | None = None) -> httpx.AsyncClient:
+    """The worker's client for webhooks and robots: checked addresses (:class:`PinnedBackend`),
+    pooled by host name, no redirects, the configured CA bundle trusted."""
+    ca = ca_bundle if ca_bundle is not None else getattr(settings, "notifier_ca_bundle", None)
+    transport = httpx.AsyncHTTPTransport(
+        verify=tls_context(ca), limits=httpx.Limits(max_connections=200, max_keepalive_connections=100))
+    transport._pool._network_backend = PinnedBackend()  # noqa: SLF001 - httpx does not expose the backend
+    return httpx.AsyncClient(transport=transport, follow_redirects=False)
 
 
 def sign_webhook(secrets: list[str], msg_id: str, body: bytes, now: datetime) -> str:
@@ -96,25 +205,19 @@ async def send_webhook(http: httpx.AsyncClient, url: str, signing: list[dict], m
     headers = {"content-type": "application/json", "user-agent": "changai-notifier/1",
                "webhook-id": msg_id, "webhook-timestamp": str(int(now.timestamp())),
                "webhook-signature": sign_webhook(active_secrets(signing), msg_id, body, now)}
-    target, extensions = url, {}
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme == "https" and addresses and addresses[0] != host:
-        # Connect to the address that was checked; TLS and Host still name the host.
-        ip = addresses[0]
-        netloc = f"[{ip}]" if ":" in ip else ip
-        if parts.port:
-            netloc += f":{parts.port}"
-        target = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
-        headers["host"] = parts.netloc
-        extensions = {"sni_hostname": host}
+    # The connection (if a new one is needed) is made in this task: it goes to the checked addresses.
+    pinned_as = httpx.URL(url).host  # the name as httpx hands it to the backend (IDNA-encoded)
+    token = _PINS.set({**(_PINS.get() or {}), pinned_as: order_addresses(addresses)})
     try:
-        response = await http.post(target, content=body, headers=headers, timeout=timeout, extensions=extensions)
+        response = await http.post(url, content=body, headers=headers, timeout=timeout)
     except httpx.TimeoutException:
         return Outcome("retry", error=f"no answer within {timeout:.0f} s", latency_ms=_elapsed_ms(start),
                        body_hash=digest)
     except httpx.HTTPError as exc:
         return Outcome("retry", error=f"{type(exc).__name__}: {exc}"[:300], latency_ms=_elapsed_ms(start),
                        body_hash=digest)
+    finally:
+        _PINS.reset(token)
     outcome = classify_http(response.status_code, response.headers.get("retry-after"))
     outcome.latency_ms, outcome.body_hash = _elapsed_ms(start), digest
     return outcome
@@ -203,7 +306,8 @@ async def send_dingtalk(http, base: str, token: str, secret: str | None, body: b
                         wecom_throttle_s=0, dingtalk_blocked_s=blocked_s)
 
 
-def email_message(*, sender: str, to: list[str], subject: str, text: str, html: str, message_id: str) -> EmailMessage:
+def email_message(*, sender: str, to: list[str], subject: str, text: str, html: str, message_id: str,
+                  unsubscribe: list[str] | None = None, one_click: bool = False) -> EmailMessage:
     message = EmailMessage()
     message["From"] = sender
     message["To"] = ", ".join(to)
@@ -211,37 +315,139 @@ def email_message(*, sender: str, to: list[str], subject: str, text: str, html: 
     message["Date"] = formatdate(localtime=False)
     message["Message-ID"] = message_id  # stable per notice: a mail client shows a re-sent copy once
     message["Auto-Submitted"] = "auto-generated"
+    if unsubscribe:
+        # RFC 2369 / RFC 8058: the mail client's own "unsubscribe" button; one-click only with an https URL.
+        message["List-Unsubscribe"] = ", ".join(f"<{u}>" for u in unsubscribe)
+        if one_click:
+            message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     message.set_content(text)
     message.add_alternative(html, subtype="html")
     return message
 
 
-async def send_email(settings, to: list[str], payload: dict, message_id: str, *, timeout: float) -> Outcome:
+def unsubscribe_token(key: bytes, channel_id: str, address: str) -> str:
+    """What proves an unsubscribe link was ours, for this channel and this address (no login)."""
+    mac = hmac.new(key, f"unsubscribe|{channel_id}|{address.lower()}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac[:18]).decode()
+
+
+def unsubscribe_links(settings, channel_id: str | None, address: str) -> tuple[list[str], bool]:
+    """(List-Unsubscribe URIs, one-click?) for one recipient of a channel."""
+    links = [f"mailto:{settings.notifier_smtp_from}?subject="
+             + urllib.parse.quote(f"unsubscribe {channel_id or ''} {address}".strip())]
+    public = getattr(settings, "notifier_public_url", None)
+    if public and channel_id:
+        query = urllib.parse.urlencode({"address": address,
+                                        "token": unsubscribe_token(settings.data_key_bytes(), channel_id, address)})
+        links.insert(0, f"{public.rstrip('/')}/v1/unsubscribe/{channel_id}?{query}")
+        return links, public.startswith("https://")
+    return links, False
+
+
+_MESSAGE_ID = re.compile(r"^<[^.]+\.([0-9a-fA-F-]{36})@")
+
+# Per notice (by Message-ID): recipients that took it and those that refused it for good, so a
+# retry goes only to the others. A channel's partition has one owner, so its worker's memory is
+# enough; after a restart a retry may reach an earlier recipient again (same Message-ID: mail
+# clients show it once).
+_MAIL_PROGRESS: "OrderedDict[str, dict]" = OrderedDict()
+
+
+def _smtp_client(settings, timeout: float):
+    import aiosmtplib
+
+    password = settings.notifier_smtp_password.get_secret_value() if settings.notifier_smtp_password else None
+    implicit = bool(settings.notifier_smtp_tls)
+    starttls = getattr(settings, "notifier_smtp_starttls", None)
+    if implicit:
+        starttls = False
+    elif starttls is None and settings.notifier_smtp_username:
+        starttls = True  # credentials never go in clear: no STARTTLS, no AUTH
+    # starttls None: aiosmtplib upgrades whenever the relay offers STARTTLS.
+    return aiosmtplib.SMTP(hostname=settings.notifier_smtp_host, port=settings.notifier_smtp_port,
+                           username=settings.notifier_smtp_username, password=password, use_tls=implicit,
+                           start_tls=starttls, tls_context=tls_context(getattr(settings, "notifier_ca_bundle", None)),
+                           timeout=timeout)
+
+
+async def send_email(settings, to: list[str], payload: dict, message_id: str, *, timeout: float,
+                     channel_id: str | None = None) -> Outcome:
+    """One message per recipient over one connection (each with its own unsubscribe link).
+
+    * a 5xx answer, or the relay refusing our credentials, is permanent (not retried);
+    * a recipient refused with 4xx is retried alone; one refused with 5xx is recorded failed;
+      the notice is marked delivered only when every recipient took it.
+    """
     import aiosmtplib
 
     start = time.perf_counter()
-    message = email_message(sender=settings.notifier_smtp_from, to=to, subject=payload["subject"],
-                            text=payload["text"], html=payload["html"], message_id=message_id)
-    digest = payload_hash(message.as_bytes())
-    password = settings.notifier_smtp_password.get_secret_value() if settings.notifier_smtp_password else None
+    if channel_id is None and (m := _MESSAGE_ID.match(message_id)):
+        channel_id = m.group(1)
+    progress = _MAIL_PROGRESS.setdefault(message_id, {"accepted": set(), "failed": {}})
+    _MAIL_PROGRESS.move_to_end(message_id)
+    while len(_MAIL_PROGRESS) > 10_000:
+        _MAIL_PROGRESS.popitem(last=False)
+    pending = [a for a in dict.fromkeys(to) if a not in progress["accepted"] and a not in progress["failed"]]
+    later: dict[str, str] = {}
+    digest = None
+    client = _smtp_client(settings, timeout)
+
+    def outcome(result: str, **kw) -> Outcome:
+        if result != "retry":
+            _MAIL_PROGRESS.pop(message_id, None)
+        return Outcome(result, latency_ms=_elapsed_ms(start), body_hash=digest, **kw)
+
     try:
-        errors, _ = await aiosmtplib.send(
-            message, hostname=settings.notifier_smtp_host, port=settings.notifier_smtp_port,
-            username=settings.notifier_smtp_username, password=password, use_tls=settings.notifier_smtp_tls,
-            start_tls=settings.notifier_smtp_starttls if not settings.notifier_smtp_tls else False, timeout=timeout)
-    except aiosmtplib.SMTPRecipientsRefused as exc:
-        codes = [r.code for r in exc.recipients]
-        permanent = all(500 <= c < 600 for c in codes)
-        return Outcome("permanent" if permanent else "retry", status_code=codes[0] if codes else None,
-                       error=f"recipients refused ({', '.join(map(str, codes))})", pause=permanent,
-                       latency_ms=_elapsed_ms(start), body_hash=digest)
+        if pending:
+            await client.connect()
+        for address in pending:
+            links, one_click = unsubscribe_links(settings, channel_id, address)
+            message = email_message(sender=settings.notifier_smtp_from, to=[address], subject=payload["subject"],
+                                    text=payload["text"], html=payload["html"], message_id=message_id,
+                                    unsubscribe=links, one_click=one_click)
+            digest = digest or payload_hash(message.as_bytes())
+            try:
+                await client.send_message(message, sender=settings.notifier_smtp_from, recipients=[address])
+                progress["accepted"].add(address)
+            except aiosmtplib.SMTPRecipientsRefused as exc:
+                refusal = exc.recipients[0] if exc.recipients else None
+                code = refusal.code if refusal else 550
+                words = f"{code} {(refusal.message if refusal else '')}".strip()[:120]
+                if 500 <= code < 600:
+                    progress["failed"][address] = words
+                else:
+                    later[address] = words
+    except aiosmtplib.SMTPAuthenticationError as exc:
+        log.error("the mail relay refused the notifier's credentials (CHANGAI_NOTIFIER_SMTP_USERNAME / _PASSWORD)")
+        return outcome("permanent", status_code=exc.code, error=f"mail relay refused our credentials ({exc.code})")
     except aiosmtplib.SMTPResponseException as exc:
-        return Outcome("retry", status_code=exc.code, error=f"SMTP {exc.code}: {exc.message}"[:300],
-                       latency_ms=_elapsed_ms(start), body_hash=digest)
+        kind = "permanent" if 500 <= exc.code < 600 else "retry"
+        return outcome(kind, status_code=exc.code, error=f"SMTP {exc.code}: {exc.message}"[:300])
     except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
-        return Outcome("retry", error=f"{type(exc).__name__}: {exc}"[:300], latency_ms=_elapsed_ms(start),
-                       body_hash=digest)
-    if errors:  # some recipients refused, others took it: delivered, with a note
-        return Outcome("delivered", status_code=250, error=f"{len(errors)} recipient(s) refused",
-                       latency_ms=_elapsed_ms(start), body_hash=digest)
-    return Outcome("delivered", status_code=250, latency_ms=_elapsed_ms(start), body_hash=digest)
+        if isinstance(exc, aiosmtplib.SMTPException) and "not supported" in str(exc):
+            # The relay lacks AUTH or STARTTLS that our settings require: the same answer next time.
+            log.error("the mail relay does not offer what the notifier's settings require", extra={"why": str(exc)})
+            return outcome("permanent", error=f"mail relay: {exc}"[:300])
+        return outcome("retry", error=f"{type(exc).__name__}: {exc}"[:300])
+    finally:
+        if client.is_connected:
+            try:
+                await client.quit()
+            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+                client.close()
+    accepted, failed, total = progress["accepted"], progress["failed"], len(set(to))
+    told = f"delivered to {len(accepted)} of {total}"
+    if later:
+        return outcome("retry", status_code=int(next(iter(later.values()))[:3]),
+                       error=f"{told}; will retry {_masked(later)}")
+    if failed:
+        code = int(next(iter(failed.values()))[:3])
+        if not accepted:  # every address refused: the channel's list is wrong
+            return outcome("permanent", status_code=code, error=f"every recipient refused: {_masked(failed)}",
+                           pause=True)
+        return outcome("permanent", status_code=code, error=f"{told}; refused for good: {_masked(failed)}")
+    return outcome("delivered", status_code=250)
+
+
+def _masked(answers: dict[str, str]) -> str:
+    return "; ".join(f"{mask_email(a)} ({w})" for a, w in answers.items())[:300]

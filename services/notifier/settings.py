@@ -68,9 +68,21 @@ class NotifierSettings(Settings):
     notifier_smtp_port: int = 25
     notifier_smtp_username: str | None = None
     notifier_smtp_password: SecretStr | None = None
-    notifier_smtp_starttls: bool = False
+    # STARTTLS: unset = aiosmtplib's upgrade whenever the relay offers it, and required when a
+    # username is set (credentials never go in clear); true = required; false = never (a relay on
+    # localhost). NOTIFIER_SMTP_TLS = implicit TLS from the first byte (port 465).
+    notifier_smtp_starttls: bool | None = None
     notifier_smtp_tls: bool = False
     notifier_smtp_from: str = "changai-notices@localhost"
+    # Where a mail client's one-click unsubscribe (List-Unsubscribe-Post) reaches the notifier's API,
+    # e.g. https://notices.example.gov.cn; unset: only the mailto: form is offered.
+    notifier_public_url: str | None = None
+
+    # Extra CA certificates (PEM) trusted for webhooks and the mail relay, on top of the system's.
+    notifier_ca_bundle: str | None = None
+    # Holiday and 调休 schedules as data (one YAML or JSON file per year, e.g. 2027.yaml) for the
+    # years the chinese-calendar package does not know yet.
+    notifier_holidays_dir: str | None = None
 
     notifier_critical_types: list[str] = Field(default_factory=lambda: list(CRITICAL_TYPES))
     notifier_default_locale: str = "zh-CN"

@@ -20,8 +20,8 @@ def receivers():
 
 
 @pytest.fixture(scope="session")
-def mailbox():
-    box = Mailbox().start()
+def mailbox(tmp_path_factory):
+    box = Mailbox(tmp_path_factory.mktemp("smtp-tls")).start()  # STARTTLS + AUTH, as a real relay
     yield box
     box.stop()
 
@@ -29,6 +29,6 @@ def mailbox():
 @pytest.fixture(scope="module")
 async def notifier(stack, make_database, receivers, mailbox):
     dsn = await make_database("notifier")
-    n = await Notifier(stack, dsn, fast_settings(receivers.base, mailbox.port)).start()
+    n = await Notifier(stack, dsn, {**fast_settings(receivers.base, mailbox.port), **mailbox.env()}).start()
     yield n
     await n.stop()

@@ -21,6 +21,21 @@ from services.notifier import outbound, vault
     "https://user:pw@93.184.216.34/hook",
     "ftp://93.184.216.34/x",
     "not a url",
+    # IPv6 forms that carry an IPv4 loopback or private address (issue 12, finding 7)
+    "https://[::7f00:1]/hook",               # IPv4-compatible ::127.0.0.1
+    "https://[::127.0.0.1]/hook",
+    "https://[64:ff9b::7f00:1]/hook",        # NAT64 well-known prefix
+    "https://[64:ff9b:1::a00:1]/hook",       # NAT64 local-use prefix, 10.0.0.1
+    "https://[2002:7f00:1::]/hook",          # 6to4 of 127.0.0.1
+    "https://[2002:c0a8:1::1]/hook",         # 6to4 of 192.168.0.1
+    "https://[::ffff:127.0.0.1]/hook",       # IPv4-mapped
+    "https://[::ffff:0:7f00:1]/hook",        # IPv4-translated
+    "https://[2001:0:4136:e378:8000:63bf:80ff:fffe]/hook",  # Teredo, client 127.0.0.1
+    "https://[fe80::1%25eth0]/hook",         # link-local with a zone
+    # not URLs at all: a refusal, not an exception
+    "https://127.0.0.1:99999/",
+    "https://[::1/",
+    "https://93.184.216.34:port/",
 ])
 async def test_unsafe_urls_are_refused(url):
     with pytest.raises(outbound.UnsafeURL):
@@ -75,3 +90,10 @@ def test_email_has_text_and_html_and_a_stable_message_id():
     kinds = [part.get_content_type() for part in message.iter_parts()]
     assert kinds == ["text/plain", "text/html"]
     assert "=?utf-8?" in message.as_string()  # the Chinese subject is encoded for transport
+
+
+@pytest.mark.parametrize("url", ["https://[64:ff9b::5db8:d822]/hook", "https://[2002:5db8:d822::1]/hook",
+                                 "https://[2606:4700:4700::1111]/hook"])
+async def test_ipv6_forms_of_public_addresses_are_allowed(url):
+    host, addresses = await outbound.check_url(url, allow_private=False)
+    assert addresses == [host]
