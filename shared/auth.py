@@ -71,8 +71,14 @@ class Principal:
         raise OutOfScope(f"token is scoped to {self.region}; {requested} is not under it")
 
 
-def _unauthorized(detail: str) -> Problem:
-    return Problem(401, "unauthorized", "Authentication required", detail)
+def _unauthorized(detail: str, bad_token: bool = True) -> Problem:
+    """401 with the RFC 6750 challenge: ``error="invalid_token"`` when a token was sent but refused."""
+    challenge = 'Bearer realm="changai"'
+    if bad_token:
+        # a header holds printable ASCII only, and a quoted string no quote or backslash
+        reason = "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in detail)[:200]
+        challenge += f', error="invalid_token", error_description="{reason}"'
+    return Problem(401, "unauthorized", "Authentication required", detail, headers={"WWW-Authenticate": challenge})
 
 
 @lru_cache
@@ -117,10 +123,12 @@ def require(scope: str):
         header = request.headers.get("authorization", "")
         kind, _, token = header.partition(" ")
         if kind.lower() != "bearer" or not token:
-            raise _unauthorized("send 'Authorization: Bearer <token>'")
+            raise _unauthorized("send 'Authorization: Bearer <token>'", bad_token=False)
         principal = await decode_token(token.strip(), settings)
         if scope not in principal.scopes:
-            raise Problem(403, "insufficient-scope", "Token lacks the required scope", f"this call needs scope {scope!r}")
+            challenge = f'Bearer realm="changai", error="insufficient_scope", scope="{scope}"'
+            raise Problem(403, "insufficient-scope", "Token lacks the required scope",
+                          f"this call needs scope {scope!r}", headers={"WWW-Authenticate": challenge})
         request.state.principal = principal
         return principal
 
@@ -141,6 +149,10 @@ def document_scopes(routes) -> None:
         return found
 
     for route in routes:
+        included = getattr(route, "original_router", None)  # a router included in this one (FastAPI >= 0.120)
+        if included is not None:
+            document_scopes(included.routes)
+            continue
         if not isinstance(route, APIRoute):
             continue
         scopes = scopes_of(route.dependant)

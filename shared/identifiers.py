@@ -51,8 +51,9 @@ def parse_resident_id(value: str, today: date | None = None) -> ResidentId:
 
 
 def mask_id_number(number: str) -> str:
-    """``640104********123X``: region prefix and last four shown, birth date hidden."""
-    return number[:6] + "*" * 8 + number[-4:]
+    """``**************123X``: the last four only. Showing the region prefix too left only the 8
+    birth-date digits hidden, which a birth year and the check character narrow to ~33 candidates."""
+    return "*" * (len(number) - 4) + number[-4:]
 
 
 def mask_phone(phone: str) -> str:

@@ -5,6 +5,7 @@ import asyncio
 import base64
 import binascii
 import logging
+import math
 import re
 import uuid
 from datetime import date
@@ -12,15 +13,15 @@ from typing import Literal
 
 import asyncpg
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.requests import ClientDisconnect
 
-from services.membership import domain, store
-from services.membership.importer import Importer, ImportFailed
-from services.membership.pii import Vault, parse_id_number, uuid7
+from services.membership import domain, export, store
+from services.membership.importer import Importer, ImportFailed, TextDecoder
+from services.membership.pii import Vault, home_prefecture, parse_id_number, uuid7
 from shared import outbox, regions
 from shared.auth import Principal, require
-from shared.http import write
+from shared.http import problem_response, write
 from shared.identifiers import mask_phone
 from shared.logging import trace_id_var
 from shared.problems import Problem, invalid, not_found
@@ -117,7 +118,7 @@ def member_view(row: asyncpg.Record) -> dict:
     return {
         "id": str(row["id"]), "branch_id": str(row["branch_id"]), "name": row["name"],
         "id_number_masked": row["id_masked"], "phone_masked": row["phone_masked"],
-        "birth_year": row["birth_date"].year, "sex": row["sex"], "home_region_code": row["home_region_code"],
+        "birth_year": row["birth_year"], "sex": row["sex"], "home_region_code": row["home_region_code"],
         "region_code": row["region_code"], "city_code": regions.city_of(row["region_code"]),
         "employment_form": row["employment_form"], "occupation": row["occupation"],
         "skill_level": row["skill_level"], "skill_level_name": domain.SKILL_LEVELS.get(row["skill_level"]),
@@ -183,8 +184,11 @@ async def establish_branch(body: domain.BranchIn, request: Request, principal: P
         if existing:
             raise Problem(409, "branch-exists", "Employer already has an active union branch",
                           f"credit code {body.credit_code} belongs to branch {existing}", branch_id=str(existing))
-        if body.parent_id and not await store.branch_exists(conn, body.parent_id):
-            raise invalid("parent_id", "no such branch")
+        if body.parent_id:
+            parent = await store.get_branch(conn, body.parent_id)
+            if parent is None:
+                raise invalid("parent_id", "no such branch")
+            principal.ensure_region(parent["region_code"])
         event = domain.establish_branch(body)
         try:
             async with conn.transaction():  # a savepoint: the unique index may refuse it
@@ -230,8 +234,10 @@ async def update_branch(branch_id: uuid.UUID, body: domain.BranchPatch, request:
         if body.region_code is not None:
             principal.ensure_region(body.region_code)
         if body.parent_id is not None:
-            if not await store.branch_exists(conn, body.parent_id):
+            parent = await store.get_branch(conn, body.parent_id)
+            if parent is None:
                 raise invalid("parent_id", "no such branch")
+            principal.ensure_region(parent["region_code"])  # a parent in another city: 403
             if await store.parent_chain_has(conn, body.parent_id, branch_id):
                 raise invalid("parent_id", "would make the branch its own ancestor")
         event = domain.update_branch(branch, body)
@@ -331,11 +337,16 @@ async def join(body: domain.MemberIn, request: Request, principal: Principal = D
                         phone_masked=mask_phone(body.phone) if body.phone else None)
 
         skill = body.skill_level
-        row = await store.insert_member(conn, id=member_id, id_hash=id_hash, birth_date=person.birth_date,
-                                        sex=person.sex, home_region_code=person.region_code, skill_level=skill,
+        row = await store.insert_member(conn, id=member_id, id_hash=id_hash, birth_year=person.birth_date.year,
+                                        sex=person.sex, home_region_code=home_prefecture(person.region_code),
+                                        skill_level=skill,
                                         **fields, **secrets(member_id))
         if row is None:
             existing = await store.member_by_hash(conn, id_hash, lock=True)
+            if existing["status"] == "active" and not principal.may_act_on(existing["region_code"]):
+                # Outside the caller's scope: that the person is a member is all it may learn.
+                raise Problem(409, "already-a-member-elsewhere", "This person is already a member elsewhere",
+                              "a member of a branch outside your organisation scope")
             if existing["status"] == "active":
                 raise Problem(409, "already-a-member", "This person is already a member",
                               f"member {existing['id']}", member_id=str(existing["id"]),
@@ -353,13 +364,91 @@ async def join(body: domain.MemberIn, request: Request, principal: Principal = D
     return await _write(request, principal, "members.join", _pii_safe(request, body.model_dump(mode="json")), run)
 
 
-@router.post("/members:lookup", tags=["members"], summary="Find a member by ID number (sent in the body, never in a URL)")
+LOOKUP_WINDOW_S = 60
+
+
+@router.post("/members:lookup", tags=["members"],
+             summary="Find a member by ID number (in the body, never in a URL); audited, rate-limited per caller")
 async def lookup(body: domain.LookupIn, request: Request, principal: Principal = Depends(require(READ))):
-    found = await store.member_by_hash(request.app.state.db, vault(request).lookup_hash(body.id_number))
-    row = await store.get_member(request.app.state.db, found["id"]) if found else None
-    if row is None or not principal.may_act_on(row["region_code"]):
+    # A lookup confirms a guessed number: each one is audited like a reveal, and a caller gets
+    # ``lookup_rate_per_minute`` of them (counted in the audit table, so across replicas).
+    per_minute = request.app.state.settings.lookup_rate_per_minute
+    id_hash = vault(request).lookup_hash(body.id_number)
+    trace_id = trace_id_var.get()
+    row, retry_after = None, None
+    async with request.app.state.db.acquire() as conn, conn.transaction():
+        await store.lock_lookups_of(conn, principal.subject)
+        counted, oldest = await store.lookups_in_window(conn, principal.subject, LOOKUP_WINDOW_S)
+        if counted >= per_minute:
+            retry_after = min(LOOKUP_WINDOW_S, max(1, math.ceil(
+                await store.window_left_s(conn, oldest, LOOKUP_WINDOW_S))))
+            outcome = "rate_limited"
+        else:
+            found = await store.member_by_hash(conn, id_hash)
+            row = await store.get_member(conn, found["id"]) if found else None
+            if row is not None and not principal.may_act_on(row["region_code"]):
+                row = None
+            outcome = "found" if row is not None else "not_found"
+        await store.insert_lookup(conn, uuid7(), principal.subject, principal.region, outcome,
+                                  row["id"] if row is not None else None, trace_id)
+    if retry_after is not None:
+        response = problem_response(Problem(
+            429, "too-many-lookups", "Too many lookups",
+            f"at most {per_minute} lookups a minute per caller; retry after {retry_after} s"), request)
+        response.headers["Retry-After"] = str(retry_after)
+        return response
+    if row is None:
         raise Problem(404, "not-found", "member not found", "no member with that ID number in your organisation scope")
     return member_view(row)
+
+
+@router.get("/lookups", tags=["members"],
+            summary="The audit of lookups by ID number: who, when, outcome, trace id (scope membership:audit)")
+async def list_lookups(request: Request, subject: str | None = Query(None, max_length=200, description="one caller"),
+                       limit: int = Limit, cursor: str | None = Cursor,
+                       principal: Principal = Depends(require(AUDIT))) -> dict:
+    rows = await store.list_lookups(request.app.state.db, scope_regions=regions.descendants(principal.region),
+                                    subject=subject, after=_cursor_in(cursor, int), limit=limit + 1)
+    return _page([{"id": str(r["id"]), "by": r["subject"], "scope_region": r["scope_region"], "outcome": r["outcome"],
+                   "member_id": str(r["member_id"]) if r["member_id"] else None, "trace_id": r["trace_id"],
+                   "looked_up_at": r["looked_up_at"].isoformat()} for r in rows], rows, limit, lambda r: r["seq"])
+
+
+EXPORT_COLUMNS = ("id", "branch_id", "name", "id_number_masked", "phone_masked", "birth_year", "sex",
+                  "home_region_code", "region_code", "city_code", "employment_form", "occupation", "skill_level",
+                  "status", "joined_on", "ended_on")
+
+
+@router.get("/members:export", tags=["members"], response_class=StreamingResponse,
+            responses={200: {"content": {"text/csv": {}}, "description": "UTF-8 CSV with BOM, masked data"}},
+            summary="Members as CSV (masked; a cell that would run as a formula is neutralised)")
+async def export_members(request: Request, region: str | None = Query(None, description="city or county, and below"),
+                         branch_id: uuid.UUID | None = None, employment_form: domain.EmploymentForm | None = None,
+                         status: Literal["active", "left", "lapsed"] | None = None,
+                         skill_level: int | None = Query(None, ge=1, le=5),
+                         principal: Principal = Depends(require(READ))):
+    db, scope = request.app.state.db, _scope_regions(principal, region)
+
+    async def rows():
+        after = None
+        while True:
+            page = await store.list_members(
+                db, regions=scope, branch_id=branch_id, status=status, skill_level=skill_level,
+                employment_form=employment_form.value if employment_form else None, after=after, limit=1000)
+            for r in page:
+                view = member_view(r)
+                yield [view[c] for c in EXPORT_COLUMNS]
+            if len(page) < 1000:
+                return
+            after = page[-1]["id"]
+
+    async def body():
+        yield export.csv_header(EXPORT_COLUMNS)
+        async for values in rows():
+            yield export.csv_line(values)
+
+    return StreamingResponse(body(), media_type="text/csv; charset=utf-8",
+                             headers={"Content-Disposition": 'attachment; filename="members.csv"'})
 
 
 @router.get("/members", tags=["members"], summary="Members, filtered, a page at a time")
@@ -423,10 +512,11 @@ async def transfer(member_id: uuid.UUID, body: domain.TransferIn, request: Reque
         target = _referenced_branch(locked, body.to_branch_id, principal, "to_branch_id")
         domain.check_transfer(member, source, target)
         on = _today(body.transferred_on)
+        reason = body.reason
         await store.set_member_branch(conn, member_id, target["id"])
-        await store.insert_transfers(conn, [(uuid.uuid4(), member_id, source["id"], target["id"], body.reason, on,
+        await store.insert_transfers(conn, [(uuid.uuid4(), member_id, source["id"], target["id"], reason, on,
                                              principal.subject)])
-        event = domain.member_moved(member_id, member["employment_form"], source, target, body.reason, on)
+        event = domain.member_moved(member_id, member["employment_form"], source, target, reason, on)
         await outbox.add(conn, event, trace_id=trace_id_var.get())
         return 200, member_view(await store.get_member(conn, member_id))
 
@@ -512,6 +602,12 @@ def _import_format(content_type: str | None, fmt: str | None) -> tuple[str, str 
                           "or say ?format=csv|ndjson")
     if fmt == "ndjson" and charset and charset.lower().replace("_", "-") not in ("utf-8", "utf8"):
         raise Problem(415, "unsupported-media-type", "NDJSON must be UTF-8")
+    if fmt == "csv" and charset:
+        try:
+            TextDecoder(charset)  # refused here, before an import is recorded
+        except ImportFailed:
+            raise Problem(415, "unsupported-media-type", "Unsupported charset",
+                          "send CSV as charset=utf-8 or charset=gb18030 (or say none: it is detected)") from None
     return fmt, charset
 
 
@@ -552,12 +648,13 @@ async def import_members(request: Request,
     length = request.headers.get("content-length")
     await store.create_import(db, import_id, principal.subject, principal.region, fmt, branch_id,
                               int(length) if length and length.isdigit() else None)
-    importer = Importer(db, vault(request), principal, import_id, fmt, charset=charset, default_branch=branch_id,
-                        batch_rows=getattr(settings, "import_batch_rows", 5000),
-                        writers=getattr(settings, "import_writers", 2), trace_id=trace_id_var.get())
     started = asyncio.get_running_loop().time()
     error: str | None = None
+    importer: Importer | None = None
     try:
+        importer = Importer(db, vault(request), principal, import_id, fmt, charset=charset, default_branch=branch_id,
+                            batch_rows=getattr(settings, "import_batch_rows", 5000),
+                            writers=getattr(settings, "import_writers", 2), trace_id=trace_id_var.get())
         await importer.run(request.stream())
     except ImportFailed as exc:
         error = str(exc)
@@ -566,14 +663,15 @@ async def import_members(request: Request,
     except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
         log.warning("member import stopped: database unavailable",
                     extra={"import_id": str(import_id), "error": type(exc).__name__})
-        await _finish_quietly(db, importer, "the database became unavailable; the rows written so far are kept")
+        await _finish_quietly(db, import_id, importer,
+                              "the database became unavailable; the rows written so far are kept")
         raise Problem(503, "database-unavailable", "The database is not available; upload the file again later",
                       "rows already written are kept and will be reported as already members",
                       import_id=str(import_id)) from None
     except BaseException:
-        await _finish_quietly(db, importer, "internal error: the rows written so far are kept; upload again")
+        await _finish_quietly(db, import_id, importer, "internal error: the rows written so far are kept; upload again")
         raise
-    rec = await _finish(db, importer, "failed" if error else "completed", error)
+    rec = await _finish(db, import_id, importer, "failed" if error else "completed", error)
     log.info("member import finished", extra={
         "import_id": str(import_id), "status": rec["status"], "rows": rec["rows_total"], "accepted": rec["accepted"],
         "rejected": rec["rejected"], "already_members": rec["already_members"],
@@ -584,16 +682,20 @@ async def import_members(request: Request,
     return JSONResponse(import_view(rec), status_code=201, headers={"Location": f"/v1/imports/{import_id}"})
 
 
-async def _finish_quietly(db, importer: Importer, error: str) -> None:
+async def _finish_quietly(db, import_id: uuid.UUID, importer: Importer | None, error: str) -> None:
+    """Record a failed import (never left ``running``); the original failure is the one to report."""
     try:
-        await _finish(db, importer, "failed", error)
-    except Exception:  # noqa: BLE001 - the original failure is the one to report
-        log.warning("could not record the failed import", extra={"import_id": str(importer.import_id)})
+        await _finish(db, import_id, importer, "failed", error)
+    except Exception:  # noqa: BLE001
+        log.warning("could not record the failed import", extra={"import_id": str(import_id)})
 
 
-async def _finish(db, importer: Importer, status: str, error: str | None):
+async def _finish(db, import_id: uuid.UUID, importer: Importer | None, status: str, error: str | None):
+    if importer is None:  # it failed before it read anything
+        return await store.finish_import(db, import_id, status=status, encoding=None, rows_total=0, bytes_read=0,
+                                         sha256=None, ignored_columns=[], error=error)
     return await store.finish_import(
-        db, importer.import_id, status=status, encoding=(importer.decoder.encoding if importer.decoder else "utf-8"),
+        db, import_id, status=status, encoding=(importer.decoder.encoding if importer.decoder else "utf-8"),
         rows_total=importer.counts.rows, bytes_read=importer.counts.bytes,
         sha256=getattr(importer, "sha256", None) if status == "completed" else None,
         ignored_columns=importer.ignored_columns, error=error)

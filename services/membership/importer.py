@@ -631,9 +631,9 @@ class Importer:
                 number, phone = r.number, r.phone
                 records.append((
                     r.member_id, r.branch_id, r.name, r.id_hash, seal_id(nonces[24 * i:24 * i + 12], mid, number),
-                    number[:6] + "********" + number[14:],
+                    "**************" + number[14:],  # shared.identifiers.mask_id_number, inline
                     seal_phone(nonces[24 * i + 12:24 * i + 24], mid, phone) if phone else None,
-                    phone[:3] + "****" + phone[7:] if phone else None, r.birth_date, r.sex, number[:6],
+                    phone[:3] + "****" + phone[7:] if phone else None, r.birth_date.year, r.sex, number[:4] + "00",
                     r.employment_form, r.occupation, r.skill_level, r.joined_on, r.row))
             await conn.copy_records_to_table("member_stage", records=records, columns=STAGE_COLUMNS)
             cols = ", ".join(STAGE_COLUMNS)
@@ -647,16 +647,21 @@ class Importer:
         missing = [h for h, r in staged.items() if r.member_id not in inserted]
         if missing:
             existing = {m["id_hash"]: m for m in await conn.fetch(
-                "SELECT id, id_hash, status, import_id, import_row FROM members WHERE id_hash = ANY($1::bytea[])",
-                missing)}
+                "SELECT m.id, m.id_hash, m.status, m.import_id, m.import_row, b.region_code FROM members m "
+                "JOIN branches b ON b.id = m.branch_id WHERE m.id_hash = ANY($1::bytea[])", missing)}
         for h in missing:
             r, m = staged[h], existing.get(h)
             if m is None:  # cannot happen: the conflict was on this hash
                 bad.append(Rejected(r.row, "id_number", "conflicting concurrent write; upload again"))
+            elif not self.principal.may_act_on(m["region_code"]):  # say nothing that identifies it
+                bad.append(Rejected(r.row, "id_number", "already a member elsewhere", "already_member"))
             else:
                 bad.append(Rejected(r.row, "id_number", _already_reason(m, self.import_id), "already_member", m["id"]))
         for r in dupes:
             first = staged[r.id_hash]
+            if first.member_id not in inserted and not self.principal.may_act_on(existing[r.id_hash]["region_code"]):
+                bad.append(Rejected(r.row, "id_number", "already a member elsewhere", "already_member"))
+                continue
             member_id = first.member_id if first.member_id in inserted else existing[r.id_hash]["id"]
             bad.append(Rejected(r.row, "id_number", f"already a member (same ID number as row {first.row} of this file)",
                                 "already_member", member_id))
@@ -714,7 +719,7 @@ def _already_reason(m, import_id: uuid.UUID) -> str:
 
 
 STAGE_COLUMNS = ["id", "branch_id", "name", "id_hash", "id_cipher", "id_masked", "phone_cipher", "phone_masked",
-                 "birth_date", "sex", "home_region_code", "employment_form", "occupation", "skill_level",
+                 "birth_year", "sex", "home_region_code", "employment_form", "occupation", "skill_level",
                  "joined_on", "import_row"]
 
 __all__ = ["Importer", "ImportFailed", "TextDecoder", "CsvRecords", "RowValidator", "joined_event_value", "id_check"]

@@ -19,6 +19,7 @@ class MembershipSettings(Settings):
     certificates_group_id: str = "membership-certificates"
     import_batch_rows: int = 5000              # rows per import transaction
     import_writers: int = 2                    # import transactions at once (each on its own connection)
+    lookup_rate_per_minute: int = 30           # POST /v1/members:lookup per caller (token subject) a minute
 
 
 def _membership_settings(settings: Settings | None) -> MembershipSettings:

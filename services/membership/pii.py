@@ -91,6 +91,15 @@ def age_on(born: date, day: date) -> int:
     return day.year - born.year - ((day.month, day.day) < (born.month, born.day))
 
 
+def home_prefecture(region_code: str) -> str:
+    """The prefecture-level GB/T 2260 code of an ID number's region prefix (``640104`` → ``640100``).
+
+    What is kept in clear of where a member was registered: with the county too, the last four
+    characters and the birth year would leave only the birth day unknown (~33 candidates once the
+    check character is applied); without it several hundred remain, which only the keys can tell apart."""
+    return region_code[:4] + "00"
+
+
 def home_region_name(code: str) -> str | None:
     region = regions.get(code)
     return region.name if region else None
@@ -147,4 +156,5 @@ def uuid7(ms: int | None = None) -> uuid.UUID:
 
 
 __all__ = ["Vault", "parse_id_number", "normalise_phone", "mask_phone", "region_prefix_problem", "uuid7", "age_on",
+           "home_prefecture",
            "InvalidIdentifier", "ResidentId"]

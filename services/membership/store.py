@@ -96,12 +96,12 @@ async def list_branches(conn: Conn, *, regions: list[str], industry_section: str
 
 
 # -- members -------------------------------------------------------------------
-MEMBER_COLUMNS = ("m.id, m.branch_id, m.name, m.id_masked, m.phone_masked, m.birth_date, m.sex, m.home_region_code, "
+MEMBER_COLUMNS = ("m.id, m.branch_id, m.name, m.id_masked, m.phone_masked, m.birth_year, m.sex, m.home_region_code, "
                   "m.employment_form, m.occupation, m.skill_level, m.status, m.joined_on, m.ended_on, m.created_at, "
                   "m.updated_at, b.region_code")
 
 
-MEMBER_RETURNING = ("id, branch_id, name, id_masked, phone_masked, birth_date, sex, home_region_code, employment_form, "
+MEMBER_RETURNING = ("id, branch_id, name, id_masked, phone_masked, birth_year, sex, home_region_code, employment_form, "
                     "occupation, skill_level, status, joined_on, ended_on")
 
 
@@ -116,8 +116,8 @@ async def insert_member(conn: asyncpg.Connection, **row: Any) -> asyncpg.Record 
 
 async def member_by_hash(conn: Conn, id_hash: bytes, *, lock: bool = False) -> asyncpg.Record | None:
     return await conn.fetchrow(
-        "SELECT id, branch_id, status, skill_level, employment_form FROM members WHERE id_hash = $1"
-        + (" FOR UPDATE" if lock else ""), id_hash)
+        "SELECT m.id, m.branch_id, m.status, m.skill_level, m.employment_form, b.region_code FROM members m "
+        "JOIN branches b ON b.id = m.branch_id WHERE m.id_hash = $1" + (" FOR UPDATE OF m" if lock else ""), id_hash)
 
 
 async def rejoin_member(conn: asyncpg.Connection, member_id: uuid.UUID, **row: Any) -> asyncpg.Record | None:
@@ -206,6 +206,45 @@ async def insert_reveal(conn: asyncpg.Connection, reveal_id: uuid.UUID, member_i
 async def reveals_of(conn: Conn, member_id: uuid.UUID) -> list[asyncpg.Record]:
     return await conn.fetch("SELECT id, subject, reason, fields, trace_id, revealed_at FROM member_reveals "
                             "WHERE member_id = $1 ORDER BY revealed_at, id", member_id)
+
+
+async def lock_lookups_of(conn: asyncpg.Connection, subject: str) -> None:
+    """One caller's lookups one at a time (this transaction), so its rate limit is counted exactly."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('member_lookups/' || $1, 0))", subject)
+
+
+async def lookups_in_window(conn: asyncpg.Connection, subject: str, seconds: int) -> tuple[int, Any]:
+    """(lookups counted against the caller's limit in the last ``seconds``, the oldest of them)."""
+    row = await conn.fetchrow(
+        "SELECT count(*) AS n, min(looked_up_at) AS oldest FROM member_lookups WHERE subject = $1 "
+        "AND outcome <> 'rate_limited' AND looked_up_at > clock_timestamp() - make_interval(secs => $2)",
+        subject, seconds)
+    return row["n"], row["oldest"]
+
+
+async def window_left_s(conn: asyncpg.Connection, oldest, seconds: int) -> float:
+    return await conn.fetchval("SELECT extract(epoch FROM $1::timestamptz + make_interval(secs => $2) "
+                               "- clock_timestamp())::float8", oldest, seconds)
+
+
+async def insert_lookup(conn: Conn, lookup_id: uuid.UUID, subject: str, scope_region: str, outcome: str,
+                        member_id: uuid.UUID | None, trace_id: str | None) -> None:
+    await conn.execute("INSERT INTO member_lookups (id, subject, scope_region, outcome, member_id, trace_id) "
+                       "VALUES ($1, $2, $3, $4, $5, $6)", lookup_id, subject, scope_region, outcome, member_id,
+                       trace_id)
+
+
+async def list_lookups(conn: Conn, *, scope_regions: list[str], subject: str | None, after: int | None,
+                       limit: int) -> list[asyncpg.Record]:
+    where, args = ["scope_region = ANY($1::text[])"], [scope_regions]
+    for clause, value in (("subject = ${}", subject), ("seq > ${}", after)):
+        if value is not None:
+            args.append(value)
+            where.append(clause.format(len(args)))
+    args.append(limit)
+    return await conn.fetch(
+        "SELECT seq, id, subject, scope_region, outcome, member_id, trace_id, looked_up_at FROM member_lookups "
+        f"WHERE {' AND '.join(where)} ORDER BY seq LIMIT ${len(args)}", *args)
 
 
 # -- stations ------------------------------------------------------------------

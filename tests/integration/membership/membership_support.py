@@ -56,9 +56,10 @@ class Membership:
         return r.json()
 
     async def join(self, branch_id: str, number: str | None = None, **extra) -> httpx.Response:
+        headers = extra.pop("headers", None) or auth()
         body = {"branch_id": branch_id, "name": "张三", "id_number": number or unique_id_number(),
                 "phone": phone(), "employment_form": "courier", **extra}
-        return await self.client.post("/v1/members", json=body, headers=extra.pop("headers", None) or auth())
+        return await self.client.post("/v1/members", json=body, headers=headers)
 
     async def member(self, branch_id: str, **extra) -> dict:
         r = await self.join(branch_id, **extra)
