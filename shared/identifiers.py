@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass
 from datetime import date
 
@@ -54,6 +55,24 @@ def mask_id_number(number: str) -> str:
     """``**************123X``: the last four only. Showing the region prefix too left only the 8
     birth-date digits hidden, which a birth year and the check character narrow to ~33 candidates."""
     return "*" * (len(number) - 4) + number[-4:]
+
+
+_PHONE = re.compile(r"1[3-9]\d{9}")
+_PHONE_NOISE = re.compile(r"[\s\-()]")
+
+
+def normalise_phone(value: str) -> str:
+    """A mainland mobile number as 11 digits (spaces, dashes and a +86 prefix are accepted)."""
+    phone = _PHONE_NOISE.sub("", value)
+    if phone.startswith("+86"):
+        phone = phone[3:]
+    elif phone.startswith("0086"):
+        phone = phone[4:]
+    elif len(phone) == 13 and phone.startswith("86"):
+        phone = phone[2:]
+    if not _PHONE.fullmatch(phone):
+        raise InvalidIdentifier("must be a mainland mobile number: 11 digits starting 13–19")
+    return phone
 
 
 def mask_phone(phone: str) -> str:

@@ -32,13 +32,14 @@ class Topic:
         }
 
 
-DOMAIN_SERVICES = ("membership", "training", "funding", "notifier")
+DOMAIN_SERVICES = ("membership", "training", "funding", "notifier", "reform")
 
 TOPICS: tuple[Topic, ...] = (
     Topic("membership.events", 6, purpose="membership domain events (branches, members, stations)"),
     Topic("training.events", 6, purpose="training domain events (sessions, enrolments, certificates, competitions, studios)"),
     Topic("funding.events", 6, purpose="funding domain events (funds, grants, disbursements, subsidies)"),
     Topic("notifier.events", 6, purpose="notice delivery outcomes"),
+    Topic("reform.events", 6, purpose="reform coordination events (the task ledger, member units, documents, pilots)"),
     # Dead letters: kept a few weeks so an operator can inspect and replay them.
     *(Topic(f"{s}.events.dlq", 1, retention_ms=4 * WEEK_MS, purpose=f"records of {s}.events that could not be parsed or validated")
       for s in DOMAIN_SERVICES),

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hmac
 import os
-import re
 import time
 import uuid
 from datetime import date
@@ -26,7 +25,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from shared import regions
-from shared.identifiers import InvalidIdentifier, ResidentId, keyed_hash, mask_phone, parse_resident_id
+from shared.identifiers import (  # noqa: F401  (normalise_phone: re-exported for membership's callers)
+    InvalidIdentifier, ResidentId, keyed_hash, mask_phone, normalise_phone, parse_resident_id,
+)
 
 BLOB_VERSION = b"\x01"
 
@@ -41,9 +42,6 @@ PROVINCES = frozenset({
 # codes people registered there still carry (ID numbers are never renumbered): 6421 银南地区
 # (until 1998, now 吴忠市) and 6422 固原地区 (until 2001, now 固原市).
 NINGXIA_PREFECTURES = frozenset({"01", "02", "03", "04", "05", "21", "22"})
-
-_PHONE = re.compile(r"1[3-9]\d{9}")
-_PHONE_NOISE = re.compile(r"[\s\-()]")
 
 
 def region_prefix_problem(prefix: str) -> str | None:
@@ -71,20 +69,6 @@ def parse_id_number(value: str, today: date | None = None) -> ResidentId:
     if problem:
         raise InvalidIdentifier(problem)
     return parsed
-
-
-def normalise_phone(value: str) -> str:
-    """A mainland mobile number as 11 digits (spaces, dashes and a +86 prefix are accepted)."""
-    phone = _PHONE_NOISE.sub("", value)
-    if phone.startswith("+86"):
-        phone = phone[3:]
-    elif phone.startswith("0086"):
-        phone = phone[4:]
-    elif len(phone) == 13 and phone.startswith("86"):
-        phone = phone[2:]
-    if not _PHONE.fullmatch(phone):
-        raise InvalidIdentifier("must be a mainland mobile number: 11 digits starting 13–19")
-    return phone
 
 
 def age_on(born: date, day: date) -> int:

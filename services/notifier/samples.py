@@ -34,6 +34,10 @@ BY_NAME: dict[str, Any] = {
     "attempts": 6, "latency_ms": 42, "skill_level": 3, "from_level": 4, "to_level": 3, "level": 3,
     "target_level": 3, "changed": ["name"], "services": ["饮水", "休息", "充电"],
     "kind": None,  # by type (an enum)
+    # reform ledger
+    "year": 2021, "year_id": "2021", "percent": 60, "doc_number": "宁人社发〔2021〕12号", "title": "完善产业工人技能评价体系",
+    "days_overdue": 3, "days_silent": 30, "units": 22, "tasks": 64, "completed": 64, "documents": 60, "pilots": 13,
+    "evidence_links": 2, "note": "已完成调研", "on_time": True,
 }
 AMOUNTS = {"amount_fen": 8_000_000, "total_fen": 50_000_000, "unspent_fen": 1_250_000, "released_fen": 300_000,
            "grant_remaining_fen": 2_000_000, "rate_fen": 80_000}
