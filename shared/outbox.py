@@ -43,6 +43,18 @@ PUBLISH_DELAY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
 _HEADERS = [("content-type", CONTENT_TYPE.encode())]
+# Topics whose records are not CloudEvents (a service's internal records written through its outbox)
+# and the content type they are labelled with instead: ``register_content_type``.
+_TOPIC_HEADERS: dict[str, list[tuple[str, bytes]]] = {}
+
+
+def register_content_type(topic: str, content_type: str) -> None:
+    """Label the records of ``topic`` as ``content_type`` (they are not CloudEvents)."""
+    _TOPIC_HEADERS[topic] = [("content-type", content_type.encode())]
+
+
+def content_type_headers(topic: str) -> list[tuple[str, bytes]]:
+    return _TOPIC_HEADERS.get(topic, _HEADERS)
 # Each running relay holds this advisory lock (shared mode) on its LISTEN connection: the relays of a
 # database count each other by it, and the share of one is 16 lanes / relays.
 PRESENCE_KEY = 0x6F7574626F78  # "outbox"
@@ -345,10 +357,11 @@ class OutboxRelay:
             builder = builders.get(tp)
             if builder is None:
                 builder = builders[tp] = producer.create_batch()
-            if builder.append(timestamp=None, key=key, value=r["value"], headers=_HEADERS) is None:
+            headers = _TOPIC_HEADERS.get(topic, _HEADERS)
+            if builder.append(timestamp=None, key=key, value=r["value"], headers=headers) is None:
                 futures.append(await producer.send_batch(builder, tp[0], partition=tp[1]))
                 builder = builders[tp] = producer.create_batch()
-                builder.append(timestamp=None, key=key, value=r["value"], headers=_HEADERS)  # a new batch takes one
+                builder.append(timestamp=None, key=key, value=r["value"], headers=headers)  # a new batch takes one
         for (topic, partition), builder in builders.items():
             futures.append(await producer.send_batch(builder, topic, partition=partition))
         return futures
