@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One database per service, each owned by a role of the same name (run once, by the
 # postgres image's entrypoint, when the data volume is new).
-#   CHANGAI_DATABASES    space-separated names, e.g. "membership training funding notifier"
+#   CHANGAI_DATABASES    space-separated names, e.g. "membership training funding notifier reform"
 #   CHANGAI_DB_PASSWORD  the password of those roles
 set -euo pipefail
 : "${CHANGAI_DATABASES:?set CHANGAI_DATABASES}"
