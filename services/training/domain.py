@@ -1,5 +1,6 @@
 """Training rules: what valid input is, which transitions are allowed, and the event each change
-produces. No I/O: the routes load rows, call these functions, and store what they return.
+produces. No I/O: the use cases (``usecases.py``) load rows, call these functions, and store what
+they return. Refusals are ``shared.errors`` exceptions (``refuse`` gives each its stable kind).
 
 Lifecycles (every transition is one event):
 
@@ -29,7 +30,8 @@ from shared.events.training import (
     Winner,
 )
 from shared.identifiers import InvalidIdentifier, validate_credit_code
-from shared.problems import Problem
+from shared.clock import today_cn
+from shared.errors import Conflict, DomainError, Invalid, RuleBroken
 
 BULK_MAX = 5000
 
@@ -81,9 +83,14 @@ def _known_region(v: str | None, *, allow_root: bool = True) -> str | None:
 
 
 def no_future_date(v: date | None, today: date | None = None) -> date | None:
-    if v is not None and v > (today or date.today()):
+    if v is not None and v > (today or today_cn()):
         raise ValueError("cannot be in the future")
     return v
+
+
+def refuse(cls: type[DomainError], kind: str, title: str, detail: str | None = None, **extra: Any) -> DomainError:
+    """A domain refusal with its stable kind (the problem ``type``) and title."""
+    return cls(detail, kind=kind, title=title, **extra)
 
 
 class _In(BaseModel):
@@ -149,11 +156,11 @@ def resolve_organiser(cmd: SessionIn, branch: Mapping | None) -> tuple[str | Non
     if cmd.organiser_kind is OrganiserKind.enterprise:
         return cmd.organiser_name, cmd.region_code  # type: ignore[return-value]
     if branch is None:
-        raise Problem(422, "unknown-organiser", "Organising branch is not known",
+        raise refuse(RuleBroken, "unknown-organiser", "Organising branch is not known",
                       f"branch {cmd.organiser_id} is not (yet) known to training; branches arrive from membership events",
                       errors=[{"field": "organiser_id", "reason": "no such branch"}])
     if branch["status"] != "active":
-        raise Problem(409, "organiser-inactive", "Organising branch is no longer active",
+        raise refuse(Conflict, "organiser-inactive", "Organising branch is no longer active",
                       f"branch {cmd.organiser_id} was {branch['status']}")
     return cmd.organiser_name or branch["name"], cmd.region_code or branch["region_code"]
 
@@ -193,14 +200,14 @@ class CancelIn(_In):
         return no_future_date(v)
 
 
-def _session_state_problem(session: Mapping, doing: str) -> Problem:
+def _session_state_problem(session: Mapping, doing: str) -> Conflict:
     status = session["status"]
     kind = {"completed": "session-completed", "cancelled": "session-cancelled",
             "scheduled": "session-not-started", "in_progress": "session-in-progress"}[status]
     title = {"completed": "Session is already completed", "cancelled": "Session was cancelled",
              "scheduled": "Session has not started", "in_progress": "Session is in progress"}[status]
-    return Problem(409, kind, title, f"cannot {doing}: session {session['id']} is {status}",
-                   session_status=status)
+    return Conflict(f"cannot {doing}: session {session['id']} is {status}", kind=kind, title=title,
+                    session_status=status)
 
 
 def _region_fields(session: Mapping) -> dict:
@@ -212,9 +219,7 @@ def start_session(session: Mapping, started_on: date) -> SessionStarted:
     if session["status"] != "scheduled":
         raise _session_state_problem(session, "start it")
     if started_on < session["starts_on"]:
-        raise Problem(422, "validation-error", "Request is not valid",
-                      f"started_on: {started_on} is before the scheduled start {session['starts_on']}",
-                      errors=[{"field": "started_on", "reason": "before the scheduled start"}])
+        raise Invalid("started_on", f"before the scheduled start {session['starts_on']}")
     return SessionStarted(session_id=session["id"], started_on=started_on, **_region_fields(session))
 
 
@@ -247,14 +252,12 @@ def complete_session(session: Mapping, programme: Mapping, enrolments: Iterable[
     if session["status"] != "in_progress":
         raise _session_state_problem(session, "complete it")
     if session["started_on"] and completed_on < session["started_on"]:
-        raise Problem(422, "validation-error", "Request is not valid",
-                      f"completed_on: {completed_on} is before the session started ({session['started_on']})",
-                      errors=[{"field": "completed_on", "reason": "before the session started"}])
+        raise Invalid("completed_on", f"before the session started ({session['started_on']})")
     passed, failed, pending, absent = [], [], [], []
     for e in enrolments:
         {"passed": passed, "failed": failed, "attended": pending, "enrolled": absent}.get(e["status"], []).append(e)
     if pending:
-        raise Problem(409, "results-pending", "Attendees without a result",
+        raise refuse(Conflict, "results-pending", "Attendees without a result",
                       f"{len(pending)} attendee(s) have no result yet; record passed or failed for each first",
                       pending_member_ids=sorted(str(e["member_id"]) for e in pending)[:100], pending=len(pending))
     eligible = sorted({e["member_id"] for e in passed if e["member_id"] in active_member_ids}, key=str)
@@ -300,15 +303,11 @@ class WithdrawIn(_In):
     reason: Text | None = Field(default=None, max_length=500)
 
 
-def problem_item(p: Problem) -> dict[str, Any]:
-    return p.body()
-
-
 @dataclass
 class Outcome:
     member_id: uuid.UUID
     enrolment_id: uuid.UUID | None = None
-    problem: Problem | None = None
+    problem: DomainError | None = None
 
     def view(self, done: str) -> dict[str, Any]:
         if self.problem is None:
@@ -333,17 +332,17 @@ def decide_enrolments(session: Mapping, requested: list[uuid.UUID], members: Map
         if mid in seen:
             problem = _duplicate(mid)
         elif mid in already:
-            problem = Problem(409, "already-enrolled", "Member is already enrolled in this session",
+            problem = refuse(Conflict, "already-enrolled", "Member is already enrolled in this session",
                               f"member {mid} already holds a place in session {session['id']}")
         elif member is None:
-            problem = Problem(422, "not-a-member", "Not a union member",
+            problem = refuse(RuleBroken, "not-a-member", "Not a union member",
                               f"{mid} is not (yet) known to training as a union member")
         elif member["status"] != "active":
             ended = member["ended_on"].isoformat() if member["ended_on"] else "earlier"
-            problem = Problem(409, "member-not-active", "Member is no longer a union member",
+            problem = refuse(Conflict, "member-not-active", "Member is no longer a union member",
                               f"member {mid} {member['status']} on {ended}", member_status=member["status"])
         elif free <= 0:
-            problem = Problem(409, "session-full", "Session is full",
+            problem = refuse(Conflict, "session-full", "Session is full",
                               f"session {session['id']} has all {session['capacity']} places taken",
                               capacity=session["capacity"])
         else:
@@ -360,19 +359,19 @@ def enrolled_events(session: Mapping, outcomes: Iterable[Outcome]) -> list[Enrol
 
 
 def _enrolment_problem(enrolment: Mapping | None, member_id: uuid.UUID, session: Mapping, want: set[str],
-                       doing: str) -> Problem | None:
+                       doing: str) -> Conflict | None:
     if enrolment is None:
-        return Problem(409, "not-enrolled", "Member is not enrolled in this session",
+        return refuse(Conflict, "not-enrolled", "Member is not enrolled in this session",
                        f"member {member_id} holds no place in session {session['id']}")
     if enrolment["status"] not in want:
-        return Problem(409, "invalid-transition", f"Cannot {doing}",
+        return refuse(Conflict, "invalid-transition", f"Cannot {doing}",
                        f"enrolment {enrolment['id']} is {enrolment['status']}; {doing} needs "
                        f"{' or '.join(sorted(want))}", enrolment_status=enrolment["status"])
     return None
 
 
-def _duplicate(member_id: uuid.UUID) -> Problem:
-    return Problem(409, "duplicate-item", "Member listed twice", f"member {member_id} appears more than once in "
+def _duplicate(member_id: uuid.UUID) -> Conflict:
+    return refuse(Conflict, "duplicate-item", "Member listed twice", f"member {member_id} appears more than once in "
                    "this request; only the first is applied")
 
 
@@ -452,7 +451,7 @@ class SessionCertificatesIn(_In):
 def issue_certificate(enrolment: Mapping, session: Mapping, programme: Mapping, issuer: str | None,
                       issued_on: date, certificate_id: uuid.UUID | None = None) -> CertificateIssued:
     if enrolment["status"] != "passed":
-        raise Problem(409, "enrolment-not-passed", "Only a passed enrolment earns a certificate",
+        raise refuse(Conflict, "enrolment-not-passed", "Only a passed enrolment earns a certificate",
                       f"enrolment {enrolment['id']} is {enrolment['status']}", enrolment_status=enrolment["status"])
     return CertificateIssued(
         certificate_id=certificate_id or uuid.uuid4(), serial=new_serial(issued_on.year),
@@ -541,7 +540,7 @@ class CompetitionResultsIn(_In):
 
 def _competition_state(c: Mapping, want: str, doing: str) -> None:
     if c["status"] != want:
-        raise Problem(409, "invalid-transition", f"Cannot {doing}",
+        raise refuse(Conflict, "invalid-transition", f"Cannot {doing}",
                       f"competition {c['id']} is {c['status']}; {doing} needs {want}", competition_status=c["status"])
 
 
@@ -562,15 +561,15 @@ def register_participants(c: Mapping, cmd: ParticipantsIn, members: Mapping[uuid
             bad.append({"field": "member_ids", "member_id": str(mid),
                         "reason": "not a union member" if m is None else f"member {m['status']}"})
     if bad:
-        raise Problem(422, "not-a-member", "Participants must be active union members",
+        raise refuse(RuleBroken, "not-a-member", "Participants must be active union members",
                       f"{len(bad)} of the named participants are not active members", errors=bad)
     if cmd.branch_id is not None:
         if branch is None:
-            raise Problem(422, "unknown-branch", "Reporting branch is not known",
+            raise refuse(RuleBroken, "unknown-branch", "Reporting branch is not known",
                           f"branch {cmd.branch_id} is not (yet) known to training",
                           errors=[{"field": "branch_id", "reason": "no such branch"}])
         if branch["status"] != "active":
-            raise Problem(409, "branch-inactive", "Reporting branch is no longer active",
+            raise refuse(Conflict, "branch-inactive", "Reporting branch is no longer active",
                           f"branch {cmd.branch_id} was {branch['status']}")
     unique = list(dict.fromkeys(cmd.member_ids))
     new = [m for m in unique if m not in registered]
@@ -585,26 +584,22 @@ def register_participants(c: Mapping, cmd: ParticipantsIn, members: Mapping[uuid
 def hold_competition(c: Mapping, held_on: date) -> CompetitionHeld:
     _competition_state(c, "announced", "mark it held")
     if held_on < c["starts_on"]:
-        raise Problem(422, "validation-error", "Request is not valid",
-                      f"held_on: {held_on} is before the competition starts ({c['starts_on']})",
-                      errors=[{"field": "held_on", "reason": "before starts_on"}])
+        raise Invalid("held_on", f"before the competition starts ({c['starts_on']})")
     return CompetitionHeld(participants=c["named"] + c["reported"], held_on=held_on, **_competition_fields(c))
 
 
 def publish_results(c: Mapping, cmd: CompetitionResultsIn, registered: set[uuid.UUID]) -> CompetitionResultsPublished:
     _competition_state(c, "held", "publish results")
     if cmd.published_on < c["held_on"]:
-        raise Problem(422, "validation-error", "Request is not valid", "published_on: before the competition was held",
-                      errors=[{"field": "published_on", "reason": "before held_on"}])
+        raise Invalid("published_on", "before the competition was held")
     bad = [{"field": f"winners.{i}.member_id", "reason": "not a registered participant"}
            for i, w in enumerate(cmd.winners) if w.member_id is not None and w.member_id not in registered]
     if bad:
-        raise Problem(422, "not-a-participant", "A winner is not a registered participant",
+        raise refuse(RuleBroken, "not-a-participant", "A winner is not a registered participant",
                       "a winner named by member id must have been registered as a participant", errors=bad)
     named = [w.member_id for w in cmd.winners if w.member_id is not None]
     if len(named) != len(set(named)):
-        raise Problem(422, "validation-error", "Request is not valid", "winners: a member is listed twice",
-                      errors=[{"field": "winners", "reason": "a member is listed twice"}])
+        raise Invalid("winners", "a member is listed twice")
     winners = [Winner(**w.model_dump()) for w in sorted(cmd.winners, key=lambda w: w.rank)]
     return CompetitionResultsPublished(winners=winners, published_on=cmd.published_on, **_competition_fields(c))
 
@@ -653,7 +648,7 @@ class RevokeIn(_In):
 
 def recognise_studio(cmd: StudioIn, lead: Mapping | None, studio_id: uuid.UUID | None = None) -> StudioRecognised:
     if cmd.lead_member_id is not None and lead is None:
-        raise Problem(422, "not-a-member", "Lead worker is not a known union member",
+        raise refuse(RuleBroken, "not-a-member", "Lead worker is not a known union member",
                       f"lead_member_id {cmd.lead_member_id} is not known to training",
                       errors=[{"field": "lead_member_id", "reason": "not a union member"}])
     industry, _ = normalise_industry(cmd.industry)
@@ -670,21 +665,19 @@ def _studio_fields(s: Mapping) -> dict:
 
 def _studio_active(s: Mapping, doing: str) -> None:
     if s["status"] != "recognised":
-        raise Problem(409, "studio-revoked", "Studio was revoked", f"cannot {doing}: studio {s['id']} was revoked "
+        raise refuse(Conflict, "studio-revoked", "Studio was revoked", f"cannot {doing}: studio {s['id']} was revoked "
                       f"on {s['revoked_on']}")
 
 
 def evaluate_studio(s: Mapping, cmd: EvaluationIn) -> StudioEvaluated:
     _studio_active(s, "evaluate it")
     if cmd.evaluated_on < s["recognised_on"]:
-        raise Problem(422, "validation-error", "Request is not valid", "evaluated_on: before the studio was recognised",
-                      errors=[{"field": "evaluated_on", "reason": "before recognised_on"}])
+        raise Invalid("evaluated_on", "before the studio was recognised")
     return StudioEvaluated(rating=cmd.rating, evaluated_on=cmd.evaluated_on, **_studio_fields(s))
 
 
 def revoke_studio(s: Mapping, cmd: RevokeIn) -> StudioRevoked:
     _studio_active(s, "revoke it")
     if cmd.revoked_on < s["recognised_on"]:
-        raise Problem(422, "validation-error", "Request is not valid", "revoked_on: before the studio was recognised",
-                      errors=[{"field": "revoked_on", "reason": "before recognised_on"}])
+        raise Invalid("revoked_on", "before the studio was recognised")
     return StudioRevoked(reason=cmd.reason, revoked_on=cmd.revoked_on, **_studio_fields(s))

@@ -22,9 +22,9 @@ from shared.events.training import (
 Conn = asyncpg.Connection | asyncpg.Pool
 
 
-# ============================================================================ filters and pages
+# ============================================================================ filters and lists
 class Filter:
-    """``WHERE`` clauses with numbered placeholders: ``f.add("status = ?", "active")``."""
+    """``WHERE`` clauses with numbered placeholders: ``f.add("status = ?", "active")``; a None value adds nothing."""
 
     def __init__(self) -> None:
         self.clauses: list[str] = []
@@ -40,13 +40,63 @@ class Filter:
         return " AND ".join(self.clauses) or "true"
 
 
-async def page(conn: Conn, table: str, f: Filter, after: int | None, limit: int) -> tuple[list[asyncpg.Record], int | None]:
-    """Rows in ``seq`` order after the cursor; (rows, seq of the last row when there are more)."""
+async def _page(conn: Conn, table: str, f: Filter, after: int | None, limit: int) -> list[asyncpg.Record]:
+    """Up to ``limit + 1`` rows in ``seq`` order after the cursor (the extra row says there are more)."""
     f.add("seq > ?", after)
-    rows = await conn.fetch(f"SELECT * FROM {table} WHERE {f.sql()} ORDER BY seq LIMIT {int(limit) + 1}", *f.args)
-    if len(rows) > limit:
-        return rows[:limit], rows[limit - 1]["seq"]
-    return rows, None
+    return await conn.fetch(f"SELECT * FROM {table} WHERE {f.sql()} ORDER BY seq LIMIT {int(limit) + 1}", *f.args)
+
+
+def _value(v: Any) -> Any:
+    return getattr(v, "value", v)  # an enum filter by its value
+
+
+async def list_programmes(conn: Conn, *, after: int | None, limit: int, subsidy_category=None, provider_kind=None,
+                          occupation: str | None = None) -> list[asyncpg.Record]:
+    f = Filter().add("subsidy_category = ?", _value(subsidy_category)).add("provider_kind = ?", _value(provider_kind)) \
+        .add("occupation = ?", occupation)
+    return await _page(conn, "programmes", f, after, limit)
+
+
+async def list_sessions(conn: Conn, *, region_codes: list[str], after: int | None, limit: int,
+                        programme_id: uuid.UUID | None = None, status: str | None = None, subsidy_category=None,
+                        organiser_id: str | None = None, starts_from: date | None = None,
+                        starts_to: date | None = None) -> list[asyncpg.Record]:
+    f = Filter().add("region_code = ANY(?::text[])", region_codes).add("programme_id = ?", programme_id) \
+        .add("status = ?", status).add("subsidy_category = ?", _value(subsidy_category)) \
+        .add("organiser_id = ?", organiser_id).add("starts_on >= ?", starts_from).add("starts_on <= ?", starts_to)
+    return await _page(conn, "sessions", f, after, limit)
+
+
+async def list_enrolments(conn: Conn, *, after: int | None, limit: int, region_codes: list[str] | None = None,
+                          member_id: uuid.UUID | None = None, session_id: uuid.UUID | None = None,
+                          status: str | None = None) -> list[asyncpg.Record]:
+    f = Filter().add("session_id IN (SELECT id FROM sessions WHERE region_code = ANY(?::text[]))", region_codes) \
+        .add("member_id = ?", member_id).add("session_id = ?", session_id).add("status = ?", status)
+    return await _page(conn, "enrolments", f, after, limit)
+
+
+async def list_certificates(conn: Conn, *, region_codes: list[str], after: int | None, limit: int,
+                            member_id: uuid.UUID | None = None, session_id: uuid.UUID | None = None
+                            ) -> list[asyncpg.Record]:
+    f = Filter().add("region_code = ANY(?::text[])", region_codes).add("member_id = ?", member_id) \
+        .add("session_id = ?", session_id)
+    return await _page(conn, "certificates", f, after, limit)
+
+
+async def list_competitions(conn: Conn, *, region_codes: list[str], after: int | None, limit: int, kind=None,
+                            tier=None, industry: str | None = None, status: str | None = None,
+                            year: int | None = None) -> list[asyncpg.Record]:
+    f = Filter().add("region_code = ANY(?::text[])", region_codes).add("kind = ?", _value(kind)) \
+        .add("tier = ?", _value(tier)).add("industry = ?", industry).add("status = ?", status) \
+        .add("extract(year FROM starts_on) = ?", year)
+    return await _page(conn, "competitions", f, after, limit)
+
+
+async def list_studios(conn: Conn, *, region_codes: list[str], after: int | None, limit: int, kind=None, level=None,
+                       industry: str | None = None, status: str | None = None) -> list[asyncpg.Record]:
+    f = Filter().add("region_code = ANY(?::text[])", region_codes).add("kind = ?", _value(kind)) \
+        .add("level = ?", _value(level)).add("industry = ?", industry).add("status = ?", status)
+    return await _page(conn, "studios", f, after, limit)
 
 
 # ============================================================================ member read model

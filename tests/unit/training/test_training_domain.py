@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from services.training import domain
-from shared.problems import Problem
+from shared.errors import DomainError, status_of
 
 SESSION_ID, PROGRAMME_ID = uuid.uuid4(), uuid.uuid4()
 
@@ -37,7 +37,7 @@ def test_enrolment_decisions_in_request_order():
     outcomes = domain.decide_enrolments(session(enrolled=1), [a, stranger, left, a, b, c, d], members, already={c})
     assert kinds(outcomes) == ["ok", "not-a-member", "member-not-active", "duplicate-item", "ok", "already-enrolled",
                                "session-full"]
-    assert [o.problem.status for o in outcomes if o.problem] == [422, 409, 409, 409, 409]
+    assert [status_of(o.problem) for o in outcomes if o.problem] == [422, 409, 409, 409, 409]
     assert all(o.enrolment_id for o in outcomes if o.problem is None)
     events = domain.enrolled_events(session(), outcomes)
     assert [e.member_id for e in events] == [a, b]
@@ -46,9 +46,9 @@ def test_enrolment_decisions_in_request_order():
 
 @pytest.mark.parametrize("status, kind", [("completed", "session-completed"), ("cancelled", "session-cancelled")])
 def test_closed_sessions_take_no_enrolments(status, kind):
-    with pytest.raises(Problem) as err:
+    with pytest.raises(DomainError) as err:
         domain.decide_enrolments(session(status=status), [uuid.uuid4()], {}, set())
-    assert (err.value.status, err.value.kind) == (409, kind)
+    assert (status_of(err.value), err.value.kind) == (409, kind)
 
 
 def enrolment(status, member_id=None) -> dict:
@@ -69,16 +69,16 @@ def test_completion_counts_person_times_and_eligible_active_members():
 
 
 def test_completion_needs_every_attendee_assessed_and_a_started_session():
-    with pytest.raises(Problem) as err:
+    with pytest.raises(DomainError) as err:
         domain.complete_session(session(status="in_progress"), PROGRAMME, [enrolment("attended"), enrolment("passed")],
                                 set(), date(2021, 4, 20))
     assert (err.value.kind, err.value.extra["pending"]) == ("results-pending", 1)
-    with pytest.raises(Problem) as err:
+    with pytest.raises(DomainError) as err:
         domain.complete_session(session(status="scheduled"), PROGRAMME, [], set(), date(2021, 4, 20))
     assert err.value.kind == "session-not-started"
-    with pytest.raises(Problem) as err:
+    with pytest.raises(DomainError) as err:
         domain.complete_session(session(status="in_progress"), PROGRAMME, [], set(), date(2021, 3, 20))
-    assert err.value.status == 422
+    assert status_of(err.value) == 422
 
 
 def test_attendance_and_results_follow_the_enrolment_lifecycle():
@@ -90,10 +90,10 @@ def test_attendance_and_results_follow_the_enrolment_lifecycle():
     assert [e.enrolment_id for e in events] == [a["id"]]
     outcomes, events = domain.decide_results(s, [(b["member_id"], "failed"), (c["member_id"], "passed")], live)
     assert kinds(outcomes) == ["ok", "invalid-transition"] and events[0].result == "failed"
-    with pytest.raises(Problem):
+    with pytest.raises(DomainError):
         domain.decide_attendance(session(status="scheduled"), [a["member_id"]], live)
     assert domain.withdraw(s, b, "病假").reason == "病假"
-    with pytest.raises(Problem) as err:
+    with pytest.raises(DomainError) as err:
         domain.withdraw(s, c, None)
     assert err.value.kind == "invalid-transition"
 
@@ -102,7 +102,7 @@ def test_cancel_withdraws_live_enrolments():
     rows = [enrolment("enrolled"), enrolment("attended")]
     event, withdrawn = domain.cancel_session(session(status="in_progress"), rows, "停电", date(2021, 4, 5))
     assert event.reason == "停电" and [w.reason for w in withdrawn] == ["session cancelled"] * 2
-    with pytest.raises(Problem):
+    with pytest.raises(DomainError):
         domain.cancel_session(session(status="completed"), [], None, date(2021, 4, 5))
 
 
@@ -112,7 +112,7 @@ def test_certificate_only_for_passed_with_a_random_serial():
     assert (cert.occupation, cert.level, cert.issuer, cert.region_code) == ("电工", 4, "宁夏技师学院", "640302")
     assert re.fullmatch(r"NX2021-[2-9A-HJ-NP-Z]{4}-[2-9A-HJ-NP-Z]{4}-[2-9A-HJ-NP-Z]{4}", cert.serial)
     assert len({domain.new_serial(2021) for _ in range(2000)}) == 2000
-    with pytest.raises(Problem) as err:
+    with pytest.raises(DomainError) as err:
         domain.issue_certificate(enrolment("failed"), s, PROGRAMME, None, date(2021, 5, 1))
     assert err.value.kind == "enrolment-not-passed"
 
@@ -130,7 +130,7 @@ def test_session_input_rules():
                 {"organiser_kind": "branch", "organiser_id": str(uuid.uuid4()), "ends_on": "2021-03-01"}):
         with pytest.raises(ValidationError):
             domain.SessionIn(**{**base, **bad})
-    with pytest.raises(Problem) as err:
+    with pytest.raises(DomainError) as err:
         domain.resolve_organiser(domain.SessionIn(**base, organiser_kind="branch", organiser_id=str(uuid.uuid4())),
                                  {"status": "dissolved", "name": "x", "region_code": "640104"})
     assert err.value.kind == "organiser-inactive"
@@ -173,7 +173,7 @@ def test_participants_named_and_reported():
     _, _, nothing = domain.register_participants(competition(), domain.ParticipantsIn(member_ids=[b]),
                                                  {b: member()}, {b}, None)
     assert nothing is None
-    with pytest.raises(Problem) as err:
+    with pytest.raises(DomainError) as err:
         domain.register_participants(competition(), domain.ParticipantsIn(member_ids=[a]), {a: member("lapsed")},
                                      set(), None)
     assert err.value.kind == "not-a-member"
@@ -183,7 +183,7 @@ def test_participants_named_and_reported():
         domain.ParticipantsIn()
     held = domain.hold_competition(competition(named=3, reported=51), date(2021, 6, 1))
     assert held.participants == 54
-    with pytest.raises(Problem):
+    with pytest.raises(DomainError):
         domain.register_participants(competition(status="held"), cmd, {}, set(), branch)
 
 
@@ -193,10 +193,10 @@ def test_results_need_a_held_competition_and_registered_named_winners():
         {"name": "乙", "rank": 2, "award": "二等奖"}, {"member_id": str(a), "name": "甲", "rank": 1, "award": "一等奖"}])
     event = domain.publish_results(competition(status="held"), cmd, {a})
     assert [w.rank for w in event.winners] == [1, 2]
-    with pytest.raises(Problem) as err:
+    with pytest.raises(DomainError) as err:
         domain.publish_results(competition(status="held"), cmd, set())
     assert err.value.kind == "not-a-participant"
-    with pytest.raises(Problem) as err:
+    with pytest.raises(DomainError) as err:
         domain.publish_results(competition(status="announced"), cmd, {a})
     assert err.value.kind == "invalid-transition"
 
@@ -212,10 +212,10 @@ def test_studio_lifecycle():
     assert domain.evaluate_studio(studio, domain.EvaluationIn(rating="pass", evaluated_on=date(2021, 9, 1))).rating == "pass"
     assert domain.revoke_studio(studio, domain.RevokeIn(reason="考核不合格", revoked_on=date(2021, 9, 2))).reason == "考核不合格"
     revoked = {**studio, "status": "revoked", "revoked_on": date(2021, 9, 2)}
-    with pytest.raises(Problem) as err:
+    with pytest.raises(DomainError) as err:
         domain.evaluate_studio(revoked, domain.EvaluationIn(rating="good", evaluated_on=date(2021, 9, 3)))
     assert err.value.kind == "studio-revoked"
-    with pytest.raises(Problem):
+    with pytest.raises(DomainError):
         domain.recognise_studio(cmd.model_copy(update={"lead_member_id": uuid.uuid4()}), None)
     with pytest.raises(ValidationError):
         domain.StudioIn(**{**cmd.model_dump(), "region_code": "640000"})
@@ -261,3 +261,19 @@ def test_enrolment_events_carry_the_sessions_region():
     _, cancelled = domain.cancel_session(s, list(live.values()), None, date(2021, 4, 5))
     for e in [*attended, *assessed, withdrawn, *cancelled]:
         assert (e.region_code, e.city_code, e.subsidy_category.value) == ("640302", "640300", "pre_job"), e
+
+
+def test_every_route_declares_its_answer_and_lives_in_a_resource_router():
+    """Issue 14: the OpenAPI that clients are generated from has a schema for every answer."""
+    from services.training.main import build_app
+    app = build_app()
+    spec = app.openapi()
+    routes = [(m, p, op) for p, ops in spec["paths"].items() for m, op in ops.items()]
+    assert len(routes) == 38
+    for method, path, op in routes:
+        ok = [code for code in op["responses"] if code.startswith("2")]
+        assert ok and all(op["responses"][c]["content"]["application/json"]["schema"] for c in ok), (method, path)
+    import importlib
+    parts = [importlib.import_module(f"services.training.api.{m}") for m in
+             ("reference", "programmes", "sessions", "enrolments", "certificates", "competitions", "studios")]
+    assert sum(len(p.router.routes) for p in parts) == len(routes)

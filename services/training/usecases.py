@@ -1,0 +1,481 @@
+"""Training's use cases: one async function per command (and per read), called by the HTTP routes and
+the bulk roster path alike.
+
+Each takes the connection (the caller's transaction), the command (with the id it addresses), the
+actor (a ``Principal``) and, where a date defaults to today, today's date in China. It authorises with
+the one region rule — a read, or a write addressed by the id of a record outside the actor's scope, is
+``NotFound`` (404: it never tells the record exists); a write naming a region, organiser branch,
+reporting branch or member outside the scope is ``OutOfScope`` (403); lists are cut to the scope —
+decides with ``domain``, writes with ``store``, queues its events in the outbox in the same
+transaction, and returns the rows the answer is made of. Refusals are ``shared.errors`` exceptions.
+
+Every change to a session's enrolments first locks the session row (``FOR UPDATE``): that is what keeps
+capacity exact under concurrency (``CHECK (enrolled <= capacity)`` is the backstop).
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+import asyncpg
+
+from services.training import domain, store
+from shared import outbox
+from shared.auth import Principal
+from shared.errors import Conflict, Invalid, NotFound
+from shared.events import EventData
+from shared.events.training import OrganiserKind
+from shared.logging import trace_id_var
+
+Record = asyncpg.Record
+
+
+async def emit(conn: asyncpg.Connection, *events: EventData) -> None:
+    await emit_many(conn, list(events))
+
+
+async def emit_many(conn: asyncpg.Connection, events: list[EventData]) -> None:
+    """Queue events in the outbox in this transaction, in order: one INSERT, or COPY for many."""
+    if len(events) == 1:
+        await outbox.add(conn, events[0], trace_id=trace_id_var.get())
+    elif events:
+        await outbox.add_many(conn, events, trace_id=trace_id_var.get())
+
+
+# ============================================================================ loading within the scope
+async def _visible_session(conn, session_id: uuid.UUID, actor: Principal, *, lock: bool = False) -> Record:
+    session = await store.get_session(conn, session_id, lock=lock)
+    if session is None:
+        raise NotFound("session", session_id)
+    actor.ensure_visible(session["region_code"], "session", session_id)
+    return session
+
+
+async def _locked_enrolment(conn, enrolment_id: uuid.UUID, actor: Principal) -> tuple[Record, Record]:
+    """(enrolment, its session locked): the enrolment is re-read under the session lock."""
+    enrolment = await store.get_enrolment(conn, enrolment_id)
+    if enrolment is None:
+        raise NotFound("enrolment", enrolment_id)
+    session = await store.get_session(conn, enrolment["session_id"], lock=True)
+    actor.ensure_visible(session["region_code"], "enrolment", enrolment_id)
+    return await store.get_enrolment(conn, enrolment_id), session
+
+
+async def _visible_competition(conn, competition_id: uuid.UUID, actor: Principal, *, lock: bool = False) -> Record:
+    c = await store.get_competition(conn, competition_id, lock=lock)
+    if c is None:
+        raise NotFound("competition", competition_id)
+    actor.ensure_visible(c["region_code"], "competition", competition_id)
+    return c
+
+
+async def _visible_studio(conn, studio_id: uuid.UUID, actor: Principal, *, lock: bool = False) -> Record:
+    s = await store.get_studio(conn, studio_id, lock=lock)
+    if s is None:
+        raise NotFound("studio", studio_id)
+    actor.ensure_visible(s["region_code"], "studio", studio_id)
+    return s
+
+
+# ============================================================================ reads
+async def get_member(conn, member_id: uuid.UUID, actor: Principal) -> Record:
+    row = await store.get_member(conn, member_id)
+    if row is None:
+        raise NotFound("member", member_id)
+    actor.ensure_visible(row["region_code"], "member", member_id)
+    return row
+
+
+async def get_programme(conn, programme_id: uuid.UUID, actor: Principal) -> Record:
+    row = await store.get_programme(conn, programme_id)
+    if row is None:  # programmes belong to no region: any reader sees them
+        raise NotFound("programme", programme_id)
+    return row
+
+
+async def list_programmes(conn, actor: Principal, *, after: int | None, limit: int, **filters: Any) -> list[Record]:
+    return await store.list_programmes(conn, after=after, limit=limit, **filters)
+
+
+async def get_session(conn, session_id: uuid.UUID, actor: Principal) -> Record:
+    return await _visible_session(conn, session_id, actor)
+
+
+async def list_sessions(conn, actor: Principal, *, region_code: str | None, after: int | None, limit: int,
+                        **filters: Any) -> list[Record]:
+    return await store.list_sessions(conn, region_codes=actor.scope_codes(region_code), after=after, limit=limit,
+                                     **filters)
+
+
+async def get_enrolment(conn, enrolment_id: uuid.UUID, actor: Principal) -> Record:
+    row = await store.get_enrolment(conn, enrolment_id)
+    session = row and await store.get_session(conn, row["session_id"])
+    if row is None or not actor.may_act_on(session["region_code"]):
+        raise NotFound("enrolment", enrolment_id)
+    return row
+
+
+async def list_session_enrolments(conn, session_id: uuid.UUID, actor: Principal, *, after: int | None, limit: int,
+                                  status: str | None = None) -> list[Record]:
+    await _visible_session(conn, session_id, actor)
+    return await store.list_enrolments(conn, session_id=session_id, status=status, after=after, limit=limit)
+
+
+async def list_enrolments(conn, actor: Principal, *, after: int | None, limit: int, **filters: Any) -> list[Record]:
+    return await store.list_enrolments(conn, region_codes=actor.scope_codes(None), after=after, limit=limit,
+                                       **filters)
+
+
+async def list_certificates(conn, actor: Principal, *, region_code: str | None, after: int | None, limit: int,
+                            **filters: Any) -> list[Record]:
+    return await store.list_certificates(conn, region_codes=actor.scope_codes(region_code), after=after,
+                                         limit=limit, **filters)
+
+
+async def verify_certificate(conn, serial: str) -> Record:
+    """Public: anyone holding the serial may verify it. A malformed serial is not looked up."""
+    serial = serial.strip().upper()
+    row = await store.certificate_by_serial(conn, serial) if domain.SERIAL.fullmatch(serial) else None
+    if row is None:
+        raise NotFound("certificate")
+    return row
+
+
+async def get_competition(conn, competition_id: uuid.UUID, actor: Principal) -> Record:
+    return await _visible_competition(conn, competition_id, actor)
+
+
+async def list_competitions(conn, actor: Principal, *, region_code: str | None, industry: str | None,
+                            after: int | None, limit: int, **filters: Any) -> list[Record]:
+    return await store.list_competitions(
+        conn, region_codes=actor.scope_codes(region_code), after=after, limit=limit,
+        industry=industry and domain.normalise_industry(industry)[0], **filters)
+
+
+@dataclass
+class Participants:
+    competition: Record
+    named: list[Record]
+    reported: list[Record]
+
+
+async def competition_participants(conn, competition_id: uuid.UUID, actor: Principal) -> Participants:
+    c = await _visible_competition(conn, competition_id, actor)
+    named, counts = await store.participants(conn, competition_id)
+    return Participants(c, named, counts)
+
+
+async def get_studio(conn, studio_id: uuid.UUID, actor: Principal) -> tuple[Record, list[Record]]:
+    s = await _visible_studio(conn, studio_id, actor)
+    return s, await store.evaluations(conn, studio_id)
+
+
+async def list_studios(conn, actor: Principal, *, region_code: str | None, industry: str | None,
+                       after: int | None, limit: int, **filters: Any) -> list[Record]:
+    return await store.list_studios(
+        conn, region_codes=actor.scope_codes(region_code), after=after, limit=limit,
+        industry=industry and domain.normalise_industry(industry)[0], **filters)
+
+
+async def person_times(conn, actor: Principal, *, start: date, end: date, region_code: str | None,
+                       by: str) -> list[Record]:
+    if end < start:
+        raise Invalid("to", "before from")
+    return await store.person_times(conn, start, end, actor.scope_codes(region_code), by)
+
+
+# ============================================================================ programmes
+async def register_programme(conn, cmd: domain.ProgrammeIn, actor: Principal, today: date) -> Record:
+    event = domain.register_programme(cmd)
+    await store.insert_programme(conn, event)
+    await emit(conn, event)
+    return await store.get_programme(conn, event.programme_id)
+
+
+# ============================================================================ sessions
+async def schedule_session(conn, cmd: domain.SessionIn, actor: Principal, today: date) -> Record:
+    if cmd.region_code:
+        actor.ensure_region(cmd.region_code)
+    programme = await store.get_programme(conn, cmd.programme_id)
+    if programme is None:
+        raise Invalid("programme_id", "no such programme")
+    branch = await store.get_branch(conn, uuid.UUID(cmd.organiser_id)) \
+        if cmd.organiser_kind is OrganiserKind.branch else None
+    organiser_name, region_code = domain.resolve_organiser(cmd, branch)
+    if branch is not None:  # acting for a branch: its own region decides, whatever region_code says
+        actor.ensure_region(branch["region_code"])
+    actor.ensure_region(region_code)
+    number = await store.next_session_number(conn, programme["id"])
+    event = domain.schedule_session(cmd, programme, number, region_code)
+    await store.insert_session(conn, event, organiser_name)
+    await emit(conn, event)
+    return await store.get_session(conn, event.session_id)
+
+
+async def start_session(conn, session_id: uuid.UUID, cmd: domain.StartIn, actor: Principal, today: date) -> Record:
+    session = await _visible_session(conn, session_id, actor, lock=True)
+    event = domain.start_session(session, cmd.started_on or today)
+    await store.set_started(conn, session_id, event.started_on)
+    await emit(conn, event)
+    return await store.get_session(conn, session_id)
+
+
+@dataclass
+class Completed:
+    session: Record
+    completion: domain.Completion
+
+
+async def complete_session(conn, session_id: uuid.UUID, cmd: domain.CompleteIn, actor: Principal,
+                           today: date) -> Completed:
+    """Closes the enrolments and emits ``session.completed`` with the person-times and the
+    subsidy-eligible members (active members who passed)."""
+    session = await _visible_session(conn, session_id, actor, lock=True)
+    programme = await store.get_programme(conn, session["programme_id"])
+    enrolments = await store.session_enrolments(conn, session_id)
+    active = await store.active_members(conn, [e["member_id"] for e in enrolments if e["status"] == "passed"])
+    done = domain.complete_session(session, programme, enrolments, active, cmd.completed_on or today)
+    e = done.event
+    await store.set_completed(conn, session_id, e.completed_on, e.person_times, e.passed, e.failed,
+                              e.eligible_persons, [w.enrolment_id for w in done.absent])
+    await emit_many(conn, [*done.absent, e])
+    return Completed(await store.get_session(conn, session_id), done)
+
+
+async def cancel_session(conn, session_id: uuid.UUID, cmd: domain.CancelIn, actor: Principal, today: date) -> Record:
+    session = await _visible_session(conn, session_id, actor, lock=True)
+    live = list((await store.live_enrolments(conn, session_id)).values())
+    event, withdrawn = domain.cancel_session(session, live, cmd.reason, cmd.cancelled_on or today)
+    await store.set_cancelled(conn, session_id, event.cancelled_on, cmd.reason, [w.enrolment_id for w in withdrawn])
+    await emit_many(conn, [*withdrawn, event])
+    return await store.get_session(conn, session_id)
+
+
+# ============================================================================ enrolments
+@dataclass
+class Enrolled:
+    session: Record  # as locked, before these enrolments
+    outcomes: list[domain.Outcome] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> int:
+        return sum(o.problem is None for o in self.outcomes)
+
+    @property
+    def places_left(self) -> int:
+        return self.session["capacity"] - self.session["enrolled"] - self.accepted
+
+
+async def enrol_members(conn, session_id: uuid.UUID, member_ids: list[uuid.UUID], actor: Principal,
+                        today: date) -> Enrolled:
+    """Members get places in request order until the session is full; an outcome per member. A session
+    that no longer takes enrolments refuses the whole command."""
+    session = await _visible_session(conn, session_id, actor, lock=True)
+    members = await store.members_by_id(conn, member_ids)
+    already = set(await store.live_enrolments(conn, session_id, member_ids))
+    outcomes = domain.decide_enrolments(session, member_ids, members, already)
+    accepted = [o for o in outcomes if o.problem is None]
+    try:
+        await store.insert_enrolments(conn, session_id, [(o.enrolment_id, o.member_id, members[o.member_id]["branch_id"])
+                                                         for o in accepted])
+    except asyncpg.UniqueViolationError:  # not reachable under the session lock; the index is the backstop
+        raise Conflict("a member is already enrolled", kind="already-enrolled",
+                       title="Member is already enrolled in this session") from None
+    except asyncpg.CheckViolationError:  # idem: the capacity CHECK
+        raise Conflict("no place left", kind="session-full", title="Session is full") from None
+    await emit_many(conn, domain.enrolled_events(session, accepted))
+    return Enrolled(session, outcomes)
+
+
+async def enrol(conn, session_id: uuid.UUID, cmd: domain.EnrolIn, actor: Principal, today: date) -> Record:
+    done = await enrol_members(conn, session_id, [cmd.member_id], actor, today)
+    [outcome] = done.outcomes
+    if outcome.problem:
+        raise outcome.problem
+    return await store.get_enrolment(conn, outcome.enrolment_id)
+
+
+@dataclass
+class Recorded:
+    outcomes: list[domain.Outcome]
+    done: int
+    labels: dict[uuid.UUID, str] = field(default_factory=dict)  # member -> what was recorded
+
+
+async def record_attendance(conn, session_id: uuid.UUID, cmd: domain.AttendanceIn, actor: Principal,
+                            today: date) -> Recorded:
+    session = await _visible_session(conn, session_id, actor, lock=True)
+    live = await store.live_enrolments(conn, session_id, cmd.member_ids)
+    outcomes, events = domain.decide_attendance(session, cmd.member_ids, live)
+    await store.mark_attended(conn, [e.enrolment_id for e in events])
+    await emit_many(conn, events)
+    return Recorded(outcomes, len(events))
+
+
+async def record_results(conn, session_id: uuid.UUID, cmd: domain.ResultsIn, actor: Principal,
+                         today: date) -> Recorded:
+    session = await _visible_session(conn, session_id, actor, lock=True)
+    items = [(r.member_id, r.result) for r in cmd.results]
+    live = await store.live_enrolments(conn, session_id, [m for m, _ in items])
+    outcomes, events = domain.decide_results(session, items, live)
+    await store.mark_assessed(conn, [(e.enrolment_id, e.result) for e in events])
+    await emit_many(conn, events)
+    return Recorded(outcomes, len(events), {m: r for m, r in items})
+
+
+async def attend_one(conn, enrolment_id: uuid.UUID, actor: Principal, today: date) -> Record:
+    enrolment, session = await _locked_enrolment(conn, enrolment_id, actor)
+    live = {enrolment["member_id"]: enrolment} if enrolment["status"] != "withdrawn" else {}
+    [outcome], events = domain.decide_attendance(session, [enrolment["member_id"]], live)
+    if outcome.problem:
+        raise outcome.problem
+    await store.mark_attended(conn, [enrolment_id])
+    await emit_many(conn, events)
+    return await store.get_enrolment(conn, enrolment_id)
+
+
+async def assess_one(conn, enrolment_id: uuid.UUID, cmd: domain.ResultIn, actor: Principal, today: date) -> Record:
+    enrolment, session = await _locked_enrolment(conn, enrolment_id, actor)
+    live = {enrolment["member_id"]: enrolment} if enrolment["status"] != "withdrawn" else {}
+    [outcome], events = domain.decide_results(session, [(enrolment["member_id"], cmd.result)], live)
+    if outcome.problem:
+        raise outcome.problem
+    await store.mark_assessed(conn, [(enrolment_id, cmd.result)])
+    await emit_many(conn, events)
+    return await store.get_enrolment(conn, enrolment_id)
+
+
+async def withdraw_one(conn, enrolment_id: uuid.UUID, cmd: domain.WithdrawIn, actor: Principal,
+                       today: date) -> Record:
+    enrolment, session = await _locked_enrolment(conn, enrolment_id, actor)
+    event = domain.withdraw(session, enrolment, cmd.reason)
+    await store.mark_withdrawn(conn, enrolment, cmd.reason)
+    await emit(conn, event)
+    return await store.get_enrolment(conn, enrolment_id)
+
+
+# ============================================================================ certificates
+async def _issue(conn, enrolment, session, programme, issuer: str | None, issued_on: date):
+    event = domain.issue_certificate(enrolment, session, programme, issuer, issued_on)
+    try:
+        async with conn.transaction():  # savepoint: a (60-bit) serial collision is refused, not a 500
+            await store.insert_certificate(conn, event, session["id"], programme["name"])
+    except asyncpg.UniqueViolationError as exc:
+        if "enrolment_id" in str(exc.constraint_name or ""):
+            raise Conflict("enrolment already has a certificate", kind="certificate-exists",
+                           title="Enrolment already has a certificate") from None
+        raise Conflict("concurrent change; try again") from None
+    await emit(conn, event)
+    return event
+
+
+async def issue_certificate(conn, cmd: domain.CertificateIn, actor: Principal, today: date) -> Record:
+    enrolment, session = await _locked_enrolment(conn, cmd.enrolment_id, actor)
+    existing = await store.certificate_for_enrolment(conn, cmd.enrolment_id)
+    if existing:
+        raise Conflict(f"certificate {existing['serial']} was issued on {existing['issued_on']}",
+                       kind="certificate-exists", title="Enrolment already has a certificate",
+                       serial=existing["serial"])
+    programme = await store.get_programme(conn, session["programme_id"])
+    event = await _issue(conn, enrolment, session, programme, cmd.issuer, cmd.issued_on or today)
+    return await store.certificate_by_serial(conn, event.serial)
+
+
+@dataclass
+class SessionCertificates:
+    issued: list[tuple[Record, str]]  # (enrolment, serial)
+    already_issued: int
+
+
+async def issue_session_certificates(conn, session_id: uuid.UUID, cmd: domain.SessionCertificatesIn,
+                                     actor: Principal, today: date) -> SessionCertificates:
+    session = await _visible_session(conn, session_id, actor, lock=True)
+    programme = await store.get_programme(conn, session["programme_id"])
+    done = await store.certified_enrolments(conn, session_id)
+    issued = []
+    for e in await store.session_enrolments(conn, session_id):
+        if e["status"] == "passed" and e["id"] not in done:
+            event = await _issue(conn, e, session, programme, cmd.issuer, cmd.issued_on or today)
+            issued.append((e, event.serial))
+    return SessionCertificates(issued, len(done))
+
+
+# ============================================================================ competitions
+async def announce_competition(conn, cmd: domain.CompetitionIn, actor: Principal, today: date) -> Record:
+    actor.ensure_region(cmd.region_code)
+    event = domain.announce_competition(cmd)
+    await store.insert_competition(conn, event, domain.normalise_industry(cmd.industry)[1])
+    await emit(conn, event)
+    return await store.get_competition(conn, event.competition_id)
+
+
+@dataclass
+class Registered:
+    competition: Record
+    named_added: int
+    reported_added: int
+    already_registered: list[uuid.UUID]
+
+
+async def register_participants(conn, competition_id: uuid.UUID, cmd: domain.ParticipantsIn, actor: Principal,
+                                today: date) -> Registered:
+    c = await _visible_competition(conn, competition_id, actor, lock=True)
+    members = await store.members_by_id(conn, cmd.member_ids)
+    branch = await store.get_branch(conn, cmd.branch_id) if cmd.branch_id else None
+    if branch is not None:  # a headcount reported for a branch outside the scope: acting for another region
+        actor.ensure_region(branch["region_code"])
+    registered = await store.registered_members(conn, competition_id)
+    new, again, event = domain.register_participants(c, cmd, members, registered, branch)
+    if event is not None:
+        await store.add_participants(conn, event, members, cmd.headcount or 0)
+        await emit(conn, event)
+    return Registered(await store.get_competition(conn, competition_id), len(new), cmd.headcount or 0, again)
+
+
+async def hold_competition(conn, competition_id: uuid.UUID, cmd: domain.HeldIn, actor: Principal,
+                           today: date) -> Record:
+    c = await _visible_competition(conn, competition_id, actor, lock=True)
+    event = domain.hold_competition(c, cmd.held_on)
+    await store.set_held(conn, competition_id, cmd.held_on)
+    await emit(conn, event)
+    return await store.get_competition(conn, competition_id)
+
+
+async def publish_results(conn, competition_id: uuid.UUID, cmd: domain.CompetitionResultsIn, actor: Principal,
+                          today: date) -> Record:
+    c = await _visible_competition(conn, competition_id, actor, lock=True)
+    event = domain.publish_results(c, cmd, await store.registered_members(conn, competition_id))
+    await store.set_results(conn, event)
+    await emit(conn, event)
+    return await store.get_competition(conn, competition_id)
+
+
+# ============================================================================ studios and training bases
+async def recognise_studio(conn, cmd: domain.StudioIn, actor: Principal, today: date) -> Record:
+    actor.ensure_region(cmd.region_code)
+    lead = await store.get_member(conn, cmd.lead_member_id) if cmd.lead_member_id else None
+    if lead is not None:  # naming another region's member as lead: acting for that region
+        actor.ensure_region(lead["region_code"])
+    event = domain.recognise_studio(cmd, lead)
+    await store.insert_studio(conn, event, domain.normalise_industry(cmd.industry)[1])
+    await emit(conn, event)
+    return await store.get_studio(conn, event.studio_id)
+
+
+async def evaluate_studio(conn, studio_id: uuid.UUID, cmd: domain.EvaluationIn, actor: Principal,
+                          today: date) -> Record:
+    s = await _visible_studio(conn, studio_id, actor, lock=True)
+    event = domain.evaluate_studio(s, cmd)
+    await store.add_evaluation(conn, event, cmd.notes)
+    await emit(conn, event)
+    return await store.get_studio(conn, studio_id)
+
+
+async def revoke_studio(conn, studio_id: uuid.UUID, cmd: domain.RevokeIn, actor: Principal, today: date) -> Record:
+    s = await _visible_studio(conn, studio_id, actor, lock=True)
+    event = domain.revoke_studio(s, cmd)
+    await store.set_revoked(conn, event)
+    await emit(conn, event)
+    return await store.get_studio(conn, studio_id)
