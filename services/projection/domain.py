@@ -16,6 +16,18 @@ Two kinds of records, both kept in Faust tables with changelogs (``main.py``):
 Scrapes never walk the tables: ``totals`` (sum of the counters over partitions) and
 ``index`` (aggregate counts by state) are maintained on every change and rebuilt
 from the tables after recovery.
+
+Offsets catch a record read twice; they cannot catch the same event *published* twice (an
+outbox relay that dies between Kafka's ack and marking its row sent publishes it again, same
+CloudEvents id, same key, so same partition, at a later offset). ``RecentIds`` keeps, per source
+partition, the ids of the last ``window`` records and their offsets: an id already seen at an
+earlier offset is skipped (counted as ``skipped{reason="duplicate"}``). The window is not stored
+in the tables (a changelog write of thousands of ids per batch would cost more than the batch):
+it is read back from the source topic itself, the ``window`` records before each partition's
+resume mark, when the reader starts (``main.SourceReader``). So it survives restarts and
+rebalances, and a rebuild (a replay from offset 0) builds it as it goes. A duplicate published
+more than ``window`` records after its original in the same partition would be counted again;
+a relay re-sends only its unmarked rows right after the failure, far inside the window.
 """
 from __future__ import annotations
 
@@ -29,17 +41,40 @@ from shared.events import CloudEvent, EventData
 from shared.events import funding as fe
 from shared.events import membership as me
 from shared.events import notifier as ne
+from shared.events import reform as re_
 from shared.events import training as te
 from shared.regions import CITIES, REGION_ROOT, REGIONS
 
 SEP = "\x1f"  # joins label values into a record's dict key
 DONE = "@done"  # family id of a partition's resume mark
-DOMAIN_TOPICS = ("membership.events", "training.events", "funding.events", "notifier.events")
+DOMAIN_TOPICS = ("membership.events", "training.events", "funding.events", "notifier.events", "reform.events")
 KNOWN_TOPICS = frozenset(DOMAIN_TOPICS)
 CITY_CODES = frozenset(c.code for c in CITIES)
 UNKNOWN = "unknown"
 
 Labels = tuple[str, ...]
+DEDUPE_WINDOW = 10_000  # ids remembered per source partition (CHANGAI_PROJECTION_DEDUPE_WINDOW)
+
+
+class RecentIds:
+    """The event ids of the last ``window`` records of one partition, with the offset each was first seen at."""
+
+    __slots__ = ("ids", "window")
+
+    def __init__(self, window: int):
+        self.window = window
+        self.ids: dict[str, int] = {}  # insertion order = offset order: the oldest is first
+
+    def duplicate(self, event_id: str, offset: int) -> bool:
+        """True when ``event_id`` was seen at an earlier offset (the same offset: the same record, re-read)."""
+        first = self.ids.get(event_id)
+        if first is None:
+            self.ids[event_id] = offset
+            if len(self.ids) > self.window:
+                del self.ids[next(iter(self.ids))]
+            return False
+        return first < offset
+
 Contribution = tuple[str, Labels, float]  # (family id, label values, delta)
 
 
@@ -63,9 +98,12 @@ def base_topic(topic: str, prefix: str = "") -> str:
 class Projection:
     """State of the projection over the two tables (any MutableMapping: Faust stores or dicts)."""
 
-    def __init__(self, counters: MutableMapping[str, dict], aggregates: MutableMapping[str, dict]):
+    def __init__(self, counters: MutableMapping[str, dict], aggregates: MutableMapping[str, dict],
+                 dedupe_window: int = DEDUPE_WINDOW):
         self.counters = counters
         self.aggregates = aggregates
+        self.dedupe_window = dedupe_window
+        self.recent: dict[tuple[str, int], RecentIds] = {}  # (topic, partition) -> ids seen lately
         self.totals: dict[str, dict[str, float]] = defaultdict(dict)
         self.index: dict[str, dict[str, int]] = defaultdict(dict)
         self.progress: dict[tuple[str, int], int] = {}  # (topic, partition) -> last offset seen
@@ -76,13 +114,23 @@ class Projection:
     # -- applying events -----------------------------------------------------------
     def apply(self, topic: str, partition: int, offset: int, key: str | None,
               event: CloudEvent, data: EventData) -> bool:
-        """Apply one parsed event; False when it had been applied already (redelivery)."""
+        """Apply one parsed event; False when it had been applied already (redelivery, or a duplicate)."""
+        if self.seen(topic, partition, offset, event.id):
+            self.skip(topic, partition, offset, "duplicate")  # counted as skipped, applied to nothing else
+            return False
         handler = HANDLERS.get(type(data))
         out: list[Contribution] = [("events", (topic, event.type), 1),
                                    ("last_event", (topic,), event.time.timestamp())]
         if handler is not None:
             handler(Ctx(self, topic, partition, offset, key, event, out), data)
         return self._commit(topic, partition, offset, out)
+
+    def seen(self, topic: str, partition: int, offset: int, event_id: str) -> bool:
+        """Remember ``event_id`` at ``offset``; True when it was published before, at an earlier offset."""
+        recent = self.recent.get((topic, partition))
+        if recent is None:
+            recent = self.recent[(topic, partition)] = RecentIds(self.dedupe_window)
+        return recent.duplicate(event_id, offset)
 
     def skip(self, topic: str, partition: int, offset: int, reason: str) -> bool:
         """A record not applied (unknown type, invalid): counted, and the partition moves on."""
@@ -184,6 +232,7 @@ class Projection:
         self.totals = defaultdict(dict)
         self.index = defaultdict(dict)
         self.progress = {}
+        self.recent = {}  # read back from the topics by the reader that starts next
         for fid in FAMILIES:
             self.versions[fid] += 1
         for store in (self.counters,):
@@ -317,6 +366,15 @@ def aggregate_contributions(record: dict) -> list[tuple[str, Labels]]:
     elif kind == "channel":
         if record["paused"]:
             return [("channels_paused", (record["channel"],))]
+    elif kind == "reform_unit":
+        return [("reform_units", (record["unit_id"], record["name"], record["kind"]))]
+    elif kind == "reform_task":
+        out = [("reform_tasks", (record["year"], record["status"], record["unit_id"]))]
+        if record["overdue"]:
+            out.append(("reform_tasks_overdue", (record["year"], record["unit_id"])))
+        return out
+    elif kind == "city_plan":
+        return [("reform_city_plans", (record["city"],))]
     return []
 
 
@@ -670,6 +728,73 @@ def _paused(c: Ctx, d: ne.ChannelPaused) -> None:
 @on(ne.ChannelResumed)
 def _resumed(c: Ctx, d: ne.ChannelResumed) -> None:
     c.set_aggregate({"t": "channel", "channel": d.channel_kind.value, "paused": False})
+
+
+# -- reform coordination ---------------------------------------------------------------
+
+@on(re_.UnitRegistered)
+def _reform_unit(c: Ctx, d: re_.UnitRegistered) -> None:
+    c.set_aggregate({"t": "reform_unit", "unit_id": str(d.unit_id), "name": d.name, "kind": d.kind.value})
+
+
+def _task_record(c: Ctx, d, **changes: Any) -> None:
+    """The task's record: year, status, lead unit and whether it is overdue now (keyed by task id)."""
+    current = c.aggregate() or {"t": "reform_task", "year": str(d.year), "status": "assigned",
+                                "unit_id": str(d.lead_unit_id), "overdue": False}
+    c.set_aggregate({**current, "unit_id": str(d.lead_unit_id), **changes})
+
+
+@on(re_.TaskAssigned)
+def _task_assigned(c: Ctx, d: re_.TaskAssigned) -> None:
+    # a re-assignment with a later deadline ends the overdue state until supervision says otherwise
+    _task_record(c, d, overdue=False)
+
+
+@on(re_.TaskProgressReported)
+def _task_progress(c: Ctx, d: re_.TaskProgressReported) -> None:
+    _task_record(c, d, status="in_progress")
+
+
+@on(re_.TaskCompletionReported)
+def _task_completion_reported(c: Ctx, d: re_.TaskCompletionReported) -> None:
+    _task_record(c, d, status="completion_reported")
+
+
+@on(re_.TaskSentBack)
+def _task_sent_back(c: Ctx, d: re_.TaskSentBack) -> None:
+    _task_record(c, d, status="in_progress")
+
+
+@on(re_.TaskCompleted)
+def _task_completed(c: Ctx, d: re_.TaskCompleted) -> None:
+    c.add("reform_tasks_completed", (str(d.year), str(d.lead_unit_id), "true" if d.on_time else "false"))
+    _task_record(c, d, status="completed", overdue=False)
+
+
+@on(re_.TaskOverdue)
+def _task_overdue(c: Ctx, d: re_.TaskOverdue) -> None:
+    c.add("reform_reminders", ("overdue",))
+    _task_record(c, d, overdue=True)
+
+
+@on(re_.TaskProgressDue)
+def _task_progress_due(c: Ctx, d: re_.TaskProgressDue) -> None:
+    c.add("reform_reminders", ("progress_due",))
+
+
+@on(re_.DocumentIssued)
+def _document_issued(c: Ctx, d: re_.DocumentIssued) -> None:
+    c.add("reform_documents", (str(d.year), str(d.unit_id)))
+
+
+@on(re_.PilotDesignated)
+def _pilot_designated(c: Ctx, d: re_.PilotDesignated) -> None:
+    c.add("reform_pilots", (str(d.year), d.kind.value, d.mode.value))
+
+
+@on(re_.CityPlanRecorded)
+def _city_plan(c: Ctx, d: re_.CityPlanRecorded) -> None:
+    c.set_aggregate({"t": "city_plan", "city": d.city_code})
 
 
 def event_time(event: CloudEvent) -> float:

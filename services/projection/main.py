@@ -36,8 +36,9 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Gauge, generate_latest
+from pydantic import Field
 
-from services.projection.domain import DOMAIN_TOPICS, Projection, base_topic
+from services.projection.domain import DEDUPE_WINDOW, DOMAIN_TOPICS, Projection, base_topic
 from services.projection.exposition import FiguresCollector, Renderer, figures_registry
 from shared.consumer import LAG
 from shared.events import InvalidEvent, UnknownEventType, decode, parse_data
@@ -67,6 +68,8 @@ class ProjectionSettings(Settings):
     projection_fetch_wait_ms: int = 200
     projection_session_timeout_s: float = 10.0
     projection_faust_sensors: bool = True
+    # Event ids remembered per source partition to skip an event published twice (domain.RecentIds).
+    projection_dedupe_window: int = Field(default=DEDUPE_WINDOW, ge=0)
 
     def source_topics(self) -> list[str]:
         return [self.projection_topic_prefix + t for t in DOMAIN_TOPICS]
@@ -135,8 +138,17 @@ class SourceReader:
         tps = self.assignment()
         self.consumer.assign(tps)
         proj, prefix = self.worker.projection, self.worker.prefix
+        dlq = set(s.dlq_topics())
+        firsts = await self.consumer.beginning_offsets(tps)
+        self.worker.prime_until = {}
         for tp in tps:
-            self.consumer.seek(tp, proj.resume_offset(base_topic(tp.topic, prefix), tp.partition))
+            resume = proj.resume_offset(base_topic(tp.topic, prefix), tp.partition)
+            # Start a window's worth of records before the resume mark: those are read for their event
+            # ids only (domain.RecentIds), so a duplicate after a restart is still recognised.
+            start = resume if tp.topic in dlq else max(firsts.get(tp, 0), resume - s.projection_dedupe_window, 0)
+            if start < resume:
+                self.worker.prime_until[tp] = resume
+            self.consumer.seek(tp, start)
         self.worker.parked = await self._already_parked()
         self.task = asyncio.create_task(self._run(), name="projection-reader")
         log.info("projection reading %d partitions from their resume marks", len(tps))
@@ -231,12 +243,14 @@ class ProjectionWorker:
         table_opts = dict(default=None, schema=schema, recovery_buffer_size=10000,
                           extra_topic_configs=changelog_configs(s))
         self.tables = {name: self.app.Table(name, partitions=6, **table_opts) for name in TABLES}
-        self.projection = Projection(self._store("counters"), self._store("aggregates"))
+        self.projection = Projection(self._store("counters"), self._store("aggregates"),
+                                     dedupe_window=s.projection_dedupe_window)
         COLLECTOR.projection = RENDERER.projection = self.projection
         self.tables["counters"].on_recover(self._recovered)
         self.app.on_partitions_revoked.connect(self._revoked)
         self.reader: SourceReader | None = None
         self.parked: set[tuple[str, int, int]] = set()
+        self.prime_until: dict[TopicPartition, int] = {}  # records below: read for their ids only
         self._known_sources = {t.removesuffix(".dlq") for t in dead_letter_topics()}
         self._ready = False
         self._reader_lock = asyncio.Lock()
@@ -306,7 +320,11 @@ class ProjectionWorker:
                 for record in records:
                     self._apply_dead_letter(topic, record)
             else:
+                prime = self.prime_until.get(tp, -1)
                 for record in records:
+                    if record.offset < prime:  # before the resume mark: applied already, only its id matters
+                        self._remember(topic, partition, record)
+                        continue
                     try:
                         ce = decode(record.value)
                         data = parse_data(ce)
@@ -321,9 +339,18 @@ class ProjectionWorker:
                         continue
                     proj.apply(topic, partition, record.offset, record.key.decode() if record.key else None,
                                ce, data)
-            proj.mark_done(topic, partition, records[-1].offset)
+            if records[-1].offset >= self.prime_until.get(tp, -1):
+                proj.mark_done(topic, partition, records[-1].offset)
             n += len(records)
         return n
+
+    def _remember(self, topic: str, partition: int, record) -> None:
+        try:
+            event_id = orjson.loads(record.value).get("id")
+        except (orjson.JSONDecodeError, AttributeError, TypeError):
+            return  # not an event: it was skipped or dead-lettered, it has no id to repeat
+        if isinstance(event_id, str):
+            self.projection.seen(topic, partition, record.offset, event_id)
 
     def _apply_dead_letter(self, dlq: str, record) -> None:
         headers = {k: v for k, v in (record.headers or [])}
