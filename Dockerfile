@@ -4,9 +4,10 @@
 #   docker run changai python -m services.projection worker
 # (docker-compose.yml and deploy/k8s/ set the command of each service.)
 #
-# Stages: `deps` installs the Python dependencies (a layer cached until pyproject.toml
-# changes), `runtime` copies them and the source. Every dependency is installed from a
-# binary wheel (--only-binary), so no compiler is needed in either stage.
+# Stages: `deps` installs the Python dependencies at the exact versions and hashes of
+# requirements.lock (a layer cached until the lock changes; docs/development.md), `runtime`
+# copies them and the source. Every dependency is installed from a binary wheel
+# (--only-binary), so no compiler is needed in either stage.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -16,12 +17,11 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /build
 RUN python -m venv /opt/venv
-COPY pyproject.toml ./
-# Only the dependencies (read from pyproject.toml), not the project: the source changes
-# far more often than the dependencies, and this layer stays cached.
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > requirements.txt \
-    && /opt/venv/bin/pip install --only-binary=:all: -r requirements.txt
+COPY requirements.lock ./
+# Only the dependencies (the runtime lock, no test tools), not the project: the source
+# changes far more often than the dependencies, and this layer stays cached. The image runs
+# the source from /app (WORKDIR), so the project itself needs no install.
+RUN /opt/venv/bin/pip install --only-binary=:all: --require-hashes -r requirements.lock
 
 FROM ${PYTHON_IMAGE} AS runtime
 ARG UID=10001

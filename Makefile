@@ -7,17 +7,28 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
-# The venv is (re)installed when pyproject.toml's content changes, not its timestamp.
-VENV_STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
+# Exact versions and hashes: requirements.lock (what the image runs) and requirements-test.lock (the same
+# plus the test and development tools, what make and CI install). `make lock` regenerates both from
+# pyproject.toml (docs/development.md).
+LOCK := requirements.lock
+TEST_LOCK := requirements-test.lock
+# The venv is (re)installed when the lock's or pyproject.toml's content changes, not their timestamps.
+VENV_STAMP := $(VENV)/.installed-$(shell cat $(TEST_LOCK) pyproject.toml | sha256sum | cut -c1-16)
 PYTEST_ARGS ?=
+# e.g. make lock LOCK_ARGS=--upgrade-package=fastapi (by default the versions already locked are kept)
+LOCK_ARGS ?=
+UV_COMPILE := $(VENV)/bin/uv pip compile pyproject.toml --python-version 3.11 \
+	--python-platform x86_64-unknown-linux-gnu --generate-hashes -q $(LOCK_ARGS)
+CHECKED := shared services
 
-.PHONY: venv run test up down status bench
+.PHONY: venv run test up down status bench check lock
 
 venv: $(VENV_STAMP)
 
 $(VENV_STAMP):
 	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
-	PYTHONWARNINGS=ignore $(VPY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	PYTHONWARNINGS=ignore $(VPY) -m pip install -q --disable-pip-version-check -r $(TEST_LOCK)
+	PYTHONWARNINGS=ignore $(VPY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
@@ -35,6 +46,15 @@ down: venv  ## stop everything the runner started
 
 status: venv
 	$(VPY) deploy/local/stack.py status
+
+check: venv  ## lint, format and type checks (configured in pyproject.toml)
+	$(VENV)/bin/ruff check $(CHECKED)
+	$(VENV)/bin/ruff format --check $(CHECKED)
+	$(VENV)/bin/mypy
+
+lock: venv  ## regenerate the lock files from pyproject.toml (then commit them)
+	$(UV_COMPILE) -o $(LOCK)
+	$(UV_COMPILE) --extra test -c $(LOCK) -o $(TEST_LOCK)
 
 bench: venv
 	@if [ -d bench ]; then $(VPY) -m bench; else echo "no benchmarks yet (bench/ does not exist)"; fi

@@ -68,11 +68,13 @@ def test_deploy_dockerfile_shape():
     final_runs = " ".join(rest for k, rest in final if k == "RUN")
     for tool in ("gcc", "build-essential", "make ", "g++", "apt-get install"):
         assert tool not in final_runs, f"final stage installs {tool.strip()}"
-    # Dependencies first, from pyproject.toml only; the source after: source edits keep the layer.
+    # Dependencies first, from the lock only (exact versions and hashes); the source after: source edits
+    # keep the layer.
     deps = stages[0]
     copies = [rest for k, rest in deps if k == "COPY"]
-    assert copies == ["pyproject.toml ./"], f"the dependency stage copies only pyproject.toml: {copies}"
-    assert any("pip install" in rest for k, rest in deps if k == "RUN")
+    assert copies == ["requirements.lock ./"], f"the dependency stage copies only requirements.lock: {copies}"
+    assert any("pip install" in rest and "--require-hashes" in rest and "-r requirements.lock" in rest
+               for k, rest in deps if k == "RUN"), "the dependency stage installs the lock, hashes checked"
     assert any(k == "COPY" and "--from=" in rest for k, rest in final), "the final stage copies the built venv"
 
 

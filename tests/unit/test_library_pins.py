@@ -1,0 +1,43 @@
+"""Where the code reaches past a library's public API, pin the versions it was checked against.
+
+Private attributes change without notice, in any release. Each entry names the places that use them
+(docs/platform.md, "Where the code relies on a library's private attributes"). When an upgrade fails
+this test: re-check those places and the tests that exercise them, then widen the range here."""
+from __future__ import annotations
+
+from importlib.metadata import version
+
+from packaging.specifiers import SpecifierSet
+
+CHECKED = {
+    # shared/streams.py bound_fetch_wait: AIOKafkaConsumerThread._create_worker_consumer (ADR 0003)
+    "faust-streaming": SpecifierSet(">=0.15.3,<0.16"),
+    # shared/streams.py: AIOKafkaConsumer._fetch_max_wait_ms; services/training/consumers.py:
+    # consumer._client.fetch_all_metadata(); services/projection/rebuild.py: admin._send_request
+    "aiokafka": SpecifierSet(">=0.14.0,<0.15"),
+    # services/projection/exposition.py renders the text format itself with prometheus_client.utils
+    # .floatToGoString, held byte-equal to generate_latest by tests/unit/projection
+    "prometheus-client": SpecifierSet(">=0.26.0,<0.27"),
+}
+
+
+def test_libraries_are_the_versions_the_private_uses_were_checked_against():
+    outside = {name: version(name) for name, spec in CHECKED.items() if version(name) not in spec}
+    assert not outside, f"re-check the private uses (docs/platform.md) for {outside}, then widen CHECKED"
+
+
+async def test_the_private_attributes_are_there():
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.admin import AIOKafkaAdminClient
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+    from prometheus_client.utils import floatToGoString
+
+    assert callable(AIOKafkaConsumerThread._create_worker_consumer)
+    assert callable(AIOKafkaAdminClient._send_request)
+    consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:9", fetch_max_wait_ms=321)  # never started
+    try:
+        assert consumer._fetch_max_wait_ms == 321  # the attribute start() hands to its Fetcher
+        assert callable(consumer._client.fetch_all_metadata)
+    finally:
+        await consumer.stop()
+    assert floatToGoString(1.5) == "1.5"
