@@ -11,38 +11,25 @@ import logging
 
 import asyncpg
 
-from services.membership import domain, store
-from shared import inbox, outbox
+from services.membership import usecases
 from shared.consumer import EventConsumer
 from shared.events import CloudEvent
 from shared.events.training import CertificateIssued
-from shared.logging import trace_id_var
 
 log = logging.getLogger(__name__)
 
-CERTIFICATES = "membership.certificate-issued"  # the inbox's consumer name
+CERTIFICATES = usecases.CERTIFICATES  # the inbox's consumer name
 
 
 async def apply_certificate(pool: asyncpg.Pool, event: CloudEvent, data: CertificateIssued) -> str:
-    """Apply one certificate; returns what happened (``raised``, ``not-higher``, ``redelivered``, ``unknown-member``)."""
+    """Apply one certificate in its own transaction; returns what happened (``usecases.apply_certificate``)."""
     async with pool.acquire() as conn, conn.transaction():
-        if not await inbox.claim(conn, CERTIFICATES, event.id):
-            return "redelivered"
-        # The member row lock alone: a branch change of this member needs the same lock, so the
-        # branch read next is the member's branch for as long as this transaction lasts.
-        member = await store.lock_member(conn, data.member_id)
-        if member is None:
-            log.warning("certificate for an unknown member ignored",
-                        extra={"event_id": event.id, "member_id": str(data.member_id),
-                               "certificate_id": str(data.certificate_id)})
-            return "unknown-member"
-        if not domain.raised_skill_level(member["skill_level"], data.level):
-            return "not-higher"
-        branch = await store.get_branch(conn, member["branch_id"])
-        change = domain.skill_level_changed(member, branch, data.level, data.certificate_id)
-        await store.set_skill_level(conn, data.member_id, data.level)
-        await outbox.add(conn, change, trace_id=trace_id_var.get())
-        return "raised"
+        outcome = await usecases.apply_certificate(conn, event, data)
+    if outcome == "unknown-member":
+        log.warning("certificate for an unknown member ignored",
+                    extra={"event_id": event.id, "member_id": str(data.member_id),
+                           "certificate_id": str(data.certificate_id)})
+    return outcome
 
 
 def certificate_consumer(pool: asyncpg.Pool, bootstrap: str, group_id: str) -> EventConsumer:

@@ -1,7 +1,8 @@
 """Membership rules: what valid branches, members and stations are, and the event each change produces.
 
-No I/O here: the routes load state through ``store``, ask these functions what the change
-is (raising :class:`~shared.problems.Problem` when a rule forbids it) and store the result.
+No I/O here: the use cases (``usecases.py``) load state through ``store``, ask these functions
+what the change is (raising a ``shared.errors`` domain exception when a rule forbids it) and store
+the result; ``shared.http`` turns a refusal into an RFC 9457 problem, the importer into a report row.
 """
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ from shared.events.membership import (
     MemberLapsed, MemberLeft, MemberSkillLevelChanged, MemberTransferred, StationClosed, StationOpened,
     StationTransferred,
 )
+from shared.auth import Principal
+from shared.clock import today_cn
+from shared.errors import Conflict, Invalid
 from shared.identifiers import validate_credit_code
-from shared.problems import Problem, conflict
 
 MIN_MEMBER_AGE = 16  # the minimum working age (Labour Law art. 15): younger people cannot be members
 SKILL_LEVELS = {1: "高级技师", 2: "技师", 3: "高级工", 4: "中级工", 5: "初级工"}
@@ -35,7 +38,7 @@ def _region(v: str, *, county_only: bool = False) -> str:
 
 
 def _not_future(v: date | None) -> date | None:
-    if v is not None and v > date.today():
+    if v is not None and v > today_cn():
         raise ValueError("cannot be in the future")
     return v
 
@@ -134,11 +137,32 @@ def establish_branch(cmd: BranchIn, branch_id: uuid.UUID | None = None) -> Branc
     )
 
 
+def referenced_branch(branch, actor: Principal, field: str):
+    """A branch a command names in its body: missing is 422 on ``field``, outside the scope 403."""
+    if branch is None:
+        raise Invalid(field, "no such branch")
+    actor.ensure_region(branch["region_code"])
+    return branch
+
+
+def path_branch(branches: dict, branch_id: uuid.UUID, actor: Principal):
+    """The branch a write is addressed to (by its id in the path): missing or outside the scope, 404."""
+    branch = branches.get(branch_id)
+    actor.ensure_visible(branch["region_code"] if branch else None, "branch", branch_id)
+    return branch
+
+
+def branch_exists(credit_code: str, existing: uuid.UUID | None) -> Conflict:
+    if existing is None:
+        return Conflict(kind="branch-exists", title="Employer already has an active union branch")
+    return Conflict(f"credit code {credit_code} belongs to branch {existing}", kind="branch-exists",
+                    title="Employer already has an active union branch", branch_id=str(existing))
+
+
 def ensure_active(branch, what: str = "branch") -> None:
     if branch["status"] != "active":
-        raise conflict("branch-not-active", f"The {what} is not active",
-                       f"branch {branch['id']} is {branch['status']}", branch_id=str(branch["id"]),
-                       branch_status=branch["status"])
+        raise Conflict(f"branch {branch['id']} is {branch['status']}", kind="branch-not-active",
+                       title=f"The {what} is not active", branch_id=str(branch["id"]), branch_status=branch["status"])
 
 
 def update_branch(branch, patch: BranchPatch) -> BranchUpdated | None:
@@ -149,12 +173,10 @@ def update_branch(branch, patch: BranchPatch) -> BranchUpdated | None:
                "parent_id": branch["parent_id"]}
     wanted = {k: getattr(patch, k) for k in patch.model_fields_set}
     if "parent_id" in wanted and wanted["parent_id"] == branch["id"]:
-        raise Problem(422, "validation-error", "Request is not valid", "parent_id: a branch cannot be its own parent",
-                      errors=[{"field": "parent_id", "reason": "a branch cannot be its own parent"}])
+        raise Invalid("parent_id", "a branch cannot be its own parent")
     for key in ("name", "region_code", "industry_section", "kind"):
         if key in wanted and wanted[key] is None:
-            raise Problem(422, "validation-error", "Request is not valid", f"{key}: cannot be null",
-                          errors=[{"field": key, "reason": "cannot be null"}])
+            raise Invalid(key, "cannot be null")
     after = {**current, **{k: (v.value if isinstance(v, BranchKind) else v) for k, v in wanted.items()}}
     changed = [k for k in ("name", "region_code", "industry_section", "kind", "parent_id") if after[k] != current[k]]
     if not changed:
@@ -166,7 +188,7 @@ def update_branch(branch, patch: BranchPatch) -> BranchUpdated | None:
 
 def check_merge(branch, into) -> None:
     if branch["id"] == into["id"]:
-        raise conflict("merge-into-itself", "A branch cannot be merged into itself")
+        raise Conflict(kind="merge-into-itself", title="A branch cannot be merged into itself")
     ensure_active(branch)
     ensure_active(into, "target branch")
 
@@ -181,12 +203,13 @@ def check_dissolve(branch, target, members: int, stations: int) -> None:
     ensure_active(branch)
     if target is None:
         if members or stations:
-            raise conflict("branch-not-empty", "The branch still has members or open stations",
-                           f"{members} active member(s) and {stations} open station(s): "
-                           "state transfer_to to move them first", members=members, open_stations=stations)
+            raise Conflict(f"{members} active member(s) and {stations} open station(s): "
+                           "state transfer_to to move them first", kind="branch-not-empty",
+                           title="The branch still has members or open stations", members=members,
+                           open_stations=stations)
         return
     if target["id"] == branch["id"]:
-        raise conflict("transfer-to-itself", "A branch cannot transfer its members to itself")
+        raise Conflict(kind="transfer-to-itself", title="A branch cannot transfer its members to itself")
     ensure_active(target, "target branch")
 
 
@@ -257,9 +280,10 @@ class MemberIn(BaseModel):
 
     @model_validator(mode="after")
     def _old_enough(self) -> "MemberIn":
-        born = parse_id_number(self.id_number).birth_date
-        if age_on(born, self.joined_on or date.today()) < MIN_MEMBER_AGE:
-            raise ValueError(f"id_number: a member must be at least {MIN_MEMBER_AGE} on the day of joining")
+        try:
+            check_age(parse_id_number(self.id_number).birth_date, self.joined_on or today_cn())
+        except Invalid as exc:
+            raise ValueError(f"id_number: {exc.reason}") from None
         return self
 
     def __repr__(self) -> str:  # never show personal data in a traceback or a log
@@ -315,6 +339,38 @@ class LookupIn(BaseModel):
     __str__ = __repr__
 
 
+def check_age(born: date, joined_on: date) -> None:
+    if age_on(born, joined_on) < MIN_MEMBER_AGE:
+        raise Invalid("id_number", f"a member must be at least {MIN_MEMBER_AGE} on the day of joining")
+
+
+def joining_branch(branch, actor: Principal, joined_on: date):
+    """The branch a person joins: named, in the caller's scope, active, founded by the day of joining."""
+    branch = referenced_branch(branch, actor, "branch_id")
+    ensure_active(branch)
+    check_join_date(joined_on, branch)
+    return branch
+
+
+def check_not_member(existing, actor: Principal) -> None:
+    """A join of a person already a member (``existing``, by the lookup hash) is refused while active.
+    Outside the caller's scope the refusal says only that: no member or branch id."""
+    if existing["status"] != "active":
+        return
+    if not actor.may_act_on(existing["region_code"]):
+        raise Conflict("a member of a branch outside your organisation scope", kind="already-a-member-elsewhere",
+                       title="This person is already a member elsewhere")
+    raise Conflict(f"member {existing['id']}", kind="already-a-member", title="This person is already a member",
+                   member_id=str(existing["id"]), branch_id=str(existing["branch_id"]))
+
+
+def rejoin_skill_level(certified: int | None, stated: int | None) -> int | None:
+    """A rejoin never lowers a certified level (1 is the highest), and keeps it when none is stated."""
+    if stated is None or (certified is not None and certified < stated):
+        return certified
+    return stated
+
+
 def member_joined(member_id: uuid.UUID, branch, *, employment_form: str, occupation: str | None,
                   skill_level: int | None, born: date, sex: str, joined_on: date) -> MemberJoined:
     return MemberJoined(member_id=member_id, branch_id=branch["id"], region_code=branch["region_code"],
@@ -325,22 +381,19 @@ def member_joined(member_id: uuid.UUID, branch, *, employment_form: str, occupat
 
 def ensure_member_active(member) -> None:
     if member["status"] != "active":
-        raise conflict("member-not-active", "The member is not active",
-                       f"member {member['id']} is {member['status']}", member_id=str(member["id"]),
-                       member_status=member["status"])
+        raise Conflict(f"member {member['id']} is {member['status']}", kind="member-not-active",
+                       title="The member is not active", member_id=str(member["id"]), member_status=member["status"])
 
 
 def check_join_date(joined_on: date, branch) -> None:
     if joined_on < branch["founded_on"]:
-        raise Problem(422, "validation-error", "Request is not valid",
-                      "joined_on: before the branch was founded",
-                      errors=[{"field": "joined_on", "reason": "before the branch was founded"}])
+        raise Invalid("joined_on", "before the branch was founded")
 
 
 def check_transfer(member, source, target) -> None:
     ensure_member_active(member)
     if source["id"] == target["id"]:
-        raise conflict("same-branch", "The member is already in that branch")
+        raise Conflict(kind="same-branch", title="The member is already in that branch")
     ensure_active(target, "target branch")
 
 
@@ -412,6 +465,6 @@ def station_opened(station_id: uuid.UUID, cmd: StationIn, branch, on: date) -> S
 
 def station_closed(station, on: date) -> StationClosed:
     if station["status"] != "open":
-        raise conflict("station-closed", "The station is already closed", station_id=str(station["id"]))
+        raise Conflict(kind="station-closed", title="The station is already closed", station_id=str(station["id"]))
     return StationClosed(station_id=station["id"], branch_id=station["branch_id"], region_code=station["region_code"],
                          city_code=regions.city_of(station["region_code"]), closed_on=on)

@@ -35,6 +35,7 @@ from services.membership import domain
 from services.membership.pii import Vault, region_prefix_problem
 from shared import outbox, regions
 from shared.auth import Principal
+from shared.clock import today_cn
 from shared.events.membership import MemberJoined
 
 log = logging.getLogger(__name__)
@@ -295,7 +296,7 @@ class RowValidator:
     def __init__(self, vault: Vault, default_branch: uuid.UUID | None, today: date | None = None):
         self.vault = vault
         self.default_branch = PgUUID(str(default_branch)) if default_branch else None
-        self.today = today or date.today()
+        self.today = today or today_cn()
         self._branch_ids: dict[str, PgUUID | None] = {}
         self._prefixes: dict[str, str | None] = {}
 
@@ -438,12 +439,13 @@ class Importer:
     batch_rows: int = 5000
     writers: int = 2
     trace_id: str | None = None
+    today: date | None = None  # in China (shared.clock.today_cn), the default joining date
     counts: Counts = field(default_factory=Counts)
     ignored_columns: list[str] = field(default_factory=list)
     _branches: dict[uuid.UUID, asyncpg.Record | None] = field(default_factory=dict)
 
     def __post_init__(self):
-        self.validator = RowValidator(self.vault, self.default_branch)
+        self.validator = RowValidator(self.vault, self.default_branch, self.today)
         self.decoder = TextDecoder(self.charset) if self.fmt == "csv" else None
         self.csv = CsvRecords() if self.fmt == "csv" else None
         self.header: dict[str, int] | None = None

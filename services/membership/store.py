@@ -172,12 +172,14 @@ async def insert_transfers(conn: asyncpg.Connection, rows: list[tuple]) -> None:
             columns=["id", "member_id", "from_branch_id", "to_branch_id", "reason", "transferred_on", "by_subject"])
 
 
-async def transfers_of(conn: Conn, member_id: uuid.UUID) -> list[asyncpg.Record]:
+async def transfers_of(conn: Conn, member_id: uuid.UUID, *, after: tuple | None, limit: int) -> list[asyncpg.Record]:
+    """A page of the member's transfers, oldest first; ``after``: (created_at, id) of the last one seen."""
     return await conn.fetch(
         """SELECT t.id, t.from_branch_id, t.to_branch_id, t.reason, t.transferred_on, t.created_at,
                   f.region_code AS from_region_code, g.region_code AS to_region_code
            FROM member_transfers t JOIN branches f ON f.id = t.from_branch_id JOIN branches g ON g.id = t.to_branch_id
-           WHERE t.member_id = $1 ORDER BY t.created_at, t.id""", member_id)
+           WHERE t.member_id = $1 AND ($2::timestamptz IS NULL OR (t.created_at, t.id) > ($2, $3::uuid))
+           ORDER BY t.created_at, t.id LIMIT $4""", member_id, *(after or (None, None)), limit)
 
 
 async def list_members(conn: Conn, *, regions: list[str] | None, branch_id: uuid.UUID | None,
@@ -203,9 +205,12 @@ async def insert_reveal(conn: asyncpg.Connection, reveal_id: uuid.UUID, member_i
         "RETURNING id, revealed_at", reveal_id, member_id, subject, reason, fields, trace_id)
 
 
-async def reveals_of(conn: Conn, member_id: uuid.UUID) -> list[asyncpg.Record]:
-    return await conn.fetch("SELECT id, subject, reason, fields, trace_id, revealed_at FROM member_reveals "
-                            "WHERE member_id = $1 ORDER BY revealed_at, id", member_id)
+async def reveals_of(conn: Conn, member_id: uuid.UUID, *, after: tuple | None, limit: int) -> list[asyncpg.Record]:
+    """A page of the member's reveals, oldest first; ``after``: (revealed_at, id) of the last one seen."""
+    return await conn.fetch(
+        "SELECT id, subject, reason, fields, trace_id, revealed_at FROM member_reveals WHERE member_id = $1 "
+        "AND ($2::timestamptz IS NULL OR (revealed_at, id) > ($2, $3::uuid)) ORDER BY revealed_at, id LIMIT $4",
+        member_id, *(after or (None, None)), limit)
 
 
 async def lock_lookups_of(conn: asyncpg.Connection, subject: str) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from shared import migrate
 from tests.integration.membership.membership_support import (
-    auth, id_number, running, unique_id_number)
+    auth, id_number, outbox_events, phone, running, unique_id_number)
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[3]
@@ -159,3 +159,17 @@ async def test_unsupported_charset_is_refused_and_no_import_is_left_running(memb
         assert r.status_code == 415 and r.headers["content-type"] == "application/problem+json", r.text
     running_ = await fetch(membership.dsn, "SELECT id FROM imports WHERE status = 'running'")
     assert running_ == []
+
+
+async def test_transfer_reason_is_scrubbed_before_the_event(membership):
+    a, z = await membership.branch("640181"), await membership.branch("640122")
+    m = await membership.member(a["id"])
+    mobile = phone()
+    r = await membership.client.post(f"/v1/members/{m['id']}:transfer", headers=auth(),
+                                     json={"to_branch_id": z["id"], "reason": f"本人电话 {mobile} 换工作"})
+    assert r.status_code == 200, r.text
+    [event] = [e for e in await outbox_events(membership.dsn, "changai.membership.member.transferred.v1")
+               if e.subject == m["id"]]
+    assert mobile not in event.data["reason"] and "换工作" in event.data["reason"]
+    history = (await membership.client.get(f"/v1/members/{m['id']}/transfers", headers=auth())).json()
+    assert mobile not in str(history)

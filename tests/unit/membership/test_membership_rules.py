@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from services.membership import domain
 from shared.auth import Principal
 from shared.outbox import murmur2
-from shared.problems import Problem
+from shared.errors import DomainError, status_of
 
 
 def branch(**extra):
@@ -30,12 +30,12 @@ def test_update_reports_only_changed_fields():
     event = domain.update_branch(b, domain.BranchPatch(name="宁夏快递行业工会", industry_section="G", region_code="640502"))
     assert event.changed == ["name", "region_code"] and event.city_code == "640500"
     assert domain.update_branch(b, domain.BranchPatch(name=b["name"])) is None
-    with pytest.raises(Problem) as exc:
+    with pytest.raises(DomainError) as exc:
         domain.update_branch(b, domain.BranchPatch(parent_id=b["id"]))
-    assert exc.value.status == 422
-    with pytest.raises(Problem) as exc:
+    assert status_of(exc.value) == 422
+    with pytest.raises(DomainError) as exc:
         domain.update_branch(branch(status="merged"), domain.BranchPatch(name="新名称"))
-    assert exc.value.status == 409 and exc.value.kind == "branch-not-active"
+    assert status_of(exc.value) == 409 and exc.value.kind == "branch-not-active"
     with pytest.raises(ValidationError):
         domain.BranchPatch()
     with pytest.raises(ValidationError):
@@ -45,23 +45,23 @@ def test_update_reports_only_changed_fields():
 def test_dissolve_needs_an_empty_branch_or_a_target():
     b, target = branch(), branch()
     domain.check_dissolve(b, None, 0, 0)
-    with pytest.raises(Problem) as exc:
+    with pytest.raises(DomainError) as exc:
         domain.check_dissolve(b, None, 3, 0)
-    assert exc.value.status == 409 and exc.value.extra["members"] == 3
-    with pytest.raises(Problem):
+    assert status_of(exc.value) == 409 and exc.value.extra["members"] == 3
+    with pytest.raises(DomainError):
         domain.check_dissolve(b, None, 0, 1)
     domain.check_dissolve(b, target, 3, 1)
-    with pytest.raises(Problem):
+    with pytest.raises(DomainError):
         domain.check_dissolve(b, b, 3, 1)
-    with pytest.raises(Problem):
+    with pytest.raises(DomainError):
         domain.check_dissolve(b, branch(status="dissolved"), 3, 1)
 
 
 def test_merge_refusals():
     b = branch()
-    with pytest.raises(Problem, match="itself"):
+    with pytest.raises(DomainError, match="itself"):
         domain.check_merge(b, b)
-    with pytest.raises(Problem):
+    with pytest.raises(DomainError):
         domain.check_merge(b, branch(status="merged"))
 
 
