@@ -21,6 +21,7 @@ from datetime import date, datetime, time as dtime, timedelta, timezone
 from typing import Any, Iterable
 from zoneinfo import ZoneInfo
 
+from services.notifier import holidays  # also puts the calendar's gauge on every notifier process's /metrics
 from shared import regions
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -396,13 +397,9 @@ class SlidingWindow:
 
 # -- quiet hours -------------------------------------------------------------------
 def _is_workday(day: date) -> bool:
-    """China's working calendar: public holidays off, weekend days made workdays (调休) on."""
-    try:
-        import chinese_calendar
-
-        return chinese_calendar.is_workday(day)
-    except (ImportError, NotImplementedError):
-        return day.weekday() < 5  # a year the calendar does not cover yet: plain weekends
+    """China's working calendar: public holidays off, weekend days made workdays (调休) on; years
+    after the package's from operators' schedule files (:mod:`services.notifier.holidays`)."""
+    return holidays.is_workday(day)
 
 
 def _hhmm(text: str) -> dtime:
