@@ -28,6 +28,8 @@ BY_NAME: dict[str, Any] = {
     "host_enterprise": "宁夏共享集团", "lead_worker": "王师傅", "occupation": "农艺工", "issuer": "宁夏职业技能鉴定中心",
     "industry": "制造业", "purpose": "职工技能培训", "reason": "会员调动", "detail": "本年度资金已全部安排",
     "last_error": "HTTP 503", "event_type": "changai.training.session.completed.v1",
+    "by_region": {"640104": 1200, "640105": 340, "640202": 45}, "batch_kind": "membership.import", "count": 1585,
+    "branches": 12, "report_url": "https://changai.example.cn/v1/imports/0190a1b2",
     "organiser_id": str(uuid.uuid5(NS, "branch")), "beneficiary_id": str(uuid.uuid5(NS, "branch")),
     "fiscal_year": 2024, "birth_year": 1990, "number": 3, "capacity": 40, "person_times": 36, "passed": 34,
     "failed": 2, "eligible_persons": 30, "persons": 30, "participants": 120, "headcount": 12, "members_moved": 25,
@@ -37,7 +39,8 @@ BY_NAME: dict[str, Any] = {
     # reform ledger
     "year": 2021, "year_id": "2021", "percent": 60, "doc_number": "宁人社发〔2021〕12号", "title": "完善产业工人技能评价体系",
     "days_overdue": 3, "days_silent": 30, "units": 22, "tasks": 64, "completed": 64, "documents": 60, "pilots": 13,
-    "evidence_links": 2, "note": "已完成调研", "on_time": True,
+    "evidence_links": 2, "note": "已完成调研", "on_time": True, "lead_unit": "自治区人力资源和社会保障厅",
+    "unit": "自治区人力资源和社会保障厅",
 }
 AMOUNTS = {"amount_fen": 8_000_000, "total_fen": 50_000_000, "unspent_fen": 1_250_000, "released_fen": 300_000,
            "grant_remaining_fen": 2_000_000, "rate_fen": 80_000}

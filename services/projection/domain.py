@@ -366,12 +366,10 @@ def aggregate_contributions(record: dict) -> list[tuple[str, Labels]]:
     elif kind == "channel":
         if record["paused"]:
             return [("channels_paused", (record["channel"],))]
-    elif kind == "reform_unit":
-        return [("reform_units", (record["unit_id"], record["name"], record["kind"]))]
     elif kind == "reform_task":
-        out = [("reform_tasks", (record["year"], record["status"], record["unit_id"]))]
+        out = [("reform_tasks", (record["year"], record["status"], record["unit"]))]
         if record["overdue"]:
-            out.append(("reform_tasks_overdue", (record["year"], record["unit_id"])))
+            out.append(("reform_tasks_overdue", (record["year"], record["unit"])))
         return out
     elif kind == "city_plan":
         return [("reform_city_plans", (record["city"],))]
@@ -732,16 +730,11 @@ def _resumed(c: Ctx, d: ne.ChannelResumed) -> None:
 
 # -- reform coordination ---------------------------------------------------------------
 
-@on(re_.UnitRegistered)
-def _reform_unit(c: Ctx, d: re_.UnitRegistered) -> None:
-    c.set_aggregate({"t": "reform_unit", "unit_id": str(d.unit_id), "name": d.name, "kind": d.kind.value})
-
-
 def _task_record(c: Ctx, d, **changes: Any) -> None:
     """The task's record: year, status, lead unit and whether it is overdue now (keyed by task id)."""
     current = c.aggregate() or {"t": "reform_task", "year": str(d.year), "status": "assigned",
-                                "unit_id": str(d.lead_unit_id), "overdue": False}
-    c.set_aggregate({**current, "unit_id": str(d.lead_unit_id), **changes})
+                                "unit": d.lead_unit, "overdue": False}
+    c.set_aggregate({**current, "unit": d.lead_unit, **changes})
 
 
 @on(re_.TaskAssigned)
@@ -767,7 +760,7 @@ def _task_sent_back(c: Ctx, d: re_.TaskSentBack) -> None:
 
 @on(re_.TaskCompleted)
 def _task_completed(c: Ctx, d: re_.TaskCompleted) -> None:
-    c.add("reform_tasks_completed", (str(d.year), str(d.lead_unit_id), "true" if d.on_time else "false"))
+    c.add("reform_tasks_completed", (str(d.year), d.lead_unit, "true" if d.on_time else "false"))
     _task_record(c, d, status="completed", overdue=False)
 
 
@@ -784,7 +777,7 @@ def _task_progress_due(c: Ctx, d: re_.TaskProgressDue) -> None:
 
 @on(re_.DocumentIssued)
 def _document_issued(c: Ctx, d: re_.DocumentIssued) -> None:
-    c.add("reform_documents", (str(d.year), str(d.unit_id)))
+    c.add("reform_documents", (str(d.year), d.unit))
 
 
 @on(re_.PilotDesignated)

@@ -156,21 +156,16 @@ _FAMILIES: tuple[Family, ...] = (
            "Channels paused because they kept failing", ("channel",)),
     Family("channels_paused", "changai_notifier_channels_paused", "aggregate",
            "Channels paused now", ("channel",)),
-    # -- reform coordination (改革协调) ------------------------------------------------
-    # Units appear by id on the task families; changai_reform_unit_info gives each id its name
-    # (join with `* on (unit_id) group_left (unit)`): a task event carries only the id, and the
-    # unit's own event may be on a partition another worker owns.
-    Family("reform_units", "changai_reform_unit_info", "aggregate",
-           "Member units of the reform coordination group (value 1), with their names", ("unit_id", "unit", "kind")),
+    # -- reform coordination (改革协调): units by name (22 of them), never by id ---------------
     Family("reform_tasks", "changai_reform_tasks", "aggregate",
-           "Reform tasks (任务台账) by year, status and lead unit", ("year", "status", "unit_id")),
+           "Reform tasks (任务台账) by year, status and lead unit", ("year", "status", "unit")),
     Family("reform_tasks_overdue", "changai_reform_tasks_overdue", "aggregate",
            "Reform tasks past their deadline and not completed now (督办), by year and lead unit",
-           ("year", "unit_id")),
+           ("year", "unit")),
     Family("reform_tasks_completed", "changai_reform_tasks_completed_total", "counter",
-           "Reform tasks verified completed, by year, lead unit and whether on time", ("year", "unit_id", "on_time")),
+           "Reform tasks verified completed, by year, lead unit and whether on time", ("year", "unit", "on_time")),
     Family("reform_documents", "changai_reform_documents_total", "counter",
-           "Policy documents issued by member units, by year and unit", ("year", "unit_id")),
+           "Policy documents issued by member units, by year and unit", ("year", "unit")),
     Family("reform_pilots", "changai_reform_pilots_total", "counter",
            "Reform pilots designated, by year, kind and mode", ("year", "kind", "mode")),
     Family("reform_city_plans", "changai_reform_city_plans", "aggregate",

@@ -44,6 +44,10 @@ async def unit(conn, unit_id: uuid.UUID) -> asyncpg.Record | None:
     return await conn.fetchrow("SELECT * FROM units WHERE id = $1", unit_id)
 
 
+async def unit_name(conn, unit_id: uuid.UUID) -> str:
+    return await conn.fetchval("SELECT name FROM units WHERE id = $1", unit_id) or str(unit_id)
+
+
 async def unit_by_name(conn, name: str) -> asyncpg.Record | None:
     return await conn.fetchrow("SELECT * FROM units WHERE name = $1", name)
 

@@ -174,9 +174,10 @@ async def close_year(conn, year: int, actor: Principal, today: date) -> Outcome:
 
 
 # -- tasks -----------------------------------------------------------------------------
-def _task_event(task: domain.Task) -> dict[str, Any]:
+async def _task_event(conn, task: domain.Task) -> dict[str, Any]:
+    """The fields every task event carries (the lead unit's name too, for the dashboards)."""
     return {"task_id": task.id, "year": task.year, "number": task.number, "lead_unit_id": task.lead_unit_id,
-            "region_code": ROOT}
+            "lead_unit": await store.unit_name(conn, task.lead_unit_id), "region_code": ROOT}
 
 
 async def _locked_task(conn, task_id: uuid.UUID, actor: Principal) -> domain.Task:
@@ -202,7 +203,7 @@ async def add_task(conn, cmd: domain.TaskIn, actor: Principal) -> Outcome:
     task = store.task_of(row)
     await store.add_history(conn, task.id, actor.subject, "assigned", unit_id=task.lead_unit_id,
                             detail={"deadline": task.deadline.isoformat(), "co_unit_ids": [str(u) for u in co]})
-    events = await emit(conn, TaskAssigned(**_task_event(task), title=task.title, co_unit_ids=co,
+    events = await emit(conn, TaskAssigned(**await _task_event(conn, task), title=task.title, co_unit_ids=co,
                                            deadline=task.deadline))
     return Outcome(row, True, events)
 
@@ -223,7 +224,7 @@ async def reassign(conn, task_id: uuid.UUID, cmd: domain.AssignIn, actor: Princi
                                     "previous_deadline": task.deadline.isoformat(), "deadline": deadline.isoformat(),
                                     "co_unit_ids": [str(u) for u in co]})
     new = store.task_of(row)
-    events = await emit(conn, TaskAssigned(**_task_event(new), title=new.title, co_unit_ids=co, deadline=deadline,
+    events = await emit(conn, TaskAssigned(**await _task_event(conn, new), title=new.title, co_unit_ids=co, deadline=deadline,
                                            previous_lead_unit_id=task.lead_unit_id))
     return Outcome(row, False, events)
 
@@ -238,7 +239,7 @@ async def report_progress(conn, task_id: uuid.UUID, cmd: domain.ProgressIn, acto
     note = scrub_text(cmd.text)
     await store.add_history(conn, task.id, actor.subject, "progress_reported", unit_id=unit, percent=cmd.percent,
                             text=note, links=[str(u) for u in cmd.links])
-    events = await emit(conn, TaskProgressReported(**_task_event(task), unit_id=unit, percent=cmd.percent,
+    events = await emit(conn, TaskProgressReported(**await _task_event(conn, task), unit_id=unit, percent=cmd.percent,
                                                    note=note[:500]))
     return Outcome(row, False, events)
 
@@ -251,7 +252,7 @@ async def report_completion(conn, task_id: uuid.UUID, cmd: domain.CompletionIn, 
     row = await store.set_task(conn, task.id, status=status.value, percent=100, last_report_at=now)
     await store.add_history(conn, task.id, actor.subject, "completion_reported", unit_id=unit, percent=100,
                             text=scrub_text(cmd.evidence), links=[str(u) for u in cmd.links])
-    events = await emit(conn, TaskCompletionReported(**_task_event(task), unit_id=unit,
+    events = await emit(conn, TaskCompletionReported(**await _task_event(conn, task), unit_id=unit,
                                                      evidence_links=len(cmd.links)))
     return Outcome(row, False, events)
 
@@ -262,7 +263,7 @@ async def verify_completion(conn, task_id: uuid.UUID, actor: Principal, today: d
     status = domain.verify(task)
     row = await store.set_task(conn, task.id, status=status.value, completed_on=today)
     await store.add_history(conn, task.id, actor.subject, "completed")
-    events = await emit(conn, TaskCompleted(**_task_event(task), completed_on=today, deadline=task.deadline,
+    events = await emit(conn, TaskCompleted(**await _task_event(conn, task), completed_on=today, deadline=task.deadline,
                                             on_time=today <= task.deadline))
     return Outcome(row, False, events)
 
@@ -274,7 +275,7 @@ async def send_back(conn, task_id: uuid.UUID, cmd: domain.SendBackIn, actor: Pri
     reason = scrub_text(cmd.reason)
     row = await store.set_task(conn, task.id, status=status.value, percent=min(task.percent, 99))
     await store.add_history(conn, task.id, actor.subject, "sent_back", text=reason)
-    events = await emit(conn, TaskSentBack(**_task_event(task), reason=reason))
+    events = await emit(conn, TaskSentBack(**await _task_event(conn, task), reason=reason))
     return Outcome(row, False, events)
 
 
@@ -311,14 +312,14 @@ async def supervise(conn, today: date, now: datetime, quiet_after: timedelta, li
         if days is not None:
             await store.set_task(conn, task.id, overdue_for=task.deadline)
             await store.add_history(conn, task.id, "supervision", "overdue", detail={"days_overdue": days})
-            events += await emit(conn, TaskOverdue(**_task_event(task), title=task.title, deadline=task.deadline,
+            events += await emit(conn, TaskOverdue(**await _task_event(conn, task), title=task.title, deadline=task.deadline,
                                                    days_overdue=days, status=task.status))
             continue
         silent = domain.silent_days(task, now, quiet_after)
         if silent is not None:
             await store.set_task(conn, task.id, progress_due_for=task.last_report_at or task.created_at)
             await store.add_history(conn, task.id, "supervision", "progress_due", detail={"days_silent": silent})
-            events += await emit(conn, TaskProgressDue(**_task_event(task), title=task.title, deadline=task.deadline,
+            events += await emit(conn, TaskProgressDue(**await _task_event(conn, task), title=task.title, deadline=task.deadline,
                                                        days_silent=silent))
     return events
 
@@ -347,7 +348,8 @@ async def register_document(conn, cmd: domain.DocumentIn, actor: Principal) -> O
     if row is None:
         raise Conflict(f"the unit already registered document {cmd.doc_number}", kind="document-exists",
                        title="Document number taken for that unit")
-    events = await emit(conn, DocumentIssued(document_id=row["id"], unit_id=unit_id, title=cmd.title,
+    events = await emit(conn, DocumentIssued(document_id=row["id"], unit_id=unit_id,
+                                             unit=await store.unit_name(conn, unit_id), title=cmd.title,
                                              doc_number=cmd.doc_number, issued_on=cmd.issued_on,
                                              year=cmd.issued_on.year, task_ids=task_ids, region_code=ROOT))
     return Outcome(row, True, events)

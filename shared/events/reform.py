@@ -82,6 +82,7 @@ class _TaskEvent(EventData):
     year: int = Year
     number: int = Field(ge=1, description="the task's number within its year (2021-17 is year 2021, number 17)")
     lead_unit_id: UUID
+    lead_unit: str = Field(description="the lead unit's name (the dashboards count tasks by unit)")
     region_code: str = RegionCode
 
 
@@ -141,6 +142,7 @@ class TaskProgressDue(_TaskEvent):
 class DocumentIssued(EventData):
     document_id: UUID
     unit_id: UUID
+    unit: str = Field(description="the issuing unit's name")
     title: str
     doc_number: str = Field(description="e.g. 宁人社发〔2021〕12号")
     issued_on: date
