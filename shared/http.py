@@ -19,7 +19,7 @@ from typing import Any
 
 import asyncpg
 import orjson
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
@@ -28,14 +28,26 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from shared import logging as changai_logging
 from shared import migrate
 from shared.auth import Principal, document_scopes
+from shared.boundary import (
+    Boundary,
+    DatabaseOutage,
+    add_docs,
+    body_limit,
+    document_problems,
+    guard_inputs,
+    http_problem,
+    render_problem,
+)
 from shared.errors import DomainError, status_of
 from shared.events.envelope import new_traceparent, trace_id_of
 from shared.outbox import OutboxRelay
-from shared.problems import MEDIA_TYPE, Problem
+from shared.problems import Problem
 from shared.settings import Settings
 from shared.timing import within
 
 log = logging.getLogger(__name__)
+
+__all__ = ["body_limit", "create_app", "problem_response", "serve", "write"]
 
 REQUESTS = Counter("changai_http_requests_total", "HTTP requests", ["service", "method", "route", "status"])
 LATENCY = Histogram(
@@ -48,8 +60,7 @@ LifespanPart = Callable[[FastAPI], Awaitable[Callable[[], Awaitable[None]] | Non
 
 
 def problem_response(problem: Problem, request: Request | None = None) -> JSONResponse:
-    return JSONResponse(problem.body(request.url.path if request else None), status_code=problem.status,
-                        media_type=MEDIA_TYPE)
+    return render_problem(problem, request.url.path if request else None)
 
 
 def _field(loc: tuple) -> str:
@@ -69,9 +80,7 @@ async def _on_validation_error(request: Request, exc: RequestValidationError) ->
 
 
 async def _on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    kind = {404: "not-found", 405: "method-not-allowed", 401: "unauthorized", 403: "forbidden"}.get(
-        exc.status_code, "http-error")
-    return problem_response(Problem(exc.status_code, kind, str(exc.detail)), request)
+    return problem_response(http_problem(exc), request)
 
 
 async def _on_problem(request: Request, exc: Problem) -> JSONResponse:
@@ -125,7 +134,8 @@ class RequestMetrics:
 def create_app(*, service: str, settings: Settings, routers: list[APIRouter], title: str,
                description: str = "", parts: list[LifespanPart] = (), with_database: bool = True,
                with_relay: bool = True) -> FastAPI:
-    changai_logging.configure(service, settings.log_level)
+    changai_logging.configure(service, settings.log_level, settings.log_repeat_window_s)
+    outage = DatabaseOutage()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -135,8 +145,10 @@ def create_app(*, service: str, settings: Settings, routers: list[APIRouter], ti
             if with_database:
                 await migrate.apply(settings.database_url, service)
                 app.state.db = await asyncpg.create_pool(settings.database_url, min_size=settings.db_pool_min,
-                                                         max_size=settings.db_pool_max)
+                                                         max_size=settings.db_pool_max,
+                                                         timeout=settings.db_connect_timeout_s)
                 stack.push_async_callback(close_pool, app.state.db)
+                stack.push_async_callback(outage.stop)
                 if with_relay:
                     relay = OutboxRelay(app.state.db, settings.kafka_bootstrap, service, dsn=settings.database_url,
                                         poll_interval=settings.outbox_poll_interval_s,
@@ -151,13 +163,21 @@ def create_app(*, service: str, settings: Settings, routers: list[APIRouter], ti
             log.info("service started", extra={"port": settings.http_port})
             yield
 
-    app = FastAPI(title=title, description=description, version="1", lifespan=lifespan)
+    # docs_url/redoc_url off: FastAPI's own pages load Swagger UI from a CDN (add_docs serves it locally).
+    # guard_inputs runs on every route, after routing and before the route's own parameters.
+    app = FastAPI(title=title, description=description, version="1", lifespan=lifespan, docs_url=None,
+                  redoc_url=None, dependencies=[Depends(guard_inputs)])
     app.add_exception_handler(Problem, _on_problem)
     app.add_exception_handler(DomainError, _on_domain_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(Exception, _on_unexpected)
-    app.add_middleware(RequestMetrics, service=service)
+    app.add_middleware(Boundary, max_body_bytes=settings.http_max_body_bytes,
+                       retry_after_s=settings.http_unavailable_retry_after_s, outage=outage)
+    app.add_middleware(RequestMetrics, service=service)  # outermost: counts what the boundary answered
+    app.state.db_outage = outage
+    if settings.http_docs:
+        add_docs(app)
 
     @app.get("/livez", include_in_schema=False)
     async def livez() -> dict:
@@ -190,6 +210,7 @@ def create_app(*, service: str, settings: Settings, routers: list[APIRouter], ti
     for router in routers:
         document_scopes(router.routes)
         app.include_router(router)
+    document_problems(app)
     return app
 
 

@@ -8,22 +8,51 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import re
 import sys
-from datetime import datetime, timezone
+import time
+from datetime import UTC, datetime
 
 import orjson
 
+from shared.privacy import scrub_text
+
 trace_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("trace_id", default=None)
 
-# 18-char resident ID (17 digits + digit/X) and 11-digit mainland mobile numbers.
-_ID_NUMBER = re.compile(r"(?<!\d)\d{17}[\dXx](?![\dA-Za-z])")
-_PHONE = re.compile(r"(?<!\d)1[3-9]\d{9}(?!\d)")
+# The one free-text scrubber (ID numbers, phones), shared with the services' event payloads.
+scrub = scrub_text
 
 
-def scrub(text: str) -> str:
-    text = _ID_NUMBER.sub("[id-number]", text)
-    return _PHONE.sub("[phone]", text)
+class RepeatFilter(logging.Filter):
+    """Lets one line per ``window_s`` through for each repeated message of the noisy loggers
+    (aiokafka and the outbox relay log a connection error per retry: ~100 lines a second per
+    service while Kafka is down). The next line let through carries ``suppressed``: how many
+    were dropped since. Keyed by logger, level and message template, so distinct errors
+    still show."""
+
+    def __init__(self, prefixes: tuple[str, ...] = ("aiokafka", "kafka", "faust", "mode", "shared.outbox"),
+                 window_s: float = 10.0, clock=time.monotonic, max_keys: int = 1000):
+        super().__init__()
+        self.prefixes = prefixes
+        self.window_s = window_s
+        self.clock = clock
+        self.max_keys = max_keys
+        self._seen: dict[tuple, list] = {}  # key -> [last time let through, suppressed since]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or not record.name.startswith(self.prefixes):
+            return True
+        key = (record.name, record.levelno, str(record.msg))
+        now = self.clock()
+        seen = self._seen.get(key)
+        if seen is not None and now - seen[0] < self.window_s:
+            seen[1] += 1
+            return False
+        if seen is not None and seen[1]:
+            record.suppressed = seen[1]
+        if len(self._seen) >= self.max_keys:
+            self._seen.clear()
+        self._seen[key] = [now, 0]
+        return True
 
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
@@ -36,7 +65,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "service": self.service,
             "logger": record.name,
@@ -53,9 +82,10 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
-def configure(service: str, level: str = "INFO") -> None:
+def configure(service: str, level: str = "INFO", repeat_window_s: float = 10.0) -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter(service))
+    handler.addFilter(RepeatFilter(window_s=repeat_window_s))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

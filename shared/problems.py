@@ -13,12 +13,16 @@ MEDIA_TYPE = "application/problem+json"
 
 
 class Problem(Exception):
-    def __init__(self, status: int, kind: str, title: str, detail: str | None = None, **extra: Any):
+    """``headers`` go on the answer, not in the body (``WWW-Authenticate``, ``Retry-After``)."""
+
+    def __init__(self, status: int, kind: str, title: str, detail: str | None = None, *,
+                 headers: dict[str, str] | None = None, **extra: Any):
         super().__init__(detail or title)
         self.status = status
         self.kind = kind
         self.title = title
         self.detail = detail
+        self.headers = headers
         self.extra = extra
 
     def body(self, instance: str | None = None) -> dict[str, Any]:
@@ -29,6 +33,24 @@ class Problem(Exception):
             body["instance"] = instance
         body.update(self.extra)
         return body
+
+
+# The problem schema every route documents for its error answers (shared.http adds it to the OpenAPI).
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "type": "object",
+    "description": "RFC 9457 problem details; more members may follow (e.g. ``errors`` of a validation problem).",
+    "properties": {
+        "type": {"type": "string", "description": "stable URI of the kind of problem"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "errors": {"type": "array", "items": {"type": "object", "properties": {
+            "field": {"type": "string"}, "reason": {"type": "string"}, "type": {"type": "string"}}}},
+    },
+    "required": ["type", "title", "status"],
+}
 
 
 def not_found(what: str, ident: Any) -> Problem:

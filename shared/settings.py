@@ -9,13 +9,21 @@ from __future__ import annotations
 import base64
 from functools import lru_cache
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Local-only defaults. They are public (they are in this file), so they protect
 # nothing: the production checklist requires real values.
 LOCAL_JWT_SECRET = "changai-local-development-secret-not-for-production"
 LOCAL_DATA_KEY = base64.b64encode(b"changai-local-data-key-32-bytes!").decode()
+
+# Environments that must be given every secret: a published default there refuses to start.
+PRODUCTION_ENVIRONMENTS = frozenset({"production", "prod"})
+
+
+class PublishedSecret(RuntimeError):
+    """A production start with a secret left at its published default. Not a ValueError on purpose:
+    pydantic would wrap that and print the input, which holds the other secrets."""
 
 
 class Settings(BaseSettings):
@@ -34,6 +42,16 @@ class Settings(BaseSettings):
     http_port: int = 8000
     # Idle keep-alive of the APIs: longer than the clients' and load balancers' own (shared.http.serve).
     http_keep_alive_s: int = 75
+    # Largest request body a route takes unless it declares its own (shared.http.body_limit): 413 beyond.
+    http_max_body_bytes: int = Field(default=1024 * 1024, ge=0)
+    # /docs (Swagger UI) and /redoc, served from the installed package (no CDN); false turns them off.
+    http_docs: bool = True
+    # Retry-After of the 503 answered while the database cannot be reached.
+    http_unavailable_retry_after_s: int = 5
+    # Longest a new database connection may take (asyncpg's default is 60 s: requests would hang that long).
+    db_connect_timeout_s: float = 10.0
+    # A repeated warning of aiokafka or the outbox relay is logged once per this many seconds (shared.logging).
+    log_repeat_window_s: float = 10.0
     data_dir: str = ".run/data"
 
     # Authentication: HS256 with a shared secret by default, RS256 via JWKS when set.
@@ -57,8 +75,30 @@ class Settings(BaseSettings):
 
     # Notices (skeleton): region code -> webhook URL, and its signing secret.
     notifier_webhooks: dict[str, str] = Field(default_factory=dict)
-    notifier_webhook_secret: SecretStr = SecretStr("whsec_" + base64.b64encode(b"changai-local-webhook-secret-32b").decode())
+    notifier_webhook_secret: SecretStr = SecretStr(
+        "whsec_" + base64.b64encode(b"changai-local-webhook-secret-32b").decode())
     outbound_allow_private: bool = False
+
+    @model_validator(mode="after")
+    def _no_published_secrets_in_production(self) -> Settings:
+        """Production refuses to start on a secret that still has its default from this file (public,
+        so it protects nothing). The JWT secret is not needed when tokens are checked through JWKS."""
+        if self.environment.strip().lower() not in PRODUCTION_ENVIRONMENTS:
+            return self
+        published = []
+        for name, field in type(self).model_fields.items():
+            default = field.get_default(call_default_factory=True)
+            if not isinstance(default, SecretStr) or not default.get_secret_value():
+                continue
+            if name == "jwt_secret" and self.jwt_jwks_url:
+                continue
+            if getattr(self, name) == default:
+                published.append(f"CHANGAI_{name.upper()}")
+        if published:
+            raise PublishedSecret(
+                f"CHANGAI_ENVIRONMENT={self.environment} refuses the published local defaults of "
+                f"{', '.join(published)}: set each to a secret of your own (see docs/security.md)")
+        return self
 
     def data_key_bytes(self) -> bytes:
         key = base64.b64decode(self.data_key.get_secret_value())

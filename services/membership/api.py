@@ -27,7 +27,7 @@ from shared import regions
 from shared.auth import Principal, require
 from shared.clock import today_cn
 from shared.errors import NotFound
-from shared.http import problem_response, write
+from shared.http import body_limit, problem_response, write
 from shared.pagination import Cursor, Limit, Page, decode_cursor, page, uuid_key
 from shared.problems import Problem
 
@@ -596,6 +596,7 @@ def _content_digest(request: Request) -> bytes | None:
 @router.post("/members:import", status_code=201, tags=["imports"], response_model=ImportOut,
              responses={200: {"model": ImportOut, "description": "the same file was already imported"}},
              summary="Bulk import members from CSV (UTF-8 / GB18030) or NDJSON, streamed")
+@body_limit(None)  # streamed: a 450,000-member file is read row by row, never held whole
 async def import_members(request: Request,
                          branch_id: uuid.UUID | None = Query(None, description="branch of rows without a branch_id"),
                          format: Literal["csv", "ndjson"] | None = Query(None, description="instead of Content-Type"),

@@ -5,6 +5,7 @@ import pytest
 
 from shared import regions
 from shared.auth import decode_token, mint_token
+from shared.errors import OutOfScope, status_of
 from shared.problems import Problem
 from shared.settings import Settings
 
@@ -36,14 +37,15 @@ async def test_token_roundtrip_and_scope():
     p = await decode_token(token, settings)
     assert p.subject == "hr-system" and "membership:write" in p.scopes
     assert p.may_act_on("640104") and not p.may_act_on("640202")
-    with pytest.raises(Problem) as err:
+    with pytest.raises(OutOfScope) as err:
         p.ensure_region("640202")
-    assert err.value.status == 403
+    assert status_of(err.value) == 403
 
 
 async def test_forged_expired_and_unknown_org_tokens_refused():
     settings = Settings()
-    forged = mint_token("x", ["membership:write"], settings=Settings(jwt_secret="another-secret-of-at-least-32-bytes!!"))
+    other_key = Settings(jwt_secret="another-secret-of-at-least-32-bytes!!")
+    forged = mint_token("x", ["membership:write"], settings=other_key)
     expired = mint_token("x", ["membership:write"], ttl_s=-10, settings=settings)
     now = int(time.time())
     unknown_org = jwt.encode({"sub": "x", "scope": "a", "org": "110000", "iss": settings.jwt_issuer,
@@ -55,3 +57,77 @@ async def test_forged_expired_and_unknown_org_tokens_refused():
         with pytest.raises(Problem, match=why) as err:
             await decode_token(token, settings)
         assert err.value.status == 401
+
+
+# -- production refuses the published defaults --------------------------------------------------
+OWN = {"CHANGAI_JWT_SECRET": "a-secret-of-our-own-that-is-long-enough",
+       "CHANGAI_DATA_KEY": "bXktb3duLTMyLWJ5dGUtZGF0YS1rZXktLS0tLS0tLS0=",
+       "CHANGAI_NOTIFIER_WEBHOOK_SECRET": "whsec_b3VyLW93bi13ZWJob29rLXNpZ25pbmcta2V5"}
+
+
+@pytest.mark.parametrize("environment", ["production", "Production", "prod"])
+def test_production_refuses_every_published_default_by_name(monkeypatch, environment):
+    from shared.settings import PublishedSecret
+
+    monkeypatch.setenv("CHANGAI_ENVIRONMENT", environment)
+    with pytest.raises(PublishedSecret) as err:
+        Settings()
+    message = str(err.value)
+    for name in OWN:
+        assert name in message
+    for name, value in OWN.items():  # given one by one, the message narrows to what is still missing
+        monkeypatch.setenv(name, value)
+        if name != list(OWN)[-1]:
+            with pytest.raises(PublishedSecret) as err:
+                Settings()
+            assert name not in str(err.value)
+    assert Settings().environment == environment
+
+
+def test_the_message_never_shows_a_secret(monkeypatch):
+    from shared.settings import PublishedSecret
+
+    monkeypatch.setenv("CHANGAI_ENVIRONMENT", "production")
+    monkeypatch.setenv("CHANGAI_DATA_KEY", OWN["CHANGAI_DATA_KEY"])
+    with pytest.raises(PublishedSecret) as err:
+        Settings()
+    assert OWN["CHANGAI_DATA_KEY"][-12:] not in str(err.value)
+    assert "changai-local" not in str(err.value)
+
+
+def test_jwks_makes_the_jwt_secret_unneeded(monkeypatch):
+    monkeypatch.setenv("CHANGAI_ENVIRONMENT", "production")
+    monkeypatch.setenv("CHANGAI_JWT_JWKS_URL", "https://sso.example/jwks.json")
+    monkeypatch.setenv("CHANGAI_DATA_KEY", OWN["CHANGAI_DATA_KEY"])
+    monkeypatch.setenv("CHANGAI_NOTIFIER_WEBHOOK_SECRET", OWN["CHANGAI_NOTIFIER_WEBHOOK_SECRET"])
+    assert Settings().jwt_jwks_url
+
+
+def test_a_services_own_settings_are_checked_too(monkeypatch):
+    from services.notifier.settings import NotifierSettings
+    from shared.settings import PublishedSecret
+
+    monkeypatch.setenv("CHANGAI_ENVIRONMENT", "production")
+    with pytest.raises(PublishedSecret):
+        NotifierSettings()
+    for name, value in OWN.items():
+        monkeypatch.setenv(name, value)
+    assert NotifierSettings().environment == "production"
+
+
+def test_local_environments_keep_the_defaults(monkeypatch):
+    for environment in ("local", "dev", "compose", "kubernetes"):
+        monkeypatch.setenv("CHANGAI_ENVIRONMENT", environment)
+        assert Settings().environment == environment
+
+
+def test_a_production_service_does_not_start_on_defaults():
+    import subprocess
+    import sys
+
+    env = {"PATH": "/usr/bin:/bin", "CHANGAI_ENVIRONMENT": "production", "CHANGAI_HTTP_PORT": "1"}
+    root = __import__("pathlib").Path(__file__).resolve().parents[2]
+    run = subprocess.run([sys.executable, "-m", "services.funding", "api"], env=env, capture_output=True,
+                         text=True, timeout=120, cwd=root)
+    assert run.returncode != 0
+    assert "CHANGAI_JWT_SECRET" in run.stderr and "CHANGAI_DATA_KEY" in run.stderr, run.stderr[-2000:]
