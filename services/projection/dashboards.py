@@ -3,12 +3,14 @@
     python -m services.projection dashboards          # writes deploy/grafana/dashboards/*.json
     python -m services.projection dashboards --check  # exit 1 if the committed JSON differs
 
-Two dashboards, provisioned by docker-compose and Kubernetes from deploy/grafana/:
+Three dashboards, provisioned by docker-compose and Kubernetes from deploy/grafana/:
 
 * ``reform-overview.json`` "产改进展 Reform overview": the event-countable figures of
   the source article (docs/domain.md), by city, Chinese titles with English subtitles;
 * ``pipeline-health.json`` "管道健康 Pipeline health": RED metrics per service, consumer
-  lag, outbox backlog, dead letters, notice delivery success, the projection itself.
+  lag, outbox backlog, dead letters, notice delivery success, the projection itself;
+* ``reform-ledger.json`` "改革任务台账 Reform task ledger": the coordinating office's tasks by
+  status and unit, completion rate, overdue now, documents, pilots, city plans.
 
 Every panel's query is plain PromQL over the raw metrics (no recording rule needed),
 with two Grafana variables: ``$year`` (default 2021, the article's "this year") and
@@ -50,6 +52,9 @@ NAMES = {
     "level": {"1": "高级技师 Level 1", "2": "技师 Level 2", "3": "高级工 Level 3", "4": "中级工 Level 4",
               "5": "初级工 Level 5", "national": "国家级 National", "region": "自治区级 Regional",
               "city": "市级 City"},
+    "status": {"assigned": "已分工 Assigned", "in_progress": "推进中 In progress",
+               "completion_reported": "已报送完成 Reported", "completed": "已完成 Completed"},
+    "stage": {"overdue": "逾期督办 Overdue", "progress_due": "进展提醒 Progress due"},
     "channel": {"webhook": "Webhook", "wecom": "企业微信 WeCom", "dingtalk": "钉钉 DingTalk", "email": "邮件 E-mail"},
 }
 
@@ -342,7 +347,52 @@ def pipeline_health() -> dict:
         ["changai", "operations"], year_variable=False)
 
 
-DASHBOARDS = {"reform-overview.json": reform_overview, "pipeline-health.json": pipeline_health}
+def reform_ledger() -> dict:
+    """改革任务台账: the coordinating office's ledger, from the reform service's events."""
+    Y = '{year="$year"}'
+    tasks = [
+        Panel("改革任务 · Reform tasks ($year)", "Tasks in the year's ledger. Article: 59 tasks in 2020, 64 in "
+              "2021.", "stat", [Target(f"sum(changai_reform_tasks{Y})")], w=4),
+        Panel("已完成 · Completed ($year)", "Tasks the office verified completed. Article: all 59 (2020) and all "
+              "64 (2021).", "stat", [Target(f'sum(changai_reform_tasks{{year="$year",status="completed"}})')], w=4),
+        Panel("完成率 · Completion rate ($year)", "Completed tasks over all tasks of the year.", "stat",
+              [Target(f'sum(changai_reform_tasks{{year="$year",status="completed"}}) / sum(changai_reform_tasks{Y})')],
+              w=4, unit="percentunit", decimals=1),
+        Panel("逾期未完成 · Overdue now", "Tasks past their deadline (Asia/Shanghai) and not completed: "
+              "supervision (督办) has reminded their lead units.", "stat",
+              [Target("sum(changai_reform_tasks_overdue) or vector(0)")], w=4),
+        Panel("政策文件 · Policy documents ($year)", "Documents member units issued. Article: 60+.", "stat",
+              [Target(f"sum(changai_reform_documents_total{Y})")], w=4),
+        Panel("市级实施方案 · City plans", "Cities whose implementation plan is recorded. Article: all 5.", "stat",
+              [Target("sum(changai_reform_city_plans)")], w=4),
+        Panel("任务（按状态）· Tasks by status ($year)", "Assigned, in progress, completion reported, completed.",
+              "bargauge", [Target(f"sum by (status) (changai_reform_tasks{Y})")], w=8, h=8, by="status"),
+        Panel("完成率（按成员单位）· Completion rate by member unit ($year)", "Each lead unit's completed tasks "
+              "over its tasks.", "bargauge",
+              [Target(f'sum by (unit) (changai_reform_tasks{{year="$year",status="completed"}}) '
+                      f"/ sum by (unit) (changai_reform_tasks{Y})")], w=8, h=8, by="unit", unit="percentunit"),
+        Panel("逾期任务（按成员单位）· Overdue by member unit", "Overdue tasks now, by lead unit.", "bargauge",
+              [Target("sum by (unit) (changai_reform_tasks_overdue)")], w=8, h=8, by="unit"),
+    ]
+    documents = [
+        Panel("政策文件（按成员单位）· Documents by member unit ($year)", "Policy documents issued, by unit.",
+              "bargauge", [Target(f"sum by (unit) (changai_reform_documents_total{Y})")], w=12, h=9, by="unit"),
+        Panel("试点（按类别）· Pilots by kind ($year)", "Article: 2 areas/units in 2020; in 2021 1 city, 2 "
+              "industries, 3 counties/districts, 7 enterprises/institutions.", "bargauge",
+              [Target(f"sum by (kind) (changai_reform_pilots_total{Y})", "{{kind}}")], w=6, h=9),
+        Panel("督办提醒 · Supervision reminders", "Overdue notices and progress reminders told so far.", "bargauge",
+              [Target("sum by (stage) (changai_reform_reminders_total)")], w=6, h=9, by="stage"),
+    ]
+    return dashboard(
+        "changai-reform-ledger", "改革任务台账 Reform task ledger",
+        "The coordinating office's task ledger: tasks by status and member unit, completion, overdue, documents, "
+        "pilots and city plans.",
+        [("任务台账 · Task ledger", tasks), ("文件与试点 · Documents and pilots", documents)],
+        ["changai", "reform"], year_variable=True)
+
+
+DASHBOARDS = {"reform-overview.json": reform_overview, "pipeline-health.json": pipeline_health,
+              "reform-ledger.json": reform_ledger}
 
 
 def render(build) -> str:
