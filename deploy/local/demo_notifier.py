@@ -64,7 +64,7 @@ async def step_log(demo) -> None:
         raise _skip(demo, "the notifier API is not running")
     deadline = time.monotonic() + 20
     while True:  # the demo's last events may still be on their way
-        page = await _get(demo, "/v1/deliveries", limit=500)
+        page = await _get(demo, "/v1/deliveries", limit=200)  # the newest 200 (every list pages at most 200)
         if page is None:
             return
         items = page["items"]

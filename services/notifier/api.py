@@ -8,15 +8,17 @@ created or rotated it (and not in an idempotent replay of that answer, which is 
 from __future__ import annotations
 
 import asyncio
-import base64
+import hmac
 import time
 import uuid
 from datetime import datetime, timezone
+from typing import Literal
 
 import asyncpg
 import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from services.notifier import domain, inputs, outbound, store, topics, vault
 from services.notifier.pipeline import deliver_record
@@ -29,10 +31,142 @@ from shared.events import REGISTRY
 from shared.events.notifier import ChannelPaused, ChannelResumed
 from shared.http import write
 from shared.logging import trace_id_var
+from shared.pagination import Cursor, Limit, Page, decode_cursor, page
 from shared.problems import Problem, invalid, not_found
 
 router = APIRouter(prefix="/v1", tags=["notices"])
 _renderer: Renderer | None = None
+
+# -- what the API answers ---------------------------------------------------------------------
+
+ChannelKind = Literal["webhook", "wecom", "dingtalk", "email"]
+ChannelStatus = Literal["active", "paused", "disabled"]
+DeliveryStatus = Literal["routed", "ready", "sending", "retrying", "deferred", "held", "delivered", "dead"]
+EventTypeFilter = Query(None, max_length=200, pattern=r"^[a-z0-9_.]+$", description="an event type")
+
+
+class OwnerOut(BaseModel):
+    kind: Literal["branch", "federation"]
+    branch_id: str | None = None
+    region_code: str
+    name: str | None = None
+
+
+class ChannelOut(BaseModel):
+    id: str
+    kind: ChannelKind
+    name: str
+    owner: OwnerOut
+    scope: Literal["own", "subtree"]
+    event_types: list[str]
+    locale: str
+    quiet_hours: dict | None = None
+    config: dict
+    status: ChannelStatus
+    paused_reason: str | None = None
+    paused_at: str | None = None
+    failing_since: str | None = None
+    seed: bool = False
+    created_at: str | None = None
+    updated_at: str | None = None
+    released: int | None = None              # resume: held notices sent now
+
+
+class ChannelCreated(ChannelOut):
+    signing_secret: str | None = None        # webhooks: shown once, in this answer only
+    signing_secret_note: str | None = None
+
+
+class AttemptOut(BaseModel):
+    n: int
+    started_at: str | None = None
+    finished_at: str | None = None
+    outcome: str
+    status_code: int | None = None
+    errcode: int | None = None
+    error: str | None = None
+    latency_ms: int | None = None
+    payload_hash: str | None = None
+    digest_of: int | None = None
+    requested_by: str | None = None
+
+
+class ChannelRef(BaseModel):
+    id: str
+    kind: str | None = None
+    name: str | None = None
+
+
+class DeliveryOut(BaseModel):
+    id: str
+    event_id: str
+    event_type: str
+    event_time: str | None = None
+    channel: ChannelRef
+    owner_region: str
+    branch_id: str | None = None
+    region_code: str | None = None
+    status: str
+    attempts: int
+    failures: int
+    payload_hash: str | None = None
+    next_attempt_at: str | None = None
+    last_status_code: int | None = None
+    last_errcode: int | None = None
+    last_error: str | None = None
+    created_at: str | None = None
+    delivered_at: str | None = None
+    fallback_for: str | None = None
+    resend_of: str | None = None
+    requested_by: str | None = None
+    attempt_log: list[AttemptOut] | None = None
+    delivered: bool | None = None            # test send: its outcome
+
+
+class TestSendPending(BaseModel):
+    delivery_id: str
+    status: Literal["pending"]
+    detail: str
+
+
+class RotateOut(BaseModel):
+    channel_id: str
+    signing_secrets_active: int
+    previous_valid_until: str | None = None
+    signing_secret: str | None = None
+    signing_secret_note: str | None = None
+
+
+class ResendOut(BaseModel):
+    delivery_id: str
+    resend_of: str
+
+
+class ResendRangeOut(BaseModel):
+    resent: int
+    delivery_ids: list[str]
+
+
+class BranchOut(BaseModel):
+    id: str
+    name: str
+    region_code: str
+    parent_id: str | None = None
+    kind: str | None = None
+    status: str
+
+
+class PreviewOut(BaseModel):
+    event_type: str
+    locale: str
+    kind: str
+    body: dict
+
+
+class UnsubscribedOut(BaseModel):
+    channel_id: str
+    unsubscribed: bool
+    recipients_left: int
 
 
 def renderer() -> Renderer:
@@ -205,7 +339,8 @@ def _with_secret(response: JSONResponse, secret: str | None) -> JSONResponse:
 # -- channels -------------------------------------------------------------------------------
 
 
-@router.post("/channels", status_code=201, summary="Register a notice channel (webhook, WeCom, DingTalk, e-mail)")
+@router.post("/channels", status_code=201, response_model=ChannelCreated,
+             summary="Register a notice channel (webhook, WeCom, DingTalk, e-mail)")
 async def create_channel(body: inputs.ChannelIn, request: Request,
                          principal: Principal = Depends(require("notifier:write"))):
     settings = settings_of(request)
@@ -227,25 +362,27 @@ async def create_channel(body: inputs.ChannelIn, request: Request,
     return _with_secret(response, new_secret)
 
 
-@router.get("/channels", summary="Channels the caller may see")
+@router.get("/channels", response_model=Page[ChannelOut], summary="Channels the caller may see")
 async def list_channels(request: Request, principal: Principal = Depends(require("notifier:read")),
-                        branch_id: uuid.UUID | None = None, region_code: str | None = None,
-                        kind: str | None = None, status: str | None = None,
-                        limit: int = Query(100, ge=1, le=500), after: uuid.UUID | None = None):
+                        branch_id: uuid.UUID | None = None,
+                        region_code: str | None = Query(None, pattern=r"^64\d{4}$"),
+                        kind: ChannelKind | None = None, status: ChannelStatus | None = None,
+                        limit: int = Limit, cursor: str | None = Cursor):
     scope = regions.descendants(principal.region)
     if region_code is not None:
         if region_code not in scope:
-            return {"items": [], "next": None}
+            return {"items": [], "next_cursor": None}
         scope = [region_code]
+    after = decode_cursor(cursor, uuid.UUID)
     async with request.app.state.db.acquire() as conn:
         rows = await store.list_channels(conn, regions=scope, owner_branch_id=branch_id, kind=kind, status=status,
-                                         limit=limit, after=after)
+                                         limit=limit + 1, after=after)
         names = await store.branch_names(conn, [r["owner_branch_id"] for r in rows if r["owner_branch_id"]])
-    items = [channel_view(r, names.get(r["owner_branch_id"]) if r["owner_branch_id"] else None) for r in rows]
-    return {"items": items, "next": items[-1]["id"] if len(items) == limit else None}
+    return page(rows, limit, key=lambda r: r["id"],
+                view=lambda r: channel_view(r, names.get(r["owner_branch_id"]) if r["owner_branch_id"] else None))
 
 
-@router.get("/channels/{channel_id}", summary="One channel (secrets masked)")
+@router.get("/channels/{channel_id}", response_model=ChannelOut, summary="One channel (secrets masked)")
 async def get_channel(channel_id: uuid.UUID, request: Request,
                       principal: Principal = Depends(require("notifier:read"))):
     async with request.app.state.db.acquire() as conn:
@@ -254,7 +391,8 @@ async def get_channel(channel_id: uuid.UUID, request: Request,
     return channel_view(row, names.get(row["owner_branch_id"]))
 
 
-@router.patch("/channels/{channel_id}", summary="Change a channel's name, subscriptions, locale, quiet hours or settings")
+@router.patch("/channels/{channel_id}", response_model=ChannelOut,
+              summary="Change a channel's name, subscriptions, locale, quiet hours or settings")
 async def patch_channel(channel_id: uuid.UUID, body: inputs.ChannelPatch, request: Request,
                         principal: Principal = Depends(require("notifier:write"))):
     settings = settings_of(request)
@@ -303,7 +441,7 @@ async def delete_channel(channel_id: uuid.UUID, request: Request,
     return Response(status_code=204)
 
 
-@router.post("/channels/{channel_id}/rotate-secret",
+@router.post("/channels/{channel_id}/rotate-secret", response_model=RotateOut,
              summary="New webhook signing secret; the old one keeps signing for the overlap window")
 async def rotate_secret(channel_id: uuid.UUID, body: inputs.Rotate, request: Request,
                         principal: Principal = Depends(require("notifier:write"))):
@@ -334,7 +472,8 @@ async def rotate_secret(channel_id: uuid.UUID, body: inputs.Rotate, request: Req
     return _with_secret(response, new_secret)
 
 
-@router.post("/channels/{channel_id}/pause", summary="Pause a channel: its notices are held until it resumes")
+@router.post("/channels/{channel_id}/pause", response_model=ChannelOut,
+             summary="Pause a channel: its notices are held until it resumes")
 async def pause_channel(channel_id: uuid.UUID, body: inputs.PauseIn, request: Request,
                         principal: Principal = Depends(require("notifier:write"))):
     async def run(conn: asyncpg.Connection):
@@ -351,7 +490,8 @@ async def pause_channel(channel_id: uuid.UUID, body: inputs.PauseIn, request: Re
     return await write(request, principal, f"channels.pause.{channel_id}", body.model_dump(), run)
 
 
-@router.post("/channels/{channel_id}/resume", summary="Resume a paused channel and send what it held")
+@router.post("/channels/{channel_id}/resume", response_model=ChannelOut,
+             summary="Resume a paused channel and send what it held")
 async def resume_channel(channel_id: uuid.UUID, request: Request,
                          principal: Principal = Depends(require("notifier:write"))):
     async def run(conn: asyncpg.Connection):
@@ -376,7 +516,9 @@ async def resume_channel(channel_id: uuid.UUID, request: Request,
     return await write(request, principal, f"channels.resume.{channel_id}", {}, run)
 
 
-@router.post("/channels/{channel_id}/test", summary="Send a test notice now, through the channel's own queue")
+@router.post("/channels/{channel_id}/test", response_model=DeliveryOut | TestSendPending,
+             responses={202: {"model": TestSendPending, "description": "not sent yet: follow it in the log"}},
+             summary="Send a test notice now, through the channel's own queue")
 async def test_channel(channel_id: uuid.UUID, request: Request,
                        principal: Principal = Depends(require("notifier:write"))):
     settings = settings_of(request)
@@ -425,19 +567,68 @@ async def test_channel(channel_id: uuid.UUID, request: Request,
                         headers={"Location": f"/v1/deliveries/{delivery_id}"})
 
 
+# -- unsubscribing from e-mail (mail clients, no token) -----------------------------------------------
+
+
+async def _unsubscribe_target(request: Request, channel_id: uuid.UUID, address: str, token: str) -> bytes:
+    """The data key, once the link is proven ours; 404 for anything else (nothing to learn from it)."""
+    key = settings_of(request).data_key_bytes()
+    if not hmac.compare_digest(outbound.unsubscribe_token(key, str(channel_id), address).encode(), token.encode()):
+        raise not_found("channel", channel_id)
+    return key
+
+
+@router.get("/unsubscribe/{channel_id}", include_in_schema=False)
+async def unsubscribe_page(channel_id: uuid.UUID, request: Request, address: str = Query(max_length=320),
+                           token: str = Query(max_length=64)):
+    """A page with one button (link scanners follow GET links: only a POST unsubscribes)."""
+    await _unsubscribe_target(request, channel_id, address, token)
+    from html import escape
+
+    action = escape(str(request.url), quote=True)
+    return Response(
+        f'<!DOCTYPE html><html lang="zh-CN"><meta charset="utf-8"><title>退订通知</title>'
+        f'<p>不再向 {escape(domain.mask_email(address))} 发送此渠道的通知？</p>'
+        f'<form method="post" action="{action}"><input type="hidden" name="List-Unsubscribe" value="One-Click">'
+        f'<button type="submit">退订 / Unsubscribe</button></form></html>', media_type="text/html")
+
+
+@router.post("/unsubscribe/{channel_id}", include_in_schema=False, response_model=UnsubscribedOut)
+async def unsubscribe(channel_id: uuid.UUID, request: Request, address: str = Query(max_length=320),
+                      token: str = Query(max_length=64)):
+    """RFC 8058 one-click unsubscribe: the address leaves the channel's recipients; a channel left
+    with none is paused (its owner is told, as for any pause)."""
+    key = await _unsubscribe_target(request, channel_id, address, token)
+    async with request.app.state.db.acquire() as conn, conn.transaction():
+        row = await store.get_channel(conn, channel_id, lock=True)
+        if row is None or row["kind"] != "email":
+            raise not_found("channel", channel_id)
+        secrets = vault.open_(key, channel_id, bytes(row["secrets"]))
+        before = list(secrets.get("to", []))
+        left = [a for a in before if a.lower() != address.lower()]
+        if len(left) != len(before):
+            secrets["to"] = left
+            await store.update_channel(conn, channel_id, secrets=vault.seal(key, channel_id, secrets),
+                                       config={"to": [domain.mask_email(a) for a in left]})
+            if not left and row["status"] == "active":
+                reason = "every recipient unsubscribed"
+                if await store.pause_channel(conn, channel_id, reason):
+                    await outbox.add(conn, ChannelPaused(channel_id=channel_id, channel_kind=row["kind"],
+                                                         owner_region=row["owner_region"], reason=reason),
+                                     trace_id=trace_id_var.get())
+    return {"channel_id": str(channel_id), "unsubscribed": True, "recipients_left": len(left)}
+
+
 # -- the delivery log -------------------------------------------------------------------------
 
 
-def _cursor(row) -> str:
-    return base64.urlsafe_b64encode(f"{row['created_at'].isoformat()}|{row['id']}".encode()).decode()
+def _log_key(row) -> str:
+    return f"{row['created_at'].isoformat()}|{row['id']}"
 
 
-def _parse_cursor(text: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        when, ident = base64.urlsafe_b64decode(text.encode()).decode().split("|")
-        return datetime.fromisoformat(when), uuid.UUID(ident)
-    except Exception:  # noqa: BLE001
-        raise invalid("cursor", "not a cursor this API gave") from None
+def _parse_log_key(text: str) -> tuple[datetime, uuid.UUID]:
+    when, ident = text.split("|")
+    return datetime.fromisoformat(when), uuid.UUID(ident)
 
 
 def _when(name: str, text: str | None) -> datetime | None:
@@ -450,26 +641,27 @@ def _when(name: str, text: str | None) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=domain.SHANGHAI)
 
 
-@router.get("/deliveries", summary="The delivery log: every notice and each of its attempts")
+@router.get("/deliveries", response_model=Page[DeliveryOut],
+            summary="The delivery log: every notice and each of its attempts, newest first")
 async def list_deliveries(request: Request, principal: Principal = Depends(require("notifier:read")),
                           branch_id: uuid.UUID | None = None, channel_id: uuid.UUID | None = None,
-                          event_type: str | None = None, status: str | None = None,
-                          since: str | None = None, until: str | None = None,
-                          limit: int = Query(50, ge=1, le=500), cursor: str | None = None):
+                          event_type: str | None = EventTypeFilter, status: DeliveryStatus | None = None,
+                          since: str | None = Query(None, max_length=40), until: str | None = Query(None, max_length=40),
+                          limit: int = Limit, cursor: str | None = Cursor):
+    before = decode_cursor(cursor, _parse_log_key)
     async with request.app.state.db.acquire() as conn:
         rows = await store.list_deliveries(
             conn, regions=regions.descendants(principal.region), branch_id=branch_id, channel_id=channel_id,
             event_type=event_type, status=status, since=_when("since", since), until=_when("until", until),
-            limit=limit, before=_parse_cursor(cursor) if cursor else None)
-        attempts = await store.attempts_of(conn, [r["id"] for r in rows])
+            limit=limit + 1, before=before)
+        attempts = await store.attempts_of(conn, [r["id"] for r in rows[:limit]])
     by_delivery: dict = {}
     for a in attempts:
         by_delivery.setdefault(a["delivery_id"], []).append(a)
-    return {"items": [delivery_view(r, by_delivery.get(r["id"], [])) for r in rows],
-            "next": _cursor(rows[-1]) if len(rows) == limit else None}
+    return page(rows, limit, key=_log_key, view=lambda r: delivery_view(r, by_delivery.get(r["id"], [])))
 
 
-@router.get("/deliveries/{delivery_id}", summary="One delivery with every attempt")
+@router.get("/deliveries/{delivery_id}", response_model=DeliveryOut, summary="One delivery with every attempt")
 async def get_delivery(delivery_id: uuid.UUID, request: Request,
                        principal: Principal = Depends(require("notifier:read"))):
     async with request.app.state.db.acquire() as conn:
@@ -479,7 +671,8 @@ async def get_delivery(delivery_id: uuid.UUID, request: Request,
         return delivery_view(row, await store.attempts_of(conn, [delivery_id]))
 
 
-@router.post("/deliveries/{delivery_id}/resend", status_code=202, summary="Send a notice again (logged with who asked)")
+@router.post("/deliveries/{delivery_id}/resend", status_code=202, response_model=ResendOut,
+             summary="Send a notice again (logged with who asked)")
 async def resend_delivery(delivery_id: uuid.UUID, request: Request,
                           principal: Principal = Depends(require("notifier:write"))):
     async def run(conn: asyncpg.Connection):
@@ -499,7 +692,8 @@ async def resend_delivery(delivery_id: uuid.UUID, request: Request,
     return await write(request, principal, f"deliveries.resend.{delivery_id}", {}, run)
 
 
-@router.post("/deliveries/resend", status_code=202, summary="Resend a channel's notices in a time range (dead ones by default)")
+@router.post("/deliveries/resend", status_code=202, response_model=ResendRangeOut,
+             summary="Resend a channel's notices in a time range (dead ones by default)")
 async def resend_range(body: inputs.ResendRange, request: Request,
                        principal: Principal = Depends(require("notifier:write"))):
     async def run(conn: asyncpg.Connection):
@@ -523,7 +717,8 @@ async def resend_range(body: inputs.ResendRange, request: Request,
 # -- read model and templates ---------------------------------------------------------------------
 
 
-@router.get("/branches/{branch_id}", summary="A branch as the notifier knows it (from membership events)")
+@router.get("/branches/{branch_id}", response_model=BranchOut,
+            summary="A branch as the notifier knows it (from membership events)")
 async def get_branch(branch_id: uuid.UUID, request: Request, principal: Principal = Depends(require("notifier:read"))):
     async with request.app.state.db.acquire() as conn:
         row = await store.get_branch(conn, branch_id)
@@ -534,7 +729,8 @@ async def get_branch(branch_id: uuid.UUID, request: Request, principal: Principa
             "status": row["status"]}
 
 
-@router.get("/templates/{event_type}", summary="Preview a notice: a sample of the type rendered for a channel kind")
+@router.get("/templates/{event_type}", response_model=PreviewOut,
+            summary="Preview a notice: a sample of the type rendered for a channel kind")
 async def preview(event_type: str, principal: Principal = Depends(require("notifier:read")),
                   locale: str = Query("zh-CN", pattern="^(zh-CN|en)$"),
                   kind: str = Query("wecom", pattern="^(wecom|dingtalk|email)$"),

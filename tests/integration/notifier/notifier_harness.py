@@ -162,7 +162,7 @@ class Notifier:
 
     async def deliveries(self, **filters) -> list[dict]:
         params = {k: str(v) for k, v in filters.items() if v is not None}
-        params.setdefault("limit", "500")
+        params.setdefault("limit", "200")  # the most a page holds (shared.pagination)
         response = await self.api.get("/v1/deliveries", params=params)
         assert response.status_code == 200, response.text
         return response.json()["items"]

@@ -32,6 +32,7 @@ async def api(stack, make_database):
             c.branch = uuid.uuid4()  # the read model, as the worker fills it from membership events
             await store.upsert_branch(conn, c.branch, "兴庆区某公司工会", "640104", None, "enterprise")
             c.dsn = dsn
+            c.settings = settings
             await conn.close()
             yield c
 
@@ -97,6 +98,14 @@ async def test_bad_requests_are_problems_and_write_nothing(api):
     ("https://10.0.0.8/hook", "non-public"),
     ("https://169.254.169.254/latest/meta-data", "non-public"),
     ("https://localhost:8443/hook", "non-public"),
+    # issue 12: IPv6 forms embedding an IPv4 loopback, and URLs that do not parse (were 500s)
+    ("https://[::7f00:1]/hook", "non-public"),
+    ("https://[::127.0.0.1]/hook", "non-public"),
+    ("https://[64:ff9b::7f00:1]/hook", "non-public"),
+    ("https://[2002:7f00:1::]/hook", "non-public"),
+    ("https://[::ffff:127.0.0.1]/hook", "non-public"),
+    ("https://127.0.0.1:99999/", "not a valid URL"),
+    ("https://[::1/", "not a valid URL"),
 ])
 async def test_webhook_urls_must_be_https_and_public(api, url, reason):
     body = problem(await api.post("/v1/channels", json=wecom(api.branch, kind="webhook", config={"url": url})),
@@ -157,8 +166,13 @@ async def test_defaults_patch_pause_resume_disable(api):
 
 async def test_delivery_log_filters_and_preview(api):
     problem(await api.get("/v1/deliveries", params={"since": "yesterday"}), 422, "validation-error")
-    problem(await api.get("/v1/deliveries", params={"cursor": "garbage"}), 422, "validation-error")
-    assert (await api.get("/v1/deliveries", params={"status": "dead"})).json() == {"items": [], "next": None}
+    problem(await api.get("/v1/deliveries", params={"cursor": "garbage"}), 400, "bad-cursor")
+    assert (await api.get("/v1/deliveries", params={"status": "dead"})).json() == {"items": [], "next_cursor": None}
+    for params in ({"status": "nonsense"}, {"status": "dead\x00"}, {"event_type": "x\x00y"}, {"limit": "500"},
+                   {"limit": "0"}):
+        response = await api.get("/v1/deliveries", params=params)
+        assert response.status_code in (400, 422), (params, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
     problem(await api.get(f"/v1/deliveries/{uuid.uuid4()}"), 404, "not-found")
     problem(await api.post(f"/v1/deliveries/{uuid.uuid4()}/resend"), 404, "not-found")
     preview = await api.get("/v1/templates/changai.funding.subsidy.rejected.v1",
@@ -166,3 +180,61 @@ async def test_delivery_log_filters_and_preview(api):
     assert preview.status_code == 200
     assert preview.json()["body"]["markdown"]["text"].endswith("产改")
     problem(await api.get("/v1/templates/changai.nope.v1"), 404, "not-found")
+
+
+async def test_channel_list_pages_with_an_opaque_cursor(api):
+    made = [(await api.post("/v1/channels", json=wecom(api.branch, name=f"分页{i}"))).json()["id"] for i in range(3)]
+    seen, cursor = [], None
+    while True:
+        params = {"limit": "2", "branch_id": str(api.branch)}
+        if cursor:
+            params["cursor"] = cursor
+        body = (await api.get("/v1/channels", params=params)).json()
+        assert set(body) == {"items", "next_cursor"} and len(body["items"]) <= 2
+        seen += [c["id"] for c in body["items"]]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert set(made) <= set(seen) and len(seen) == len(set(seen))
+    for params in ({"kind": "sms"}, {"status": "x\x00"}, {"cursor": "%%%"}, {"region_code": "99"}):
+        assert (await api.get("/v1/channels", params=params)).status_code in (400, 422), params
+
+
+async def test_every_route_documents_its_answer(api):
+    spec = (await api.get("/openapi.json")).json()
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            ok = [code for code in op["responses"] if code.startswith("2") and code != "204"]
+            for code in ok:
+                schema = op["responses"][code].get("content", {}).get("application/json", {}).get("schema")
+                assert schema and schema != {}, (method, path, code)
+
+
+async def test_one_click_unsubscribe_removes_the_address_and_pauses_an_empty_channel(api):
+    from services.notifier import outbound
+
+    made = (await api.post("/v1/channels", json=wecom(api.branch, kind="email", config={
+        "to": ["a@union.test", "b@union.test"]}))).json()
+    key = api.settings.data_key_bytes()
+
+    def link(address: str, token: str | None = None) -> dict:
+        return {"address": address, "token": token or outbound.unsubscribe_token(key, made["id"], address)}
+
+    url = f"/v1/unsubscribe/{made['id']}"
+    form = {"content": b"List-Unsubscribe=One-Click", "headers": {"content-type": "application/x-www-form-urlencoded",
+                                                                  "Authorization": ""}}
+    problem(await api.post(url, params=link("a@union.test", "forged"), **form), 404, "not-found")
+    problem(await api.post(url, params=link("c@union.test", outbound.unsubscribe_token(key, made["id"], "a@union.test")),
+                           **form), 404, "not-found")
+    page = await api.get(url, params=link("a@union.test"), headers={"Authorization": ""})
+    assert page.status_code == 200 and "<form method=\"post\"" in page.text
+    assert (await api.get(f"/v1/channels/{made['id']}")).json()["config"]["to"] == ["a***@union.test",
+                                                                                 "b***@union.test"]  # GET changes nothing
+    first = await api.post(url, params=link("a@union.test"), **form)
+    assert first.status_code == 200 and first.json()["recipients_left"] == 1
+    view = (await api.get(f"/v1/channels/{made['id']}")).json()
+    assert view["config"]["to"] == ["b***@union.test"] and view["status"] == "active"
+    last = await api.post(url, params=link("b@union.test"), **form)
+    assert last.json()["recipients_left"] == 0
+    view = (await api.get(f"/v1/channels/{made['id']}")).json()
+    assert view["status"] == "paused" and view["paused_reason"] == "every recipient unsubscribed"
