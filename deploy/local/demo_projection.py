@@ -30,6 +30,11 @@ FIGURES = (
     ("结余 remaining (yuan)", 'sum by (source_kind) (changai_funds_remaining_yuan{year="2021"})', "source_kind"),
     ("补贴 subsidies paid (yuan)", "sum(changai_subsidies_paid_yuan_total)", None),
     ("通知 notices", "sum by (outcome) (changai_notices_total)", "outcome"),
+    ("改革任务 reform tasks completed", 'sum by (year) (changai_reform_tasks{status="completed"})', "year"),
+    ("逾期任务 reform tasks overdue", "sum by (year) (changai_reform_tasks_overdue)", "year"),
+    ("政策文件 policy documents", "sum(changai_reform_documents_total)", None),
+    ("试点 pilots", "sum by (year) (changai_reform_pilots_total)", "year"),
+    ("市级实施方案 city plans", "sum(changai_reform_city_plans)", None),
 )
 
 

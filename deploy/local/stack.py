@@ -148,6 +148,8 @@ def service_env(name: str, *, bootstrap: str, http_port: int, data_dir: Path | s
         "CHANGAI_NOTIFIER_WEBHOOKS": json.dumps({"640000": f"{receiver}/hooks/changai"}),
         "CHANGAI_NOTIFIER_WEBHOOK_SECRET": LOCAL_WEBHOOK_SECRET,
         "CHANGAI_OUTBOUND_ALLOW_PRIVATE": "1",  # the receiver is on loopback
+        # Supervision scans every 5 s locally (60 s by default), so the demo's overdue task is told promptly.
+        "CHANGAI_REFORM_SUPERVISION_INTERVAL_S": "5",
         "PYTHONUNBUFFERED": "1",
     }
     if database_url:
