@@ -32,6 +32,7 @@ from shared.events.notifier import ChannelPaused, ChannelResumed
 from shared.http import write
 from shared.logging import trace_id_var
 from shared.pagination import Cursor, Limit, Page, decode_cursor, page
+from shared.privacy import scrub_text
 from shared.problems import Problem, invalid, not_found
 
 router = APIRouter(prefix="/v1", tags=["notices"])
@@ -480,10 +481,13 @@ async def pause_channel(channel_id: uuid.UUID, body: inputs.PauseIn, request: Re
         row = await _load_channel(conn, channel_id, principal, lock=True)
         if row["status"] == "disabled":
             raise Problem(409, "channel-disabled", "The channel is disabled")
-        paused = await store.pause_channel(conn, channel_id, body.reason)
+        # Free text a person typed: a phone or ID number in it is masked before it is stored,
+        # shown or published (notifier.events is kept forever).
+        reason = scrub_text(body.reason)
+        paused = await store.pause_channel(conn, channel_id, reason)
         if paused:
             await outbox.add(conn, ChannelPaused(channel_id=channel_id, channel_kind=row["kind"],
-                                                 owner_region=row["owner_region"], reason=body.reason),
+                                                 owner_region=row["owner_region"], reason=reason),
                              trace_id=trace_id_var.get())
         return 200, channel_view(await store.get_channel(conn, channel_id))
 

@@ -38,6 +38,7 @@ from standardwebhooks.webhooks import Webhook
 from services.notifier import errcodes
 from services.notifier.domain import (Outcome, classify_http, classify_robot, dingtalk_sign, mask_email,
                                      payload_hash)
+from shared.privacy import scrub_text
 
 
 log = logging.getLogger(__name__)
@@ -192,8 +193,23 @@ def _elapsed_ms(start: float) -> int:
     return int((time.perf_counter() - start) * 1000)
 
 
+def _scrubbed(outcome: Outcome) -> Outcome:
+    """A receiver's words (errmsg, an SMTP reply, an exception) may quote what a person typed: they
+    go into the log, delivery.failed and a pause reason on notifier.events, so phone and ID numbers
+    are masked first."""
+    if outcome.error:
+        outcome.error = scrub_text(outcome.error)
+    return outcome
+
+
 async def send_webhook(http: httpx.AsyncClient, url: str, signing: list[dict], msg_id: str, body: bytes, *,
                        timeout: float, allow_private: bool) -> Outcome:
+    return _scrubbed(await _send_webhook(http, url, signing, msg_id, body, timeout=timeout,
+                                         allow_private=allow_private))
+
+
+async def _send_webhook(http: httpx.AsyncClient, url: str, signing: list[dict], msg_id: str, body: bytes, *,
+                        timeout: float, allow_private: bool) -> Outcome:
     start = time.perf_counter()
     digest = payload_hash(body)
     try:
@@ -251,7 +267,7 @@ async def _robot(http: httpx.AsyncClient, kind: str, url: str, body: bytes, *, t
         outcome.status_code = 200
         _repeats(kind, url, outcome)
     outcome.latency_ms, outcome.body_hash = _elapsed_ms(start), digest
-    return outcome
+    return _scrubbed(outcome)
 
 
 # Answers that pause a channel only when they repeat (DingTalk's 300005 is also reported for
@@ -372,6 +388,11 @@ def _smtp_client(settings, timeout: float):
 
 async def send_email(settings, to: list[str], payload: dict, message_id: str, *, timeout: float,
                      channel_id: str | None = None) -> Outcome:
+    return _scrubbed(await _send_email(settings, to, payload, message_id, timeout=timeout, channel_id=channel_id))
+
+
+async def _send_email(settings, to: list[str], payload: dict, message_id: str, *, timeout: float,
+                      channel_id: str | None = None) -> Outcome:
     """One message per recipient over one connection (each with its own unsubscribe link).
 
     * a 5xx answer, or the relay refusing our credentials, is permanent (not retried);

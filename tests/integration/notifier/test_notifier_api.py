@@ -238,3 +238,18 @@ async def test_one_click_unsubscribe_removes_the_address_and_pauses_an_empty_cha
     assert last.json()["recipients_left"] == 0
     view = (await api.get(f"/v1/channels/{made['id']}")).json()
     assert view["status"] == "paused" and view["paused_reason"] == "every recipient unsubscribed"
+
+
+async def test_a_pause_reason_is_scrubbed_before_it_is_stored_or_published(api):
+    made = (await api.post("/v1/channels", json=wecom(api.branch))).json()
+    typed = "群主换了，联系 138 1234 5678，身份证 640104199001018143"
+    paused = (await api.post(f"/v1/channels/{made['id']}/pause", json={"reason": typed})).json()
+    assert paused["paused_reason"] == "群主换了，联系 [phone]，身份证 [id-number]"
+    conn = await asyncpg.connect(api.dsn)
+    try:
+        events = await conn.fetch("SELECT value FROM outbox WHERE event_type = 'changai.notifier.channel.paused.v1'")
+        stored = await conn.fetchval("SELECT paused_reason FROM channels WHERE id = $1", uuid.UUID(made["id"]))
+    finally:
+        await conn.close()
+    assert events and all(b"1234" not in bytes(e["value"]) and b"8143" not in bytes(e["value"]) for e in events)
+    assert "[phone]" in stored and "5678" not in stored

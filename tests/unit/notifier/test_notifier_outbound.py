@@ -97,3 +97,19 @@ def test_email_has_text_and_html_and_a_stable_message_id():
 async def test_ipv6_forms_of_public_addresses_are_allowed(url):
     host, addresses = await outbound.check_url(url, allow_private=False)
     assert addresses == [host]
+
+
+async def test_a_receivers_words_are_scrubbed_before_they_become_an_error():
+    """errmsg may quote what a person typed; it becomes the log's error, delivery.failed and a pause reason."""
+    import httpx
+    import orjson
+
+    def answer(request):
+        return httpx.Response(200, content=orjson.dumps(
+            {"errcode": 93000, "errmsg": "key of 张三 13812345678 / 640104199001018143 is wrong"}))
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
+        outcome = await outbound.send_wecom(http, "https://qyapi.weixin.qq.com/cgi-bin/webhook/send", "k", b"{}",
+                                            timeout=5, throttle_s=60)
+    assert outcome.pause and "13812345678" not in outcome.error and "640104199001018143" not in outcome.error
+    assert "[phone]" in outcome.error and "[id-number]" in outcome.error
