@@ -210,6 +210,11 @@ def _session_state_problem(session: Mapping, doing: str) -> Conflict:
                     session_status=status)
 
 
+def session_closed(session: Mapping, doing: str) -> Conflict:
+    """The refusal of ``doing`` something to a session in its current state."""
+    return _session_state_problem(session, doing)
+
+
 def _region_fields(session: Mapping) -> dict:
     return {"region_code": session["region_code"], "city_code": session["city_code"],
             "subsidy_category": session["subsidy_category"]}

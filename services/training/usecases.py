@@ -24,7 +24,7 @@ import asyncpg
 from services.training import domain, store
 from shared import outbox
 from shared.auth import Principal
-from shared.errors import Conflict, Invalid, NotFound
+from shared.errors import Conflict, DomainError, Invalid, NotFound
 from shared.events import EventData
 from shared.events.training import OrganiserKind
 from shared.logging import trace_id_var
@@ -479,3 +479,132 @@ async def revoke_studio(conn, studio_id: uuid.UUID, cmd: domain.RevokeIn, actor:
     await store.set_revoked(conn, event)
     await emit(conn, event)
     return await store.get_studio(conn, studio_id)
+
+
+# ============================================================================ rosters (bulk)
+@dataclass
+class RosterRow:
+    line: int
+    member_id: uuid.UUID
+    result: str  # enrolled | attended | passed | failed | absent
+
+
+@dataclass
+class RosterReport:
+    """One session's part of a roster upload: what each row did, and whether the session completed."""
+    session_id: uuid.UUID
+    rows: int = 0
+    recorded: int = 0  # rows that changed something
+    unchanged: int = 0  # rows already in the state they ask for (a repeated upload)
+    refused: list[tuple[RosterRow, Any]] = field(default_factory=list)  # (row, DomainError)
+    completed: bool = False
+    problem: Any = None  # a refusal of the whole session (DomainError)
+
+
+_REACHED = {"enrolled": 0, "attended": 1, "passed": 2, "failed": 2}  # how far an enrolment has come
+_WANTED = {"enrolled": 0, "absent": 0, "attended": 1, "passed": 2, "failed": 2}
+
+
+async def record_roster(conn, session_id: uuid.UUID, rows: list[RosterRow], actor: Principal, today: date, *,
+                        complete: bool = False, started_on: date | None = None,
+                        completed_on: date | None = None) -> RosterReport:
+    """A session's whole roster in one go: each member is enrolled and, as the row says, marked attended
+    and assessed (``absent``: enrolled, never attended, closed as withdrawn at completion); then, with
+    ``complete``, the session is completed. It calls the same use cases as the single commands
+    (``enrol_members``, ``start_session``, ``record_attendance``, ``record_results``, ``complete_session``),
+    so every rule and event is the same; rows already in the state they ask for are ``unchanged``, so the
+    same roster sent twice changes nothing. Run it in a transaction: a refusal of the whole session
+    (unknown, out of scope, closed) leaves nothing of it; a refused completion keeps the rows recorded."""
+    report = RosterReport(session_id, rows=len(rows))
+    session = await _visible_session(conn, session_id, actor, lock=True)
+    if session["status"] in ("completed", "cancelled"):
+        return _closed_roster(report, session, rows, await store.session_enrolments(conn, session_id))
+    live = await store.live_enrolments(conn, session_id, [r.member_id for r in rows])
+    refused: dict[int, Any] = {}
+    changed: set[int] = set()
+    first: dict[uuid.UUID, RosterRow] = {}
+    for r in rows:
+        if r.member_id in first:
+            refused[r.line] = domain._duplicate(r.member_id)
+        else:
+            first[r.member_id] = r
+
+    def reached(r: RosterRow) -> int:
+        e = live.get(r.member_id)
+        return -1 if e is None else _REACHED.get(e["status"], -1)
+
+    # enrol those without a live place
+    todo = [r for r in first.values() if r.member_id not in live]
+    if todo:
+        done = await enrol_members(conn, session_id, [r.member_id for r in todo], actor, today)
+        for r, o in zip(todo, done.outcomes):
+            if o.problem is not None:
+                refused[r.line] = o.problem
+            else:
+                changed.add(r.line)
+    going = [r for r in first.values() if r.line not in refused]
+    # a session that has not started starts when its roster says anyone attended
+    if any(_WANTED[r.result] >= 1 for r in going) and session["status"] == "scheduled":
+        await start_session(conn, session_id, domain.StartIn.model_construct(
+            started_on=started_on or min(session["starts_on"], today)), actor, today)
+    live = await store.live_enrolments(conn, session_id, [r.member_id for r in going])
+    attend = [r for r in going if _WANTED[r.result] >= 1 and reached(r) == 0]
+    if attend:
+        done = await record_attendance(conn, session_id, domain.AttendanceIn.model_construct(
+            member_ids=[r.member_id for r in attend]), actor, today)
+        for r, o in zip(attend, done.outcomes):
+            (refused.__setitem__(r.line, o.problem) if o.problem else changed.add(r.line))
+        live = await store.live_enrolments(conn, session_id, [r.member_id for r in going])
+    assess = [r for r in going if r.line not in refused and _WANTED[r.result] == 2 and reached(r) == 1]
+    if assess:
+        done = await record_results(conn, session_id, domain.ResultsIn.model_construct(
+            results=[domain.ResultItem.model_construct(member_id=r.member_id, result=r.result) for r in assess]),
+            actor, today)
+        for r, o in zip(assess, done.outcomes):
+            (refused.__setitem__(r.line, o.problem) if o.problem else changed.add(r.line))
+        live = await store.live_enrolments(conn, session_id, [r.member_id for r in going])
+    for r in going:  # a passed row for an enrolment already failed (or the reverse) is a refusal, not unchanged
+        e = live.get(r.member_id)
+        if r.line not in refused and r.result in ("passed", "failed") and e is not None and e["status"] != r.result:
+            refused[r.line] = domain.refuse(Conflict, "invalid-transition", "Cannot record a result",
+                                            f"enrolment {e['id']} is already {e['status']}",
+                                            enrolment_status=e["status"])
+    report.refused = [(r, refused[r.line]) for r in rows if r.line in refused]
+    report.recorded = len(changed - set(refused))
+    report.unchanged = report.rows - report.recorded - len(report.refused)
+    if complete:
+        session = await store.get_session(conn, session_id)
+        if session["status"] == "completed":
+            report.completed = True
+        else:
+            on = completed_on or min(session["ends_on"], today)
+            try:
+                async with conn.transaction():  # a savepoint: a refused completion keeps the roster
+                    await complete_session(conn, session_id, domain.CompleteIn.model_construct(completed_on=on),
+                                           actor, today)
+                report.completed = True
+            except DomainError as exc:
+                report.problem = exc
+    return report
+
+
+def _closed_roster(report: RosterReport, session: Record, rows: list[RosterRow], enrolments: list[Record]
+                   ) -> RosterReport:
+    """A roster for a closed session (a repeated upload): rows that match how the session ended are
+    unchanged; any other is refused as the single command would be."""
+    final = {e["member_id"]: e for e in enrolments}  # ordered by seq: a member's last enrolment wins
+    closed = domain.session_closed(session, "record a roster")
+    seen: set[uuid.UUID] = set()
+    for r in rows:
+        e = final.get(r.member_id)
+        same = e is not None and (e["status"] == r.result or (
+            r.result == "absent" and e["status"] == "withdrawn" and e["withdraw_reason"] == "absent"))
+        if r.member_id in seen:
+            report.refused.append((r, domain._duplicate(r.member_id)))
+        elif same:
+            report.unchanged += 1
+        else:
+            report.refused.append((r, closed))
+        seen.add(r.member_id)
+    report.completed = session["status"] == "completed"
+    return report

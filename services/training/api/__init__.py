@@ -6,10 +6,12 @@ reference list of key industries are public. The one region rule is applied by t
 """
 from fastapi import APIRouter
 
-from services.training.api import certificates, competitions, enrolments, programmes, reference, sessions, studios
+from services.training.api import (
+    certificates, competitions, enrolments, programmes, reference, rosters, sessions, studios,
+)
 
 router = APIRouter(prefix="/v1")
-for part in (reference, programmes, sessions, enrolments, certificates, competitions, studios):
+for part in (reference, programmes, sessions, enrolments, rosters, certificates, competitions, studios):
     router.include_router(part.router)
 
 __all__ = ["router"]

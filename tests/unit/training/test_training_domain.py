@@ -269,11 +269,12 @@ def test_every_route_declares_its_answer_and_lives_in_a_resource_router():
     app = build_app()
     spec = app.openapi()
     routes = [(m, p, op) for p, ops in spec["paths"].items() for m, op in ops.items()]
-    assert len(routes) == 38
+    assert len(routes) == 40
     for method, path, op in routes:
         ok = [code for code in op["responses"] if code.startswith("2")]
         assert ok and all(op["responses"][c]["content"]["application/json"]["schema"] for c in ok), (method, path)
     import importlib
     parts = [importlib.import_module(f"services.training.api.{m}") for m in
-             ("reference", "programmes", "sessions", "enrolments", "certificates", "competitions", "studios")]
+             ("reference", "programmes", "sessions", "enrolments", "rosters", "certificates", "competitions",
+              "studios")]
     assert sum(len(p.router.routes) for p in parts) == len(routes)

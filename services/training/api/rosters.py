@@ -1,0 +1,275 @@
+"""Rosters in bulk: one request takes a session's whole roster, or many sessions' rosters, as CSV or
+NDJSON, streamed; each session is recorded by ``usecases.record_roster`` in its own transaction (the
+same use cases as the single commands); the answer reports every refused row by its line.
+
+CSV: a header line, then ``session_id,member_id,result`` (``session_id`` may be left out when the path
+names the session). NDJSON: one ``{"session_id": …, "member_id": …, "result": …}`` per line. ``result``
+is ``enrolled``, ``attended``, ``passed``, ``failed`` or ``absent``. A session's rows come together;
+sessions are recorded as their rows end, so memory holds one session's rows at a time.
+
+Idempotent twice over: rows already in the state they ask for are ``unchanged`` (the same roster sent
+again changes nothing), and an ``Idempotency-Key`` replays the first report of the same body.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
+from datetime import date
+from typing import Any, Literal
+
+import asyncpg
+import orjson
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, ValidationError
+
+from services.training import usecases
+from services.training.api import views
+from services.training.api.deps import Writer
+from shared.auth import Principal
+from shared.clock import today_cn
+from shared.errors import DomainError, Invalid
+from shared.problems import Problem
+
+router = APIRouter(tags=["rosters"])
+MAX_ROWS = 1_000_000
+MAX_SESSION_ROWS = 10_000  # a session's capacity is at most 10,000
+_CSV = ("text/csv", "application/csv")
+_NDJSON = ("application/x-ndjson", "application/ndjson", "application/jsonl")
+
+
+class _Row(BaseModel):
+    model_config = {"extra": "forbid"}
+    session_id: uuid.UUID | None = None
+    member_id: uuid.UUID
+    result: Literal["enrolled", "attended", "passed", "failed", "absent"]
+
+
+class RefusedRow(BaseModel):
+    line: int = Field(description="line number in the upload (the CSV header is line 1)")
+    session_id: uuid.UUID | None
+    member_id: uuid.UUID | None
+    problem: dict[str, Any]
+
+
+class SessionOutcome(BaseModel):
+    session_id: uuid.UUID
+    rows: int
+    recorded: int
+    unchanged: int
+    refused: int
+    completed: bool
+    problem: dict[str, Any] | None = None
+
+
+class RosterReport(BaseModel):
+    rows: int
+    recorded: int
+    unchanged: int
+    refused: int
+    sessions: int
+    sessions_completed: int
+    session_outcomes: list[SessionOutcome]
+    refused_rows: list[RefusedRow]
+
+
+def _format(request: Request) -> str:
+    media, _, params = request.headers.get("content-type", "").partition(";")
+    charset = next((v.strip().strip('"').lower() for k, _, v in (p.partition("=") for p in params.split(";"))
+                    if k.strip().lower() == "charset"), None)
+    if charset not in (None, "utf-8", "utf8"):
+        raise Problem(415, "unsupported-media-type", "Send the roster as UTF-8", "charset must be utf-8")
+    media = media.strip().lower()
+    if media in _CSV:
+        return "csv"
+    if media in _NDJSON:
+        return "ndjson"
+    raise Problem(415, "unsupported-media-type", "Send CSV or NDJSON",
+                  "Content-Type text/csv or application/x-ndjson (UTF-8)")
+
+
+async def _lines(chunks: AsyncIterator[bytes], digest) -> AsyncIterator[tuple[int, str]]:
+    """(line number, text) of each non-empty line, as the body streams in."""
+    rest, n = b"", 0
+    async for chunk in chunks:
+        digest.update(chunk)
+        rest += chunk
+        *whole, rest = rest.split(b"\n")
+        for raw in whole:
+            n += 1
+            if raw.strip():
+                yield n, _text(raw, n)
+    if rest.strip():
+        yield n + 1, _text(rest, n + 1)
+
+
+def _text(raw: bytes, line: int) -> str:
+    try:
+        text = raw.decode("utf-8").rstrip("\r")
+    except UnicodeDecodeError:
+        raise Invalid(f"line {line}", "not UTF-8") from None
+    if "\x00" in text:
+        raise Invalid(f"line {line}", "contains a NUL character")
+    return text
+
+
+class _Upload:
+    """Parses rows, groups them by session and records each session as its rows end."""
+
+    def __init__(self, conn: asyncpg.Connection, actor: Principal, fmt: str, path_session: uuid.UUID | None,
+                 options: dict[str, Any]):
+        self.conn, self.actor, self.fmt, self.path_session, self.options = conn, actor, fmt, path_session, options
+        self.today = today_cn()
+        self.header: list[str] | None = None
+        self.current: uuid.UUID | None = None
+        self.group: list[usecases.RosterRow] = []
+        self.rows = 0
+        self.outcomes: list[SessionOutcome] = []
+        self.refused: list[RefusedRow] = []
+
+    def _parse(self, line: int, text: str) -> _Row | None:
+        if self.fmt == "csv" and self.header is None:
+            self.header = [c.strip().lower() for c in next(csv.reader([text]))]
+            if not {"member_id", "result"} <= set(self.header) or \
+                    ("session_id" not in self.header and self.path_session is None):
+                raise Invalid("header", "columns are session_id, member_id, result")
+            return None
+        self.rows += 1
+        if self.rows > MAX_ROWS:
+            raise Invalid("body", f"more than {MAX_ROWS:,} rows; split the upload")
+        if self.fmt == "ndjson":
+            try:
+                data = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                self._refuse(line, None, None, Invalid(f"line {line}", "not a JSON object"))
+                return None
+        else:
+            data = dict(zip(self.header, (c.strip() for c in next(csv.reader([text])))))
+        try:
+            row = _Row.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first.get("loc", ())) or "row"
+            self._refuse(line, None, None, Invalid(field, first.get("msg", "not valid")))
+            return None
+        if self.path_session is not None:
+            if row.session_id not in (None, self.path_session):
+                self._refuse(line, row.session_id, row.member_id, Invalid("session_id", "not the session in the path"))
+                return None
+            row.session_id = self.path_session
+        elif row.session_id is None:
+            self._refuse(line, None, row.member_id, Invalid("session_id", "required"))
+            return None
+        return row
+
+    def _refuse(self, line: int, session_id, member_id, exc: DomainError) -> None:
+        self.refused.append(RefusedRow(line=line, session_id=session_id, member_id=member_id,
+                                       problem=views.problem_body(exc)))
+
+    async def feed(self, line: int, text: str) -> None:
+        row = self._parse(line, text)
+        if row is None:
+            return
+        if row.session_id != self.current:
+            await self.flush()
+            self.current = row.session_id
+        if len(self.group) >= MAX_SESSION_ROWS:
+            self._refuse(line, row.session_id, row.member_id,
+                         Invalid("session_id", f"more than {MAX_SESSION_ROWS:,} rows for one session"))
+            return
+        self.group.append(usecases.RosterRow(line, row.member_id, row.result))
+
+    async def flush(self) -> None:
+        if not self.group:
+            return
+        sid, rows = self.current, self.group
+        self.group = []
+        try:
+            async with self.conn.transaction():
+                report = await usecases.record_roster(self.conn, sid, rows, self.actor, self.today, **self.options)
+        except DomainError as exc:  # the whole session refused; nothing of it was kept
+            report = usecases.RosterReport(sid, rows=len(rows), problem=exc,
+                                           refused=[(r, exc) for r in rows])
+        for r, exc in report.refused:
+            self._refuse(r.line, sid, r.member_id, exc)
+        self.outcomes.append(SessionOutcome(
+            session_id=sid, rows=report.rows, recorded=report.recorded, unchanged=report.unchanged,
+            refused=len(report.refused), completed=report.completed,
+            problem=views.problem_body(report.problem) if report.problem else None))
+
+    def report(self) -> RosterReport:
+        self.refused.sort(key=lambda r: r.line)
+        recorded = sum(o.recorded for o in self.outcomes)
+        unchanged = sum(o.unchanged for o in self.outcomes)
+        return RosterReport(rows=self.rows, recorded=recorded, unchanged=unchanged, refused=len(self.refused),
+                            sessions=len(self.outcomes), sessions_completed=sum(o.completed for o in self.outcomes),
+                            session_outcomes=self.outcomes, refused_rows=self.refused)
+
+
+async def _upload(request: Request, actor: Principal, path_session: uuid.UUID | None, options: dict[str, Any]):
+    fmt = _format(request)
+    key = request.headers.get("idempotency-key")
+    if key is not None and not (1 <= len(key) <= 255):
+        raise Problem(400, "bad-idempotency-key", "Idempotency-Key must be 1 to 255 characters")
+    scope = f"{actor.subject}:rosters.record"
+    digest = hashlib.sha256(orjson.dumps({"session": str(path_session), **options}, default=str))
+    pool: asyncpg.Pool = request.app.state.db
+    async with pool.acquire() as conn:
+        first = key and await conn.fetchrow("SELECT request_hash, status, body FROM idempotency_keys "
+                                            "WHERE scope = $1 AND key = $2", scope, key)
+        if first:  # a repeat: read the body only to check it is the same, and answer the first report
+            async for _ in _lines(request.stream(), digest):
+                pass
+            if first["request_hash"] != digest.digest():
+                raise Problem(422, "idempotency-key-reused", "Idempotency-Key was used with a different request",
+                              "send a new key for a new request")
+            return JSONResponse(orjson.loads(first["body"]), status_code=first["status"],
+                                headers={"Idempotent-Replayed": "true"})
+        upload = _Upload(conn, actor, fmt, path_session, options)
+        async for line, text in _lines(request.stream(), digest):
+            await upload.feed(line, text)
+        await upload.flush()
+        body = upload.report().model_dump(mode="json")
+        if key is not None:
+            await conn.execute("INSERT INTO idempotency_keys (scope, key, request_hash, status, body) "
+                               "VALUES ($1, $2, $3, 200, $4) ON CONFLICT DO NOTHING",
+                               scope, key, digest.digest(), orjson.dumps(body).decode())
+    return JSONResponse(body)
+
+
+def _options(complete: bool, started_on: date | None, completed_on: date | None) -> dict[str, Any]:
+    today = today_cn()
+    for name, value in (("started_on", started_on), ("completed_on", completed_on)):
+        if value is not None and value > today:
+            raise Invalid(name, "cannot be in the future")
+    return {"complete": complete, "started_on": started_on, "completed_on": completed_on}
+
+
+COMPLETE = Query(False, description="complete each session once its roster is recorded (结业)")
+STARTED = Query(None, description="start date of a session not yet started (default: its scheduled start)")
+COMPLETED = Query(None, description="completion date (default: the session's end, or today if later)")
+_BODY = {"content": {"text/csv": {"schema": {"type": "string"}},
+                     "application/x-ndjson": {"schema": {"type": "string"}}}, "required": True}
+
+
+@router.post("/rosters", response_model=RosterReport, openapi_extra={"requestBody": _BODY},
+             summary="Record many sessions' rosters (CSV or NDJSON, streamed); a report of every refused row")
+async def record_rosters(request: Request, actor: Writer, complete: bool = COMPLETE, started_on: date | None = STARTED,
+                         completed_on: date | None = COMPLETED):
+    return await _upload(request, actor, None, _options(complete, started_on, completed_on))
+
+
+@router.post("/sessions/{session_id}/roster", response_model=RosterReport, openapi_extra={"requestBody": _BODY},
+             summary="Record one session's whole roster (CSV or NDJSON, streamed)")
+async def record_session_roster(session_id: uuid.UUID, request: Request, actor: Writer, complete: bool = COMPLETE,
+                                started_on: date | None = STARTED, completed_on: date | None = COMPLETED):
+    options = _options(complete, started_on, completed_on)
+    await usecases.get_session(request.app.state.db, session_id, actor)  # unknown or out of scope: 404 up front
+    return await _upload(request, actor, session_id, options)
+
+
+# A streamed upload has no body-size limit (shared.boundary's body_limit(None) marks a route so).
+record_rosters.changai_max_body_bytes = None  # type: ignore[attr-defined]
+record_session_roster.changai_max_body_bytes = None  # type: ignore[attr-defined]
