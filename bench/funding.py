@@ -13,12 +13,20 @@ full durability. Measured in one run:
 3. The subsidy saga: CLAIMS session.completed events produced at once to training.events;
    time until every claim is paid (each: inbox + claim + grant + two entries + 4 events),
    against a raw aiokafka consumer reading the same records.
+4. What one payment costs the service, whatever else loads the machine: the app in this process,
+   PAYMENTS sequential payments after a warm-up; round trips to PostgreSQL in the request's path
+   (every statement, BEGIN, COMMIT and the pool's reset on release), process CPU (API, outbox relay
+   and the in-process client) and wall time per payment.
 
-    python -m bench funding             (SECONDS=… CLAIMS=… to change the sizes)
+    python -m bench funding             (SECONDS=… CLAIMS=… PAYMENTS=… to change the sizes)
+    FUNDING_BENCH=cost python -m bench funding     (only 4)
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
+import logging
 import os
 import time
 import uuid
@@ -37,6 +45,7 @@ from shared.kafka import make_producer
 SECONDS = float(os.environ.get("SECONDS", "10"))
 CLIENTS = 50
 CLAIMS = int(os.environ.get("CLAIMS", "2000"))
+PAYMENTS = int(os.environ.get("PAYMENTS", "300"))
 HEADERS = {"Authorization": "Bearer " + mint_token("bench", ["funding:write", "funding:read", "funding:admin"], "640000")}
 
 
@@ -114,8 +123,76 @@ def completion(organiser: str, persons: int = 5) -> SessionCompleted:
         completed_on=date(2021, 6, 1))
 
 
+_COUNTING: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("counting", default=None)
+
+
+@contextlib.contextmanager
+def counting_round_trips():
+    """Count the round trips to PostgreSQL made by the task that sets the returned counter (and by what it
+    awaits): each extended-protocol statement (``Connection._execute``) and each simple query
+    (``Connection.execute`` without arguments: BEGIN, COMMIT, SAVEPOINT, the pool's reset)."""
+    from asyncpg.connection import Connection
+
+    plain, extended = Connection.execute, Connection._execute
+
+    async def execute(self, query, *args, **kw):
+        counter = _COUNTING.get()
+        if counter is not None and not args:
+            counter[0] += 1
+        return await plain(self, query, *args, **kw)
+
+    async def _execute(self, *args, **kw):
+        counter = _COUNTING.get()
+        if counter is not None:
+            counter[0] += 1
+        return await extended(self, *args, **kw)
+
+    Connection.execute, Connection._execute = execute, _execute
+    try:
+        yield
+    finally:
+        Connection.execute, Connection._execute = plain, extended
+
+
+async def cost_per_payment(s) -> list[tuple]:
+    """Round trips, process CPU and wall time of one payment (app in process, sequential, after a warm-up)."""
+    from services.funding.config import FundingSettings
+    from services.funding.main import build_app
+
+    dsn = await s.database("funding")
+    app = build_app(FundingSettings(database_url=dsn, kafka_bootstrap=s.kafka.bootstrap, db_pool_min=2,
+                                    db_pool_max=4, funding_subsidy_consumer=False))
+    with counting_round_trips():
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://funding", headers=HEADERS) as client:
+            fund = await _post(client, "/v1/funds", {"name": "cost fund", "source_kind": "skills_account",
+                                                     "fiscal_year": 2021, "amount": "1000000.00"})
+            grant = await _post(client, "/v1/grants", {"fund_id": fund["id"], "beneficiary_kind": "enterprise",
+                                                       "beneficiary_id": "cost-e", "beneficiary_name": "cost enterprise",
+                                                       "purpose": "cost", "amount": "100000.00"})
+            path = f"/v1/grants/{grant['id']}/disbursements"
+            logging.getLogger("httpx").setLevel(logging.WARNING)  # the app's logging set-up logs each request
+            for _ in range(30):  # warm-up: prepared statements cached, pool connections open
+                await _post(client, path, {"amount": "0.01"})
+            counter = [0]
+            _COUNTING.set(counter)
+            cpu, wall = time.process_time(), time.perf_counter()
+            for _ in range(PAYMENTS):
+                await _post(client, path, {"amount": "0.01"})
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            _COUNTING.set(None)
+    return [("round trips to PostgreSQL per payment", f"{counter[0] / PAYMENTS:.1f}"),
+            ("process CPU per payment, ms", f"{cpu / PAYMENTS * 1000:.2f}"),
+            ("wall time per payment, ms (sequential)", f"{wall / PAYMENTS * 1000:.2f}")]
+
+
 async def main() -> None:
+    if os.environ.get("FUNDING_BENCH") == "cost":
+        async with servers() as s:
+            print(table(await cost_per_payment(s), ("one payment, in process", "")))
+        return
     async with servers() as s:
+        print(table(await cost_per_payment(s), ("one payment, in process", "")))
         dsn = await s.database("funding")
         env = s.env("funding", database_url=dsn, CHANGAI_FUNDING_SUBSIDY_GROUP=f"bench-funding-{uuid.uuid4().hex[:6]}",
                     CHANGAI_DB_POOL_MAX="20")

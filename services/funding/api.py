@@ -43,6 +43,13 @@ BIGINT = 2**63 - 1
 RegionQuery = Query(None, description="narrow to this region and below (within the token's scope)")
 
 
+async def _pool(request: Request) -> asyncpg.Pool:
+    return request.app.state.db
+
+
+Db = Annotated[asyncpg.Pool, Depends(_pool)]
+
+
 # -- response models -----------------------------------------------------------------------
 class Fund(BaseModel):
     id: uuid.UUID
@@ -335,18 +342,18 @@ async def open_fund(body: domain.FundIn, request: Request, principal: Principal 
 
 
 @router.get("/funds", response_model=Page[Fund], tags=["funds"], summary="Funds, with available / committed / disbursed")
-async def list_funds(request: Request, source_kind: SourceKind | None = None,
+async def list_funds(pool: Db, source_kind: SourceKind | None = None,
                      fiscal_year: int | None = Query(None, ge=2000, le=2100), limit: int = Limit,
                      cursor: str | None = Cursor, principal: Principal = Depends(READ)):
-    rows = await usecases.list_funds(request.app.state.db, principal,
+    rows = await usecases.list_funds(pool, principal,
                                      source_kind=source_kind.value if source_kind else None, fiscal_year=fiscal_year,
                                      after=decode_cursor(cursor, _time_id), limit=limit)
     return page(rows, limit, _time_id_of, fund_view)
 
 
 @router.get("/funds/{fund_id}", response_model=Fund, tags=["funds"], summary="One fund")
-async def get_fund(fund_id: uuid.UUID, request: Request, principal: Principal = Depends(READ)):
-    return fund_view(await usecases.get_fund(request.app.state.db, fund_id, principal))
+async def get_fund(fund_id: uuid.UUID, pool: Db, principal: Principal = Depends(READ)):
+    return fund_view(await usecases.get_fund(pool, fund_id, principal))
 
 
 @router.post("/funds/{fund_id}/top-ups", response_model=Fund, tags=["funds"],
@@ -387,22 +394,22 @@ async def approve_grant(body: domain.GrantIn, request: Request, principal: Princ
 
 @router.get("/grants", response_model=Page[Grant], tags=["grants"],
             summary="Grants within the token's region, by fund, beneficiary, status or region")
-async def list_grants(request: Request, fund_id: uuid.UUID | None = None,
+async def list_grants(pool: Db, fund_id: uuid.UUID | None = None,
                       beneficiary_kind: BeneficiaryKind | None = None,
                       beneficiary_id: str | None = Query(None, max_length=100, pattern=domain.PRINTABLE),
                       status: str | None = Query(None, pattern="^(open|closed|revoked)$"),
                       region: RegionCode | None = RegionQuery, limit: int = Limit, cursor: str | None = Cursor,
                       principal: Principal = Depends(READ)):
     rows = await usecases.list_grants(
-        request.app.state.db, principal, fund_id=fund_id,
+        pool, principal, fund_id=fund_id,
         beneficiary_kind=beneficiary_kind.value if beneficiary_kind else None, beneficiary_id=beneficiary_id,
         status=status, region=region, after=decode_cursor(cursor, _time_id), limit=limit)
     return page(rows, limit, _time_id_of, grant_view)
 
 
 @router.get("/grants/{grant_id}", response_model=Grant, tags=["grants"], summary="One grant")
-async def get_grant(grant_id: uuid.UUID, request: Request, principal: Principal = Depends(READ)):
-    return grant_view(await usecases.get_grant(request.app.state.db, grant_id, principal))
+async def get_grant(grant_id: uuid.UUID, pool: Db, principal: Principal = Depends(READ)):
+    return grant_view(await usecases.get_grant(pool, grant_id, principal))
 
 
 @router.post("/grants/{grant_id}/revoke", response_model=RevokedGrant, tags=["grants"],
@@ -425,9 +432,10 @@ async def revoke_grant(grant_id: uuid.UUID, request: Request, body: domain.Revok
 async def disburse(grant_id: uuid.UUID, body: domain.DisbursementIn, request: Request,
                    principal: Principal = Depends(WRITE)):
     async def run(conn):
-        disbursement_id = await usecases.disburse(conn, grant_id, body, principal, today_cn())
-        return 201, _json(disbursement_view(await usecases.get_disbursement(conn, disbursement_id),
-                                            await usecases.get_grant(conn, grant_id, principal)))
+        paid = await usecases.disburse(conn, grant_id, body, principal, today_cn())
+        return 201, _json(Disbursement(id=paid.id, grant_id=paid.grant_id, amount=_y(paid.amount_fen),
+                                       paid_on=paid.paid_on, memo=paid.memo, entry_id=paid.entry_id,
+                                       grant_remaining=_y(paid.grant_remaining_fen), grant_status=paid.grant_status))
 
     return await write(request, principal, "grants.disburse",
                        {"grant_id": str(grant_id), **body.model_dump(mode="json")}, run)
@@ -435,9 +443,9 @@ async def disburse(grant_id: uuid.UUID, body: domain.DisbursementIn, request: Re
 
 @router.get("/grants/{grant_id}/disbursements", response_model=Page[Disbursement], tags=["grants"],
             summary="Payments under a grant, in the order they were booked")
-async def list_disbursements(grant_id: uuid.UUID, request: Request, limit: int = Limit, cursor: str | None = Cursor,
+async def list_disbursements(grant_id: uuid.UUID, pool: Db, limit: int = Limit, cursor: str | None = Cursor,
                              principal: Principal = Depends(READ)):
-    rows = await usecases.list_disbursements(request.app.state.db, grant_id, principal,
+    rows = await usecases.list_disbursements(pool, grant_id, principal,
                                              after=decode_cursor(cursor, int), limit=limit)
     return page(rows, limit, lambda r: r["entry_id"], disbursement_view)
 
@@ -460,9 +468,9 @@ async def put_beneficiary(kind: BeneficiaryKind, beneficiary_id: BeneficiaryId, 
 
 @router.get("/beneficiaries/{kind}/{beneficiary_id}", response_model=Beneficiary, tags=["beneficiaries"],
             summary="One beneficiary and its money")
-async def get_beneficiary(kind: BeneficiaryKind, beneficiary_id: BeneficiaryId, request: Request,
+async def get_beneficiary(kind: BeneficiaryKind, beneficiary_id: BeneficiaryId, pool: Db,
                           principal: Principal = Depends(READ)):
-    return beneficiary_view(await usecases.get_beneficiary(request.app.state.db, kind.value, beneficiary_id,
+    return beneficiary_view(await usecases.get_beneficiary(pool, kind.value, beneficiary_id,
                                                            principal))
 
 
@@ -473,9 +481,9 @@ def _rule_key(row: asyncpg.Record) -> str:
 
 @router.get("/subsidy-rules", response_model=Page[SubsidyRule], tags=["subsidies"],
             summary="Subsidy standards (补贴标准), or those in force on a date")
-async def list_rules(request: Request, category: SubsidyCategory | None = None, on: date | None = None,
+async def list_rules(pool: Db, category: SubsidyCategory | None = None, on: date | None = None,
                      limit: int = Limit, cursor: str | None = Cursor, _: Principal = Depends(READ)):
-    rows = await usecases.list_rules(request.app.state.db, category=category.value if category else None, on=on)
+    rows = await usecases.list_rules(pool, category=category.value if category else None, on=on)
     return _in_memory(rows, limit, cursor, _rule_key, rule_view)
 
 
@@ -510,9 +518,9 @@ def _route_key(row: asyncpg.Record) -> str:
 
 @router.get("/subsidy-routes", response_model=Page[SubsidyRoute], tags=["subsidies"],
             summary="Which fund pays which subsidy category")
-async def list_routes(request: Request, limit: int = Limit, cursor: str | None = Cursor,
+async def list_routes(pool: Db, limit: int = Limit, cursor: str | None = Cursor,
                       _: Principal = Depends(READ)):
-    return _in_memory(await usecases.list_routes(request.app.state.db), limit, cursor, _route_key, route_view)
+    return _in_memory(await usecases.list_routes(pool), limit, cursor, _route_key, route_view)
 
 
 @router.put("/subsidy-routes/{category}", response_model=SubsidyRoute, tags=["subsidies"],
@@ -529,20 +537,20 @@ async def put_route(category: SubsidyCategory, body: domain.RouteIn, request: Re
 
 @router.get("/subsidy-claims", response_model=Page[Claim], tags=["subsidies"],
             summary="Subsidy claims of completed sessions within the token's region")
-async def list_claims(request: Request, status: str | None = Query(None, pattern="^(paid|rejected)$"),
+async def list_claims(pool: Db, status: str | None = Query(None, pattern="^(paid|rejected)$"),
                       session_id: uuid.UUID | None = None,
                       organiser_id: str | None = Query(None, max_length=100, pattern=domain.PRINTABLE),
                       region: RegionCode | None = RegionQuery, limit: int = Limit, cursor: str | None = Cursor,
                       principal: Principal = Depends(READ)):
-    rows = await usecases.list_claims(request.app.state.db, principal, status=status, session_id=session_id,
+    rows = await usecases.list_claims(pool, principal, status=status, session_id=session_id,
                                       organiser_id=organiser_id, region=region,
                                       after=decode_cursor(cursor, _time_id), limit=limit)
     return page(rows, limit, _time_id_of, claim_view)
 
 
 @router.get("/subsidy-claims/{claim_id}", response_model=Claim, tags=["subsidies"], summary="One subsidy claim")
-async def get_claim(claim_id: uuid.UUID, request: Request, principal: Principal = Depends(READ)):
-    return claim_view(await usecases.get_claim(request.app.state.db, claim_id, principal))
+async def get_claim(claim_id: uuid.UUID, pool: Db, principal: Principal = Depends(READ)):
+    return claim_view(await usecases.get_claim(pool, claim_id, principal))
 
 
 @router.post("/subsidy-claims/{claim_id}/retry", response_model=Claim, tags=["subsidies"],
@@ -560,10 +568,10 @@ async def retry_claim(claim_id: uuid.UUID, request: Request, principal: Principa
 # -- reports and the ledger ------------------------------------------------------------------
 @router.get("/reports/funds", response_model=FundReport, tags=["reports"],
             summary="Per fund: total, allocated, disbursed, remaining; totals over every selected fund")
-async def report_funds(request: Request, source_kind: SourceKind | None = None,
+async def report_funds(pool: Db, source_kind: SourceKind | None = None,
                        fiscal_year: int | None = Query(None, ge=2000, le=2100), limit: int = Limit,
                        cursor: str | None = Cursor, principal: Principal = Depends(READ)):
-    pool = request.app.state.db
+    pool = pool
     kind = source_kind.value if source_kind else None
     rows = await usecases.list_funds(pool, principal, source_kind=kind, fiscal_year=fiscal_year,
                                      after=decode_cursor(cursor, _time_id), limit=limit)
@@ -575,9 +583,9 @@ async def report_funds(request: Request, source_kind: SourceKind | None = None,
 
 @router.get("/reports/sources", response_model=Page[SourceFigures], tags=["reports"],
             summary="Per source kind and fiscal year")
-async def report_sources(request: Request, limit: int = Limit, cursor: str | None = Cursor,
+async def report_sources(pool: Db, limit: int = Limit, cursor: str | None = Cursor,
                          _: Principal = Depends(READ)):
-    rows = await usecases.report_sources(request.app.state.db)
+    rows = await usecases.report_sources(pool)
 
     def view(g: dict[str, Any]) -> SourceFigures:
         return SourceFigures(source_kind=g["source_kind"], fiscal_year=g["fiscal_year"], funds=g["funds"],
@@ -588,10 +596,10 @@ async def report_sources(request: Request, limit: int = Limit, cursor: str | Non
 
 @router.get("/reports/beneficiaries", response_model=Page[Beneficiary], tags=["reports"],
             summary="Per beneficiary within the token's region: granted, outstanding, disbursed")
-async def report_beneficiaries(request: Request, kind: BeneficiaryKind | None = None,
+async def report_beneficiaries(pool: Db, kind: BeneficiaryKind | None = None,
                                region: RegionCode | None = RegionQuery, limit: int = Limit,
                                cursor: str | None = Cursor, principal: Principal = Depends(READ)):
-    rows = await usecases.report_beneficiaries(request.app.state.db, principal, kind=kind.value if kind else None,
+    rows = await usecases.report_beneficiaries(pool, principal, kind=kind.value if kind else None,
                                                region=region, after=decode_cursor(cursor, _pair), limit=limit)
     return page(rows, limit, lambda r: f"{r['kind']}|{r['id']}", beneficiary_view)
 
@@ -599,9 +607,9 @@ async def report_beneficiaries(request: Request, kind: BeneficiaryKind | None = 
 @router.get("/accounts/{account_id}/journal", response_model=Journal, tags=["reports"],
             summary="The journal of one account (a grant's or payee's within the token's region; a fund's or "
                     "source's to a region-level token)")
-async def account_journal(request: Request, account_id: int = Path(ge=1, le=BIGINT), limit: int = Limit,
+async def account_journal(pool: Db, account_id: int = Path(ge=1, le=BIGINT), limit: int = Limit,
                           cursor: str | None = Cursor, principal: Principal = Depends(READ)):
-    acct, lines = await usecases.account_journal(request.app.state.db, account_id, principal,
+    acct, lines = await usecases.account_journal(pool, account_id, principal,
                                                  after=decode_cursor(cursor, int), limit=limit)
 
     def line(r: asyncpg.Record) -> JournalLine:
@@ -621,6 +629,5 @@ async def account_journal(request: Request, account_id: int = Path(ge=1, le=BIGI
 
 @router.get("/ledger/check", response_model=LedgerCheck, tags=["reports"],
             summary="Check every invariant of the ledger (region-level token)")
-async def ledger_check(request: Request, principal: Principal = Depends(READ)):
-    async with request.app.state.db.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-        return await usecases.ledger_check(conn, principal)
+async def ledger_check(pool: Db, principal: Principal = Depends(READ)):
+    return await usecases.ledger_check(pool, principal)

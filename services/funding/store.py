@@ -243,12 +243,13 @@ async def list_grants(conn: Conn, *, fund_id: uuid.UUID | None, beneficiary_kind
         fund_id, beneficiary_kind, beneficiary_id, status, regions, *(after or (None, None)), limit)
 
 
-async def record_payment(conn: asyncpg.Connection, grant_id: uuid.UUID, amount_fen: int, on: date) -> None:
-    await conn.execute(
-        """UPDATE grants SET paid_fen = paid_fen + $2,
-                  status = CASE WHEN paid_fen + $2 + released_fen = amount_fen THEN 'closed' ELSE status END,
-                  closed_on = CASE WHEN paid_fen + $2 + released_fen = amount_fen THEN $3 ELSE closed_on END
-            WHERE id = $1""", grant_id, amount_fen, on)
+async def pay_grant(conn: asyncpg.Connection, grant_id: uuid.UUID, amount_fen: int, *, on: date, memo: str | None,
+                    disbursement_id: uuid.UUID, reference: uuid.UUID | None,
+                    regions: list[str] | None) -> asyncpg.Record:
+    """A payment in one round trip (the database's ``pay_grant``): ``outcome`` is paid, not_found (no such
+    grant within ``regions``), not_open or insufficient, with the grant's facts and remaining balance."""
+    return await conn.fetchrow("SELECT * FROM pay_grant($1, $2, $3, $4, $5, $6, $7)",
+                               grant_id, amount_fen, on, memo, disbursement_id, reference, regions)
 
 
 async def record_revocation(conn: asyncpg.Connection, grant_id: uuid.UUID, released_fen: int, on: date) -> None:
@@ -257,22 +258,12 @@ async def record_revocation(conn: asyncpg.Connection, grant_id: uuid.UUID, relea
         grant_id, released_fen, on)
 
 
-async def insert_disbursement(conn: asyncpg.Connection, disbursement_id: uuid.UUID, grant_id: uuid.UUID,
-                              amount_fen: int, paid_on: date, memo: str | None, entry_id: int) -> None:
-    await conn.execute(
-        """INSERT INTO disbursements (id, grant_id, amount_fen, paid_on, memo, entry_id)
-           VALUES ($1, $2, $3, $4, $5, $6)""", disbursement_id, grant_id, amount_fen, paid_on, memo, entry_id)
-
-
 async def disbursements(conn: Conn, grant_id: uuid.UUID, after_entry: int | None, limit: int) -> list[asyncpg.Record]:
     """Payments under a grant in the order they were booked (by journal entry)."""
     return await conn.fetch(
         "SELECT * FROM disbursements WHERE grant_id = $1 AND ($2::bigint IS NULL OR entry_id > $2) "
         "ORDER BY entry_id LIMIT $3", grant_id, after_entry, limit)
 
-
-async def get_disbursement(conn: Conn, disbursement_id: uuid.UUID) -> asyncpg.Record | None:
-    return await conn.fetchrow("SELECT * FROM disbursements WHERE id = $1", disbursement_id)
 
 
 # -- subsidy rules, routes and claims ----------------------------------------------------

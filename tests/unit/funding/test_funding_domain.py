@@ -7,6 +7,8 @@ from pydantic import ValidationError
 
 from services.funding import domain
 from services.funding.domain import FundFigures, FundState, Rule
+from shared.auth import Principal
+from shared.errors import OutOfScope
 from shared.events.funding import RejectionReason
 
 SEEDS = domain.seed_rules(date(2021, 1, 1), date(2019, 1, 1))
@@ -110,3 +112,42 @@ def test_organiser_kinds_map_to_beneficiary_kinds():
 def test_fen_str():
     assert [domain.fen_str(v) for v in (0, 5, 80_000, 12_345_678, -150)] == ["0.00", "0.05", "800.00", "123456.78",
                                                                              "-1.50"]
+
+
+# -- who may act where (issue 12, hole 1) ----------------------------------------------------
+def actor(region: str, *scopes: str) -> Principal:
+    return Principal("t", frozenset(scopes or ("funding:write",)), region)
+
+
+def test_a_grant_takes_the_region_asked_else_the_payees_else_the_callers_never_the_province():
+    city = actor("640200")
+    assert domain.grant_region(city, "640205", None) == "640205"
+    assert domain.grant_region(city, None, "640221") == "640221"
+    assert domain.grant_region(city, None, None) == "640200"
+    with pytest.raises(OutOfScope):
+        domain.grant_region(city, "640104", None)
+    with pytest.raises(OutOfScope):
+        domain.grant_region(city, "640000", None)
+
+
+def test_region_wide_settings_need_funding_admin_on_a_region_level_token():
+    domain.ensure_admin(actor("640000", "funding:admin"))
+    with pytest.raises(OutOfScope) as city:
+        domain.ensure_admin(actor("640200", "funding:admin"))
+    assert city.value.kind == "out-of-scope"
+    with pytest.raises(OutOfScope) as no_scope:
+        domain.ensure_admin(actor("640000", "funding:write"))
+    assert no_scope.value.kind == "insufficient-scope"
+    assert domain.owner_region(None) == "640000" and domain.owner_region("640104") == "640104"
+
+
+def test_commands_refuse_nul_and_a_trailing_newline():
+    for bad in ({"amount": "800.00\n"}, {"amount": "1.00", "memo": "a\x00b"}):
+        with pytest.raises(ValidationError):
+            domain.DisbursementIn(**bad)
+    with pytest.raises(ValidationError):
+        domain.BeneficiaryIn(name="某\x00工会")
+    with pytest.raises(ValidationError):
+        domain.GrantIn(fund_id=uuid.uuid4(), beneficiary_kind="studio", beneficiary_id="a\x00b",
+                       beneficiary_name="工作室", purpose="p1", amount="1.00")
+    assert domain.DisbursementIn(amount="1.00", memo="第一笔\n第二行").memo == "第一笔\n第二行"
