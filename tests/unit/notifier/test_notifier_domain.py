@@ -42,8 +42,10 @@ def test_concern_finds_the_branches_and_regions_of_an_event():
     enrolled = sample("changai.training.enrolment.enrolled.v1")
     c = domain.concern(enrolled.event_type, enrolled)
     assert c.members == {enrolled.member_id} and c.sessions == {enrolled.session_id} and not c.branches
-    fund = sample("changai.funding.fund.opened.v1")
-    assert domain.concern(fund.event_type, fund).regions == {"640000"}
+    fund = sample("changai.funding.fund.opened.v1")  # funding events carry their region (issue 15, item 3)
+    assert domain.concern(fund.event_type, fund).regions == {fund.region_code}
+    no_region = fund.model_copy(update={"region_code": None})  # an event from before: the region's business
+    assert domain.concern(no_region.event_type, no_region).regions == {"640000"}
     completed = sample("changai.training.session.completed.v1")
     assert uuid.UUID(completed.organiser_id) in domain.concern(completed.event_type, completed).branches
     enterprise = completed.model_copy(update={"organiser_kind": "enterprise"})
