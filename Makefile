@@ -47,10 +47,12 @@ down: venv  ## stop everything the runner started
 status: venv
 	$(VPY) deploy/local/stack.py status
 
-check: venv  ## lint, format and type checks (configured in pyproject.toml)
-	$(VENV)/bin/ruff check $(CHECKED)
-	$(VENV)/bin/ruff format --check $(CHECKED)
-	$(VENV)/bin/mypy
+check: venv  ## lint, format and type checks (configured in pyproject.toml); all three run, any failure fails
+	@rc=0; \
+	$(VENV)/bin/ruff check $(CHECKED) || rc=1; \
+	$(VENV)/bin/ruff format --check $(CHECKED) || rc=1; \
+	$(VENV)/bin/mypy || rc=1; \
+	exit $$rc
 
 lock: venv  ## regenerate the lock files from pyproject.toml (then commit them)
 	$(UV_COMPILE) -o $(LOCK)
