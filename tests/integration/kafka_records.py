@@ -18,3 +18,16 @@ async def read_records(bootstrap: str, topic: str, want, timeout: float = 30.0) 
     finally:
         await consumer.stop()
     return records
+
+
+async def read_to_end_of(bootstrap: str, topic: str, timeout: float = 60.0) -> list:
+    """Every record of ``topic`` up to the end offsets seen now (not until an expected count: a record
+    published twice is in the answer). The topic's partitions are those ``shared.topics`` declares."""
+    from aiokafka import TopicPartition
+
+    from shared.kafka import read_to_end
+    from shared.topics import TOPICS
+
+    (declared,) = [t for t in TOPICS if t.name == topic]
+    return [r async for r in read_to_end(bootstrap, [TopicPartition(topic, p) for p in range(declared.partitions)],
+                                         timeout=timeout)]
