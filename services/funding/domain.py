@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from shared.auth import Principal
 from shared.errors import Conflict, OutOfScope
 from shared.events.funding import BeneficiaryKind, RejectionReason, SourceKind
 from shared.events.training import OrganiserKind, SubsidyCategory
 from shared.money import Yuan, fen_to_yuan, yuan_to_fen
+from shared.privacy import scrub_text
 from shared.regions import REGION_ROOT, RegionCode
 
 # Request field: "800.00" only, more than zero, held as fen.
@@ -27,6 +28,9 @@ PositiveYuan = Annotated[int, BeforeValidator(yuan_to_fen), Field(gt=0)]
 PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
 # Free text (purposes, memos, notes, reasons) may hold line breaks, never a NUL.
 NO_NUL = r"^[^\x00]*$"
+# Text a user typed reaches events (Kafka, kept for good) and the append-only journal: an ID or phone
+# number typed into it is masked on the way in, whoever sends the command.
+Scrubbed = AfterValidator(scrub_text)
 
 
 class _In(BaseModel):
@@ -35,7 +39,7 @@ class _In(BaseModel):
 
 class FundIn(_In):
     """A fund (资金来源) as the finance office opens it."""
-    name: str = Field(min_length=2, max_length=200, pattern=PRINTABLE)
+    name: Annotated[str, Scrubbed] = Field(min_length=2, max_length=200, pattern=PRINTABLE)
     source_kind: SourceKind
     fiscal_year: int = Field(ge=2000, le=2100)
     amount: Yuan = Field(ge=0, description='decimal yuan string, e.g. "280000000.00"')
@@ -44,11 +48,11 @@ class FundIn(_In):
 
 class TopUpIn(_In):
     amount: PositiveYuan = Field(description='decimal yuan string, e.g. "1000000.00"')
-    note: str | None = Field(default=None, max_length=500, pattern=NO_NUL)
+    note: Annotated[str | None, Scrubbed] = Field(default=None, max_length=500, pattern=NO_NUL)
 
 
 class CloseIn(_In):
-    reason: str | None = Field(default=None, max_length=500, pattern=NO_NUL)
+    reason: Annotated[str | None, Scrubbed] = Field(default=None, max_length=500, pattern=NO_NUL)
 
 
 class GrantIn(_In):
@@ -56,8 +60,8 @@ class GrantIn(_In):
     fund_id: uuid.UUID
     beneficiary_kind: BeneficiaryKind
     beneficiary_id: str = Field(min_length=1, max_length=100, pattern=PRINTABLE)
-    beneficiary_name: str = Field(min_length=2, max_length=200, pattern=PRINTABLE)
-    purpose: str = Field(min_length=2, max_length=500, pattern=NO_NUL)
+    beneficiary_name: Annotated[str, Scrubbed] = Field(min_length=2, max_length=200, pattern=PRINTABLE)
+    purpose: Annotated[str, Scrubbed] = Field(min_length=2, max_length=500, pattern=NO_NUL)
     region_code: RegionCode | None = Field(
         default=None, description="where the grant's money goes; left out: the payee's region if registered, "
                                   "else the caller's")
@@ -66,24 +70,24 @@ class GrantIn(_In):
 
 
 class RevokeIn(_In):
-    reason: str | None = Field(default=None, max_length=500, pattern=NO_NUL)
+    reason: Annotated[str | None, Scrubbed] = Field(default=None, max_length=500, pattern=NO_NUL)
 
 
 class DisbursementIn(_In):
     amount: PositiveYuan = Field(description='decimal yuan string, e.g. "50000.00"')
     paid_on: date | None = None
-    memo: str | None = Field(default=None, max_length=500, pattern=NO_NUL)
+    memo: Annotated[str | None, Scrubbed] = Field(default=None, max_length=500, pattern=NO_NUL)
 
 
 class BeneficiaryIn(_In):
-    name: str = Field(min_length=2, max_length=200, pattern=PRINTABLE)
+    name: Annotated[str, Scrubbed] = Field(min_length=2, max_length=200, pattern=PRINTABLE)
     region_code: RegionCode | None = Field(default=None, description="left out: the caller's region (a payee "
                                                                      "already registered keeps its region)")
 
 
 class RuleIn(_In):
     rate: Yuan = Field(ge=0, description='yuan per person, e.g. "800.00"')
-    note: str | None = Field(default=None, max_length=500, pattern=NO_NUL)
+    note: Annotated[str | None, Scrubbed] = Field(default=None, max_length=500, pattern=NO_NUL)
 
 
 class RouteIn(_In):

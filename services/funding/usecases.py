@@ -34,6 +34,7 @@ from shared.events.funding import (
 )
 from shared.events.training import SessionCompleted
 from shared.logging import trace_id_var
+from shared.privacy import scrub_text
 from shared.regions import REGION_ROOT
 
 CLAIMS = Counter("changai_funding_subsidy_claims_total", "Subsidy claims settled (retries included)",
@@ -372,7 +373,7 @@ async def settle_claim(conn: asyncpg.Connection, claim: dict[str, Any], today: d
     organiser = await store.get_beneficiary(conn, beneficiary_kind, claim["organiser_id"])
     if organiser is None and auto_register_organisers and claim.get("organiser_name") and claim["persons"] > 0:
         await store.upsert_beneficiary(conn, beneficiary_kind, claim["organiser_id"],
-                                       claim["organiser_name"], claim["region_code"])
+                                       scrub_text(claim["organiser_name"]), claim["region_code"])
         organiser = await store.get_beneficiary(conn, beneficiary_kind, claim["organiser_id"])
     fund_id = await store.route_for(conn, category, completed_on.year)
     fund = await store.lock_fund(conn, fund_id) if fund_id else None
@@ -394,8 +395,9 @@ async def settle_claim(conn: asyncpg.Connection, claim: dict[str, Any], today: d
     label = domain.CATEGORY_LABEL[domain.SubsidyCategory(category)]
     programme = claim.get("programme_name") or "training"
     number = claim.get("session_number")
-    purpose = (f"{label}: {programme}" + (f" 第{number}期" if number else "")
-               + f", {decision.persons} × {domain.fen_str(decision.rate_fen)} yuan (session {claim['session_id']})")
+    purpose = scrub_text(f"{label}: {programme}" + (f" 第{number}期" if number else "")
+                         + f", {decision.persons} × {domain.fen_str(decision.rate_fen)} yuan")
+    purpose += f" (session {claim['session_id']})"  # after the scrub: a uuid's digit groups are no phone number
     grant_id = await _approve(
         conn, fund_id=fund["id"], beneficiary_kind=beneficiary_kind, beneficiary_id=claim["organiser_id"],
         beneficiary_name=organiser["name"], purpose=purpose, region_code=claim["region_code"],

@@ -141,7 +141,7 @@ def test_region_wide_settings_need_funding_admin_on_a_region_level_token():
     assert domain.owner_region(None) == "640000" and domain.owner_region("640104") == "640104"
 
 
-def test_commands_refuse_nul_and_a_trailing_newline():
+def test_commands_refuse_nul_and_a_trailing_newline_and_scrub_typed_numbers():
     for bad in ({"amount": "800.00\n"}, {"amount": "1.00", "memo": "a\x00b"}):
         with pytest.raises(ValidationError):
             domain.DisbursementIn(**bad)
@@ -150,4 +150,6 @@ def test_commands_refuse_nul_and_a_trailing_newline():
     with pytest.raises(ValidationError):
         domain.GrantIn(fund_id=uuid.uuid4(), beneficiary_kind="studio", beneficiary_id="a\x00b",
                        beneficiary_name="工作室", purpose="p1", amount="1.00")
-    assert domain.DisbursementIn(amount="1.00", memo="第一笔\n第二行").memo == "第一笔\n第二行"
+    memo = domain.DisbursementIn(amount="1.00", memo="第一笔\n联系 13812345678").memo
+    assert memo == "第一笔\n联系 [phone]"
+    assert domain.RevokeIn(reason="身份证 640104199001018143").reason == "身份证 [id-number]"
