@@ -15,6 +15,9 @@ capacity exact under concurrency (``CHECK (enrolled <= capacity)`` is the backst
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -32,16 +35,38 @@ from shared.logging import trace_id_var
 Record = asyncpg.Record
 
 
+# Events of the commands run inside ``one_outbox_write``: written together at its end (bulk paths).
+_PENDING: ContextVar[list[EventData] | None] = ContextVar("training_pending_events", default=None)
+
+
 async def emit(conn: asyncpg.Connection, *events: EventData) -> None:
     await emit_many(conn, list(events))
 
 
 async def emit_many(conn: asyncpg.Connection, events: list[EventData]) -> None:
     """Queue events in the outbox in this transaction, in order: one INSERT, or COPY for many."""
+    pending = _PENDING.get()
+    if pending is not None:
+        pending.extend(events)
+        return
     if len(events) == 1:
         await outbox.add(conn, events[0], trace_id=trace_id_var.get())
     elif events:
         await outbox.add_many(conn, events, trace_id=trace_id_var.get())
+
+
+@asynccontextmanager
+async def one_outbox_write(conn: asyncpg.Connection) -> AsyncIterator[list[EventData]]:
+    """Run several commands and write all their events to the outbox in one COPY at the end, in the
+    order they were emitted (a bulk path's saving: one write instead of one per command). The caller
+    drops what a rolled-back savepoint emitted by cutting the yielded list back."""
+    pending: list[EventData] = []
+    token = _PENDING.set(pending)
+    try:
+        yield pending
+    finally:
+        _PENDING.reset(token)
+    await emit_many(conn, pending)
 
 
 # ============================================================================ loading within the scope
@@ -501,7 +526,6 @@ class RosterReport:
     problem: Any = None  # a refusal of the whole session (DomainError)
 
 
-_REACHED = {"enrolled": 0, "attended": 1, "passed": 2, "failed": 2}  # how far an enrolment has come
 _WANTED = {"enrolled": 0, "absent": 0, "attended": 1, "passed": 2, "failed": 2}
 
 
@@ -519,7 +543,27 @@ async def record_roster(conn, session_id: uuid.UUID, rows: list[RosterRow], acto
     session = await _visible_session(conn, session_id, actor, lock=True)
     if session["status"] in ("completed", "cancelled"):
         return _closed_roster(report, session, rows, await store.session_enrolments(conn, session_id))
+    async with one_outbox_write(conn) as pending:
+        await _open_roster(conn, report, session, rows, actor, today, started_on)
+        if complete:
+            on = completed_on or min(session["ends_on"], today)
+            kept = len(pending)
+            try:
+                async with conn.transaction():  # a savepoint: a refused completion keeps the roster
+                    await complete_session(conn, session_id, domain.CompleteIn.model_construct(completed_on=on),
+                                           actor, today)
+                report.completed = True
+            except DomainError as exc:
+                del pending[kept:]  # nothing of the refused completion is published
+                report.problem = exc
+    return report
+
+
+async def _open_roster(conn, report: RosterReport, session: Record, rows: list[RosterRow], actor: Principal,
+                       today: date, started_on: date | None) -> None:
+    session_id = session["id"]
     live = await store.live_enrolments(conn, session_id, [r.member_id for r in rows])
+    status = {m: e["status"] for m, e in live.items()}  # kept up to date below instead of re-read
     refused: dict[int, Any] = {}
     changed: set[int] = set()
     first: dict[uuid.UUID, RosterRow] = {}
@@ -529,63 +573,45 @@ async def record_roster(conn, session_id: uuid.UUID, rows: list[RosterRow], acto
         else:
             first[r.member_id] = r
 
-    def reached(r: RosterRow) -> int:
-        e = live.get(r.member_id)
-        return -1 if e is None else _REACHED.get(e["status"], -1)
-
-    # enrol those without a live place
-    todo = [r for r in first.values() if r.member_id not in live]
-    if todo:
-        done = await enrol_members(conn, session_id, [r.member_id for r in todo], actor, today)
-        for r, o in zip(todo, done.outcomes):
+    def record(batch: list[RosterRow], outcomes: list[domain.Outcome], now: Any) -> None:
+        for r, o in zip(batch, outcomes):
             if o.problem is not None:
                 refused[r.line] = o.problem
             else:
                 changed.add(r.line)
+                status[r.member_id] = now(r)
+
+    todo = [r for r in first.values() if r.member_id not in status]  # without a live place: enrol
+    if todo:
+        done = await enrol_members(conn, session_id, [r.member_id for r in todo], actor, today)
+        record(todo, done.outcomes, lambda r: "enrolled")
     going = [r for r in first.values() if r.line not in refused]
     # a session that has not started starts when its roster says anyone attended
     if any(_WANTED[r.result] >= 1 for r in going) and session["status"] == "scheduled":
         await start_session(conn, session_id, domain.StartIn.model_construct(
             started_on=started_on or min(session["starts_on"], today)), actor, today)
-    live = await store.live_enrolments(conn, session_id, [r.member_id for r in going])
-    attend = [r for r in going if _WANTED[r.result] >= 1 and reached(r) == 0]
+    attend = [r for r in going if _WANTED[r.result] >= 1 and status.get(r.member_id) == "enrolled"]
     if attend:
         done = await record_attendance(conn, session_id, domain.AttendanceIn.model_construct(
             member_ids=[r.member_id for r in attend]), actor, today)
-        for r, o in zip(attend, done.outcomes):
-            (refused.__setitem__(r.line, o.problem) if o.problem else changed.add(r.line))
-        live = await store.live_enrolments(conn, session_id, [r.member_id for r in going])
-    assess = [r for r in going if r.line not in refused and _WANTED[r.result] == 2 and reached(r) == 1]
+        record(attend, done.outcomes, lambda r: "attended")
+    assess = [r for r in going if r.line not in refused and _WANTED[r.result] == 2
+              and status.get(r.member_id) == "attended"]
     if assess:
         done = await record_results(conn, session_id, domain.ResultsIn.model_construct(
             results=[domain.ResultItem.model_construct(member_id=r.member_id, result=r.result) for r in assess]),
             actor, today)
-        for r, o in zip(assess, done.outcomes):
-            (refused.__setitem__(r.line, o.problem) if o.problem else changed.add(r.line))
-        live = await store.live_enrolments(conn, session_id, [r.member_id for r in going])
+        record(assess, done.outcomes, lambda r: r.result)
     for r in going:  # a passed row for an enrolment already failed (or the reverse) is a refusal, not unchanged
-        e = live.get(r.member_id)
-        if r.line not in refused and r.result in ("passed", "failed") and e is not None and e["status"] != r.result:
+        now = status.get(r.member_id)
+        if r.line not in refused and r.result in ("passed", "failed") and now in ("passed", "failed") \
+                and now != r.result:
             refused[r.line] = domain.refuse(Conflict, "invalid-transition", "Cannot record a result",
-                                            f"enrolment {e['id']} is already {e['status']}",
-                                            enrolment_status=e["status"])
+                                            f"the enrolment of member {r.member_id} is already {now}",
+                                            enrolment_status=now)
     report.refused = [(r, refused[r.line]) for r in rows if r.line in refused]
     report.recorded = len(changed - set(refused))
     report.unchanged = report.rows - report.recorded - len(report.refused)
-    if complete:
-        session = await store.get_session(conn, session_id)
-        if session["status"] == "completed":
-            report.completed = True
-        else:
-            on = completed_on or min(session["ends_on"], today)
-            try:
-                async with conn.transaction():  # a savepoint: a refused completion keeps the roster
-                    await complete_session(conn, session_id, domain.CompleteIn.model_construct(completed_on=on),
-                                           actor, today)
-                report.completed = True
-            except DomainError as exc:
-                report.problem = exc
-    return report
 
 
 def _closed_roster(report: RosterReport, session: Record, rows: list[RosterRow], enrolments: list[Record]
