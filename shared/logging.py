@@ -29,7 +29,7 @@ class RepeatFilter(logging.Filter):
     were dropped since. Keyed by logger, level and message template, so distinct errors
     still show."""
 
-    def __init__(self, prefixes: tuple[str, ...] = ("aiokafka", "kafka", "faust", "mode", "shared.outbox"),
+    def __init__(self, prefixes: tuple[str, ...] = ("aiokafka", "kafka", "faust", "mode", "asyncpg", "shared.outbox"),
                  window_s: float = 10.0, clock=time.monotonic, max_keys: int = 1000):
         super().__init__()
         self.prefixes = prefixes

@@ -1,0 +1,154 @@
+"""Every API gets the boundary from create_app, without a line of its own: each service runs as its own
+process and every operation of its live OpenAPI is sent what used to answer 500 or the wrong 4xx:
+
+- integers beyond 64 bits in each integer path and query parameter -> 422
+- a NUL in each string query parameter and in a JSON body -> 422
+- a JSON body sent as text/plain -> 415, a body over the limit -> 413
+- no token -> 401 with ``WWW-Authenticate: Bearer``
+and none of them may answer 5xx. The OpenAPI itself documents the bearer scheme and the problem answers,
+and /docs loads nothing from outside the service."""
+import re
+import uuid
+
+import httpx
+import pytest
+
+from shared.auth import mint_token
+
+pytestmark = pytest.mark.integration
+
+SERVICES = ["membership", "funding", "training", "notifier", "reform"]
+HUGE = "99999999999999999999"
+LIMIT = 64 * 1024
+METHODS = ("get", "post", "put", "patch", "delete")
+
+
+@pytest.fixture(scope="module")
+async def apis(stack, make_database):
+    started = {}
+    for name in SERVICES:
+        env = stack.service_env(name, database_url=await make_database(name),
+                                CHANGAI_HTTP_MAX_BODY_BYTES=str(LIMIT))
+        await stack.start_service(name, ["-m", f"services.{name}", "api"], env, timeout=120)
+        started[name] = f"http://127.0.0.1:{env['CHANGAI_HTTP_PORT']}"
+    return started
+
+
+def operations(spec):
+    for path, item in spec["paths"].items():
+        for method, op in item.items():
+            if method in METHODS:
+                yield path, method, op
+
+
+def params(op, where):
+    return [p for p in op.get("parameters", []) if p["in"] == where]
+
+
+def is_int(param) -> bool:
+    schema = param.get("schema", {})
+    kinds = [schema.get("type")] + [s.get("type") for s in schema.get("anyOf", [])]
+    kinds += [s.get("items", {}).get("type") for s in [*schema.get("anyOf", []), schema]]
+    return "integer" in kinds
+
+
+def is_str(param) -> bool:
+    schema = param.get("schema", {})
+    options = [schema, *schema.get("anyOf", [])]
+    return any(o.get("type") == "string" and not o.get("format") and not o.get("enum") and "pattern" not in o
+               for o in options)
+
+
+def fill(path, op, **override):
+    """The path with a harmless value for each parameter (1 for integers, a fresh UUID, else "x")."""
+    for p in params(op, "path"):
+        schema = p.get("schema", {})
+        value = override.get(p["name"]) or ("1" if is_int(p) else str(uuid.uuid4())
+                                            if schema.get("format") == "uuid" else "x")
+        path = path.replace("{" + p["name"] + "}", value)
+    return path
+
+
+def token_for(spec) -> dict[str, str]:
+    scopes = sorted({op.get("x-changai-scope") for _, _, op in operations(spec)} - {None})
+    return {"Authorization": "Bearer " + mint_token("boundary-test", scopes or ["none"], "640000")}
+
+
+def no_5xx(resp, what):
+    assert resp.status_code < 500, f"{what}: {resp.status_code} {resp.text[:300]}"
+
+
+def problem(resp, status, what):
+    assert resp.status_code == status, f"{what}: {resp.status_code} {resp.text[:300]}"
+    assert resp.headers["content-type"] == "application/problem+json", what
+
+
+@pytest.mark.parametrize("service", SERVICES)
+async def test_hostile_inputs_never_reach_a_route(apis, service):
+    async with httpx.AsyncClient(base_url=apis[service], timeout=30) as http:
+        spec = (await http.get("/openapi.json")).json()
+        auth = token_for(spec)
+        tried = 0
+        for path, method, op in operations(spec):
+            for p in params(op, "path"):
+                if is_int(p):
+                    url = fill(path, op, **{p["name"]: HUGE})
+                    problem(await http.request(method, url, headers=auth, json={}), 422, f"{method} {url}")
+                    tried += 1
+            for p in params(op, "query"):
+                if is_int(p):
+                    what = f"{method} {path}?{p['name']}={HUGE}"
+                    problem(await http.request(method, fill(path, op), params={p["name"]: HUGE}, headers=auth,
+                                               json={}), 422, what)
+                    tried += 1
+                elif is_str(p):
+                    what = f"{method} {path}?{p['name']}=%00"
+                    problem(await http.request(method, fill(path, op), params={p["name"]: "a\x00b"}, headers=auth,
+                                               json={}), 422, what)
+                    tried += 1
+            body = op.get("requestBody", {}).get("content", {})
+            if "application/json" in body:
+                url = fill(path, op)
+                problem(await http.request(method, url, content=b'{"name": "a"}',
+                                           headers={**auth, "content-type": "text/plain"}), 415, f"{method} {url} text")
+                problem(await http.request(method, url, content=b'{"note": "a\\u0000b"}',
+                                           headers={**auth, "content-type": "application/json"}), 422,
+                        f"{method} {url} NUL")
+                problem(await http.request(method, url, content=b'{"n": ' + HUGE.encode() + b"}",
+                                           headers={**auth, "content-type": "application/json"}), 422,
+                        f"{method} {url} huge")
+                big = b'{"pad": "' + b"a" * (LIMIT + 1) + b'"}'
+                problem(await http.request(method, url, content=big,
+                                           headers={**auth, "content-type": "application/json"}), 413,
+                        f"{method} {url} big")
+                tried += 4
+        assert tried > 10, f"{service}: only {tried} probes (did the OpenAPI lose its parameters?)"
+        print(f"{service}: {tried} hostile requests over {sum(1 for _ in operations(spec))} operations")
+
+
+@pytest.mark.parametrize("service", SERVICES)
+async def test_no_token_is_401_with_the_bearer_challenge_and_the_openapi_says_so(apis, service):
+    async with httpx.AsyncClient(base_url=apis[service], timeout=30) as http:
+        spec = (await http.get("/openapi.json")).json()
+        assert spec["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+        secured = 0
+        for path, method, op in operations(spec):
+            for code in ("400", "404", "409", "422", "503"):
+                assert "application/problem+json" in op["responses"][code]["content"], (path, method, code)
+            if "security" not in op:
+                continue
+            secured += 1
+            assert {"401", "403"} <= set(op["responses"]), (path, method)
+            url = fill(path, op)
+            resp = await http.request(method, url)  # no body either: the token is looked at first
+            no_5xx(resp, f"{method} {url}")
+            if resp.status_code == 401:
+                assert resp.headers["www-authenticate"].startswith("Bearer"), (method, url)
+            else:  # a body or parameter the route checks before its token dependency
+                assert resp.status_code in (400, 404, 415, 422), f"{method} {url}: {resp.status_code}"
+        assert secured, f"{service}: no secured operation in the OpenAPI"
+        page = await http.get("/docs")
+        assert page.status_code == 200
+        for url in re.findall(r'(?:src|href)="([^"]+)"', page.text) + re.findall(r"url: '([^']+)'", page.text):
+            assert url.startswith("/"), url
+            assert (await http.get(url)).status_code == 200, url
