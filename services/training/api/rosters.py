@@ -12,6 +12,7 @@ again changes nothing), and an ``Idempotency-Key`` replays the first report of t
 """
 from __future__ import annotations
 
+import asyncio
 import csv
 import hashlib
 import uuid
@@ -36,6 +37,7 @@ from shared.problems import Problem
 router = APIRouter(tags=["rosters"])
 MAX_ROWS = 1_000_000
 MAX_SESSION_ROWS = 10_000  # a session's capacity is at most 10,000
+IN_FLIGHT = 4  # sessions of one upload recorded at the same time, each on its own connection
 _CSV = ("text/csv", "application/csv")
 _NDJSON = ("application/x-ndjson", "application/ndjson", "application/jsonl")
 
@@ -55,6 +57,7 @@ class RefusedRow(BaseModel):
 
 
 class SessionOutcome(BaseModel):
+    first_line: int = Field(description="line of the session's first row")
     session_id: uuid.UUID
     rows: int
     recorded: int
@@ -116,11 +119,14 @@ def _text(raw: bytes, line: int) -> str:
 
 
 class _Upload:
-    """Parses rows, groups them by session and records each session as its rows end."""
+    """Parses rows, groups them by session and records each session as its rows end (up to ``IN_FLIGHT``
+    sessions at a time, so memory holds that many sessions' rows)."""
 
-    def __init__(self, conn: asyncpg.Connection, actor: Principal, fmt: str, path_session: uuid.UUID | None,
+    def __init__(self, pool: asyncpg.Pool, actor: Principal, fmt: str, path_session: uuid.UUID | None,
                  options: dict[str, Any]):
-        self.conn, self.actor, self.fmt, self.path_session, self.options = conn, actor, fmt, path_session, options
+        self.pool, self.actor, self.fmt, self.path_session, self.options = pool, actor, fmt, path_session, options
+        self.slots = asyncio.Semaphore(IN_FLIGHT)
+        self.tasks: set[asyncio.Task] = set()
         self.today = today_cn()
         self.header: list[str] | None = None
         self.current: uuid.UUID | None = None
@@ -186,21 +192,34 @@ class _Upload:
             return
         sid, rows = self.current, self.group
         self.group = []
+        await self.slots.acquire()
+        task = asyncio.create_task(self._record(sid, rows))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def finish(self) -> None:
+        """Wait for the sessions still being recorded (also when the upload failed: they commit on their own)."""
+        await asyncio.gather(*list(self.tasks))
+
+    async def _record(self, sid: uuid.UUID, rows: list[usecases.RosterRow]) -> None:
         try:
-            async with self.conn.transaction():
-                report = await usecases.record_roster(self.conn, sid, rows, self.actor, self.today, **self.options)
+            async with self.pool.acquire() as conn, conn.transaction():
+                report = await usecases.record_roster(conn, sid, rows, self.actor, self.today, **self.options)
         except DomainError as exc:  # the whole session refused; nothing of it was kept
             report = usecases.RosterReport(sid, rows=len(rows), problem=exc,
                                            refused=[(r, exc) for r in rows])
+        finally:
+            self.slots.release()
         for r, exc in report.refused:
             self._refuse(r.line, sid, r.member_id, exc)
         self.outcomes.append(SessionOutcome(
-            session_id=sid, rows=report.rows, recorded=report.recorded, unchanged=report.unchanged,
+            first_line=rows[0].line, session_id=sid, rows=report.rows, recorded=report.recorded, unchanged=report.unchanged,
             refused=len(report.refused), completed=report.completed,
             problem=views.problem_body(report.problem) if report.problem else None))
 
     def report(self) -> RosterReport:
         self.refused.sort(key=lambda r: r.line)
+        self.outcomes.sort(key=lambda o: o.first_line)
         recorded = sum(o.recorded for o in self.outcomes)
         unchanged = sum(o.unchanged for o in self.outcomes)
         return RosterReport(rows=self.rows, recorded=recorded, unchanged=unchanged, refused=len(self.refused),
@@ -216,26 +235,28 @@ async def _upload(request: Request, actor: Principal, path_session: uuid.UUID | 
     scope = f"{actor.subject}:rosters.record"
     digest = hashlib.sha256(orjson.dumps({"session": str(path_session), **options}, default=str))
     pool: asyncpg.Pool = request.app.state.db
-    async with pool.acquire() as conn:
-        first = key and await conn.fetchrow("SELECT request_hash, status, body FROM idempotency_keys "
-                                            "WHERE scope = $1 AND key = $2", scope, key)
-        if first:  # a repeat: read the body only to check it is the same, and answer the first report
-            async for _ in _lines(request.stream(), digest):
-                pass
-            if first["request_hash"] != digest.digest():
-                raise Problem(422, "idempotency-key-reused", "Idempotency-Key was used with a different request",
-                              "send a new key for a new request")
-            return JSONResponse(orjson.loads(first["body"]), status_code=first["status"],
-                                headers={"Idempotent-Replayed": "true"})
-        upload = _Upload(conn, actor, fmt, path_session, options)
+    first = key and await pool.fetchrow("SELECT request_hash, status, body FROM idempotency_keys "
+                                        "WHERE scope = $1 AND key = $2", scope, key)
+    if first:  # a repeat: read the body only to check it is the same, and answer the first report
+        async for _ in _lines(request.stream(), digest):
+            pass
+        if first["request_hash"] != digest.digest():
+            raise Problem(422, "idempotency-key-reused", "Idempotency-Key was used with a different request",
+                          "send a new key for a new request")
+        return JSONResponse(orjson.loads(first["body"]), status_code=first["status"],
+                            headers={"Idempotent-Replayed": "true"})
+    upload = _Upload(pool, actor, fmt, path_session, options)
+    try:
         async for line, text in _lines(request.stream(), digest):
             await upload.feed(line, text)
         await upload.flush()
-        body = upload.report().model_dump(mode="json")
-        if key is not None:
-            await conn.execute("INSERT INTO idempotency_keys (scope, key, request_hash, status, body) "
-                               "VALUES ($1, $2, $3, 200, $4) ON CONFLICT DO NOTHING",
-                               scope, key, digest.digest(), orjson.dumps(body).decode())
+    finally:
+        await upload.finish()
+    body = upload.report().model_dump(mode="json")
+    if key is not None:
+        await pool.execute("INSERT INTO idempotency_keys (scope, key, request_hash, status, body) "
+                           "VALUES ($1, $2, $3, 200, $4) ON CONFLICT DO NOTHING",
+                           scope, key, digest.digest(), orjson.dumps(body).decode())
     return JSONResponse(body)
 
 
