@@ -99,6 +99,8 @@ class MemberJoined(EventData):
     birth_year: int | None = None
     sex: str | None = Field(default=None, pattern=r"^(male|female)$")
     joined_on: date
+    import_id: UUID | None = Field(default=None, description="the bulk import that added the member, if any: "
+                                   "its members are told to channels as one digest, not one notice each")
 
 
 @event("changai.membership.member.transferred.v1", subject="member_id")
