@@ -18,6 +18,10 @@ CHECKED = {
     # services/projection/exposition.py renders the text format itself with prometheus_client.utils
     # .floatToGoString, held byte-equal to generate_latest by tests/unit/projection
     "prometheus-client": SpecifierSet(">=0.26.0,<0.27"),
+    # services/notifier/outbound.py http_client: AsyncHTTPTransport._pool._network_backend (the SSRF guard's
+    # pinned addresses)
+    "httpx": SpecifierSet(">=0.29.0,<0.30"),
+    "httpcore": SpecifierSet(">=1.0.9,<1.1"),
 }
 
 
@@ -27,6 +31,7 @@ def test_libraries_are_the_versions_the_private_uses_were_checked_against():
 
 
 async def test_the_private_attributes_are_there():
+    import httpx
     from aiokafka import AIOKafkaConsumer
     from aiokafka.admin import AIOKafkaAdminClient
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
@@ -41,3 +46,8 @@ async def test_the_private_attributes_are_there():
     finally:
         await consumer.stop()
     assert floatToGoString(1.5) == "1.5"
+    transport = httpx.AsyncHTTPTransport()
+    try:
+        assert transport._pool._network_backend is not None  # replaced by the notifier's PinnedBackend
+    finally:
+        await transport.aclose()
