@@ -15,8 +15,21 @@ _ID_WEIGHTS = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2]
 _ID_CHECK = "10X98765432"
 
 
+def _chunk_sums(start: int, end: int) -> dict[str, int]:
+    width = end - start
+    return {f"{v:0{width}d}": sum(int(c) * w for c, w in zip(f"{v:0{width}d}", _ID_WEIGHTS[start:end]))
+            for v in range(10 ** width)}
+
+
+# The weighted sum three digits at a time from tables: a fifth of the per-digit loop's time, which
+# counts in a 450,000-row import.
+_S0, _S1, _S2, _S3, _S4, _S5 = (_chunk_sums(a, b) for a, b in ((0, 3), (3, 6), (6, 9), (9, 12), (12, 15), (15, 17)))
+
+
 def id_check_char(first17: str) -> str:
-    return _ID_CHECK[sum(int(c) * w for c, w in zip(first17, _ID_WEIGHTS)) % 11]
+    """The GB 11643 check character (ISO 7064 MOD 11-2) of 17 digits."""
+    return _ID_CHECK[(_S0[first17[0:3]] + _S1[first17[3:6]] + _S2[first17[6:9]] + _S3[first17[9:12]]
+                      + _S4[first17[12:15]] + _S5[first17[15:17]]) % 11]
 
 
 @dataclass(frozen=True)

@@ -8,20 +8,32 @@ from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import dataclass
 from datetime import date
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from services.membership.pii import InvalidIdentifier, age_on, normalise_phone, parse_id_number
 from shared import regions
-from shared.events.membership import (
-    BranchDissolved, BranchEstablished, BranchKind, BranchMerged, BranchUpdated, EmploymentForm, MemberJoined,
-    MemberLapsed, MemberLeft, MemberSkillLevelChanged, MemberTransferred, StationClosed, StationOpened,
-    StationTransferred,
-)
 from shared.auth import Principal
 from shared.clock import today_cn
 from shared.errors import Conflict, Invalid
+from shared.events.membership import (
+    BranchDissolved,
+    BranchEstablished,
+    BranchKind,
+    BranchMerged,
+    BranchUpdated,
+    EmploymentForm,
+    MemberJoined,
+    MemberLapsed,
+    MemberLeft,
+    MemberSkillLevelChanged,
+    MemberTransferred,
+    StationClosed,
+    StationOpened,
+    StationTransferred,
+)
 from shared.identifiers import validate_credit_code
 
 MIN_MEMBER_AGE = 16  # the minimum working age (Labour Law art. 15): younger people cannot be members
@@ -99,7 +111,7 @@ class BranchPatch(BaseModel):
         return None if v is None else _region(v)
 
     @model_validator(mode="after")
-    def _something(self) -> "BranchPatch":
+    def _something(self) -> BranchPatch:
         if not self.model_fields_set:
             raise ValueError("send at least one field to change")
         return self
@@ -219,7 +231,8 @@ def branch_dissolved(branch, transfer_to: uuid.UUID | None, moved: int, on: date
                            transferred_to=transfer_to, members_moved=moved, dissolved_on=on)
 
 
-def member_moved(member_id: uuid.UUID, employment_form: str, source, target, reason: str, on: date) -> MemberTransferred:
+def member_moved(member_id: uuid.UUID, employment_form: str, source, target, reason: str | None,
+                 on: date) -> MemberTransferred:
     return MemberTransferred(
         member_id=member_id, from_branch_id=source["id"], to_branch_id=target["id"],
         from_region_code=source["region_code"], to_region_code=target["region_code"],
@@ -256,35 +269,8 @@ class MemberIn(BaseModel):
     skill_level: int | None = Field(default=None, ge=1, le=5, description="1 高级技师 … 5 初级工")
     joined_on: date | None = Field(default=None, description="defaults to today")
 
-    _name = field_validator("name", "occupation")(_text)
-
-    @field_validator("id_number")
-    @classmethod
-    def _id_number(cls, v: str) -> str:
-        try:
-            return parse_id_number(v).number
-        except InvalidIdentifier as exc:
-            raise ValueError(str(exc)) from None
-
-    @field_validator("phone")
-    @classmethod
-    def _phone(cls, v: str | None) -> str | None:
-        if v is None or v == "":
-            return None
-        try:
-            return normalise_phone(v)
-        except InvalidIdentifier as exc:
-            raise ValueError(str(exc)) from None
-
-    _joined = field_validator("joined_on")(_not_future)
-
-    @model_validator(mode="after")
-    def _old_enough(self) -> "MemberIn":
-        try:
-            check_age(parse_id_number(self.id_number).birth_date, self.joined_on or today_cn())
-        except Invalid as exc:
-            raise ValueError(f"id_number: {exc.reason}") from None
-        return self
+    # The ID number, the phone, the age and the dates are checked by MemberRules (the join use case calls
+    # it), the same rules every row of a bulk import meets.
 
     def __repr__(self) -> str:  # never show personal data in a traceback or a log
         return f"MemberIn(branch_id={self.branch_id}, ...)"
@@ -331,7 +317,10 @@ class LookupIn(BaseModel):
     @field_validator("id_number")
     @classmethod
     def _id_number(cls, v: str) -> str:
-        return MemberIn._id_number(v)
+        try:
+            return parse_id_number(v).number
+        except InvalidIdentifier as exc:
+            raise ValueError(str(exc)) from None
 
     def __repr__(self) -> str:
         return "LookupIn(...)"
@@ -339,17 +328,151 @@ class LookupIn(BaseModel):
     __str__ = __repr__
 
 
+_DATE = re.compile(r"(\d{4})[-/.年](\d{1,2})[-/.月](\d{1,2})日?|(\d{4})(\d{2})(\d{2})")
+
+
+def parse_date(text: str) -> date | None:
+    """A date as people write it in a sheet: ``2021-03-01``, ``2021/3/1``, ``2021.3.1``, ``2021年3月1日``,
+    ``20210301``; None when it is not one."""
+    if len(text) == 10 and text[4] == "-" and text[7] == "-":
+        try:
+            return date.fromisoformat(text)
+        except ValueError:
+            return None
+    m = _DATE.fullmatch(text)
+    if not m:
+        return None
+    y, mo, d = (m.group(1), m.group(2), m.group(3)) if m.group(1) else (m.group(4), m.group(5), m.group(6))
+    try:
+        return date(int(y), int(mo), int(d))
+    except ValueError:
+        return None
+
+
+@dataclass(slots=True)
+class NewMember:
+    """A joining person's data, checked and normalised."""
+
+    name: str
+    number: str            # the ID number (normalised: upper-case X)
+    birth_date: date
+    sex: str
+    region_code: str       # the ID number's 6-digit region prefix (where the person was registered)
+    phone: str | None      # 11 digits
+    employment_form: str
+    occupation: str | None
+    skill_level: int | None
+    branch_id: uuid.UUID
+    joined_on: date
+
+
+class MemberRules:
+    """The rules a joining person's data must meet: one set for a join over HTTP and for every row of a
+    bulk import. Values come as text (a CSV cell, where aliases such as 外卖骑手 or 高级技师 are accepted)
+    or typed (a JSON field). A refusal is ``Invalid(field, reason)``; a reason never repeats the value."""
+
+    def __init__(self, today: date, default_branch: uuid.UUID | None = None):
+        self.today = today
+        self.default_branch = default_branch
+        self._branch_ids: dict[str, uuid.UUID | None] = {}  # a file names few branches: parse each once
+
+    def __call__(self, name, id_number, phone, employment_form, occupation, skill_level, branch_id,
+                 joined_on) -> NewMember:
+        name = name.strip() if name else ""
+        if not name:
+            raise Invalid("name", "is required")
+        if len(name) > 50 or _CONTROL.search(name):
+            raise Invalid("name", "must be 1 to 50 characters without control characters")
+        if not id_number or not id_number.strip():
+            raise Invalid("id_number", "is required")
+        try:
+            person = parse_id_number(id_number, self.today)
+        except InvalidIdentifier as exc:
+            raise Invalid("id_number", str(exc)) from None
+        if phone:
+            try:
+                phone = normalise_phone(phone)
+            except InvalidIdentifier as exc:
+                raise Invalid("phone", str(exc)) from None
+        else:
+            phone = None
+        form = getattr(employment_form, "value", employment_form)
+        if form:
+            form = EMPLOYMENT_FORM_ALIASES.get(form.strip())
+            if form is None:
+                raise Invalid("employment_form",
+                              "must be one of standard, courier, ride_hailing, truck_driver, food_delivery")
+        else:
+            form = "standard"
+        if occupation:
+            occupation = occupation.strip()
+            if len(occupation) > 50 or _CONTROL.search(occupation):
+                raise Invalid("occupation", "must be at most 50 characters without control characters")
+        occupation = occupation or None
+        skill = skill_level
+        if type(skill) is str:
+            skill = SKILL_LEVEL_ALIASES.get(skill.strip()) if skill.strip() else None
+            if skill is None and skill_level.strip():
+                raise Invalid("skill_level", "must be 1 (高级技师) to 5 (初级工)")
+        elif skill is not None and skill not in SKILL_LEVELS:
+            raise Invalid("skill_level", "must be 1 (高级技师) to 5 (初级工)")
+        branch = self._branch(branch_id)
+        joined = joined_on
+        if type(joined) is str:
+            joined = parse_date(joined.strip()) if joined.strip() else None
+            if joined is None and joined_on.strip():
+                raise Invalid("joined_on", "must be a date like 2021-03-01")
+        if joined is None:
+            joined = self.today
+        elif joined > self.today:
+            raise Invalid("joined_on", "cannot be in the future")
+        check_age(person.birth_date, joined)
+        return NewMember(name, person.number, person.birth_date, person.sex, person.region_code, phone, form,
+                         occupation, skill, branch, joined)
+
+    def _branch(self, value) -> uuid.UUID:
+        if isinstance(value, uuid.UUID):
+            return value
+        text = value.strip() if value else ""
+        if not text:
+            if self.default_branch is None:
+                raise Invalid("branch_id", "is required (as a column, or ?branch_id= for the whole file)")
+            return self.default_branch
+        try:
+            branch = self._branch_ids[text]
+        except KeyError:
+            try:
+                branch = uuid.UUID(text)
+            except ValueError:
+                branch = None
+            self._branch_ids[text] = branch
+        if branch is None:
+            raise Invalid("branch_id", "is not a UUID")
+        return branch
+
+
 def check_age(born: date, joined_on: date) -> None:
     if age_on(born, joined_on) < MIN_MEMBER_AGE:
         raise Invalid("id_number", f"a member must be at least {MIN_MEMBER_AGE} on the day of joining")
 
 
-def joining_branch(branch, actor: Principal, joined_on: date):
-    """The branch a person joins: named, in the caller's scope, active, founded by the day of joining."""
+def branch_open_to(branch, actor: Principal):
+    """A branch people may join now: named (422), in the caller's scope (403), active (409)."""
     branch = referenced_branch(branch, actor, "branch_id")
     ensure_active(branch)
+    return branch
+
+
+def joining_branch(branch, actor: Principal, joined_on: date):
+    """The branch a person joins: open to the caller, and founded by the day of joining."""
+    branch = branch_open_to(branch, actor)
     check_join_date(joined_on, branch)
     return branch
+
+
+def is_elsewhere(existing, actor: Principal) -> bool:
+    """A member outside the caller's scope: a refusal or a report row then names no member or branch."""
+    return not actor.may_act_on(existing["region_code"])
 
 
 def check_not_member(existing, actor: Principal) -> None:
@@ -357,7 +480,7 @@ def check_not_member(existing, actor: Principal) -> None:
     Outside the caller's scope the refusal says only that: no member or branch id."""
     if existing["status"] != "active":
         return
-    if not actor.may_act_on(existing["region_code"]):
+    if is_elsewhere(existing, actor):
         raise Conflict("a member of a branch outside your organisation scope", kind="already-a-member-elsewhere",
                        title="This person is already a member elsewhere")
     raise Conflict(f"member {existing['id']}", kind="already-a-member", title="This person is already a member",
@@ -371,12 +494,24 @@ def rejoin_skill_level(certified: int | None, stated: int | None) -> int | None:
     return stated
 
 
+def member_joined_data(member_id: str, branch_id: str, region_code: str, employment_form: str,
+                       occupation: str | None, skill_level: int | None, birth_year: int, sex: str,
+                       joined_on: str, import_id: str | None = None) -> dict:
+    """What ``member.joined`` says, in its JSON form (ids and dates as text): the birth year and sex
+    derived from the ID number, never the number; ``import_id`` when a bulk import added the member (the
+    notifier tells an import's members as one digest). The bulk import encodes it as is
+    (``shared.events.encode_value``); a join builds the model from it."""
+    return {"member_id": member_id, "branch_id": branch_id, "region_code": region_code,
+            "city_code": regions.city_of(region_code), "employment_form": employment_form, "occupation": occupation,
+            "skill_level": skill_level, "birth_year": birth_year, "sex": sex, "joined_on": joined_on,
+            "import_id": import_id}
+
+
 def member_joined(member_id: uuid.UUID, branch, *, employment_form: str, occupation: str | None,
                   skill_level: int | None, born: date, sex: str, joined_on: date) -> MemberJoined:
-    return MemberJoined(member_id=member_id, branch_id=branch["id"], region_code=branch["region_code"],
-                        city_code=regions.city_of(branch["region_code"]), employment_form=employment_form,
-                        occupation=occupation, skill_level=skill_level, birth_year=born.year, sex=sex,
-                        joined_on=joined_on)
+    return MemberJoined.model_validate(member_joined_data(
+        str(member_id), str(branch["id"]), branch["region_code"], employment_form, occupation, skill_level,
+        born.year, sex, joined_on.isoformat()))
 
 
 def ensure_member_active(member) -> None:

@@ -8,18 +8,11 @@ from fastapi import FastAPI
 from services.membership.api import router
 from services.membership.consumers import certificate_consumer
 from services.membership.pii import Vault
+from services.membership.settings import MembershipSettings
 from shared.http import create_app, serve
 from shared.settings import Settings
 
-
-class MembershipSettings(Settings):
-    """The platform's settings plus membership's own (same ``CHANGAI_`` prefix)."""
-
-    consume_certificates: bool = True          # CHANGAI_CONSUME_CERTIFICATES
-    certificates_group_id: str = "membership-certificates"
-    import_batch_rows: int = 5000              # rows per import transaction
-    import_writers: int = 2                    # import transactions at once (each on its own connection)
-    lookup_rate_per_minute: int = 30           # POST /v1/members:lookup per caller (token subject) a minute
+__all__ = ["MembershipSettings", "build_app", "main"]
 
 
 def _membership_settings(settings: Settings | None) -> MembershipSettings:

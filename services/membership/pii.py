@@ -20,13 +20,19 @@ import time
 import uuid
 from datetime import date
 
+from asyncpg.pgproto.pgproto import UUID as PgUUID
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from shared import regions
-from shared.identifiers import (  # noqa: F401  (normalise_phone: re-exported for membership's callers)
-    InvalidIdentifier, ResidentId, keyed_hash, mask_phone, normalise_phone, parse_resident_id,
+from shared.identifiers import (
+    InvalidIdentifier,
+    ResidentId,
+    keyed_hash,
+    mask_phone,
+    normalise_phone,
+    parse_resident_id,
 )
 
 BLOB_VERSION = b"\x01"
@@ -131,14 +137,42 @@ def _aad(field: str, member_id: uuid.UUID) -> bytes:
     return b"changai/member/" + field.encode() + b"/" + member_id.bytes
 
 
-def uuid7(ms: int | None = None) -> uuid.UUID:
-    """A time-ordered UUID (RFC 9562 version 7): ids sort by creation time, to the millisecond."""
+_VERSION_7 = bytes(b & 0x0F | 0x70 for b in range(256))  # translate tables: the version and variant bits
+_VARIANT = bytes(b & 0x3F | 0x80 for b in range(256))
+
+
+def uuid7_batch(n: int, ms: int | None = None) -> list[PgUUID]:
+    """n time-ordered UUIDs (RFC 9562 version 7: ids sort by creation time, to the millisecond) of this
+    millisecond, as asyncpg's UUID type (a ``uuid.UUID``); built 16 bytes at a time for the whole batch,
+    so a bulk import pays one slice and one constructor an id."""
+    if n == 0:
+        return []
+    raw = bytearray(os.urandom(16 * n))
     ms = time.time_ns() // 1_000_000 if ms is None else ms
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | (rand >> 62 & 0xFFF) << 64 | 0b10 << 62 | rand & (1 << 62) - 1
-    return uuid.UUID(int=value)
+    prefix = (ms & 0xFFFF_FFFF_FFFF).to_bytes(6, "big")
+    for j in range(6):
+        raw[j::16] = prefix[j:j + 1] * n
+    raw[6::16] = bytes(raw[6::16]).translate(_VERSION_7)
+    raw[8::16] = bytes(raw[8::16]).translate(_VARIANT)
+    data = bytes(raw)
+    return [PgUUID(data[i:i + 16]) for i in range(0, 16 * n, 16)]
 
 
-__all__ = ["Vault", "parse_id_number", "normalise_phone", "mask_phone", "region_prefix_problem", "uuid7", "age_on",
-           "home_prefecture",
-           "InvalidIdentifier", "ResidentId"]
+def uuid7(ms: int | None = None) -> uuid.UUID:
+    """One time-ordered UUID (version 7)."""
+    return uuid.UUID(bytes=uuid7_batch(1, ms)[0].bytes)
+
+
+__all__ = [
+    "InvalidIdentifier",
+    "ResidentId",
+    "Vault",
+    "age_on",
+    "home_prefecture",
+    "mask_phone",
+    "normalise_phone",
+    "parse_id_number",
+    "region_prefix_problem",
+    "uuid7",
+    "uuid7_batch",
+]

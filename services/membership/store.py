@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import date
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 
 from shared.events.membership import BranchEstablished, BranchUpdated
 
-Conn = asyncpg.Connection | asyncpg.Pool
+Conn: TypeAlias = asyncpg.Connection | asyncpg.Pool
 
 # -- branches ------------------------------------------------------------------
 BRANCH_COLUMNS = ("id, seq, name, credit_code, region_code, industry_section, kind, parent_id, founded_on, status, "
@@ -334,6 +334,44 @@ async def list_imports(conn: Conn, *, scope_regions: list[str], status: str | No
     args.append(limit)
     return await conn.fetch(f"SELECT seq, {IMPORT_COLUMNS} FROM imports WHERE {' AND '.join(where)} "
                             f"ORDER BY seq DESC LIMIT ${len(args)}", *args)
+
+
+STAGE_COLUMNS = ["id", "branch_id", "name", "id_hash", "id_cipher", "id_masked", "phone_cipher", "phone_masked",
+                 "birth_year", "sex", "home_region_code", "employment_form", "occupation", "skill_level",
+                 "joined_on", "import_row"]
+
+
+async def insert_staged_members(conn: asyncpg.Connection, records: list[tuple], import_id: uuid.UUID) -> set:
+    """A batch of an import: COPY into a staging table (``STAGE_COLUMNS``), then one
+    ``INSERT … ON CONFLICT (id_hash) DO NOTHING``, so a person already a member (or imported by a
+    concurrent upload) is not inserted twice. The staging table is read in the order it was written.
+    Returns the ids inserted."""
+    await conn.execute("CREATE TEMP TABLE member_stage (LIKE members INCLUDING DEFAULTS) ON COMMIT DROP")
+    await conn.copy_records_to_table("member_stage", records=records, columns=STAGE_COLUMNS)
+    cols = ", ".join(STAGE_COLUMNS)
+    return {r["id"] for r in await conn.fetch(
+        f"INSERT INTO members ({cols}, import_id) SELECT {cols}, $1::uuid FROM member_stage "
+        "ON CONFLICT (id_hash) DO NOTHING RETURNING id", import_id)}
+
+
+async def members_by_hashes(conn: asyncpg.Connection, hashes: list[bytes]) -> dict[bytes, asyncpg.Record]:
+    """The members these lookup hashes belong to, with their branch's region (who may see them)."""
+    return {m["id_hash"]: m for m in await conn.fetch(
+        "SELECT m.id, m.id_hash, m.status, m.import_id, m.import_row, b.region_code FROM members m "
+        "JOIN branches b ON b.id = m.branch_id WHERE m.id_hash = ANY($1::bytea[])", hashes)}
+
+
+async def record_import_batch(conn: asyncpg.Connection, import_id: uuid.UUID, report: list[tuple], *, last_row: int,
+                              accepted: int, rejected: int, already: int, bytes_read: int) -> None:
+    """A batch's report rows ``(row, outcome, member_id, field, reason)`` and the import's counters."""
+    if report:
+        await conn.copy_records_to_table(
+            "import_rows", columns=["import_id", "row", "outcome", "member_id", "field", "reason"],
+            records=[(import_id, *r) for r in report])
+    await conn.execute(
+        "UPDATE imports SET rows_total = GREATEST(rows_total, $2), accepted = accepted + $3, "
+        "rejected = rejected + $4, already_members = already_members + $5, bytes_read = GREATEST(bytes_read, $6), "
+        "updated_at = now() WHERE id = $1", import_id, last_row, accepted, rejected, already, bytes_read)
 
 
 async def import_report(conn: Conn, import_id: uuid.UUID, *, outcome: str | None, after_row: int,

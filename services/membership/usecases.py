@@ -16,14 +16,14 @@ import math
 import uuid
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 from starlette.requests import ClientDisconnect
 
 from services.membership import domain, store
 from services.membership.importer import Importer, ImportFailed
-from services.membership.pii import Vault, home_prefecture, mask_phone, parse_id_number, uuid7
+from services.membership.pii import Vault, home_prefecture, mask_phone, uuid7
 from shared import inbox, outbox, regions
 from shared.auth import Principal
 from shared.errors import Conflict, Invalid, NotFound
@@ -34,7 +34,7 @@ from shared.logging import trace_id_var
 from shared.privacy import scrub_text
 
 log = logging.getLogger(__name__)
-Conn = asyncpg.Connection | asyncpg.Pool
+Conn: TypeAlias = asyncpg.Connection | asyncpg.Pool
 
 LOOKUP_WINDOW_S = 60
 CERTIFICATES = "membership.certificate-issued"  # the inbox's consumer name
@@ -163,22 +163,23 @@ async def dissolve_branch(conn: asyncpg.Connection, branch_id: uuid.UUID, cmd: d
 # -- members -------------------------------------------------------------------------
 async def join(conn: asyncpg.Connection, cmd: domain.MemberIn, actor: Principal, today: date, *,
                vault: Vault) -> asyncpg.Record:
-    """A person joins a branch (入会); one who left or lapsed rejoins as the same member."""
-    person = parse_id_number(cmd.id_number, today)
-    joined_on = cmd.joined_on or today
+    """A person joins a branch (入会); one who left or lapsed rejoins as the same member.
+    The person's data meets the same rules (``domain.MemberRules``) as every row of a bulk import."""
+    person = domain.MemberRules(today)(cmd.name, cmd.id_number, cmd.phone, cmd.employment_form, cmd.occupation,
+                                       cmd.skill_level, cmd.branch_id, cmd.joined_on)
     id_hash = vault.lookup_hash(person.number)
-    branch = await store.lock_branches(conn, [cmd.branch_id])
-    branch = domain.joining_branch(branch.get(cmd.branch_id), actor, joined_on)
+    branch = await store.lock_branches(conn, [person.branch_id])
+    branch = domain.joining_branch(branch.get(person.branch_id), actor, person.joined_on)
     member_id = uuid7()
-    fields = dict(branch_id=branch["id"], name=cmd.name, employment_form=cmd.employment_form.value,
-                  occupation=cmd.occupation, joined_on=joined_on)
+    fields = dict(branch_id=branch["id"], name=person.name, employment_form=person.employment_form,
+                  occupation=person.occupation, joined_on=person.joined_on)
 
     def secrets(mid: uuid.UUID) -> dict[str, Any]:
         return dict(id_cipher=vault.encrypt("id_number", mid, person.number), id_masked=mask_id_number(person.number),
-                    phone_cipher=vault.encrypt("phone", mid, cmd.phone) if cmd.phone else None,
-                    phone_masked=mask_phone(cmd.phone) if cmd.phone else None)
+                    phone_cipher=vault.encrypt("phone", mid, person.phone) if person.phone else None,
+                    phone_masked=mask_phone(person.phone) if person.phone else None)
 
-    skill = cmd.skill_level
+    skill = person.skill_level
     row = await store.insert_member(conn, id=member_id, id_hash=id_hash, birth_year=person.birth_date.year,
                                     sex=person.sex, home_region_code=home_prefecture(person.region_code),
                                     skill_level=skill, **fields, **secrets(member_id))
@@ -188,9 +189,9 @@ async def join(conn: asyncpg.Connection, cmd: domain.MemberIn, actor: Principal,
         member_id = existing["id"]
         skill = domain.rejoin_skill_level(existing["skill_level"], skill)
         row = await store.rejoin_member(conn, member_id, skill_level=skill, **fields, **secrets(member_id))
-    await emit(conn, domain.member_joined(member_id, branch, employment_form=cmd.employment_form.value,
-                                          occupation=cmd.occupation, skill_level=skill, born=person.birth_date,
-                                          sex=person.sex, joined_on=joined_on))
+    await emit(conn, domain.member_joined(member_id, branch, employment_form=person.employment_form,
+                                          occupation=person.occupation, skill_level=skill, born=person.birth_date,
+                                          sex=person.sex, joined_on=person.joined_on))
     return await store.get_member(conn, member_id)
 
 

@@ -5,10 +5,11 @@ Importing this package registers every event type (one module per producing serv
 from shared.events import funding, membership, notifier, reform, training  # noqa: F401  (registers the types)
 from shared.events.base import REGISTRY, EventData, event, json_schema
 from shared.events.envelope import (
-    CONTENT_TYPE, CloudEvent, InvalidEvent, UnknownEventType, decode, encode, envelope, parse_data,
+    CONTENT_TYPE, CloudEvent, InvalidEvent, UnknownEventType, decode, encode, encode_value, envelope, json_time,
+    parse_data,
 )
 
 __all__ = [
     "REGISTRY", "EventData", "event", "json_schema", "CONTENT_TYPE", "CloudEvent", "InvalidEvent",
-    "UnknownEventType", "decode", "encode", "envelope", "parse_data",
+    "UnknownEventType", "decode", "encode", "encode_value", "envelope", "json_time", "parse_data",
 ]

@@ -6,6 +6,8 @@ The record value is the whole CloudEvent as JSON; the header ``content-type`` is
 """
 from __future__ import annotations
 
+import functools
+import os
 import uuid
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -42,8 +44,16 @@ class UnknownEventType(LookupError):
     """A well-formed CloudEvent of a type this build does not know (a newer producer)."""
 
 
+def new_traceparents(trace_id: str | None, n: int) -> list[str]:
+    """``n`` W3C traceparents of one trace (``trace_id``, or a new one), each a new span; one random draw
+    for them all (a bulk write makes one an event: a draw each cost ~10 µs on a busy machine)."""
+    trace_id = trace_id or os.urandom(16).hex()
+    spans = os.urandom(8 * n).hex()
+    return [f"00-{trace_id}-{spans[i:i + 16]}-01" for i in range(0, 16 * n, 16)]
+
+
 def new_traceparent(trace_id: str | None = None) -> str:
-    return f"00-{trace_id or uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"
+    return new_traceparents(trace_id, 1)[0]
 
 
 def trace_id_of(traceparent: str | None) -> str | None:
@@ -73,6 +83,29 @@ def encode(event: CloudEvent) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
     value = orjson.dumps(event.model_dump(mode="json", exclude_none=True))
     key = (event.partitionkey or event.subject or event.id).encode()
     return key, value, [("content-type", CONTENT_TYPE.encode())]
+
+
+def json_time(moment: datetime) -> str:
+    """A UTC time as the envelope writes it in JSON (``2021-03-01T08:00:00.123456Z``)."""
+    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def encode_value(cls: type[EventData], data: dict[str, Any], *, subject: str, event_id: str, time: str,
+                 traceparent: str) -> bytes:
+    """The record value ``encode(envelope(cls(**data)))`` gives, from ``data`` already in its JSON form
+    (ids and dates as strings) and without building the models: for bulk writes (a 450,000-row import),
+    where the models cost ~8× this. ``time`` from :func:`json_time`. A test holds the two equal."""
+    source, event_type, schema = _static(cls)
+    return orjson.dumps({
+        "specversion": "1.0", "id": event_id, "source": source, "type": event_type, "subject": subject,
+        "time": time, "datacontenttype": "application/json", "dataschema": schema,
+        "partitionkey": subject, "traceparent": traceparent, "data": data,
+    })
+
+
+@functools.cache
+def _static(cls: type[EventData]) -> tuple[str, str, str | None]:
+    return cls.source, cls.event_type, cls.dataschema()
 
 
 def decode(value: bytes | None) -> CloudEvent:

@@ -8,7 +8,13 @@ import orjson
 import pytest
 
 from tests.integration.membership.membership_support import (
-    auth, id_number, outbox_events, phone, running, unique_id_number)
+    auth,
+    id_number,
+    outbox_events,
+    phone,
+    running,
+    unique_id_number,
+)
 
 pytestmark = pytest.mark.integration
 JOINED = "changai.membership.member.joined.v1"
@@ -75,6 +81,7 @@ async def test_mixed_rows_reported_and_second_upload_changes_nothing(membership)
     events = [e for e in await outbox_events(membership.dsn, JOINED) if e.subject in accepted]
     assert sorted(e.subject for e in events) == sorted(accepted)
     assert all(e.data["branch_id"] == b["id"] and e.data["city_code"] == "640200" for e in events)
+    assert all(e.data["import_id"] == summary["id"] for e in events), "the notifier tells an import as one digest"
 
     again = await upload(membership, csv, chunk=4096, params={"branch_id": b["id"]}, headers=auth(region="640200"))
     assert again.status_code == 201

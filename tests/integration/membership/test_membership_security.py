@@ -11,7 +11,13 @@ import pytest
 
 from shared import migrate
 from tests.integration.membership.membership_support import (
-    auth, id_number, outbox_events, phone, running, unique_id_number)
+    auth,
+    id_number,
+    outbox_events,
+    phone,
+    running,
+    unique_id_number,
+)
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[3]
@@ -35,7 +41,7 @@ async def test_the_full_number_cannot_be_rebuilt_from_answers_or_clear_columns(m
     assert "birth_date" not in m and m["birth_year"] == int(number[6:10])
     assert m["home_region_code"] == number[:4] + "00", "home region shown to the prefecture only"
     [row] = await fetch(membership.dsn, "SELECT * FROM members WHERE id = $1", uuid.UUID(m["id"]))
-    assert "birth_date" not in row.keys()
+    assert "birth_date" not in set(row.keys())
     clear = " ".join(str(v) for k, v in row.items() if not isinstance(v, bytes))
     assert number[6:14] not in clear and number[:6] not in clear.replace(number[:4] + "00", "")
     # The recipe of issue 12 (and any variant on the clear columns) rebuilds nothing.
@@ -71,7 +77,7 @@ async def test_migration_rewrites_existing_rows(make_database, tmp_path, monkeyp
         await conn.close()
     assert row["id_masked"] == "*" * 14 + number[-4:]
     assert (row["birth_year"], row["home_region_code"]) == (1990, "640100")
-    assert "birth_date" not in row.keys()
+    assert "birth_date" not in set(row.keys())
 
 
 async def test_lookup_is_audited_and_rate_limited(stack, make_database):

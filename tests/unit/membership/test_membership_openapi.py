@@ -8,7 +8,8 @@ def test_every_route_has_a_response_schema():
     for path, methods in spec["paths"].items():
         for method, op in methods.items():
             ok = [code for code in op["responses"] if code.startswith("2")]
-            content = {ctype: c.get("schema") for code in ok for ctype, c in op["responses"][code].get("content", {}).items()}
+            content = {ctype: c.get("schema") for code in ok
+                       for ctype, c in op["responses"][code].get("content", {}).items()}
             if not ok or not any(schema and schema != {} for schema in content.values()):
                 missing.append(f"{method.upper()} {path}")
     assert missing == []

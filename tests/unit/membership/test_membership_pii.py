@@ -95,3 +95,10 @@ def test_uuid7_is_time_ordered_version_7():
     ids = [pii.uuid7(ms) for ms in (1_000, 1_001, 2_000_000_000_000)]
     assert ids == sorted(ids)
     assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in ids)
+
+
+def test_uuid7_batch_is_one_millisecond_of_distinct_ordered_ids():
+    ids = pii.uuid7_batch(1000, ms=1_700_000_000_000)
+    assert len(set(ids)) == 1000 and all(u.version == 7 and u.variant == uuid.RFC_4122 for u in ids)
+    assert {u.bytes[:6] for u in ids} == {(1_700_000_000_000).to_bytes(6, "big")}
+    assert pii.uuid7_batch(1, ms=1_700_000_000_001)[0] > max(ids)

@@ -10,8 +10,8 @@ from pydantic import ValidationError
 
 from services.membership import domain
 from shared.auth import Principal
+from shared.errors import DomainError, Invalid, status_of
 from shared.outbox import murmur2
-from shared.errors import DomainError, status_of
 
 
 def branch(**extra):
@@ -27,7 +27,8 @@ def test_level_1_is_the_highest(current, certified, raised):
 
 def test_update_reports_only_changed_fields():
     b = branch()
-    event = domain.update_branch(b, domain.BranchPatch(name="宁夏快递行业工会", industry_section="G", region_code="640502"))
+    patch = domain.BranchPatch(name="宁夏快递行业工会", industry_section="G", region_code="640502")
+    event = domain.update_branch(b, patch)
     assert event.changed == ["name", "region_code"] and event.city_code == "640500"
     assert domain.update_branch(b, domain.BranchPatch(name=b["name"])) is None
     with pytest.raises(DomainError) as exc:
@@ -71,8 +72,10 @@ def test_member_input_rules():
     number += id_check_char(number)
     ok = domain.MemberIn(branch_id=uuid.uuid4(), name="张三", id_number=number, phone="13912345678")
     assert ok.employment_form == "standard" and number not in repr(ok) and "13912345678" not in str(ok)
-    with pytest.raises(ValidationError, match="at least 16"):
-        domain.MemberIn(branch_id=uuid.uuid4(), name="张三", id_number=number, joined_on=date(2005, 1, 1))
+    young = domain.MemberIn(branch_id=uuid.uuid4(), name="张三", id_number=number, joined_on=date(2005, 1, 1))
+    with pytest.raises(Invalid, match="at least 16"):  # the rules every join and import row meets
+        domain.MemberRules(date(2021, 9, 1))(young.name, young.id_number, young.phone, young.employment_form,
+                                             young.occupation, young.skill_level, young.branch_id, young.joined_on)
     with pytest.raises(ValidationError):
         domain.MemberIn(branch_id=uuid.uuid4(), name="张三", id_number=number, skill_level=0)
     with pytest.raises(ValidationError):
