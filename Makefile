@@ -21,7 +21,7 @@ UV_COMPILE := $(VENV)/bin/uv pip compile pyproject.toml --python-version 3.11 \
 	--python-platform x86_64-unknown-linux-gnu --generate-hashes -q $(LOCK_ARGS)
 CHECKED := shared services
 
-.PHONY: venv run test up down status bench check lock
+.PHONY: venv run test up down status bench check format lock
 
 venv: $(VENV_STAMP)
 
@@ -53,6 +53,10 @@ check: venv  ## lint, format and type checks (configured in pyproject.toml); all
 	$(VENV)/bin/ruff format --check $(CHECKED) || rc=1; \
 	$(VENV)/bin/mypy || rc=1; \
 	exit $$rc
+
+format: venv  ## rewrite shared/ and services/: ruff's safe fixes, then the formatter (commit what it changes)
+	$(VENV)/bin/ruff check --fix --exit-zero $(CHECKED)
+	$(VENV)/bin/ruff format $(CHECKED)
 
 lock: venv  ## regenerate the lock files from pyproject.toml (then commit them)
 	$(UV_COMPILE) -o $(LOCK)
