@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from shared.auth import Principal, mint_token, require
 from shared.boundary import database_unavailable, value_refused
 from shared.http import body_limit, create_app
+from shared.money import Yuan
 from shared.settings import Settings
 
 router = APIRouter(prefix="/v1")
@@ -55,6 +56,15 @@ async def upload(request: Request, principal: Principal = Depends(require("notes
 @body_limit(100)
 async def small(body: Note, principal: Principal = Depends(require("notes:write"))):
     return {}
+
+
+class Payment(BaseModel):
+    amount: Yuan
+
+
+@router.post("/payments", status_code=201)
+async def pay(body: Payment, principal: Principal = Depends(require("notes:write"))):
+    return {"fen": body.amount}
 
 
 LIMIT = 4096
@@ -133,6 +143,15 @@ def test_path_parameters(client):
 def test_a_string_query_parameter_may_hold_a_long_number(client):
     assert client.get("/v1/public?code=99999999999999999999").json() == {"code": "99999999999999999999"}
     assert client.get("/v1/notes?offset=7", headers=WRITE).json()["offset"] == 7
+
+
+@pytest.mark.parametrize("amount", ["800.00\n", " 800.00", "800.00 ", "８００.００", "800.001", "-1.00", "1e3", 800])
+def test_amounts_take_only_plain_decimal_strings(client, amount):
+    refused_field(client.post("/v1/payments", json={"amount": amount}, headers=WRITE), "amount")
+
+
+def test_a_plain_amount_is_fen(client):
+    assert client.post("/v1/payments", json={"amount": "800.00"}, headers=WRITE).json() == {"fen": 80000}
 
 
 # -- media type and body size ------------------------------------------------------------
