@@ -14,6 +14,15 @@ publication.
    as possible; notices per second from the first receipt to the last.
 3. The raw floor on the same machine: a bare aiokafka consumer + httpx POST to the same
    receiver (no database, no signing, no routing), on the same burst size.
+4. Fairness (``CHANGAI_BENCH_NOTIFIER_FLOOD``, default 100,000; 0 skips it;
+   ``CHANGAI_BENCH_NOTIFIER_ONLY=fairness`` runs only this): a second worker; a 100,000-member
+   import (``member.joined`` with an ``import_id``, straight to ``membership.events``) floods the
+   region's webhook channel, which asks for every member; ten quiet branch channels get a trickle
+   of ``subsidy.paid`` (5/s) while the flood drains, and a retry channel whose receiver refuses
+   each notice's first attempt (retry schedule 2 s, no jitter). Printed: the quiet channels'
+   first-attempt delay (receipt − event time) p50 / p99 / max, retry lateness against the schedule,
+   and the digests a city federation subscribed to member events got (how many, how long after
+   the import's last event).
 Every notice is checked: one per event, none missing.
 """
 from __future__ import annotations
@@ -65,18 +74,24 @@ class Receiver:
                 head = await reader.readuntil(b"\r\n\r\n")
                 now = time.time()
                 headers = {}
-                for line in head.decode("latin-1").split("\r\n")[1:]:
+                lines = head.decode("latin-1").split("\r\n")
+                for line in lines[1:]:
                     if ":" in line:
                         k, v = line.split(":", 1)
                         headers[k.strip().lower()] = v.strip()
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
-                self.record(now, headers.get("webhook-id", ""), body)
-                writer.write(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+                path = lines[0].split(" ")[1] if " " in lines[0] else ""
+                status = self.answer(now, path, headers.get("webhook-id", ""), body)
+                writer.write(b"HTTP/1.1 %d X\r\ncontent-length: 0\r\n\r\n" % status)
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionResetError):
             pass
         finally:
             writer.close()
+
+    def answer(self, now: float, path: str, msg_id: str, body: bytes) -> int:
+        self.record(now, msg_id, body)
+        return 204
 
     def record(self, now: float, msg_id: str, body: bytes) -> None:
         if msg_id not in self.seen:
@@ -182,6 +197,10 @@ async def raw_floor(bootstrap: str, port: int, n: int) -> float:
 
 
 async def main() -> None:
+    if os.environ.get("CHANGAI_BENCH_NOTIFIER_ONLY") == "fairness":
+        async with servers() as s:
+            await fairness(s)
+        return
     seconds = float(os.environ.get("CHANGAI_BENCH_NOTIFIER_SECONDS", "20"))
     burst = int(os.environ.get("CHANGAI_BENCH_NOTIFIER_BURST", "5000"))
     receiver = Receiver()
@@ -255,6 +274,8 @@ async def main() -> None:
         finally:
             await producer.stop()
         raw = await raw_floor(s.kafka.bootstrap, port, burst)
+        if int(os.environ.get("CHANGAI_BENCH_NOTIFIER_FLOOD", "100000")) > 0:
+            await fairness(s)
 
     print(table([(f"{n} events at {rate:.0f}/s, 100 channels", *summary(latencies))
                  for n, rate, latencies, _ in phases],
@@ -277,3 +298,144 @@ async def main() -> None:
     print(f"\nload average during the run (2 cores): {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")
     print(f"notices: {total + len(burst_ids)} expected, all received; "
           f"{max(duplicates, 0)} duplicate request(s) in the burst; elapsed since burst end {time.time() - t0:.1f} s")
+
+
+# -- fairness: one channel flooded, quiet channels, retries, digests ---------------------------------
+
+
+class FairReceiver(Receiver):
+    """Per path: every request's time by webhook-id; ``/hooks/retry…`` refuses each notice's first try."""
+
+    def __init__(self):
+        super().__init__()
+        self.by_path: dict[str, dict[str, list[float]]] = {}
+        self.bodies: dict[str, list[dict]] = {}
+
+    def answer(self, now: float, path: str, msg_id: str, body: bytes) -> int:
+        times = self.by_path.setdefault(path, {}).setdefault(msg_id, [])
+        times.append(now)
+        if path.startswith("/hooks/fed"):
+            self.bodies.setdefault(path, []).append(orjson.loads(body))
+        self.record(now, msg_id, body)
+        return 503 if path.startswith("/hooks/retry") and len(times) == 1 else 204
+
+
+async def fairness(s) -> None:
+    flood_n = int(os.environ.get("CHANGAI_BENCH_NOTIFIER_FLOOD", "100000"))
+    receiver = FairReceiver()
+    port = await receiver.start()
+    dsn = await s.database("notifier")
+    app_id = f"notifier-fair{uuid.uuid4().hex[:6]}"
+    from services.notifier import store
+    from services.notifier.consumers import ensure_topics
+    from services.notifier.settings import NotifierSettings
+    from shared.events.membership import MemberJoined
+
+    settings = NotifierSettings(database_url=dsn, kafka_bootstrap=s.kafka.bootstrap)
+    await ensure_topics(settings)
+    await start_at_end(s.kafka.bootstrap, f"changai-{app_id}",
+                       (*topics.DOMAIN_SOURCES, topics.DELIVER, topics.DEFERRED, *topics.RETRIES))
+    key = settings.data_key_bytes()
+    conn = await asyncpg.connect(dsn)
+
+    async def channel(name: str, *, branch=None, region=None, types: list[str]) -> None:
+        channel_id = uuid.uuid4()
+        await store.insert_channel(
+            conn, id=channel_id, kind="webhook", name=name, owner_kind="branch" if branch else "federation",
+            owner_branch_id=branch, owner_region=region or "640104", scope="subtree" if region else "own",
+            event_types=types, locale="zh-CN", config={}, secrets=vault.seal(key, channel_id, {
+                "url": f"http://127.0.0.1:{port}/hooks/{name}",
+                "signing": [{"secret": vault.new_webhook_secret(), "expires_at": None}]}),
+            quiet_hours=None, created_by="bench")
+
+    quiet = [uuid.uuid4() for _ in range(10)]
+    retry_branch = uuid.uuid4()
+    for i, b in enumerate([*quiet, retry_branch]):
+        await store.upsert_branch(conn, b, f"安静工会{i:02d}", "640104", None, "enterprise")
+    for i, b in enumerate(quiet):
+        await channel(f"quiet{i}", branch=b, types=["changai.funding.*"])
+    await channel("retry", branch=retry_branch, types=["changai.funding.*"])
+    # The region's channel asks for every member (the flood); a city's federation gets digests.
+    await channel("flood", region="640000", types=["changai.membership.member.joined.v1"])
+    await channel("fed640100", region="640100", types=["changai.membership.*"])
+    await conn.close()
+
+    env = s.env("notifier-worker", database_url=dsn, CHANGAI_NOTIFIER_APP_ID=app_id,
+                CHANGAI_NOTIFIER_WEBHOOKS="{}", CHANGAI_OUTBOUND_ALLOW_PRIVATE="1", CHANGAI_LOG_LEVEL="WARNING",
+                CHANGAI_OUTBOX_POLL_INTERVAL_S="0.5", CHANGAI_NOTIFIER_RETRY_WEBHOOK="2,4,8",
+                CHANGAI_NOTIFIER_RETRY_JITTER="0")
+    await s.start("notifier-worker-fair", ["-m", "services.notifier", "worker"], env, health="/readyz")
+    producer = make_producer(s.kafka.bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        warm = await publish(producer, [completed(b, 0) for b in quiet], 20)
+        await wait_for(receiver, warm, 60)
+
+        import_id = uuid.uuid4()
+        counties = ("640104", "640105", "640106", "640202", "640302")
+        members_branches = [uuid.uuid4() for _ in range(50)]
+
+        async def flood() -> tuple[float, float]:
+            start = time.time()
+            batch = []
+            for i in range(flood_n):
+                region = counties[i % len(counties)]
+                batch.append(MemberJoined(member_id=uuid.uuid4(), branch_id=members_branches[i % 50],
+                                          region_code=region, city_code=region[:4] + "00", employment_form="courier",
+                                          birth_year=1990, sex="female", joined_on=__import__("datetime").date(2024, 5, 1),
+                                          import_id=import_id))
+                if len(batch) == 2000:
+                    await publish(producer, batch, None)
+                    batch = []
+            await publish(producer, batch, None)
+            return start, time.time()
+
+        flood_task = asyncio.ensure_future(flood())
+        quiet_ids: list[str] = []
+        retry_ids: list[str] = []
+        flood_path = "/hooks/flood"
+        i = 0
+        while True:  # the trickle, while the flood's backlog lasts
+            done = len(receiver.by_path.get(flood_path, {}))
+            if flood_task.done() and done >= flood_n * 0.9:
+                break
+            quiet_ids += await publish(producer, [completed(quiet[i % 10], i)], None)
+            if i % 10 == 0:
+                retry_ids += await publish(producer, [completed(retry_branch, i)], None)
+            i += 1
+            await asyncio.sleep(0.2)
+        flood_start, flood_end = await flood_task
+        await wait_for(receiver, quiet_ids, 300)
+        await wait_for(receiver, retry_ids, 300)
+        deadline = time.monotonic() + 900
+        while len(receiver.by_path.get(flood_path, {})) < flood_n and time.monotonic() < deadline:
+            await asyncio.sleep(1)
+        flood_done = time.time()
+        fed = receiver.bodies.get("/hooks/fed640100", [])
+        fed_last = max((t for ts in receiver.by_path.get("/hooks/fed640100", {}).values() for t in ts), default=None)
+    finally:
+        await producer.stop()
+        receiver.server.close()
+
+    delays = [(receiver.seen[i][0] - receiver.seen[i][1]) * 1000 for i in quiet_ids]
+    late = []
+    for msg, times in receiver.by_path.get("/hooks/retry", {}).items():
+        if len(times) >= 2:
+            late.append((times[1] - times[0] - 2.0) * 1000)
+    flood_times = receiver.by_path.get(flood_path, {})
+    doubled = sum(1 for ts in flood_times.values() if len(ts) > 1)
+    counted = sum(d["data"]["count"] for d in fed if d.get("type") == "changai.notifier.digest.sent.v1")
+    in_city = sum(1 for i in range(flood_n) if counties[i % len(counties)].startswith("6401"))
+    print(f"\nfairness: {flood_n:,} member.joined of one import to the region's channel "
+          f"(published in {flood_end - flood_start:.1f} s, delivered in {flood_done - flood_start:.1f} s, "
+          f"{len(flood_times):,} received, {doubled} twice); a trickle of {len(quiet_ids)} notices to 10 quiet "
+          f"channels and {len(retry_ids)} to a retry channel meanwhile")
+    print(table([("quiet channels' first attempt, during the flood", *summary(delays)),
+                 ("retry lateness against its 2 s schedule (ms)", *summary(late or [0.0]))],
+                ("delay (ms)", "p50", "p90", "p99", "max")))
+    print(f"retries later than 10 % of their delay (200 ms): {sum(1 for x in late if x > 200)} of {len(late)}")
+    print(f"city federation (640100, subscribed to changai.membership.*): {len(fed)} digest notice(s) counting "
+          f"{counted:,} of its {in_city:,} members; last one {((fed_last or flood_end) - flood_end):.1f} s after the "
+          f"import's last event was published")
+    load = os.getloadavg()
+    print(f"load average (2 cores): {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")

@@ -1,13 +1,14 @@
-"""The notifier worker: faust-streaming agents route → render → deliver, plus retries.
+"""The notifier worker: faust-streaming agents route → render → deliver.
 
-    domain topics ──route, render──▶ notifier.deliver ──deliver──▶ receivers
-                                      ▲ (keyed by channel)            │ failure, quiet hours
-    notifier.retry.1…8, notifier.deferred ◀────── outbox ◀───────────┘
-           └──────wait_until_due (held until due)──────┘
+    domain topics ──route, render──▶ notifier.deliver ──deliver──▶ one task per channel ──▶ receivers
+                   (digests of bulk       (keyed by channel)      │ its queue's tail, retries and
+                    operations)                                   ▼ deferrals wait in PostgreSQL
 
 Every agent acknowledges a record only when what it produced from it is safely stored or
 acknowledged by Kafka, so a crash means the record is read again; the delivery rows in
 Postgres make a second reading harmless. Agents never die on an error: they retry in place.
+``notifier.retry.*`` and ``notifier.deferred`` are no longer written (ADR 0006); their agent
+drains what an older version left there.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from services.notifier import outbound, pipeline, topics
 from services.notifier.render import Renderer
 from services.notifier.settings import NotifierSettings
 from shared import migrate
-from shared.outbox import OutboxRelay
+from shared.outbox import OutboxRelay, murmur2
 from shared.streams import create_stream_app, parse_or_dead_letter
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,6 @@ class Resources:
     render: pipeline.RenderStage | None = None
     deliverer: pipeline.Deliverer | None = None
     due: pipeline.DueQueue | None = None
-    sweeper: pipeline.Sweeper | None = None
     error: str | None = None
 
     async def start(self, forward) -> None:
@@ -87,7 +87,7 @@ class Resources:
         self.render = pipeline.RenderStage(self.pool, self.channels, self.model, self.renderer)
         self.deliverer = pipeline.Deliverer(s, self.pool, self.http, self.channels, self.renderer)
         self.due = pipeline.DueQueue(forward)
-        self.sweeper = pipeline.Sweeper(self.pool, forward, s.notifier_sweep_grace_s)
+        self.router.digester = pipeline.Digester(s, self.channels, self.render, forward)
         self.ready.set()
 
 
@@ -109,13 +109,23 @@ async def _retrying(what: str, fn, *args):
             delay = min(delay * 2, 10.0)
 
 
-async def _send_all(topic: faust.TopicT, event, records: list[tuple[bytes, bytes]]) -> None:
-    """Send what was made from ``event`` and acknowledge it once Kafka has every record; a record
-    Kafka refused is sent again (with back-off) until it is taken, so none is dropped."""
+async def _send_all(topic: faust.TopicT, event, records: list[tuple[bytes, bytes]],
+                    held: list[asyncio.Future] | None = None) -> None:
+    """Send what was made from ``event`` and acknowledge it once Kafka has every record (and what
+    else it waits for is done: ``held``, its read-model write and digests); a record Kafka refused
+    is sent again (with back-off) until it is taken, so none is dropped."""
+    held = [f for f in (held or []) if f is not None and not f.done()]
     if not records:
-        event.ack()
+        if not held:
+            event.ack()
+        else:
+            async def later() -> None:
+                await asyncio.gather(*held)
+                event.ack()
+
+            asyncio.ensure_future(later())
         return
-    futures = [await topic.send(key=k, value=v) for k, v in records]
+    futures = [await topic.send(key=k, value=v, headers=list(topics.DELIVERY_HEADERS)) for k, v in records]
 
     async def settle() -> None:
         for (key, value), fut in zip(records, futures):
@@ -131,10 +141,12 @@ async def _send_all(topic: faust.TopicT, event, records: list[tuple[bytes, bytes
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 10.0)
                     try:
-                        fut = await topic.send(key=key, value=value)
+                        fut = await topic.send(key=key, value=value, headers=list(topics.DELIVERY_HEADERS))
                     except Exception:  # noqa: BLE001
                         fut = asyncio.get_running_loop().create_future()
                         fut.set_exception(RuntimeError("send failed"))
+        if held:
+            await asyncio.gather(*held)
         event.ack()
 
     asyncio.ensure_future(settle())
@@ -168,6 +180,15 @@ def build_worker(settings: NotifierSettings) -> tuple[faust.App, Resources]:
         producer_linger_ms=settings.notifier_producer_linger_ms,
         broker_session_timeout=settings.notifier_session_timeout_s,
         broker_heartbeat_interval=min(3.0, settings.notifier_session_timeout_s / 3),
+        # The web port serves /livez, /readyz and /metrics, on the settings' host (127.0.0.1 unless
+        # told otherwise, like the APIs); Faust's own views (/router/, /table/, its statistics and
+        # graph) show the cluster's layout and answer table queries: operators need none of them.
+        web_bind=settings.http_host,
+        web_router_enabled=False,
+        web_tables_enabled=False,
+        web_stats_enabled=False,
+        web_graph_enabled=False,
+        web_metrics_enabled=False,
     )
     res = Resources(settings)
     domain_topics = _raw_topic(app, *topics.DOMAIN_SOURCES)
@@ -175,13 +196,23 @@ def build_worker(settings: NotifierSettings) -> tuple[faust.App, Resources]:
     waiting_topic = _raw_topic(app, topics.DEFERRED, *topics.RETRIES)
 
     async def forward(key: bytes, value: bytes) -> None:
-        fut = await deliver_topic.send(key=key, value=value)
+        fut = await deliver_topic.send(key=key, value=value, headers=list(topics.DELIVERY_HEADERS))
         await fut
+
+    def owns(channel_id: uuid.UUID) -> bool:
+        """Whether this worker owns the channel: its partition of the deliver topic is assigned here."""
+        consumer = app.consumer
+        n = consumer.topic_partitions(topics.DELIVER) if consumer else None
+        if not n:
+            return False
+        mine = {tp.partition for tp in consumer.assignment() if tp.topic == topics.DELIVER}
+        return (murmur2(str(channel_id).encode()) & 0x7FFFFFFF) % n in mine
 
     @app.task
     async def start_resources() -> None:
         try:
             await _retrying("starting the notifier's resources", res.start, forward)
+            res.deliverer.owns = owns
         except Exception as exc:  # noqa: BLE001
             res.error = repr(exc)
             raise
@@ -210,7 +241,7 @@ def build_worker(settings: NotifierSettings) -> tuple[faust.App, Resources]:
             if deliveries:
                 records = await _retrying("rendering notices", res.render.render, ce, data, event.message.value,
                                           deliveries)
-            await _send_all(deliver_topic, event, records)
+            await _send_all(deliver_topic, event, records, [res.model.last_write, *res.router.held])
 
     @app.agent(deliver_topic)
     async def deliver(stream):
@@ -247,12 +278,14 @@ def build_worker(settings: NotifierSettings) -> tuple[faust.App, Resources]:
             res.due.add(event.message.key or b"", record, ack)
 
     @app.timer(interval=settings.notifier_sweep_interval_s)
-    async def sweep() -> None:
-        if res.ready.is_set():
+    async def due_work() -> None:
+        """The channels this worker owns with work due in PostgreSQL that it did not schedule
+        itself (after a restart or a rebalance): retries, deferrals, backlogs, lapsed leases."""
+        if res.ready.is_set() and not app.rebalancing:
             try:
-                await res.sweeper.sweep_once()
+                await res.deliverer.poll()
             except Exception:  # noqa: BLE001
-                log.warning("sweep failed", exc_info=True)
+                log.warning("looking for due deliveries failed", exc_info=True)
 
     @app.page("/readyz")
     async def readyz(web, request):

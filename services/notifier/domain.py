@@ -58,7 +58,8 @@ FEDERATION_DEFAULTS = ("changai.membership.branch.*", "changai.membership.statio
                        "changai.training.competition.*", "changai.training.studio.*", "changai.funding.*",
                        "changai.notifier.channel.*")
 # Events that are never routed as notices (they describe notices; routing them would loop).
-NOT_ROUTED = ("changai.notifier.delivery.succeeded.v1", "changai.notifier.delivery.failed.v1")
+NOT_ROUTED = ("changai.notifier.delivery.succeeded.v1", "changai.notifier.delivery.failed.v1",
+              "changai.notifier.digest.sent.v1")
 
 
 # -- subscriptions ---------------------------------------------------------------

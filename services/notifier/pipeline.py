@@ -1,25 +1,29 @@
-"""The notifier's pipeline, independent of Faust: route → render → deliver, retries, sweeping.
+"""The notifier's pipeline, independent of Faust: route → render → deliver, retries, digests.
 
 ``consumers.py`` feeds these stages from Kafka. Each is safe to run again on the same input
 (Kafka delivers at least once):
 
 * route: who gets the event (the read model says which branches and regions it concerns;
   subscriptions and owners say which channels); each delivery's id is derived from the event
-  and the channel, so routing an event twice yields the same deliveries. Writes nothing.
+  and the channel, so routing an event twice yields the same deliveries. The read model's
+  member and session rows are written behind, many a statement. Events of a bulk operation
+  (an import) are counted into digests for the channels that did not ask for every row.
 * render: what each channel is sent (the event itself for webhooks, the templates for robots
   and e-mail), as a record of the deliver topic keyed by channel. Writes nothing.
-* deliver: one task per channel (the channel's partition has one owner, so the budget is the
-  channel's, not the process's); a claim (one database call) creates the delivery's row on
-  first sight (one per event × channel: a unique index) and moves it to ``sending`` with a
-  lease under a row lock, so one attempt at a time reaches the receiver; the outcome, the next
-  retry (a record for ``notifier.retry.<n>``) and the events are written in one transaction,
-  through the outbox, so none can be lost;
-* retries wait in memory until due (their records unacknowledged until forwarded);
-* sweep: anything overdue (a lost record, a dead worker's lease) is forwarded again.
+* deliver: one task per channel with its own queue and budget (ADR 0006): the head of the queue
+  in memory, the rest in PostgreSQL (read back in order), so no channel waits behind another's
+  backlog; robots' budgets are per robot key, in PostgreSQL. A claim (one database call)
+  creates the delivery's row on first sight (one per event × channel: a unique index) and
+  moves it to ``sending`` with a lease under a row lock, so one attempt at a time reaches the
+  receiver; the outcome and its events are written in one transaction, through the outbox.
+* retries and deferrals wait in PostgreSQL with their due time; the channel's task takes them
+  then, ahead of its backlog; a poll over the due-time indexes finds those of channels a worker
+  took over (restart, rebalance) and lapsed leases.
 """
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import heapq
 import itertools
 import logging
@@ -43,7 +47,8 @@ from shared import outbox, regions
 from shared.events import CloudEvent, EventData, encode, envelope
 from shared.events import membership as m
 from shared.events import training as t
-from shared.events.notifier import ChannelPaused, ChannelResumed, DeliveryFailed, DeliverySucceeded
+from shared.events.notifier import (ChannelPaused, ChannelResumed, DeliveryFailed, DeliverySucceeded,
+                                    NoticeDigest)
 from shared.timing import wait_set
 
 log = logging.getLogger(__name__)
@@ -63,7 +68,21 @@ STAGE = Histogram("changai_notifier_stage_seconds", "Time spent per pipeline ste
 LAG = Histogram("changai_notifier_lag_seconds", "From the domain event's time to each point of the pipeline",
                 ["point"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60))
 QUEUED = Gauge("changai_notifier_queued", "Deliveries waiting in this worker's channel queues")
-WAITING = Gauge("changai_notifier_retries_waiting", "Retries and deferrals this worker holds until they are due")
+WAITING = Gauge("changai_notifier_retries_waiting", "Records of the retired retry topics this worker holds until due")
+SPILLED = Counter("changai_notifier_backlog_written_total",
+                  "Deliveries of channels with a backlog written to PostgreSQL to wait their turn there")
+DISPATCHED = Counter("changai_notifier_dispatched_total", "Deliveries taken by a channel's task, by the path that "
+                     "brought them: first (from Kafka), backlog (PostgreSQL), due (a retry or deferral at its time), "
+                     "lease (a lapsed attempt)", ["via"])
+DUE_LATENESS = Histogram("changai_notifier_due_lateness_seconds",
+                         "How late a retry or deferral was taken, against its due time",
+                         buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+DIGESTED = Counter("changai_notifier_digested_total", "Events of bulk operations counted into digests instead of "
+                   "a notice each", ["event_type"])
+DIGESTS = Counter("changai_notifier_digests_total", "Digest notices made (one per channel, batch and type, "
+                  "each quiet period or max age)", ["event_type"])
+OVER_BUDGET = Counter("changai_notifier_robot_over_budget_total",
+                      "Notices dead-lettered because their robot stayed over its budget too long", ["kind"])
 SEED_NS = uuid.UUID("a3f0c1d2-7b5e-4e8a-9c3f-5eed0c4a77e1")
 
 
@@ -219,13 +238,54 @@ READ_MODEL_TYPES = frozenset({
 class ReadModel:
     """Branches (names, regions, parents), and who member- and session-level events concern."""
 
-    def __init__(self, pool: asyncpg.Pool, ttl_s: float = 60.0):
-        self.pool, self.ttl = pool, ttl_s
+    def __init__(self, pool: asyncpg.Pool, ttl_s: float = 60.0, linger_s: float = 0.02):
+        self.pool, self.ttl, self.linger = pool, ttl_s, linger_s
         self._lineage: dict[uuid.UUID, tuple[float, list]] = {}
         self._names: dict[uuid.UUID, tuple[float, str]] = {}
         self._sessions: OrderedDict[uuid.UUID, uuid.UUID | None] = OrderedDict()
+        # Member → branch and session → organiser are written behind, many a statement: a bulk
+        # import's member.joined events then cost no round trip each, so routing keeps pace with
+        # them and a quiet channel's event does not wait behind them. An event is acknowledged
+        # only once what it wrote is committed (``last_write``); readers flush first.
+        self._members: dict[uuid.UUID, uuid.UUID] = {}
+        self._organisers: dict[uuid.UUID, uuid.UUID | None] = {}
+        self._batch: asyncio.Future | None = None
+        self._lock = asyncio.Lock()
+        self.last_write: asyncio.Future | None = None
+
+    def _behind(self) -> asyncio.Future:
+        if self._batch is None:
+            self._batch = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_later(self.linger, lambda: asyncio.ensure_future(self.flush()))
+        if len(self._members) + len(self._organisers) >= 2000:
+            asyncio.ensure_future(self.flush())
+        return self._batch
+
+    async def flush(self) -> None:
+        """Commit what was written behind (and wait for a write in flight)."""
+        async with self._lock:
+            if self._batch is None:
+                return
+            batch, members, organisers = self._batch, self._members, self._organisers
+            self._batch, self._members, self._organisers = None, {}, {}
+            delay = 0.2
+            while True:
+                try:
+                    async with self.pool.acquire() as conn, conn.transaction():
+                        await store.set_member_branches(conn, members)
+                        await store.set_session_organisers(conn, organisers)
+                    break
+                except asyncio.CancelledError:
+                    batch.cancel()
+                    raise
+                except Exception:  # noqa: BLE001 - the database is away: the events wait, unacknowledged
+                    log.warning("writing the read model failed; retrying", exc_info=True)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10)
+            batch.set_result(None)
 
     async def apply(self, conn, data: EventData) -> None:
+        self.last_write = None
         if isinstance(data, (m.BranchEstablished, m.BranchUpdated)):
             await store.upsert_branch(conn, data.branch_id, data.name, data.region_code, data.parent_id,
                                       str(data.kind))
@@ -235,13 +295,17 @@ class ReadModel:
         elif isinstance(data, m.BranchDissolved):
             await store.set_branch_status(conn, data.branch_id, data.region_code, "dissolved")
         elif isinstance(data, m.MemberJoined):
-            await store.set_member_branch(conn, data.member_id, data.branch_id)
+            self._members[data.member_id] = data.branch_id
+            self.last_write = self._behind()
         elif isinstance(data, m.MemberTransferred):
-            await store.set_member_branch(conn, data.member_id, data.to_branch_id)
+            self._members[data.member_id] = data.to_branch_id
+            self.last_write = self._behind()
         elif isinstance(data, (t.SessionScheduled, t.SessionCompleted)):
             organiser = domain._uuid(data.organiser_id) if str(data.organiser_kind) == "branch" else None
             if self._sessions.get(data.session_id, ...) != organiser:  # completed after scheduled: known
-                await store.set_session_organiser(conn, data.session_id, organiser)
+                if organiser is not None or data.session_id not in self._organisers:
+                    self._organisers[data.session_id] = organiser
+                self.last_write = self._behind()
                 self._sessions[data.session_id] = organiser
                 if len(self._sessions) > 100_000:
                     self._sessions.popitem(last=False)
@@ -340,6 +404,9 @@ def delivery_id(event_id: str, channel_id: uuid.UUID) -> uuid.UUID:
 class Router:
     def __init__(self, pool: asyncpg.Pool, channels: ChannelCache, model: ReadModel):
         self.pool, self.channels, self.model = pool, channels, model
+        self.digester: Digester | None = None
+        # What the last routed event waits for before it may be acknowledged (its digests).
+        self.held: list[asyncio.Future] = []
 
     def wants(self, event_type: str | None) -> bool:
         """Whether an event needs parsing: the read model learns from it, or a channel may hear it.
@@ -357,6 +424,16 @@ class Router:
             async with LazyConnection(self.pool) as conn:  # most events need no database at all
                 await self.model.apply(conn, data)
                 chosen = await self._targets(conn, ce, data, index)
+        self.held = []
+        batch = batch_of(data) if self.digester is not None and chosen else None
+        if batch is not None:  # a bulk operation: a digest for each channel that did not ask for every row
+            each = []
+            for tg in chosen:
+                if wants_each(tg.channel, ce.type):
+                    each.append(tg)
+                else:
+                    self.held.append(self.digester.add(tg.channel, batch, ce, data, tg.branch_id))
+            chosen = each
         if chosen:
             ROUTED.labels(ce.type).inc(len(chosen))
         return [{"d": str(delivery_id(ce.id, tg.channel.id)), "c": str(tg.channel.id),
@@ -379,6 +456,8 @@ class Router:
             ok = ch is not None and ch.status == "active" and domain.subscribed(ch.event_types, ce.type)
             return [Target(ch, ch.owner_branch_id)] if ok else []
         c = domain.concern(ce.type, data)
+        if c.members or c.sessions:
+            await self.model.flush()  # what was written behind is read here
         if c.members:
             c.branches.update(await store.members_branches(conn, list(c.members)))
         if c.sessions:
@@ -469,6 +548,123 @@ class RenderStage:
         return orjson.dumps(body)
 
 
+# -- digests of bulk operations ----------------------------------------------------------------
+
+DIGEST_NS = uuid.UUID("0d1e5a7c-3b9f-4c21-8e6a-d19e57c0a7b3")
+
+
+def batch_of(data: EventData) -> tuple[str, uuid.UUID] | None:
+    """The bulk operation an event belongs to, if any: a member import (``import_id``), or any
+    event carrying a ``batch_id`` (a roster upload, a batch of payments)."""
+    import_id = getattr(data, "import_id", None)
+    if import_id:
+        return "membership.import", domain._uuid(import_id)
+    batch_id = domain._uuid(getattr(data, "batch_id", None)) if getattr(data, "batch_id", None) else None
+    if batch_id:
+        return f"{data.topic.removesuffix('.events')}.batch", batch_id
+    return None
+
+
+def wants_each(ch: Channel, event_type: str) -> bool:
+    """A channel asks for a notice per row of a bulk operation by subscribing to the type itself
+    (``changai.membership.member.joined.v1``); ``*`` or a prefix gets digests."""
+    return event_type in ch.event_types
+
+
+@dataclass
+class DigestBucket:
+    channel_id: uuid.UUID
+    batch_kind: str
+    batch_id: uuid.UUID
+    event_type: str
+    first_event_id: str
+    first_time: datetime
+    last_time: datetime
+    branch_id: uuid.UUID | None
+    count: int = 0
+    by_region: dict = field(default_factory=dict)
+    branches: set = field(default_factory=set)
+    opened: float = field(default_factory=time.monotonic)
+    touched: float = field(default_factory=time.monotonic)
+    done: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class Digester:
+    """Bulk operations told to a channel as digests (counts, regions, the import's report), not a
+    notice per row. Events of a batch are counted per channel and type; a digest goes out when the
+    batch has been quiet for ``notifier_digest_quiet_s`` (usually: the import ended) or has run
+    ``notifier_digest_max_s`` since its last digest. The events are acknowledged only once their
+    digest is on the deliver topic, so a crash counts them again rather than losing them."""
+
+    def __init__(self, settings: NotifierSettings, channels: ChannelCache, render: "RenderStage",
+                 send: Callable[[bytes, bytes], Awaitable[None]]):
+        self.settings, self.channels, self.render, self.send = settings, channels, render, send
+        self.buckets: dict[tuple, DigestBucket] = {}
+        self.task: asyncio.Task | None = None
+
+    def add(self, ch: Channel, batch: tuple[str, uuid.UUID], ce: CloudEvent, data: EventData,
+            branch_id: uuid.UUID | None) -> asyncio.Future:
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._run(), name="notifier-digests")
+        key = (ch.id, batch[1], ce.type)
+        b = self.buckets.get(key)
+        if b is None:
+            b = self.buckets[key] = DigestBucket(ch.id, batch[0], batch[1], ce.type, ce.id, ce.time, ce.time, branch_id)
+        b.count += 1
+        b.last_time = max(b.last_time, ce.time)
+        region = getattr(data, "region_code", None) or "—"
+        b.by_region[region] = b.by_region.get(region, 0) + 1
+        if (branch := domain._uuid(getattr(data, "branch_id", None) or getattr(data, "organiser_id", None))):
+            b.branches.add(branch)
+        b.touched = time.monotonic()
+        DIGESTED.labels(ce.type).inc()
+        return b.done
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.settings.notifier_digest_quiet_s / 2))
+            now = time.monotonic()
+            for key, b in list(self.buckets.items()):
+                quiet = now - b.touched >= self.settings.notifier_digest_quiet_s
+                if quiet or now - b.opened >= self.settings.notifier_digest_max_s:
+                    del self.buckets[key]
+                    await self._flush(b, final=quiet)
+
+    async def _flush(self, b: DigestBucket, *, final: bool) -> None:
+        ch = await self.channels.get_or_load(b.channel_id)
+        if ch is None:
+            b.done.set_result(None)
+            return
+        report = None
+        if b.batch_kind == "membership.import" and self.settings.notifier_import_report_url:
+            report = self.settings.notifier_import_report_url.format(id=b.batch_id)
+        data = NoticeDigest(batch_kind=b.batch_kind, batch_id=b.batch_id, event_type=b.event_type, count=b.count,
+                            by_region=dict(b.by_region), branches=len(b.branches), first_time=b.first_time,
+                            last_time=b.last_time, report_url=report, final=final)
+        # The same events (after a crash, read again) make the same digest: the same id, sent once.
+        event_id = str(uuid.uuid5(DIGEST_NS, f"{b.channel_id}/{b.batch_id}/{b.event_type}/{b.first_event_id}/{b.count}"))
+        ce = envelope(data, event_id=event_id)
+        _, raw, _ = encode(ce)
+        records = await self.render.render(ce, data, raw, [{"d": str(delivery_id(ce.id, ch.id)), "c": str(ch.id),
+                                                           "b": str(b.branch_id) if b.branch_id else None}])
+        for key, value in records:
+            delay = 0.5
+            while True:
+                try:
+                    await self.send(key, value)
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: BLE001 - Kafka away: the events stay unacknowledged meanwhile
+                    log.warning("sending a digest failed; will try again", exc_info=True)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10)
+        DIGESTS.labels(b.event_type).inc()
+        log.info("digest sent", extra={"channel_id": str(ch.id), "event_type": b.event_type, "count": b.count,
+                                       "final": final})
+        b.done.set_result(None)
+
+
 # -- delivering --------------------------------------------------------------------------------
 
 
@@ -477,6 +673,7 @@ class Item:
     delivery_id: uuid.UUID
     record: dict
     ack: Callable[[], Awaitable[None]]
+    via: str = "first"  # first (from Kafka) | backlog (read back from PostgreSQL) | due (retry, deferral) | lease
 
     @property
     def event_type(self) -> str | None:
@@ -487,16 +684,40 @@ class Item:
         return uuid.UUID(self.record["c"])
 
 
+async def _nothing() -> None:
+    return None
+
+
 @dataclass
 class ChannelState:
+    """One channel's place in this worker: its queue in memory (the head of it; the rest waits in
+    PostgreSQL), its own budget, its own task. Nothing of one channel waits behind another's."""
+
     channel_id: uuid.UUID
     window: domain.SlidingWindow
+    robot: str | None = None          # the robot (hash of kind and key) whose budget it shares
     queue: deque = field(default_factory=deque)
     ids: set = field(default_factory=set)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     cooldown_until: float = 0.0
     backlogged: bool = False
+    spilling: bool = False            # new deliveries go to PostgreSQL (behind those already there)
+    spill_pending: int = 0            # handed to the spiller, not yet written
+    cursor: tuple | None = None       # (next_attempt_at, id) of the last backlog row read into memory
+    next_due: float = float("inf")    # epoch s: a retry, deferral or backlog in PostgreSQL is due then
+    over_budget_since: float | None = None  # epoch s: its robot refused or had no room since, without a success
     task: asyncio.Task | None = None
+
+
+def robot_of(ch: Channel | None) -> str | None:
+    """A robot's identity for its budget: WeCom and DingTalk count messages per key / access
+    token, whichever channels use it. A hash, never the key."""
+    if ch is None or ch.kind not in ROBOTS:
+        return None
+    key = ch.secrets.get("key") if ch.kind == "wecom" else ch.secrets.get("token")
+    if not key:
+        return None
+    return hashlib.sha256(f"{ch.kind}:{key}".encode()).hexdigest()[:32]
 
 
 class GroupCommit:
@@ -538,8 +759,75 @@ class GroupCommit:
                         fut.set_result(None)
 
 
+class Spiller:
+    """Writes the deliveries of channels with a backlog to PostgreSQL, many rows a statement, and
+    only then acknowledges their Kafka records: the deliver topic is read as fast as rows can be
+    written, whatever any receiver's pace, so a record for an idle channel never waits behind
+    another channel's backlog."""
+
+    def __init__(self, pool: asyncpg.Pool, max_rows: int = 2000):
+        self.pool, self.max_rows = pool, max_rows
+        self.pending: list[tuple[tuple, Callable[[], Awaitable[None]], ChannelState]] = []
+        self.wake = asyncio.Event()
+        self.room = asyncio.Event()
+        self.room.set()
+        self.task: asyncio.Task | None = None
+        self.on_written: Callable[[ChannelState], None] = lambda st: None
+
+    async def add(self, row: tuple, ack: Callable[[], Awaitable[None]], st: ChannelState) -> None:
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._run(), name="notifier-spiller")
+        while len(self.pending) >= self.max_rows * 4:  # back-pressure: Kafka waits, memory does not grow
+            self.room.clear()
+            await self.room.wait()
+        st.spill_pending += 1
+        self.pending.append((row, ack, st))
+        self.wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.pending:
+                batch, self.pending = self.pending[:self.max_rows], self.pending[self.max_rows:]
+                self.room.set()
+                delay = 0.2
+                while True:
+                    try:
+                        async with self.pool.acquire() as conn:
+                            await store.spill(conn, [row for row, _, _ in batch])
+                        break
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:  # noqa: BLE001 - the database is away: keep them (unacknowledged)
+                        log.exception("writing a channel's backlog failed; retrying")
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 10)
+                SPILLED.inc(len(batch))
+                for _, ack, st in batch:
+                    st.spill_pending -= 1
+                    await ack()
+                for st in {id(st): st for _, _, st in batch}.values():
+                    self.on_written(st)
+
+
+def spill_row(delivery_id: uuid.UUID, record: dict) -> tuple | None:
+    """A deliver record as a delivery row for :func:`store.spill` (None: it names an existing row)."""
+    routed = routed_fields(record)
+    if routed is None:
+        return None
+    return (delivery_id, routed["event_id"], routed["event_type"], routed["event_time"], uuid.UUID(record["c"]),
+            routed["branch_id"], routed["region"], routed["fallback_for"], routed["payload"])
+
+
 class Deliverer:
-    """One task per channel: budget, quiet hours, claim, send, record — in the channel's order."""
+    """One task per channel: budget, quiet hours, claim, send, record — in the channel's order.
+
+    Each channel holds at most ``notifier_max_queued_per_channel`` deliveries in memory; beyond
+    that they wait in PostgreSQL (:class:`Spiller`) and are read back in order. Retries and
+    deferrals wait there too, with their due time: the channel's task takes them at that time,
+    ahead of its backlog (the worker that records a retry owns the channel; after a restart or a
+    rebalance :meth:`poll` finds them by the due-time index)."""
 
     def __init__(self, settings: NotifierSettings, pool: asyncpg.Pool, http: httpx.AsyncClient,
                  channels: ChannelCache, renderer: Renderer):
@@ -547,6 +835,11 @@ class Deliverer:
         self.states: dict[uuid.UUID, ChannelState] = {}
         self._creating: dict[uuid.UUID, asyncio.Lock] = {}
         self.recorder = GroupCommit(pool)
+        self.spiller = Spiller(pool)
+        self.spiller.on_written = self._backlog_written
+        # Whether this worker owns a channel (its partition of notifier.deliver): only the owner
+        # schedules a channel's retries and backlog, so its budget is kept in one place.
+        self.owns: Callable[[uuid.UUID], bool] = lambda channel_id: True
 
     async def submit(self, delivery_id: uuid.UUID, channel_id: uuid.UUID, record: dict,
                      ack: Callable[[], Awaitable[None]]) -> None:
@@ -561,14 +854,29 @@ class Deliverer:
         if delivery_id in st.ids:
             await ack()  # already waiting here: a duplicate record
             return
-        if len(st.queue) >= self.settings.notifier_max_queued_per_channel:
-            await self._defer_overflow(channel_id, record)
-            await ack()
+        if st.spilling or len(st.queue) >= self.settings.notifier_max_queued_per_channel:
+            st.spilling = True
+            row = spill_row(delivery_id, record)
+            if row is None:  # a resend, test or release names a row that is already there ('ready')
+                await ack()
+                self._due(st, time.time())
+            else:
+                await self.spiller.add(row, ack, st)
             return
         st.queue.append(Item(delivery_id, record, ack))
         st.ids.add(delivery_id)
         QUEUED.inc()
         st.wake.set()
+
+    def _backlog_written(self, st: ChannelState) -> None:
+        if st.spill_pending == 0:
+            st.wake.set()
+
+    def _due(self, st: ChannelState, at: float) -> None:
+        """Something of this channel waits in PostgreSQL from ``at`` (epoch s) on."""
+        if at < st.next_due:
+            st.next_due = at
+            st.wake.set()
 
     async def _state(self, channel_id: uuid.UUID) -> ChannelState:
         lock = self._creating.setdefault(channel_id, asyncio.Lock())
@@ -577,52 +885,141 @@ class Deliverer:
                 return self.states[channel_id]
             ch = await self.channels.get_or_load(channel_id)
             limit, window = self.settings.budget(ch.kind if ch else "webhook")
+            robot = robot_of(ch)
             # A margin over the robot's own window: our clock starts at the send, theirs at the receipt.
-            st = ChannelState(channel_id, domain.SlidingWindow(limit, window * 1.02 + 0.05))
-            if limit > 0:
+            st = ChannelState(channel_id, domain.SlidingWindow(0 if robot else limit, window * 1.02 + 0.05),
+                              robot=robot)
+            if limit > 0 and not robot:
                 async with self.pool.acquire() as conn:
                     st.window.preload(await store.recent_sends(conn, channel_id, window))
             st.task = asyncio.create_task(self._run(st), name=f"notifier-channel-{channel_id}")
             self.states[channel_id] = st
             return st
 
-    async def _defer_overflow(self, channel_id, record: dict) -> None:
-        """A channel's queue is full: the record comes back later instead of growing memory."""
-        _, window = self.settings.budget("wecom")
+    async def poll(self) -> int:
+        """Channels this worker owns with work due in PostgreSQL (a retry or deferral due, a lapsed
+        lease, a backlog): their tasks are told when. The path after a restart or a rebalance; a
+        running worker schedules its own retries as it records them."""
+        horizon = max(1.0, self.settings.notifier_sweep_interval_s * 2)
         async with self.pool.acquire() as conn:
-            await store.enqueue(conn, topics.DEFERRED, str(channel_id), {**record, "due": time.time() + window})
+            rows = await store.due_channels(conn, horizon)
+        n = 0
+        for r in rows:
+            channel_id = r["channel_id"]
+            if not self.owns(channel_id):
+                continue
+            st = self.states.get(channel_id)
+            if st is None:
+                if await self.channels.get_or_load(channel_id) is None:
+                    continue
+                st = await self._state(channel_id)
+            if r["backlog"] and not st.spilling:
+                st.spilling, st.cursor = True, None  # its newer deliveries are in PostgreSQL: keep them in order
+            self._due(st, r["due"] or time.time())
+            n += 1
+        return n
 
     async def stop(self) -> None:
-        for st in list(self.states.values()):
-            if st.task:
-                st.task.cancel()
-        await asyncio.gather(*(st.task for st in self.states.values() if st.task), return_exceptions=True)
+        tasks = [st.task for st in self.states.values() if st.task]
+        if self.spiller.task:
+            tasks.append(self.spiller.task)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _refill(self, st: ChannelState) -> None:
+        """Take what is due of this channel from PostgreSQL: retries, deferrals and lapsed leases
+        first (ahead of everything queued), then its backlog in order, as far as memory allows."""
+        cap = self.settings.notifier_max_queued_per_channel
+        room = max(0, cap - len(st.queue)) if st.spilling else 0
+        pending_before = st.spill_pending
+        st.next_due = float("inf")
+        async with self.pool.acquire() as conn:
+            due_now, backlog, later = await store.due_of_channel(conn, st.channel_id, ready=room, after=st.cursor)
+        front = []
+        for r in due_now:
+            if r["id"] not in st.ids:
+                via = "lease" if r["status"] == "sending" else "due"
+                front.append(Item(r["id"], deliver_record(r["id"], r["channel_id"], r["event_type"], r["event_time"],
+                                                          due=r["due"]), _nothing, via))
+        for item in reversed(front):
+            st.queue.appendleft(item)
+            st.ids.add(item.delivery_id)
+        added = 0
+        for r in backlog:
+            if r["id"] not in st.ids:
+                st.queue.append(Item(r["id"], deliver_record(r["id"], r["channel_id"], r["event_type"],
+                                                             r["event_time"]), _nothing, "backlog"))
+                st.ids.add(r["id"])
+                added += 1
+        if backlog:
+            st.cursor = (backlog[-1]["next_attempt_at"], backlog[-1]["id"])
+        QUEUED.inc(len(front) + added)
+        if st.spilling and len(backlog) < room and st.spill_pending == 0 and pending_before == 0:
+            st.spilling = False  # the backlog is all in memory now: new deliveries queue here again
+            st.cursor = None
+        if len(due_now) >= 500:
+            st.next_due = time.time()
+        if later is not None:
+            self._due(st, later)
+
+    def _refill_wanted(self, st: ChannelState) -> bool:
+        if st.next_due <= time.time():
+            return True
+        return st.spilling and st.spill_pending == 0 and len(st.queue) <= self.settings.notifier_max_queued_per_channel // 2
 
     async def _run(self, st: ChannelState) -> None:
         while True:
+            if self._refill_wanted(st):
+                try:
+                    await self._refill(st)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: BLE001 - the database is away: try again shortly
+                    log.exception("reading a channel's queue failed", extra={"channel_id": str(st.channel_id)})
+                    st.next_due = time.time() + 1.0
             if not st.queue:
                 st.backlogged = False
                 st.wake.clear()
-                if not await wait_set(st.wake, 300) and not st.queue:
+                if self._refill_wanted(st):
+                    continue
+                wait = min(300.0, max(0.0, st.next_due - time.time()))
+                if not await wait_set(st.wake, wait) and not st.queue and st.next_due == float("inf") \
+                        and not st.spilling and st.spill_pending == 0:
                     self.states.pop(st.channel_id, None)
                     return
                 continue
             now = time.monotonic()
             if st.cooldown_until > now:
                 st.backlogged = True
-                await asyncio.sleep(st.cooldown_until - now)
+                await asyncio.sleep(min(st.cooldown_until - now, max(0.01, st.next_due - time.time())))
                 continue
             wait = st.window.wait_time()
             if wait > 0:
                 st.backlogged = True
-                await asyncio.sleep(wait)
+                await asyncio.sleep(min(wait, max(0.01, st.next_due - time.time())))
                 continue
             ch = self.channels.get(st.channel_id)
+            if st.robot and ch is not None:
+                if await self._expire_over_budget(st, ch):
+                    continue
+                async with self.pool.acquire() as conn:
+                    wait = await store.robot_take(conn, st.robot, self.settings.notifier_robot_rate,
+                                                  self.settings.notifier_robot_window_s * 1.02 + 0.05)
+                if wait > 0:
+                    st.backlogged = True
+                    st.over_budget_since = st.over_budget_since or time.time()
+                    await asyncio.sleep(min(wait, max(0.01, st.next_due - time.time())))
+                    continue
             batch = [st.queue.popleft()]
             if (st.backlogged and ch is not None and ch.kind in ROBOTS and self.settings.notifier_merge_bursts
                     and st.queue):
                 while st.queue and len(batch) < 50:
                     batch.append(st.queue.popleft())
+            for item in batch:
+                DISPATCHED.labels(item.via).inc()
+                if item.via == "due" and item.record.get("due"):
+                    DUE_LATENESS.observe(max(0.0, time.time() - item.record["due"]))
             try:
                 back = await self._process(st, ch, batch)
             except asyncio.CancelledError:
@@ -638,6 +1035,39 @@ class Deliverer:
                 st.ids.discard(item.delivery_id)
             QUEUED.dec(len(done))
 
+    async def _expire_over_budget(self, st: ChannelState, ch: Channel) -> bool:
+        """A robot over its budget for longer than ``notifier_robot_max_wait_s`` (its notices already
+        merged into digests): the notices waiting longer are dead letters (logged, on the DLQ, a
+        ``delivery.failed`` event, counted for the operators' alert) rather than a loop forever."""
+        limit = self.settings.notifier_robot_max_wait_s
+        if limit <= 0 or st.over_budget_since is None or time.time() - st.over_budget_since < limit:
+            return False
+        cutoff = time.time() - limit
+        old = [i for i in st.queue if (i.record.get("t") or time.time()) < cutoff]
+        if not old:
+            return False
+        for item in old:
+            st.queue.remove(item)
+        send_id = uuid.uuid4()
+        claims = []
+        for item in old:
+            decision, claim = await self._claim(ch, item, send_id)
+            if decision == "claimed":
+                claims.append(claim)
+        if claims:
+            await self._finish(ch, claims, Outcome(
+                "permanent", error=f"robot over budget: waited more than {int(limit)} s for a place in its "
+                                   f"{self.settings.notifier_robot_rate} messages a {int(self.settings.notifier_robot_window_s)} s"),
+                send_id, over_budget=True)
+            OVER_BUDGET.labels(ch.kind).inc(len(claims))
+            log.warning("robot over budget: notices dead-lettered",
+                        extra={"channel_id": str(ch.id), "kind": ch.kind, "count": len(claims)})
+        for item in old:
+            st.ids.discard(item.delivery_id)
+            await item.ack()
+        QUEUED.dec(len(old))
+        return True
+
     def _defer_until(self, ch: Channel | None, event_type: str | None) -> datetime | None:
         if ch is None or not ch.quiet_hours or not event_type:
             return None
@@ -651,11 +1081,15 @@ class Deliverer:
 
     async def _claim_now(self, ch: Channel | None, item: Item, send_id: uuid.UUID | None):
         defer_until = self._defer_until(ch, item.event_type)
-        deferred = {**item.record, "due": defer_until.timestamp()} if defer_until is not None else None
         async with self.pool.acquire() as conn:
-            return await store.claim(conn, item.delivery_id, item.channel_id, lease_s=self.settings.lease_s,
-                                     send_id=send_id, routed=routed_fields(item.record), defer_until=defer_until,
-                                     deferred_topic=topics.DEFERRED, deferred_value=deferred)
+            decision, claim = await store.claim(conn, item.delivery_id, item.channel_id, lease_s=self.settings.lease_s,
+                                                send_id=send_id, routed=routed_fields(item.record),
+                                                defer_until=defer_until, deferred_topic=None)
+        if decision == "deferred" and defer_until is not None:
+            st = self.states.get(item.channel_id)
+            if st is not None:
+                self._due(st, defer_until.timestamp())
+        return decision, claim
 
     async def _process(self, st: ChannelState, ch: Channel | None, batch: list[Item]) -> list[Item]:
         """Attempt the batch (one notice, or a digest of several); returns items to put back."""
@@ -696,8 +1130,11 @@ class Deliverer:
             await self._finish(ch, body_claims, outcome, send_id)
         if outcome.result != "throttled":
             st.window.record()
+            if outcome.delivered:
+                st.over_budget_since = None
         else:
             st.cooldown_until = time.monotonic() + (outcome.retry_after_s or 60.0)
+            st.over_budget_since = st.over_budget_since or time.time()
         for item, _ in claims:
             await item.ack()
         return back
@@ -734,13 +1171,17 @@ class Deliverer:
         ATTEMPT_SECONDS.labels(ch.kind).observe(time.perf_counter() - started)
         return outcome, claims
 
-    async def _finish(self, ch: Channel, claims: list[store.Claim], o: Outcome, send_id: uuid.UUID) -> None:
+    async def _finish(self, ch: Channel, claims: list[store.Claim], o: Outcome, send_id: uuid.UUID, *,
+                      over_budget: bool = False) -> None:
         """Record the outcome of one request for every notice it carried, in one transaction,
         retrying until the database takes it (the attempt happened: it must be in the log)."""
         delay = 0.5
         while True:
             try:
-                await self._record(ch, claims, o, send_id)
+                due = await self._record(ch, claims, o, send_id, over_budget=over_budget)
+                st = self.states.get(ch.id)
+                if due is not None and st is not None:
+                    self._due(st, due)  # this worker owns the channel: its retries wait in its own task
                 return
             except asyncio.CancelledError:
                 raise
@@ -749,11 +1190,14 @@ class Deliverer:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10)
 
-    async def _record(self, ch: Channel, claims: list[store.Claim], o: Outcome, send_id: uuid.UUID) -> None:
+    async def _record(self, ch: Channel, claims: list[store.Claim], o: Outcome, send_id: uuid.UUID, *,
+                      over_budget: bool = False) -> float | None:
+        """Returns when the earliest retry it scheduled is due (epoch s), if any."""
         s = self.settings
+        earliest: float | None = None
         digest_of = len(claims) if len(claims) > 1 else None
-        outcome_name = {"delivered": "delivered", "retry": "failed", "throttled": "throttled",
-                        "permanent": "refused"}[o.result]
+        outcome_name = "expired" if over_budget else {"delivered": "delivered", "retry": "failed",
+                                                      "throttled": "throttled", "permanent": "refused"}[o.result]
         now = _now()
         paused_now = None
         if o.delivered and len(claims) == 1:
@@ -770,8 +1214,13 @@ class Deliverer:
             ATTEMPTS.labels(ch.kind, outcome_name).inc()
             DELIVERED.labels(ch.kind).inc()
             LATENCY.labels(ch.kind).observe(max(0.0, (now - c.event_time).total_seconds()))
-            return
+            return None
+        robot = robot_of(ch)
         async with self.pool.acquire() as conn, conn.transaction():
+            if o.result == "throttled" and robot:
+                # The robot refused for sending too fast: every channel of it waits (DingTalk blocks
+                # the robot for 10 minutes; sending into the block would only extend it).
+                await store.block_robot(conn, robot, o.retry_after_s or 60.0, o.errcode)
             channel_failing = False
             for c in claims:
                 test = c.event_type == TEST_TYPE
@@ -790,19 +1239,17 @@ class Deliverer:
                 if o.result == "throttled" and not test:
                     due = await store.mark_retry(conn, c, delay_s=o.retry_after_s or 60.0, counts=False,
                                                  status_code=o.status_code, errcode=o.errcode, error=o.error)
-                    await store.enqueue(conn, topics.DEFERRED, str(c.channel_id), deliver_record(
-                        c.delivery_id, c.channel_id, c.event_type, c.event_time, due=due.timestamp()))
+                    earliest = min(earliest or due.timestamp(), due.timestamp())
                     continue
                 failures = c.failures + 1
                 delay = None if (o.result == "permanent" or test) else domain.retry_delay(
                     s.schedule(ch.kind), failures, jitter=s.notifier_retry_jitter, retry_after_s=o.retry_after_s)
-                if not test:
+                if not test and not over_budget:
                     channel_failing = True
                 if delay is not None:
                     due = await store.mark_retry(conn, c, delay_s=delay, counts=True, status_code=o.status_code,
                                                  errcode=o.errcode, error=o.error)
-                    await store.enqueue(conn, topics.retry_topic(failures), str(c.channel_id), deliver_record(
-                        c.delivery_id, c.channel_id, c.event_type, c.event_time, due=due.timestamp(), n=failures))
+                    earliest = min(earliest or due.timestamp(), due.timestamp())
                     continue
                 await store.mark_dead(conn, c, status_code=o.status_code, errcode=o.errcode, error=o.error)
                 if test:
@@ -840,6 +1287,7 @@ class Deliverer:
             PAUSED.labels(ch.kind).inc()
             ch.status = "paused"
             log.warning("channel paused", extra={"channel_id": str(ch.id), "kind": ch.kind})
+        return earliest
 
 
 # -- retries and deferrals ---------------------------------------------------------------------
@@ -888,20 +1336,3 @@ class DueQueue:
                     backoff = min(backoff * 2, 10)
             WAITING.dec()
             await ack()
-
-
-class Sweeper:
-    """Forwards deliveries that are overdue by more than the grace: nothing waits forever."""
-
-    def __init__(self, pool: asyncpg.Pool, forward: Callable[[bytes, bytes], Awaitable[None]], grace_s: float):
-        self.pool, self.forward, self.grace = pool, forward, grace_s
-
-    async def sweep_once(self) -> int:
-        async with self.pool.acquire() as conn:
-            rows = await store.sweep(conn, grace_s=self.grace)
-        for r in rows:
-            await self.forward(str(r["channel_id"]).encode(),
-                               orjson.dumps(deliver_record(r["id"], r["channel_id"], r["event_type"], r["event_time"])))
-        if rows:
-            log.info("swept overdue deliveries", extra={"count": len(rows)})
-        return len(rows)

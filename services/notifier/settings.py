@@ -57,7 +57,12 @@ class NotifierSettings(Settings):
     notifier_attempt_timeout_s: float = 15.0
     notifier_lease_margin_s: float = 10.0  # a claimed attempt is ours for its timeout plus this
     notifier_pause_after_s: float = 86400.0  # a channel failing this long is paused
-    notifier_max_queued_per_channel: int = 2000
+    # A channel holds this many deliveries in the worker's memory; beyond, they wait their turn in
+    # PostgreSQL (read back in order), so the deliver topic never waits for a slow or busy channel.
+    notifier_max_queued_per_channel: int = 500
+    # A robot over its budget this long (its notices already merged into digests): the notices
+    # waiting longer become dead letters (DLQ, delivery.failed, an operator alert), not a loop forever.
+    notifier_robot_max_wait_s: float = 1800.0
 
     # Robot endpoints (pre-approved hosts; tests point them at a local fake).
     notifier_wecom_url: str = "https://qyapi.weixin.qq.com/cgi-bin/webhook/send"
@@ -84,14 +89,22 @@ class NotifierSettings(Settings):
     # years the chinese-calendar package does not know yet.
     notifier_holidays_dir: str | None = None
 
+    # Bulk operations (a member import, a roster, a batch of payments) are told as digests: one
+    # notice per channel when the batch has been quiet this long, or has run this long since the last.
+    notifier_digest_quiet_s: float = 5.0
+    notifier_digest_max_s: float = 30.0
+    # Where an import's report is read ({id}: the import's id), linked from its digest.
+    notifier_import_report_url: str = "http://127.0.0.1:8001/v1/imports/{id}"
+
     notifier_critical_types: list[str] = Field(default_factory=lambda: list(CRITICAL_TYPES))
     notifier_default_locale: str = "zh-CN"
     notifier_test_send_wait_s: float = 10.0
 
-    # The sweeper forwards deliveries overdue by more than the grace (a lost record, a dead
-    # worker's lease): nothing waits forever, whatever happened to its Kafka record.
-    notifier_sweep_interval_s: float = 10.0
-    notifier_sweep_grace_s: float = 60.0
+    # How often a worker looks in PostgreSQL for due work of the channels it owns that it did not
+    # schedule itself (after a restart or a rebalance: retries, deferrals, backlogs, lapsed leases).
+    # A running worker schedules its own retries to the moment; this is the safety net.
+    notifier_sweep_interval_s: float = 1.0
+    notifier_sweep_grace_s: float = 60.0  # unused since the due-time scheduler (kept for old environments)
 
     @field_validator("notifier_retry_webhook", "notifier_retry_wecom", "notifier_retry_dingtalk",
                      "notifier_retry_email")

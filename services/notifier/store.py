@@ -71,6 +71,22 @@ async def set_session_organiser(conn, session_id: uuid.UUID, branch_id: uuid.UUI
                updated_at = now()""", session_id, branch_id)
 
 
+async def set_member_branches(conn, pairs: dict[uuid.UUID, uuid.UUID]) -> None:
+    if pairs:
+        await conn.execute(
+            """INSERT INTO member_branches (member_id, branch_id) SELECT * FROM unnest($1::uuid[], $2::uuid[])
+               ON CONFLICT (member_id) DO UPDATE SET branch_id = EXCLUDED.branch_id, updated_at = now()""",
+            list(pairs), list(pairs.values()))
+
+
+async def set_session_organisers(conn, pairs: dict[uuid.UUID, uuid.UUID | None]) -> None:
+    if pairs:
+        await conn.execute(
+            """INSERT INTO session_organisers (session_id, branch_id) SELECT * FROM unnest($1::uuid[], $2::uuid[])
+               ON CONFLICT (session_id) DO UPDATE SET branch_id = COALESCE(EXCLUDED.branch_id, session_organisers.branch_id),
+                   updated_at = now()""", list(pairs), list(pairs.values()))
+
+
 async def members_branches(conn, member_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
     rows = await conn.fetch("SELECT branch_id FROM member_branches WHERE member_id = ANY($1::uuid[])", list(member_ids))
     return [r["branch_id"] for r in rows]
@@ -294,19 +310,99 @@ async def recent_sends(conn, channel_id: uuid.UUID, window_s: float) -> list[flo
     return [r["age"] for r in rows]
 
 
-async def sweep(conn, *, grace_s: float, limit: int = 500) -> list[asyncpg.Record]:
-    """Deliveries overdue by more than the grace (a lost message, a dead worker's lease): their
-    ids, to forward again. ``swept_at`` keeps replicas from all forwarding the same ones."""
+# -- each channel's queue in PostgreSQL (migration 0004) ---------------------------------------
+
+
+async def spill(conn, rows: list[tuple]) -> None:
+    """Deliveries of a channel with a backlog, written as ``ready`` (due now) to be read back in
+    order by the worker that owns the channel. Each row: (id, event_id, event_type, event_time,
+    channel_id, branch_id, region, fallback_for, payload). A row already there is left alone."""
+    if not rows:
+        return
+    cols = list(zip(*rows))
+    hashes = [payload_hash(p) for p in cols[8]]
+    await conn.execute(
+        """INSERT INTO deliveries (id, event_id, event_type, event_time, channel_id, branch_id, region_code,
+                                   fallback_for, status, payload, payload_hash)
+           SELECT id, event_id, event_type, event_time, channel_id, branch_id, region_code, fallback_for, 'ready',
+                  payload, payload_hash
+           FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::uuid[], $6::uuid[], $7::text[],
+                       $8::uuid[], $9::bytea[], $10::text[])
+                AS r(id, event_id, event_type, event_time, channel_id, branch_id, region_code, fallback_for, payload,
+                     payload_hash)
+           ON CONFLICT DO NOTHING""",
+        list(cols[0]), list(cols[1]), list(cols[2]), list(cols[3]), list(cols[4]), list(cols[5]), list(cols[6]),
+        list(cols[7]), list(cols[8]), hashes)
+
+
+DUE_COLUMNS = ("id, channel_id, event_type, event_time, extract(epoch FROM next_attempt_at)::float8 AS due, status, "
+               "next_attempt_at")
+
+
+async def due_of_channel(conn, channel_id: uuid.UUID, *, ready: int, after: tuple | None = None,
+                         waiting: int = 500) -> tuple[list, list, float | None]:
+    """What a channel has waiting in PostgreSQL: (retries, deferrals and lapsed leases due now —
+    they go first; the oldest ``ready`` rows after ``after`` (next_attempt_at, id: the last one
+    already read), at most ``ready`` of them; the due time (epoch s) of its next retry or deferral)."""
+    due_now = await conn.fetch(
+        f"""(SELECT {DUE_COLUMNS} FROM deliveries WHERE channel_id = $1 AND status IN ('retrying', 'deferred')
+               AND next_attempt_at <= clock_timestamp() ORDER BY next_attempt_at LIMIT $2)
+            UNION ALL
+            (SELECT {DUE_COLUMNS} FROM deliveries WHERE status = 'sending' AND lease_until < clock_timestamp()
+               AND channel_id = $1 LIMIT $2)""", channel_id, waiting)
+    backlog = []
+    if ready > 0:
+        backlog = await conn.fetch(
+            f"""SELECT {DUE_COLUMNS} FROM deliveries WHERE channel_id = $1 AND status = 'ready'
+                  AND next_attempt_at <= clock_timestamp()
+                  AND ($3::timestamptz IS NULL OR (next_attempt_at, id) > ($3, $4::uuid))
+                ORDER BY next_attempt_at, id LIMIT $2""", channel_id, ready,
+            after[0] if after else None, after[1] if after else None)
+    later = await conn.fetchval(
+        """SELECT extract(epoch FROM min(next_attempt_at))::float8 FROM deliveries
+           WHERE channel_id = $1 AND status IN ('retrying', 'deferred') AND next_attempt_at > clock_timestamp()""",
+        channel_id)
+    return list(due_now), list(backlog), later
+
+
+async def due_channels(conn, horizon_s: float) -> list[asyncpg.Record]:
+    """Every channel with work in PostgreSQL due within ``horizon_s``: (channel_id, due epoch s,
+    whether it is a backlog of ``ready`` rows).
+    Retries and deferrals by their due-time index, lapsed leases by theirs, and channels with a
+    backlog of ``ready`` rows by a skip scan (one index probe per channel, however long its backlog)."""
     return await conn.fetch(
-        """WITH due AS (
-               SELECT id FROM deliveries
-               WHERE status IN ('ready', 'retrying', 'deferred', 'sending')
-                 AND next_attempt_at < now() - make_interval(secs => $1)
-                 AND (status <> 'sending' OR lease_until < now())
-                 AND (swept_at IS NULL OR swept_at < now() - make_interval(secs => $1))
-               ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED)
-           UPDATE deliveries d SET swept_at = now() FROM due WHERE d.id = due.id
-           RETURNING d.id, d.channel_id, d.event_type, d.event_time""", grace_s, limit)
+        """WITH RECURSIVE backlog AS (
+               (SELECT channel_id FROM deliveries WHERE status = 'ready' ORDER BY channel_id LIMIT 1)
+               UNION ALL
+               SELECT (SELECT d.channel_id FROM deliveries d WHERE d.status = 'ready' AND d.channel_id > b.channel_id
+                       ORDER BY d.channel_id LIMIT 1)
+               FROM backlog b WHERE b.channel_id IS NOT NULL)
+           SELECT channel_id, extract(epoch FROM min(next_attempt_at))::float8 AS due, false AS backlog FROM deliveries
+           WHERE status IN ('retrying', 'deferred') AND next_attempt_at <= clock_timestamp() + make_interval(secs => $1)
+           GROUP BY channel_id
+           UNION ALL
+           SELECT channel_id, extract(epoch FROM min(lease_until))::float8, false FROM deliveries
+           WHERE status = 'sending' AND lease_until < clock_timestamp() GROUP BY channel_id
+           UNION ALL
+           SELECT b.channel_id, (SELECT extract(epoch FROM min(next_attempt_at))::float8 FROM deliveries d
+                                 WHERE d.channel_id = b.channel_id AND d.status = 'ready'), true
+           FROM backlog b WHERE b.channel_id IS NOT NULL""", horizon_s)
+
+
+async def robot_take(conn, robot: str, limit: int, window_s: float) -> float:
+    """One send from a robot's budget (shared by every channel and worker using its key): 0 when
+    taken, else the seconds to wait."""
+    return await conn.fetchval("SELECT notifier_robot_take($1, $2, $3)", robot, limit, window_s)
+
+
+async def block_robot(conn, robot: str, seconds: float, errcode: int | None) -> None:
+    """The robot refused for sending too fast (45009, 130101): every channel of it waits."""
+    await conn.execute(
+        """INSERT INTO robot_blocks (robot, until, errcode) VALUES ($1, clock_timestamp() + make_interval(secs => $2), $3)
+           ON CONFLICT (robot) DO UPDATE SET until = GREATEST(robot_blocks.until, EXCLUDED.until),
+               errcode = EXCLUDED.errcode, since = CASE WHEN robot_blocks.until < clock_timestamp()
+                                                        THEN clock_timestamp() ELSE robot_blocks.since END""",
+        robot, seconds, errcode)
 
 
 # -- the delivery log ------------------------------------------------------------------------

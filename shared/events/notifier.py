@@ -1,6 +1,7 @@
 """Events of the notifier (topic ``notifier.events``): delivery outcomes, for the projection and audit."""
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 from uuid import UUID
 
@@ -54,3 +55,21 @@ class ChannelResumed(EventData):
     channel_id: UUID
     channel_kind: ChannelKind
     owner_region: str | None = None
+
+
+@event("changai.notifier.digest.sent.v1", subject="batch_id")
+class NoticeDigest(EventData):
+    """One notice for many events of one bulk operation (a member import, a roster, a batch of
+    payments), sent to a channel instead of one notice per row. Made by the notifier for each
+    channel and sent to it (webhooks receive it as this CloudEvent); never published on a topic."""
+    batch_kind: str = Field(description="membership.import, or <service>.batch for a batch_id")
+    batch_id: UUID
+    event_type: str = Field(description="the type of the events summarised")
+    count: int = Field(ge=1)
+    by_region: dict[str, int] = Field(description="events per region code (county or city)")
+    branches: int = Field(ge=0, description="distinct branches concerned")
+    first_time: datetime
+    last_time: datetime
+    report_url: str | None = Field(default=None, description="the operation's report (an import's rows)")
+    final: bool = Field(default=False, description="no more events of the batch came for a while: "
+                        "the last digest of it unless it resumes")
