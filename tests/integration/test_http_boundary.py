@@ -281,3 +281,73 @@ async def test_a_database_outage_is_503_with_retry_after_and_logged_once_each_wa
         assert "before" in texts and "after" in texts and not [t for t in texts if t.startswith("during")]
     finally:
         conn.close()
+
+
+async def test_a_real_service_with_its_relay_through_an_outage(stack, make_database):
+    """The fault of issue 12 (PostgreSQL stopped under a stream of writes: 500s with two tracebacks per
+    request) on the membership service as it runs, outbox relay included: 503 with Retry-After while the
+    database is away, one line when it goes and one when it is back, a handful of rate-limited lines from
+    the relay and asyncpg's pool, and writes accepted again afterwards."""
+    import json
+    import random
+
+    import httpx
+
+    from shared.identifiers import uscc_check_char
+
+    dsn = await make_database("membership")
+    proxy = Proxy(urlsplit(dsn).port)
+    await proxy.start()
+    env = stack.service_env("membership", database_url=dsn.replace(f":{urlsplit(dsn).port}/", f":{proxy.port}/"),
+                            CHANGAI_DB_CONNECT_TIMEOUT_S="3")
+    svc = await stack.start_service("membership", ["-m", "services.membership", "api"], env, timeout=120)
+    auth = {"Authorization": "Bearer " + mint_token("t", ["membership:read", "membership:write"], "640000")}
+
+    def branch() -> dict:
+        first = "91640104" + "".join(random.choice("0123456789ABCDEFGH") for _ in range(9))
+        return {"name": f"停库测试工会{random.randrange(10**6)}", "credit_code": first + uscc_check_char(first),
+                "region_code": "640104", "industry_section": "C", "kind": "enterprise", "founded_on": "2021-03-01"}
+
+    def log_lines() -> list[dict]:
+        lines = []
+        for raw in svc.log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+            if raw.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    lines.append(json.loads(raw))
+        return lines
+
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{env['CHANGAI_HTTP_PORT']}", timeout=30) as http:
+            assert (await http.post("/v1/branches", json=branch(), headers=auth)).status_code == 201
+            before = len(log_lines())
+            await proxy.cut()
+            answers = []
+            for _ in range(25):
+                answers.append(await http.post("/v1/branches", json=branch(), headers=auth))
+                answers.append(await http.get("/v1/branches", headers=auth))
+            assert {r.status_code for r in answers} == {503}, [(r.status_code, r.text[:200]) for r in answers[:4]]
+            assert all(r.headers["content-type"] == "application/problem+json" and int(r.headers["retry-after"]) > 0
+                       for r in answers)
+            await proxy.restore()
+
+            async def written() -> bool:
+                return (await http.post("/v1/branches", json=branch(), headers=auth)).status_code == 201
+
+            deadline = asyncio.get_running_loop().time() + 60
+            while not await written():
+                assert asyncio.get_running_loop().time() < deadline, "writes were not accepted again"
+                await asyncio.sleep(0.2)
+            await until(lambda: any(line["message"] == "database reachable again" for line in log_lines()), 30,
+                        "the end of the outage in the log")
+        during = log_lines()[before:]
+        messages = [line["message"] for line in during]
+        assert messages.count("database unavailable: answering 503 until it is back") == 1, messages
+        assert messages.count("database reachable again") == 1, messages
+        assert "unhandled error" not in messages and "Exception in ASGI application" not in messages
+        tracebacks = [line for line in during if "Traceback" in str(line.get("error", ""))]
+        print(f"outage of {len(answers)} requests: {len(during)} log lines, {len(tracebacks)} with a traceback:",
+              sorted({(m["logger"], m["message"]) for m in during}))
+        assert len(during) < 20 and len(tracebacks) <= 4, [(m["logger"], m["message"]) for m in during]
+    finally:
+        await svc.stop()
+        await proxy.cut()
