@@ -158,6 +158,8 @@ class Receivers:
 
     @property
     def base(self) -> str:
+        if self.tls:  # the certificate names localhost: the client must too
+            return f"https://localhost:{self.server.server_address[1]}"
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
     @property

@@ -8,15 +8,13 @@
 """
 from __future__ import annotations
 
-import socket
 import types
 import uuid
 
-import httpx
 import pytest
+from notifier_fakes import Mailbox, Receivers, make_tls
 from pydantic import SecretStr
 
-from notifier_fakes import Mailbox, Receivers, make_tls
 from services.notifier import outbound, vault
 
 pytestmark = pytest.mark.integration
@@ -52,7 +50,7 @@ async def test_webhook_over_https_goes_to_the_checked_address_with_the_hosts_nam
         assert call.headers["host"] == f"localhost:{https.port}"
         assert https.server_names[-1] == "localhost"  # SNI names the host, not an address
         # The pool holds the connection under the host's name (two names on one address never share one).
-        origins = {c._origin.host for c in http._transport._pool.connections}  # noqa: SLF001
+        origins = {c._origin.host for c in http._transport._pool.connections}
         assert origins == {b"localhost"}
 
 
@@ -61,7 +59,7 @@ async def test_a_certificate_not_signed_by_a_trusted_ca_is_refused(tls, https):
     https.hook("tls-b", [secret])
     async with outbound.http_client(ca_bundle="") as http:  # the system's store only: our CA unknown
         outcome = await _post(http, f"https://localhost:{https.port}/hooks/tls-b", secret, https, "tls-b")
-    assert outcome.result == "retry" and "SSL" in (outcome.error or "").upper() or "certificate" in outcome.error
+    assert (outcome.result == "retry" and "SSL" in (outcome.error or "").upper()) or "certificate" in outcome.error
     assert not https.received("hook:tls-b")
 
 

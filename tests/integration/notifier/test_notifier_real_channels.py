@@ -8,9 +8,9 @@ import uuid
 from datetime import date
 
 import pytest
-
 from notifier_fakes import Receivers, make_tls
 from notifier_harness import Notifier, fast_settings
+
 from shared.events.training import SessionCompleted
 
 pytestmark = pytest.mark.integration
@@ -29,8 +29,7 @@ def https(tmp_path_factory):
 async def strict(stack, make_database, https, mailbox, tmp_path_factory):
     bundle = tmp_path_factory.mktemp("bundle") / "ca-bundle.pem"
     bundle.write_bytes(https.ca.read_bytes() + mailbox.ca.read_bytes())  # both local CAs, as an operator would
-    base = f"https://localhost:{https.port}"
-    env = {**fast_settings(base, mailbox.port), **mailbox.env(), "CHANGAI_NOTIFIER_CA_BUNDLE": str(bundle)}
+    env = {**fast_settings(https.base, mailbox.port), **mailbox.env(), "CHANGAI_NOTIFIER_CA_BUNDLE": str(bundle)}
     n = await Notifier(stack, await make_database("notifier"), env).start()
     yield n
     await n.stop()

@@ -76,7 +76,7 @@ def test_dingtalk_markdown_title_is_one_line():
     assert "\n" not in body["markdown"]["title"]
 
 
-@pytest.mark.parametrize("name", HOSTILE + ["<script>alert(1)</script>", "<img src=x onerror=alert(1)>"])
+@pytest.mark.parametrize("name", [*HOSTILE, "<script>alert(1)</script>", "<img src=x onerror=alert(1)>"])
 def test_email_escapes_html_and_keeps_headers_single_line(name):
     mail = renderer.layout(_notice(name), "email")
     assert "\n" not in mail["subject"] and "\r" not in mail["subject"]

@@ -3,7 +3,7 @@ measured fallback (issue 15, finding 11)."""
 from __future__ import annotations
 
 import logging
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import pytest
 
@@ -47,10 +47,10 @@ def test_a_loaded_year_drives_quiet_hours(calendar_dir):
     assert not domain._is_workday(date(2027, 2, 21))      # an ordinary Sunday
     quiet = {"start": "22:00", "end": "08:00", "rest_days": True}
     # 1 Jan 2027, 10:00 in Shanghai: a holiday, then a weekend: held until Monday 4 Jan, 08:00.
-    now = datetime(2027, 1, 1, 2, 0, tzinfo=timezone.utc)
-    assert domain.quiet_until(now, quiet) == datetime(2027, 1, 4, 0, 0, tzinfo=timezone.utc)
+    now = datetime(2027, 1, 1, 2, 0, tzinfo=UTC)
+    assert domain.quiet_until(now, quiet) == datetime(2027, 1, 4, 0, 0, tzinfo=UTC)
     # Saturday 20 Feb 2027 is a working day: 10:00 goes out at once.
-    assert domain.quiet_until(datetime(2027, 2, 20, 2, 0, tzinfo=timezone.utc), quiet) is None
+    assert domain.quiet_until(datetime(2027, 2, 20, 2, 0, tzinfo=UTC), quiet) is None
 
 
 def test_the_package_still_answers_for_its_years(calendar_dir):
