@@ -2,15 +2,17 @@
 projection → Prometheus; and the guarantees around it (Kafka down, bad input)."""
 import asyncio
 import random
-import time
 import uuid
 
 import asyncpg
 import httpx
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
 
 from shared.auth import mint_token
 from shared.identifiers import uscc_check_char
+from shared.kafka import connection
 from shared.settings import Settings
 
 pytestmark = pytest.mark.e2e
@@ -34,8 +36,8 @@ TOKEN = {"Authorization": "Bearer " + mint_token("hr-system", ["membership:write
 
 
 class Platform:
-    def __init__(self, stack, dsn, membership, receiver, projection):
-        self.stack, self.dsn = stack, dsn
+    def __init__(self, stack, dsn, membership, receiver, projection, notifier_dsn=None):
+        self.stack, self.dsn, self.notifier_dsn = stack, dsn, notifier_dsn
         self.membership, self.receiver, self.projection = membership, receiver, projection
         self.http = httpx.AsyncClient(timeout=10)
 
@@ -52,11 +54,18 @@ class Platform:
                 await asyncio.sleep(0.1)
         return found[0]
 
-    async def projected(self, region: str) -> float:
-        """changai_union_branches{region} as the projection exports it."""
+    async def projected(self, region: str, family: str = "changai_union_branches") -> float:
+        """A family's value for ``region`` as the projection exports it (the gauge by default)."""
         text = (await self.http.get(f"{self.projection}/metrics")).text
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith("changai_union_branches{") and f'region="{region}"' in line)
+                   if line.startswith(family + "{") and f'region="{region}"' in line)
+
+    async def projected_records(self, topic: str) -> float:
+        """Records of ``topic`` the projection has processed (applied or skipped, duplicates included)."""
+        text = (await self.http.get(f"{self.projection}/metrics")).text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(("changai_projection_events_total{", "changai_projection_events_skipped_total{"))
+                   and f'topic="{topic}"' in line)
 
     async def prometheus(self, region: str) -> float | None:
         result = await self.stack.prometheus.query(f'sum(changai_union_branches{{region="{region}"}})')
@@ -92,7 +101,7 @@ async def platform(stack, make_database):
     projection_addr = f"127.0.0.1:{p_env['CHANGAI_HTTP_PORT']}"
     stack.prometheus.set_targets({"projection": [projection_addr]})
     p = Platform(stack, dsn, f"http://127.0.0.1:{m_env['CHANGAI_HTTP_PORT']}", receiver_url,
-                 f"http://{projection_addr}")
+                 f"http://{projection_addr}", notifier_dsn)
     yield p
     await p.http.aclose()
 
@@ -121,28 +130,89 @@ async def test_branch_reaches_webhook_and_prometheus(platform):
     assert got.status_code == 200 and got.json()["name"] == branch["name"]
 
 
+async def end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
+    consumer = AIOKafkaConsumer(**connection(bootstrap), group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(6)]
+        return await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+
+
+async def committed(bootstrap: str, group: str, tp: TopicPartition) -> int:
+    consumer = AIOKafkaConsumer(**connection(bootstrap), group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return await consumer.committed(tp) or 0
+    finally:
+        await consumer.stop()
+
+
 async def test_kafka_down_write_accepted_and_delivered_once_after_restart(platform):
-    before = await platform.projected("640106")
+    """Exactly once where it is claimed, checked so that a duplicate would show: the projection's counter
+    (not the gauge, keyed by branch, which absorbs a double count) after it has processed membership.events
+    to its end offsets; and the notifier's delivery log and the receiver once the worker has committed
+    past every copy of the event in its partition."""
+    established = "changai_union_branches_established_total"
+    before, counted_before = await platform.projected("640106"), await platform.projected("640106", established)
     await platform.stack.kafka.stop()
     try:
-        started = time.monotonic()
-        resp = await platform.establish(region="640106")
+        resp = await platform.establish(region="640106")  # accepted while Kafka is down: it waits in the outbox
         assert resp.status_code == 201, resp.text
-        assert time.monotonic() - started < 5, "a write must not wait for Kafka"
         ready = await platform.http.get(f"{platform.membership}/readyz")
         assert ready.status_code == 200 and ready.json()["checks"]["kafka"] != "ok"
-        await asyncio.sleep(3)
+        conn = await asyncpg.connect(platform.dsn)
+        try:
+            assert await conn.fetchval("SELECT count(*) FROM outbox WHERE key = $1 AND published_at IS NULL",
+                                       resp.json()["id"]) == 1, "the event must wait in the outbox"
+        finally:
+            await conn.close()
         assert await platform.notices_for(resp.json()["id"]) == []
     finally:
         await platform.stack.kafka.start()
     branch_id = resp.json()["id"]
     await platform.wait_notice(branch_id, timeout=120)
-    async with asyncio.timeout(120):
-        while await platform.projected("640106") != before + 1:
+    bootstrap = platform.stack.bootstrap
+    # The relay has marked the row sent: whatever it published (once, or again after the outage) is in Kafka.
+    async with asyncio.timeout(60):
+        while True:
+            conn = await asyncpg.connect(platform.dsn)
+            try:
+                if not await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"):
+                    break
+            finally:
+                await conn.close()
             await asyncio.sleep(0.2)
-    await asyncio.sleep(5)  # anything duplicated would have arrived by now
-    assert len(await platform.notices_for(branch_id)) == 1
+    ends = await end_offsets(bootstrap, "membership.events")
+
+    # The projection: every record up to those end offsets processed, then the counter moved by exactly one.
+    async with asyncio.timeout(120):
+        while await platform.projected_records("membership.events") < sum(ends.values()):
+            await asyncio.sleep(0.2)
+    assert await platform.projected("640106", established) == counted_before + 1
     assert await platform.projected("640106") == before + 1
+
+    # The notifier: its group has committed past the end of the event's partition (every copy handled) ...
+    partition = DefaultPartitioner()(branch_id.encode(), list(range(6)), list(range(6)))
+    tp = TopicPartition("membership.events", partition)
+    async with asyncio.timeout(120):
+        while await committed(bootstrap, "changai-notifier", tp) < ends[tp]:
+            await asyncio.sleep(0.3)
+    # ... and every delivery it logged for the branch has ended: one per channel, one notice received.
+    conn = await asyncpg.connect(platform.notifier_dsn)
+    try:
+        async with asyncio.timeout(60):
+            while await conn.fetchval("SELECT count(*) FROM deliveries WHERE branch_id = $1 AND status NOT IN "
+                                      "('delivered', 'dead')", uuid.UUID(branch_id)):
+                await asyncio.sleep(0.2)
+        per_channel = await conn.fetch("SELECT channel_id, count(*) AS n FROM deliveries WHERE branch_id = $1 "
+                                       "AND resend_of IS NULL GROUP BY channel_id", uuid.UUID(branch_id))
+    finally:
+        await conn.close()
+    assert per_channel and all(r["n"] == 1 for r in per_channel), per_channel
+    notices = await platform.notices_for(branch_id)
+    assert len(notices) == 1 and len({n["webhook_id"] for n in notices}) == 1
 
 
 async def test_bad_input_is_a_problem_and_writes_nothing(platform):

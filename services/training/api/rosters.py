@@ -32,6 +32,7 @@ from services.training.api.deps import Writer
 from shared.auth import Principal
 from shared.clock import today_cn
 from shared.errors import DomainError, Invalid
+from shared.http import body_limit
 from shared.problems import Problem
 
 router = APIRouter(tags=["rosters"])
@@ -277,6 +278,7 @@ _BODY = {"content": {"text/csv": {"schema": {"type": "string"}},
 
 @router.post("/rosters", response_model=RosterReport, openapi_extra={"requestBody": _BODY},
              summary="Record many sessions' rosters (CSV or NDJSON, streamed); a report of every refused row")
+@body_limit(None)  # streamed line by line: no limit on the whole upload (shared.http's default is 1 MiB)
 async def record_rosters(request: Request, actor: Writer, complete: bool = COMPLETE, started_on: date | None = STARTED,
                          completed_on: date | None = COMPLETED):
     return await _upload(request, actor, None, _options(complete, started_on, completed_on))
@@ -284,6 +286,7 @@ async def record_rosters(request: Request, actor: Writer, complete: bool = COMPL
 
 @router.post("/sessions/{session_id}/roster", response_model=RosterReport, openapi_extra={"requestBody": _BODY},
              summary="Record one session's whole roster (CSV or NDJSON, streamed)")
+@body_limit(None)  # streamed line by line
 async def record_session_roster(session_id: uuid.UUID, request: Request, actor: Writer, complete: bool = COMPLETE,
                                 started_on: date | None = STARTED, completed_on: date | None = COMPLETED):
     options = _options(complete, started_on, completed_on)
