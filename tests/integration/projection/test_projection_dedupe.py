@@ -108,15 +108,13 @@ async def test_an_event_published_twice_is_counted_once_across_restart_and_rebui
     # 2. killed; the duplicate of an event applied before the kill arrives while it is down
     worker.kill()
     await produce(stack.bootstrap, [second])
-    await stack.start_service("projection", argv, env, timeout=90)
+    restarted = await stack.start_service("projection", argv, env, timeout=90)
     m = await read_to_end(url, stack.bootstrap, topic)
     assert total(m, established) == 2, "a duplicate published across a restart was counted"
     assert total(m, "changai_projection_events_skipped_total", reason="duplicate") == 2
 
     # 3. rebuilt: replayed from offset 0, the same figures
-    for svc in list(stack._servers.services):
-        if svc.name == "projection" and svc.alive() and env["CHANGAI_HTTP_PORT"] in (svc.health_url or ""):
-            await svc.stop(grace=20)
+    await restarted.stop(grace=20)
     result = subprocess.run([sys.executable, "-m", "services.projection", "rebuild"], env={**os.environ, **env},
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
