@@ -20,6 +20,7 @@ full durability. Measured in one run:
 
     python -m bench funding             (SECONDS=… CLAIMS=… PAYMENTS=… to change the sizes)
     FUNDING_BENCH=cost python -m bench funding     (only 4)
+    FUNDING_BENCH=http python -m bench funding     (only 1 and 2)
 """
 from __future__ import annotations
 
@@ -191,8 +192,10 @@ async def main() -> None:
         async with servers() as s:
             print(table(await cost_per_payment(s), ("one payment, in process", "")))
         return
+    only_http = os.environ.get("FUNDING_BENCH") == "http"
     async with servers() as s:
-        print(table(await cost_per_payment(s), ("one payment, in process", "")))
+        if not only_http:
+            print(table(await cost_per_payment(s), ("one payment, in process", "")))
         dsn = await s.database("funding")
         env = s.env("funding", database_url=dsn, CHANGAI_FUNDING_SUBSIDY_GROUP=f"bench-funding-{uuid.uuid4().hex[:6]}",
                     CHANGAI_DB_POOL_MAX="20")
@@ -224,6 +227,8 @@ async def main() -> None:
         print(table(rows, ("what", "paid", "refused", "per s", "p50 ms", "p90 ms", "p99 ms", "max ms")))
         print(f"ledger check after the run: {'balanced' if check['ok'] else check['violations'][:3]} "
               f"({check['entries']} entries, {check['lines']} lines)")
+        if only_http:
+            return
 
         # -- the saga --------------------------------------------------------------------
         organiser = str(uuid.uuid4())
