@@ -236,7 +236,7 @@ def _register() -> None:
 
     if not getattr(REGISTRY, "_changai_holidays", False):
         REGISTRY.register(_KnownCollector())
-        REGISTRY._changai_holidays = True  # noqa: SLF001 - once per process, whatever imports this
+        REGISTRY._changai_holidays = True
 
 
 _register()

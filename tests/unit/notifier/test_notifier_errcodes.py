@@ -62,3 +62,10 @@ async def test_300005_is_retried_and_pauses_only_when_it_repeats():
 def test_markdown_table_lists_every_code():
     table = errcodes.markdown_table()
     assert all(f"| {e.code} |" in table for e in errcodes.TABLE)
+
+
+def test_the_docs_show_the_table_the_code_uses():
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[3] / "docs" / "notifier.md").read_text(encoding="utf-8")
+    assert errcodes.markdown_table() in docs, "docs/notifier.md: paste errcodes.markdown_table() again"
