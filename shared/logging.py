@@ -82,12 +82,32 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
-def configure(service: str, level: str = "INFO", repeat_window_s: float = 10.0) -> None:
+NOISY = ("aiokafka", "kafka", "asyncio", "uvicorn.access")
+
+
+def json_handler(service: str, repeat_window_s: float = 10.0) -> logging.Handler:
+    """The one log handler: JSON lines on stdout, scrubbed, repeats of the noisy loggers held back."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter(service))
     handler.addFilter(RepeatFilter(window_s=repeat_window_s))
+    return handler
+
+
+def configure(service: str, level: str = "INFO", repeat_window_s: float = 10.0) -> None:
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [json_handler(service, repeat_window_s)]
     root.setLevel(level.upper())
-    for noisy in ("aiokafka", "kafka", "asyncio", "uvicorn.access"):
+    for noisy in NOISY:
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def dict_config(service: str, level: str = "INFO", repeat_window_s: float = 10.0) -> dict:
+    """``configure`` as a ``logging.config.dictConfig`` dict, for what sets up logging itself: a Faust
+    worker clears the root handlers and installs its own plain-text one unless given this."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "handlers": {"json": {"()": json_handler, "service": service, "repeat_window_s": repeat_window_s}},
+        "root": {"level": level.upper(), "handlers": ["json"]},
+        "loggers": {name: {"level": "WARNING"} for name in NOISY},
+    }

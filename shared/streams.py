@@ -107,5 +107,10 @@ async def parse_or_dead_letter(app: faust.App, event: faust.EventT,
 def run_worker(app: faust.App, settings: Settings) -> None:
     from faust.worker import Worker
 
-    # Web host and port come from the app's configuration (create_stream_app).
-    Worker(app, loglevel=settings.log_level.lower()).execute_from_commandline()
+    from shared import logging as changai_logging
+
+    # Web host and port come from the app's configuration (create_stream_app). Logging: ours (JSON, scrubbed,
+    # repeats held back), or Faust would replace it with its own plain-text handler.
+    name = settings.service if settings.service.endswith("worker") else f"{settings.service}-worker"
+    logging_config = changai_logging.dict_config(name, settings.log_level, settings.log_repeat_window_s)
+    Worker(app, loglevel=settings.log_level.lower(), logging_config=logging_config).execute_from_commandline()

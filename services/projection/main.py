@@ -466,14 +466,19 @@ async def ensure_changelogs(settings: ProjectionSettings) -> list[str]:
 def run_worker(settings: ProjectionSettings) -> None:
     from faust.worker import Worker
 
+    from shared import logging as changai_logging
+
     loop = asyncio.new_event_loop()
     try:
         loop.run_until_complete(ensure_changelogs(settings))
     finally:
         loop.close()
     worker = build(settings)
-    # The web host and port come from the app's configuration.
-    Worker(worker.app, loglevel=settings.log_level.lower()).execute_from_commandline()
+    # The web host and port come from the app's configuration; logging is the platform's (JSON, scrubbed,
+    # repeated aiokafka lines held back), not Faust's plain-text handler.
+    Worker(worker.app, loglevel=settings.log_level.lower(),
+           logging_config=changai_logging.dict_config("projection", settings.log_level,
+                                                      settings.log_repeat_window_s)).execute_from_commandline()
 
 
 def main(argv: list[str]) -> None:

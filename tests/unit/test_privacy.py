@@ -119,3 +119,26 @@ def test_a_kafka_outage_logs_a_line_per_window_with_the_count_of_the_rest():
         for logger in (conn, sender, outbox, api):
             logger.handlers[:] = []
             logger.propagate = True
+
+
+def test_what_sets_up_logging_itself_gets_the_same_handler(capsys):
+    """A Faust worker clears the root handlers and installs its own plain-text one unless it is given
+    ``dict_config``: with it, its lines are JSON, scrubbed, and repeats are held back."""
+    import logging.config
+
+    from shared.logging import dict_config
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        logging.config.dictConfig(dict_config("unit-worker", "INFO", repeat_window_s=3600))
+        for _ in range(50):
+            logging.getLogger("aiokafka.conn").error("Unable connect to node with id %s", 1)
+        logging.getLogger("faust.worker").info("member 13812345678 joined")
+        out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    assert [(o["logger"], o["message"]) for o in out] == [
+        ("aiokafka.conn", "Unable connect to node with id 1"), ("faust.worker", "member [phone] joined")]
+    assert {o["service"] for o in out} == {"unit-worker"}
