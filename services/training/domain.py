@@ -314,11 +314,6 @@ class Outcome:
     enrolment_id: uuid.UUID | None = None
     problem: DomainError | None = None
 
-    def view(self, done: str) -> dict[str, Any]:
-        if self.problem is None:
-            return {"member_id": str(self.member_id), "outcome": done, "enrolment_id": str(self.enrolment_id)}
-        return {"member_id": str(self.member_id), "outcome": "refused", "problem": self.problem.body()}
-
 
 def ensure_enrolments_open(session: Mapping, doing: str = "enrol") -> None:
     if session["status"] not in ("scheduled", "in_progress"):
@@ -335,7 +330,7 @@ def decide_enrolments(session: Mapping, requested: list[uuid.UUID], members: Map
     for mid in requested:
         member = members.get(mid)
         if mid in seen:
-            problem = _duplicate(mid)
+            problem = duplicate_item(mid)
         elif mid in already:
             problem = refuse(Conflict, "already-enrolled", "Member is already enrolled in this session",
                               f"member {mid} already holds a place in session {session['id']}")
@@ -375,7 +370,7 @@ def _enrolment_problem(enrolment: Mapping | None, member_id: uuid.UUID, session:
     return None
 
 
-def _duplicate(member_id: uuid.UUID) -> Conflict:
+def duplicate_item(member_id: uuid.UUID) -> Conflict:
     return refuse(Conflict, "duplicate-item", "Member listed twice", f"member {member_id} appears more than once in "
                    "this request; only the first is applied")
 
@@ -387,7 +382,7 @@ def decide_attendance(session: Mapping, requested: list[uuid.UUID],
     outcomes, events, seen = [], [], set()
     for mid in requested:
         e = live.get(mid)
-        problem = _duplicate(mid) if mid in seen else _enrolment_problem(e, mid, session, {"enrolled"},
+        problem = duplicate_item(mid) if mid in seen else _enrolment_problem(e, mid, session, {"enrolled"},
                                                                            "record attendance")
         seen.add(mid)
         if problem is None:
@@ -404,7 +399,7 @@ def decide_results(session: Mapping, items: list[tuple[uuid.UUID, str]],
     outcomes, events, seen = [], [], set()
     for mid, result in items:
         e = live.get(mid)
-        problem = _duplicate(mid) if mid in seen else _enrolment_problem(e, mid, session, {"attended"},
+        problem = duplicate_item(mid) if mid in seen else _enrolment_problem(e, mid, session, {"attended"},
                                                                            "record a result")
         seen.add(mid)
         if problem is None:

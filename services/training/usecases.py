@@ -569,7 +569,7 @@ async def _open_roster(conn, report: RosterReport, session: Record, rows: list[R
     first: dict[uuid.UUID, RosterRow] = {}
     for r in rows:
         if r.member_id in first:
-            refused[r.line] = domain._duplicate(r.member_id)
+            refused[r.line] = domain.duplicate_item(r.member_id)
         else:
             first[r.member_id] = r
 
@@ -626,7 +626,7 @@ def _closed_roster(report: RosterReport, session: Record, rows: list[RosterRow],
         same = e is not None and (e["status"] == r.result or (
             r.result == "absent" and e["status"] == "withdrawn" and e["withdraw_reason"] == "absent"))
         if r.member_id in seen:
-            report.refused.append((r, domain._duplicate(r.member_id)))
+            report.refused.append((r, domain.duplicate_item(r.member_id)))
         elif same:
             report.unchanged += 1
         else:

@@ -138,7 +138,10 @@ class _Upload:
 
     def _parse(self, line: int, text: str) -> _Row | None:
         if self.fmt == "csv" and self.header is None:
-            self.header = [c.strip().lower() for c in next(csv.reader([text]))]
+            try:
+                self.header = [c.strip().lower() for c in next(csv.reader([text]))]
+            except csv.Error:
+                raise Invalid("header", "not a CSV line") from None
             if not {"member_id", "result"} <= set(self.header) or \
                     ("session_id" not in self.header and self.path_session is None):
                 raise Invalid("header", "columns are session_id, member_id, result")
@@ -153,7 +156,11 @@ class _Upload:
                 self._refuse(line, None, None, Invalid(f"line {line}", "not a JSON object"))
                 return None
         else:
-            data = dict(zip(self.header, (c.strip() for c in next(csv.reader([text])))))
+            try:
+                data = dict(zip(self.header, (c.strip() for c in next(csv.reader([text])))))
+            except csv.Error as exc:
+                self._refuse(line, None, None, Invalid(f"line {line}", f"not a CSV row: {exc}"))
+                return None
         try:
             row = _Row.model_validate(data)
         except ValidationError as exc:

@@ -100,3 +100,6 @@ async def test_rosters_of_many_sessions_recorded_completed_and_repeatable(stack,
     nul = await client.post("/v1/rosters", content=f"session_id,member_id,result\n{s4},{m[0]}\x00,passed\n".encode(),
                             headers=CSV)
     assert 400 <= nul.status_code < 500
+    cr = await client.post("/v1/rosters", content=f"session_id,member_id,result\n{s4},{m[0]}\rx,passed\n".encode(),
+                           headers=CSV)
+    assert cr.status_code == 200 and [kind(r["problem"]) for r in cr.json()["refused_rows"]] == ["validation-error"]
