@@ -11,6 +11,7 @@ Amounts are decimal yuan strings both ways ("800.00"); every write runs through
 
 Every list answers ``{"items": [...], "next_cursor": ...}`` (``limit``, opaque ``cursor``).
 """
+
 from __future__ import annotations
 
 import uuid
@@ -248,57 +249,121 @@ def _y(fen: int | None) -> str | None:
 
 def fund_view(row: asyncpg.Record) -> Fund:
     f = figures_of(row)
-    return Fund(id=row["id"], name=row["name"], source_kind=row["source_kind"], fiscal_year=row["fiscal_year"],
-                status=row["status"], opened_on=row["opened_on"], closed_on=row["closed_on"],
-                account_id=row["account_id"], grants=row["grants"], total=_y(f.total_fen),
-                appropriated=_y(row["appropriated_fen"]), returned=_y(row["returned_fen"]),
-                allocated=_y(f.allocated_fen), committed=_y(f.committed_fen), disbursed=_y(f.disbursed_fen),
-                available=_y(f.available_fen))
+    return Fund(
+        id=row["id"],
+        name=row["name"],
+        source_kind=row["source_kind"],
+        fiscal_year=row["fiscal_year"],
+        status=row["status"],
+        opened_on=row["opened_on"],
+        closed_on=row["closed_on"],
+        account_id=row["account_id"],
+        grants=row["grants"],
+        total=_y(f.total_fen),
+        appropriated=_y(row["appropriated_fen"]),
+        returned=_y(row["returned_fen"]),
+        allocated=_y(f.allocated_fen),
+        committed=_y(f.committed_fen),
+        disbursed=_y(f.disbursed_fen),
+        available=_y(f.available_fen),
+    )
 
 
 def grant_view(row: asyncpg.Record) -> Grant:
-    return Grant(id=row["id"], fund_id=row["fund_id"], source_kind=row["source_kind"], fiscal_year=row["fiscal_year"],
-                 beneficiary=Party(kind=row["beneficiary_kind"], id=row["beneficiary_id"],
-                                   name=row["beneficiary_name"]),
-                 purpose=row["purpose"], region_code=row["region_code"], amount=_y(row["amount_fen"]),
-                 paid=_y(row["paid_fen"]), released=_y(row["released_fen"]), remaining=_y(row["remaining_fen"]),
-                 status=row["status"], approved_on=row["approved_on"], closed_on=row["closed_on"],
-                 account_id=row["account_id"], claim_id=row["claim_id"])
+    return Grant(
+        id=row["id"],
+        fund_id=row["fund_id"],
+        source_kind=row["source_kind"],
+        fiscal_year=row["fiscal_year"],
+        beneficiary=Party(kind=row["beneficiary_kind"], id=row["beneficiary_id"], name=row["beneficiary_name"]),
+        purpose=row["purpose"],
+        region_code=row["region_code"],
+        amount=_y(row["amount_fen"]),
+        paid=_y(row["paid_fen"]),
+        released=_y(row["released_fen"]),
+        remaining=_y(row["remaining_fen"]),
+        status=row["status"],
+        approved_on=row["approved_on"],
+        closed_on=row["closed_on"],
+        account_id=row["account_id"],
+        claim_id=row["claim_id"],
+    )
 
 
 def disbursement_view(row: asyncpg.Record, grant: asyncpg.Record | None = None) -> Disbursement:
-    return Disbursement(id=row["id"], grant_id=row["grant_id"], amount=_y(row["amount_fen"]), paid_on=row["paid_on"],
-                        memo=row["memo"], entry_id=row["entry_id"],
-                        grant_remaining=_y(grant["remaining_fen"]) if grant is not None else None,
-                        grant_status=grant["status"] if grant is not None else None)
+    return Disbursement(
+        id=row["id"],
+        grant_id=row["grant_id"],
+        amount=_y(row["amount_fen"]),
+        paid_on=row["paid_on"],
+        memo=row["memo"],
+        entry_id=row["entry_id"],
+        grant_remaining=_y(grant["remaining_fen"]) if grant is not None else None,
+        grant_status=grant["status"] if grant is not None else None,
+    )
 
 
 def beneficiary_view(row: asyncpg.Record) -> Beneficiary:
-    return Beneficiary(kind=row["kind"], id=row["id"], name=row["name"], region_code=row["region_code"],
-                       account_id=row["account_id"], grants=row["grants"], granted=_y(row["granted_fen"]),
-                       outstanding=_y(row["outstanding_fen"]), disbursed=_y(row["disbursed_fen"]))
+    return Beneficiary(
+        kind=row["kind"],
+        id=row["id"],
+        name=row["name"],
+        region_code=row["region_code"],
+        account_id=row["account_id"],
+        grants=row["grants"],
+        granted=_y(row["granted_fen"]),
+        outstanding=_y(row["outstanding_fen"]),
+        disbursed=_y(row["disbursed_fen"]),
+    )
 
 
 def rule_view(row: asyncpg.Record) -> SubsidyRule:
-    return SubsidyRule(category=row["category"], effective_from=row["effective_from"], rate=_y(row["rate_fen"]),
-                       note=row["note"], origin=row["origin"])
+    return SubsidyRule(
+        category=row["category"],
+        effective_from=row["effective_from"],
+        rate=_y(row["rate_fen"]),
+        note=row["note"],
+        origin=row["origin"],
+    )
 
 
 def route_view(row: asyncpg.Record) -> SubsidyRoute:
-    return SubsidyRoute(category=row["category"], year=row["year"], fund_id=row["fund_id"], fund_name=row["fund_name"],
-                        source_kind=row["source_kind"], fiscal_year=row["fiscal_year"], fund_status=row["fund_status"])
+    return SubsidyRoute(
+        category=row["category"],
+        year=row["year"],
+        fund_id=row["fund_id"],
+        fund_name=row["fund_name"],
+        source_kind=row["source_kind"],
+        fiscal_year=row["fiscal_year"],
+        fund_status=row["fund_status"],
+    )
 
 
 def claim_view(row: Any) -> Claim:
     return Claim(
-        id=row["id"], session_id=row["session_id"], programme_id=row["programme_id"],
-        programme_name=row["programme_name"], session_number=row["session_number"],
+        id=row["id"],
+        session_id=row["session_id"],
+        programme_id=row["programme_id"],
+        programme_name=row["programme_name"],
+        session_number=row["session_number"],
         organiser=Party(kind=row["organiser_kind"], id=row["organiser_id"], name=row["organiser_name"]),
-        category=row["category"], region_code=row["region_code"], city_code=row["city_code"], persons=row["persons"],
-        completed_on=row["completed_on"], rate=_y(row["rate_fen"]), amount=_y(row["amount_fen"]), status=row["status"],
-        reason=row["reason"], detail=row["detail"], fund_id=row["fund_id"], grant_id=row["grant_id"],
-        disbursement_id=row["disbursement_id"], attempts=row["attempts"], created_at=row["created_at"],
-        updated_at=row["updated_at"])
+        category=row["category"],
+        region_code=row["region_code"],
+        city_code=row["city_code"],
+        persons=row["persons"],
+        completed_on=row["completed_on"],
+        rate=_y(row["rate_fen"]),
+        amount=_y(row["amount_fen"]),
+        status=row["status"],
+        reason=row["reason"],
+        detail=row["detail"],
+        fund_id=row["fund_id"],
+        grant_id=row["grant_id"],
+        disbursement_id=row["disbursement_id"],
+        attempts=row["attempts"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
 
 
 def _json(model: BaseModel) -> dict[str, Any]:
@@ -322,8 +387,9 @@ def _pair(text: str) -> tuple[str, str]:
     return first, second
 
 
-def _in_memory(rows: list[Any], limit: int, cursor: str | None, key: Callable[[Any], str],
-               view: Callable[[Any], Any]) -> dict[str, Any]:
+def _in_memory(
+    rows: list[Any], limit: int, cursor: str | None, key: Callable[[Any], str], view: Callable[[Any], Any]
+) -> dict[str, Any]:
     """A page of a short list read whole (rules, routes, sources): sorted by ``key``, after the cursor's."""
     after = decode_cursor(cursor, str)
     ordered = sorted(rows, key=key)
@@ -331,8 +397,13 @@ def _in_memory(rows: list[Any], limit: int, cursor: str | None, key: Callable[[A
 
 
 # -- funds (region-wide) ---------------------------------------------------------------------
-@router.post("/funds", status_code=201, response_model=Fund, tags=["funds"],
-             summary="Open a fund (资金来源) — funding:admin, region-level token")
+@router.post(
+    "/funds",
+    status_code=201,
+    response_model=Fund,
+    tags=["funds"],
+    summary="Open a fund (资金来源) — funding:admin, region-level token",
+)
 async def open_fund(body: domain.FundIn, request: Request, principal: Principal = Depends(ADMIN)):
     async def run(conn):
         fund_id = await usecases.open_fund(conn, body, principal, today_cn())
@@ -341,13 +412,25 @@ async def open_fund(body: domain.FundIn, request: Request, principal: Principal 
     return await write(request, principal, "funds.open", body.model_dump(mode="json"), run)
 
 
-@router.get("/funds", response_model=Page[Fund], tags=["funds"], summary="Funds, with available / committed / disbursed")
-async def list_funds(pool: Db, source_kind: SourceKind | None = None,
-                     fiscal_year: int | None = Query(None, ge=2000, le=2100), limit: int = Limit,
-                     cursor: str | None = Cursor, principal: Principal = Depends(READ)):
-    rows = await usecases.list_funds(pool, principal,
-                                     source_kind=source_kind.value if source_kind else None, fiscal_year=fiscal_year,
-                                     after=decode_cursor(cursor, _time_id), limit=limit)
+@router.get(
+    "/funds", response_model=Page[Fund], tags=["funds"], summary="Funds, with available / committed / disbursed"
+)
+async def list_funds(
+    pool: Db,
+    source_kind: SourceKind | None = None,
+    fiscal_year: int | None = Query(None, ge=2000, le=2100),
+    limit: int = Limit,
+    cursor: str | None = Cursor,
+    principal: Principal = Depends(READ),
+):
+    rows = await usecases.list_funds(
+        pool,
+        principal,
+        source_kind=source_kind.value if source_kind else None,
+        fiscal_year=fiscal_year,
+        after=decode_cursor(cursor, _time_id),
+        limit=limit,
+    )
     return page(rows, limit, _time_id_of, fund_view)
 
 
@@ -356,34 +439,50 @@ async def get_fund(fund_id: uuid.UUID, pool: Db, principal: Principal = Depends(
     return fund_view(await usecases.get_fund(pool, fund_id, principal))
 
 
-@router.post("/funds/{fund_id}/top-ups", response_model=Fund, tags=["funds"],
-             summary="Top up a fund — funding:admin, region-level token")
+@router.post(
+    "/funds/{fund_id}/top-ups",
+    response_model=Fund,
+    tags=["funds"],
+    summary="Top up a fund — funding:admin, region-level token",
+)
 async def top_up(fund_id: uuid.UUID, body: domain.TopUpIn, request: Request, principal: Principal = Depends(ADMIN)):
     async def run(conn):
         await usecases.top_up(conn, fund_id, body, principal, today_cn())
         return 200, _json(fund_view(await usecases.get_fund(conn, fund_id, principal)))
 
-    return await write(request, principal, "funds.top_up", {"fund_id": str(fund_id), **body.model_dump(mode="json")},
-                       run)
+    return await write(
+        request, principal, "funds.top_up", {"fund_id": str(fund_id), **body.model_dump(mode="json")}, run
+    )
 
 
-@router.post("/funds/{fund_id}/close", response_model=Fund, tags=["funds"],
-             summary="Close a fund: unspent money returns to its source — funding:admin, region-level token")
-async def close_fund(fund_id: uuid.UUID, request: Request, body: domain.CloseIn | None = None,
-                     principal: Principal = Depends(ADMIN)):
+@router.post(
+    "/funds/{fund_id}/close",
+    response_model=Fund,
+    tags=["funds"],
+    summary="Close a fund: unspent money returns to its source — funding:admin, region-level token",
+)
+async def close_fund(
+    fund_id: uuid.UUID, request: Request, body: domain.CloseIn | None = None, principal: Principal = Depends(ADMIN)
+):
     body = body or domain.CloseIn()
 
     async def run(conn):
         await usecases.close_fund(conn, fund_id, body, principal, today_cn())
         return 200, _json(fund_view(await usecases.get_fund(conn, fund_id, principal)))
 
-    return await write(request, principal, "funds.close", {"fund_id": str(fund_id), **body.model_dump(mode="json")},
-                       run)
+    return await write(
+        request, principal, "funds.close", {"fund_id": str(fund_id), **body.model_dump(mode="json")}, run
+    )
 
 
 # -- grants ----------------------------------------------------------------------------------
-@router.post("/grants", status_code=201, response_model=Grant, tags=["grants"],
-             summary="Approve a grant (资金安排) from a fund, within the token's region")
+@router.post(
+    "/grants",
+    status_code=201,
+    response_model=Grant,
+    tags=["grants"],
+    summary="Approve a grant (资金安排) from a fund, within the token's region",
+)
 async def approve_grant(body: domain.GrantIn, request: Request, principal: Principal = Depends(WRITE)):
     async def run(conn):
         grant_id = await usecases.approve_grant(conn, body, principal, today_cn())
@@ -392,18 +491,34 @@ async def approve_grant(body: domain.GrantIn, request: Request, principal: Princ
     return await write(request, principal, "grants.approve", body.model_dump(mode="json"), run)
 
 
-@router.get("/grants", response_model=Page[Grant], tags=["grants"],
-            summary="Grants within the token's region, by fund, beneficiary, status or region")
-async def list_grants(pool: Db, fund_id: uuid.UUID | None = None,
-                      beneficiary_kind: BeneficiaryKind | None = None,
-                      beneficiary_id: str | None = Query(None, max_length=100, pattern=domain.PRINTABLE),
-                      status: str | None = Query(None, pattern="^(open|closed|revoked)$"),
-                      region: RegionCode | None = RegionQuery, limit: int = Limit, cursor: str | None = Cursor,
-                      principal: Principal = Depends(READ)):
+@router.get(
+    "/grants",
+    response_model=Page[Grant],
+    tags=["grants"],
+    summary="Grants within the token's region, by fund, beneficiary, status or region",
+)
+async def list_grants(
+    pool: Db,
+    fund_id: uuid.UUID | None = None,
+    beneficiary_kind: BeneficiaryKind | None = None,
+    beneficiary_id: str | None = Query(None, max_length=100, pattern=domain.PRINTABLE),
+    status: str | None = Query(None, pattern="^(open|closed|revoked)$"),
+    region: RegionCode | None = RegionQuery,
+    limit: int = Limit,
+    cursor: str | None = Cursor,
+    principal: Principal = Depends(READ),
+):
     rows = await usecases.list_grants(
-        pool, principal, fund_id=fund_id,
-        beneficiary_kind=beneficiary_kind.value if beneficiary_kind else None, beneficiary_id=beneficiary_id,
-        status=status, region=region, after=decode_cursor(cursor, _time_id), limit=limit)
+        pool,
+        principal,
+        fund_id=fund_id,
+        beneficiary_kind=beneficiary_kind.value if beneficiary_kind else None,
+        beneficiary_id=beneficiary_id,
+        status=status,
+        region=region,
+        after=decode_cursor(cursor, _time_id),
+        limit=limit,
+    )
     return page(rows, limit, _time_id_of, grant_view)
 
 
@@ -412,10 +527,15 @@ async def get_grant(grant_id: uuid.UUID, pool: Db, principal: Principal = Depend
     return grant_view(await usecases.get_grant(pool, grant_id, principal))
 
 
-@router.post("/grants/{grant_id}/revoke", response_model=RevokedGrant, tags=["grants"],
-             summary="Revoke the unpaid rest of a grant")
-async def revoke_grant(grant_id: uuid.UUID, request: Request, body: domain.RevokeIn | None = None,
-                       principal: Principal = Depends(WRITE)):
+@router.post(
+    "/grants/{grant_id}/revoke",
+    response_model=RevokedGrant,
+    tags=["grants"],
+    summary="Revoke the unpaid rest of a grant",
+)
+async def revoke_grant(
+    grant_id: uuid.UUID, request: Request, body: domain.RevokeIn | None = None, principal: Principal = Depends(WRITE)
+):
     body = body or domain.RevokeIn()
 
     async def run(conn):
@@ -423,30 +543,51 @@ async def revoke_grant(grant_id: uuid.UUID, request: Request, body: domain.Revok
         grant = grant_view(await usecases.get_grant(conn, grant_id, principal))
         return 200, _json(RevokedGrant(**grant.model_dump(), released_now=_y(released)))
 
-    return await write(request, principal, "grants.revoke", {"grant_id": str(grant_id), **body.model_dump(mode="json")},
-                       run)
+    return await write(
+        request, principal, "grants.revoke", {"grant_id": str(grant_id), **body.model_dump(mode="json")}, run
+    )
 
 
-@router.post("/grants/{grant_id}/disbursements", status_code=201, response_model=Disbursement, tags=["grants"],
-             summary="Pay part or all of a grant (拨付)")
-async def disburse(grant_id: uuid.UUID, body: domain.DisbursementIn, request: Request,
-                   principal: Principal = Depends(WRITE)):
+@router.post(
+    "/grants/{grant_id}/disbursements",
+    status_code=201,
+    response_model=Disbursement,
+    tags=["grants"],
+    summary="Pay part or all of a grant (拨付)",
+)
+async def disburse(
+    grant_id: uuid.UUID, body: domain.DisbursementIn, request: Request, principal: Principal = Depends(WRITE)
+):
     async def run(conn):
         paid = await usecases.disburse(conn, grant_id, body, principal, today_cn())
-        return 201, _json(Disbursement(id=paid.id, grant_id=paid.grant_id, amount=_y(paid.amount_fen),
-                                       paid_on=paid.paid_on, memo=paid.memo, entry_id=paid.entry_id,
-                                       grant_remaining=_y(paid.grant_remaining_fen), grant_status=paid.grant_status))
+        return 201, _json(
+            Disbursement(
+                id=paid.id,
+                grant_id=paid.grant_id,
+                amount=_y(paid.amount_fen),
+                paid_on=paid.paid_on,
+                memo=paid.memo,
+                entry_id=paid.entry_id,
+                grant_remaining=_y(paid.grant_remaining_fen),
+                grant_status=paid.grant_status,
+            )
+        )
 
-    return await write(request, principal, "grants.disburse",
-                       {"grant_id": str(grant_id), **body.model_dump(mode="json")}, run)
+    return await write(
+        request, principal, "grants.disburse", {"grant_id": str(grant_id), **body.model_dump(mode="json")}, run
+    )
 
 
-@router.get("/grants/{grant_id}/disbursements", response_model=Page[Disbursement], tags=["grants"],
-            summary="Payments under a grant, in the order they were booked")
-async def list_disbursements(grant_id: uuid.UUID, pool: Db, limit: int = Limit, cursor: str | None = Cursor,
-                             principal: Principal = Depends(READ)):
-    rows = await usecases.list_disbursements(pool, grant_id, principal,
-                                             after=decode_cursor(cursor, int), limit=limit)
+@router.get(
+    "/grants/{grant_id}/disbursements",
+    response_model=Page[Disbursement],
+    tags=["grants"],
+    summary="Payments under a grant, in the order they were booked",
+)
+async def list_disbursements(
+    grant_id: uuid.UUID, pool: Db, limit: int = Limit, cursor: str | None = Cursor, principal: Principal = Depends(READ)
+):
+    rows = await usecases.list_disbursements(pool, grant_id, principal, after=decode_cursor(cursor, int), limit=limit)
     return page(rows, limit, lambda r: r["entry_id"], disbursement_view)
 
 
@@ -454,24 +595,42 @@ async def list_disbursements(grant_id: uuid.UUID, pool: Db, limit: int = Limit, 
 BeneficiaryId = Annotated[str, Path(min_length=1, max_length=100, pattern=domain.PRINTABLE)]
 
 
-@router.put("/beneficiaries/{kind}/{beneficiary_id}", response_model=Beneficiary, tags=["beneficiaries"],
-            summary="Register a payee within the token's region (training organisers must be, to be paid subsidies)")
-async def put_beneficiary(kind: BeneficiaryKind, beneficiary_id: BeneficiaryId, body: domain.BeneficiaryIn,
-                          request: Request, principal: Principal = Depends(WRITE)):
+@router.put(
+    "/beneficiaries/{kind}/{beneficiary_id}",
+    response_model=Beneficiary,
+    tags=["beneficiaries"],
+    summary="Register a payee within the token's region (training organisers must be, to be paid subsidies)",
+)
+async def put_beneficiary(
+    kind: BeneficiaryKind,
+    beneficiary_id: BeneficiaryId,
+    body: domain.BeneficiaryIn,
+    request: Request,
+    principal: Principal = Depends(WRITE),
+):
     async def run(conn):
         row, created = await usecases.put_beneficiary(conn, kind.value, beneficiary_id, body, principal)
         return (201 if created else 200), _json(beneficiary_view(row))
 
-    return await write(request, principal, "beneficiaries.put",
-                       {"kind": kind.value, "id": beneficiary_id, **body.model_dump(mode="json")}, run)
+    return await write(
+        request,
+        principal,
+        "beneficiaries.put",
+        {"kind": kind.value, "id": beneficiary_id, **body.model_dump(mode="json")},
+        run,
+    )
 
 
-@router.get("/beneficiaries/{kind}/{beneficiary_id}", response_model=Beneficiary, tags=["beneficiaries"],
-            summary="One beneficiary and its money")
-async def get_beneficiary(kind: BeneficiaryKind, beneficiary_id: BeneficiaryId, pool: Db,
-                          principal: Principal = Depends(READ)):
-    return beneficiary_view(await usecases.get_beneficiary(pool, kind.value, beneficiary_id,
-                                                           principal))
+@router.get(
+    "/beneficiaries/{kind}/{beneficiary_id}",
+    response_model=Beneficiary,
+    tags=["beneficiaries"],
+    summary="One beneficiary and its money",
+)
+async def get_beneficiary(
+    kind: BeneficiaryKind, beneficiary_id: BeneficiaryId, pool: Db, principal: Principal = Depends(READ)
+):
+    return beneficiary_view(await usecases.get_beneficiary(pool, kind.value, beneficiary_id, principal))
 
 
 # -- subsidy rules, routes and claims ---------------------------------------------------------------
@@ -479,72 +638,130 @@ def _rule_key(row: asyncpg.Record) -> str:
     return f"{row['category']}|{row['effective_from'].isoformat()}"
 
 
-@router.get("/subsidy-rules", response_model=Page[SubsidyRule], tags=["subsidies"],
-            summary="Subsidy standards (补贴标准), or those in force on a date")
-async def list_rules(pool: Db, category: SubsidyCategory | None = None, on: date | None = None,
-                     limit: int = Limit, cursor: str | None = Cursor, _: Principal = Depends(READ)):
+@router.get(
+    "/subsidy-rules",
+    response_model=Page[SubsidyRule],
+    tags=["subsidies"],
+    summary="Subsidy standards (补贴标准), or those in force on a date",
+)
+async def list_rules(
+    pool: Db,
+    category: SubsidyCategory | None = None,
+    on: date | None = None,
+    limit: int = Limit,
+    cursor: str | None = Cursor,
+    _: Principal = Depends(READ),
+):
     rows = await usecases.list_rules(pool, category=category.value if category else None, on=on)
     return _in_memory(rows, limit, cursor, _rule_key, rule_view)
 
 
-@router.put("/subsidy-rules/{category}/{effective_from}", response_model=SubsidyRule, tags=["subsidies"],
-            summary="Set the per-person subsidy of a category from a date — funding:admin, region-level token")
-async def put_rule(category: SubsidyCategory, effective_from: date, body: domain.RuleIn, request: Request,
-                   principal: Principal = Depends(ADMIN)):
+@router.put(
+    "/subsidy-rules/{category}/{effective_from}",
+    response_model=SubsidyRule,
+    tags=["subsidies"],
+    summary="Set the per-person subsidy of a category from a date — funding:admin, region-level token",
+)
+async def put_rule(
+    category: SubsidyCategory,
+    effective_from: date,
+    body: domain.RuleIn,
+    request: Request,
+    principal: Principal = Depends(ADMIN),
+):
     async def run(conn):
         row, created = await usecases.put_rule(conn, category.value, effective_from, body, principal)
         return (201 if created else 200), _json(rule_view(row))
 
-    return await write(request, principal, "subsidy_rules.put",
-                       {"category": category.value, "effective_from": effective_from.isoformat(),
-                        **body.model_dump(mode="json")}, run)
+    return await write(
+        request,
+        principal,
+        "subsidy_rules.put",
+        {"category": category.value, "effective_from": effective_from.isoformat(), **body.model_dump(mode="json")},
+        run,
+    )
 
 
-@router.delete("/subsidy-rules/{category}/{effective_from}", response_model=RuleDeleted, tags=["subsidies"],
-               summary="Remove a subsidy rule — funding:admin, region-level token")
-async def delete_rule(category: SubsidyCategory, effective_from: date, request: Request,
-                      principal: Principal = Depends(ADMIN)):
+@router.delete(
+    "/subsidy-rules/{category}/{effective_from}",
+    response_model=RuleDeleted,
+    tags=["subsidies"],
+    summary="Remove a subsidy rule — funding:admin, region-level token",
+)
+async def delete_rule(
+    category: SubsidyCategory, effective_from: date, request: Request, principal: Principal = Depends(ADMIN)
+):
     async def run(conn):
         await usecases.delete_rule(conn, category.value, effective_from, principal)
         return 200, _json(RuleDeleted(deleted=True, category=category, effective_from=effective_from))
 
-    return await write(request, principal, "subsidy_rules.delete",
-                       {"category": category.value, "effective_from": effective_from.isoformat()}, run)
+    return await write(
+        request,
+        principal,
+        "subsidy_rules.delete",
+        {"category": category.value, "effective_from": effective_from.isoformat()},
+        run,
+    )
 
 
 def _route_key(row: asyncpg.Record) -> str:
     return f"{row['category']}|{row['year'] if row['year'] is not None else ''}"
 
 
-@router.get("/subsidy-routes", response_model=Page[SubsidyRoute], tags=["subsidies"],
-            summary="Which fund pays which subsidy category")
-async def list_routes(pool: Db, limit: int = Limit, cursor: str | None = Cursor,
-                      _: Principal = Depends(READ)):
+@router.get(
+    "/subsidy-routes",
+    response_model=Page[SubsidyRoute],
+    tags=["subsidies"],
+    summary="Which fund pays which subsidy category",
+)
+async def list_routes(pool: Db, limit: int = Limit, cursor: str | None = Cursor, _: Principal = Depends(READ)):
     return _in_memory(await usecases.list_routes(pool), limit, cursor, _route_key, route_view)
 
 
-@router.put("/subsidy-routes/{category}", response_model=SubsidyRoute, tags=["subsidies"],
-            summary="Set the fund that pays a category (for one year of completion, or any year) — "
-                    "funding:admin, region-level token")
-async def put_route(category: SubsidyCategory, body: domain.RouteIn, request: Request,
-                    principal: Principal = Depends(ADMIN)):
+@router.put(
+    "/subsidy-routes/{category}",
+    response_model=SubsidyRoute,
+    tags=["subsidies"],
+    summary="Set the fund that pays a category (for one year of completion, or any year) — "
+    "funding:admin, region-level token",
+)
+async def put_route(
+    category: SubsidyCategory, body: domain.RouteIn, request: Request, principal: Principal = Depends(ADMIN)
+):
     async def run(conn):
         return 200, _json(route_view(await usecases.put_route(conn, category.value, body, principal)))
 
-    return await write(request, principal, "subsidy_routes.put",
-                       {"category": category.value, **body.model_dump(mode="json")}, run)
+    return await write(
+        request, principal, "subsidy_routes.put", {"category": category.value, **body.model_dump(mode="json")}, run
+    )
 
 
-@router.get("/subsidy-claims", response_model=Page[Claim], tags=["subsidies"],
-            summary="Subsidy claims of completed sessions within the token's region")
-async def list_claims(pool: Db, status: str | None = Query(None, pattern="^(paid|rejected)$"),
-                      session_id: uuid.UUID | None = None,
-                      organiser_id: str | None = Query(None, max_length=100, pattern=domain.PRINTABLE),
-                      region: RegionCode | None = RegionQuery, limit: int = Limit, cursor: str | None = Cursor,
-                      principal: Principal = Depends(READ)):
-    rows = await usecases.list_claims(pool, principal, status=status, session_id=session_id,
-                                      organiser_id=organiser_id, region=region,
-                                      after=decode_cursor(cursor, _time_id), limit=limit)
+@router.get(
+    "/subsidy-claims",
+    response_model=Page[Claim],
+    tags=["subsidies"],
+    summary="Subsidy claims of completed sessions within the token's region",
+)
+async def list_claims(
+    pool: Db,
+    status: str | None = Query(None, pattern="^(paid|rejected)$"),
+    session_id: uuid.UUID | None = None,
+    organiser_id: str | None = Query(None, max_length=100, pattern=domain.PRINTABLE),
+    region: RegionCode | None = RegionQuery,
+    limit: int = Limit,
+    cursor: str | None = Cursor,
+    principal: Principal = Depends(READ),
+):
+    rows = await usecases.list_claims(
+        pool,
+        principal,
+        status=status,
+        session_id=session_id,
+        organiser_id=organiser_id,
+        region=region,
+        after=decode_cursor(cursor, _time_id),
+        limit=limit,
+    )
     return page(rows, limit, _time_id_of, claim_view)
 
 
@@ -553,8 +770,12 @@ async def get_claim(claim_id: uuid.UUID, pool: Db, principal: Principal = Depend
     return claim_view(await usecases.get_claim(pool, claim_id, principal))
 
 
-@router.post("/subsidy-claims/{claim_id}/retry", response_model=Claim, tags=["subsidies"],
-             summary="Settle a rejected claim again (after a top-up, a new rule, route or registered organiser)")
+@router.post(
+    "/subsidy-claims/{claim_id}/retry",
+    response_model=Claim,
+    tags=["subsidies"],
+    summary="Settle a rejected claim again (after a top-up, a new rule, route or registered organiser)",
+)
 async def retry_claim(claim_id: uuid.UUID, request: Request, principal: Principal = Depends(WRITE)):
     auto = bool(getattr(request.app.state.settings, "funding_auto_register_organisers", False))
 
@@ -566,68 +787,135 @@ async def retry_claim(claim_id: uuid.UUID, request: Request, principal: Principa
 
 
 # -- reports and the ledger ------------------------------------------------------------------
-@router.get("/reports/funds", response_model=FundReport, tags=["reports"],
-            summary="Per fund: total, allocated, disbursed, remaining; totals over every selected fund")
-async def report_funds(pool: Db, source_kind: SourceKind | None = None,
-                       fiscal_year: int | None = Query(None, ge=2000, le=2100), limit: int = Limit,
-                       cursor: str | None = Cursor, principal: Principal = Depends(READ)):
+@router.get(
+    "/reports/funds",
+    response_model=FundReport,
+    tags=["reports"],
+    summary="Per fund: total, allocated, disbursed, remaining; totals over every selected fund",
+)
+async def report_funds(
+    pool: Db,
+    source_kind: SourceKind | None = None,
+    fiscal_year: int | None = Query(None, ge=2000, le=2100),
+    limit: int = Limit,
+    cursor: str | None = Cursor,
+    principal: Principal = Depends(READ),
+):
     pool = pool
     kind = source_kind.value if source_kind else None
-    rows = await usecases.list_funds(pool, principal, source_kind=kind, fiscal_year=fiscal_year,
-                                     after=decode_cursor(cursor, _time_id), limit=limit)
+    rows = await usecases.list_funds(
+        pool, principal, source_kind=kind, fiscal_year=fiscal_year, after=decode_cursor(cursor, _time_id), limit=limit
+    )
     t = await usecases.fund_totals(pool, source_kind=kind, fiscal_year=fiscal_year)
-    totals = Totals(funds=t.funds, total=_y(t.total_fen), allocated=_y(t.allocated_fen),
-                    committed=_y(t.committed_fen), disbursed=_y(t.disbursed_fen), remaining=_y(t.available_fen))
+    totals = Totals(
+        funds=t.funds,
+        total=_y(t.total_fen),
+        allocated=_y(t.allocated_fen),
+        committed=_y(t.committed_fen),
+        disbursed=_y(t.disbursed_fen),
+        remaining=_y(t.available_fen),
+    )
     return {**page(rows, limit, _time_id_of, fund_view), "totals": totals}
 
 
-@router.get("/reports/sources", response_model=Page[SourceFigures], tags=["reports"],
-            summary="Per source kind and fiscal year")
-async def report_sources(pool: Db, limit: int = Limit, cursor: str | None = Cursor,
-                         _: Principal = Depends(READ)):
+@router.get(
+    "/reports/sources", response_model=Page[SourceFigures], tags=["reports"], summary="Per source kind and fiscal year"
+)
+async def report_sources(pool: Db, limit: int = Limit, cursor: str | None = Cursor, _: Principal = Depends(READ)):
     rows = await usecases.report_sources(pool)
 
     def view(g: dict[str, Any]) -> SourceFigures:
-        return SourceFigures(source_kind=g["source_kind"], fiscal_year=g["fiscal_year"], funds=g["funds"],
-                             **{k: _y(g[k]) for k in ("total", "allocated", "committed", "disbursed", "remaining")})
+        return SourceFigures(
+            source_kind=g["source_kind"],
+            fiscal_year=g["fiscal_year"],
+            funds=g["funds"],
+            **{k: _y(g[k]) for k in ("total", "allocated", "committed", "disbursed", "remaining")},
+        )
 
     return _in_memory(rows, limit, cursor, lambda g: f"{g['source_kind']}|{g['fiscal_year']:04d}", view)
 
 
-@router.get("/reports/beneficiaries", response_model=Page[Beneficiary], tags=["reports"],
-            summary="Per beneficiary within the token's region: granted, outstanding, disbursed")
-async def report_beneficiaries(pool: Db, kind: BeneficiaryKind | None = None,
-                               region: RegionCode | None = RegionQuery, limit: int = Limit,
-                               cursor: str | None = Cursor, principal: Principal = Depends(READ)):
-    rows = await usecases.report_beneficiaries(pool, principal, kind=kind.value if kind else None,
-                                               region=region, after=decode_cursor(cursor, _pair), limit=limit)
+@router.get(
+    "/reports/beneficiaries",
+    response_model=Page[Beneficiary],
+    tags=["reports"],
+    summary="Per beneficiary within the token's region: granted, outstanding, disbursed",
+)
+async def report_beneficiaries(
+    pool: Db,
+    kind: BeneficiaryKind | None = None,
+    region: RegionCode | None = RegionQuery,
+    limit: int = Limit,
+    cursor: str | None = Cursor,
+    principal: Principal = Depends(READ),
+):
+    rows = await usecases.report_beneficiaries(
+        pool,
+        principal,
+        kind=kind.value if kind else None,
+        region=region,
+        after=decode_cursor(cursor, _pair),
+        limit=limit,
+    )
     return page(rows, limit, lambda r: f"{r['kind']}|{r['id']}", beneficiary_view)
 
 
-@router.get("/accounts/{account_id}/journal", response_model=Journal, tags=["reports"],
-            summary="The journal of one account (a grant's or payee's within the token's region; a fund's or "
-                    "source's to a region-level token)")
-async def account_journal(pool: Db, account_id: int = Path(ge=1, le=BIGINT), limit: int = Limit,
-                          cursor: str | None = Cursor, principal: Principal = Depends(READ)):
-    acct, lines = await usecases.account_journal(pool, account_id, principal,
-                                                 after=decode_cursor(cursor, int), limit=limit)
+@router.get(
+    "/accounts/{account_id}/journal",
+    response_model=Journal,
+    tags=["reports"],
+    summary="The journal of one account (a grant's or payee's within the token's region; a fund's or "
+    "source's to a region-level token)",
+)
+async def account_journal(
+    pool: Db,
+    account_id: int = Path(ge=1, le=BIGINT),
+    limit: int = Limit,
+    cursor: str | None = Cursor,
+    principal: Principal = Depends(READ),
+):
+    acct, lines = await usecases.account_journal(
+        pool, account_id, principal, after=decode_cursor(cursor, int), limit=limit
+    )
 
     def line(r: asyncpg.Record) -> JournalLine:
         return JournalLine(
-            line_id=r["line_id"], entry_id=r["entry_id"], kind=r["kind"], effective_on=r["effective_on"],
-            amount=_y(r["amount"]), balance_after=_y(r["balance_after"]), memo=r["memo"], fund_id=r["fund_id"],
-            grant_id=r["grant_id"], reference=r["reference"],
+            line_id=r["line_id"],
+            entry_id=r["entry_id"],
+            kind=r["kind"],
+            effective_on=r["effective_on"],
+            amount=_y(r["amount"]),
+            balance_after=_y(r["balance_after"]),
+            memo=r["memo"],
+            fund_id=r["fund_id"],
+            grant_id=r["grant_id"],
+            reference=r["reference"],
             counterparts=[Counterpart(account_id=int(a), amount=_y(int(m))) for a, m in (r["counterparts"] or [])],
-            recorded_at=r["created_at"])
+            recorded_at=r["created_at"],
+        )
 
-    account = Account(id=acct["id"], kind=acct["kind"], name=acct["name"], balance=_y(acct["balance"]),
-                      source_kind=acct["source_kind"], fund_id=acct["fund_id"], grant_id=acct["grant_id"],
-                      beneficiary=(Party(kind=acct["beneficiary_kind"], id=acct["beneficiary_id"], name=None)
-                                   if acct["beneficiary_id"] else None))
+    account = Account(
+        id=acct["id"],
+        kind=acct["kind"],
+        name=acct["name"],
+        balance=_y(acct["balance"]),
+        source_kind=acct["source_kind"],
+        fund_id=acct["fund_id"],
+        grant_id=acct["grant_id"],
+        beneficiary=(
+            Party(kind=acct["beneficiary_kind"], id=acct["beneficiary_id"], name=None)
+            if acct["beneficiary_id"]
+            else None
+        ),
+    )
     return {**page(lines, limit, lambda r: r["line_id"], line), "account": account}
 
 
-@router.get("/ledger/check", response_model=LedgerCheck, tags=["reports"],
-            summary="Check every invariant of the ledger (region-level token)")
+@router.get(
+    "/ledger/check",
+    response_model=LedgerCheck,
+    tags=["reports"],
+    summary="Check every invariant of the ledger (region-level token)",
+)
 async def ledger_check(pool: Db, principal: Principal = Depends(READ)):
     return await usecases.ledger_check(pool, principal)

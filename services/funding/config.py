@@ -1,4 +1,5 @@
 """The funding service's settings (environment, prefix ``CHANGAI_``)."""
+
 from __future__ import annotations
 
 from datetime import date

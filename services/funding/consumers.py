@@ -8,6 +8,7 @@ events. A redelivered event (same id) finds its inbox record and changes nothing
 second completion event for the same session (another id) finds the session's claim
 and changes nothing either.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,21 +30,32 @@ log = logging.getLogger(__name__)
 INBOX_CONSUMER = "funding.subsidy"
 
 
-async def on_session_completed(pool: asyncpg.Pool, event: CloudEvent, data: SessionCompleted, *,
-                               auto_register_organisers: bool = False) -> str:
+async def on_session_completed(
+    pool: asyncpg.Pool, event: CloudEvent, data: SessionCompleted, *, auto_register_organisers: bool = False
+) -> str:
     """Apply one completion event; returns what happened (for logs and tests)."""
     async with pool.acquire() as conn, conn.transaction():
         if not await inbox.claim(conn, INBOX_CONSUMER, event.id):
             return "redelivery"
-        claim = await usecases.claim_subsidy(conn, uuid.UUID(event.id), data, today_cn(),
-                                             auto_register_organisers=auto_register_organisers)
+        claim = await usecases.claim_subsidy(
+            conn, uuid.UUID(event.id), data, today_cn(), auto_register_organisers=auto_register_organisers
+        )
     if claim is None:
-        log.warning("session already claimed under another event; nothing paid",
-                    extra={"session_id": str(data.session_id), "event_id": event.id})
+        log.warning(
+            "session already claimed under another event; nothing paid",
+            extra={"session_id": str(data.session_id), "event_id": event.id},
+        )
         return "duplicate-session"
-    log.info("subsidy claim settled", extra={"session_id": str(data.session_id), "claim_id": str(claim["id"]),
-                                             "status": claim["status"], "reason": claim["reason"],
-                                             "amount_fen": claim["amount_fen"]})
+    log.info(
+        "subsidy claim settled",
+        extra={
+            "session_id": str(data.session_id),
+            "claim_id": str(claim["id"]),
+            "status": claim["status"],
+            "reason": claim["reason"],
+            "amount_fen": claim["amount_fen"],
+        },
+    )
     return claim["status"]
 
 
@@ -56,12 +68,17 @@ def subsidy_part(settings: FundingSettings):
         pool: asyncpg.Pool = app.state.db
 
         async def handle(event: CloudEvent, data) -> None:
-            await on_session_completed(pool, event, data,
-                                       auto_register_organisers=settings.funding_auto_register_organisers)
+            await on_session_completed(
+                pool, event, data, auto_register_organisers=settings.funding_auto_register_organisers
+            )
 
-        consumer = EventConsumer(settings.kafka_bootstrap, settings.funding_subsidy_group,
-                                 [settings.funding_training_topic], handle,
-                                 event_types={SessionCompleted.event_type})
+        consumer = EventConsumer(
+            settings.kafka_bootstrap,
+            settings.funding_subsidy_group,
+            [settings.funding_training_topic],
+            handle,
+            event_types={SessionCompleted.event_type},
+        )
         consumer.start()
         app.state.subsidy_consumer = consumer
         return consumer.stop
@@ -77,7 +94,9 @@ def seed_part(settings: FundingSettings):
             seeds = domain.seed_rules(settings.funding_pre_job_change_date, settings.funding_pre_job_old_from)
             async with app.state.db.acquire() as conn:
                 if await store.seed_rules(conn, seeds):
-                    log.info("subsidy rules seeded", extra={"change_date": settings.funding_pre_job_change_date.isoformat()})
+                    log.info(
+                        "subsidy rules seeded", extra={"change_date": settings.funding_pre_job_change_date.isoformat()}
+                    )
         return None
 
     return start

@@ -4,6 +4,7 @@ the refusals (domain exceptions from ``shared.errors``) and the ledger's invaria
 Money is integer fen everywhere in here; the HTTP layer reads and writes decimal yuan
 strings (``shared.money``).
 """
+
 from __future__ import annotations
 
 import uuid
@@ -39,6 +40,7 @@ class _In(BaseModel):
 
 class FundIn(_In):
     """A fund (资金来源) as the finance office opens it."""
+
     name: Annotated[str, Scrubbed] = Field(min_length=2, max_length=200, pattern=PRINTABLE)
     source_kind: SourceKind
     fiscal_year: int = Field(ge=2000, le=2100)
@@ -57,14 +59,16 @@ class CloseIn(_In):
 
 class GrantIn(_In):
     """A grant (资金安排): money of a fund committed to a beneficiary for a purpose."""
+
     fund_id: uuid.UUID
     beneficiary_kind: BeneficiaryKind
     beneficiary_id: str = Field(min_length=1, max_length=100, pattern=PRINTABLE)
     beneficiary_name: Annotated[str, Scrubbed] = Field(min_length=2, max_length=200, pattern=PRINTABLE)
     purpose: Annotated[str, Scrubbed] = Field(min_length=2, max_length=500, pattern=NO_NUL)
     region_code: RegionCode | None = Field(
-        default=None, description="where the grant's money goes; left out: the payee's region if registered, "
-                                  "else the caller's")
+        default=None,
+        description="where the grant's money goes; left out: the payee's region if registered, else the caller's",
+    )
     amount: PositiveYuan = Field(description='decimal yuan string, e.g. "100000.00"')
     approved_on: date | None = None
 
@@ -81,8 +85,9 @@ class DisbursementIn(_In):
 
 class BeneficiaryIn(_In):
     name: Annotated[str, Scrubbed] = Field(min_length=2, max_length=200, pattern=PRINTABLE)
-    region_code: RegionCode | None = Field(default=None, description="left out: the caller's region (a payee "
-                                                                     "already registered keeps its region)")
+    region_code: RegionCode | None = Field(
+        default=None, description="left out: the caller's region (a payee already registered keeps its region)"
+    )
 
 
 class RuleIn(_In):
@@ -92,8 +97,9 @@ class RuleIn(_In):
 
 class RouteIn(_In):
     fund_id: uuid.UUID
-    year: int | None = Field(default=None, ge=2000, le=2100,
-                             description="year of session completion this route is for; null: any year")
+    year: int | None = Field(
+        default=None, ge=2000, le=2100, description="year of session completion this route is for; null: any year"
+    )
 
 
 # -- who may act where -------------------------------------------------------------
@@ -103,8 +109,9 @@ ADMIN_SCOPE = "funding:admin"
 def ensure_admin(actor: Principal) -> None:
     """Region-wide settings (funds, subsidy rules and routes): a region-level token with ``funding:admin``."""
     if ADMIN_SCOPE not in actor.scopes:
-        raise OutOfScope(f"this needs scope {ADMIN_SCOPE!r}", kind="insufficient-scope",
-                         title="Token lacks the required scope")
+        raise OutOfScope(
+            f"this needs scope {ADMIN_SCOPE!r}", kind="insufficient-scope", title="Token lacks the required scope"
+        )
     actor.ensure_region_level()
 
 
@@ -127,30 +134,50 @@ def owner_region(region_code: str | None) -> str:
 def insufficient(account_kind: str, account_id: int, balance_fen: int, requested_fen: int) -> Conflict:
     return Conflict(
         f"the {account_kind} has {fen_to_yuan(balance_fen)} yuan; {fen_to_yuan(requested_fen)} was asked",
-        kind="insufficient-funds", title=f"The {account_kind} cannot afford this",
-        account=account_kind, account_id=account_id, balance=fen_to_yuan(balance_fen),
-        requested=fen_to_yuan(requested_fen))
+        kind="insufficient-funds",
+        title=f"The {account_kind} cannot afford this",
+        account=account_kind,
+        account_id=account_id,
+        balance=fen_to_yuan(balance_fen),
+        requested=fen_to_yuan(requested_fen),
+    )
 
 
 def fund_closed(fund_id: uuid.UUID, closed_on: date | None) -> Conflict:
-    return Conflict(f"fund {fund_id} was closed on {closed_on}", kind="fund-closed", title="The fund is closed",
-                    fund_id=str(fund_id))
+    return Conflict(
+        f"fund {fund_id} was closed on {closed_on}",
+        kind="fund-closed",
+        title="The fund is closed",
+        fund_id=str(fund_id),
+    )
 
 
 def grant_not_open(grant_id: uuid.UUID, status: str, what: str, **extra) -> Conflict:
-    return Conflict(f"grant {grant_id} is {status}: {what}", kind="grant-not-open", title=f"The grant is {status}",
-                    status_now=status, **extra)
+    return Conflict(
+        f"grant {grant_id} is {status}: {what}",
+        kind="grant-not-open",
+        title=f"The grant is {status}",
+        status_now=status,
+        **extra,
+    )
 
 
 def fund_has_commitments(fund_id: uuid.UUID, committed_fen: int) -> Conflict:
-    return Conflict(f"{fen_to_yuan(committed_fen)} yuan is granted and unpaid: pay or revoke those grants first",
-                    kind="fund-has-commitments", title="The fund still has unpaid grants",
-                    committed=fen_to_yuan(committed_fen), fund_id=str(fund_id))
+    return Conflict(
+        f"{fen_to_yuan(committed_fen)} yuan is granted and unpaid: pay or revoke those grants first",
+        kind="fund-has-commitments",
+        title="The fund still has unpaid grants",
+        committed=fen_to_yuan(committed_fen),
+        fund_id=str(fund_id),
+    )
 
 
 def claim_paid(claim_id: uuid.UUID, disbursement_id: uuid.UUID | None) -> Conflict:
-    return Conflict(f"claim {claim_id} was paid by disbursement {disbursement_id}", kind="claim-paid",
-                    title="The claim is already paid")
+    return Conflict(
+        f"claim {claim_id} was paid by disbursement {disbursement_id}",
+        kind="claim-paid",
+        title="The claim is already paid",
+    )
 
 
 # -- subsidy rules ----------------------------------------------------------------
@@ -199,8 +226,16 @@ def eligible_persons(member_ids: list[uuid.UUID], reported: int) -> int:
     return distinct if distinct or not reported else reported
 
 
-def decide_subsidy(*, persons: int, rule: Rule | None, organiser_known: bool, fund: FundState | None,
-                   category: str, completed_on: date, organiser: str) -> Decision:
+def decide_subsidy(
+    *,
+    persons: int,
+    rule: Rule | None,
+    organiser_known: bool,
+    fund: FundState | None,
+    category: str,
+    completed_on: date,
+    organiser: str,
+) -> Decision:
     """Pay persons × the rule in force from the routed fund, all or nothing, or say why not."""
     rate = rule.rate_fen if rule else 0
     amount = persons * rate
@@ -215,17 +250,22 @@ def decide_subsidy(*, persons: int, rule: Rule | None, organiser_known: bool, fu
     if amount <= 0:
         return reject(RejectionReason.no_rule, f"the {category} rule in force on {completed_on.isoformat()} pays 0")
     if not organiser_known:
-        return reject(RejectionReason.organiser_unknown,
-                      f"organiser {organiser} is not a registered beneficiary of the funding service")
+        return reject(
+            RejectionReason.organiser_unknown,
+            f"organiser {organiser} is not a registered beneficiary of the funding service",
+        )
     if fund is None:
-        return reject(RejectionReason.no_fund,
-                      f"no fund is configured to pay {category} subsidies for {completed_on.year}")
+        return reject(
+            RejectionReason.no_fund, f"no fund is configured to pay {category} subsidies for {completed_on.year}"
+        )
     if fund.status != "open":
         return reject(RejectionReason.no_fund, f"the fund configured for {category} ({fund.id}) is closed")
     if fund.available_fen < amount:
-        return reject(RejectionReason.fund_exhausted,
-                      f"fund {fund.id} has {fen_str(fund.available_fen)} yuan available; "
-                      f"the claim needs {fen_str(amount)} ({persons} × {fen_str(rate)})")
+        return reject(
+            RejectionReason.fund_exhausted,
+            f"fund {fund.id} has {fen_str(fund.available_fen)} yuan available; "
+            f"the claim needs {fen_str(amount)} ({persons} × {fen_str(rate)})",
+        )
     return Decision(True, persons, rate, amount)
 
 
@@ -248,10 +288,11 @@ def fen_str(fen: int) -> str:
 @dataclass(frozen=True)
 class FundFigures:
     """One fund's money, each figure derived from the ledger on its own."""
-    total_fen: int       # appropriated (opened + topped up) minus returned on closing
-    available_fen: int   # the fund account's balance
-    committed_fen: int   # the fund's grant accounts: granted, unpaid
-    disbursed_fen: int   # paid to beneficiaries from this fund
+
+    total_fen: int  # appropriated (opened + topped up) minus returned on closing
+    available_fen: int  # the fund account's balance
+    committed_fen: int  # the fund's grant accounts: granted, unpaid
+    disbursed_fen: int  # paid to beneficiaries from this fund
 
     @property
     def allocated_fen(self) -> int:
@@ -260,8 +301,10 @@ class FundFigures:
     def violations(self) -> list[str]:
         out = []
         if self.available_fen + self.committed_fen + self.disbursed_fen != self.total_fen:
-            out.append(f"available {self.available_fen} + committed {self.committed_fen} + disbursed "
-                       f"{self.disbursed_fen} != total {self.total_fen}")
+            out.append(
+                f"available {self.available_fen} + committed {self.committed_fen} + disbursed "
+                f"{self.disbursed_fen} != total {self.total_fen}"
+            )
         for name in ("total_fen", "available_fen", "committed_fen", "disbursed_fen"):
             if getattr(self, name) < 0:
                 out.append(f"{name} is negative ({getattr(self, name)})")

@@ -4,6 +4,7 @@ One process serves the HTTP API and runs the subsidy saga (a consumer of
 ``training.events``); set ``CHANGAI_FUNDING_SUBSIDY_CONSUMER=false`` to run an
 API-only replica.
 """
+
 from __future__ import annotations
 
 import sys
@@ -16,11 +17,15 @@ from shared.http import create_app, serve
 
 def build_app(settings: FundingSettings | None = None):
     settings = settings or FundingSettings()
-    return create_app(service="funding", settings=settings, routers=[router],
-                      title="Changai funding (资金)",
-                      description="Funds, grants and disbursements on a double-entry ledger; training subsidies "
-                                  "paid automatically when sessions complete.",
-                      parts=[seed_part(settings), subsidy_part(settings)])
+    return create_app(
+        service="funding",
+        settings=settings,
+        routers=[router],
+        title="Changai funding (资金)",
+        description="Funds, grants and disbursements on a double-entry ledger; training subsidies "
+        "paid automatically when sessions complete.",
+        parts=[seed_part(settings), subsidy_part(settings)],
+    )
 
 
 def main(argv: list[str]) -> None:

@@ -6,27 +6,44 @@ deadlock. They are FOR NO KEY UPDATE locks: they exclude each other but not the
 FOR KEY SHARE locks that foreign-key checks take (a payment's journal entry refers to
 its fund while a revocation may hold that fund).
 """
+
 from __future__ import annotations
 
 import uuid
 from datetime import date
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 
 from services.funding.domain import FundFigures, Rule
 
-Conn = asyncpg.Connection | asyncpg.Pool
+Conn: TypeAlias = asyncpg.Connection | asyncpg.Pool
 
 
 # -- ledger ------------------------------------------------------------------------
-async def post_entry(conn: asyncpg.Connection, kind: str, fund_id: uuid.UUID, lines: list[tuple[int, int]], *,
-                     on: date, grant_id: uuid.UUID | None = None, reference: uuid.UUID | None = None,
-                     memo: str | None = None) -> int:
+async def post_entry(
+    conn: asyncpg.Connection,
+    kind: str,
+    fund_id: uuid.UUID,
+    lines: list[tuple[int, int]],
+    *,
+    on: date,
+    grant_id: uuid.UUID | None = None,
+    reference: uuid.UUID | None = None,
+    memo: str | None = None,
+) -> int:
     """One balanced journal entry through the database's ``post_entry`` (which checks it)."""
     return await conn.fetchval(
         "SELECT post_entry($1, $2, $3, $4, $5, $6, $7::bigint[], $8::bigint[])",
-        kind, fund_id, grant_id, reference, memo, on, [a for a, _ in lines], [m for _, m in lines])
+        kind,
+        fund_id,
+        grant_id,
+        reference,
+        memo,
+        on,
+        [a for a, _ in lines],
+        [m for _, m in lines],
+    )
 
 
 async def source_account(conn: Conn, source_kind: str) -> int:
@@ -40,7 +57,9 @@ async def account(conn: Conn, account_id: int) -> asyncpg.Record | None:
              LEFT JOIN grants g ON a.kind = 'grant' AND g.id = a.grant_id
              LEFT JOIN beneficiaries b ON a.kind = 'beneficiary' AND b.kind = a.beneficiary_kind
                                       AND b.id = a.beneficiary_id
-            WHERE a.id = $1""", account_id)
+            WHERE a.id = $1""",
+        account_id,
+    )
 
 
 async def account_balance(conn: Conn, account_id: int) -> int:
@@ -57,17 +76,28 @@ async def journal(conn: Conn, account_id: int, after: int, limit: int) -> list[a
                          FROM journal_lines o WHERE o.entry_id = l.entry_id AND o.id <> l.id) AS counterparts
                  FROM journal_lines l JOIN journal_entries e ON e.id = l.entry_id
                 WHERE l.account_id = $1) j
-            WHERE line_id > $2 ORDER BY line_id LIMIT $3""", account_id, after, limit)
+            WHERE line_id > $2 ORDER BY line_id LIMIT $3""",
+        account_id,
+        after,
+        limit,
+    )
 
 
 # -- funds -------------------------------------------------------------------------
-async def insert_fund(conn: asyncpg.Connection, fund_id: uuid.UUID, name: str, source_kind: str, fiscal_year: int,
-                      opened_on: date) -> int:
+async def insert_fund(
+    conn: asyncpg.Connection, fund_id: uuid.UUID, name: str, source_kind: str, fiscal_year: int, opened_on: date
+) -> int:
     await conn.execute(
         "INSERT INTO funds (id, name, source_kind, fiscal_year, opened_on) VALUES ($1, $2, $3, $4, $5)",
-        fund_id, name, source_kind, fiscal_year, opened_on)
+        fund_id,
+        name,
+        source_kind,
+        fiscal_year,
+        opened_on,
+    )
     return await conn.fetchval(
-        "INSERT INTO accounts (kind, fund_id, name) VALUES ('fund', $1, $2) RETURNING id", fund_id, name)
+        "INSERT INTO accounts (kind, fund_id, name) VALUES ('fund', $1, $2) RETURNING id", fund_id, name
+    )
 
 
 _FUND = """SELECT f.*, a.id AS account_id, a.balance AS available_fen
@@ -92,7 +122,8 @@ async def close_fund(conn: asyncpg.Connection, fund_id: uuid.UUID, on: date) -> 
 
 async def committed(conn: Conn, fund_id: uuid.UUID) -> int:
     return await conn.fetchval(
-        "SELECT coalesce(sum(balance), 0)::bigint FROM accounts WHERE kind = 'grant' AND fund_id = $1", fund_id)
+        "SELECT coalesce(sum(balance), 0)::bigint FROM accounts WHERE kind = 'grant' AND fund_id = $1", fund_id
+    )
 
 
 _FIGURES = """
@@ -111,7 +142,8 @@ sums AS (
      GROUP BY e.fund_id, a.kind)
 SELECT f.*, fa.id AS account_id,
        coalesce((SELECT -net FROM sums s WHERE s.fund_id = f.id AND s.kind = 'source'), 0)::bigint AS total_fen,
-       coalesce((SELECT taken_out FROM sums s WHERE s.fund_id = f.id AND s.kind = 'source'), 0)::bigint AS appropriated_fen,
+       coalesce((SELECT taken_out FROM sums s WHERE s.fund_id = f.id AND s.kind = 'source'), 0)::bigint
+           AS appropriated_fen,
        coalesce((SELECT put_in FROM sums s WHERE s.fund_id = f.id AND s.kind = 'source'), 0)::bigint AS returned_fen,
        coalesce((SELECT net FROM sums s WHERE s.fund_id = f.id AND s.kind = 'fund'), 0)::bigint AS available_fen,
        coalesce((SELECT net FROM sums s WHERE s.fund_id = f.id AND s.kind = 'grant'), 0)::bigint AS committed_fen,
@@ -122,9 +154,15 @@ SELECT f.*, fa.id AS account_id,
 """
 
 
-async def fund_figures(conn: Conn, fund_ids: list[uuid.UUID] | None = None, source_kind: str | None = None,
-                       fiscal_year: int | None = None, *, after: tuple[Any, uuid.UUID] | None = None,
-                       limit: int | None = None) -> list[asyncpg.Record]:
+async def fund_figures(
+    conn: Conn,
+    fund_ids: list[uuid.UUID] | None = None,
+    source_kind: str | None = None,
+    fiscal_year: int | None = None,
+    *,
+    after: tuple[Any, uuid.UUID] | None = None,
+    limit: int | None = None,
+) -> list[asyncpg.Record]:
     """Funds with their money derived from the journal lines (not from cached balances), by (created_at, id)
     after ``after``."""
     return await conn.fetch(_FIGURES, fund_ids, source_kind, fiscal_year, *(after or (None, None)), limit)
@@ -135,18 +173,27 @@ def figures_of(row: asyncpg.Record) -> FundFigures:
 
 
 # -- beneficiaries -------------------------------------------------------------------
-async def upsert_beneficiary(conn: asyncpg.Connection, kind: str, ident: str, name: str,
-                             region_code: str | None) -> tuple[int, bool]:
+async def upsert_beneficiary(
+    conn: asyncpg.Connection, kind: str, ident: str, name: str, region_code: str | None
+) -> tuple[int, bool]:
     """(account id, created?) — the latest name wins; a region, once known, stays."""
     created = await conn.fetchval(
         """INSERT INTO beneficiaries (kind, id, name, region_code) VALUES ($1, $2, $3, $4)
            ON CONFLICT (kind, id) DO UPDATE SET name = EXCLUDED.name,
                   region_code = coalesce(beneficiaries.region_code, EXCLUDED.region_code), updated_at = now()
-           RETURNING (xmax = 0)""", kind, ident, name, region_code)
+           RETURNING (xmax = 0)""",
+        kind,
+        ident,
+        name,
+        region_code,
+    )
     account_id = await conn.fetchval(
         """INSERT INTO accounts (kind, beneficiary_kind, beneficiary_id, name) VALUES ('beneficiary', $1, $2, $3)
            ON CONFLICT (beneficiary_kind, beneficiary_id) WHERE kind = 'beneficiary' DO NOTHING RETURNING id""",
-        kind, ident, name)
+        kind,
+        ident,
+        name,
+    )
     if account_id is None:
         account_id = await beneficiary_account(conn, kind, ident)
     return account_id, bool(created)
@@ -155,19 +202,30 @@ async def upsert_beneficiary(conn: asyncpg.Connection, kind: str, ident: str, na
 async def beneficiary_account(conn: Conn, kind: str, ident: str) -> int | None:
     return await conn.fetchval(
         "SELECT id FROM accounts WHERE kind = 'beneficiary' AND beneficiary_kind = $1 AND beneficiary_id = $2",
-        kind, ident)
+        kind,
+        ident,
+    )
 
 
 async def get_beneficiary(conn: Conn, kind: str, ident: str) -> asyncpg.Record | None:
     return await conn.fetchrow(
         """SELECT b.*, a.id AS account_id, a.balance AS received_fen FROM beneficiaries b
              JOIN accounts a ON a.kind = 'beneficiary' AND a.beneficiary_kind = b.kind AND a.beneficiary_id = b.id
-            WHERE b.kind = $1 AND b.id = $2""", kind, ident)
+            WHERE b.kind = $1 AND b.id = $2""",
+        kind,
+        ident,
+    )
 
 
-async def beneficiary_report(conn: Conn, kind: str | None = None, ident: str | None = None, *,
-                             regions: list[str] | None = None, after: tuple[str, str] | None = None,
-                             limit: int = 1) -> list[asyncpg.Record]:
+async def beneficiary_report(
+    conn: Conn,
+    kind: str | None = None,
+    ident: str | None = None,
+    *,
+    regions: list[str] | None = None,
+    after: tuple[str, str] | None = None,
+    limit: int = 1,
+) -> list[asyncpg.Record]:
     """Payees with their money, by (kind, id) after ``after``, within ``regions`` when given."""
     return await conn.fetch(
         """SELECT b.kind, b.id, b.name, b.region_code, a.id AS account_id,
@@ -185,22 +243,51 @@ async def beneficiary_report(conn: Conn, kind: str | None = None, ident: str | N
               AND ($4::text[] IS NULL OR b.region_code = ANY ($4))
               AND ($5::text IS NULL OR (b.kind, b.id) > ($5, $6::text))
             GROUP BY b.kind, b.id, a.id
-            ORDER BY b.kind, b.id LIMIT $3""", kind, ident, limit, regions, *(after or (None, None)))
+            ORDER BY b.kind, b.id LIMIT $3""",
+        kind,
+        ident,
+        limit,
+        regions,
+        *(after or (None, None)),
+    )
 
 
 # -- grants --------------------------------------------------------------------------
-async def insert_grant(conn: asyncpg.Connection, *, grant_id: uuid.UUID, fund_id: uuid.UUID, beneficiary_kind: str,
-                       beneficiary_id: str, beneficiary_name: str, purpose: str, region_code: str | None,
-                       amount_fen: int, approved_on: date, claim_id: uuid.UUID | None = None) -> int:
+async def insert_grant(
+    conn: asyncpg.Connection,
+    *,
+    grant_id: uuid.UUID,
+    fund_id: uuid.UUID,
+    beneficiary_kind: str,
+    beneficiary_id: str,
+    beneficiary_name: str,
+    purpose: str,
+    region_code: str | None,
+    amount_fen: int,
+    approved_on: date,
+    claim_id: uuid.UUID | None = None,
+) -> int:
     await conn.execute(
         """INSERT INTO grants (id, fund_id, beneficiary_kind, beneficiary_id, beneficiary_name, purpose, region_code,
                                amount_fen, approved_on, claim_id)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)""",
-        grant_id, fund_id, beneficiary_kind, beneficiary_id, beneficiary_name, purpose, region_code, amount_fen,
-        approved_on, claim_id)
+        grant_id,
+        fund_id,
+        beneficiary_kind,
+        beneficiary_id,
+        beneficiary_name,
+        purpose,
+        region_code,
+        amount_fen,
+        approved_on,
+        claim_id,
+    )
     return await conn.fetchval(
         "INSERT INTO accounts (kind, fund_id, grant_id, name) VALUES ('grant', $1, $2, $3) RETURNING id",
-        fund_id, grant_id, f"{beneficiary_name}: {purpose}"[:200])
+        fund_id,
+        grant_id,
+        f"{beneficiary_name}: {purpose}"[:200],
+    )
 
 
 _GRANT = """SELECT g.*, a.id AS account_id, a.balance AS remaining_fen, f.source_kind, f.fiscal_year,
@@ -228,9 +315,17 @@ async def grant_head(conn: Conn, grant_id: uuid.UUID) -> asyncpg.Record | None:
     return await conn.fetchrow("SELECT fund_id, region_code FROM grants WHERE id = $1", grant_id)
 
 
-async def list_grants(conn: Conn, *, fund_id: uuid.UUID | None, beneficiary_kind: str | None,
-                      beneficiary_id: str | None, status: str | None, regions: list[str] | None,
-                      after: tuple[Any, uuid.UUID] | None, limit: int) -> list[asyncpg.Record]:
+async def list_grants(
+    conn: Conn,
+    *,
+    fund_id: uuid.UUID | None,
+    beneficiary_kind: str | None,
+    beneficiary_id: str | None,
+    status: str | None,
+    regions: list[str] | None,
+    after: tuple[Any, uuid.UUID] | None,
+    limit: int,
+) -> list[asyncpg.Record]:
     return await conn.fetch(
         """SELECT g.*, a.id AS account_id, a.balance AS remaining_fen, f.source_kind, f.fiscal_year,
                   f.status AS fund_status
@@ -240,37 +335,67 @@ async def list_grants(conn: Conn, *, fund_id: uuid.UUID | None, beneficiary_kind
               AND ($5::text[] IS NULL OR g.region_code = ANY ($5))
               AND ($6::timestamptz IS NULL OR (g.created_at, g.id) > ($6, $7::uuid))
             ORDER BY g.created_at, g.id LIMIT $8""",
-        fund_id, beneficiary_kind, beneficiary_id, status, regions, *(after or (None, None)), limit)
+        fund_id,
+        beneficiary_kind,
+        beneficiary_id,
+        status,
+        regions,
+        *(after or (None, None)),
+        limit,
+    )
 
 
-async def pay_grant(conn: asyncpg.Connection, grant_id: uuid.UUID, amount_fen: int, *, on: date, memo: str | None,
-                    disbursement_id: uuid.UUID, reference: uuid.UUID | None,
-                    regions: list[str] | None) -> asyncpg.Record:
+async def pay_grant(
+    conn: asyncpg.Connection,
+    grant_id: uuid.UUID,
+    amount_fen: int,
+    *,
+    on: date,
+    memo: str | None,
+    disbursement_id: uuid.UUID,
+    reference: uuid.UUID | None,
+    regions: list[str] | None,
+) -> asyncpg.Record:
     """A payment in one round trip (the database's ``pay_grant``): ``outcome`` is paid, not_found (no such
     grant within ``regions``), not_open or insufficient, with the grant's facts and remaining balance."""
-    return await conn.fetchrow("SELECT * FROM pay_grant($1, $2, $3, $4, $5, $6, $7)",
-                               grant_id, amount_fen, on, memo, disbursement_id, reference, regions)
+    return await conn.fetchrow(
+        "SELECT * FROM pay_grant($1, $2, $3, $4, $5, $6, $7)",
+        grant_id,
+        amount_fen,
+        on,
+        memo,
+        disbursement_id,
+        reference,
+        regions,
+    )
 
 
 async def record_revocation(conn: asyncpg.Connection, grant_id: uuid.UUID, released_fen: int, on: date) -> None:
     await conn.execute(
         "UPDATE grants SET released_fen = released_fen + $2, status = 'revoked', closed_on = $3 WHERE id = $1",
-        grant_id, released_fen, on)
+        grant_id,
+        released_fen,
+        on,
+    )
 
 
 async def disbursements(conn: Conn, grant_id: uuid.UUID, after_entry: int | None, limit: int) -> list[asyncpg.Record]:
     """Payments under a grant in the order they were booked (by journal entry)."""
     return await conn.fetch(
         "SELECT * FROM disbursements WHERE grant_id = $1 AND ($2::bigint IS NULL OR entry_id > $2) "
-        "ORDER BY entry_id LIMIT $3", grant_id, after_entry, limit)
-
+        "ORDER BY entry_id LIMIT $3",
+        grant_id,
+        after_entry,
+        limit,
+    )
 
 
 # -- subsidy rules, routes and claims ----------------------------------------------------
 async def rules(conn: Conn, category: str | None = None) -> list[asyncpg.Record]:
     return await conn.fetch(
         "SELECT * FROM subsidy_rules WHERE ($1::text IS NULL OR category = $1) ORDER BY category, effective_from",
-        category)
+        category,
+    )
 
 
 def as_rules(rows: list[asyncpg.Record]) -> list[Rule]:
@@ -278,24 +403,36 @@ def as_rules(rows: list[asyncpg.Record]) -> list[Rule]:
 
 
 async def get_rule(conn: Conn, category: str, effective_from: date) -> asyncpg.Record | None:
-    return await conn.fetchrow("SELECT * FROM subsidy_rules WHERE category = $1 AND effective_from = $2",
-                               category, effective_from)
+    return await conn.fetchrow(
+        "SELECT * FROM subsidy_rules WHERE category = $1 AND effective_from = $2", category, effective_from
+    )
 
 
-async def upsert_rule(conn: asyncpg.Connection, category: str, effective_from: date, rate_fen: int,
-                      note: str | None) -> bool:
+async def upsert_rule(
+    conn: asyncpg.Connection, category: str, effective_from: date, rate_fen: int, note: str | None
+) -> bool:
     """True when the rule is new."""
     return await conn.fetchval(
         """INSERT INTO subsidy_rules (category, effective_from, rate_fen, note, origin) VALUES ($1, $2, $3, $4, 'api')
            ON CONFLICT (category, effective_from) DO UPDATE
               SET rate_fen = EXCLUDED.rate_fen, note = EXCLUDED.note, origin = 'api', updated_at = now()
-           RETURNING (xmax = 0)""", category, effective_from, rate_fen, note)
+           RETURNING (xmax = 0)""",
+        category,
+        effective_from,
+        rate_fen,
+        note,
+    )
 
 
 async def delete_rule(conn: asyncpg.Connection, category: str, effective_from: date) -> bool:
-    return await conn.fetchval(
-        "DELETE FROM subsidy_rules WHERE category = $1 AND effective_from = $2 RETURNING true",
-        category, effective_from) or False
+    return (
+        await conn.fetchval(
+            "DELETE FROM subsidy_rules WHERE category = $1 AND effective_from = $2 RETURNING true",
+            category,
+            effective_from,
+        )
+        or False
+    )
 
 
 async def seed_rules(conn: asyncpg.Connection, seeds: list[Rule]) -> bool:
@@ -304,18 +441,25 @@ async def seed_rules(conn: asyncpg.Connection, seeds: list[Rule]) -> bool:
     async with conn.transaction():
         await conn.execute("LOCK TABLE subsidy_rules IN SHARE ROW EXCLUSIVE MODE")
         for category in sorted({r.category for r in seeds}):
-            if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM subsidy_rules WHERE category = $1 AND origin = 'api')",
-                                   category):
+            if await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM subsidy_rules WHERE category = $1 AND origin = 'api')", category
+            ):
                 continue
             want = {(r.effective_from, r.rate_fen) for r in seeds if r.category == category}
-            have = {(r["effective_from"], r["rate_fen"]) for r in
-                    await conn.fetch("SELECT effective_from, rate_fen FROM subsidy_rules WHERE category = $1", category)}
+            have = {
+                (r["effective_from"], r["rate_fen"])
+                for r in await conn.fetch(
+                    "SELECT effective_from, rate_fen FROM subsidy_rules WHERE category = $1", category
+                )
+            }
             if want == have:
                 continue
             await conn.execute("DELETE FROM subsidy_rules WHERE category = $1", category)
             await conn.executemany(
                 "INSERT INTO subsidy_rules (category, effective_from, rate_fen, note, origin) "
-                "VALUES ($1, $2, $3, 'seed', 'seed')", [(category, d, fen) for d, fen in sorted(want)])
+                "VALUES ($1, $2, $3, 'seed', 'seed')",
+                [(category, d, fen) for d, fen in sorted(want)],
+            )
             changed = True
     return changed
 
@@ -323,21 +467,29 @@ async def seed_rules(conn: asyncpg.Connection, seeds: list[Rule]) -> bool:
 async def set_route(conn: asyncpg.Connection, category: str, year: int | None, fund_id: uuid.UUID) -> None:
     await conn.execute(
         """INSERT INTO subsidy_routes (category, year, fund_id) VALUES ($1, $2, $3)
-           ON CONFLICT ON CONSTRAINT subsidy_route_unique DO UPDATE SET fund_id = EXCLUDED.fund_id, updated_at = now()""",
-        category, year, fund_id)
+           ON CONFLICT ON CONSTRAINT subsidy_route_unique
+           DO UPDATE SET fund_id = EXCLUDED.fund_id, updated_at = now()""",
+        category,
+        year,
+        fund_id,
+    )
 
 
 async def routes(conn: Conn) -> list[asyncpg.Record]:
     return await conn.fetch(
         """SELECT r.*, f.name AS fund_name, f.source_kind, f.fiscal_year, f.status AS fund_status
-             FROM subsidy_routes r JOIN funds f ON f.id = r.fund_id ORDER BY r.category, r.year NULLS FIRST""")
+             FROM subsidy_routes r JOIN funds f ON f.id = r.fund_id ORDER BY r.category, r.year NULLS FIRST"""
+    )
 
 
 async def route_for(conn: Conn, category: str, year: int) -> uuid.UUID | None:
     """The fund for this category and year, else the category's any-year fund."""
     return await conn.fetchval(
         """SELECT fund_id FROM subsidy_routes WHERE category = $1 AND (year = $2 OR year IS NULL)
-            ORDER BY year NULLS LAST LIMIT 1""", category, year)
+            ORDER BY year NULLS LAST LIMIT 1""",
+        category,
+        year,
+    )
 
 
 async def claim_by_session(conn: Conn, session_id: uuid.UUID) -> asyncpg.Record | None:
@@ -345,34 +497,53 @@ async def claim_by_session(conn: Conn, session_id: uuid.UUID) -> asyncpg.Record 
 
 
 async def get_claim(conn: Conn, claim_id: uuid.UUID, *, lock: bool = False) -> asyncpg.Record | None:
-    return await conn.fetchrow("SELECT * FROM subsidy_claims WHERE id = $1" + (" FOR NO KEY UPDATE" if lock else ""),
-                               claim_id)
+    return await conn.fetchrow(
+        "SELECT * FROM subsidy_claims WHERE id = $1" + (" FOR NO KEY UPDATE" if lock else ""), claim_id
+    )
 
 
 async def insert_claim(conn: asyncpg.Connection, claim: dict[str, Any]) -> None:
     columns = list(claim)
     await conn.execute(
-        f"INSERT INTO subsidy_claims ({', '.join(columns)}) VALUES ({', '.join(f'${i + 1}' for i in range(len(columns)))})",
-        *claim.values())
+        f"INSERT INTO subsidy_claims ({', '.join(columns)}) "
+        f"VALUES ({', '.join(f'${i + 1}' for i in range(len(columns)))})",
+        *claim.values(),
+    )
 
 
 async def update_claim(conn: asyncpg.Connection, claim_id: uuid.UUID, changes: dict[str, Any]) -> None:
     columns = list(changes)
     sets = ", ".join(f"{c} = ${i + 2}" for i, c in enumerate(columns))
-    await conn.execute(f"UPDATE subsidy_claims SET {sets}, attempts = attempts + 1, updated_at = now() WHERE id = $1",
-                       claim_id, *changes.values())
+    await conn.execute(
+        f"UPDATE subsidy_claims SET {sets}, attempts = attempts + 1, updated_at = now() WHERE id = $1",
+        claim_id,
+        *changes.values(),
+    )
 
 
-async def list_claims(conn: Conn, *, status: str | None, session_id: uuid.UUID | None, organiser_id: str | None,
-                      regions: list[str] | None, after: tuple[Any, uuid.UUID] | None,
-                      limit: int) -> list[asyncpg.Record]:
+async def list_claims(
+    conn: Conn,
+    *,
+    status: str | None,
+    session_id: uuid.UUID | None,
+    organiser_id: str | None,
+    regions: list[str] | None,
+    after: tuple[Any, uuid.UUID] | None,
+    limit: int,
+) -> list[asyncpg.Record]:
     return await conn.fetch(
         """SELECT * FROM subsidy_claims
             WHERE ($1::text IS NULL OR status = $1) AND ($2::uuid IS NULL OR session_id = $2)
               AND ($3::text IS NULL OR organiser_id = $3) AND ($4::text[] IS NULL OR region_code = ANY ($4))
               AND ($5::timestamptz IS NULL OR (created_at, id) > ($5, $6::uuid))
             ORDER BY created_at, id LIMIT $7""",
-        status, session_id, organiser_id, regions, *(after or (None, None)), limit)
+        status,
+        session_id,
+        organiser_id,
+        regions,
+        *(after or (None, None)),
+        limit,
+    )
 
 
 # -- the ledger check ------------------------------------------------------------------
@@ -382,15 +553,19 @@ async def ledger_check(conn: Conn) -> dict[str, Any]:
     unbalanced = await conn.fetch(
         """SELECT e.id, coalesce(sum(l.amount), 0) AS total, count(l.id) AS n
              FROM journal_entries e LEFT JOIN journal_lines l ON l.entry_id = e.id
-            GROUP BY e.id HAVING coalesce(sum(l.amount), 0) <> 0 OR count(l.id) < 2""")
+            GROUP BY e.id HAVING coalesce(sum(l.amount), 0) <> 0 OR count(l.id) < 2"""
+    )
     violations += [f"entry {r['id']}: {r['n']} line(s) summing to {r['total']}" for r in unbalanced]
     drifted = await conn.fetch(
         """SELECT a.id, a.kind, a.balance, coalesce(s.total, 0) AS derived
-             FROM accounts a LEFT JOIN (SELECT account_id, sum(amount) AS total FROM journal_lines GROUP BY account_id) s
+             FROM accounts a
+             LEFT JOIN (SELECT account_id, sum(amount) AS total FROM journal_lines GROUP BY account_id) s
                ON s.account_id = a.id
-            WHERE a.balance <> coalesce(s.total, 0)""")
-    violations += [f"account {r['id']} ({r['kind']}): cached balance {r['balance']} != lines {r['derived']}"
-                   for r in drifted]
+            WHERE a.balance <> coalesce(s.total, 0)"""
+    )
+    violations += [
+        f"account {r['id']} ({r['kind']}): cached balance {r['balance']} != lines {r['derived']}" for r in drifted
+    ]
     negative = await conn.fetch("SELECT id, kind, balance FROM accounts WHERE kind <> 'source' AND balance < 0")
     violations += [f"account {r['id']} ({r['kind']}) below zero: {r['balance']}" for r in negative]
     total = await conn.fetchval("SELECT coalesce(sum(balance), 0) FROM accounts")
@@ -406,27 +581,41 @@ async def ledger_check(conn: Conn) -> dict[str, Any]:
                   (SELECT coalesce(sum(d.amount_fen), 0) FROM disbursements d WHERE d.grant_id = g.id) AS disbursed,
                   (SELECT coalesce(sum(l.amount), 0) FROM journal_lines l JOIN journal_entries e ON e.id = l.entry_id
                     WHERE e.grant_id = g.id AND e.kind = 'disbursement' AND l.account_id <> a.id) AS paid_in_ledger
-             FROM grants g JOIN accounts a ON a.kind = 'grant' AND a.grant_id = g.id""")
+             FROM grants g JOIN accounts a ON a.kind = 'grant' AND a.grant_id = g.id"""
+    )
     for g in grants:
         if g["balance"] != g["amount_fen"] - g["paid_fen"] - g["released_fen"]:
-            violations.append(f"grant {g['id']}: account {g['balance']} != amount {g['amount_fen']} - paid "
-                              f"{g['paid_fen']} - released {g['released_fen']}")
+            violations.append(
+                f"grant {g['id']}: account {g['balance']} != amount {g['amount_fen']} - paid "
+                f"{g['paid_fen']} - released {g['released_fen']}"
+            )
         if not (g["paid_fen"] == g["disbursed"] == g["paid_in_ledger"]):
-            violations.append(f"grant {g['id']}: paid {g['paid_fen']}, disbursements {g['disbursed']}, "
-                              f"ledger {g['paid_in_ledger']} disagree")
+            violations.append(
+                f"grant {g['id']}: paid {g['paid_fen']}, disbursements {g['disbursed']}, "
+                f"ledger {g['paid_in_ledger']} disagree"
+            )
         if g["status"] != "open" and g["balance"] != 0:
             violations.append(f"grant {g['id']} is {g['status']} but still holds {g['balance']}")
         if g["status"] == "open" and g["balance"] == 0:
             violations.append(f"grant {g['id']} is open with nothing left to pay")
     claims = await conn.fetch(
         """SELECT c.id, c.persons, c.rate_fen, c.amount_fen, d.amount_fen AS paid
-             FROM subsidy_claims c JOIN disbursements d ON d.id = c.disbursement_id WHERE c.status = 'paid'""")
+             FROM subsidy_claims c JOIN disbursements d ON d.id = c.disbursement_id WHERE c.status = 'paid'"""
+    )
     for c in claims:
         if not (c["amount_fen"] == c["persons"] * c["rate_fen"] == c["paid"]):
-            violations.append(f"claim {c['id']}: {c['persons']} × {c['rate_fen']} != amount {c['amount_fen']} "
-                              f"or paid {c['paid']}")
+            violations.append(
+                f"claim {c['id']}: {c['persons']} × {c['rate_fen']} != amount {c['amount_fen']} or paid {c['paid']}"
+            )
     counts = await conn.fetchrow(
         """SELECT (SELECT count(*) FROM journal_entries) AS entries, (SELECT count(*) FROM journal_lines) AS lines,
-                  (SELECT count(*) FROM accounts) AS accounts""")
-    return {"ok": not violations, "violations": violations, "funds": len(funds), "grants": len(grants),
-            "paid_claims": len(claims), **dict(counts)}
+                  (SELECT count(*) FROM accounts) AS accounts"""
+    )
+    return {
+        "ok": not violations,
+        "violations": violations,
+        "funds": len(funds),
+        "grants": len(grants),
+        "paid_claims": len(claims),
+        **dict(counts),
+    }

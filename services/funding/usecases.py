@@ -13,6 +13,7 @@ Locks are taken in one order — fund row, then grant row, then (inside the data
 grant account's ``CHECK (balance >= 0)`` refuses the overdraft, and the refusal becomes a 409
 ``insufficient-funds`` carrying the balance.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -29,7 +30,14 @@ from shared.auth import Principal
 from shared.errors import Invalid, NotFound
 from shared.events import EventData
 from shared.events.funding import (
-    FundClosed, FundOpened, FundsDisbursed, FundToppedUp, GrantApproved, GrantRevoked, SubsidyClaimed, SubsidyPaid,
+    FundClosed,
+    FundOpened,
+    FundsDisbursed,
+    FundToppedUp,
+    GrantApproved,
+    GrantRevoked,
+    SubsidyClaimed,
+    SubsidyPaid,
     SubsidyRejected,
 )
 from shared.events.training import SessionCompleted
@@ -37,10 +45,14 @@ from shared.logging import trace_id_var
 from shared.privacy import scrub_text
 from shared.regions import REGION_ROOT
 
-CLAIMS = Counter("changai_funding_subsidy_claims_total", "Subsidy claims settled (retries included)",
-                 ["category", "outcome", "reason"])
-REFUSED = Counter("changai_funding_overdrafts_refused_total",
-                  "Grants and payments the ledger refused for lack of money", ["account"])
+CLAIMS = Counter(
+    "changai_funding_subsidy_claims_total",
+    "Subsidy claims settled (retries included)",
+    ["category", "outcome", "reason"],
+)
+REFUSED = Counter(
+    "changai_funding_overdrafts_refused_total", "Grants and payments the ledger refused for lack of money", ["account"]
+)
 
 # The subsidy saga acts for the federation: its grants go to the region the training event names.
 SAGA = Principal("funding.subsidy-saga", frozenset({"funding:write", domain.ADMIN_SCOPE}), REGION_ROOT)
@@ -51,8 +63,16 @@ async def emit(conn: asyncpg.Connection, *events: EventData) -> None:
         await outbox.add(conn, event, trace_id=trace_id_var.get())
 
 
-async def _post_within(conn: asyncpg.Connection, account_kind: str, debited_account: int, amount_fen: int,
-                       kind: str, fund_id: uuid.UUID, lines: list[tuple[int, int]], **kw: Any) -> int:
+async def _post_within(
+    conn: asyncpg.Connection,
+    account_kind: str,
+    debited_account: int,
+    amount_fen: int,
+    kind: str,
+    fund_id: uuid.UUID,
+    lines: list[tuple[int, int]],
+    **kw: Any,
+) -> int:
     """Post an entry that takes ``amount_fen`` out of ``debited_account``; its CHECK refuses an overdraft."""
     try:
         async with conn.transaction():  # a savepoint: after a refusal the transaction can still read the balance
@@ -61,8 +81,9 @@ async def _post_within(conn: asyncpg.Connection, account_kind: str, debited_acco
         if exc.constraint_name != "account_no_overdraft":
             raise
         REFUSED.labels(account_kind).inc()
-        raise domain.insufficient(account_kind, debited_account, await store.account_balance(conn, debited_account),
-                                  amount_fen) from None
+        raise domain.insufficient(
+            account_kind, debited_account, await store.account_balance(conn, debited_account), amount_fen
+        ) from None
 
 
 # -- funds (region-wide: funding:admin and a region-level token) -------------------------------
@@ -73,10 +94,25 @@ async def open_fund(conn: asyncpg.Connection, cmd: domain.FundIn, actor: Princip
     fund_account = await store.insert_fund(conn, fund_id, cmd.name, cmd.source_kind.value, cmd.fiscal_year, on)
     if cmd.amount > 0:
         source = await store.source_account(conn, cmd.source_kind.value)
-        await store.post_entry(conn, "fund_opened", fund_id, [(source, -cmd.amount), (fund_account, cmd.amount)],
-                               on=on, memo=f"opened: {cmd.name}")
-    await emit(conn, FundOpened(fund_id=fund_id, name=cmd.name, source_kind=cmd.source_kind,
-                                fiscal_year=cmd.fiscal_year, amount_fen=cmd.amount, region_code=REGION_ROOT))
+        await store.post_entry(
+            conn,
+            "fund_opened",
+            fund_id,
+            [(source, -cmd.amount), (fund_account, cmd.amount)],
+            on=on,
+            memo=f"opened: {cmd.name}",
+        )
+    await emit(
+        conn,
+        FundOpened(
+            fund_id=fund_id,
+            name=cmd.name,
+            source_kind=cmd.source_kind,
+            fiscal_year=cmd.fiscal_year,
+            amount_fen=cmd.amount,
+            region_code=REGION_ROOT,
+        ),
+    )
     return fund_id
 
 
@@ -89,20 +125,37 @@ async def _open_fund_locked(conn: asyncpg.Connection, fund_id: uuid.UUID) -> asy
     return fund
 
 
-async def top_up(conn: asyncpg.Connection, fund_id: uuid.UUID, cmd: domain.TopUpIn, actor: Principal,
-                 today: date) -> None:
+async def top_up(
+    conn: asyncpg.Connection, fund_id: uuid.UUID, cmd: domain.TopUpIn, actor: Principal, today: date
+) -> None:
     domain.ensure_admin(actor)
     fund = await _open_fund_locked(conn, fund_id)
     source = await store.source_account(conn, fund["source_kind"])
-    await store.post_entry(conn, "fund_topped_up", fund_id, [(source, -cmd.amount), (fund["account_id"], cmd.amount)],
-                           on=today, memo=cmd.note or "top-up")
+    await store.post_entry(
+        conn,
+        "fund_topped_up",
+        fund_id,
+        [(source, -cmd.amount), (fund["account_id"], cmd.amount)],
+        on=today,
+        memo=cmd.note or "top-up",
+    )
     total = store.figures_of((await store.fund_figures(conn, [fund_id]))[0]).total_fen
-    await emit(conn, FundToppedUp(fund_id=fund_id, source_kind=fund["source_kind"], fiscal_year=fund["fiscal_year"],
-                                  amount_fen=cmd.amount, total_fen=total, region_code=REGION_ROOT))
+    await emit(
+        conn,
+        FundToppedUp(
+            fund_id=fund_id,
+            source_kind=fund["source_kind"],
+            fiscal_year=fund["fiscal_year"],
+            amount_fen=cmd.amount,
+            total_fen=total,
+            region_code=REGION_ROOT,
+        ),
+    )
 
 
-async def close_fund(conn: asyncpg.Connection, fund_id: uuid.UUID, cmd: domain.CloseIn, actor: Principal,
-                     today: date) -> int:
+async def close_fund(
+    conn: asyncpg.Connection, fund_id: uuid.UUID, cmd: domain.CloseIn, actor: Principal, today: date
+) -> int:
     """Returns the unspent money to its budget source; refused while grants hold unpaid money."""
     domain.ensure_admin(actor)
     fund = await _open_fund_locked(conn, fund_id)
@@ -112,11 +165,25 @@ async def close_fund(conn: asyncpg.Connection, fund_id: uuid.UUID, cmd: domain.C
     unspent = fund["available_fen"]
     if unspent:
         source = await store.source_account(conn, fund["source_kind"])
-        await store.post_entry(conn, "fund_closed", fund_id, [(fund["account_id"], -unspent), (source, unspent)],
-                               on=today, memo=cmd.reason or "closed: unspent money returned")
+        await store.post_entry(
+            conn,
+            "fund_closed",
+            fund_id,
+            [(fund["account_id"], -unspent), (source, unspent)],
+            on=today,
+            memo=cmd.reason or "closed: unspent money returned",
+        )
     await store.close_fund(conn, fund_id, today)
-    await emit(conn, FundClosed(fund_id=fund_id, source_kind=fund["source_kind"], fiscal_year=fund["fiscal_year"],
-                                unspent_fen=unspent, region_code=REGION_ROOT))
+    await emit(
+        conn,
+        FundClosed(
+            fund_id=fund_id,
+            source_kind=fund["source_kind"],
+            fiscal_year=fund["fiscal_year"],
+            unspent_fen=unspent,
+            region_code=REGION_ROOT,
+        ),
+    )
     return unspent
 
 
@@ -128,8 +195,9 @@ async def get_fund(conn, fund_id: uuid.UUID, actor: Principal) -> asyncpg.Record
     return rows[0]
 
 
-async def list_funds(conn, actor: Principal, *, source_kind: str | None, fiscal_year: int | None,
-                     after: tuple | None, limit: int) -> list[asyncpg.Record]:
+async def list_funds(
+    conn, actor: Principal, *, source_kind: str | None, fiscal_year: int | None, after: tuple | None, limit: int
+) -> list[asyncpg.Record]:
     return await store.fund_figures(conn, None, source_kind, fiscal_year, after=after, limit=limit + 1)
 
 
@@ -140,14 +208,32 @@ async def approve_grant(conn: asyncpg.Connection, cmd: domain.GrantIn, actor: Pr
     if payee is not None:  # naming a payee of another city is addressing a record out of scope
         actor.ensure_visible(payee["region_code"], "beneficiary", f"{kind}/{cmd.beneficiary_id}")
     region = domain.grant_region(actor, cmd.region_code, payee["region_code"] if payee else None)
-    return await _approve(conn, fund_id=cmd.fund_id, beneficiary_kind=kind, beneficiary_id=cmd.beneficiary_id,
-                          beneficiary_name=cmd.beneficiary_name, purpose=cmd.purpose, region_code=region,
-                          amount_fen=cmd.amount, on=cmd.approved_on or today)
+    return await _approve(
+        conn,
+        fund_id=cmd.fund_id,
+        beneficiary_kind=kind,
+        beneficiary_id=cmd.beneficiary_id,
+        beneficiary_name=cmd.beneficiary_name,
+        purpose=cmd.purpose,
+        region_code=region,
+        amount_fen=cmd.amount,
+        on=cmd.approved_on or today,
+    )
 
 
-async def _approve(conn: asyncpg.Connection, *, fund_id: uuid.UUID, beneficiary_kind: str, beneficiary_id: str,
-                   beneficiary_name: str, purpose: str, region_code: str, amount_fen: int, on: date,
-                   claim_id: uuid.UUID | None = None) -> uuid.UUID:
+async def _approve(
+    conn: asyncpg.Connection,
+    *,
+    fund_id: uuid.UUID,
+    beneficiary_kind: str,
+    beneficiary_id: str,
+    beneficiary_name: str,
+    purpose: str,
+    region_code: str,
+    amount_fen: int,
+    on: date,
+    claim_id: uuid.UUID | None = None,
+) -> uuid.UUID:
     fund = await store.lock_fund(conn, fund_id)
     if fund is None:
         raise Invalid("fund_id", "no such fund")
@@ -156,21 +242,52 @@ async def _approve(conn: asyncpg.Connection, *, fund_id: uuid.UUID, beneficiary_
     await store.upsert_beneficiary(conn, beneficiary_kind, beneficiary_id, beneficiary_name, region_code)
     grant_id = uuid.uuid4()
     grant_account = await store.insert_grant(
-        conn, grant_id=grant_id, fund_id=fund_id, beneficiary_kind=beneficiary_kind, beneficiary_id=beneficiary_id,
-        beneficiary_name=beneficiary_name, purpose=purpose, region_code=region_code, amount_fen=amount_fen,
-        approved_on=on, claim_id=claim_id)
-    await _post_within(conn, "fund", fund["account_id"], amount_fen, "grant_approved", fund_id,
-                       [(fund["account_id"], -amount_fen), (grant_account, amount_fen)],
-                       on=on, grant_id=grant_id, reference=claim_id, memo=purpose[:200])
-    await emit(conn, GrantApproved(
-        grant_id=grant_id, fund_id=fund_id, source_kind=fund["source_kind"], fiscal_year=fund["fiscal_year"],
-        beneficiary_kind=beneficiary_kind, beneficiary_id=beneficiary_id, beneficiary_name=beneficiary_name,
-        purpose=purpose, region_code=region_code, amount_fen=amount_fen))
+        conn,
+        grant_id=grant_id,
+        fund_id=fund_id,
+        beneficiary_kind=beneficiary_kind,
+        beneficiary_id=beneficiary_id,
+        beneficiary_name=beneficiary_name,
+        purpose=purpose,
+        region_code=region_code,
+        amount_fen=amount_fen,
+        approved_on=on,
+        claim_id=claim_id,
+    )
+    await _post_within(
+        conn,
+        "fund",
+        fund["account_id"],
+        amount_fen,
+        "grant_approved",
+        fund_id,
+        [(fund["account_id"], -amount_fen), (grant_account, amount_fen)],
+        on=on,
+        grant_id=grant_id,
+        reference=claim_id,
+        memo=purpose[:200],
+    )
+    await emit(
+        conn,
+        GrantApproved(
+            grant_id=grant_id,
+            fund_id=fund_id,
+            source_kind=fund["source_kind"],
+            fiscal_year=fund["fiscal_year"],
+            beneficiary_kind=beneficiary_kind,
+            beneficiary_id=beneficiary_id,
+            beneficiary_name=beneficiary_name,
+            purpose=purpose,
+            region_code=region_code,
+            amount_fen=amount_fen,
+        ),
+    )
     return grant_id
 
 
-async def revoke_grant(conn: asyncpg.Connection, grant_id: uuid.UUID, cmd: domain.RevokeIn, actor: Principal,
-                       today: date) -> int:
+async def revoke_grant(
+    conn: asyncpg.Connection, grant_id: uuid.UUID, cmd: domain.RevokeIn, actor: Principal, today: date
+) -> int:
     """Releases the unpaid rest of a grant back to its fund; returns it (fen)."""
     head = await store.grant_head(conn, grant_id)
     if head is None:
@@ -178,22 +295,39 @@ async def revoke_grant(conn: asyncpg.Connection, grant_id: uuid.UUID, cmd: domai
     actor.ensure_visible(head["region_code"], "grant", grant_id)
     fund = await store.lock_fund(conn, head["fund_id"])  # fund before grant: the one lock order
     grant = await store.lock_grant(conn, grant_id)
+    assert fund is not None and grant is not None  # the grant exists (head) and grants are never deleted
     if grant["status"] != "open":
         raise domain.grant_not_open(grant_id, grant["status"], "nothing left to revoke")
     released = grant["remaining_fen"]
-    await store.post_entry(conn, "grant_revoked", head["fund_id"],
-                           [(grant["account_id"], -released), (fund["account_id"], released)],
-                           on=today, grant_id=grant_id, memo=cmd.reason or "revoked: unpaid rest released")
+    await store.post_entry(
+        conn,
+        "grant_revoked",
+        head["fund_id"],
+        [(grant["account_id"], -released), (fund["account_id"], released)],
+        on=today,
+        grant_id=grant_id,
+        memo=cmd.reason or "revoked: unpaid rest released",
+    )
     await store.record_revocation(conn, grant_id, released, today)
-    await emit(conn, GrantRevoked(grant_id=grant_id, fund_id=head["fund_id"], source_kind=grant["source_kind"],
-                                  fiscal_year=grant["fiscal_year"], beneficiary_kind=grant["beneficiary_kind"],
-                                  released_fen=released, region_code=grant["region_code"]))
+    await emit(
+        conn,
+        GrantRevoked(
+            grant_id=grant_id,
+            fund_id=head["fund_id"],
+            source_kind=grant["source_kind"],
+            fiscal_year=grant["fiscal_year"],
+            beneficiary_kind=grant["beneficiary_kind"],
+            released_fen=released,
+            region_code=grant["region_code"],
+        ),
+    )
     return released
 
 
 @dataclass(frozen=True)
 class Payment:
     """A disbursement just made, and its grant after it."""
+
     id: uuid.UUID
     grant_id: uuid.UUID
     amount_fen: int
@@ -204,34 +338,64 @@ class Payment:
     grant_status: str
 
 
-async def disburse(conn: asyncpg.Connection, grant_id: uuid.UUID, cmd: domain.DisbursementIn, actor: Principal,
-                   today: date) -> Payment:
+async def disburse(
+    conn: asyncpg.Connection, grant_id: uuid.UUID, cmd: domain.DisbursementIn, actor: Principal, today: date
+) -> Payment:
     # The region rule is applied by the database's pay_grant (a grant outside these regions is not found),
     # so a payment stays one round trip.
     regions = None if actor.region == REGION_ROOT else actor.scope_codes()
     return await _pay(conn, grant_id, cmd.amount, on=cmd.paid_on or today, memo=cmd.memo, regions=regions)
 
 
-async def _pay(conn: asyncpg.Connection, grant_id: uuid.UUID, amount_fen: int, *, on: date, memo: str | None,
-               reference: uuid.UUID | None = None, regions: list[str] | None = None) -> Payment:
+async def _pay(
+    conn: asyncpg.Connection,
+    grant_id: uuid.UUID,
+    amount_fen: int,
+    *,
+    on: date,
+    memo: str | None,
+    reference: uuid.UUID | None = None,
+    regions: list[str] | None = None,
+) -> Payment:
     disbursement_id = uuid.uuid4()
-    paid = await store.pay_grant(conn, grant_id, amount_fen, on=on, memo=memo, disbursement_id=disbursement_id,
-                                 reference=reference, regions=regions)
+    paid = await store.pay_grant(
+        conn,
+        grant_id,
+        amount_fen,
+        on=on,
+        memo=memo,
+        disbursement_id=disbursement_id,
+        reference=reference,
+        regions=regions,
+    )
     if paid["outcome"] == "not_found":
         raise NotFound("grant", grant_id)
     if paid["outcome"] == "not_open":
-        raise domain.grant_not_open(grant_id, paid["status"], "no more payments",
-                                    balance=domain.fen_str(paid["remaining_fen"]))
+        raise domain.grant_not_open(
+            grant_id, paid["status"], "no more payments", balance=domain.fen_str(paid["remaining_fen"])
+        )
     if paid["outcome"] == "insufficient":
         REFUSED.labels("grant").inc()
         raise domain.insufficient("grant", paid["account_id"], paid["remaining_fen"], amount_fen)
-    await emit(conn, FundsDisbursed(
-        disbursement_id=disbursement_id, grant_id=grant_id, fund_id=paid["fund_id"], source_kind=paid["source_kind"],
-        fiscal_year=paid["fiscal_year"], beneficiary_kind=paid["beneficiary_kind"],
-        beneficiary_id=paid["beneficiary_id"], amount_fen=amount_fen, grant_remaining_fen=paid["remaining_fen"],
-        paid_on=on, region_code=paid["region_code"]))
-    return Payment(disbursement_id, grant_id, amount_fen, on, memo, paid["entry_id"], paid["remaining_fen"],
-                   paid["status"])
+    await emit(
+        conn,
+        FundsDisbursed(
+            disbursement_id=disbursement_id,
+            grant_id=grant_id,
+            fund_id=paid["fund_id"],
+            source_kind=paid["source_kind"],
+            fiscal_year=paid["fiscal_year"],
+            beneficiary_kind=paid["beneficiary_kind"],
+            beneficiary_id=paid["beneficiary_id"],
+            amount_fen=amount_fen,
+            grant_remaining_fen=paid["remaining_fen"],
+            paid_on=on,
+            region_code=paid["region_code"],
+        ),
+    )
+    return Payment(
+        disbursement_id, grant_id, amount_fen, on, memo, paid["entry_id"], paid["remaining_fen"], paid["status"]
+    )
 
 
 async def get_grant(conn, grant_id: uuid.UUID, actor: Principal) -> asyncpg.Record:
@@ -242,23 +406,41 @@ async def get_grant(conn, grant_id: uuid.UUID, actor: Principal) -> asyncpg.Reco
     return grant
 
 
-async def list_grants(conn, actor: Principal, *, fund_id: uuid.UUID | None, beneficiary_kind: str | None,
-                      beneficiary_id: str | None, status: str | None, region: str | None, after: tuple | None,
-                      limit: int) -> list[asyncpg.Record]:
-    return await store.list_grants(conn, fund_id=fund_id, beneficiary_kind=beneficiary_kind,
-                                   beneficiary_id=beneficiary_id, status=status, regions=actor.scope_codes(region),
-                                   after=after, limit=limit + 1)
+async def list_grants(
+    conn,
+    actor: Principal,
+    *,
+    fund_id: uuid.UUID | None,
+    beneficiary_kind: str | None,
+    beneficiary_id: str | None,
+    status: str | None,
+    region: str | None,
+    after: tuple | None,
+    limit: int,
+) -> list[asyncpg.Record]:
+    return await store.list_grants(
+        conn,
+        fund_id=fund_id,
+        beneficiary_kind=beneficiary_kind,
+        beneficiary_id=beneficiary_id,
+        status=status,
+        regions=actor.scope_codes(region),
+        after=after,
+        limit=limit + 1,
+    )
 
 
-async def list_disbursements(conn, grant_id: uuid.UUID, actor: Principal, *, after: int | None,
-                             limit: int) -> list[asyncpg.Record]:
+async def list_disbursements(
+    conn, grant_id: uuid.UUID, actor: Principal, *, after: int | None, limit: int
+) -> list[asyncpg.Record]:
     await get_grant(conn, grant_id, actor)
     return await store.disbursements(conn, grant_id, after, limit + 1)
 
 
 # -- payees (beneficiaries) ------------------------------------------------------------------
-async def put_beneficiary(conn: asyncpg.Connection, kind: str, ident: str, cmd: domain.BeneficiaryIn,
-                          actor: Principal) -> tuple[asyncpg.Record, bool]:
+async def put_beneficiary(
+    conn: asyncpg.Connection, kind: str, ident: str, cmd: domain.BeneficiaryIn, actor: Principal
+) -> tuple[asyncpg.Record, bool]:
     """Register (or rename) a payee: (its figures, created?). A registered payee keeps its region."""
     if cmd.region_code is not None:
         actor.ensure_region(cmd.region_code)
@@ -277,15 +459,18 @@ async def get_beneficiary(conn, kind: str, ident: str, actor: Principal) -> asyn
     return rows[0]
 
 
-async def report_beneficiaries(conn, actor: Principal, *, kind: str | None, region: str | None,
-                               after: tuple | None, limit: int) -> list[asyncpg.Record]:
-    return await store.beneficiary_report(conn, kind, None, regions=actor.scope_codes(region), after=after,
-                                          limit=limit + 1)
+async def report_beneficiaries(
+    conn, actor: Principal, *, kind: str | None, region: str | None, after: tuple | None, limit: int
+) -> list[asyncpg.Record]:
+    return await store.beneficiary_report(
+        conn, kind, None, regions=actor.scope_codes(region), after=after, limit=limit + 1
+    )
 
 
 # -- subsidy rules and routes (region-wide) -------------------------------------------------------
-async def put_rule(conn: asyncpg.Connection, category: str, effective_from: date, cmd: domain.RuleIn,
-                   actor: Principal) -> tuple[asyncpg.Record, bool]:
+async def put_rule(
+    conn: asyncpg.Connection, category: str, effective_from: date, cmd: domain.RuleIn, actor: Principal
+) -> tuple[asyncpg.Record, bool]:
     domain.ensure_admin(actor)
     created = await store.upsert_rule(conn, category, effective_from, cmd.rate, cmd.note)
     return await store.get_rule(conn, category, effective_from), created
@@ -301,14 +486,15 @@ async def list_rules(conn, *, category: str | None, on: date | None) -> list[asy
     """Every rule, or the one in force on ``on`` per category; by (category, effective_from)."""
     rows = await store.rules(conn, category)
     if on is not None:
-        in_force = {c: domain.rule_in_force([r for r in store.as_rules(rows) if r.category == c], on)
-                    for c in {r["category"] for r in rows}}
+        in_force = {
+            c: domain.rule_in_force([r for r in store.as_rules(rows) if r.category == c], on)
+            for c in {r["category"] for r in rows}
+        }
         rows = [r for r in rows if (rule := in_force.get(r["category"])) and rule.effective_from == r["effective_from"]]
     return rows
 
 
-async def put_route(conn: asyncpg.Connection, category: str, cmd: domain.RouteIn,
-                    actor: Principal) -> asyncpg.Record:
+async def put_route(conn: asyncpg.Connection, category: str, cmd: domain.RouteIn, actor: Principal) -> asyncpg.Record:
     domain.ensure_admin(actor)
     fund = await store.get_fund(conn, cmd.fund_id)
     if fund is None:
@@ -324,28 +510,48 @@ async def list_routes(conn) -> list[asyncpg.Record]:
 
 
 # -- the subsidy saga -----------------------------------------------------------------------
-async def claim_subsidy(conn: asyncpg.Connection, event_id: uuid.UUID, data: SessionCompleted, today: date, *,
-                        auto_register_organisers: bool = False) -> dict[str, Any] | None:
+async def claim_subsidy(
+    conn: asyncpg.Connection,
+    event_id: uuid.UUID,
+    data: SessionCompleted,
+    today: date,
+    *,
+    auto_register_organisers: bool = False,
+) -> dict[str, Any] | None:
     """A completed session's claim, settled (paid or rejected) in the caller's transaction; None when the
     session was already claimed (under another event id)."""
     if await store.claim_by_session(conn, data.session_id) is not None:
         return None
     claim = {
-        "id": uuid.uuid4(), "session_id": data.session_id, "event_id": event_id,
-        "programme_id": data.programme_id, "programme_name": data.programme_name, "session_number": data.number,
-        "organiser_id": data.organiser_id, "organiser_kind": data.organiser_kind.value,
-        "organiser_name": data.organiser_name, "category": data.subsidy_category.value,
-        "region_code": data.region_code, "city_code": data.city_code,
+        "id": uuid.uuid4(),
+        "session_id": data.session_id,
+        "event_id": event_id,
+        "programme_id": data.programme_id,
+        "programme_name": data.programme_name,
+        "session_number": data.number,
+        "organiser_id": data.organiser_id,
+        "organiser_kind": data.organiser_kind.value,
+        "organiser_name": data.organiser_name,
+        "category": data.subsidy_category.value,
+        "region_code": data.region_code,
+        "city_code": data.city_code,
         "persons": domain.eligible_persons(data.eligible_member_ids, data.eligible_persons),
-        "member_ids": sorted(set(data.eligible_member_ids)), "completed_on": data.completed_on,
+        "member_ids": sorted(set(data.eligible_member_ids)),
+        "completed_on": data.completed_on,
     }
     outcome = await settle_claim(conn, claim, today, auto_register_organisers=auto_register_organisers)
     await store.insert_claim(conn, {**claim, **outcome})
     return {**claim, **outcome}
 
 
-async def retry_claim(conn: asyncpg.Connection, claim_id: uuid.UUID, actor: Principal, today: date, *,
-                      auto_register_organisers: bool = False) -> asyncpg.Record:
+async def retry_claim(
+    conn: asyncpg.Connection,
+    claim_id: uuid.UUID,
+    actor: Principal,
+    today: date,
+    *,
+    auto_register_organisers: bool = False,
+) -> asyncpg.Record:
     """Settle a rejected claim again (after a top-up, a new rule or route, a registered organiser)."""
     claim = await store.get_claim(conn, claim_id, lock=True)
     if claim is None:
@@ -358,8 +564,9 @@ async def retry_claim(conn: asyncpg.Connection, claim_id: uuid.UUID, actor: Prin
     return await store.get_claim(conn, claim_id)
 
 
-async def settle_claim(conn: asyncpg.Connection, claim: dict[str, Any], today: date, *,
-                       auto_register_organisers: bool = False) -> dict[str, Any]:
+async def settle_claim(
+    conn: asyncpg.Connection, claim: dict[str, Any], today: date, *, auto_register_organisers: bool = False
+) -> dict[str, Any]:
     """Decide a subsidy claim and carry it out: pay it through a grant to the organiser, or reject it.
 
     ``claim`` holds the claim's facts (id, session, organiser, category, persons, completion
@@ -372,46 +579,98 @@ async def settle_claim(conn: asyncpg.Connection, claim: dict[str, Any], today: d
     beneficiary_kind = domain.organiser_beneficiary_kind(claim["organiser_kind"]).value
     organiser = await store.get_beneficiary(conn, beneficiary_kind, claim["organiser_id"])
     if organiser is None and auto_register_organisers and claim.get("organiser_name") and claim["persons"] > 0:
-        await store.upsert_beneficiary(conn, beneficiary_kind, claim["organiser_id"],
-                                       scrub_text(claim["organiser_name"]), claim["region_code"])
+        await store.upsert_beneficiary(
+            conn, beneficiary_kind, claim["organiser_id"], scrub_text(claim["organiser_name"]), claim["region_code"]
+        )
         organiser = await store.get_beneficiary(conn, beneficiary_kind, claim["organiser_id"])
     fund_id = await store.route_for(conn, category, completed_on.year)
     fund = await store.lock_fund(conn, fund_id) if fund_id else None
     decision = domain.decide_subsidy(
-        persons=claim["persons"], rule=rule, organiser_known=organiser is not None,
+        persons=claim["persons"],
+        rule=rule,
+        organiser_known=organiser is not None,
         fund=domain.FundState(fund["id"], fund["status"], fund["available_fen"], fund["name"]) if fund else None,
-        category=category, completed_on=completed_on, organiser=f"{beneficiary_kind} {claim['organiser_id']}")
-    common = dict(claim_id=claim["id"], session_id=claim["session_id"], organiser_id=claim["organiser_id"],
-                  subsidy_category=category, region_code=claim["region_code"], city_code=claim["city_code"],
-                  persons=decision.persons)
-    CLAIMS.labels(category, "paid" if decision.paid else "rejected",
-                  decision.reason.value if decision.reason else "").inc()
+        category=category,
+        completed_on=completed_on,
+        organiser=f"{beneficiary_kind} {claim['organiser_id']}",
+    )
+    common = dict(
+        claim_id=claim["id"],
+        session_id=claim["session_id"],
+        organiser_id=claim["organiser_id"],
+        subsidy_category=category,
+        region_code=claim["region_code"],
+        city_code=claim["city_code"],
+        persons=decision.persons,
+    )
+    CLAIMS.labels(
+        category, "paid" if decision.paid else "rejected", decision.reason.value if decision.reason else ""
+    ).inc()
     if not decision.paid:
-        await emit(conn, SubsidyRejected(**common, amount_fen=decision.amount_fen, reason=decision.reason,
-                                         detail=decision.detail))
-        return {"status": "rejected", "rate_fen": decision.rate_fen if rule else None,
-                "amount_fen": decision.amount_fen, "reason": decision.reason.value, "detail": decision.detail,
-                "fund_id": fund["id"] if fund else None, "grant_id": None, "disbursement_id": None}
+        assert decision.reason is not None  # a refusal always says why
+        await emit(
+            conn,
+            SubsidyRejected(**common, amount_fen=decision.amount_fen, reason=decision.reason, detail=decision.detail),
+        )
+        return {
+            "status": "rejected",
+            "rate_fen": decision.rate_fen if rule else None,
+            "amount_fen": decision.amount_fen,
+            "reason": decision.reason.value,
+            "detail": decision.detail,
+            "fund_id": fund["id"] if fund else None,
+            "grant_id": None,
+            "disbursement_id": None,
+        }
+    assert fund is not None and organiser is not None  # a paid decision had both
     label = domain.CATEGORY_LABEL[domain.SubsidyCategory(category)]
     programme = claim.get("programme_name") or "training"
     number = claim.get("session_number")
-    purpose = scrub_text(f"{label}: {programme}" + (f" 第{number}期" if number else "")
-                         + f", {decision.persons} × {domain.fen_str(decision.rate_fen)} yuan")
+    purpose = scrub_text(
+        f"{label}: {programme}"
+        + (f" 第{number}期" if number else "")
+        + f", {decision.persons} × {domain.fen_str(decision.rate_fen)} yuan"
+    )
     purpose += f" (session {claim['session_id']})"  # after the scrub: a uuid's digit groups are no phone number
     grant_id = await _approve(
-        conn, fund_id=fund["id"], beneficiary_kind=beneficiary_kind, beneficiary_id=claim["organiser_id"],
-        beneficiary_name=organiser["name"], purpose=purpose, region_code=claim["region_code"],
-        amount_fen=decision.amount_fen, on=today, claim_id=claim["id"])
-    disbursement_id = (await _pay(conn, grant_id, decision.amount_fen, on=today, memo=f"subsidy claim {claim['id']}",
-                                  reference=claim["id"])).id
-    await emit(conn,
-               SubsidyClaimed(**common, rate_fen=decision.rate_fen, amount_fen=decision.amount_fen,
-                              completed_on=completed_on),
-               SubsidyPaid(**common, fund_id=fund["id"], source_kind=fund["source_kind"],
-                           fiscal_year=fund["fiscal_year"], disbursement_id=disbursement_id,
-                           amount_fen=decision.amount_fen))
-    return {"status": "paid", "rate_fen": decision.rate_fen, "amount_fen": decision.amount_fen, "reason": None,
-            "detail": None, "fund_id": fund["id"], "grant_id": grant_id, "disbursement_id": disbursement_id}
+        conn,
+        fund_id=fund["id"],
+        beneficiary_kind=beneficiary_kind,
+        beneficiary_id=claim["organiser_id"],
+        beneficiary_name=organiser["name"],
+        purpose=purpose,
+        region_code=claim["region_code"],
+        amount_fen=decision.amount_fen,
+        on=today,
+        claim_id=claim["id"],
+    )
+    disbursement_id = (
+        await _pay(
+            conn, grant_id, decision.amount_fen, on=today, memo=f"subsidy claim {claim['id']}", reference=claim["id"]
+        )
+    ).id
+    await emit(
+        conn,
+        SubsidyClaimed(**common, rate_fen=decision.rate_fen, amount_fen=decision.amount_fen, completed_on=completed_on),
+        SubsidyPaid(
+            **common,
+            fund_id=fund["id"],
+            source_kind=fund["source_kind"],
+            fiscal_year=fund["fiscal_year"],
+            disbursement_id=disbursement_id,
+            amount_fen=decision.amount_fen,
+        ),
+    )
+    return {
+        "status": "paid",
+        "rate_fen": decision.rate_fen,
+        "amount_fen": decision.amount_fen,
+        "reason": None,
+        "detail": None,
+        "fund_id": fund["id"],
+        "grant_id": grant_id,
+        "disbursement_id": disbursement_id,
+    }
 
 
 async def get_claim(conn, claim_id: uuid.UUID, actor: Principal) -> asyncpg.Record:
@@ -422,11 +681,26 @@ async def get_claim(conn, claim_id: uuid.UUID, actor: Principal) -> asyncpg.Reco
     return claim
 
 
-async def list_claims(conn, actor: Principal, *, status: str | None, session_id: uuid.UUID | None,
-                      organiser_id: str | None, region: str | None, after: tuple | None,
-                      limit: int) -> list[asyncpg.Record]:
-    return await store.list_claims(conn, status=status, session_id=session_id, organiser_id=organiser_id,
-                                   regions=actor.scope_codes(region), after=after, limit=limit + 1)
+async def list_claims(
+    conn,
+    actor: Principal,
+    *,
+    status: str | None,
+    session_id: uuid.UUID | None,
+    organiser_id: str | None,
+    region: str | None,
+    after: tuple | None,
+    limit: int,
+) -> list[asyncpg.Record]:
+    return await store.list_claims(
+        conn,
+        status=status,
+        session_id=session_id,
+        organiser_id=organiser_id,
+        regions=actor.scope_codes(region),
+        after=after,
+        limit=limit + 1,
+    )
 
 
 # -- reports and the ledger --------------------------------------------------------------------
@@ -443,8 +717,13 @@ class FundTotals:
 async def fund_totals(conn, *, source_kind: str | None, fiscal_year: int | None) -> FundTotals:
     rows = await store.fund_figures(conn, None, source_kind, fiscal_year)
     figures = [store.figures_of(r) for r in rows]
-    return FundTotals(len(rows), *(sum(getattr(f, k) for f in figures) for k in (
-        "total_fen", "allocated_fen", "committed_fen", "disbursed_fen", "available_fen")))
+    return FundTotals(
+        len(rows),
+        *(
+            sum(getattr(f, k) for f in figures)
+            for k in ("total_fen", "allocated_fen", "committed_fen", "disbursed_fen", "available_fen")
+        ),
+    )
 
 
 async def report_sources(conn) -> list[dict[str, Any]]:
@@ -452,8 +731,10 @@ async def report_sources(conn) -> list[dict[str, Any]]:
     groups: dict[tuple[str, int], dict[str, int]] = {}
     for row in await store.fund_figures(conn):
         f = store.figures_of(row)
-        g = groups.setdefault((row["source_kind"], row["fiscal_year"]), dict.fromkeys(
-            ("funds", "total", "allocated", "committed", "disbursed", "remaining"), 0))
+        g = groups.setdefault(
+            (row["source_kind"], row["fiscal_year"]),
+            dict.fromkeys(("funds", "total", "allocated", "committed", "disbursed", "remaining"), 0),
+        )
         g["funds"] += 1
         g["total"] += f.total_fen
         g["allocated"] += f.allocated_fen
@@ -463,8 +744,9 @@ async def report_sources(conn) -> list[dict[str, Any]]:
     return [{"source_kind": k, "fiscal_year": y, **g} for (k, y), g in sorted(groups.items())]
 
 
-async def account_journal(conn, account_id: int, actor: Principal, *, after: int | None,
-                          limit: int) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
+async def account_journal(
+    conn, account_id: int, actor: Principal, *, after: int | None, limit: int
+) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
     """An account and its lines after line ``after``. Visible when its owner is: a grant's or a payee's
     account within the caller's scope; a fund's or a budget source's to a region-level caller only."""
     acct = await store.account(conn, account_id)
