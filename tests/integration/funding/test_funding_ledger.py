@@ -272,3 +272,31 @@ async def test_mixed_concurrent_operations_on_one_fund_never_deadlock_or_fail(fu
         assert all(r.status_code in (200, 201, 409) for r in responses), \
             [(r.status_code, r.text[:200]) for r in responses if r.status_code not in (200, 201, 409)]
         await ledger_ok(app.state.db)
+
+
+async def test_lists_page_by_cursor_without_gaps_or_repeats(funding):
+    _, client, _ = funding
+    fund = await open_fund(client, "1000.00")
+    made = [(await approve(client, fund["id"], "10.00"))["id"] for _ in range(5)]
+    for _ in range(3):
+        assert (await client.post(f"/v1/grants/{made[0]}/disbursements", json={"amount": "1.00"},
+                                  headers=key())).status_code == 201
+
+    async def walk(path, **params):
+        seen, cursor = [], None
+        while True:
+            body = (await client.get(path, params={**params, "limit": 2, **({"cursor": cursor} if cursor else {})})).json()
+            assert len(body["items"]) <= 2
+            seen += body["items"]
+            cursor = body["next_cursor"]
+            if cursor is None:
+                return seen
+
+    assert [g["id"] for g in await walk("/v1/grants", fund_id=fund["id"])] == made
+    paid = await walk(f"/v1/grants/{made[0]}/disbursements")
+    assert len({p["id"] for p in paid}) == 3 and [p["entry_id"] for p in paid] == sorted(p["entry_id"] for p in paid)
+    funds = await walk("/v1/funds")
+    assert len({f["id"] for f in funds}) == len(funds) and fund["id"] in {f["id"] for f in funds}
+    rules = await walk("/v1/subsidy-rules")
+    assert [(r["category"], r["effective_from"]) for r in rules] == sorted((r["category"], r["effective_from"])
+                                                                          for r in rules)
