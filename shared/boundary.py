@@ -239,6 +239,9 @@ class Boundary:
             self.outage.note(exc, getattr(getattr(app, "state", None), "db", None))
             return Problem(503, "database-unavailable", "The database is not available",
                            "try again shortly", headers={"Retry-After": str(self.retry_after_s)})
+        if isinstance(exc, OverflowError):  # arithmetic on a value from the request: a date past 9999, a huge count
+            log.warning("a value of the request is out of range", exc_info=exc, extra={"path": scope.get("path")})
+            return Problem(422, "validation-error", "Request is not valid", "a value is out of range")
         refused = value_refused(exc)
         if refused is not None:
             log.warning("the database refused a value of the request",
@@ -280,7 +283,7 @@ def _content_length(scope) -> int | None:
 # -- inputs ----------------------------------------------------------------------------
 _INT = TypeAdapter(int)
 # Cheap look at the raw JSON before walking it: NUL escapes, long digit runs, huge exponents, NaN.
-_SUSPECT_JSON = re.compile(rb"\\u0000|[0-9]{19}|NaN|Infinity|[eE][+-]?[0-9]{3}")
+_SUSPECT_JSON = re.compile(rb"\\u0000|\\u[dD][89a-fA-F]|[0-9]{19}|NaN|Infinity|[eE][+-]?[0-9]{3}")
 _int_params: dict[int, list[tuple[str, str]]] = {}
 
 
@@ -328,6 +331,9 @@ def _walk_json(data: Any) -> Problem | None:
             if "\x00" in value:
                 return invalid_input(".".join(map(str, loc)) or "<body>", "NUL characters are not accepted",
                                      "nul_character")
+            if not value.isascii() and not _is_unicode(value):
+                return invalid_input(".".join(map(str, loc)) or "<body>",
+                                     "not valid Unicode text (a lone surrogate escape)", "unicode")
         elif isinstance(value, bool):
             continue
         elif isinstance(value, int):
@@ -338,13 +344,22 @@ def _walk_json(data: Any) -> Problem | None:
                 return invalid_input(".".join(map(str, loc)) or "<body>", "number is not finite", "finite_number")
         elif isinstance(value, dict):
             for key, item in value.items():
-                if "\x00" in key:
-                    return invalid_input(".".join(map(str, loc)) or "<body>", "NUL characters are not accepted",
+                if "\x00" in key or not (key.isascii() or _is_unicode(key)):
+                    return invalid_input(".".join(map(str, loc)) or "<body>", "not an acceptable member name",
                                          "nul_character")
                 todo.append(((*loc, key), item))
         elif isinstance(value, list):
             todo.extend(((*loc, i), item) for i, item in enumerate(value))
     return None
+
+
+def _is_unicode(text: str) -> bool:
+    """False for a string holding a lone surrogate (JSON "\\ud800"): it cannot be stored or logged as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -449,7 +464,7 @@ def document_problems(app: FastAPI) -> None:
                 for code, description in _PROBLEM_ANSWERS.items():
                     if code in ("401", "403") and not is_secured:
                         continue
-                    if code in ("413", "415") and method not in ("post", "put", "patch"):
+                    if code in ("413", "415") and method not in ("post", "put", "patch") and "requestBody" not in op:
                         continue
                     answer = responses.setdefault(code, {"description": description})
                     if code == "422" and answer.get("description") == "Validation Error":

@@ -2,7 +2,7 @@
 process and every operation of its live OpenAPI is sent what used to answer 500 or the wrong 4xx:
 
 - integers beyond 64 bits in each integer path and query parameter -> 422
-- a NUL in each string query parameter and in a JSON body -> 422
+- a NUL in each string query parameter and in a JSON body, a lone surrogate in a JSON body -> 422
 - a JSON body sent as text/plain -> 415, a body over the limit -> 413
 - no token -> 401 with ``WWW-Authenticate: Bearer``
 and none of them may answer 5xx. The OpenAPI itself documents the bearer scheme and the problem answers,
@@ -126,11 +126,14 @@ async def test_hostile_inputs_never_reach_a_route(apis, service):
                 problem(await http.request(method, url, content=b'{"n": ' + HUGE.encode() + b"}",
                                            headers={**auth, "content-type": "application/json"}), 422,
                         f"{method} {url} huge")
+                problem(await http.request(method, url, content=b'{"note": "a\\ud800b"}',
+                                           headers={**auth, "content-type": "application/json"}), 422,
+                        f"{method} {url} lone surrogate")
                 big = b'{"pad": "' + b"a" * (LIMIT + 1) + b'"}'
                 problem(await http.request(method, url, content=big,
                                            headers={**auth, "content-type": "application/json"}), 413,
                         f"{method} {url} big")
-                tried += 4
+                tried += 5
             elif "text/csv" in body or (service, path) in STREAMED:
                 url = fill(path, op)
                 csv = b"member_id,result\n" + b"x,y\n" * (LIMIT // 4 + 1000)

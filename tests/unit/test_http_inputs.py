@@ -67,6 +67,18 @@ async def pay(body: Payment, principal: Principal = Depends(require("notes:write
     return {"fen": body.amount}
 
 
+@router.get("/calendar/{days}")
+async def far_ahead(days: int):
+    import datetime
+
+    return {"day": str(datetime.date(2024, 1, 1) + datetime.timedelta(days=days))}
+
+
+@router.delete("/notes/{note_id}", status_code=204)
+async def delete_note(note_id: int, body: Note, principal: Principal = Depends(require("notes:write"))):
+    return None
+
+
 LIMIT = 4096
 
 
@@ -107,6 +119,22 @@ def test_nul_and_huge_integers_in_the_json_body_are_422(client, payload, field):
     resp = client.post("/v1/notes/1", json=payload, headers=WRITE)
     body = refused_field(resp, field)
     assert "99999999999999999999" not in resp.text and "\u0000" not in body["detail"]
+
+
+def test_lone_surrogates_are_422_and_real_pairs_pass(client):
+    raw = b'{"text": "a\\ud800b", "count": 1}'
+    refused_field(client.post("/v1/notes/1", content=raw, headers={**WRITE, "content-type": "application/json"}),
+                  "text")
+    refused_field(client.post("/v1/notes/1", content=b'{"text": "a", "count": 1, "\\udfff": 1}',
+                              headers={**WRITE, "content-type": "application/json"}), "<body>")
+    emoji = b'{"text": "\\ud83d\\ude00 \xe5\xb7\xa5\xe4\xbc\x9a", "count": 1}'
+    assert client.post("/v1/notes/1", content=emoji, headers={**WRITE, "content-type": "application/json"}
+                       ).status_code == 201
+
+
+def test_arithmetic_overflow_on_a_value_is_422_not_500(client):
+    assert client.get("/v1/calendar/10").json() == {"day": "2024-01-11"}
+    problem(client.get("/v1/calendar/99999999"), 422, "validation-error")
 
 
 def test_non_finite_numbers_are_422(client):
@@ -225,6 +253,7 @@ def test_openapi_documents_bearer_and_problem_answers(client):
     assert "Retry-After" in post["responses"]["503"]["headers"]
     get = spec["paths"]["/v1/notes"]["get"]
     assert "413" not in get["responses"] and "401" in get["responses"]
+    assert {"413", "415"} <= set(spec["paths"]["/v1/notes/{note_id}"]["delete"]["responses"])
     public_get = spec["paths"]["/v1/public"]["get"]
     assert "security" not in public_get and "401" not in public_get["responses"]
 
