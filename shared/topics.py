@@ -53,6 +53,17 @@ TOPICS: tuple[Topic, ...] = (
       for n in range(1, 9)),
     Topic("notifier.deliveries.dlq", 1, retention_ms=4 * WEEK_MS,
           purpose="notifier: deliveries whose attempts were exhausted (dead letters)"),
+    # The intake (services/intake): commands to membership, keyed by the person; kept 4 weeks, longer than
+    # membership can be down, and the intake's outbox can publish them again. Upstream systems that produce
+    # to Kafka themselves write to intake.<kind>; records the intake refuses go to its dead letters.
+    Topic("membership.commands", 6, retention_ms=4 * WEEK_MS,
+          purpose="intake: normalised commands for membership (joins and leaves from upstream HR systems)"),
+    Topic("membership.commands.dlq", 1, retention_ms=4 * WEEK_MS,
+          purpose="records of membership.commands that could not be parsed or validated"),
+    Topic("intake.hr", 6, retention_ms=WEEK_MS,
+          purpose="intake: CloudEvents produced by enterprises' HR systems (employee hired / left)"),
+    Topic("intake.hr.dlq", 1, retention_ms=4 * WEEK_MS,
+          purpose="intake: records of intake.hr that were refused, with the reason in headers"),
 )
 
 BY_NAME = {t.name: t for t in TOPICS}

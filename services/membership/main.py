@@ -6,6 +6,7 @@ import sys
 from fastapi import FastAPI
 
 from services.membership.api import router
+from services.membership.commands import commands_part
 from services.membership.consumers import certificate_consumer
 from services.membership.pii import Vault
 from services.membership.settings import MembershipSettings
@@ -43,7 +44,7 @@ def build_app(settings: Settings | None = None):
     return create_app(service="membership", settings=settings, routers=[router],
                       title="Changai membership (工会会员与组织)",
                       description="Regions, union branches, members, transfers, service stations and bulk import.",
-                      parts=[vault_part, certificates_part])
+                      parts=[vault_part, certificates_part, commands_part])
 
 
 def main(argv: list[str]) -> None:

@@ -1,0 +1,5 @@
+import sys
+
+from services.intake.main import main
+
+main(sys.argv[1:])

@@ -1,0 +1,177 @@
+"""The intake's HTTP routes: thin — parse, authorise (scope), call the use case, shape the answer.
+
+Scopes: ``intake:admin`` (the federation's operators, a region-level token: register and change sources)
+and ``intake:emit`` (an upstream system: its token's ``sub`` is its registered client id).
+``POST /v1/events`` speaks the CloudEvents HTTP protocol binding (binary, structured and batch modes).
+"""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import asyncpg
+import orjson
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from services.intake import domain, metrics, usecases, wire
+from services.intake.settings import IntakeSettings
+from shared.auth import Principal, require
+from shared.clock import now_cn
+from shared.http import body_limit, write
+from shared.pagination import Cursor, Limit, Page, decode_cursor, page
+from shared.problems import MEDIA_TYPE, Problem
+
+router = APIRouter(prefix="/v1")
+ADMIN, EMIT = require("intake:admin"), require("intake:emit")
+
+
+class SourceOut(BaseModel):
+    id: uuid.UUID
+    source: str
+    name: str
+    region_code: str
+    event_types: list[str]
+    client_id: str
+    reply: domain.Reply
+    reply_url: str | None
+    status: domain.SourceStatus
+    created_at: datetime
+    updated_at: datetime
+
+
+class EventAnswer(BaseModel):
+    id: str | None
+    source: str | None
+    outcome: Literal["accepted", "duplicate", "rejected"]
+    problem: dict[str, Any] | None = None
+
+
+class BatchAnswer(BaseModel):
+    results: list[EventAnswer]
+    accepted: int
+    duplicates: int
+    rejected: int
+
+
+class EventStatus(BaseModel):
+    id: str = Field(description="the CloudEvent's id")
+    source: str
+    type: str
+    status: Literal["accepted", "applied", "rejected"]
+    received_at: datetime
+    decided_at: datetime | None
+    member_id: uuid.UUID | None = None
+    problem: dict[str, Any] | None = Field(default=None, description="RFC 9457 problem of a rejection")
+
+
+def source_view(row: asyncpg.Record) -> dict[str, Any]:
+    return {k: row[k] for k in SourceOut.model_fields} | {"event_types": list(row["event_types"])}
+
+
+def pool(request: Request) -> asyncpg.Pool:
+    return request.app.state.db
+
+
+# -- sources -----------------------------------------------------------------------------
+@router.post("/sources", status_code=201, response_model=SourceOut, summary="Register an upstream source")
+async def register_source(body: domain.SourceIn, request: Request, actor: Principal = Depends(ADMIN)):
+    async def run(conn):
+        return 201, source_view(await usecases.register_source(conn, body, actor))
+    return await write(request, actor, "register-source", body.model_dump(mode="json"), run)
+
+
+@router.get("/sources", response_model=Page[SourceOut], summary="Registered sources")
+async def list_sources(request: Request, limit: int = Limit, cursor: str | None = Cursor,
+                       actor: Principal = Depends(ADMIN)):
+    rows = await usecases.list_sources(pool(request), actor, after=decode_cursor(cursor), limit=limit)
+    return page(rows, limit, key=lambda r: r["seq"], view=source_view)
+
+
+@router.get("/sources/{source_id}", response_model=SourceOut, summary="One registered source")
+async def get_source(source_id: uuid.UUID, request: Request, actor: Principal = Depends(ADMIN)):
+    return source_view(await usecases.get_source(pool(request), source_id, actor))
+
+
+@router.patch("/sources/{source_id}", response_model=SourceOut, summary="Change a source's registration")
+async def update_source(source_id: uuid.UUID, body: domain.SourcePatch, request: Request,
+                        actor: Principal = Depends(ADMIN)):
+    async def run(conn):
+        return 200, source_view(await usecases.update_source(conn, source_id, body, actor))
+    return await write(request, actor, f"update-source:{source_id}",
+                       body.model_dump(mode="json", exclude_unset=True), run)
+
+
+# -- events ------------------------------------------------------------------------------
+EVENTS_BODY = {"requestBody": {"required": True, "content": {
+    "application/cloudevents+json": {"schema": {"type": "object", "description": "one CloudEvent (structured mode)"}},
+    "application/cloudevents-batch+json": {"schema": {"type": "array", "items": {"type": "object"},
+                                                      "description": "up to 500 CloudEvents (batch mode)"}},
+    "application/json": {"schema": {"type": "object", "description": "the data of a binary-mode event (ce-* headers)"}},
+}}}
+
+
+@router.post("/events", status_code=202, response_model=EventAnswer | BatchAnswer, openapi_extra=EVENTS_BODY,
+             summary="Emit CloudEvents (HTTP binding: binary, structured or batch mode)",
+             responses={200: {"description": "a redelivery: already accepted, nothing changed"},
+                        207: {"model": BatchAnswer, "description": "batch mode: each event's outcome"}})
+@body_limit(1024 * 1024)
+async def emit(request: Request, actor: Principal = Depends(EMIT)):
+    settings: IntakeSettings = request.app.state.settings
+    kind = wire.mode(request.headers)
+    body = await request.body()
+    async with pool(request).acquire() as conn:
+        source = await usecases.caller_source(conn, actor)
+    if kind == "batch":
+        if len(body) > settings.intake_max_batch_bytes:
+            raise Problem(413, "batch-too-large", "The batch is too large",
+                               f"a batch is at most {settings.intake_max_batch_bytes} bytes")
+        items = wire.parse_batch(body, settings.intake_max_batch_events, settings.intake_max_event_bytes)
+    elif len(body) > settings.intake_max_event_bytes:
+        raise wire.event_too_large(settings.intake_max_event_bytes)
+    elif kind == "structured":
+        items = [wire.parse_structured(body)]
+    else:
+        items = [wire.parse_binary(dict(request.headers), body)]
+    accepted = await accept(request, source, items, "http")
+    if kind == "batch":
+        return JSONResponse(BatchAnswer(results=[EventAnswer(**r.body()) for r in accepted.results],
+                                        accepted=accepted.count("accepted"), duplicates=accepted.count("duplicate"),
+                                        rejected=accepted.count("rejected")).model_dump(mode="json"),
+                            status_code=207)
+    (result,) = accepted.results
+    if result.outcome == "rejected":
+        return JSONResponse({**result.problem, "instance": request.url.path}, status_code=result.problem["status"],
+                            media_type=MEDIA_TYPE)
+    answer = EventAnswer(**result.body()).model_dump(mode="json", exclude_none=True)
+    return JSONResponse(answer, status_code=202 if result.outcome == "accepted" else 200)
+
+
+async def accept(request: Request, source: domain.Source, items, channel: str) -> usecases.Accepted:
+    settings: IntakeSettings = request.app.state.settings
+
+    def source_for(event: domain.Incoming) -> domain.Source:
+        return source  # over HTTP every event is checked against the caller's own registration
+
+    async with pool(request).acquire() as conn, conn.transaction():
+        accepted = await usecases.accept(conn, items, source_for, channel=channel, now=now_cn(),
+                                         max_future=timedelta(seconds=settings.intake_max_future_s),
+                                         keys=request.app.state.keys)
+    metrics.count(source.source, channel, accepted.results)
+    return accepted
+
+
+@router.get("/events/{event_id}", response_model=EventStatus, summary="An event's answer (to its own source)")
+async def event_status(event_id: str, request: Request,
+                       source: str = Query(min_length=1, max_length=255, description="the event's CloudEvents source"),
+                       actor: Principal = Depends(EMIT)):
+    row = await usecases.event_status(pool(request), source, event_id, actor)
+    return {"id": row["event_id"], "source": row["source"], "type": row["type"], "status": row["status"],
+            "received_at": row["received_at"], "decided_at": row["decided_at"], "member_id": row["member_id"],
+            "problem": _json(row["problem"])}
+
+
+def _json(value: str | None) -> Any:
+    return orjson.loads(value) if value is not None else None  # asyncpg gives jsonb as text

@@ -1,0 +1,195 @@
+"""The intake's rules: what a source may register and send. No I/O; refusals are ``shared.errors``.
+
+An upstream event is checked here in the order a source would want to hear about it: a CloudEvent at
+all, its source (a token may only speak for its own registered source: a forged one is 403), its type
+(in the upstream catalogue and registered for the source), its time (not more than a few minutes ahead),
+and its data against the type's schema. The region of what it concerns is not checked here: the intake
+does not know where a branch is, so the owning service checks it with its own rule (the source's region
+scope is the actor's) and the refusal comes back as the answer.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from shared.errors import DomainError, Invalid, OutOfScope, status_of
+from shared.events.intake import CommandKeys, JoinCommand, LeaveCommand
+from shared.events.upstream import UPSTREAM, EmployeeHired, EmployeeLeft, UpstreamData
+from shared.privacy import scrub_text
+from shared.problems import Problem
+from shared.regions import RegionCode
+
+
+class Reply(StrEnum):
+    poll = "poll"          # the source asks GET /v1/events/{id}?source=…
+    webhook = "webhook"    # the answer is also sent to reply_url
+
+
+class SourceStatus(StrEnum):
+    active = "active"
+    suspended = "suspended"
+
+
+def _source_uri(value: str) -> str:
+    """A CloudEvents ``source``: a URI-reference (an absolute URI or a path), printable, no spaces."""
+    if not value or any(not ("!" <= c <= "~") for c in value):
+        raise ValueError("must be a URI-reference of printable ASCII without spaces")
+    parts = urlsplit(value)
+    if not (parts.scheme or value.startswith("/")):
+        raise ValueError("must be an absolute URI (urn:…, https://…) or an absolute path (/…)")
+    return value
+
+
+def _event_types(values: list[str]) -> list[str]:
+    unknown = [t for t in values if t not in UPSTREAM]
+    if unknown:
+        raise ValueError(f"not in the upstream catalogue: {', '.join(unknown[:3])} (known: {', '.join(UPSTREAM)})")
+    if len(set(values)) != len(values):
+        raise ValueError("listed twice")
+    return values
+
+
+def _reply_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError("must be an http(s) URL")
+    return value
+
+
+class SourceIn(BaseModel):
+    """Register an upstream system."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    source: str = Field(min_length=1, max_length=255, description="the CloudEvents `source` it emits under")
+    name: str = Field(min_length=1, max_length=100)
+    region_code: RegionCode = Field(description="it may emit only for branches under this region (GB/T 2260)")
+    event_types: list[str] = Field(min_length=1, max_length=20)
+    client_id: str = Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$",
+                           description="the `sub` of the tokens (scope intake:emit) it sends with")
+    reply: Reply = Reply.poll
+    reply_url: str | None = Field(default=None, max_length=2000)
+
+    _source = field_validator("source")(_source_uri)
+    _types = field_validator("event_types")(_event_types)
+    _url = field_validator("reply_url")(_reply_url)
+
+
+class SourcePatch(BaseModel):
+    """Change a registration (the source URI never changes: the dedupe key is built on it)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    name: str | None = Field(default=None, min_length=1, max_length=100)
+    region_code: RegionCode | None = None
+    event_types: list[str] | None = Field(default=None, min_length=1, max_length=20)
+    client_id: str | None = Field(default=None, min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")
+    reply: Reply | None = None
+    reply_url: str | None = Field(default=None, max_length=2000)
+    status: SourceStatus | None = None
+
+    _types = field_validator("event_types")(_event_types)
+    _url = field_validator("reply_url")(_reply_url)
+
+
+def check_reply(reply: str, reply_url: str | None) -> None:
+    if reply == Reply.webhook and reply_url is None:
+        raise Invalid("reply_url", "a webhook reply needs reply_url")
+    if reply == Reply.poll and reply_url is not None:
+        raise Invalid("reply_url", "only a webhook reply has a reply_url")
+
+
+@dataclass(frozen=True)
+class Source:
+    id: uuid.UUID
+    source: str
+    region_code: str
+    event_types: tuple[str, ...]
+    client_id: str
+    status: str
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One CloudEvent as received (attributes parsed by the cloudevents SDK), not yet checked."""
+    id: str
+    source: str
+    type: str
+    time: datetime | None
+    data: Any
+    datacontenttype: str | None = None
+
+
+@dataclass(frozen=True)
+class Checked:
+    """An event that passed every check: its data, and the time the lag is measured from."""
+    incoming: Incoming
+    data: UpstreamData
+    time: datetime
+
+
+def check_event(event: Incoming, source: Source, now: datetime, max_future: timedelta) -> Checked:
+    """The checks of one event sent by ``source``'s client (see the module's docstring)."""
+    if event.source != source.source:
+        raise OutOfScope(f"this client emits as {source.source!r}; the event names another source",
+                         kind="forged-source", title="The event's source is not the caller's")
+    if source.status != SourceStatus.active:
+        raise OutOfScope("the source is suspended", kind="source-suspended", title="The source is suspended")
+    model = UPSTREAM.get(event.type)
+    if model is None:
+        raise Invalid("type", "not in the upstream catalogue", kind="unknown-event-type")
+    if event.type not in source.event_types:
+        raise OutOfScope(f"the source is not registered for {event.type}", kind="type-not-registered",
+                         title="The source is not registered for this event type")
+    time = event.time or now
+    if time.tzinfo is None:
+        raise Invalid("time", "must carry a zone offset (RFC 3339)")
+    if time > now + max_future:
+        raise Invalid("time", f"more than {int(max_future.total_seconds())} s in the future", kind="time-in-future")
+    if event.datacontenttype not in (None, "application/json") and not event.datacontenttype.startswith(
+            "application/json;"):
+        raise Invalid("datacontenttype", "data must be application/json")
+    if not isinstance(event.data, dict):
+        raise Invalid("data", "must be a JSON object", kind="schema-mismatch")
+    try:
+        data = model.model_validate(event.data)
+    except ValidationError as exc:
+        # never echo the value refused (it may be an ID number)
+        errors = [{"field": "data." + ".".join(map(str, e["loc"])), "reason": scrub_text(e["msg"]),
+                   "type": e["type"]} for e in exc.errors()]
+        refusal = Invalid(errors[0]["field"], errors[0]["reason"], kind="schema-mismatch")
+        refusal.extra["errors"] = errors
+        raise refusal from None
+    return Checked(event, data, time)
+
+
+def problem_of(exc: DomainError) -> dict[str, Any]:
+    """The RFC 9457 problem of a refusal, as a batch result and the answer carry it."""
+    return Problem(status_of(exc), exc.kind, exc.title, exc.detail, **exc.extra).body()
+
+
+def to_command(checked: Checked, source: Source, intake_id: uuid.UUID, keys: CommandKeys) -> JoinCommand | LeaveCommand:
+    """The normalised command for the owning service; the person's data sealed, keyed by the person."""
+    common = dict(intake_id=intake_id, source=source.source, upstream_type=checked.incoming.type,
+                  region_scope=source.region_code, actor=source.client_id)
+    data = checked.data
+    if isinstance(data, EmployeeHired):
+        return JoinCommand(**common, person_key=keys.person_key(data.id_number),
+                           sealed=keys.seal(intake_id, {"name": data.name, "id_number": data.id_number,
+                                                        "phone": data.phone}),
+                           employer_credit_code=data.employer_credit_code, branch_id=data.branch_id,
+                           joined_on=data.hired_on, employment_form=data.employment_form,
+                           occupation=data.occupation)
+    if isinstance(data, EmployeeLeft):
+        return LeaveCommand(**common, person_key=keys.person_key(data.id_number),
+                            sealed=keys.seal(intake_id, {"id_number": data.id_number}), left_on=data.left_on,
+                            reason=scrub_text(data.reason) if data.reason else None)
+    raise TypeError(f"no command for {type(data).__name__}")  # every catalogue type has a branch above

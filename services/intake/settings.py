@@ -1,0 +1,23 @@
+"""The intake service's settings (environment, prefix ``CHANGAI_``), on top of the platform's."""
+from __future__ import annotations
+
+from pydantic import Field
+
+from shared.settings import Settings
+
+
+class IntakeSettings(Settings):
+    service: str = "intake"
+
+    # Limits of what a source may send (CloudEvents HTTP binding; a batch is one request).
+    intake_max_event_bytes: int = Field(default=64 * 1024, gt=0)
+    intake_max_batch_events: int = Field(default=500, gt=0)
+    intake_max_batch_bytes: int = Field(default=1024 * 1024, gt=0)
+    # How far in the future an event's `time` may be (clocks drift; further is a bad clock or a forgery).
+    intake_max_future_s: float = Field(default=300.0, ge=0)
+    # Consumers: the outcomes membership publishes, and the Kafka intake topics.
+    intake_consume_outcomes: bool = True
+    intake_outcomes_group_id: str = "intake-outcomes"
+    intake_consume_kafka: bool = True
+    intake_kafka_group_id: str = "intake-hr"
+    intake_kafka_topics: str = "intake.hr"  # comma-separated intake.<kind> topics

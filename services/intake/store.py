@@ -1,0 +1,99 @@
+"""The intake's SQL (asyncpg). Every function runs in the caller's connection or transaction."""
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from services.intake.domain import Source
+
+
+def source_of(row: asyncpg.Record) -> Source:
+    return Source(id=row["id"], source=row["source"], region_code=row["region_code"],
+                  event_types=tuple(row["event_types"]), client_id=row["client_id"], status=row["status"])
+
+
+# -- sources -----------------------------------------------------------------------------
+async def insert_source(conn, source_id: uuid.UUID, source: str, name: str, region_code: str,
+                        event_types: list[str], client_id: str, reply: str, reply_url: str | None,
+                        created_by: str) -> asyncpg.Record | None:
+    """None when the source URI or the client id is already registered."""
+    return await conn.fetchrow(
+        "INSERT INTO sources (id, source, name, region_code, event_types, client_id, reply, reply_url, created_by) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING RETURNING *",
+        source_id, source, name, region_code, event_types, client_id, reply, reply_url, created_by)
+
+
+async def source_by_uri_or_client(conn, source: str, client_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT * FROM sources WHERE source = $1 OR client_id = $2 LIMIT 1", source, client_id)
+
+
+async def get_source(conn, source_id: uuid.UUID, *, lock: bool = False) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT * FROM sources WHERE id = $1" + (" FOR UPDATE" if lock else ""), source_id)
+
+
+async def source_by_client(conn, client_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT * FROM sources WHERE client_id = $1", client_id)
+
+
+async def sources_by_uri(conn, uris: Sequence[str]) -> list[asyncpg.Record]:
+    return await conn.fetch("SELECT * FROM sources WHERE source = ANY($1::text[])", list(uris))
+
+
+async def sources_page(conn, after: int | None, limit: int) -> list[asyncpg.Record]:
+    return await conn.fetch("SELECT * FROM sources WHERE $1::bigint IS NULL OR seq > $1 ORDER BY seq LIMIT $2",
+                            after, limit + 1)
+
+
+async def update_source(conn, source_id: uuid.UUID, changes: dict[str, Any]) -> asyncpg.Record | None:
+    """None when the new client id is another source's."""
+    sets = ", ".join(f"{k} = ${i}" for i, k in enumerate(changes, start=2))
+    try:
+        async with conn.transaction():
+            return await conn.fetchrow(f"UPDATE sources SET {sets}, updated_at = now() WHERE id = $1 RETURNING *",
+                                       source_id, *changes.values())
+    except asyncpg.UniqueViolationError:
+        return None
+
+
+# -- events ------------------------------------------------------------------------------
+async def insert_events(conn, rows: list[tuple]) -> set[uuid.UUID]:
+    """Rows ``(id, source_id, source, event_id, type, channel, event_time, command_id)``; returns the ids
+    inserted: a (source, event_id) already there is a redelivery and is left as it was."""
+    if not rows:
+        return set()
+    cols = list(zip(*rows, strict=True))
+    inserted = await conn.fetch(
+        "INSERT INTO intake_events (id, source_id, source, event_id, type, channel, event_time, command_id) "
+        "SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], "
+        "$7::timestamptz[], $8::uuid[]) ON CONFLICT (source, event_id) DO NOTHING RETURNING id", *map(list, cols))
+    return {r["id"] for r in inserted}
+
+
+async def get_event(conn, source: str, event_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT * FROM intake_events WHERE source = $1 AND event_id = $2", source, event_id)
+
+
+async def decide(conn, rows: list[tuple]) -> list[asyncpg.Record]:
+    """Rows ``(intake_id, status, member_id, problem_json, decided_at)``: the outcome of each still
+    accepted event (a redelivered outcome finds it decided and changes nothing); returns those decided now."""
+    if not rows:
+        return []
+    cols = [list(c) for c in zip(*rows, strict=True)]
+    return await conn.fetch(
+        "UPDATE intake_events e SET status = d.status, member_id = d.member_id, problem = d.problem::jsonb, "
+        "decided_at = d.decided_at FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::timestamptz[]) "
+        "AS d(id, status, member_id, problem, decided_at) WHERE e.id = d.id AND e.status = 'accepted' "
+        "RETURNING e.source, e.type, e.event_time, e.decided_at, e.status, e.problem", *cols)
+
+
+def problem_json(problem: dict[str, Any] | None) -> str | None:
+    return orjson.dumps(problem).decode() if problem is not None else None
+
+
+def lag_seconds(event_time: datetime | None, decided_at: datetime) -> float | None:
+    return (decided_at - event_time).total_seconds() if event_time is not None else None

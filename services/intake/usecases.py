@@ -1,0 +1,177 @@
+"""The intake's commands: one function each, called by the routes and the consumers alike.
+
+``accept`` is the one path of every upstream event, whichever way it came (HTTP binary, structured or
+batch mode, or the Kafka intake topic): check each event (``domain.check_event``), then in the caller's
+ONE transaction record every new (source, id) and queue its command in the outbox. A (source, id) seen
+before is a duplicate and changes nothing. When the transaction commits the events are durably accepted
+(the 202); the command reaches the owning service through the outbox relay, at least once, and the owning
+service's inbox applies it once.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from services.intake import domain, store
+from services.intake.domain import Incoming, Source
+from shared import outbox
+from shared.auth import Principal
+from shared.errors import Conflict, DomainError, NotFound, OutOfScope
+from shared.events import encode, envelope
+from shared.events.intake import CommandApplied, CommandKeys, CommandRejected
+from shared.logging import trace_id_var
+from shared.problems import PROBLEM_BASE
+
+
+# -- sources -------------------------------------------------------------------------------
+async def register_source(conn: asyncpg.Connection, cmd: domain.SourceIn, actor: Principal) -> asyncpg.Record:
+    actor.ensure_region_level()  # a source's scope and credentials are the federation's to grant
+    domain.check_reply(cmd.reply, cmd.reply_url)
+    row = await store.insert_source(conn, uuid.uuid4(), cmd.source, cmd.name, cmd.region_code, cmd.event_types,
+                                    cmd.client_id, cmd.reply.value, cmd.reply_url, actor.subject)
+    if row is None:
+        existing = await store.source_by_uri_or_client(conn, cmd.source, cmd.client_id)
+        raise Conflict("the source URI or the client id is already registered", kind="source-exists",
+                       title="Already registered", source_id=str(existing["id"]) if existing else None)
+    return row
+
+
+async def get_source(conn, source_id: uuid.UUID, actor: Principal) -> asyncpg.Record:
+    actor.ensure_region_level()
+    row = await store.get_source(conn, source_id)
+    if row is None:
+        raise NotFound("source", source_id)
+    return row
+
+
+async def list_sources(conn, actor: Principal, *, after: int | None, limit: int) -> list[asyncpg.Record]:
+    actor.ensure_region_level()
+    return await store.sources_page(conn, after, limit)
+
+
+async def update_source(conn: asyncpg.Connection, source_id: uuid.UUID, cmd: domain.SourcePatch,
+                        actor: Principal) -> asyncpg.Record:
+    actor.ensure_region_level()
+    current = await store.get_source(conn, source_id, lock=True)
+    if current is None:
+        raise NotFound("source", source_id)
+    changes = cmd.model_dump(exclude_unset=True, mode="json")
+    if "reply" in changes and changes["reply"] == domain.Reply.poll and "reply_url" not in changes:
+        changes["reply_url"] = None
+    domain.check_reply(changes.get("reply", current["reply"]), changes.get("reply_url", current["reply_url"]))
+    if not changes:
+        return current
+    row = await store.update_source(conn, source_id, changes)
+    if row is None:
+        raise Conflict("the client id is another source's", kind="client-id-taken", title="Client id taken")
+    return row
+
+
+async def caller_source(conn, actor: Principal) -> Source:
+    """The registered source a token speaks for (its ``sub`` is the source's client id)."""
+    row = await store.source_by_client(conn, actor.subject)
+    if row is None:
+        raise OutOfScope("no source is registered with this client id", kind="unregistered-client",
+                         title="The caller is not a registered source")
+    return store.source_of(row)
+
+
+# -- events --------------------------------------------------------------------------------
+@dataclass
+class Result:
+    """One event's outcome: ``accepted`` | ``duplicate`` | ``rejected`` (with its problem)."""
+    id: str | None
+    source: str | None
+    type: str | None
+    outcome: str
+    problem: dict[str, Any] | None = None
+    time: datetime | None = None
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "source": self.source, "outcome": self.outcome}
+        if self.problem is not None:
+            out["problem"] = self.problem
+        return out
+
+
+@dataclass
+class Accepted:
+    results: list[Result] = field(default_factory=list)
+
+    def count(self, outcome: str) -> int:
+        return sum(1 for r in self.results if r.outcome == outcome)
+
+
+def refused(event: Incoming | None, exc: DomainError) -> Result:
+    return Result(event.id if event else None, event.source if event else None, event.type if event else None,
+                  "rejected", domain.problem_of(exc))
+
+
+async def accept(conn: asyncpg.Connection, items: list[Incoming | DomainError], source_for, *, channel: str,
+                 now: datetime, max_future: timedelta, keys: CommandKeys) -> Accepted:
+    """Check and record ``items`` (an event, or the refusal of one that did not even parse) in the caller's
+    transaction; ``source_for(event)`` gives the registered source the event is checked against (the
+    caller's, over HTTP; the one named by the event, from Kafka) or raises its refusal."""
+    results: list[Result] = []
+    fresh: list[tuple[int, domain.Checked, Source, uuid.UUID, uuid.UUID]] = []
+    seen: set[tuple[str, str]] = set()
+    for item in items:
+        if isinstance(item, DomainError):
+            results.append(refused(None, item))
+            continue
+        try:
+            source = source_for(item)
+            checked = domain.check_event(item, source, now, max_future)
+        except DomainError as exc:
+            results.append(refused(item, exc))
+            continue
+        result = Result(item.id, item.source, item.type, "accepted", time=checked.time)
+        if (item.source, item.id) in seen:
+            result.outcome = "duplicate"  # twice in one batch: the first counts
+        else:
+            seen.add((item.source, item.id))
+            fresh.append((len(results), checked, source, uuid.uuid4(), uuid.uuid4()))
+        results.append(result)
+    rows = [(intake_id, source.id, source.source, checked.incoming.id, checked.incoming.type, channel,
+             checked.time, command_id) for _, checked, source, intake_id, command_id in fresh]
+    inserted = await store.insert_events(conn, rows)
+    encoded = []
+    trace_id = trace_id_var.get()
+    for index, checked, source, intake_id, command_id in fresh:
+        if intake_id not in inserted:
+            results[index].outcome = "duplicate"
+            continue
+        command = domain.to_command(checked, source, intake_id, keys)
+        key, value, _ = encode(envelope(command, trace_id=trace_id, event_id=str(command_id)))
+        encoded.append((command_id, command.topic, key.decode(), outbox.lane_of(key.decode()), command.event_type,
+                        value))
+    await outbox.add_encoded(conn, encoded)
+    return Accepted(results)
+
+
+async def event_status(conn, source: str, event_id: str, actor: Principal) -> asyncpg.Record:
+    """An event's answer, to its own source only: any other caller (another source) gets 404."""
+    caller = await store.source_by_client(conn, actor.subject)
+    row = await store.get_event(conn, source, event_id) if caller is not None and caller["source"] == source else None
+    if row is None:
+        raise NotFound("event", event_id)
+    return row
+
+
+async def record_outcomes(conn: asyncpg.Connection, outcomes: list[CommandApplied | CommandRejected],
+                          decided_at: datetime) -> list[asyncpg.Record]:
+    """The owning service's outcomes become each event's status (accepted → applied / rejected)."""
+    rows = []
+    for o in outcomes:
+        if isinstance(o, CommandApplied):
+            rows.append((o.intake_id, "applied", o.member_id, None, decided_at))
+        else:
+            problem = {"type": PROBLEM_BASE + o.problem_type, "title": o.title, "status": o.status}
+            if o.detail:
+                problem["detail"] = o.detail
+            rows.append((o.intake_id, "rejected", None, store.problem_json(problem), decided_at))
+    return await store.decide(conn, rows)
