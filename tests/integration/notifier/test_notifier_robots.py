@@ -1,7 +1,8 @@
 """Robot budgets per robot key, not per channel (issue 15 item 7), against the strict fakes.
 
 WeCom and DingTalk take 20 messages a minute per key / access token however many group
-channels use it; DingTalk then blocks the robot (130101) and every message sent into the block
+channels use it (and the internal records on the way are labelled with their own content types,
+not as CloudEvents: item 4); DingTalk then blocks the robot (130101) and every message sent into the block
 prolongs nothing but is refused. A robot that stays over budget ends in dead letters and an
 operator alert instead of a loop (here: 20 per 3 s, a 1.5 s block, dead letters after 8 s).
 """
@@ -14,6 +15,7 @@ import httpx
 import pytest
 
 from notifier_harness import Notifier, fast_settings, read_records, values
+from services.notifier import topics
 from shared.events.training import SessionCompleted
 
 pytestmark = pytest.mark.integration
@@ -107,8 +109,21 @@ async def test_a_robot_that_stays_over_budget_ends_in_dead_letters_and_an_alert_
     ids = {r["id"] for r in rows}
     letters = await read_records(n.stack.bootstrap, "notifier.deliveries.dlq",
                                  lambda rs: ids <= {v.get("delivery_id") for v in values(rs)})
-    assert ids <= {v.get("delivery_id") for v in values(letters)}
+    mine = [r for r in letters if (values([r]) or [{}])[0].get("delivery_id") in ids]
+    assert mine and all(_content_type(r) == topics.DEAD_LETTER_CONTENT_TYPE for r in mine)
+    # The deliver topic's records (sent by the worker) are labelled as what they are, not CloudEvents.
+    delivered = await read_records(n.stack.bootstrap, topics.DELIVER, lambda rs: any(
+        v.get("c") == channel["id"] for v in values(rs)))
+    for_channel = [r for r in delivered if (values([r]) or [{}])[0].get("c") == channel["id"]]
+    assert for_channel and all(_content_type(r) == topics.DELIVERY_CONTENT_TYPE for r in for_channel)
     async with httpx.AsyncClient() as client:
         metrics = (await client.get(f"http://127.0.0.1:{n.worker_env['CHANGAI_HTTP_PORT']}/metrics")).text
     (line,) = [m for m in metrics.splitlines() if m.startswith('changai_notifier_robot_over_budget_total{kind="dingtalk"}')]
     assert float(line.split()[-1]) >= 5
+
+
+def _content_type(record) -> str | None:
+    for key, value in record.headers or ():
+        if key == "content-type":
+            return value.decode()
+    return None
