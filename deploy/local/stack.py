@@ -68,7 +68,7 @@ POSTGRES_PORT = 15432
 PROMETHEUS_PORT = 19090
 RECEIVER_PORT = 8009
 
-SERVICE_DATABASES = ("membership", "training", "funding", "notifier", "reform")
+SERVICE_DATABASES = ("membership", "training", "funding", "notifier", "reform", "intake")
 
 # Local-only webhook secret shared by the skeleton notifier and the demo receiver:
 # "whsec_" + base64 of the 32 bytes b"changai-local-webhook-secret-32b" (also shared.settings'
@@ -100,6 +100,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("training", ("-m", "services.training", "api"), 8002, "training"),
     ServiceSpec("funding", ("-m", "services.funding", "api"), 8003, "funding"),
     ServiceSpec("reform", ("-m", "services.reform", "api"), 8006, "reform"),
+    ServiceSpec("intake", ("-m", "services.intake", "api"), 8007, "intake"),
     ServiceSpec("notifier-api", ("-m", "services.notifier", "api"), 8004, "notifier"),
     ServiceSpec("notifier-worker", ("-m", "services.notifier", "worker"), 8014, "notifier"),
     ServiceSpec("projection", ("-m", "services.projection", "worker"), 8005, None),

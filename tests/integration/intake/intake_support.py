@@ -67,15 +67,17 @@ async def send_batch(client, events: list[dict], headers: dict) -> httpx.Respons
                              headers={**headers, "content-type": "application/cloudevents-batch+json"})
 
 
-async def decided(client, event: dict, headers: dict, timeout: float = 60) -> dict:
-    """Poll the event's answer until it is applied or rejected (bounded)."""
+async def decided(client, event: dict, headers: dict, timeout: float = 60, *, may_be_unseen: bool = False) -> dict:
+    """Poll the event's answer until it is applied or rejected (bounded); ``may_be_unseen``: a 404 means
+    not received yet (an event produced to Kafka, not yet read by the intake's consumer group)."""
     deadline = time.monotonic() + timeout
     while True:
         r = await client.get(f"/v1/events/{event['id']}", params={"source": event["source"]}, headers=headers)
-        assert r.status_code == 200, r.text
-        body = r.json()
-        if body["status"] != "accepted":
-            return body
+        if not (may_be_unseen and r.status_code == 404):
+            assert r.status_code == 200, r.text
+            body = r.json()
+            if body["status"] != "accepted":
+                return body
         if time.monotonic() > deadline:
             raise TimeoutError(f"event {event['id']} still accepted after {timeout} s")
         await asyncio.sleep(0.1)
