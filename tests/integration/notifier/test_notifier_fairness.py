@@ -127,6 +127,11 @@ async def test_a_flooded_channel_delays_neither_quiet_channels_nor_retries(fair,
                                      'changai.training.session.completed.v1"}', FLOOD), "the flood routed",
                      timeout=300, interval=0.5)
     await fair.until(lambda: len(flood_calls()) >= 100, "the flood to be under way", timeout=60)
+    # ... and its backlog held: every flood notice is delivered, in the channel's memory (100) or
+    # waiting in PostgreSQL. (Before the fix the overflow went round through notifier.deferred instead.)
+    await fair.until(lambda: _metric(fair, "changai_notifier_backlog_written_total",
+                                     FLOOD - 100 - len(flood_calls())), "the flood's backlog held", timeout=300,
+                     interval=0.5)
 
     # A trickle to the quiet channels: each arrives while the flood has moved on by a few notices.
     moved = []
