@@ -29,3 +29,9 @@ class FundingSettings(Settings):
     funding_subsidy_consumer: bool = True
     funding_subsidy_group: str = Field(default="funding.subsidy", min_length=1)
     funding_training_topic: str = "training.events"
+
+    # Membership's branches, where each is (a consumer of membership.events in this process): a branch
+    # named as a payee takes its own region, and another city cannot claim it.
+    funding_branch_consumer: bool = True
+    funding_branch_group: str = Field(default="funding.branches", min_length=1)
+    funding_membership_topic: str = "membership.events"

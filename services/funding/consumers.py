@@ -22,7 +22,8 @@ from services.funding.config import FundingSettings
 from shared import inbox
 from shared.clock import today_cn
 from shared.consumer import EventConsumer
-from shared.events import CloudEvent
+from shared.events import CloudEvent, EventData
+from shared.events.membership import BranchDissolved, BranchEstablished, BranchMerged, BranchUpdated
 from shared.events.training import SessionCompleted
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,44 @@ def subsidy_part(settings: FundingSettings):
         )
         consumer.start()
         app.state.subsidy_consumer = consumer
+        return consumer.stop
+
+    return start
+
+
+BRANCH_DATA = (BranchEstablished, BranchUpdated, BranchMerged, BranchDissolved)
+BRANCH_EVENTS = {e.event_type for e in BRANCH_DATA}
+
+
+async def on_branch_events(pool: asyncpg.Pool, items: list[tuple[CloudEvent, EventData]]) -> None:
+    """A partition's branch events in one transaction: where each branch is, the last event's word winning
+    (a branch's events share its key, so they come in order; a redelivery replays them in order again)."""
+    places = [(str(data.branch_id), data.region_code) for _, data in items if isinstance(data, BRANCH_DATA)]
+    if places:
+        async with pool.acquire() as conn, conn.transaction():
+            await usecases.record_branches(conn, places)
+
+
+def branch_part(settings: FundingSettings):
+    """A ``create_app`` part: the consumer of membership's branch events."""
+
+    async def start(app: FastAPI):
+        if not settings.funding_branch_consumer:
+            return None
+        pool: asyncpg.Pool = app.state.db
+
+        async def handle(items: list[tuple[CloudEvent, EventData]]) -> None:
+            await on_branch_events(pool, items)
+
+        consumer = EventConsumer(
+            settings.kafka_bootstrap,
+            settings.funding_branch_group,
+            [settings.funding_membership_topic],
+            batch_handler=handle,
+            event_types=BRANCH_EVENTS,
+        )
+        consumer.start()
+        app.state.branch_consumer = consumer
         return consumer.stop
 
     return start

@@ -1,7 +1,8 @@
 """Funding service: wiring and entry point (``python -m services.funding api``).
 
-One process serves the HTTP API and runs the subsidy saga (a consumer of
-``training.events``); set ``CHANGAI_FUNDING_SUBSIDY_CONSUMER=false`` to run an
+One process serves the HTTP API, runs the subsidy saga (a consumer of ``training.events``) and
+keeps where membership's branches are (a consumer of ``membership.events``); set
+``CHANGAI_FUNDING_SUBSIDY_CONSUMER=false`` and ``CHANGAI_FUNDING_BRANCH_CONSUMER=false`` to run an
 API-only replica.
 """
 
@@ -11,7 +12,7 @@ import sys
 
 from services.funding.api import router
 from services.funding.config import FundingSettings
-from services.funding.consumers import seed_part, subsidy_part
+from services.funding.consumers import branch_part, seed_part, subsidy_part
 from shared.http import create_app, serve
 
 
@@ -24,7 +25,7 @@ def build_app(settings: FundingSettings | None = None):
         title="Changai funding (资金)",
         description="Funds, grants and disbursements on a double-entry ledger; training subsidies "
         "paid automatically when sessions complete.",
-        parts=[seed_part(settings), subsidy_part(settings)],
+        parts=[seed_part(settings), subsidy_part(settings), branch_part(settings)],
     )
 
 

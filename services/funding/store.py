@@ -252,6 +252,20 @@ async def beneficiary_report(
     )
 
 
+# -- membership's branches (where each is) ---------------------------------------------
+async def branch_region(conn: Conn, branch_id: str) -> str | None:
+    return await conn.fetchval("SELECT region_code FROM branches WHERE id = $1", branch_id)
+
+
+async def record_branches(conn: asyncpg.Connection, places: list[tuple[str, str]]) -> None:
+    """(branch id, region code) in event order: the last word on a branch wins."""
+    await conn.executemany(
+        """INSERT INTO branches (id, region_code) VALUES ($1, $2)
+           ON CONFLICT (id) DO UPDATE SET region_code = EXCLUDED.region_code, updated_at = now()""",
+        places,
+    )
+
+
 # -- grants --------------------------------------------------------------------------
 async def insert_grant(
     conn: asyncpg.Connection,

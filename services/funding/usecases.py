@@ -204,10 +204,8 @@ async def list_funds(
 # -- grants and disbursements (regional: the grant's region within the caller's scope) -------------
 async def approve_grant(conn: asyncpg.Connection, cmd: domain.GrantIn, actor: Principal, today: date) -> uuid.UUID:
     kind = cmd.beneficiary_kind.value
-    payee = await store.get_beneficiary(conn, kind, cmd.beneficiary_id)
-    if payee is not None:  # naming a payee of another city is addressing a record out of scope
-        actor.ensure_visible(payee["region_code"], "beneficiary", f"{kind}/{cmd.beneficiary_id}")
-    region = domain.grant_region(actor, cmd.region_code, payee["region_code"] if payee else None)
+    place = await _payee_place(conn, kind, cmd.beneficiary_id, actor, cmd.region_code)
+    region = domain.grant_region(actor, cmd.region_code, place)
     return await _approve(
         conn,
         fund_id=cmd.fund_id,
@@ -441,14 +439,35 @@ async def list_disbursements(
 async def put_beneficiary(
     conn: asyncpg.Connection, kind: str, ident: str, cmd: domain.BeneficiaryIn, actor: Principal
 ) -> tuple[asyncpg.Record, bool]:
-    """Register (or rename) a payee: (its figures, created?). A registered payee keeps its region."""
+    """Register (or rename) a payee: (its figures, created?). A registered payee keeps its region; a
+    branch takes the region membership gives it."""
     if cmd.region_code is not None:
         actor.ensure_region(cmd.region_code)
-    existing = await store.get_beneficiary(conn, kind, ident)
-    if existing is not None:
-        actor.ensure_visible(existing["region_code"], "beneficiary", f"{kind}/{ident}")
-    _, created = await store.upsert_beneficiary(conn, kind, ident, cmd.name, cmd.region_code or actor.region)
+    place = await _payee_place(conn, kind, ident, actor, cmd.region_code)
+    _, created = await store.upsert_beneficiary(conn, kind, ident, cmd.name, place or cmd.region_code or actor.region)
     return (await store.beneficiary_report(conn, kind, ident))[0], created
+
+
+async def _payee_place(
+    conn: asyncpg.Connection, kind: str, ident: str, actor: Principal, requested: str | None
+) -> str | None:
+    """Where a payee is known to be: its registration, else, for a branch, where membership says the branch
+    is. Outside the caller's scope it is not found (404); a new branch payee cannot be put elsewhere (422)."""
+    payee = await store.get_beneficiary(conn, kind, ident)
+    if payee is not None:
+        actor.ensure_visible(payee["region_code"], "beneficiary", f"{kind}/{ident}")
+        return payee["region_code"]
+    place = await store.branch_region(conn, ident) if kind == "branch" else None
+    if place is not None:
+        actor.ensure_visible(place, "beneficiary", f"{kind}/{ident}")
+        if requested is not None and requested != place:
+            raise Invalid("region_code", f"branch {ident} is in {place}")
+    return place
+
+
+async def record_branches(conn: asyncpg.Connection, places: list[tuple[str, str]]) -> None:
+    """Membership's branches, where each is (from its branch events, in order)."""
+    await store.record_branches(conn, places)
 
 
 async def get_beneficiary(conn, kind: str, ident: str, actor: Principal) -> asyncpg.Record:

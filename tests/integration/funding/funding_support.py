@@ -19,13 +19,18 @@ WRITER = {"Authorization": "Bearer " + mint_token("funding-tests", ["funding:wri
 
 
 @asynccontextmanager
-async def running_funding(stack, dsn: str, *, consumer: bool = False, **overrides):
-    """The funding app with its lifespan (migrations, pool, relay, parts) and an httpx client on it."""
+async def running_funding(stack, dsn: str, *, consumer: bool = False, branches: bool = False, **overrides):
+    """The funding app with its lifespan (migrations, pool, relay, parts) and an httpx client on it; the subsidy
+    consumer when ``consumer``, the consumer of membership's branch events when ``branches``."""
     settings = FundingSettings(database_url=dsn, kafka_bootstrap=stack.kafka.bootstrap, db_pool_min=2, db_pool_max=10,
                                outbox_poll_interval_s=0.2, funding_subsidy_consumer=consumer,
-                               funding_subsidy_group=f"funding-test-{uuid.uuid4().hex[:8]}", **overrides)
+                               funding_subsidy_group=f"funding-test-{uuid.uuid4().hex[:8]}",
+                               funding_branch_consumer=branches,
+                               funding_branch_group=f"funding-branches-{uuid.uuid4().hex[:8]}", **overrides)
     if consumer:
         await skip_history(stack.kafka.bootstrap, settings.funding_subsidy_group, settings.funding_training_topic)
+    if branches:
+        await skip_history(stack.kafka.bootstrap, settings.funding_branch_group, settings.funding_membership_topic)
     app = build_app(settings)
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://funding",
