@@ -236,12 +236,14 @@ async def test_the_body_limit_counts_streamed_bytes_and_a_route_may_be_unlimited
         chunks = [b'{"text": "'] + [b"a" * 16384] * 8 + [b'", "n": 1}']  # 128 KiB, no Content-Length
         status, _, body = await conn.send("POST", "/v1/notes", headers=WRITE, chunks=chunks)
         assert status == 413 and body["type"].endswith("/content-too-large"), body
+        assert (await conn.send("GET", "/livez"))[0] == 200  # the unread rest was skipped: the connection serves on
     finally:
         conn.close()
     conn = await Connection.open(port)
     try:
         status, _, body = await conn.send("POST", "/v1/notes", b"{" + b" " * (70 * 1024) + b"}", WRITE)
         assert status == 413, body
+        assert (await conn.send("GET", "/livez"))[0] == 200
     finally:
         conn.close()
     conn = await Connection.open(port)
