@@ -22,6 +22,7 @@ unknown.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -232,11 +233,11 @@ class _KnownCollector:
 
 
 def _register() -> None:
+    """Once per process (a module runs once; tests that reload it would not re-register)."""
     from prometheus_client import REGISTRY
 
-    if not getattr(REGISTRY, "_changai_holidays", False):
+    with contextlib.suppress(ValueError):  # already registered
         REGISTRY.register(_KnownCollector())
-        REGISTRY._changai_holidays = True
 
 
 _register()

@@ -26,7 +26,7 @@ import ssl
 import time
 import urllib.parse
 from collections import OrderedDict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import formatdate
 
@@ -36,10 +36,8 @@ import orjson
 from standardwebhooks.webhooks import Webhook
 
 from services.notifier import errcodes
-from services.notifier.domain import (Outcome, classify_http, classify_robot, dingtalk_sign, mask_email,
-                                     payload_hash)
+from services.notifier.domain import Outcome, classify_http, classify_robot, dingtalk_sign, mask_email, payload_hash
 from shared.privacy import scrub_text
-
 
 log = logging.getLogger(__name__)
 
@@ -213,11 +211,11 @@ async def _send_webhook(http: httpx.AsyncClient, url: str, signing: list[dict], 
     start = time.perf_counter()
     digest = payload_hash(body)
     try:
-        host, addresses = await check_url(url, allow_private=allow_private)
+        _, addresses = await check_url(url, allow_private=allow_private)
     except UnsafeURL as exc:
         return Outcome("permanent", error=f"refused URL: {exc}", pause=True, latency_ms=_elapsed_ms(start),
                        body_hash=digest)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     headers = {"content-type": "application/json", "user-agent": "changai-notifier/1",
                "webhook-id": msg_id, "webhook-timestamp": str(int(now.timestamp())),
                "webhook-signature": sign_webhook(active_secrets(signing), msg_id, body, now)}
@@ -366,7 +364,7 @@ _MESSAGE_ID = re.compile(r"^<[^.]+\.([0-9a-fA-F-]{36})@")
 # retry goes only to the others. A channel's partition has one owner, so its worker's memory is
 # enough; after a restart a retry may reach an earlier recipient again (same Message-ID: mail
 # clients show it once).
-_MAIL_PROGRESS: "OrderedDict[str, dict]" = OrderedDict()
+_MAIL_PROGRESS: OrderedDict[str, dict] = OrderedDict()
 
 
 def _smtp_client(settings, timeout: float):
@@ -444,7 +442,7 @@ async def _send_email(settings, to: list[str], payload: dict, message_id: str, *
     except aiosmtplib.SMTPResponseException as exc:
         kind = "permanent" if 500 <= exc.code < 600 else "retry"
         return outcome(kind, status_code=exc.code, error=f"SMTP {exc.code}: {exc.message}"[:300])
-    except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
         if isinstance(exc, aiosmtplib.SMTPException) and "not supported" in str(exc):
             # The relay lacks AUTH or STARTTLS that our settings require: the same answer next time.
             log.error("the mail relay does not offer what the notifier's settings require", extra={"why": str(exc)})
@@ -454,7 +452,7 @@ async def _send_email(settings, to: list[str], payload: dict, message_id: str, *
         if client.is_connected:
             try:
                 await client.quit()
-            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+            except (TimeoutError, aiosmtplib.SMTPException, OSError):
                 client.close()
     accepted, failed, total = progress["accepted"], progress["failed"], len(set(to))
     told = f"delivered to {len(accepted)} of {total}"

@@ -364,7 +364,7 @@ def robot_body(kind: str, fmt: str, title: str, content: str, locale: str, *, ke
         # Cut first, then make sure the keyword is there: a keyword inside the text may be cut off
         # (DingTalk then refuses the message with 310000), so room for it is always kept.
         suffix = keyword_suffix(keyword, fmt)
-        content, cut = truncate_utf8(content, limit - utf8_len(suffix), CUT.get(locale, CUT["zh-CN"]))
+        content, _ = truncate_utf8(content, limit - utf8_len(suffix), CUT.get(locale, CUT["zh-CN"]))
         if keyword not in content:
             content += suffix
     else:

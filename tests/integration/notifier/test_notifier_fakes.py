@@ -7,7 +7,6 @@ import urllib.request
 import uuid
 
 import pytest
-
 from notifier_fakes import DINGTALK_MAX_BYTES, Receivers
 
 pytestmark = pytest.mark.integration

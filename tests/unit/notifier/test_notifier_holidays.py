@@ -21,7 +21,7 @@ workdays:
 
 @pytest.fixture
 def calendar_dir(tmp_path):
-    previous = holidays._default
+    previous = holidays.default()
     yield tmp_path
     holidays.use(previous)
 
@@ -30,8 +30,8 @@ def test_a_year_nobody_knows_falls_back_to_weekdays_and_says_so_once(calendar_di
     holidays.use(holidays.Calendar(calendar_dir))
     assert not holidays.default().known(2027)
     with caplog.at_level(logging.WARNING, logger="services.notifier.holidays"):
-        assert domain._is_workday(date(2027, 1, 1))  # New Year's Day, a Friday: wrongly a workday, and said
-        assert domain._is_workday(date(2027, 1, 4))
+        assert holidays.is_workday(date(2027, 1, 1))  # New Year's Day, a Friday: wrongly a workday, and said
+        assert holidays.is_workday(date(2027, 1, 4))
     warnings = [r for r in caplog.records if "no holiday schedule for 2027" in r.getMessage()]
     assert len(warnings) == 1
 
@@ -41,10 +41,10 @@ def test_a_loaded_year_drives_quiet_hours(calendar_dir):
     holidays.use(holidays.Calendar(calendar_dir))
     calendar = holidays.default()
     assert calendar.known(2027) and calendar.source(2027) == "2027.yaml"
-    assert not domain._is_workday(date(2027, 1, 1))
-    assert not domain._is_workday(date(2027, 2, 10))      # Spring Festival range
-    assert domain._is_workday(date(2027, 2, 20))          # 调休 Saturday
-    assert not domain._is_workday(date(2027, 2, 21))      # an ordinary Sunday
+    assert not holidays.is_workday(date(2027, 1, 1))
+    assert not holidays.is_workday(date(2027, 2, 10))      # Spring Festival range
+    assert holidays.is_workday(date(2027, 2, 20))          # 调休 Saturday
+    assert not holidays.is_workday(date(2027, 2, 21))      # an ordinary Sunday
     quiet = {"start": "22:00", "end": "08:00", "rest_days": True}
     # 1 Jan 2027, 10:00 in Shanghai: a holiday, then a weekend: held until Monday 4 Jan, 08:00.
     now = datetime(2027, 1, 1, 2, 0, tzinfo=UTC)
@@ -56,14 +56,14 @@ def test_a_loaded_year_drives_quiet_hours(calendar_dir):
 def test_the_package_still_answers_for_its_years(calendar_dir):
     holidays.use(holidays.Calendar(calendar_dir))
     assert holidays.default().source(2026) == "chinese-calendar"
-    assert not domain._is_workday(date(2026, 10, 1))
+    assert not holidays.is_workday(date(2026, 10, 1))
 
 
 def test_a_new_file_is_picked_up_without_a_restart(calendar_dir):
     holidays.use(holidays.Calendar(calendar_dir, recheck_s=0))
     assert not holidays.default().known(2028)
     (calendar_dir / "2028.json").write_text('{"year": 2028, "holidays": ["2028-01-01"], "workdays": []}')
-    assert holidays.default().known(2028) and not domain._is_workday(date(2028, 1, 1))
+    assert holidays.default().known(2028) and not holidays.is_workday(date(2028, 1, 1))
 
 
 @pytest.mark.parametrize("name,text,problem", [
