@@ -82,15 +82,16 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _no_published_secrets_in_production(self) -> Settings:
         """Production refuses to start on a secret that still has its default from this file (public,
-        so it protects nothing). The JWT secret is not needed when tokens are checked through JWKS."""
+        so it protects nothing). A secret a service does not use is not asked for: the JWT secret when tokens
+        are checked through JWKS, the notices' webhook secret outside the notifier unless webhooks are seeded."""
         if self.environment.strip().lower() not in PRODUCTION_ENVIRONMENTS:
             return self
+        unused = {"jwt_secret": bool(self.jwt_jwks_url),
+                  "notifier_webhook_secret": not (self.notifier_webhooks or self.service.startswith("notifier"))}
         published = []
         for name, field in type(self).model_fields.items():
             default = field.get_default(call_default_factory=True)
-            if not isinstance(default, SecretStr) or not default.get_secret_value():
-                continue
-            if name == "jwt_secret" and self.jwt_jwks_url:
+            if not isinstance(default, SecretStr) or not default.get_secret_value() or unused.get(name):
                 continue
             if getattr(self, name) == default:
                 published.append(f"CHANGAI_{name.upper()}")

@@ -70,6 +70,7 @@ def test_production_refuses_every_published_default_by_name(monkeypatch, environ
     from shared.settings import PublishedSecret
 
     monkeypatch.setenv("CHANGAI_ENVIRONMENT", environment)
+    monkeypatch.setenv("CHANGAI_SERVICE", "notifier-api")
     with pytest.raises(PublishedSecret) as err:
         Settings()
     message = str(err.value)
@@ -84,13 +85,30 @@ def test_production_refuses_every_published_default_by_name(monkeypatch, environ
     assert Settings().environment == environment
 
 
+def test_a_service_is_asked_only_for_the_secrets_it_uses(monkeypatch):
+    """The deployments of membership, training, funding and reform get the JWT secret and the data key,
+    not the notices' webhook secret: they must start without it, the notifier must not."""
+    from shared.settings import PublishedSecret
+
+    monkeypatch.setenv("CHANGAI_ENVIRONMENT", "production")
+    monkeypatch.setenv("CHANGAI_JWT_SECRET", OWN["CHANGAI_JWT_SECRET"])
+    monkeypatch.setenv("CHANGAI_DATA_KEY", OWN["CHANGAI_DATA_KEY"])
+    for service in ("membership", "training", "funding", "reform"):
+        assert Settings(service=service).service == service
+    for service in ("notifier", "notifier-api", "notifier-worker"):
+        with pytest.raises(PublishedSecret, match="CHANGAI_NOTIFIER_WEBHOOK_SECRET"):
+            Settings(service=service)
+    with pytest.raises(PublishedSecret, match="CHANGAI_NOTIFIER_WEBHOOK_SECRET"):  # webhooks seeded: it signs them
+        Settings(service="membership", notifier_webhooks={"640000": "https://hooks.example/changai"})
+
+
 def test_the_message_never_shows_a_secret(monkeypatch):
     from shared.settings import PublishedSecret
 
     monkeypatch.setenv("CHANGAI_ENVIRONMENT", "production")
     monkeypatch.setenv("CHANGAI_DATA_KEY", OWN["CHANGAI_DATA_KEY"])
     with pytest.raises(PublishedSecret) as err:
-        Settings()
+        Settings(service="notifier")
     assert OWN["CHANGAI_DATA_KEY"][-12:] not in str(err.value)
     assert "changai-local" not in str(err.value)
 
