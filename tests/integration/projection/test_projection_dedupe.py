@@ -20,15 +20,17 @@ import uuid
 from datetime import date
 
 import httpx
+import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.projection.synthetic import create_topics, produce
 from shared.events import encode, envelope
 from shared.events import membership as me
 from shared.identifiers import uscc_check_char
-from shared.kafka import connection
+from shared.kafka import connection, read_to_end
 
 pytestmark = pytest.mark.integration
 
@@ -56,6 +58,30 @@ def total(m: dict, name: str, **match) -> float:
     return sum(v for labels, v in m.get(name, {}).items() if all(dict(labels).get(k) == w for k, w in match.items()))
 
 
+async def end_offsets_of(bootstrap: str, topic: str) -> dict[int, int]:
+    consumer = AIOKafkaConsumer(**connection(bootstrap), group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(6)]
+        return {tp.partition: o for tp, o in (await consumer.end_offsets(tps)).items()}
+    finally:
+        await consumer.stop()
+
+
+async def resume_mark(bootstrap: str, app_id: str, topic: str, partition: int) -> int:
+    """The offset the projection's resume mark of ``topic``/``partition`` says is applied, from its changelog."""
+    key = orjson.dumps(f"{topic}|{partition}|@done")
+    changelog = [TopicPartition(f"{app_id}-counters-changelog", p) for p in range(6)]
+    mark = -1
+    try:
+        async for record in read_to_end(bootstrap, changelog, timeout=30):
+            if record.key == key:
+                mark = max(mark, orjson.loads(record.value)["o"])
+    except TimeoutError:
+        pass
+    return mark
+
+
 async def end_offsets(bootstrap: str, topic: str) -> int:
     """How many records the (private, never compacted) topic holds: the sum of its partitions' end offsets."""
     consumer = AIOKafkaConsumer(**connection(bootstrap), group_id=None, enable_auto_commit=False)
@@ -67,7 +93,7 @@ async def end_offsets(bootstrap: str, topic: str) -> int:
         await consumer.stop()
 
 
-async def read_to_end(url: str, bootstrap: str, topic: str, timeout: float = 90) -> dict:
+async def processed_to_end(url: str, bootstrap: str, topic: str, timeout: float = 90) -> dict:
     """The projection's metrics once it has processed (applied or skipped) every record up to the end offsets."""
     end = await end_offsets(bootstrap, topic)
     base = topic.split(".", 1)[1]
@@ -100,16 +126,23 @@ async def test_an_event_published_twice_is_counted_once_across_restart_and_rebui
     first, second = branch_record(prefix), branch_record(prefix)
     await produce(stack.bootstrap, [first, first, second])
     worker = await stack.start_service("projection", argv, env, timeout=90)
-    m = await read_to_end(url, stack.bootstrap, topic)
+    m = await processed_to_end(url, stack.bootstrap, topic)
     assert total(m, established) == 2
     assert total(m, "changai_projection_events_skipped_total", reason="duplicate") == 1
     assert total(m, "changai_union_branches") == 2
 
-    # 2. killed; the duplicate of an event applied before the kill arrives while it is down
+    # 2. killed once the original is behind the partition's resume mark (so the restarted worker does not read
+    #    it again, and only the window read back from the topic can recognise the duplicate); the duplicate of
+    #    that event arrives while the worker is down
+    partition = DefaultPartitioner()(second[1], list(range(6)), list(range(6)))
+    last = (await end_offsets_of(stack.bootstrap, topic))[partition] - 1
+    async with asyncio.timeout(60):
+        while await resume_mark(stack.bootstrap, app_id, "membership.events", partition) < last:
+            await asyncio.sleep(0.2)
     worker.kill()
     await produce(stack.bootstrap, [second])
     restarted = await stack.start_service("projection", argv, env, timeout=90)
-    m = await read_to_end(url, stack.bootstrap, topic)
+    m = await processed_to_end(url, stack.bootstrap, topic)
     assert total(m, established) == 2, "a duplicate published across a restart was counted"
     assert total(m, "changai_projection_events_skipped_total", reason="duplicate") == 2
 
@@ -119,6 +152,6 @@ async def test_an_event_published_twice_is_counted_once_across_restart_and_rebui
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     await stack.start_service("projection", argv, env, timeout=90)
-    m = await read_to_end(url, stack.bootstrap, topic)
+    m = await processed_to_end(url, stack.bootstrap, topic)
     assert total(m, established) == 2
     assert total(m, "changai_projection_events_skipped_total", reason="duplicate") == 2
