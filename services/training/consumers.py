@@ -18,6 +18,7 @@ named after the generation (``<group>-g<N>``), so a new generation starts from o
 running service notices the new generation (every apply checks it under a share lock) and moves
 to the new group by itself.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -31,22 +32,40 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from services.training import store
 from shared.consumer import EventConsumer
-from shared.kafka import connection
-from shared.timing import wait_set
 from shared.events import CloudEvent, EventData, InvalidEvent, UnknownEventType, decode, parse_data
 from shared.events.membership import (
-    BranchDissolved, BranchEstablished, BranchMerged, BranchUpdated, MemberJoined, MemberLapsed, MemberLeft,
-    MemberSkillLevelChanged, MemberTransferred,
+    BranchDissolved,
+    BranchEstablished,
+    BranchMerged,
+    BranchUpdated,
+    MemberJoined,
+    MemberLapsed,
+    MemberLeft,
+    MemberSkillLevelChanged,
+    MemberTransferred,
 )
+from shared.kafka import connection
+from shared.timing import wait_set
 
 log = logging.getLogger(__name__)
 
 TOPIC = "membership.events"
 INBOX_CONSUMER = "training.members"
 CATCH_UP_ATTEMPTS = 6  # ~30 s of retries (Kafka still starting) before the live consumer does it alone
-EVENT_TYPES = {c.event_type for c in (MemberJoined, MemberTransferred, MemberLeft, MemberLapsed,
-                                      MemberSkillLevelChanged, BranchEstablished, BranchUpdated, BranchMerged,
-                                      BranchDissolved)}
+EVENT_TYPES = {
+    c.event_type
+    for c in (
+        MemberJoined,
+        MemberTransferred,
+        MemberLeft,
+        MemberLapsed,
+        MemberSkillLevelChanged,
+        BranchEstablished,
+        BranchUpdated,
+        BranchMerged,
+        BranchDissolved,
+    )
+}
 
 
 class StaleGeneration(Exception):
@@ -59,7 +78,8 @@ def group_id(prefix: str, generation: int) -> str:
 
 async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
     """Every partition of ``topic`` (fresh metadata: a consumer that has not subscribed has none cached)."""
-    cluster = await consumer._client.fetch_all_metadata()
+    # aiokafka has no public call for an unsubscribed topic's partitions (pinned: tests/unit/test_library_pins.py)
+    cluster = await consumer._client.fetch_all_metadata()  # noqa: SLF001
     found = cluster.partitions_for_topic(topic)
     if not found:
         raise RuntimeError(f"topic {topic} not found")
@@ -83,15 +103,30 @@ async def apply_batch(conn: asyncpg.Connection, generation: int, items: list[tup
     return len(todo)
 
 
-async def replay(conn: asyncpg.Connection, bootstrap: str, group: str, topic: str, generation: int, *,
-                 from_beginning: bool, batch: int = 2000, progress: Callable[[str], None] | None = None) -> dict:
+async def replay(
+    conn: asyncpg.Connection,
+    bootstrap: str,
+    group: str,
+    topic: str,
+    generation: int,
+    *,
+    from_beginning: bool,
+    batch: int = 2000,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
     """Apply ``topic`` in batches from the group's committed offsets (or the beginning) to the end
     offsets seen now, then commit those offsets for the group (best effort: a live member of the
     group keeps its own position, and the inbox makes the overlap harmless)."""
-    consumer = AIOKafkaConsumer(**connection(bootstrap), group_id=group, enable_auto_commit=False,
-                                auto_offset_reset="earliest", isolation_level="read_committed",
-                                max_poll_records=batch, fetch_max_bytes=16 * 1024 * 1024,
-                                max_partition_fetch_bytes=4 * 1024 * 1024)
+    consumer = AIOKafkaConsumer(
+        **connection(bootstrap),
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        max_poll_records=batch,
+        fetch_max_bytes=16 * 1024 * 1024,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
     await consumer.start()
     applied = skipped = invalid = 0
     committed = True
@@ -138,8 +173,10 @@ async def replay(conn: asyncpg.Connection, bootstrap: str, group: str, topic: st
             await consumer.commit({tp: end[tp] for tp in partitions})
         except Exception as exc:  # noqa: BLE001 - the group has a live member: it keeps its own position
             committed = False
-            log.info("replay offsets not committed; the group's live member keeps its position",
-                     extra={"group": group, "error": exc.__class__.__name__})
+            log.info(
+                "replay offsets not committed; the group's live member keeps its position",
+                extra={"group": group, "error": exc.__class__.__name__},
+            )
     finally:
         await consumer.stop()
     return {"applied": applied, "skipped": skipped, "invalid": invalid, "committed": committed}
@@ -150,8 +187,16 @@ class MemberReadModel:
     """Started with the API (a ``parts`` entry of ``create_app``): catches up in batches in the
     background, then follows the topic with ``EventConsumer``; moves to a new generation by itself."""
 
-    def __init__(self, pool: asyncpg.Pool, bootstrap: str, group_prefix: str, *, topic: str = TOPIC,
-                 check_interval: float = 5.0, catch_up: bool = True):
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        bootstrap: str,
+        group_prefix: str,
+        *,
+        topic: str = TOPIC,
+        check_interval: float = 5.0,
+        catch_up: bool = True,
+    ):
         self.pool = pool
         self.bootstrap = bootstrap
         self.group_prefix = group_prefix
@@ -180,7 +225,7 @@ class MemberReadModel:
                 await self._follow_generation()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - e.g. the database away at start: try again
+            except Exception:
                 log.exception("member read model failed; restarting")
                 if self.consumer:
                     await self.consumer.stop()
@@ -196,33 +241,41 @@ class MemberReadModel:
             started = time.monotonic()
             try:
                 async with self.pool.acquire() as conn:
-                    self.caught_up = await replay(conn, self.bootstrap, group, self.topic, self.generation,
-                                                  from_beginning=False)
-                log.info("member read model caught up", extra={"group": group, **self.caught_up,
-                                                               "seconds": round(time.monotonic() - started, 2)})
+                    self.caught_up = await replay(
+                        conn, self.bootstrap, group, self.topic, self.generation, from_beginning=False
+                    )
+                log.info(
+                    "member read model caught up",
+                    extra={"group": group, **self.caught_up, "seconds": round(time.monotonic() - started, 2)},
+                )
                 break
             except StaleGeneration:
                 return
-            except Exception:  # noqa: BLE001 - e.g. Kafka not up yet: try again, then let the live consumer do it
+            except Exception:
                 last = attempt == CATCH_UP_ATTEMPTS - 1
-                log.warning("batched catch-up failed; " + ("the live consumer takes over" if last else "retrying"),
-                            exc_info=True)
+                log.warning(
+                    "batched catch-up failed; " + ("the live consumer takes over" if last else "retrying"),
+                    exc_info=True,
+                )
                 if not last:
-                    await asyncio.sleep(min(2 ** attempt, 10))
-        self.consumer = EventConsumer(self.bootstrap, group, [self.topic], batch_handler=self._handle_batch,
-                                      event_types=EVENT_TYPES)
+                    await asyncio.sleep(min(2**attempt, 10))
+        self.consumer = EventConsumer(
+            self.bootstrap, group, [self.topic], batch_handler=self._handle_batch, event_types=EVENT_TYPES
+        )
         self.consumer.start()
         log.info("member read model consumer started", extra={"generation": self.generation, "group": group})
         while True:
             await wait_set(self._stale, self.check_interval)
             try:
                 current = await store.model_generation(self.pool)
-            except Exception:  # noqa: BLE001 - database away: try again later
+            except Exception:
                 log.warning("cannot read the read model's generation", exc_info=True)
                 continue
             if current != self.generation:
-                log.info("member read model was reset; moving to the new generation",
-                         extra={"old": self.generation, "new": current})
+                log.info(
+                    "member read model was reset; moving to the new generation",
+                    extra={"old": self.generation, "new": current},
+                )
                 await self.consumer.stop()
                 self.consumer = None
                 return
@@ -231,6 +284,7 @@ class MemberReadModel:
         """A partition's batch in one transaction: the live consumer keeps up with bulk imports."""
         try:
             async with self.pool.acquire() as conn, conn.transaction():
+                assert self.generation is not None  # set before the consumer starts
                 await apply_batch(conn, self.generation, [(uuid.UUID(e.id), d) for e, d in items])
         except StaleGeneration:
             # Not applied, offset not committed: wait here until this consumer is replaced.
@@ -244,12 +298,20 @@ def read_model_part(group_prefix: str, topic: str = TOPIC):
         await model.start()
         app.state.members = model
         return model.stop
+
     return part
 
 
 # ---------------------------------------------------------------------------- rebuild
-async def rebuild(dsn: str, bootstrap: str, group_prefix: str, *, topic: str = TOPIC, batch: int = 2000,
-                  progress: Callable[[str], None] = print) -> dict:
+async def rebuild(
+    dsn: str,
+    bootstrap: str,
+    group_prefix: str,
+    *,
+    topic: str = TOPIC,
+    batch: int = 2000,
+    progress: Callable[[str], None] = print,
+) -> dict:
     """Truncate the read model and its inbox rows, start a new generation, and replay the topic
     from the beginning to the end offsets seen at the start under the new generation's group.
 
@@ -263,15 +325,23 @@ async def rebuild(dsn: str, bootstrap: str, group_prefix: str, *, topic: str = T
             generation = await store.reset_member_model(conn, INBOX_CONSUMER)
         group = group_id(group_prefix, generation)
         progress(f"read model emptied; generation {generation}, consumer group {group}, replaying {topic}")
-        counts = await replay(conn, bootstrap, group, topic, generation, from_beginning=True, batch=batch,
-                              progress=progress)
+        counts = await replay(
+            conn, bootstrap, group, topic, generation, from_beginning=True, batch=batch, progress=progress
+        )
         await store.mark_rebuilt(conn)
         members = await conn.fetchval("SELECT count(*) FROM members")
         active = await conn.fetchval("SELECT count(*) FROM members WHERE status = 'active'")
         branches = await conn.fetchval("SELECT count(*) FROM branches")
     finally:
         await conn.close()
-    result = {"generation": generation, "group": group, **counts, "members": members, "active_members": active,
-              "branches": branches, "seconds": round(time.monotonic() - started, 2)}
+    result = {
+        "generation": generation,
+        "group": group,
+        **counts,
+        "members": members,
+        "active_members": active,
+        "branches": branches,
+        "seconds": round(time.monotonic() - started, 2),
+    }
     progress(f"rebuilt: {result}")
     return result

@@ -1,8 +1,9 @@
 """Training service: wiring and entry point.
 
-    python -m services.training api               # the HTTP API (+ outbox relay + member read model)
-    python -m services.training rebuild-members   # empty the member read model and replay membership.events
+python -m services.training api               # the HTTP API (+ outbox relay + member read model)
+python -m services.training rebuild-members   # empty the member read model and replay membership.events
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -28,10 +29,15 @@ class TrainingSettings(Settings):
 def build_app(settings: TrainingSettings | None = None):
     settings = settings or TrainingSettings()
     parts = [read_model_part(settings.members_group, settings.members_topic)] if settings.members_consumer else []
-    return create_app(service="training", settings=settings, routers=[router], parts=parts,
-                      title="Changai training (职业技能培训、竞赛、创新)",
-                      description="Programmes, sessions, enrolments and person-times, certificates, competitions, "
-                                  "innovation studios and training bases; a read model of members.")
+    return create_app(
+        service="training",
+        settings=settings,
+        routers=[router],
+        parts=parts,
+        title="Changai training (职业技能培训、竞赛、创新)",
+        description="Programmes, sessions, enrolments and person-times, certificates, competitions, "
+        "innovation studios and training bases; a read model of members.",
+    )
 
 
 def main(argv: list[str]) -> None:
@@ -44,8 +50,9 @@ def main(argv: list[str]) -> None:
 
         async def run() -> None:
             await migrate.apply(settings.database_url, "training")
-            await rebuild(settings.database_url, settings.kafka_bootstrap, settings.members_group,
-                          topic=settings.members_topic)
+            await rebuild(
+                settings.database_url, settings.kafka_bootstrap, settings.members_group, topic=settings.members_topic
+            )
 
         asyncio.run(run())
     else:

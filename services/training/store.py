@@ -1,25 +1,40 @@
 """Training's SQL, through asyncpg."""
+
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import date
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 import orjson
 
 from shared.events import EventData
 from shared.events.membership import (
-    BranchDissolved, BranchEstablished, BranchMerged, BranchUpdated, MemberJoined, MemberLapsed, MemberLeft,
-    MemberSkillLevelChanged, MemberTransferred,
+    BranchDissolved,
+    BranchEstablished,
+    BranchMerged,
+    BranchUpdated,
+    MemberJoined,
+    MemberLapsed,
+    MemberLeft,
+    MemberSkillLevelChanged,
+    MemberTransferred,
 )
 from shared.events.training import (
-    CertificateIssued, CompetitionAnnounced, CompetitionParticipantsRegistered, CompetitionResultsPublished,
-    ProgrammeRegistered, SessionScheduled, StudioEvaluated, StudioRecognised, StudioRevoked,
+    CertificateIssued,
+    CompetitionAnnounced,
+    CompetitionParticipantsRegistered,
+    CompetitionResultsPublished,
+    ProgrammeRegistered,
+    SessionScheduled,
+    StudioEvaluated,
+    StudioRecognised,
+    StudioRevoked,
 )
 
-Conn = asyncpg.Connection | asyncpg.Pool
+Conn: TypeAlias = asyncpg.Connection | asyncpg.Pool
 
 
 # ============================================================================ filters and lists
@@ -30,7 +45,7 @@ class Filter:
         self.clauses: list[str] = []
         self.args: list[Any] = []
 
-    def add(self, clause: str, value: Any) -> "Filter":
+    def add(self, clause: str, value: Any) -> Filter:
         if value is not None:
             self.args.append(value)
             self.clauses.append(clause.replace("?", f"${len(self.args)}"))
@@ -50,52 +65,131 @@ def _value(v: Any) -> Any:
     return getattr(v, "value", v)  # an enum filter by its value
 
 
-async def list_programmes(conn: Conn, *, after: int | None, limit: int, subsidy_category=None, provider_kind=None,
-                          occupation: str | None = None) -> list[asyncpg.Record]:
-    f = Filter().add("subsidy_category = ?", _value(subsidy_category)).add("provider_kind = ?", _value(provider_kind)) \
+async def list_programmes(
+    conn: Conn,
+    *,
+    after: int | None,
+    limit: int,
+    subsidy_category=None,
+    provider_kind=None,
+    occupation: str | None = None,
+) -> list[asyncpg.Record]:
+    f = (
+        Filter()
+        .add("subsidy_category = ?", _value(subsidy_category))
+        .add("provider_kind = ?", _value(provider_kind))
         .add("occupation = ?", occupation)
+    )
     return await _page(conn, "programmes", f, after, limit)
 
 
-async def list_sessions(conn: Conn, *, region_codes: list[str], after: int | None, limit: int,
-                        programme_id: uuid.UUID | None = None, status: str | None = None, subsidy_category=None,
-                        organiser_id: str | None = None, starts_from: date | None = None,
-                        starts_to: date | None = None) -> list[asyncpg.Record]:
-    f = Filter().add("region_code = ANY(?::text[])", region_codes).add("programme_id = ?", programme_id) \
-        .add("status = ?", status).add("subsidy_category = ?", _value(subsidy_category)) \
-        .add("organiser_id = ?", organiser_id).add("starts_on >= ?", starts_from).add("starts_on <= ?", starts_to)
+async def list_sessions(
+    conn: Conn,
+    *,
+    region_codes: list[str],
+    after: int | None,
+    limit: int,
+    programme_id: uuid.UUID | None = None,
+    status: str | None = None,
+    subsidy_category=None,
+    organiser_id: str | None = None,
+    starts_from: date | None = None,
+    starts_to: date | None = None,
+) -> list[asyncpg.Record]:
+    f = (
+        Filter()
+        .add("region_code = ANY(?::text[])", region_codes)
+        .add("programme_id = ?", programme_id)
+        .add("status = ?", status)
+        .add("subsidy_category = ?", _value(subsidy_category))
+        .add("organiser_id = ?", organiser_id)
+        .add("starts_on >= ?", starts_from)
+        .add("starts_on <= ?", starts_to)
+    )
     return await _page(conn, "sessions", f, after, limit)
 
 
-async def list_enrolments(conn: Conn, *, after: int | None, limit: int, region_codes: list[str] | None = None,
-                          member_id: uuid.UUID | None = None, session_id: uuid.UUID | None = None,
-                          status: str | None = None) -> list[asyncpg.Record]:
-    f = Filter().add("session_id IN (SELECT id FROM sessions WHERE region_code = ANY(?::text[]))", region_codes) \
-        .add("member_id = ?", member_id).add("session_id = ?", session_id).add("status = ?", status)
+async def list_enrolments(
+    conn: Conn,
+    *,
+    after: int | None,
+    limit: int,
+    region_codes: list[str] | None = None,
+    member_id: uuid.UUID | None = None,
+    session_id: uuid.UUID | None = None,
+    status: str | None = None,
+) -> list[asyncpg.Record]:
+    f = (
+        Filter()
+        .add("session_id IN (SELECT id FROM sessions WHERE region_code = ANY(?::text[]))", region_codes)
+        .add("member_id = ?", member_id)
+        .add("session_id = ?", session_id)
+        .add("status = ?", status)
+    )
     return await _page(conn, "enrolments", f, after, limit)
 
 
-async def list_certificates(conn: Conn, *, region_codes: list[str], after: int | None, limit: int,
-                            member_id: uuid.UUID | None = None, session_id: uuid.UUID | None = None
-                            ) -> list[asyncpg.Record]:
-    f = Filter().add("region_code = ANY(?::text[])", region_codes).add("member_id = ?", member_id) \
+async def list_certificates(
+    conn: Conn,
+    *,
+    region_codes: list[str],
+    after: int | None,
+    limit: int,
+    member_id: uuid.UUID | None = None,
+    session_id: uuid.UUID | None = None,
+) -> list[asyncpg.Record]:
+    f = (
+        Filter()
+        .add("region_code = ANY(?::text[])", region_codes)
+        .add("member_id = ?", member_id)
         .add("session_id = ?", session_id)
+    )
     return await _page(conn, "certificates", f, after, limit)
 
 
-async def list_competitions(conn: Conn, *, region_codes: list[str], after: int | None, limit: int, kind=None,
-                            tier=None, industry: str | None = None, status: str | None = None,
-                            year: int | None = None) -> list[asyncpg.Record]:
-    f = Filter().add("region_code = ANY(?::text[])", region_codes).add("kind = ?", _value(kind)) \
-        .add("tier = ?", _value(tier)).add("industry = ?", industry).add("status = ?", status) \
+async def list_competitions(
+    conn: Conn,
+    *,
+    region_codes: list[str],
+    after: int | None,
+    limit: int,
+    kind=None,
+    tier=None,
+    industry: str | None = None,
+    status: str | None = None,
+    year: int | None = None,
+) -> list[asyncpg.Record]:
+    f = (
+        Filter()
+        .add("region_code = ANY(?::text[])", region_codes)
+        .add("kind = ?", _value(kind))
+        .add("tier = ?", _value(tier))
+        .add("industry = ?", industry)
+        .add("status = ?", status)
         .add("extract(year FROM starts_on) = ?", year)
+    )
     return await _page(conn, "competitions", f, after, limit)
 
 
-async def list_studios(conn: Conn, *, region_codes: list[str], after: int | None, limit: int, kind=None, level=None,
-                       industry: str | None = None, status: str | None = None) -> list[asyncpg.Record]:
-    f = Filter().add("region_code = ANY(?::text[])", region_codes).add("kind = ?", _value(kind)) \
-        .add("level = ?", _value(level)).add("industry = ?", industry).add("status = ?", status)
+async def list_studios(
+    conn: Conn,
+    *,
+    region_codes: list[str],
+    after: int | None,
+    limit: int,
+    kind=None,
+    level=None,
+    industry: str | None = None,
+    status: str | None = None,
+) -> list[asyncpg.Record]:
+    f = (
+        Filter()
+        .add("region_code = ANY(?::text[])", region_codes)
+        .add("kind = ?", _value(kind))
+        .add("level = ?", _value(level))
+        .add("industry = ?", industry)
+        .add("status = ?", status)
+    )
     return await _page(conn, "studios", f, after, limit)
 
 
@@ -109,8 +203,9 @@ async def reset_member_model(conn: asyncpg.Connection, consumer: str) -> int:
     await conn.fetchval("SELECT generation FROM member_model FOR UPDATE")  # waits for in-flight applies
     await conn.execute("TRUNCATE members, branches")
     await conn.execute("DELETE FROM inbox WHERE consumer = $1", consumer)
-    return await conn.fetchval("UPDATE member_model SET generation = generation + 1, rebuilt_at = NULL "
-                               "RETURNING generation")
+    return await conn.fetchval(
+        "UPDATE member_model SET generation = generation + 1, rebuilt_at = NULL RETURNING generation"
+    )
 
 
 async def mark_rebuilt(conn: Conn) -> None:
@@ -144,16 +239,38 @@ def membership_statement(d: EventData) -> tuple[str, tuple] | None:
     """The SQL that folds one membership event into the read model (an upsert: order per member
     matters, and the consumer keeps it; applying the same event twice gives the same row)."""
     if isinstance(d, MemberJoined):
-        return _JOINED, (d.member_id, d.branch_id, d.region_code, d.city_code, d.employment_form.value, d.occupation,
-                         d.skill_level, d.joined_on)
+        return _JOINED, (
+            d.member_id,
+            d.branch_id,
+            d.region_code,
+            d.city_code,
+            d.employment_form.value,
+            d.occupation,
+            d.skill_level,
+            d.joined_on,
+        )
     if isinstance(d, MemberTransferred):
         return _TRANSFERRED, (d.member_id, d.to_branch_id, d.to_region_code, d.to_city_code, d.employment_form.value)
     if isinstance(d, MemberLeft):
-        return _ENDED, (d.member_id, d.branch_id, d.region_code, d.city_code, d.employment_form.value, "left",
-                        d.left_on)
+        return _ENDED, (
+            d.member_id,
+            d.branch_id,
+            d.region_code,
+            d.city_code,
+            d.employment_form.value,
+            "left",
+            d.left_on,
+        )
     if isinstance(d, MemberLapsed):
-        return _ENDED, (d.member_id, d.branch_id, d.region_code, d.city_code, d.employment_form.value, "lapsed",
-                        d.lapsed_on)
+        return _ENDED, (
+            d.member_id,
+            d.branch_id,
+            d.region_code,
+            d.city_code,
+            d.employment_form.value,
+            "lapsed",
+            d.lapsed_on,
+        )
     if isinstance(d, MemberSkillLevelChanged):
         return _SKILL, (d.member_id, d.to_level)
     if isinstance(d, (BranchEstablished, BranchUpdated)):
@@ -173,7 +290,8 @@ async def apply_membership_event(conn: asyncpg.Connection, d: EventData) -> None
 
 async def apply_membership_events(conn: asyncpg.Connection, items: Sequence[EventData]) -> None:
     """Many events in order: consecutive statements of the same kind go as one pipelined executemany."""
-    run_sql, run_args = None, []
+    run_sql: str | None = None
+    run_args: list[tuple] = []
     for d in items:
         statement = membership_statement(d)
         if statement is None:
@@ -189,8 +307,12 @@ async def apply_membership_events(conn: asyncpg.Connection, items: Sequence[Even
 
 async def claim_many(conn: asyncpg.Connection, consumer: str, event_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
     """``shared.inbox.claim`` for a batch: the ids not applied before (now claimed in this transaction)."""
-    rows = await conn.fetch("INSERT INTO inbox (consumer, event_id) SELECT $1, unnest($2::uuid[]) "
-                            "ON CONFLICT DO NOTHING RETURNING event_id", consumer, list(event_ids))
+    rows = await conn.fetch(
+        "INSERT INTO inbox (consumer, event_id) SELECT $1, unnest($2::uuid[]) "
+        "ON CONFLICT DO NOTHING RETURNING event_id",
+        consumer,
+        list(event_ids),
+    )
     return {r["event_id"] for r in rows}
 
 
@@ -217,8 +339,14 @@ async def insert_programme(conn: asyncpg.Connection, e: ProgrammeRegistered) -> 
     await conn.execute(
         """INSERT INTO programmes (id, name, occupation, target_level, provider_kind, provider_name, subsidy_category)
            VALUES ($1, $2, $3, $4, $5, $6, $7)""",
-        e.programme_id, e.name, e.occupation, e.target_level, e.provider_kind.value, e.provider_name,
-        e.subsidy_category.value)
+        e.programme_id,
+        e.name,
+        e.occupation,
+        e.target_level,
+        e.provider_kind.value,
+        e.provider_name,
+        e.subsidy_category.value,
+    )
 
 
 async def get_programme(conn: Conn, programme_id: uuid.UUID) -> asyncpg.Record | None:
@@ -228,8 +356,8 @@ async def get_programme(conn: Conn, programme_id: uuid.UUID) -> asyncpg.Record |
 async def next_session_number(conn: asyncpg.Connection, programme_id: uuid.UUID) -> int:
     """第n期: numbers a programme's sessions 1, 2, ... (the row lock serialises concurrent scheduling)."""
     return await conn.fetchval(
-        "UPDATE programmes SET sessions_count = sessions_count + 1 WHERE id = $1 RETURNING sessions_count",
-        programme_id)
+        "UPDATE programmes SET sessions_count = sessions_count + 1 WHERE id = $1 RETURNING sessions_count", programme_id
+    )
 
 
 # ============================================================================ sessions
@@ -238,8 +366,19 @@ async def insert_session(conn: asyncpg.Connection, e: SessionScheduled, organise
         """INSERT INTO sessions (id, programme_id, number, organiser_id, organiser_kind, organiser_name, region_code,
                                  city_code, subsidy_category, starts_on, ends_on, capacity)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)""",
-        e.session_id, e.programme_id, e.number, e.organiser_id, e.organiser_kind.value, organiser_name,
-        e.region_code, e.city_code, e.subsidy_category.value, e.starts_on, e.ends_on, e.capacity)
+        e.session_id,
+        e.programme_id,
+        e.number,
+        e.organiser_id,
+        e.organiser_kind.value,
+        organiser_name,
+        e.region_code,
+        e.city_code,
+        e.subsidy_category.value,
+        e.starts_on,
+        e.ends_on,
+        e.capacity,
+    )
 
 
 async def get_session(conn: Conn, session_id: uuid.UUID, *, lock: bool = False) -> asyncpg.Record | None:
@@ -249,81 +388,125 @@ async def get_session(conn: Conn, session_id: uuid.UUID, *, lock: bool = False) 
 
 
 async def set_started(conn: asyncpg.Connection, session_id: uuid.UUID, on: date) -> None:
-    await conn.execute("UPDATE sessions SET status = 'in_progress', started_on = $2, updated_at = now() WHERE id = $1",
-                       session_id, on)
+    await conn.execute(
+        "UPDATE sessions SET status = 'in_progress', started_on = $2, updated_at = now() WHERE id = $1", session_id, on
+    )
 
 
-async def set_completed(conn: asyncpg.Connection, session_id: uuid.UUID, on: date, person_times: int, passed: int,
-                        failed: int, eligible: int, absent_ids: list[uuid.UUID]) -> None:
+async def set_completed(
+    conn: asyncpg.Connection,
+    session_id: uuid.UUID,
+    on: date,
+    person_times: int,
+    passed: int,
+    failed: int,
+    eligible: int,
+    absent_ids: list[uuid.UUID],
+) -> None:
     if absent_ids:
         await conn.execute(
             """UPDATE enrolments SET status = 'withdrawn', withdraw_reason = 'absent', withdrawn_at = now()
-               WHERE id = ANY($1::uuid[])""", absent_ids)
+               WHERE id = ANY($1::uuid[])""",
+            absent_ids,
+        )
     await conn.execute("UPDATE enrolments SET closed = true WHERE session_id = $1", session_id)
     await conn.execute(
         """UPDATE sessions SET status = 'completed', completed_on = $2, person_times = $3, passed = $4, failed = $5,
                eligible_persons = $6, enrolled = enrolled - $7, updated_at = now() WHERE id = $1""",
-        session_id, on, person_times, passed, failed, eligible, len(absent_ids))
+        session_id,
+        on,
+        person_times,
+        passed,
+        failed,
+        eligible,
+        len(absent_ids),
+    )
 
 
-async def set_cancelled(conn: asyncpg.Connection, session_id: uuid.UUID, on: date, reason: str | None,
-                        withdrawn_ids: list[uuid.UUID]) -> None:
+async def set_cancelled(
+    conn: asyncpg.Connection, session_id: uuid.UUID, on: date, reason: str | None, withdrawn_ids: list[uuid.UUID]
+) -> None:
     if withdrawn_ids:
         await conn.execute(
             """UPDATE enrolments SET status = 'withdrawn', withdraw_reason = 'session cancelled', withdrawn_at = now()
-               WHERE id = ANY($1::uuid[])""", withdrawn_ids)
+               WHERE id = ANY($1::uuid[])""",
+            withdrawn_ids,
+        )
     await conn.execute("UPDATE enrolments SET closed = true WHERE session_id = $1", session_id)
     await conn.execute(
         """UPDATE sessions SET status = 'cancelled', cancelled_on = $2, cancel_reason = $3,
                enrolled = enrolled - $4, updated_at = now() WHERE id = $1""",
-        session_id, on, reason, len(withdrawn_ids))
+        session_id,
+        on,
+        reason,
+        len(withdrawn_ids),
+    )
 
 
 # ============================================================================ enrolments
-async def live_enrolments(conn: Conn, session_id: uuid.UUID,
-                          member_ids: Sequence[uuid.UUID] | None = None) -> dict[uuid.UUID, asyncpg.Record]:
+async def live_enrolments(
+    conn: Conn, session_id: uuid.UUID, member_ids: Sequence[uuid.UUID] | None = None
+) -> dict[uuid.UUID, asyncpg.Record]:
     """Enrolments not withdrawn, by member (of the members given, or all)."""
     if member_ids is None:
         rows = await conn.fetch("SELECT * FROM enrolments WHERE session_id = $1 AND status <> 'withdrawn'", session_id)
     else:
-        rows = await conn.fetch("SELECT * FROM enrolments WHERE session_id = $1 AND status <> 'withdrawn' "
-                                "AND member_id = ANY($2::uuid[])", session_id, list(member_ids))
+        rows = await conn.fetch(
+            "SELECT * FROM enrolments WHERE session_id = $1 AND status <> 'withdrawn' AND member_id = ANY($2::uuid[])",
+            session_id,
+            list(member_ids),
+        )
     return {r["member_id"]: r for r in rows}
 
 
-async def insert_enrolments(conn: asyncpg.Connection, session_id: uuid.UUID,
-                            rows: list[tuple[uuid.UUID, uuid.UUID, uuid.UUID | None]]) -> None:
+async def insert_enrolments(
+    conn: asyncpg.Connection, session_id: uuid.UUID, rows: list[tuple[uuid.UUID, uuid.UUID, uuid.UUID | None]]
+) -> None:
     """rows: (enrolment id, member id, branch id); also takes the places on the session."""
     if not rows:
         return
-    ids, members, branches = (list(c) for c in zip(*rows))
+    ids, members, branches = (list(c) for c in zip(*rows, strict=True))
     await conn.execute(
         """INSERT INTO enrolments (id, session_id, member_id, branch_id)
            SELECT e.id, $1, e.member_id, e.branch_id FROM unnest($2::uuid[], $3::uuid[], $4::uuid[])
-               AS e(id, member_id, branch_id)""", session_id, ids, members, branches)
-    await conn.execute("UPDATE sessions SET enrolled = enrolled + $2, updated_at = now() WHERE id = $1",
-                       session_id, len(rows))
+               AS e(id, member_id, branch_id)""",
+        session_id,
+        ids,
+        members,
+        branches,
+    )
+    await conn.execute(
+        "UPDATE sessions SET enrolled = enrolled + $2, updated_at = now() WHERE id = $1", session_id, len(rows)
+    )
 
 
 async def mark_attended(conn: asyncpg.Connection, ids: list[uuid.UUID]) -> None:
     if ids:
-        await conn.execute("UPDATE enrolments SET status = 'attended', attended_at = now() WHERE id = ANY($1::uuid[])",
-                           ids)
+        await conn.execute(
+            "UPDATE enrolments SET status = 'attended', attended_at = now() WHERE id = ANY($1::uuid[])", ids
+        )
 
 
 async def mark_assessed(conn: asyncpg.Connection, items: list[tuple[uuid.UUID, str]]) -> None:
     if items:
-        ids, results = (list(c) for c in zip(*items))
+        ids, results = (list(c) for c in zip(*items, strict=True))
         await conn.execute(
             """UPDATE enrolments e SET status = v.result, assessed_at = now()
-               FROM unnest($1::uuid[], $2::text[]) AS v(id, result) WHERE e.id = v.id""", ids, results)
+               FROM unnest($1::uuid[], $2::text[]) AS v(id, result) WHERE e.id = v.id""",
+            ids,
+            results,
+        )
 
 
 async def mark_withdrawn(conn: asyncpg.Connection, enrolment: asyncpg.Record, reason: str | None) -> None:
-    await conn.execute("UPDATE enrolments SET status = 'withdrawn', withdraw_reason = $2, withdrawn_at = now() "
-                       "WHERE id = $1", enrolment["id"], reason)
-    await conn.execute("UPDATE sessions SET enrolled = enrolled - 1, updated_at = now() WHERE id = $1",
-                       enrolment["session_id"])
+    await conn.execute(
+        "UPDATE enrolments SET status = 'withdrawn', withdraw_reason = $2, withdrawn_at = now() WHERE id = $1",
+        enrolment["id"],
+        reason,
+    )
+    await conn.execute(
+        "UPDATE sessions SET enrolled = enrolled - 1, updated_at = now() WHERE id = $1", enrolment["session_id"]
+    )
 
 
 async def get_enrolment(conn: Conn, enrolment_id: uuid.UUID) -> asyncpg.Record | None:
@@ -340,14 +523,27 @@ async def enrolments_by_id(conn: Conn, ids: Sequence[uuid.UUID]) -> dict[uuid.UU
 
 
 # ============================================================================ certificates
-async def insert_certificate(conn: asyncpg.Connection, e: CertificateIssued, session_id: uuid.UUID | None,
-                             programme_name: str | None) -> None:
+async def insert_certificate(
+    conn: asyncpg.Connection, e: CertificateIssued, session_id: uuid.UUID | None, programme_name: str | None
+) -> None:
     await conn.execute(
         """INSERT INTO certificates (id, serial, member_id, enrolment_id, session_id, programme_id, programme_name,
                                      occupation, level, issuer, region_code, city_code, issued_on)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)""",
-        e.certificate_id, e.serial, e.member_id, e.enrolment_id, session_id, e.programme_id, programme_name,
-        e.occupation, e.level, e.issuer, e.region_code, e.city_code, e.issued_on)
+        e.certificate_id,
+        e.serial,
+        e.member_id,
+        e.enrolment_id,
+        session_id,
+        e.programme_id,
+        programme_name,
+        e.occupation,
+        e.level,
+        e.issuer,
+        e.region_code,
+        e.city_code,
+        e.issued_on,
+    )
 
 
 async def certificate_by_serial(conn: Conn, serial: str) -> asyncpg.Record | None:
@@ -368,13 +564,23 @@ async def insert_competition(conn: asyncpg.Connection, e: CompetitionAnnounced, 
     await conn.execute(
         """INSERT INTO competitions (id, name, kind, tier, industry, key_industry, region_code, city_code, starts_on,
                                      ends_on) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)""",
-        e.competition_id, e.name, e.kind.value, e.tier.value, e.industry, key_industry, e.region_code, e.city_code,
-        e.starts_on, e.ends_on)
+        e.competition_id,
+        e.name,
+        e.kind.value,
+        e.tier.value,
+        e.industry,
+        key_industry,
+        e.region_code,
+        e.city_code,
+        e.starts_on,
+        e.ends_on,
+    )
 
 
 async def get_competition(conn: Conn, competition_id: uuid.UUID, *, lock: bool = False) -> asyncpg.Record | None:
-    return await conn.fetchrow("SELECT * FROM competitions WHERE id = $1" + (" FOR UPDATE" if lock else ""),
-                               competition_id)
+    return await conn.fetchrow(
+        "SELECT * FROM competitions WHERE id = $1" + (" FOR UPDATE" if lock else ""), competition_id
+    )
 
 
 async def registered_members(conn: Conn, competition_id: uuid.UUID) -> set[uuid.UUID]:
@@ -382,26 +588,47 @@ async def registered_members(conn: Conn, competition_id: uuid.UUID) -> set[uuid.
     return {r["member_id"] for r in rows}
 
 
-async def add_participants(conn: asyncpg.Connection, e: CompetitionParticipantsRegistered,
-                           members: dict[uuid.UUID, asyncpg.Record], reported: int) -> None:
+async def add_participants(
+    conn: asyncpg.Connection,
+    e: CompetitionParticipantsRegistered,
+    members: dict[uuid.UUID, asyncpg.Record],
+    reported: int,
+) -> None:
     if e.member_ids:
         await conn.execute(
             """INSERT INTO competition_members (competition_id, member_id, branch_id)
                SELECT $1, m.id, m.branch_id FROM unnest($2::uuid[], $3::uuid[]) AS m(id, branch_id)""",
-            e.competition_id, list(e.member_ids), [members[m]["branch_id"] for m in e.member_ids])
+            e.competition_id,
+            list(e.member_ids),
+            [members[m]["branch_id"] for m in e.member_ids],
+        )
     if reported:
-        await conn.execute("INSERT INTO competition_headcounts (competition_id, branch_id, headcount) "
-                           "VALUES ($1, $2, $3)", e.competition_id, e.branch_id, reported)
-    await conn.execute("UPDATE competitions SET named = named + $2, reported = reported + $3 WHERE id = $1",
-                       e.competition_id, len(e.member_ids), reported)
+        await conn.execute(
+            "INSERT INTO competition_headcounts (competition_id, branch_id, headcount) VALUES ($1, $2, $3)",
+            e.competition_id,
+            e.branch_id,
+            reported,
+        )
+    await conn.execute(
+        "UPDATE competitions SET named = named + $2, reported = reported + $3 WHERE id = $1",
+        e.competition_id,
+        len(e.member_ids),
+        reported,
+    )
 
 
 async def participants(conn: Conn, competition_id: uuid.UUID) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
-    named = await conn.fetch("SELECT member_id, branch_id, registered_at FROM competition_members "
-                             "WHERE competition_id = $1 ORDER BY registered_at, member_id", competition_id)
-    counts = await conn.fetch("SELECT branch_id, sum(headcount)::int AS headcount, count(*)::int AS reports "
-                              "FROM competition_headcounts WHERE competition_id = $1 GROUP BY branch_id "
-                              "ORDER BY branch_id", competition_id)
+    named = await conn.fetch(
+        "SELECT member_id, branch_id, registered_at FROM competition_members "
+        "WHERE competition_id = $1 ORDER BY registered_at, member_id",
+        competition_id,
+    )
+    counts = await conn.fetch(
+        "SELECT branch_id, sum(headcount)::int AS headcount, count(*)::int AS reports "
+        "FROM competition_headcounts WHERE competition_id = $1 GROUP BY branch_id "
+        "ORDER BY branch_id",
+        competition_id,
+    )
     return named, counts
 
 
@@ -412,7 +639,10 @@ async def set_held(conn: asyncpg.Connection, competition_id: uuid.UUID, on: date
 async def set_results(conn: asyncpg.Connection, e: CompetitionResultsPublished) -> None:
     await conn.execute(
         "UPDATE competitions SET status = 'results_published', published_on = $2, winners = $3::jsonb WHERE id = $1",
-        e.competition_id, e.published_on, orjson.dumps([w.model_dump(mode="json") for w in e.winners]).decode())
+        e.competition_id,
+        e.published_on,
+        orjson.dumps([w.model_dump(mode="json") for w in e.winners]).decode(),
+    )
 
 
 # ============================================================================ studios
@@ -421,8 +651,19 @@ async def insert_studio(conn: asyncpg.Connection, e: StudioRecognised, key_indus
         """INSERT INTO studios (id, kind, name, host_enterprise, lead_worker, lead_member_id, level, industry,
                                 key_industry, region_code, city_code, recognised_on)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)""",
-        e.studio_id, e.kind.value, e.name, e.host_enterprise, e.lead_worker, e.lead_member_id, e.level.value,
-        e.industry, key_industry, e.region_code, e.city_code, e.recognised_on)
+        e.studio_id,
+        e.kind.value,
+        e.name,
+        e.host_enterprise,
+        e.lead_worker,
+        e.lead_member_id,
+        e.level.value,
+        e.industry,
+        key_industry,
+        e.region_code,
+        e.city_code,
+        e.recognised_on,
+    )
 
 
 async def get_studio(conn: Conn, studio_id: uuid.UUID, *, lock: bool = False) -> asyncpg.Record | None:
@@ -430,20 +671,34 @@ async def get_studio(conn: Conn, studio_id: uuid.UUID, *, lock: bool = False) ->
 
 
 async def add_evaluation(conn: asyncpg.Connection, e: StudioEvaluated, notes: str | None) -> None:
-    await conn.execute("INSERT INTO studio_evaluations (studio_id, rating, evaluated_on, notes) VALUES ($1, $2, $3, $4)",
-                       e.studio_id, e.rating, e.evaluated_on, notes)
-    await conn.execute("UPDATE studios SET last_rating = $2, last_evaluated_on = $3 WHERE id = $1",
-                       e.studio_id, e.rating, e.evaluated_on)
+    await conn.execute(
+        "INSERT INTO studio_evaluations (studio_id, rating, evaluated_on, notes) VALUES ($1, $2, $3, $4)",
+        e.studio_id,
+        e.rating,
+        e.evaluated_on,
+        notes,
+    )
+    await conn.execute(
+        "UPDATE studios SET last_rating = $2, last_evaluated_on = $3 WHERE id = $1",
+        e.studio_id,
+        e.rating,
+        e.evaluated_on,
+    )
 
 
 async def evaluations(conn: Conn, studio_id: uuid.UUID) -> list[asyncpg.Record]:
-    return await conn.fetch("SELECT rating, evaluated_on, notes FROM studio_evaluations WHERE studio_id = $1 "
-                            "ORDER BY seq", studio_id)
+    return await conn.fetch(
+        "SELECT rating, evaluated_on, notes FROM studio_evaluations WHERE studio_id = $1 ORDER BY seq", studio_id
+    )
 
 
 async def set_revoked(conn: asyncpg.Connection, e: StudioRevoked) -> None:
-    await conn.execute("UPDATE studios SET status = 'revoked', revoked_on = $2, revoke_reason = $3 WHERE id = $1",
-                       e.studio_id, e.revoked_on, e.reason)
+    await conn.execute(
+        "UPDATE studios SET status = 'revoked', revoked_on = $2, revoke_reason = $3 WHERE id = $1",
+        e.studio_id,
+        e.revoked_on,
+        e.reason,
+    )
 
 
 # ============================================================================ summary
@@ -461,4 +716,7 @@ async def person_times(conn: Conn, start: date, end: date, region_codes: list[st
               AND s.region_code = ANY($3::text[])
             GROUP BY GROUPING SETS (({region}, s.subsidy_category), ({region}), (s.subsidy_category), ())
             ORDER BY 3 DESC, 4 DESC, 1 NULLS FIRST, 2 NULLS FIRST""",
-        start, end, region_codes)
+        start,
+        end,
+        region_codes,
+    )

@@ -12,15 +12,16 @@ transaction, and returns the rows the answer is made of. Refusals are ``shared.e
 Every change to a session's enrolments first locks the session row (``FOR UPDATE``): that is what keeps
 capacity exact under concurrency (``CHECK (enrolled <= capacity)`` is the backstop).
 """
+
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 
@@ -32,7 +33,7 @@ from shared.events import EventData
 from shared.events.training import OrganiserKind
 from shared.logging import trace_id_var
 
-Record = asyncpg.Record
+Record: TypeAlias = asyncpg.Record
 
 
 # Events of the commands run inside ``one_outbox_write``: written together at its end (bulk paths).
@@ -43,7 +44,7 @@ async def emit(conn: asyncpg.Connection, *events: EventData) -> None:
     await emit_many(conn, list(events))
 
 
-async def emit_many(conn: asyncpg.Connection, events: list[EventData]) -> None:
+async def emit_many(conn: asyncpg.Connection, events: Sequence[EventData]) -> None:
     """Queue events in the outbox in this transaction, in order: one INSERT, or COPY for many."""
     pending = _PENDING.get()
     if pending is not None:
@@ -84,7 +85,7 @@ async def _locked_enrolment(conn, enrolment_id: uuid.UUID, actor: Principal) -> 
     if enrolment is None:
         raise NotFound("enrolment", enrolment_id)
     session = await store.get_session(conn, enrolment["session_id"], lock=True)
-    actor.ensure_visible(session["region_code"], "enrolment", enrolment_id)
+    actor.ensure_visible(session["region_code"] if session else None, "enrolment", enrolment_id)
     return await store.get_enrolment(conn, enrolment_id), session
 
 
@@ -128,35 +129,39 @@ async def get_session(conn, session_id: uuid.UUID, actor: Principal) -> Record:
     return await _visible_session(conn, session_id, actor)
 
 
-async def list_sessions(conn, actor: Principal, *, region_code: str | None, after: int | None, limit: int,
-                        **filters: Any) -> list[Record]:
-    return await store.list_sessions(conn, region_codes=actor.scope_codes(region_code), after=after, limit=limit,
-                                     **filters)
+async def list_sessions(
+    conn, actor: Principal, *, region_code: str | None, after: int | None, limit: int, **filters: Any
+) -> list[Record]:
+    return await store.list_sessions(
+        conn, region_codes=actor.scope_codes(region_code), after=after, limit=limit, **filters
+    )
 
 
 async def get_enrolment(conn, enrolment_id: uuid.UUID, actor: Principal) -> Record:
     row = await store.get_enrolment(conn, enrolment_id)
-    session = row and await store.get_session(conn, row["session_id"])
-    if row is None or not actor.may_act_on(session["region_code"]):
+    session = await store.get_session(conn, row["session_id"]) if row is not None else None
+    if row is None or session is None or not actor.may_act_on(session["region_code"]):
         raise NotFound("enrolment", enrolment_id)
     return row
 
 
-async def list_session_enrolments(conn, session_id: uuid.UUID, actor: Principal, *, after: int | None, limit: int,
-                                  status: str | None = None) -> list[Record]:
+async def list_session_enrolments(
+    conn, session_id: uuid.UUID, actor: Principal, *, after: int | None, limit: int, status: str | None = None
+) -> list[Record]:
     await _visible_session(conn, session_id, actor)
     return await store.list_enrolments(conn, session_id=session_id, status=status, after=after, limit=limit)
 
 
 async def list_enrolments(conn, actor: Principal, *, after: int | None, limit: int, **filters: Any) -> list[Record]:
-    return await store.list_enrolments(conn, region_codes=actor.scope_codes(None), after=after, limit=limit,
-                                       **filters)
+    return await store.list_enrolments(conn, region_codes=actor.scope_codes(None), after=after, limit=limit, **filters)
 
 
-async def list_certificates(conn, actor: Principal, *, region_code: str | None, after: int | None, limit: int,
-                            **filters: Any) -> list[Record]:
-    return await store.list_certificates(conn, region_codes=actor.scope_codes(region_code), after=after,
-                                         limit=limit, **filters)
+async def list_certificates(
+    conn, actor: Principal, *, region_code: str | None, after: int | None, limit: int, **filters: Any
+) -> list[Record]:
+    return await store.list_certificates(
+        conn, region_codes=actor.scope_codes(region_code), after=after, limit=limit, **filters
+    )
 
 
 async def verify_certificate(conn, serial: str) -> Record:
@@ -172,11 +177,24 @@ async def get_competition(conn, competition_id: uuid.UUID, actor: Principal) -> 
     return await _visible_competition(conn, competition_id, actor)
 
 
-async def list_competitions(conn, actor: Principal, *, region_code: str | None, industry: str | None,
-                            after: int | None, limit: int, **filters: Any) -> list[Record]:
+async def list_competitions(
+    conn,
+    actor: Principal,
+    *,
+    region_code: str | None,
+    industry: str | None,
+    after: int | None,
+    limit: int,
+    **filters: Any,
+) -> list[Record]:
     return await store.list_competitions(
-        conn, region_codes=actor.scope_codes(region_code), after=after, limit=limit,
-        industry=industry and domain.normalise_industry(industry)[0], **filters)
+        conn,
+        region_codes=actor.scope_codes(region_code),
+        after=after,
+        limit=limit,
+        industry=industry and domain.normalise_industry(industry)[0],
+        **filters,
+    )
 
 
 @dataclass
@@ -197,15 +215,29 @@ async def get_studio(conn, studio_id: uuid.UUID, actor: Principal) -> tuple[Reco
     return s, await store.evaluations(conn, studio_id)
 
 
-async def list_studios(conn, actor: Principal, *, region_code: str | None, industry: str | None,
-                       after: int | None, limit: int, **filters: Any) -> list[Record]:
+async def list_studios(
+    conn,
+    actor: Principal,
+    *,
+    region_code: str | None,
+    industry: str | None,
+    after: int | None,
+    limit: int,
+    **filters: Any,
+) -> list[Record]:
     return await store.list_studios(
-        conn, region_codes=actor.scope_codes(region_code), after=after, limit=limit,
-        industry=industry and domain.normalise_industry(industry)[0], **filters)
+        conn,
+        region_codes=actor.scope_codes(region_code),
+        after=after,
+        limit=limit,
+        industry=industry and domain.normalise_industry(industry)[0],
+        **filters,
+    )
 
 
-async def person_times(conn, actor: Principal, *, start: date, end: date, region_code: str | None,
-                       by: str) -> list[Record]:
+async def person_times(
+    conn, actor: Principal, *, start: date, end: date, region_code: str | None, by: str
+) -> list[Record]:
     if end < start:
         raise Invalid("to", "before from")
     return await store.person_times(conn, start, end, actor.scope_codes(region_code), by)
@@ -226,8 +258,11 @@ async def schedule_session(conn, cmd: domain.SessionIn, actor: Principal, today:
     programme = await store.get_programme(conn, cmd.programme_id)
     if programme is None:
         raise Invalid("programme_id", "no such programme")
-    branch = await store.get_branch(conn, uuid.UUID(cmd.organiser_id)) \
-        if cmd.organiser_kind is OrganiserKind.branch else None
+    branch = (
+        await store.get_branch(conn, uuid.UUID(cmd.organiser_id))
+        if cmd.organiser_kind is OrganiserKind.branch
+        else None
+    )
     organiser_name, region_code = domain.resolve_organiser(cmd, branch)
     if branch is not None:  # acting for a branch: its own region decides, whatever region_code says
         actor.ensure_region(branch["region_code"])
@@ -253,18 +288,28 @@ class Completed:
     completion: domain.Completion
 
 
-async def complete_session(conn, session_id: uuid.UUID, cmd: domain.CompleteIn, actor: Principal,
-                           today: date) -> Completed:
+async def complete_session(
+    conn, session_id: uuid.UUID, cmd: domain.CompleteIn, actor: Principal, today: date
+) -> Completed:
     """Closes the enrolments and emits ``session.completed`` with the person-times and the
     subsidy-eligible members (active members who passed)."""
     session = await _visible_session(conn, session_id, actor, lock=True)
     programme = await store.get_programme(conn, session["programme_id"])
+    assert programme is not None  # sessions.programme_id references programmes
     enrolments = await store.session_enrolments(conn, session_id)
     active = await store.active_members(conn, [e["member_id"] for e in enrolments if e["status"] == "passed"])
     done = domain.complete_session(session, programme, enrolments, active, cmd.completed_on or today)
     e = done.event
-    await store.set_completed(conn, session_id, e.completed_on, e.person_times, e.passed, e.failed,
-                              e.eligible_persons, [w.enrolment_id for w in done.absent])
+    await store.set_completed(
+        conn,
+        session_id,
+        e.completed_on,
+        e.person_times,
+        e.passed,
+        e.failed,
+        e.eligible_persons,
+        [w.enrolment_id for w in done.absent],
+    )
     await emit_many(conn, [*done.absent, e])
     return Completed(await store.get_session(conn, session_id), done)
 
@@ -293,8 +338,9 @@ class Enrolled:
         return self.session["capacity"] - self.session["enrolled"] - self.accepted
 
 
-async def enrol_members(conn, session_id: uuid.UUID, member_ids: list[uuid.UUID], actor: Principal,
-                        today: date) -> Enrolled:
+async def enrol_members(
+    conn, session_id: uuid.UUID, member_ids: list[uuid.UUID], actor: Principal, today: date
+) -> Enrolled:
     """Members get places in request order until the session is full; an outcome per member. A session
     that no longer takes enrolments refuses the whole command."""
     session = await _visible_session(conn, session_id, actor, lock=True)
@@ -303,11 +349,19 @@ async def enrol_members(conn, session_id: uuid.UUID, member_ids: list[uuid.UUID]
     outcomes = domain.decide_enrolments(session, member_ids, members, already)
     accepted = [o for o in outcomes if o.problem is None]
     try:
-        await store.insert_enrolments(conn, session_id, [(o.enrolment_id, o.member_id, members[o.member_id]["branch_id"])
-                                                         for o in accepted])
+        await store.insert_enrolments(
+            conn,
+            session_id,
+            [
+                (o.enrolment_id, o.member_id, members[o.member_id]["branch_id"])
+                for o in accepted
+                if o.enrolment_id is not None  # every accepted outcome has its new id
+            ],
+        )
     except asyncpg.UniqueViolationError:  # not reachable under the session lock; the index is the backstop
-        raise Conflict("a member is already enrolled", kind="already-enrolled",
-                       title="Member is already enrolled in this session") from None
+        raise Conflict(
+            "a member is already enrolled", kind="already-enrolled", title="Member is already enrolled in this session"
+        ) from None
     except asyncpg.CheckViolationError:  # idem: the capacity CHECK
         raise Conflict("no place left", kind="session-full", title="Session is full") from None
     await emit_many(conn, domain.enrolled_events(session, accepted))
@@ -317,8 +371,8 @@ async def enrol_members(conn, session_id: uuid.UUID, member_ids: list[uuid.UUID]
 async def enrol(conn, session_id: uuid.UUID, cmd: domain.EnrolIn, actor: Principal, today: date) -> Record:
     done = await enrol_members(conn, session_id, [cmd.member_id], actor, today)
     [outcome] = done.outcomes
-    if outcome.problem:
-        raise outcome.problem
+    if outcome.problem or outcome.enrolment_id is None:
+        raise outcome.problem or Conflict("not enrolled")
     return await store.get_enrolment(conn, outcome.enrolment_id)
 
 
@@ -329,8 +383,9 @@ class Recorded:
     labels: dict[uuid.UUID, str] = field(default_factory=dict)  # member -> what was recorded
 
 
-async def record_attendance(conn, session_id: uuid.UUID, cmd: domain.AttendanceIn, actor: Principal,
-                            today: date) -> Recorded:
+async def record_attendance(
+    conn, session_id: uuid.UUID, cmd: domain.AttendanceIn, actor: Principal, today: date
+) -> Recorded:
     session = await _visible_session(conn, session_id, actor, lock=True)
     live = await store.live_enrolments(conn, session_id, cmd.member_ids)
     outcomes, events = domain.decide_attendance(session, cmd.member_ids, live)
@@ -339,8 +394,7 @@ async def record_attendance(conn, session_id: uuid.UUID, cmd: domain.AttendanceI
     return Recorded(outcomes, len(events))
 
 
-async def record_results(conn, session_id: uuid.UUID, cmd: domain.ResultsIn, actor: Principal,
-                         today: date) -> Recorded:
+async def record_results(conn, session_id: uuid.UUID, cmd: domain.ResultsIn, actor: Principal, today: date) -> Recorded:
     session = await _visible_session(conn, session_id, actor, lock=True)
     items = [(r.member_id, r.result) for r in cmd.results]
     live = await store.live_enrolments(conn, session_id, [m for m, _ in items])
@@ -372,8 +426,7 @@ async def assess_one(conn, enrolment_id: uuid.UUID, cmd: domain.ResultIn, actor:
     return await store.get_enrolment(conn, enrolment_id)
 
 
-async def withdraw_one(conn, enrolment_id: uuid.UUID, cmd: domain.WithdrawIn, actor: Principal,
-                       today: date) -> Record:
+async def withdraw_one(conn, enrolment_id: uuid.UUID, cmd: domain.WithdrawIn, actor: Principal, today: date) -> Record:
     enrolment, session = await _locked_enrolment(conn, enrolment_id, actor)
     event = domain.withdraw(session, enrolment, cmd.reason)
     await store.mark_withdrawn(conn, enrolment, cmd.reason)
@@ -389,8 +442,11 @@ async def _issue(conn, enrolment, session, programme, issuer: str | None, issued
             await store.insert_certificate(conn, event, session["id"], programme["name"])
     except asyncpg.UniqueViolationError as exc:
         if "enrolment_id" in str(exc.constraint_name or ""):
-            raise Conflict("enrolment already has a certificate", kind="certificate-exists",
-                           title="Enrolment already has a certificate") from None
+            raise Conflict(
+                "enrolment already has a certificate",
+                kind="certificate-exists",
+                title="Enrolment already has a certificate",
+            ) from None
         raise Conflict("concurrent change; try again") from None
     await emit(conn, event)
     return event
@@ -400,9 +456,12 @@ async def issue_certificate(conn, cmd: domain.CertificateIn, actor: Principal, t
     enrolment, session = await _locked_enrolment(conn, cmd.enrolment_id, actor)
     existing = await store.certificate_for_enrolment(conn, cmd.enrolment_id)
     if existing:
-        raise Conflict(f"certificate {existing['serial']} was issued on {existing['issued_on']}",
-                       kind="certificate-exists", title="Enrolment already has a certificate",
-                       serial=existing["serial"])
+        raise Conflict(
+            f"certificate {existing['serial']} was issued on {existing['issued_on']}",
+            kind="certificate-exists",
+            title="Enrolment already has a certificate",
+            serial=existing["serial"],
+        )
     programme = await store.get_programme(conn, session["programme_id"])
     event = await _issue(conn, enrolment, session, programme, cmd.issuer, cmd.issued_on or today)
     return await store.certificate_by_serial(conn, event.serial)
@@ -414,8 +473,9 @@ class SessionCertificates:
     already_issued: int
 
 
-async def issue_session_certificates(conn, session_id: uuid.UUID, cmd: domain.SessionCertificatesIn,
-                                     actor: Principal, today: date) -> SessionCertificates:
+async def issue_session_certificates(
+    conn, session_id: uuid.UUID, cmd: domain.SessionCertificatesIn, actor: Principal, today: date
+) -> SessionCertificates:
     session = await _visible_session(conn, session_id, actor, lock=True)
     programme = await store.get_programme(conn, session["programme_id"])
     done = await store.certified_enrolments(conn, session_id)
@@ -444,8 +504,9 @@ class Registered:
     already_registered: list[uuid.UUID]
 
 
-async def register_participants(conn, competition_id: uuid.UUID, cmd: domain.ParticipantsIn, actor: Principal,
-                                today: date) -> Registered:
+async def register_participants(
+    conn, competition_id: uuid.UUID, cmd: domain.ParticipantsIn, actor: Principal, today: date
+) -> Registered:
     c = await _visible_competition(conn, competition_id, actor, lock=True)
     members = await store.members_by_id(conn, cmd.member_ids)
     branch = await store.get_branch(conn, cmd.branch_id) if cmd.branch_id else None
@@ -459,8 +520,9 @@ async def register_participants(conn, competition_id: uuid.UUID, cmd: domain.Par
     return Registered(await store.get_competition(conn, competition_id), len(new), cmd.headcount or 0, again)
 
 
-async def hold_competition(conn, competition_id: uuid.UUID, cmd: domain.HeldIn, actor: Principal,
-                           today: date) -> Record:
+async def hold_competition(
+    conn, competition_id: uuid.UUID, cmd: domain.HeldIn, actor: Principal, today: date
+) -> Record:
     c = await _visible_competition(conn, competition_id, actor, lock=True)
     event = domain.hold_competition(c, cmd.held_on)
     await store.set_held(conn, competition_id, cmd.held_on)
@@ -468,8 +530,9 @@ async def hold_competition(conn, competition_id: uuid.UUID, cmd: domain.HeldIn, 
     return await store.get_competition(conn, competition_id)
 
 
-async def publish_results(conn, competition_id: uuid.UUID, cmd: domain.CompetitionResultsIn, actor: Principal,
-                          today: date) -> Record:
+async def publish_results(
+    conn, competition_id: uuid.UUID, cmd: domain.CompetitionResultsIn, actor: Principal, today: date
+) -> Record:
     c = await _visible_competition(conn, competition_id, actor, lock=True)
     event = domain.publish_results(c, cmd, await store.registered_members(conn, competition_id))
     await store.set_results(conn, event)
@@ -489,8 +552,9 @@ async def recognise_studio(conn, cmd: domain.StudioIn, actor: Principal, today: 
     return await store.get_studio(conn, event.studio_id)
 
 
-async def evaluate_studio(conn, studio_id: uuid.UUID, cmd: domain.EvaluationIn, actor: Principal,
-                          today: date) -> Record:
+async def evaluate_studio(
+    conn, studio_id: uuid.UUID, cmd: domain.EvaluationIn, actor: Principal, today: date
+) -> Record:
     s = await _visible_studio(conn, studio_id, actor, lock=True)
     event = domain.evaluate_studio(s, cmd)
     await store.add_evaluation(conn, event, cmd.notes)
@@ -517,6 +581,7 @@ class RosterRow:
 @dataclass
 class RosterReport:
     """One session's part of a roster upload: what each row did, and whether the session completed."""
+
     session_id: uuid.UUID
     rows: int = 0
     recorded: int = 0  # rows that changed something
@@ -529,9 +594,17 @@ class RosterReport:
 _WANTED = {"enrolled": 0, "absent": 0, "attended": 1, "passed": 2, "failed": 2}
 
 
-async def record_roster(conn, session_id: uuid.UUID, rows: list[RosterRow], actor: Principal, today: date, *,
-                        complete: bool = False, started_on: date | None = None,
-                        completed_on: date | None = None) -> RosterReport:
+async def record_roster(
+    conn,
+    session_id: uuid.UUID,
+    rows: list[RosterRow],
+    actor: Principal,
+    today: date,
+    *,
+    complete: bool = False,
+    started_on: date | None = None,
+    completed_on: date | None = None,
+) -> RosterReport:
     """A session's whole roster in one go: each member is enrolled and, as the row says, marked attended
     and assessed (``absent``: enrolled, never attended, closed as withdrawn at completion); then, with
     ``complete``, the session is completed. It calls the same use cases as the single commands
@@ -550,8 +623,9 @@ async def record_roster(conn, session_id: uuid.UUID, rows: list[RosterRow], acto
             kept = len(pending)
             try:
                 async with conn.transaction():  # a savepoint: a refused completion keeps the roster
-                    await complete_session(conn, session_id, domain.CompleteIn.model_construct(completed_on=on),
-                                           actor, today)
+                    await complete_session(
+                        conn, session_id, domain.CompleteIn.model_construct(completed_on=on), actor, today
+                    )
                 report.completed = True
             except DomainError as exc:
                 del pending[kept:]  # nothing of the refused completion is published
@@ -559,8 +633,15 @@ async def record_roster(conn, session_id: uuid.UUID, rows: list[RosterRow], acto
     return report
 
 
-async def _open_roster(conn, report: RosterReport, session: Record, rows: list[RosterRow], actor: Principal,
-                       today: date, started_on: date | None) -> None:
+async def _open_roster(
+    conn,
+    report: RosterReport,
+    session: Record,
+    rows: list[RosterRow],
+    actor: Principal,
+    today: date,
+    started_on: date | None,
+) -> None:
     session_id = session["id"]
     live = await store.live_enrolments(conn, session_id, [r.member_id for r in rows])
     status = {m: e["status"] for m, e in live.items()}  # kept up to date below instead of re-read
@@ -574,7 +655,7 @@ async def _open_roster(conn, report: RosterReport, session: Record, rows: list[R
             first[r.member_id] = r
 
     def record(batch: list[RosterRow], outcomes: list[domain.Outcome], now: Any) -> None:
-        for r, o in zip(batch, outcomes):
+        for r, o in zip(batch, outcomes, strict=True):
             if o.problem is not None:
                 refused[r.line] = o.problem
             else:
@@ -583,39 +664,65 @@ async def _open_roster(conn, report: RosterReport, session: Record, rows: list[R
 
     todo = [r for r in first.values() if r.member_id not in status]  # without a live place: enrol
     if todo:
-        done = await enrol_members(conn, session_id, [r.member_id for r in todo], actor, today)
-        record(todo, done.outcomes, lambda r: "enrolled")
+        enrolled = await enrol_members(conn, session_id, [r.member_id for r in todo], actor, today)
+        record(todo, enrolled.outcomes, lambda r: "enrolled")
     going = [r for r in first.values() if r.line not in refused]
     # a session that has not started starts when its roster says anyone attended
     if any(_WANTED[r.result] >= 1 for r in going) and session["status"] == "scheduled":
-        await start_session(conn, session_id, domain.StartIn.model_construct(
-            started_on=started_on or min(session["starts_on"], today)), actor, today)
+        await start_session(
+            conn,
+            session_id,
+            domain.StartIn.model_construct(started_on=started_on or min(session["starts_on"], today)),
+            actor,
+            today,
+        )
     attend = [r for r in going if _WANTED[r.result] >= 1 and status.get(r.member_id) == "enrolled"]
     if attend:
-        done = await record_attendance(conn, session_id, domain.AttendanceIn.model_construct(
-            member_ids=[r.member_id for r in attend]), actor, today)
+        done = await record_attendance(
+            conn,
+            session_id,
+            domain.AttendanceIn.model_construct(member_ids=[r.member_id for r in attend]),
+            actor,
+            today,
+        )
         record(attend, done.outcomes, lambda r: "attended")
-    assess = [r for r in going if r.line not in refused and _WANTED[r.result] == 2
-              and status.get(r.member_id) == "attended"]
+    assess = [
+        r for r in going if r.line not in refused and _WANTED[r.result] == 2 and status.get(r.member_id) == "attended"
+    ]
     if assess:
-        done = await record_results(conn, session_id, domain.ResultsIn.model_construct(
-            results=[domain.ResultItem.model_construct(member_id=r.member_id, result=r.result) for r in assess]),
-            actor, today)
+        done = await record_results(
+            conn,
+            session_id,
+            domain.ResultsIn.model_construct(
+                results=[domain.ResultItem.model_construct(member_id=r.member_id, result=r.result) for r in assess]
+            ),
+            actor,
+            today,
+        )
         record(assess, done.outcomes, lambda r: r.result)
     for r in going:  # a passed row for an enrolment already failed (or the reverse) is a refusal, not unchanged
         now = status.get(r.member_id)
-        if r.line not in refused and r.result in ("passed", "failed") and now in ("passed", "failed") \
-                and now != r.result:
-            refused[r.line] = domain.refuse(Conflict, "invalid-transition", "Cannot record a result",
-                                            f"the enrolment of member {r.member_id} is already {now}",
-                                            enrolment_status=now)
+        if (
+            r.line not in refused
+            and r.result in ("passed", "failed")
+            and now in ("passed", "failed")
+            and now != r.result
+        ):
+            refused[r.line] = domain.refuse(
+                Conflict,
+                "invalid-transition",
+                "Cannot record a result",
+                f"the enrolment of member {r.member_id} is already {now}",
+                enrolment_status=now,
+            )
     report.refused = [(r, refused[r.line]) for r in rows if r.line in refused]
     report.recorded = len(changed - set(refused))
     report.unchanged = report.rows - report.recorded - len(report.refused)
 
 
-def _closed_roster(report: RosterReport, session: Record, rows: list[RosterRow], enrolments: list[Record]
-                   ) -> RosterReport:
+def _closed_roster(
+    report: RosterReport, session: Record, rows: list[RosterRow], enrolments: list[Record]
+) -> RosterReport:
     """A roster for a closed session (a repeated upload): rows that match how the session ended are
     unchanged; any other is refused as the single command would be."""
     final = {e["member_id"]: e for e in enrolments}  # ordered by seq: a member's last enrolment wins
@@ -623,8 +730,10 @@ def _closed_roster(report: RosterReport, session: Record, rows: list[RosterRow],
     seen: set[uuid.UUID] = set()
     for r in rows:
         e = final.get(r.member_id)
-        same = e is not None and (e["status"] == r.result or (
-            r.result == "absent" and e["status"] == "withdrawn" and e["withdraw_reason"] == "absent"))
+        same = e is not None and (
+            e["status"] == r.result
+            or (r.result == "absent" and e["status"] == "withdrawn" and e["withdraw_reason"] == "absent")
+        )
         if r.member_id in seen:
             report.refused.append((r, domain.duplicate_item(r.member_id)))
         elif same:

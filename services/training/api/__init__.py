@@ -4,10 +4,18 @@
 Writes need ``training:write``, reads ``training:read``; certificate verification by serial and the
 reference list of key industries are public. The one region rule is applied by the use cases.
 """
+
 from fastapi import APIRouter
 
 from services.training.api import (
-    certificates, competitions, enrolments, programmes, reference, rosters, sessions, studios,
+    certificates,
+    competitions,
+    enrolments,
+    programmes,
+    reference,
+    rosters,
+    sessions,
+    studios,
 )
 
 router = APIRouter(prefix="/v1")

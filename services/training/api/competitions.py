@@ -1,4 +1,5 @@
 """Labour (劳动竞赛) and skills (职业技能大赛) competitions."""
+
 from __future__ import annotations
 
 import uuid
@@ -15,24 +16,44 @@ from shared.regions import RegionCode
 router = APIRouter(tags=["competitions"])
 
 
-@router.post("/competitions", status_code=201, response_model=views.Competition,
-             summary="Announce a labour (劳动竞赛) or skills (职业技能大赛) competition")
+@router.post(
+    "/competitions",
+    status_code=201,
+    response_model=views.Competition,
+    summary="Announce a labour (劳动竞赛) or skills (职业技能大赛) competition",
+)
 async def announce_competition(body: domain.CompetitionIn, request: Request, actor: Writer):
     async def command(conn, actor, today):
         return views.competition(await usecases.announce_competition(conn, body, actor, today))
+
     return await run_write(request, actor, "competitions.announce", body.model_dump(mode="json"), command, 201)
 
 
-@router.get("/competitions", response_model=Page[views.Competition],
-            summary="Competitions, filtered, cursor-paginated")
-async def list_competitions(db: Db, actor: Reader, kind: CompetitionKind | None = None, tier: Tier | None = None,
-                            industry: domain.Text | None = Query(None, max_length=100),
-                            status: str | None = Query(None, pattern="^(announced|held|results_published)$"),
-                            region_code: RegionCode | None = None, year: int | None = Query(None, ge=2000, le=2100),
-                            limit: int = Limit, cursor: str | None = Cursor):
-    rows = await usecases.list_competitions(db, actor, region_code=region_code, industry=industry,
-                                            after=decode_cursor(cursor), limit=limit, kind=kind, tier=tier,
-                                            status=status, year=year)
+@router.get("/competitions", response_model=Page[views.Competition], summary="Competitions, filtered, cursor-paginated")
+async def list_competitions(
+    db: Db,
+    actor: Reader,
+    kind: CompetitionKind | None = None,
+    tier: Tier | None = None,
+    industry: domain.Text | None = Query(None, max_length=100),
+    status: str | None = Query(None, pattern="^(announced|held|results_published)$"),
+    region_code: RegionCode | None = None,
+    year: int | None = Query(None, ge=2000, le=2100),
+    limit: int = Limit,
+    cursor: str | None = Cursor,
+):
+    rows = await usecases.list_competitions(
+        db,
+        actor,
+        region_code=region_code,
+        industry=industry,
+        after=decode_cursor(cursor),
+        limit=limit,
+        kind=kind,
+        tier=tier,
+        status=status,
+        year=year,
+    )
     return page(rows, limit, key=lambda r: r["seq"], view=views.competition)
 
 
@@ -41,36 +62,62 @@ async def get_competition(competition_id: uuid.UUID, db: Db, actor: Reader):
     return views.competition(await usecases.get_competition(db, competition_id, actor))
 
 
-@router.post("/competitions/{competition_id}/participants", response_model=views.ParticipantsRegistered,
-             summary="Register participants: named members and/or a branch's reported headcount")
-async def register_participants(competition_id: uuid.UUID, body: domain.ParticipantsIn, request: Request,
-                                actor: Writer):
+@router.post(
+    "/competitions/{competition_id}/participants",
+    response_model=views.ParticipantsRegistered,
+    summary="Register participants: named members and/or a branch's reported headcount",
+)
+async def register_participants(
+    competition_id: uuid.UUID, body: domain.ParticipantsIn, request: Request, actor: Writer
+):
     async def command(conn, actor, today):
         return views.registered(await usecases.register_participants(conn, competition_id, body, actor, today))
-    return await run_write(request, actor, "competitions.participants",
-                           {"competition_id": str(competition_id), **body.model_dump(mode="json")}, command)
+
+    return await run_write(
+        request,
+        actor,
+        "competitions.participants",
+        {"competition_id": str(competition_id), **body.model_dump(mode="json")},
+        command,
+    )
 
 
-@router.get("/competitions/{competition_id}/participants", response_model=views.ParticipantList,
-            summary="Named participants and reported headcounts per branch")
+@router.get(
+    "/competitions/{competition_id}/participants",
+    response_model=views.ParticipantList,
+    summary="Named participants and reported headcounts per branch",
+)
 async def list_participants(competition_id: uuid.UUID, db: Db, actor: Reader):
     return views.participants(await usecases.competition_participants(db, competition_id, actor))
 
 
-@router.post("/competitions/{competition_id}/held", response_model=views.Competition,
-             summary="Mark a competition held")
+@router.post("/competitions/{competition_id}/held", response_model=views.Competition, summary="Mark a competition held")
 async def hold_competition(competition_id: uuid.UUID, body: domain.HeldIn, request: Request, actor: Writer):
     async def command(conn, actor, today):
         return views.competition(await usecases.hold_competition(conn, competition_id, body, actor, today))
-    return await run_write(request, actor, "competitions.held",
-                           {"competition_id": str(competition_id), **body.model_dump(mode="json")}, command)
+
+    return await run_write(
+        request,
+        actor,
+        "competitions.held",
+        {"competition_id": str(competition_id), **body.model_dump(mode="json")},
+        command,
+    )
 
 
-@router.post("/competitions/{competition_id}/results", response_model=views.Competition,
-             summary="Publish results with winners")
-async def publish_results(competition_id: uuid.UUID, body: domain.CompetitionResultsIn, request: Request,
-                          actor: Writer):
+@router.post(
+    "/competitions/{competition_id}/results", response_model=views.Competition, summary="Publish results with winners"
+)
+async def publish_results(
+    competition_id: uuid.UUID, body: domain.CompetitionResultsIn, request: Request, actor: Writer
+):
     async def command(conn, actor, today):
         return views.competition(await usecases.publish_results(conn, competition_id, body, actor, today))
-    return await run_write(request, actor, "competitions.results",
-                           {"competition_id": str(competition_id), **body.model_dump(mode="json")}, command)
+
+    return await run_write(
+        request,
+        actor,
+        "competitions.results",
+        {"competition_id": str(competition_id), **body.model_dump(mode="json")},
+        command,
+    )

@@ -1,4 +1,5 @@
 """What every training route depends on: the scopes, the database pool, and a write's runner."""
+
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
@@ -26,9 +27,15 @@ async def _pool(request: Request) -> asyncpg.Pool:
 Db = Annotated[asyncpg.Pool, Depends(_pool)]
 
 
-async def run_write(request: Request, actor: Principal, operation: str, payload: dict[str, Any],
-                    command: Callable[[asyncpg.Connection, Principal, Any], Awaitable[BaseModel]],
-                    status: int = 200, **dump: Any) -> JSONResponse:
+async def run_write(
+    request: Request,
+    actor: Principal,
+    operation: str,
+    payload: dict[str, Any],
+    command: Callable[[asyncpg.Connection, Principal, Any], Awaitable[BaseModel]],
+    status: int = 200,
+    **dump: Any,
+) -> JSONResponse:
     """One write: ``command(conn, actor, today)`` in a transaction with ``Idempotency-Key`` (a repeat replays
     the first answer); the answer is the response model it returns."""
     today = today_cn()

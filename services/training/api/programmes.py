@@ -1,4 +1,5 @@
 """Programmes (培训项目)."""
+
 from __future__ import annotations
 
 import uuid
@@ -18,16 +19,29 @@ router = APIRouter(tags=["programmes"])
 async def register_programme(body: domain.ProgrammeIn, request: Request, actor: Writer):
     async def command(conn, actor, today):
         return views.programme(await usecases.register_programme(conn, body, actor, today))
+
     return await run_write(request, actor, "programmes.register", body.model_dump(mode="json"), command, 201)
 
 
 @router.get("/programmes", response_model=Page[views.Programme], summary="Programmes, filtered, cursor-paginated")
-async def list_programmes(db: Db, actor: Reader, subsidy_category: SubsidyCategory | None = None,
-                          provider_kind: ProviderKind | None = None, occupation: domain.Text | None = None,
-                          limit: int = Limit, cursor: str | None = Cursor):
-    rows = await usecases.list_programmes(db, actor, after=decode_cursor(cursor), limit=limit,
-                                          subsidy_category=subsidy_category, provider_kind=provider_kind,
-                                          occupation=occupation)
+async def list_programmes(
+    db: Db,
+    actor: Reader,
+    subsidy_category: SubsidyCategory | None = None,
+    provider_kind: ProviderKind | None = None,
+    occupation: domain.Text | None = None,
+    limit: int = Limit,
+    cursor: str | None = Cursor,
+):
+    rows = await usecases.list_programmes(
+        db,
+        actor,
+        after=decode_cursor(cursor),
+        limit=limit,
+        subsidy_category=subsidy_category,
+        provider_kind=provider_kind,
+        occupation=occupation,
+    )
     return page(rows, limit, key=lambda r: r["seq"], view=views.programme)
 
 

@@ -10,6 +10,7 @@ sessions are recorded as their rows end, so memory holds one session's rows at a
 Idempotent twice over: rows already in the state they ask for are ``unchanged`` (the same roster sent
 again changes nothing), and an ``Idempotency-Key`` replays the first report of the same body.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -81,8 +82,14 @@ class RosterReport(BaseModel):
 
 def _format(request: Request) -> str:
     media, _, params = request.headers.get("content-type", "").partition(";")
-    charset = next((v.strip().strip('"').lower() for k, _, v in (p.partition("=") for p in params.split(";"))
-                    if k.strip().lower() == "charset"), None)
+    charset = next(
+        (
+            v.strip().strip('"').lower()
+            for k, _, v in (p.partition("=") for p in params.split(";"))
+            if k.strip().lower() == "charset"
+        ),
+        None,
+    )
     if charset not in (None, "utf-8", "utf8"):
         raise Problem(415, "unsupported-media-type", "Send the roster as UTF-8", "charset must be utf-8")
     media = media.strip().lower()
@@ -90,8 +97,9 @@ def _format(request: Request) -> str:
         return "csv"
     if media in _NDJSON:
         return "ndjson"
-    raise Problem(415, "unsupported-media-type", "Send CSV or NDJSON",
-                  "Content-Type text/csv or application/x-ndjson (UTF-8)")
+    raise Problem(
+        415, "unsupported-media-type", "Send CSV or NDJSON", "Content-Type text/csv or application/x-ndjson (UTF-8)"
+    )
 
 
 async def _lines(chunks: AsyncIterator[bytes], digest) -> AsyncIterator[tuple[int, str]]:
@@ -123,8 +131,9 @@ class _Upload:
     """Parses rows, groups them by session and records each session as its rows end (up to ``IN_FLIGHT``
     sessions at a time, so memory holds that many sessions' rows)."""
 
-    def __init__(self, pool: asyncpg.Pool, actor: Principal, fmt: str, path_session: uuid.UUID | None,
-                 options: dict[str, Any]):
+    def __init__(
+        self, pool: asyncpg.Pool, actor: Principal, fmt: str, path_session: uuid.UUID | None, options: dict[str, Any]
+    ):
         self.pool, self.actor, self.fmt, self.path_session, self.options = pool, actor, fmt, path_session, options
         self.slots = asyncio.Semaphore(IN_FLIGHT)
         self.tasks: set[asyncio.Task] = set()
@@ -142,8 +151,9 @@ class _Upload:
                 self.header = [c.strip().lower() for c in next(csv.reader([text]))]
             except csv.Error:
                 raise Invalid("header", "not a CSV line") from None
-            if not {"member_id", "result"} <= set(self.header) or \
-                    ("session_id" not in self.header and self.path_session is None):
+            if not {"member_id", "result"} <= set(self.header) or (
+                "session_id" not in self.header and self.path_session is None
+            ):
                 raise Invalid("header", "columns are session_id, member_id, result")
             return None
         self.rows += 1
@@ -157,7 +167,8 @@ class _Upload:
                 return None
         else:
             try:
-                data = dict(zip(self.header, (c.strip() for c in next(csv.reader([text])))))
+                cells = (c.strip() for c in next(csv.reader([text])))
+                data = dict(zip(self.header or [], cells, strict=False))  # a short row misses fields: refused below
             except csv.Error as exc:
                 self._refuse(line, None, None, Invalid(f"line {line}", f"not a CSV row: {exc}"))
                 return None
@@ -179,8 +190,9 @@ class _Upload:
         return row
 
     def _refuse(self, line: int, session_id, member_id, exc: DomainError) -> None:
-        self.refused.append(RefusedRow(line=line, session_id=session_id, member_id=member_id,
-                                       problem=views.problem_body(exc)))
+        self.refused.append(
+            RefusedRow(line=line, session_id=session_id, member_id=member_id, problem=views.problem_body(exc))
+        )
 
     async def feed(self, line: int, text: str) -> None:
         row = self._parse(line, text)
@@ -190,8 +202,12 @@ class _Upload:
             await self.flush()
             self.current = row.session_id
         if len(self.group) >= MAX_SESSION_ROWS:
-            self._refuse(line, row.session_id, row.member_id,
-                         Invalid("session_id", f"more than {MAX_SESSION_ROWS:,} rows for one session"))
+            self._refuse(
+                line,
+                row.session_id,
+                row.member_id,
+                Invalid("session_id", f"more than {MAX_SESSION_ROWS:,} rows for one session"),
+            )
             return
         self.group.append(usecases.RosterRow(line, row.member_id, row.result))
 
@@ -199,6 +215,7 @@ class _Upload:
         if not self.group:
             return
         sid, rows = self.current, self.group
+        assert sid is not None  # a group always belongs to a session
         self.group = []
         await self.slots.acquire()
         task = asyncio.create_task(self._record(sid, rows))
@@ -214,25 +231,39 @@ class _Upload:
             async with self.pool.acquire() as conn, conn.transaction():
                 report = await usecases.record_roster(conn, sid, rows, self.actor, self.today, **self.options)
         except DomainError as exc:  # the whole session refused; nothing of it was kept
-            report = usecases.RosterReport(sid, rows=len(rows), problem=exc,
-                                           refused=[(r, exc) for r in rows])
+            report = usecases.RosterReport(sid, rows=len(rows), problem=exc, refused=[(r, exc) for r in rows])
         finally:
             self.slots.release()
-        for r, exc in report.refused:
-            self._refuse(r.line, sid, r.member_id, exc)
-        self.outcomes.append(SessionOutcome(
-            first_line=rows[0].line, session_id=sid, rows=report.rows, recorded=report.recorded, unchanged=report.unchanged,
-            refused=len(report.refused), completed=report.completed,
-            problem=views.problem_body(report.problem) if report.problem else None))
+        for r, refusal in report.refused:
+            self._refuse(r.line, sid, r.member_id, refusal)
+        self.outcomes.append(
+            SessionOutcome(
+                first_line=rows[0].line,
+                session_id=sid,
+                rows=report.rows,
+                recorded=report.recorded,
+                unchanged=report.unchanged,
+                refused=len(report.refused),
+                completed=report.completed,
+                problem=views.problem_body(report.problem) if report.problem else None,
+            )
+        )
 
     def report(self) -> RosterReport:
         self.refused.sort(key=lambda r: r.line)
         self.outcomes.sort(key=lambda o: o.first_line)
         recorded = sum(o.recorded for o in self.outcomes)
         unchanged = sum(o.unchanged for o in self.outcomes)
-        return RosterReport(rows=self.rows, recorded=recorded, unchanged=unchanged, refused=len(self.refused),
-                            sessions=len(self.outcomes), sessions_completed=sum(o.completed for o in self.outcomes),
-                            session_outcomes=self.outcomes, refused_rows=self.refused)
+        return RosterReport(
+            rows=self.rows,
+            recorded=recorded,
+            unchanged=unchanged,
+            refused=len(self.refused),
+            sessions=len(self.outcomes),
+            sessions_completed=sum(o.completed for o in self.outcomes),
+            session_outcomes=self.outcomes,
+            refused_rows=self.refused,
+        )
 
 
 async def _upload(request: Request, actor: Principal, path_session: uuid.UUID | None, options: dict[str, Any]):
@@ -243,16 +274,22 @@ async def _upload(request: Request, actor: Principal, path_session: uuid.UUID | 
     scope = f"{actor.subject}:rosters.record"
     digest = hashlib.sha256(orjson.dumps({"session": str(path_session), **options}, default=str))
     pool: asyncpg.Pool = request.app.state.db
-    first = key and await pool.fetchrow("SELECT request_hash, status, body FROM idempotency_keys "
-                                        "WHERE scope = $1 AND key = $2", scope, key)
+    first = key and await pool.fetchrow(
+        "SELECT request_hash, status, body FROM idempotency_keys WHERE scope = $1 AND key = $2", scope, key
+    )
     if first:  # a repeat: read the body only to check it is the same, and answer the first report
         async for _ in _lines(request.stream(), digest):
             pass
         if first["request_hash"] != digest.digest():
-            raise Problem(422, "idempotency-key-reused", "Idempotency-Key was used with a different request",
-                          "send a new key for a new request")
-        return JSONResponse(orjson.loads(first["body"]), status_code=first["status"],
-                            headers={"Idempotent-Replayed": "true"})
+            raise Problem(
+                422,
+                "idempotency-key-reused",
+                "Idempotency-Key was used with a different request",
+                "send a new key for a new request",
+            )
+        return JSONResponse(
+            orjson.loads(first["body"]), status_code=first["status"], headers={"Idempotent-Replayed": "true"}
+        )
     upload = _Upload(pool, actor, fmt, path_session, options)
     try:
         async for line, text in _lines(request.stream(), digest):
@@ -262,9 +299,14 @@ async def _upload(request: Request, actor: Principal, path_session: uuid.UUID | 
         await upload.finish()
     body = upload.report().model_dump(mode="json")
     if key is not None:
-        await pool.execute("INSERT INTO idempotency_keys (scope, key, request_hash, status, body) "
-                           "VALUES ($1, $2, $3, 200, $4) ON CONFLICT DO NOTHING",
-                           scope, key, digest.digest(), orjson.dumps(body).decode())
+        await pool.execute(
+            "INSERT INTO idempotency_keys (scope, key, request_hash, status, body) "
+            "VALUES ($1, $2, $3, 200, $4) ON CONFLICT DO NOTHING",
+            scope,
+            key,
+            digest.digest(),
+            orjson.dumps(body).decode(),
+        )
     return JSONResponse(body)
 
 
@@ -279,28 +321,49 @@ def _options(complete: bool, started_on: date | None, completed_on: date | None)
 COMPLETE = Query(False, description="complete each session once its roster is recorded (结业)")
 STARTED = Query(None, description="start date of a session not yet started (default: its scheduled start)")
 COMPLETED = Query(None, description="completion date (default: the session's end, or today if later)")
-_BODY = {"content": {"text/csv": {"schema": {"type": "string"}},
-                     "application/x-ndjson": {"schema": {"type": "string"}}}, "required": True}
+_BODY = {
+    "content": {"text/csv": {"schema": {"type": "string"}}, "application/x-ndjson": {"schema": {"type": "string"}}},
+    "required": True,
+}
 
 
-@router.post("/rosters", response_model=RosterReport, openapi_extra={"requestBody": _BODY},
-             summary="Record many sessions' rosters (CSV or NDJSON, streamed); a report of every refused row")
+@router.post(
+    "/rosters",
+    response_model=RosterReport,
+    openapi_extra={"requestBody": _BODY},
+    summary="Record many sessions' rosters (CSV or NDJSON, streamed); a report of every refused row",
+)
 @body_limit(None)  # streamed line by line: no limit on the whole upload (shared.http's default is 1 MiB)
-async def record_rosters(request: Request, actor: Writer, complete: bool = COMPLETE, started_on: date | None = STARTED,
-                         completed_on: date | None = COMPLETED):
+async def record_rosters(
+    request: Request,
+    actor: Writer,
+    complete: bool = COMPLETE,
+    started_on: date | None = STARTED,
+    completed_on: date | None = COMPLETED,
+):
     return await _upload(request, actor, None, _options(complete, started_on, completed_on))
 
 
-@router.post("/sessions/{session_id}/roster", response_model=RosterReport, openapi_extra={"requestBody": _BODY},
-             summary="Record one session's whole roster (CSV or NDJSON, streamed)")
+@router.post(
+    "/sessions/{session_id}/roster",
+    response_model=RosterReport,
+    openapi_extra={"requestBody": _BODY},
+    summary="Record one session's whole roster (CSV or NDJSON, streamed)",
+)
 @body_limit(None)  # streamed line by line
-async def record_session_roster(session_id: uuid.UUID, request: Request, actor: Writer, complete: bool = COMPLETE,
-                                started_on: date | None = STARTED, completed_on: date | None = COMPLETED):
+async def record_session_roster(
+    session_id: uuid.UUID,
+    request: Request,
+    actor: Writer,
+    complete: bool = COMPLETE,
+    started_on: date | None = STARTED,
+    completed_on: date | None = COMPLETED,
+):
     options = _options(complete, started_on, completed_on)
     await usecases.get_session(request.app.state.db, session_id, actor)  # unknown or out of scope: 404 up front
     return await _upload(request, actor, session_id, options)
 
 
 # A streamed upload has no body-size limit (shared.boundary's body_limit(None) marks a route so).
-record_rosters.changai_max_body_bytes = None  # type: ignore[attr-defined]
-record_session_roster.changai_max_body_bytes = None  # type: ignore[attr-defined]
+record_rosters.changai_max_body_bytes = None
+record_session_roster.changai_max_body_bytes = None

@@ -1,4 +1,5 @@
 """Sessions (培训班): scheduling and the session's transitions."""
+
 from __future__ import annotations
 
 import uuid
@@ -21,23 +22,40 @@ async def schedule_session(body: domain.SessionIn, request: Request, actor: Writ
     """The organiser is a branch (its id; its name and region come from membership) or an enterprise
     (credit code, name, region). The organiser branch's region and the session's region must both be
     in the caller's scope."""
+
     async def command(conn, actor, today):
         return views.session(await usecases.schedule_session(conn, body, actor, today))
+
     return await run_write(request, actor, "sessions.schedule", body.model_dump(mode="json"), command, 201)
 
 
 @router.get("/sessions", response_model=Page[views.Session], summary="Sessions, filtered, cursor-paginated")
-async def list_sessions(db: Db, actor: Reader, programme_id: uuid.UUID | None = None,
-                        status: str | None = Query(None, pattern="^(scheduled|in_progress|completed|cancelled)$"),
-                        region_code: RegionCode | None = None, subsidy_category: SubsidyCategory | None = None,
-                        organiser_id: domain.Text | None = Query(None, max_length=64),
-                        starts_from: date | None = Query(None, description="sessions starting on or after"),
-                        starts_to: date | None = Query(None, description="sessions starting on or before"),
-                        limit: int = Limit, cursor: str | None = Cursor):
+async def list_sessions(
+    db: Db,
+    actor: Reader,
+    programme_id: uuid.UUID | None = None,
+    status: str | None = Query(None, pattern="^(scheduled|in_progress|completed|cancelled)$"),
+    region_code: RegionCode | None = None,
+    subsidy_category: SubsidyCategory | None = None,
+    organiser_id: domain.Text | None = Query(None, max_length=64),
+    starts_from: date | None = Query(None, description="sessions starting on or after"),
+    starts_to: date | None = Query(None, description="sessions starting on or before"),
+    limit: int = Limit,
+    cursor: str | None = Cursor,
+):
     rows = await usecases.list_sessions(
-        db, actor, region_code=region_code, after=decode_cursor(cursor), limit=limit, programme_id=programme_id,
-        status=status, subsidy_category=subsidy_category, organiser_id=organiser_id, starts_from=starts_from,
-        starts_to=starts_to)
+        db,
+        actor,
+        region_code=region_code,
+        after=decode_cursor(cursor),
+        limit=limit,
+        programme_id=programme_id,
+        status=status,
+        subsidy_category=subsidy_category,
+        organiser_id=organiser_id,
+        starts_from=starts_from,
+        starts_to=starts_to,
+    )
     return page(rows, limit, key=lambda r: r["seq"], view=views.session)
 
 
@@ -52,13 +70,16 @@ async def start_session(session_id: uuid.UUID, request: Request, actor: Writer, 
 
     async def command(conn, actor, today):
         return views.session(await usecases.start_session(conn, session_id, cmd, actor, today))
-    return await run_write(request, actor, "sessions.start",
-                           {"session_id": str(session_id), **cmd.model_dump(mode="json")}, command)
+
+    return await run_write(
+        request, actor, "sessions.start", {"session_id": str(session_id), **cmd.model_dump(mode="json")}, command
+    )
 
 
 @router.post("/sessions/{session_id}/complete", response_model=views.Session, summary="Complete a session (结业)")
-async def complete_session(session_id: uuid.UUID, request: Request, actor: Writer,
-                           body: domain.CompleteIn | None = None):
+async def complete_session(
+    session_id: uuid.UUID, request: Request, actor: Writer, body: domain.CompleteIn | None = None
+):
     """Closes the enrolments and emits ``changai.training.session.completed.v1`` with the person-times
     and the subsidy-eligible members (active members who passed). Attendees must all have a result;
     enrolments that never attended are closed as withdrawn (absent)."""
@@ -66,13 +87,17 @@ async def complete_session(session_id: uuid.UUID, request: Request, actor: Write
 
     async def command(conn, actor, today):
         return views.completed(await usecases.complete_session(conn, session_id, cmd, actor, today))
-    return await run_write(request, actor, "sessions.complete",
-                           {"session_id": str(session_id), **cmd.model_dump(mode="json")}, command)
+
+    return await run_write(
+        request, actor, "sessions.complete", {"session_id": str(session_id), **cmd.model_dump(mode="json")}, command
+    )
 
 
 @router.post("/sessions/{session_id}/cancel", response_model=views.Session, summary="Cancel a session")
 async def cancel_session(session_id: uuid.UUID, body: domain.CancelIn, request: Request, actor: Writer):
     async def command(conn, actor, today):
         return views.session(await usecases.cancel_session(conn, session_id, body, actor, today))
-    return await run_write(request, actor, "sessions.cancel",
-                           {"session_id": str(session_id), **body.model_dump(mode="json")}, command)
+
+    return await run_write(
+        request, actor, "sessions.cancel", {"session_id": str(session_id), **body.model_dump(mode="json")}, command
+    )

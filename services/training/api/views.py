@@ -1,5 +1,6 @@
 """Training's answers: a pydantic model per resource (the OpenAPI's response schemas) and the
 function that builds it from a stored row. Routes return these; writes dump them into ``write``."""
+
 from __future__ import annotations
 
 import uuid
@@ -14,7 +15,13 @@ from services.training.usecases import Completed, Enrolled, Participants, Record
 from shared import regions
 from shared.errors import DomainError, status_of
 from shared.events.training import (
-    CompetitionKind, OrganiserKind, ProviderKind, StudioKind, StudioLevel, SubsidyCategory, Tier,
+    CompetitionKind,
+    OrganiserKind,
+    ProviderKind,
+    StudioKind,
+    StudioLevel,
+    SubsidyCategory,
+    Tier,
 )
 from shared.problems import Problem
 
@@ -41,6 +48,7 @@ def industries() -> list[Industry]:
 
 class Member(BaseModel):
     """Training's read-model view of a member (from membership's events)."""
+
     id: uuid.UUID
     branch_id: uuid.UUID
     region_code: str
@@ -54,9 +62,18 @@ class Member(BaseModel):
 
 
 def member(r) -> Member:
-    return Member(id=r["id"], branch_id=r["branch_id"], region_code=r["region_code"], city_code=r["city_code"],
-                  employment_form=r["employment_form"], occupation=r["occupation"], skill_level=r["skill_level"],
-                  status=r["status"], joined_on=r["joined_on"], ended_on=r["ended_on"])
+    return Member(
+        id=r["id"],
+        branch_id=r["branch_id"],
+        region_code=r["region_code"],
+        city_code=r["city_code"],
+        employment_form=r["employment_form"],
+        occupation=r["occupation"],
+        skill_level=r["skill_level"],
+        status=r["status"],
+        joined_on=r["joined_on"],
+        ended_on=r["ended_on"],
+    )
 
 
 # ============================================================================ programmes
@@ -74,10 +91,18 @@ class Programme(BaseModel):
 
 
 def programme(r) -> Programme:
-    return Programme(id=r["id"], name=r["name"], occupation=r["occupation"], target_level=r["target_level"],
-                     target_level_name=domain.SKILL_LEVEL_NAMES[r["target_level"]], provider_kind=r["provider_kind"],
-                     provider_name=r["provider_name"], subsidy_category=r["subsidy_category"],
-                     sessions=r["sessions_count"], created_at=r["created_at"])
+    return Programme(
+        id=r["id"],
+        name=r["name"],
+        occupation=r["occupation"],
+        target_level=r["target_level"],
+        target_level_name=domain.SKILL_LEVEL_NAMES[r["target_level"]],
+        provider_kind=r["provider_kind"],
+        provider_name=r["provider_name"],
+        subsidy_category=r["subsidy_category"],
+        sessions=r["sessions_count"],
+        created_at=r["created_at"],
+    )
 
 
 # ============================================================================ sessions
@@ -118,21 +143,42 @@ class Session(BaseModel):
 
 
 def session(r) -> Session:
-    results = SessionResults(person_times=r["person_times"], passed=r["passed"], failed=r["failed"],
-                             eligible_persons=r["eligible_persons"]) if r["status"] == "completed" else None
+    results = (
+        SessionResults(
+            person_times=r["person_times"],
+            passed=r["passed"],
+            failed=r["failed"],
+            eligible_persons=r["eligible_persons"],
+        )
+        if r["status"] == "completed"
+        else None
+    )
     return Session(
-        id=r["id"], programme_id=r["programme_id"], number=r["number"],
+        id=r["id"],
+        programme_id=r["programme_id"],
+        number=r["number"],
         organiser=Organiser(id=r["organiser_id"], kind=r["organiser_kind"], name=r["organiser_name"]),
-        region_code=r["region_code"], city_code=r["city_code"], subsidy_category=r["subsidy_category"],
-        starts_on=r["starts_on"], ends_on=r["ends_on"], capacity=r["capacity"], enrolled=r["enrolled"],
-        places_left=r["capacity"] - r["enrolled"], status=r["status"], started_on=r["started_on"],
-        completed_on=r["completed_on"], cancelled_on=r["cancelled_on"], cancel_reason=r["cancel_reason"],
-        results=results)
+        region_code=r["region_code"],
+        city_code=r["city_code"],
+        subsidy_category=r["subsidy_category"],
+        starts_on=r["starts_on"],
+        ends_on=r["ends_on"],
+        capacity=r["capacity"],
+        enrolled=r["enrolled"],
+        places_left=r["capacity"] - r["enrolled"],
+        status=r["status"],
+        started_on=r["started_on"],
+        completed_on=r["completed_on"],
+        cancelled_on=r["cancelled_on"],
+        cancel_reason=r["cancel_reason"],
+        results=results,
+    )
 
 
 def completed(done: Completed) -> Session:
     view = session(done.session)
     e = done.completion.event
+    assert view.results is not None  # a completed session has results
     view.results.absent = len(done.completion.absent)
     view.results.eligible_member_ids = list(e.eligible_member_ids)
     return view
@@ -154,14 +200,24 @@ class Enrolment(BaseModel):
 
 
 def enrolment(r) -> Enrolment:
-    return Enrolment(id=r["id"], session_id=r["session_id"], member_id=r["member_id"], branch_id=r["branch_id"],
-                     status=r["status"], closed=r["closed"], withdraw_reason=r["withdraw_reason"],
-                     enrolled_at=r["enrolled_at"], attended_at=r["attended_at"], assessed_at=r["assessed_at"],
-                     withdrawn_at=r["withdrawn_at"])
+    return Enrolment(
+        id=r["id"],
+        session_id=r["session_id"],
+        member_id=r["member_id"],
+        branch_id=r["branch_id"],
+        status=r["status"],
+        closed=r["closed"],
+        withdraw_reason=r["withdraw_reason"],
+        enrolled_at=r["enrolled_at"],
+        attended_at=r["attended_at"],
+        assessed_at=r["assessed_at"],
+        withdrawn_at=r["withdrawn_at"],
+    )
 
 
 class ItemOutcome(BaseModel):
     """One member's outcome in a bulk command: what was done (with the enrolment id), or refused with a problem."""
+
     member_id: uuid.UUID
     outcome: str
     enrolment_id: uuid.UUID | None = None
@@ -185,8 +241,14 @@ class BulkEnrolled(BaseModel):
 
 def bulk_enrolled(done: Enrolled) -> BulkEnrolled:
     n = len(done.outcomes)
-    return BulkEnrolled(session_id=done.session["id"], requested=n, enrolled=done.accepted, refused=n - done.accepted,
-                        places_left=done.places_left, results=[outcome(o, "enrolled") for o in done.outcomes])
+    return BulkEnrolled(
+        session_id=done.session["id"],
+        requested=n,
+        enrolled=done.accepted,
+        refused=n - done.accepted,
+        places_left=done.places_left,
+        results=[outcome(o, "enrolled") for o in done.outcomes],
+    )
 
 
 class AttendanceRecorded(BaseModel):
@@ -199,8 +261,13 @@ class AttendanceRecorded(BaseModel):
 
 def attendance(session_id: uuid.UUID, done: Recorded) -> AttendanceRecorded:
     n = len(done.outcomes)
-    return AttendanceRecorded(session_id=session_id, requested=n, attended=done.done, refused=n - done.done,
-                              results=[outcome(o, "attended") for o in done.outcomes])
+    return AttendanceRecorded(
+        session_id=session_id,
+        requested=n,
+        attended=done.done,
+        refused=n - done.done,
+        results=[outcome(o, "attended") for o in done.outcomes],
+    )
 
 
 class ResultsRecorded(BaseModel):
@@ -213,8 +280,13 @@ class ResultsRecorded(BaseModel):
 
 def results(session_id: uuid.UUID, done: Recorded) -> ResultsRecorded:
     n = len(done.outcomes)
-    return ResultsRecorded(session_id=session_id, requested=n, recorded=done.done, refused=n - done.done,
-                           results=[outcome(o, done.labels[o.member_id]) for o in done.outcomes])
+    return ResultsRecorded(
+        session_id=session_id,
+        requested=n,
+        recorded=done.done,
+        refused=n - done.done,
+        results=[outcome(o, done.labels[o.member_id]) for o in done.outcomes],
+    )
 
 
 # ============================================================================ certificates
@@ -235,14 +307,26 @@ class Certificate(BaseModel):
 
 
 def certificate(r) -> Certificate:
-    return Certificate(id=r["id"], serial=r["serial"], member_id=r["member_id"], enrolment_id=r["enrolment_id"],
-                       session_id=r["session_id"], programme_id=r["programme_id"], programme_name=r["programme_name"],
-                       occupation=r["occupation"], level=r["level"], level_name=domain.SKILL_LEVEL_NAMES[r["level"]],
-                       issuer=r["issuer"], region_code=r["region_code"], issued_on=r["issued_on"])
+    return Certificate(
+        id=r["id"],
+        serial=r["serial"],
+        member_id=r["member_id"],
+        enrolment_id=r["enrolment_id"],
+        session_id=r["session_id"],
+        programme_id=r["programme_id"],
+        programme_name=r["programme_name"],
+        occupation=r["occupation"],
+        level=r["level"],
+        level_name=domain.SKILL_LEVEL_NAMES[r["level"]],
+        issuer=r["issuer"],
+        region_code=r["region_code"],
+        issued_on=r["issued_on"],
+    )
 
 
 class PublicCertificate(BaseModel):
     """What anyone holding the serial sees: the certificate, nothing about the person."""
+
     serial: str
     valid: bool
     occupation: str
@@ -257,10 +341,18 @@ class PublicCertificate(BaseModel):
 
 def public_certificate(r) -> PublicCertificate:
     region = regions.get(r["region_code"])
-    return PublicCertificate(serial=r["serial"], valid=True, occupation=r["occupation"], level=r["level"],
-                             level_name=domain.SKILL_LEVEL_NAMES[r["level"]], programme_name=r["programme_name"],
-                             issuer=r["issuer"], issued_on=r["issued_on"], region_code=r["region_code"],
-                             region_name=region.name if region else None)
+    return PublicCertificate(
+        serial=r["serial"],
+        valid=True,
+        occupation=r["occupation"],
+        level=r["level"],
+        level_name=domain.SKILL_LEVEL_NAMES[r["level"]],
+        programme_name=r["programme_name"],
+        issuer=r["issuer"],
+        issued_on=r["issued_on"],
+        region_code=r["region_code"],
+        region_name=region.name if region else None,
+    )
 
 
 class IssuedCertificate(BaseModel):
@@ -278,9 +370,13 @@ class SessionCertificatesIssued(BaseModel):
 
 def session_certificates(session_id: uuid.UUID, done: SessionCertificates) -> SessionCertificatesIssued:
     return SessionCertificatesIssued(
-        session_id=session_id, issued=len(done.issued), already_issued=done.already_issued,
-        certificates=[IssuedCertificate(enrolment_id=e["id"], member_id=e["member_id"], serial=s)
-                      for e, s in done.issued])
+        session_id=session_id,
+        issued=len(done.issued),
+        already_issued=done.already_issued,
+        certificates=[
+            IssuedCertificate(enrolment_id=e["id"], member_id=e["member_id"], serial=s) for e, s in done.issued
+        ],
+    )
 
 
 # ============================================================================ competitions
@@ -320,13 +416,23 @@ def competition(r) -> Competition:
     raw = r["winners"]
     winners = orjson.loads(raw) if isinstance(raw, (str, bytes)) else raw
     return Competition(
-        id=r["id"], name=r["name"], kind=r["kind"], tier=r["tier"], industry=r["industry"],
+        id=r["id"],
+        name=r["name"],
+        kind=r["kind"],
+        tier=r["tier"],
+        industry=r["industry"],
         key_industry=r["key_industry"],
         industry_name=domain.KEY_INDUSTRIES[r["industry"]][0] if r["key_industry"] else r["industry"],
-        region_code=r["region_code"], city_code=r["city_code"], starts_on=r["starts_on"], ends_on=r["ends_on"],
+        region_code=r["region_code"],
+        city_code=r["city_code"],
+        starts_on=r["starts_on"],
+        ends_on=r["ends_on"],
         status=r["status"],
         participants=ParticipantCounts(named=r["named"], reported=r["reported"], total=r["named"] + r["reported"]),
-        held_on=r["held_on"], published_on=r["published_on"], winners=winners)
+        held_on=r["held_on"],
+        published_on=r["published_on"],
+        winners=winners,
+    )
 
 
 class ParticipantsRegistered(BaseModel):
@@ -337,8 +443,12 @@ class ParticipantsRegistered(BaseModel):
 
 
 def registered(done: Registered) -> ParticipantsRegistered:
-    return ParticipantsRegistered(competition=competition(done.competition), named_added=done.named_added,
-                                  reported_added=done.reported_added, already_registered=done.already_registered)
+    return ParticipantsRegistered(
+        competition=competition(done.competition),
+        named_added=done.named_added,
+        reported_added=done.reported_added,
+        already_registered=done.already_registered,
+    )
 
 
 class NamedParticipant(BaseModel):
@@ -364,9 +474,12 @@ def participants(p: Participants) -> ParticipantList:
     return ParticipantList(
         competition_id=c["id"],
         named=[NamedParticipant(member_id=r["member_id"], branch_id=r["branch_id"]) for r in p.named],
-        reported=[ReportedHeadcount(branch_id=r["branch_id"], headcount=r["headcount"], reports=r["reports"])
-                  for r in p.reported],
-        total=c["named"] + c["reported"])
+        reported=[
+            ReportedHeadcount(branch_id=r["branch_id"], headcount=r["headcount"], reports=r["reports"])
+            for r in p.reported
+        ],
+        total=c["named"] + c["reported"],
+    )
 
 
 # ============================================================================ studios
@@ -399,13 +512,27 @@ class Studio(BaseModel):
 
 def studio(r, evaluations=None) -> Studio:
     return Studio(
-        id=r["id"], kind=r["kind"], name=r["name"], host_enterprise=r["host_enterprise"], lead_worker=r["lead_worker"],
-        lead_member_id=r["lead_member_id"], level=r["level"], industry=r["industry"], key_industry=r["key_industry"],
-        region_code=r["region_code"], city_code=r["city_code"], status=r["status"], recognised_on=r["recognised_on"],
-        last_rating=r["last_rating"], last_evaluated_on=r["last_evaluated_on"], revoked_on=r["revoked_on"],
+        id=r["id"],
+        kind=r["kind"],
+        name=r["name"],
+        host_enterprise=r["host_enterprise"],
+        lead_worker=r["lead_worker"],
+        lead_member_id=r["lead_member_id"],
+        level=r["level"],
+        industry=r["industry"],
+        key_industry=r["key_industry"],
+        region_code=r["region_code"],
+        city_code=r["city_code"],
+        status=r["status"],
+        recognised_on=r["recognised_on"],
+        last_rating=r["last_rating"],
+        last_evaluated_on=r["last_evaluated_on"],
+        revoked_on=r["revoked_on"],
         revoke_reason=r["revoke_reason"],
-        evaluations=None if evaluations is None else [
-            Evaluation(rating=e["rating"], evaluated_on=e["evaluated_on"], notes=e["notes"]) for e in evaluations])
+        evaluations=None
+        if evaluations is None
+        else [Evaluation(rating=e["rating"], evaluated_on=e["evaluated_on"], notes=e["notes"]) for e in evaluations],
+    )
 
 
 # ============================================================================ summary
@@ -433,6 +560,7 @@ class CategoryRow(Cell):
 class PersonTimes(BaseModel):
     """Person-times (enrolments that completed a session) and distinct persons, by region × category,
     by region, by category, and in total."""
+
     from_: date = Field(alias="from")
     to: date
     region_code: str
@@ -451,13 +579,22 @@ def person_times(rows, start: date, end: date, scope: str, by: str) -> dict[str,
         region = regions.get(code) if code else None
         return region.name if region else None
 
-    out: dict[str, Any] = {"from": start, "to": end, "region_code": scope, "by": by, "rows": [], "by_region": [],
-                           "by_category": [], "total": {"sessions": 0, "person_times": 0, "persons": 0}}
+    out: dict[str, Any] = {
+        "from": start,
+        "to": end,
+        "region_code": scope,
+        "by": by,
+        "rows": [],
+        "by_region": [],
+        "by_category": [],
+        "total": {"sessions": 0, "person_times": 0, "persons": 0},
+    }
     for r in rows:
         code = r["region"] if r["region"] is not None else regions.REGION_ROOT
         if r["g_region"] == 0 and r["g_category"] == 0:
-            out["rows"].append({"region_code": code, "region_name": name(code), "subsidy_category": r["category"],
-                                **cell(r)})
+            out["rows"].append(
+                {"region_code": code, "region_name": name(code), "subsidy_category": r["category"], **cell(r)}
+            )
         elif r["g_region"] == 0:
             out["by_region"].append({"region_code": code, "region_name": name(code), **cell(r)})
         elif r["g_category"] == 0:
