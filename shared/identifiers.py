@@ -8,8 +8,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from dataclasses import dataclass
 from datetime import date
+from typing import NamedTuple
+
+from shared.clock import today_cn
 
 _ID_WEIGHTS = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2]
 _ID_CHECK = "10X98765432"
@@ -17,7 +19,8 @@ _ID_CHECK = "10X98765432"
 
 def _chunk_sums(start: int, end: int) -> dict[str, int]:
     width = end - start
-    return {f"{v:0{width}d}": sum(int(c) * w for c, w in zip(f"{v:0{width}d}", _ID_WEIGHTS[start:end]))
+    weights = _ID_WEIGHTS[start:end]
+    return {f"{v:0{width}d}": sum(int(c) * w for c, w in zip(f"{v:0{width}d}", weights, strict=True))
             for v in range(10 ** width)}
 
 
@@ -32,8 +35,10 @@ def id_check_char(first17: str) -> str:
                       + _S4[first17[12:15]] + _S5[first17[15:17]]) % 11]
 
 
-@dataclass(frozen=True)
-class ResidentId:
+class ResidentId(NamedTuple):
+    """A checked ID number and what it says. A named tuple, not a frozen dataclass: as immutable, and
+    built in a fifth of the time, which counts once a row in a 450,000-row import."""
+
     number: str
     region_code: str
     birth_date: date
@@ -55,10 +60,10 @@ def parse_resident_id(value: str, today: date | None = None) -> ResidentId:
     if id_check_char(number[:17]) != number[17]:
         raise InvalidIdentifier("check digit does not match (GB 11643)")
     try:
-        born = date(int(number[6:10]), int(number[10:12]), int(number[12:14]))
+        born = date.fromisoformat(f"{number[6:10]}-{number[10:12]}-{number[12:14]}")
     except ValueError:
         raise InvalidIdentifier("birth date in the number is not a real date") from None
-    today = today or date.today()
+    today = today or today_cn()  # in China, whatever the host's zone
     if born.year < 1900 or born > today:
         raise InvalidIdentifier("birth date in the number is not plausible")
     return ResidentId(number, number[:6], born, "male" if int(number[16]) % 2 else "female")
@@ -76,6 +81,8 @@ _PHONE_NOISE = re.compile(r"[\s\-()]")
 
 def normalise_phone(value: str) -> str:
     """A mainland mobile number as 11 digits (spaces, dashes and a +86 prefix are accepted)."""
+    if len(value) == 11 and value.isascii() and value.isdigit() and value[0] == "1" and value[1] in "3456789":
+        return value  # already 11 digits (most rows of an import): no regular expressions
     phone = _PHONE_NOISE.sub("", value)
     if phone.startswith("+86"):
         phone = phone[3:]

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass
 from datetime import date
+from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -164,11 +164,13 @@ def path_branch(branches: dict, branch_id: uuid.UUID, actor: Principal):
     return branch
 
 
-def branch_exists(credit_code: str, existing: uuid.UUID | None) -> Conflict:
-    if existing is None:
-        return Conflict(kind="branch-exists", title="Employer already has an active union branch")
-    return Conflict(f"credit code {credit_code} belongs to branch {existing}", kind="branch-exists",
-                    title="Employer already has an active union branch", branch_id=str(existing))
+def branch_exists(existing, actor: Principal) -> Conflict:
+    """The employer (credit code) already has an active branch: named when it is in the caller's scope."""
+    if existing is None or not actor.may_act_on(existing["region_code"]):
+        return Conflict("the employer's branch is outside your organisation scope" if existing else None,
+                        kind="branch-exists", title="Employer already has an active union branch")
+    return Conflict(f"the employer already has branch {existing['id']}", kind="branch-exists",
+                    title="Employer already has an active union branch", branch_id=str(existing["id"]))
 
 
 def ensure_active(branch, what: str = "branch") -> None:
@@ -318,7 +320,7 @@ class LookupIn(BaseModel):
     @classmethod
     def _id_number(cls, v: str) -> str:
         try:
-            return parse_id_number(v).number
+            return parse_id_number(v, today_cn()).number
         except InvalidIdentifier as exc:
             raise ValueError(str(exc)) from None
 
@@ -349,9 +351,8 @@ def parse_date(text: str) -> date | None:
         return None
 
 
-@dataclass(slots=True)
-class NewMember:
-    """A joining person's data, checked and normalised."""
+class NewMember(NamedTuple):
+    """A joining person's data, checked and normalised (a named tuple: built once a row of an import)."""
 
     name: str
     number: str            # the ID number (normalised: upper-case X)
@@ -426,7 +427,9 @@ class MemberRules:
             joined = self.today
         elif joined > self.today:
             raise Invalid("joined_on", "cannot be in the future")
-        check_age(person.birth_date, joined)
+        born = person.birth_date
+        if joined.year - born.year - ((joined.month, joined.day) < (born.month, born.day)) < MIN_MEMBER_AGE:
+            check_age(born, joined)  # raises, with the reason
         return NewMember(name, person.number, person.birth_date, person.sex, person.region_code, phone, form,
                          occupation, skill, branch, joined)
 

@@ -24,7 +24,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import orjson
@@ -205,9 +205,9 @@ class CsvRecords:
 
 
 # -- rows -------------------------------------------------------------------------------
-@dataclass(slots=True)
-class Row:
+class Row(NamedTuple):
     """A row that met the domain's rules (``domain.MemberRules``, the join's), ready to be staged."""
+
     row: int
     member_id: uuid.UUID
     id_hash: bytes

@@ -14,6 +14,7 @@ The encryption and lookup keys are derived from ``Settings.data_key_bytes()`` wi
 """
 from __future__ import annotations
 
+import functools
 import hmac
 import os
 import time
@@ -50,6 +51,7 @@ PROVINCES = frozenset({
 NINGXIA_PREFECTURES = frozenset({"01", "02", "03", "04", "05", "21", "22"})
 
 
+@functools.lru_cache(maxsize=4096)  # an import's rows come from a few hundred prefixes
 def region_prefix_problem(prefix: str) -> str | None:
     """Why the 6-digit region prefix of an ID number is not a plausible GB/T 2260 code, or None.
 

@@ -60,7 +60,7 @@ async def establish_branch(conn: asyncpg.Connection, cmd: domain.BranchIn, actor
     actor.ensure_region(cmd.region_code)
     existing = await store.active_branch_by_credit_code(conn, cmd.credit_code)
     if existing:
-        raise domain.branch_exists(cmd.credit_code, existing)
+        raise domain.branch_exists(existing, actor)
     if cmd.parent_id:
         await _parent_in_scope(conn, cmd.parent_id, actor)
     event = domain.establish_branch(cmd)
@@ -68,7 +68,7 @@ async def establish_branch(conn: asyncpg.Connection, cmd: domain.BranchIn, actor
         async with conn.transaction():  # a savepoint: the unique index may refuse it
             await store.insert_branch(conn, event)
     except asyncpg.UniqueViolationError:  # a concurrent request won the race
-        raise domain.branch_exists(cmd.credit_code, None) from None
+        raise domain.branch_exists(None, actor) from None
     await emit(conn, event)
     return await store.get_branch(conn, event.branch_id)
 

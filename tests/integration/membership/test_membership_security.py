@@ -136,6 +136,10 @@ async def test_parent_in_another_city_is_refused(membership):
         "region_code": "640202", "industry_section": "C", "kind": "enterprise", "founded_on": "2021-03-01",
         "parent_id": foreign["id"]})
     assert r.status_code == 403, r.text
+    r = await membership.client.post("/v1/branches", headers=auth(region="640100"), json={
+        "name": "另一个工会", "credit_code": child["credit_code"], "region_code": "640104", "industry_section": "C",
+        "kind": "enterprise", "founded_on": "2021-03-01"})
+    assert r.status_code == 409 and "branch_id" not in r.json() and child["id"] not in r.text, "no id across cities"
     same_city = await membership.branch("640205")
     r = await membership.client.patch(f"/v1/branches/{child['id']}", json={"parent_id": same_city["id"]},
                                       headers=SHIZUISHAN)
