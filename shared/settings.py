@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     stream_replication_factor: int = 1
     # Longest a stream processor's fetch waits at the broker for records (see shared.streams.bound_fetch_wait).
     stream_fetch_max_wait_ms: int = 20
+    # Who creates the Kafka topics (shared.topics.apps_create_topics). Locally and in Compose the services create
+    # the topics they miss, with this replication; in Kubernetes (environment kubernetes or production) Strimzi's
+    # KafkaTopics own them and a service only waits for them, at most topic_wait_s, whatever kafka_create_topics says.
+    kafka_create_topics: bool = True
+    topic_replication_factor: int = Field(default=1, ge=1)
+    topic_wait_s: float = Field(default=300.0, gt=0)
 
     # Notices (skeleton): region code -> webhook URL, and its signing secret.
     notifier_webhooks: dict[str, str] = Field(default_factory=dict)

@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from shared.events import CloudEvent, EventData, InvalidEvent, UnknownEventType, decode, parse_data
 from shared.kafka import DEAD_LETTERS, dlq_topic, kafka_security
 from shared.settings import Settings
+from shared.topics import apps_create_topics, stream_topics, wait_for_topics
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,9 @@ def create_stream_app(service: str, settings: Settings, **overrides) -> faust.Ap
         value_serializer="json",  # for tables; domain topics are declared raw by each app
         topic_partitions=6,
         topic_replication_factor=settings.stream_replication_factor,
+        # Faust creates its own topics (leader, changelogs) only where the applications create topics:
+        # in Kubernetes they are KafkaTopics (shared.topics.STREAM_TOPICS).
+        topic_allow_declare=apps_create_topics(settings),
         web_enabled=True,
         web_host=settings.http_host,
         web_port=settings.http_port,
@@ -111,6 +115,16 @@ def run_worker(app: faust.App, settings: Settings) -> None:
 
     # Web host and port come from the app's configuration (create_stream_app). Logging: ours (JSON, scrubbed,
     # repeats held back), or Faust would replace it with its own plain-text handler.
+    if not apps_create_topics(settings):  # the app's own topics are KafkaTopics here: wait for them
+        import asyncio
+
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(wait_for_topics(
+                settings.kafka_bootstrap, [t.name for t in stream_topics(app.conf.id, tuple(app.tables))],
+                settings.topic_wait_s))
+        finally:
+            loop.close()
     name = settings.service if settings.service.endswith("worker") else f"{settings.service}-worker"
     logging_config = changai_logging.dict_config(name, settings.log_level, settings.log_repeat_window_s)
     Worker(app, loglevel=settings.log_level.lower(), logging_config=logging_config).execute_from_commandline()

@@ -4,7 +4,7 @@
     .venv/bin/python deploy/tools/sync_k8s.py --check  # exit 1 (and name them) when stale
 
 * ``base/kafka/topics.yaml``: a Strimzi ``KafkaTopic`` per topic of ``shared.topics.TOPICS``
-  (partitions, retention, cleanup policy and extra configs as declared there).
+  and ``STREAM_TOPICS`` (partitions, retention, cleanup policy and extra configs as declared there).
 * ``base/monitoring/``: a ``PrometheusRule`` per ``deploy/prometheus/*.rules.yml`` (its
   ``groups``, as they are) and a Grafana dashboard ConfigMap per
   ``deploy/grafana/dashboards/*.json`` (a byte-for-byte copy, because kustomize reads no
@@ -60,13 +60,15 @@ def _config_value(value: str):
 
 
 def render_topics() -> str:
-    from shared.topics import TOPICS
+    from shared.topics import STREAM_TOPICS, TOPICS
 
     docs = []
-    for topic in TOPICS:
+    # The stream processors' own topics too: the applications create no topic in Kubernetes (shared.topics).
+    for topic in (*TOPICS, *STREAM_TOPICS):
         config = {key: _config_value(value) for key, value in topic.configs().items()}
         config.setdefault("min.insync.replicas", TOPIC_MIN_INSYNC_REPLICAS)
-        meta = {"name": topic.name, "labels": {"strimzi.io/cluster": KAFKA_CLUSTER}}
+        meta = {"name": k8s_name(topic.name) if "_" in topic.name else topic.name,
+                "labels": {"strimzi.io/cluster": KAFKA_CLUSTER}}
         if topic.purpose:
             meta["annotations"] = {"changai.io/purpose": topic.purpose}
         docs.append({
@@ -76,7 +78,7 @@ def render_topics() -> str:
             "spec": {"topicName": topic.name, "partitions": topic.partitions, "replicas": TOPIC_REPLICAS,
                      "config": config},
         })
-    return HEADER.format(source="shared/topics.py (TOPICS)") + _dump_all(docs)
+    return HEADER.format(source="shared/topics.py (TOPICS, STREAM_TOPICS)") + _dump_all(docs)
 
 
 def dashboard_files() -> list[Path]:

@@ -45,6 +45,7 @@ from shared.events import InvalidEvent, UnknownEventType, decode, parse_data
 from shared.kafka import DEAD_LETTERS, connection, dlq_topic, kafka_security, read_to_end
 from shared.settings import Settings
 from shared.timing import within
+from shared.topics import apps_create_topics
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +227,7 @@ class ProjectionWorker:
             value_serializer="raw",
             topic_partitions=6,
             topic_replication_factor=s.stream_replication_factor,
+            topic_allow_declare=apps_create_topics(s),  # no topic created in Kubernetes (shared.topics)
             web_enabled=True,
             web_host=s.http_host,
             web_bind=s.http_host,
@@ -444,6 +446,13 @@ async def ensure_changelogs(settings: ProjectionSettings) -> list[str]:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
+    from shared.topics import wait_for_topics
+
+    if not apps_create_topics(settings):  # Kubernetes: KafkaTopics own them (shared.topics.STREAM_APPS)
+        await wait_for_topics(settings.kafka_bootstrap, [*changelog_topics(settings.projection_app_id),
+                                                         f"{settings.projection_app_id}-__assignor-__leader"],
+                              settings.topic_wait_s)
+        return []
     admin = AIOKafkaAdminClient(**connection(settings.kafka_bootstrap), request_timeout_ms=15000)
     await admin.start()
     try:

@@ -130,9 +130,10 @@ def service_databases() -> tuple[str, ...]:
 
 
 def topics():
-    from shared.topics import TOPICS
+    """Every topic Kubernetes must create: the declared ones and the stream processors' own."""
+    from shared.topics import STREAM_TOPICS, TOPICS
 
-    return TOPICS
+    return (*TOPICS, *STREAM_TOPICS)
 
 
 def domain_topics() -> list[str]:
