@@ -4,6 +4,7 @@ Scopes: ``intake:admin`` (the federation's operators, a region-level token: regi
 and ``intake:emit`` (an upstream system: its token's ``sub`` is its registered client id).
 ``POST /v1/events`` speaks the CloudEvents HTTP protocol binding (binary, structured and batch modes).
 """
+
 from __future__ import annotations
 
 import uuid
@@ -11,7 +12,6 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import asyncpg
-import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -79,13 +79,15 @@ def pool(request: Request) -> asyncpg.Pool:
 @router.post("/sources", status_code=201, response_model=SourceOut, summary="Register an upstream source")
 async def register_source(body: domain.SourceIn, request: Request, actor: Principal = Depends(ADMIN)):
     async def run(conn):
-        return 201, source_view(await usecases.register_source(conn, body, actor))
+        return 201, source_view(await usecases.register_source(conn, body, actor, request.app.state.cipher))
+
     return await write(request, actor, "register-source", body.model_dump(mode="json"), run)
 
 
 @router.get("/sources", response_model=Page[SourceOut], summary="Registered sources")
-async def list_sources(request: Request, limit: int = Limit, cursor: str | None = Cursor,
-                       actor: Principal = Depends(ADMIN)):
+async def list_sources(
+    request: Request, limit: int = Limit, cursor: str | None = Cursor, actor: Principal = Depends(ADMIN)
+):
     rows = await usecases.list_sources(pool(request), actor, after=decode_cursor(cursor), limit=limit)
     return page(rows, limit, key=lambda r: r["seq"], view=source_view)
 
@@ -96,27 +98,51 @@ async def get_source(source_id: uuid.UUID, request: Request, actor: Principal = 
 
 
 @router.patch("/sources/{source_id}", response_model=SourceOut, summary="Change a source's registration")
-async def update_source(source_id: uuid.UUID, body: domain.SourcePatch, request: Request,
-                        actor: Principal = Depends(ADMIN)):
+async def update_source(
+    source_id: uuid.UUID, body: domain.SourcePatch, request: Request, actor: Principal = Depends(ADMIN)
+):
     async def run(conn):
-        return 200, source_view(await usecases.update_source(conn, source_id, body, actor))
-    return await write(request, actor, f"update-source:{source_id}",
-                       body.model_dump(mode="json", exclude_unset=True), run)
+        return 200, source_view(await usecases.update_source(conn, source_id, body, actor, request.app.state.cipher))
+
+    return await write(
+        request, actor, f"update-source:{source_id}", body.model_dump(mode="json", exclude_unset=True), run
+    )
 
 
 # -- events ------------------------------------------------------------------------------
-EVENTS_BODY = {"requestBody": {"required": True, "content": {
-    "application/cloudevents+json": {"schema": {"type": "object", "description": "one CloudEvent (structured mode)"}},
-    "application/cloudevents-batch+json": {"schema": {"type": "array", "items": {"type": "object"},
-                                                      "description": "up to 500 CloudEvents (batch mode)"}},
-    "application/json": {"schema": {"type": "object", "description": "the data of a binary-mode event (ce-* headers)"}},
-}}}
+EVENTS_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/cloudevents+json": {
+                "schema": {"type": "object", "description": "one CloudEvent (structured mode)"}
+            },
+            "application/cloudevents-batch+json": {
+                "schema": {
+                    "type": "array",
+                    "items": {"type": "object"},
+                    "description": "up to 500 CloudEvents (batch mode)",
+                }
+            },
+            "application/json": {
+                "schema": {"type": "object", "description": "the data of a binary-mode event (ce-* headers)"}
+            },
+        },
+    }
+}
 
 
-@router.post("/events", status_code=202, response_model=EventAnswer | BatchAnswer, openapi_extra=EVENTS_BODY,
-             summary="Emit CloudEvents (HTTP binding: binary, structured or batch mode)",
-             responses={200: {"description": "a redelivery: already accepted, nothing changed"},
-                        207: {"model": BatchAnswer, "description": "batch mode: each event's outcome"}})
+@router.post(
+    "/events",
+    status_code=202,
+    response_model=EventAnswer | BatchAnswer,
+    openapi_extra=EVENTS_BODY,
+    summary="Emit CloudEvents (HTTP binding: binary, structured or batch mode)",
+    responses={
+        200: {"description": "a redelivery: already accepted, nothing changed"},
+        207: {"model": BatchAnswer, "description": "batch mode: each event's outcome"},
+    },
+)
 @body_limit(1024 * 1024)
 async def emit(request: Request, actor: Principal = Depends(EMIT)):
     settings: IntakeSettings = request.app.state.settings
@@ -126,8 +152,12 @@ async def emit(request: Request, actor: Principal = Depends(EMIT)):
         source = await usecases.caller_source(conn, actor)
     if kind == "batch":
         if len(body) > settings.intake_max_batch_bytes:
-            raise Problem(413, "batch-too-large", "The batch is too large",
-                               f"a batch is at most {settings.intake_max_batch_bytes} bytes")
+            raise Problem(
+                413,
+                "batch-too-large",
+                "The batch is too large",
+                f"a batch is at most {settings.intake_max_batch_bytes} bytes",
+            )
         items = wire.parse_batch(body, settings.intake_max_batch_events, settings.intake_max_event_bytes)
     elif len(body) > settings.intake_max_event_bytes:
         raise wire.event_too_large(settings.intake_max_event_bytes)
@@ -137,14 +167,22 @@ async def emit(request: Request, actor: Principal = Depends(EMIT)):
         items = [wire.parse_binary(dict(request.headers), body)]
     accepted = await accept(request, source, items, "http")
     if kind == "batch":
-        return JSONResponse(BatchAnswer(results=[EventAnswer(**r.body()) for r in accepted.results],
-                                        accepted=accepted.count("accepted"), duplicates=accepted.count("duplicate"),
-                                        rejected=accepted.count("rejected")).model_dump(mode="json"),
-                            status_code=207)
+        return JSONResponse(
+            BatchAnswer(
+                results=[EventAnswer(**r.body()) for r in accepted.results],
+                accepted=accepted.count("accepted"),
+                duplicates=accepted.count("duplicate"),
+                rejected=accepted.count("rejected"),
+            ).model_dump(mode="json"),
+            status_code=207,
+        )
     (result,) = accepted.results
-    if result.outcome == "rejected":
-        return JSONResponse({**result.problem, "instance": request.url.path}, status_code=result.problem["status"],
-                            media_type=MEDIA_TYPE)
+    if result.problem is not None:  # rejected
+        return JSONResponse(
+            {**result.problem, "instance": request.url.path},
+            status_code=result.problem["status"],
+            media_type=MEDIA_TYPE,
+        )
     answer = EventAnswer(**result.body()).model_dump(mode="json", exclude_none=True)
     return JSONResponse(answer, status_code=202 if result.outcome == "accepted" else 200)
 
@@ -156,22 +194,24 @@ async def accept(request: Request, source: domain.Source, items, channel: str) -
         return source  # over HTTP every event is checked against the caller's own registration
 
     async with pool(request).acquire() as conn, conn.transaction():
-        accepted = await usecases.accept(conn, items, source_for, channel=channel, now=now_cn(),
-                                         max_future=timedelta(seconds=settings.intake_max_future_s),
-                                         keys=request.app.state.keys)
+        accepted = await usecases.accept(
+            conn,
+            items,
+            source_for,
+            channel=channel,
+            now=now_cn(),
+            max_future=timedelta(seconds=settings.intake_max_future_s),
+            keys=request.app.state.keys,
+        )
     metrics.count(source.source, channel, accepted.results)
     return accepted
 
 
 @router.get("/events/{event_id}", response_model=EventStatus, summary="An event's answer (to its own source)")
-async def event_status(event_id: str, request: Request,
-                       source: str = Query(min_length=1, max_length=255, description="the event's CloudEvents source"),
-                       actor: Principal = Depends(EMIT)):
-    row = await usecases.event_status(pool(request), source, event_id, actor)
-    return {"id": row["event_id"], "source": row["source"], "type": row["type"], "status": row["status"],
-            "received_at": row["received_at"], "decided_at": row["decided_at"], "member_id": row["member_id"],
-            "problem": _json(row["problem"])}
-
-
-def _json(value: str | None) -> Any:
-    return orjson.loads(value) if value is not None else None  # asyncpg gives jsonb as text
+async def event_status(
+    event_id: str,
+    request: Request,
+    source: str = Query(min_length=1, max_length=255, description="the event's CloudEvents source"),
+    actor: Principal = Depends(EMIT),
+):
+    return usecases.answer(await usecases.event_status(pool(request), source, event_id, actor))

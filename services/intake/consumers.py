@@ -9,6 +9,7 @@
   ``intake.<kind>.dlq`` with the problem in its headers, and the offsets move on only after the batch's
   transaction has committed.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -17,13 +18,14 @@ from datetime import timedelta
 
 import asyncpg
 import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from services.intake import domain, metrics, store, usecases, wire
 from services.intake.settings import IntakeSettings
 from shared.clock import now_cn
 from shared.consumer import EventConsumer
 from shared.errors import DomainError
-from shared.events import CloudEvent
+from shared.events import CloudEvent, EventData
 from shared.events.intake import CommandApplied, CommandKeys, CommandRejected
 from shared.kafka import dead_letter, make_consumer, make_producer
 
@@ -31,9 +33,10 @@ log = logging.getLogger(__name__)
 
 
 def outcome_consumer(pool: asyncpg.Pool, bootstrap: str, group_id: str) -> EventConsumer:
-    async def handle(items: list[tuple[CloudEvent, CommandApplied | CommandRejected]]) -> None:
+    async def handle(items: list[tuple[CloudEvent, EventData]]) -> None:
+        outcomes = [data for _, data in items if isinstance(data, CommandApplied | CommandRejected)]
         async with pool.acquire() as conn, conn.transaction():
-            decided = await usecases.record_outcomes(conn, [data for _, data in items], now_cn())
+            decided = await usecases.record_outcomes(conn, outcomes, now_cn())
         for row in decided:
             t = metrics.type_label(row["type"])
             if row["status"] == "applied":
@@ -45,8 +48,13 @@ def outcome_consumer(pool: asyncpg.Pool, bootstrap: str, group_id: str) -> Event
             if lag is not None:
                 metrics.LAG.labels(row["source"], t).observe(max(lag, 0.0))
 
-    return EventConsumer(bootstrap, group_id, ["membership.events"], batch_handler=handle,
-                         event_types={CommandApplied.event_type, CommandRejected.event_type})
+    return EventConsumer(
+        bootstrap,
+        group_id,
+        ["membership.events"],
+        batch_handler=handle,
+        event_types={CommandApplied.event_type, CommandRejected.event_type},
+    )
 
 
 class KafkaIntake:
@@ -56,7 +64,8 @@ class KafkaIntake:
         self.pool, self.settings, self.keys = pool, settings, keys
         self.topics = [t.strip() for t in settings.intake_kafka_topics.split(",") if t.strip()]
         self._task: asyncio.Task | None = None
-        self.consumer = self.producer = None
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run_forever(), name="intake-kafka")
@@ -85,18 +94,19 @@ class KafkaIntake:
                 await asyncio.sleep(1.0)
 
     async def _run(self) -> None:
-        self.producer = make_producer(self.settings.kafka_bootstrap)
-        await self.producer.start()
-        self.consumer = make_consumer(self.settings.kafka_bootstrap, self.settings.intake_kafka_group_id,
-                                      *self.topics)
-        await self.consumer.start()
+        self.producer = producer = make_producer(self.settings.kafka_bootstrap)
+        await producer.start()
+        self.consumer = consumer = make_consumer(
+            self.settings.kafka_bootstrap, self.settings.intake_kafka_group_id, *self.topics
+        )
+        await consumer.start()
         while True:
-            batches = await self.consumer.getmany(timeout_ms=500, max_records=500)
+            batches = await consumer.getmany(timeout_ms=500, max_records=500)
             for tp, records in batches.items():
-                await self.handle(records)
-                await self.consumer.commit({tp: records[-1].offset + 1})
+                await self.handle(records, producer)
+                await consumer.commit({tp: records[-1].offset + 1})
 
-    async def handle(self, records) -> None:
+    async def handle(self, records, producer: AIOKafkaProducer) -> None:
         items: list[domain.Incoming | DomainError] = []
         for record in records:
             try:
@@ -112,16 +122,26 @@ class KafkaIntake:
             def source_for(event: domain.Incoming) -> domain.Source:
                 found = sources.get(event.source)
                 if found is None:
-                    raise DomainError("no source is registered under this URI", kind="unregistered-source",
-                                      title="The source is not registered")
+                    raise DomainError(
+                        "no source is registered under this URI",
+                        kind="unregistered-source",
+                        title="The source is not registered",
+                    )
                 return found
 
-            accepted = await usecases.accept(conn, items, source_for, channel="kafka", now=now_cn(),
-                                             max_future=timedelta(seconds=self.settings.intake_max_future_s),
-                                             keys=self.keys)
+            accepted = await usecases.accept(
+                conn,
+                items,
+                source_for,
+                channel="kafka",
+                now=now_cn(),
+                max_future=timedelta(seconds=self.settings.intake_max_future_s),
+                keys=self.keys,
+            )
         for record, result in zip(records, accepted.results, strict=True):
-            label = result.source if result.source in sources else "unregistered"
+            label = result.source if result.source is not None and result.source in sources else "unregistered"
             metrics.count(label, "kafka", [result])
             if result.outcome == "rejected":
-                await dead_letter(self.producer, record, orjson.dumps(result.problem).decode(),
-                                  self.settings.intake_kafka_group_id)
+                await dead_letter(
+                    producer, record, orjson.dumps(result.problem).decode(), self.settings.intake_kafka_group_id
+                )

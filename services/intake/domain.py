@@ -7,8 +7,10 @@ and its data against the type's schema. The region of what it concerns is not ch
 does not know where a branch is, so the owning service checks it with its own rule (the source's region
 scope is the actor's) and the refusal comes back as the answer.
 """
+
 from __future__ import annotations
 
+import base64
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -16,7 +18,8 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from standardwebhooks.webhooks import Webhook
 
 from shared.errors import DomainError, Invalid, OutOfScope, status_of
 from shared.events.intake import CommandKeys, JoinCommand, LeaveCommand
@@ -27,8 +30,8 @@ from shared.regions import RegionCode
 
 
 class Reply(StrEnum):
-    poll = "poll"          # the source asks GET /v1/events/{id}?source=…
-    webhook = "webhook"    # the answer is also sent to reply_url
+    poll = "poll"  # the source asks GET /v1/events/{id}?source=…
+    webhook = "webhook"  # the answer is also sent to reply_url
 
 
 class SourceStatus(StrEnum):
@@ -55,6 +58,19 @@ def _event_types(values: list[str]) -> list[str]:
     return values
 
 
+def _reply_secret(value: SecretStr | None) -> SecretStr | None:
+    if value is None:
+        return None
+    try:
+        Webhook(value.get_secret_value())
+    except Exception:  # noqa: BLE001 - the library raises several kinds for a malformed secret
+        raise ValueError("must be a Standard Webhooks secret: whsec_ + base64 of 24 to 64 bytes") from None
+    raw = value.get_secret_value().removeprefix("whsec_")
+    if not 24 <= len(base64.b64decode(raw)) <= 64:
+        raise ValueError("must be a Standard Webhooks secret: whsec_ + base64 of 24 to 64 bytes")
+    return value
+
+
 def _reply_url(value: str | None) -> str | None:
     if value is None:
         return None
@@ -73,14 +89,23 @@ class SourceIn(BaseModel):
     name: str = Field(min_length=1, max_length=100)
     region_code: RegionCode = Field(description="it may emit only for branches under this region (GB/T 2260)")
     event_types: list[str] = Field(min_length=1, max_length=20)
-    client_id: str = Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$",
-                           description="the `sub` of the tokens (scope intake:emit) it sends with")
+    client_id: str = Field(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[\x21-\x7e]+$",
+        description="the `sub` of the tokens (scope intake:emit) it sends with",
+    )
     reply: Reply = Reply.poll
     reply_url: str | None = Field(default=None, max_length=2000)
+    reply_secret: SecretStr | None = Field(
+        default=None,
+        description="whsec_…: answers are signed with it (Standard Webhooks); stored encrypted, never shown",
+    )
 
     _source = field_validator("source")(_source_uri)
     _types = field_validator("event_types")(_event_types)
     _url = field_validator("reply_url")(_reply_url)
+    _secret = field_validator("reply_secret")(_reply_secret)
 
 
 class SourcePatch(BaseModel):
@@ -94,15 +119,19 @@ class SourcePatch(BaseModel):
     client_id: str | None = Field(default=None, min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")
     reply: Reply | None = None
     reply_url: str | None = Field(default=None, max_length=2000)
+    reply_secret: SecretStr | None = Field(default=None, description="a new signing secret (rotation)")
     status: SourceStatus | None = None
 
     _types = field_validator("event_types")(_event_types)
     _url = field_validator("reply_url")(_reply_url)
+    _secret = field_validator("reply_secret")(_reply_secret)
 
 
-def check_reply(reply: str, reply_url: str | None) -> None:
+def check_reply(reply: str, reply_url: str | None, has_secret: bool) -> None:
     if reply == Reply.webhook and reply_url is None:
         raise Invalid("reply_url", "a webhook reply needs reply_url")
+    if reply == Reply.webhook and not has_secret:
+        raise Invalid("reply_secret", "a webhook reply needs reply_secret (whsec_…)")
     if reply == Reply.poll and reply_url is not None:
         raise Invalid("reply_url", "only a webhook reply has a reply_url")
 
@@ -120,6 +149,7 @@ class Source:
 @dataclass(frozen=True)
 class Incoming:
     """One CloudEvent as received (attributes parsed by the cloudevents SDK), not yet checked."""
+
     id: str
     source: str
     type: str
@@ -131,6 +161,7 @@ class Incoming:
 @dataclass(frozen=True)
 class Checked:
     """An event that passed every check: its data, and the time the lag is measured from."""
+
     incoming: Incoming
     data: UpstreamData
     time: datetime
@@ -139,23 +170,30 @@ class Checked:
 def check_event(event: Incoming, source: Source, now: datetime, max_future: timedelta) -> Checked:
     """The checks of one event sent by ``source``'s client (see the module's docstring)."""
     if event.source != source.source:
-        raise OutOfScope(f"this client emits as {source.source!r}; the event names another source",
-                         kind="forged-source", title="The event's source is not the caller's")
+        raise OutOfScope(
+            f"this client emits as {source.source!r}; the event names another source",
+            kind="forged-source",
+            title="The event's source is not the caller's",
+        )
     if source.status != SourceStatus.active:
         raise OutOfScope("the source is suspended", kind="source-suspended", title="The source is suspended")
     model = UPSTREAM.get(event.type)
     if model is None:
         raise Invalid("type", "not in the upstream catalogue", kind="unknown-event-type")
     if event.type not in source.event_types:
-        raise OutOfScope(f"the source is not registered for {event.type}", kind="type-not-registered",
-                         title="The source is not registered for this event type")
+        raise OutOfScope(
+            f"the source is not registered for {event.type}",
+            kind="type-not-registered",
+            title="The source is not registered for this event type",
+        )
     time = event.time or now
     if time.tzinfo is None:
         raise Invalid("time", "must carry a zone offset (RFC 3339)")
     if time > now + max_future:
         raise Invalid("time", f"more than {int(max_future.total_seconds())} s in the future", kind="time-in-future")
     if event.datacontenttype not in (None, "application/json") and not event.datacontenttype.startswith(
-            "application/json;"):
+        "application/json;"
+    ):
         raise Invalid("datacontenttype", "data must be application/json")
     if not isinstance(event.data, dict):
         raise Invalid("data", "must be a JSON object", kind="schema-mismatch")
@@ -163,8 +201,10 @@ def check_event(event: Incoming, source: Source, now: datetime, max_future: time
         data = model.model_validate(event.data)
     except ValidationError as exc:
         # never echo the value refused (it may be an ID number)
-        errors = [{"field": "data." + ".".join(map(str, e["loc"])), "reason": scrub_text(e["msg"]),
-                   "type": e["type"]} for e in exc.errors()]
+        errors = [
+            {"field": "data." + ".".join(map(str, e["loc"])), "reason": scrub_text(e["msg"]), "type": e["type"]}
+            for e in exc.errors()
+        ]
         refusal = Invalid(errors[0]["field"], errors[0]["reason"], kind="schema-mismatch")
         refusal.extra["errors"] = errors
         raise refusal from None
@@ -178,18 +218,31 @@ def problem_of(exc: DomainError) -> dict[str, Any]:
 
 def to_command(checked: Checked, source: Source, intake_id: uuid.UUID, keys: CommandKeys) -> JoinCommand | LeaveCommand:
     """The normalised command for the owning service; the person's data sealed, keyed by the person."""
-    common = dict(intake_id=intake_id, source=source.source, upstream_type=checked.incoming.type,
-                  region_scope=source.region_code, actor=source.client_id)
+    common = dict(
+        intake_id=intake_id,
+        upstream_source=source.source,
+        upstream_type=checked.incoming.type,
+        region_scope=source.region_code,
+        actor=source.client_id,
+    )
     data = checked.data
     if isinstance(data, EmployeeHired):
-        return JoinCommand(**common, person_key=keys.person_key(data.id_number),
-                           sealed=keys.seal(intake_id, {"name": data.name, "id_number": data.id_number,
-                                                        "phone": data.phone}),
-                           employer_credit_code=data.employer_credit_code, branch_id=data.branch_id,
-                           joined_on=data.hired_on, employment_form=data.employment_form,
-                           occupation=data.occupation)
+        return JoinCommand(
+            **common,
+            person_key=keys.person_key(data.id_number),
+            sealed=keys.seal(intake_id, {"name": data.name, "id_number": data.id_number, "phone": data.phone}),
+            employer_credit_code=data.employer_credit_code,
+            branch_id=data.branch_id,
+            joined_on=data.hired_on,
+            employment_form=data.employment_form,
+            occupation=data.occupation,
+        )
     if isinstance(data, EmployeeLeft):
-        return LeaveCommand(**common, person_key=keys.person_key(data.id_number),
-                            sealed=keys.seal(intake_id, {"id_number": data.id_number}), left_on=data.left_on,
-                            reason=scrub_text(data.reason) if data.reason else None)
+        return LeaveCommand(
+            **common,
+            person_key=keys.person_key(data.id_number),
+            sealed=keys.seal(intake_id, {"id_number": data.id_number}),
+            left_on=data.left_on,
+            reason=scrub_text(data.reason) if data.reason else None,
+        )
     raise TypeError(f"no command for {type(data).__name__}")  # every catalogue type has a branch above

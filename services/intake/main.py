@@ -4,6 +4,7 @@ One process serves the HTTP intake (CloudEvents binding and the sources' registr
 that publishes the commands, consumes the owning services' outcomes, and reads the Kafka intake topics as
 a consumer group. Replicas share all of it (outbox lanes, consumer groups).
 """
+
 from __future__ import annotations
 
 import sys
@@ -12,7 +13,9 @@ from fastapi import FastAPI
 
 from services.intake.api import router
 from services.intake.consumers import KafkaIntake, outcome_consumer
+from services.intake.replies import replies_part
 from services.intake.settings import IntakeSettings
+from shared.crypto import FieldCipher
 from shared.events.intake import CommandKeys
 from shared.http import create_app, serve
 
@@ -20,7 +23,9 @@ from shared.http import create_app, serve
 def keys_part(settings: IntakeSettings):
     async def keys(app: FastAPI):
         app.state.keys = CommandKeys(settings.data_key_bytes())
+        app.state.cipher = FieldCipher(settings.data_key_bytes(), "intake")  # sources' reply secrets
         return None
+
     return keys
 
 
@@ -32,6 +37,7 @@ def outcomes_part(settings: IntakeSettings):
         consumer.start()
         app.state.outcomes = consumer
         return consumer.stop
+
     return outcomes
 
 
@@ -43,16 +49,21 @@ def kafka_intake_part(settings: IntakeSettings):
         intake.start()
         app.state.kafka_intake = intake
         return intake.stop
+
     return kafka_intake
 
 
 def build_app(settings: IntakeSettings | None = None) -> FastAPI:
     settings = settings or IntakeSettings()
-    return create_app(service="intake", settings=settings, routers=[router],
-                      title="Changai event intake (事件接入)",
-                      description="Upstream systems emit CloudEvents (HTTP binding or Kafka intake topics); each is "
-                                  "checked, deduplicated, turned into a command for the owning service and answered.",
-                      parts=[keys_part(settings), outcomes_part(settings), kafka_intake_part(settings)])
+    return create_app(
+        service="intake",
+        settings=settings,
+        routers=[router],
+        title="Changai event intake (事件接入)",
+        description="Upstream systems emit CloudEvents (HTTP binding or Kafka intake topics); each is "
+        "checked, deduplicated, turned into a command for the owning service and answered.",
+        parts=[keys_part(settings), outcomes_part(settings), kafka_intake_part(settings), replies_part(settings)],
+    )
 
 
 def main(argv: list[str]) -> None:

@@ -1,4 +1,5 @@
 """The intake service's settings (environment, prefix ``CHANGAI_``), on top of the platform's."""
+
 from __future__ import annotations
 
 from pydantic import Field
@@ -20,4 +21,10 @@ class IntakeSettings(Settings):
     intake_outcomes_group_id: str = "intake-outcomes"
     intake_consume_kafka: bool = True
     intake_kafka_group_id: str = "intake-hr"
+    # Answers to webhook sources (Standard Webhooks signatures): how often due answers are sent, how long a
+    # receiver may take, and the longest wait between retries (doubling from 1 s).
+    intake_reply_webhooks: bool = True
+    intake_reply_interval_s: float = Field(default=0.5, gt=0)
+    intake_reply_timeout_s: float = Field(default=10.0, gt=0)
+    intake_reply_max_backoff_s: float = Field(default=3600.0, gt=0)
     intake_kafka_topics: str = "intake.hr"  # comma-separated intake.<kind> topics

@@ -1,4 +1,5 @@
 """The intake's SQL (asyncpg). Every function runs in the caller's connection or transaction."""
+
 from __future__ import annotations
 
 import uuid
@@ -13,19 +14,46 @@ from services.intake.domain import Source
 
 
 def source_of(row: asyncpg.Record) -> Source:
-    return Source(id=row["id"], source=row["source"], region_code=row["region_code"],
-                  event_types=tuple(row["event_types"]), client_id=row["client_id"], status=row["status"])
+    return Source(
+        id=row["id"],
+        source=row["source"],
+        region_code=row["region_code"],
+        event_types=tuple(row["event_types"]),
+        client_id=row["client_id"],
+        status=row["status"],
+    )
 
 
 # -- sources -----------------------------------------------------------------------------
-async def insert_source(conn, source_id: uuid.UUID, source: str, name: str, region_code: str,
-                        event_types: list[str], client_id: str, reply: str, reply_url: str | None,
-                        created_by: str) -> asyncpg.Record | None:
+async def insert_source(
+    conn,
+    source_id: uuid.UUID,
+    source: str,
+    name: str,
+    region_code: str,
+    event_types: list[str],
+    client_id: str,
+    reply: str,
+    reply_url: str | None,
+    reply_secret: bytes | None,
+    created_by: str,
+) -> asyncpg.Record | None:
     """None when the source URI or the client id is already registered."""
     return await conn.fetchrow(
-        "INSERT INTO sources (id, source, name, region_code, event_types, client_id, reply, reply_url, created_by) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING RETURNING *",
-        source_id, source, name, region_code, event_types, client_id, reply, reply_url, created_by)
+        "INSERT INTO sources (id, source, name, region_code, event_types, client_id, reply, reply_url, "
+        "reply_secret, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING "
+        "RETURNING *",
+        source_id,
+        source,
+        name,
+        region_code,
+        event_types,
+        client_id,
+        reply,
+        reply_url,
+        reply_secret,
+        created_by,
+    )
 
 
 async def source_by_uri_or_client(conn, source: str, client_id: str) -> asyncpg.Record | None:
@@ -45,8 +73,9 @@ async def sources_by_uri(conn, uris: Sequence[str]) -> list[asyncpg.Record]:
 
 
 async def sources_page(conn, after: int | None, limit: int) -> list[asyncpg.Record]:
-    return await conn.fetch("SELECT * FROM sources WHERE $1::bigint IS NULL OR seq > $1 ORDER BY seq LIMIT $2",
-                            after, limit + 1)
+    return await conn.fetch(
+        "SELECT * FROM sources WHERE $1::bigint IS NULL OR seq > $1 ORDER BY seq LIMIT $2", after, limit + 1
+    )
 
 
 async def update_source(conn, source_id: uuid.UUID, changes: dict[str, Any]) -> asyncpg.Record | None:
@@ -54,8 +83,9 @@ async def update_source(conn, source_id: uuid.UUID, changes: dict[str, Any]) -> 
     sets = ", ".join(f"{k} = ${i}" for i, k in enumerate(changes, start=2))
     try:
         async with conn.transaction():
-            return await conn.fetchrow(f"UPDATE sources SET {sets}, updated_at = now() WHERE id = $1 RETURNING *",
-                                       source_id, *changes.values())
+            return await conn.fetchrow(
+                f"UPDATE sources SET {sets}, updated_at = now() WHERE id = $1 RETURNING *", source_id, *changes.values()
+            )
     except asyncpg.UniqueViolationError:
         return None
 
@@ -70,7 +100,9 @@ async def insert_events(conn, rows: list[tuple]) -> set[uuid.UUID]:
     inserted = await conn.fetch(
         "INSERT INTO intake_events (id, source_id, source, event_id, type, channel, event_time, command_id) "
         "SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], "
-        "$7::timestamptz[], $8::uuid[]) ON CONFLICT (source, event_id) DO NOTHING RETURNING id", *map(list, cols))
+        "$7::timestamptz[], $8::uuid[]) ON CONFLICT (source, event_id) DO NOTHING RETURNING id",
+        *map(list, cols),
+    )
     return {r["id"] for r in inserted}
 
 
@@ -86,9 +118,37 @@ async def decide(conn, rows: list[tuple]) -> list[asyncpg.Record]:
     cols = [list(c) for c in zip(*rows, strict=True)]
     return await conn.fetch(
         "UPDATE intake_events e SET status = d.status, member_id = d.member_id, problem = d.problem::jsonb, "
-        "decided_at = d.decided_at FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::timestamptz[]) "
-        "AS d(id, status, member_id, problem, decided_at) WHERE e.id = d.id AND e.status = 'accepted' "
-        "RETURNING e.source, e.type, e.event_time, e.decided_at, e.status, e.problem", *cols)
+        "decided_at = d.decided_at, reply_pending = (s.reply = 'webhook') "
+        "FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::timestamptz[]) "
+        "AS d(id, status, member_id, problem, decided_at), sources s "
+        "WHERE e.id = d.id AND e.status = 'accepted' AND s.id = e.source_id "
+        "RETURNING e.source, e.type, e.event_time, e.decided_at, e.status, e.problem",
+        *cols,
+    )
+
+
+async def replies_due(conn, limit: int) -> list[asyncpg.Record]:
+    """Answers to send now (webhook sources), locked for this sender: replicas take different ones."""
+    return await conn.fetch(
+        "SELECT e.*, s.reply_url, s.reply_secret FROM intake_events e JOIN sources s ON s.id = e.source_id "
+        "WHERE e.reply_pending AND (e.reply_next_at IS NULL OR e.reply_next_at <= now()) "
+        "ORDER BY e.reply_next_at NULLS FIRST LIMIT $1 FOR UPDATE OF e SKIP LOCKED",
+        limit,
+    )
+
+
+async def replies_sent(conn, rows: list[tuple]) -> None:
+    """Rows ``(intake_id, delivered, error, retry_in_s)``."""
+    if rows:
+        cols = [list(c) for c in zip(*rows, strict=True)]
+        await conn.execute(
+            "UPDATE intake_events e SET reply_attempts = reply_attempts + 1, reply_error = r.error, "
+            "reply_pending = NOT r.delivered, replied_at = CASE WHEN r.delivered THEN now() END, "
+            "reply_next_at = CASE WHEN r.delivered THEN NULL ELSE now() + make_interval(secs => r.retry_in) END "
+            "FROM unnest($1::uuid[], $2::bool[], $3::text[], $4::float8[]) AS r(id, delivered, error, retry_in) "
+            "WHERE e.id = r.id",
+            *cols,
+        )
 
 
 def problem_json(problem: dict[str, Any] | None) -> str | None:

@@ -7,6 +7,7 @@ before is a duplicate and changes nothing. When the transaction commits the even
 (the 202); the command reaches the owning service through the outbox relay, at least once, and the owning
 service's inbox applies it once.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -15,11 +16,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
+import orjson
+from pydantic import SecretStr
 
 from services.intake import domain, store
 from services.intake.domain import Incoming, Source
-from shared import outbox
+from shared import outbox, regions
 from shared.auth import Principal
+from shared.crypto import FieldCipher
 from shared.errors import Conflict, DomainError, NotFound, OutOfScope
 from shared.events import encode, envelope
 from shared.events.intake import CommandApplied, CommandKeys, CommandRejected
@@ -28,21 +32,43 @@ from shared.problems import PROBLEM_BASE
 
 
 # -- sources -------------------------------------------------------------------------------
-async def register_source(conn: asyncpg.Connection, cmd: domain.SourceIn, actor: Principal) -> asyncpg.Record:
+def seal_secret(cipher: FieldCipher, source_id: uuid.UUID, secret: SecretStr | None) -> bytes | None:
+    return cipher.seal("reply_secret", source_id, secret.get_secret_value()) if secret is not None else None
+
+
+async def register_source(
+    conn: asyncpg.Connection, cmd: domain.SourceIn, actor: Principal, cipher: FieldCipher
+) -> asyncpg.Record:
     actor.ensure_region_level()  # a source's scope and credentials are the federation's to grant
-    domain.check_reply(cmd.reply, cmd.reply_url)
-    row = await store.insert_source(conn, uuid.uuid4(), cmd.source, cmd.name, cmd.region_code, cmd.event_types,
-                                    cmd.client_id, cmd.reply.value, cmd.reply_url, actor.subject)
+    domain.check_reply(cmd.reply, cmd.reply_url, cmd.reply_secret is not None)
+    source_id = uuid.uuid4()
+    row = await store.insert_source(
+        conn,
+        source_id,
+        cmd.source,
+        cmd.name,
+        cmd.region_code,
+        cmd.event_types,
+        cmd.client_id,
+        cmd.reply.value,
+        cmd.reply_url,
+        seal_secret(cipher, source_id, cmd.reply_secret),
+        actor.subject,
+    )
     if row is None:
         existing = await store.source_by_uri_or_client(conn, cmd.source, cmd.client_id)
-        raise Conflict("the source URI or the client id is already registered", kind="source-exists",
-                       title="Already registered", source_id=str(existing["id"]) if existing else None)
+        raise Conflict(
+            "the source URI or the client id is already registered",
+            kind="source-exists",
+            title="Already registered",
+            source_id=str(existing["id"]) if existing else None,
+        )
     return row
 
 
 async def get_source(conn, source_id: uuid.UUID, actor: Principal) -> asyncpg.Record:
-    actor.ensure_region_level()
-    row = await store.get_source(conn, source_id)
+    # the registry is the region's: one source by id outside a region-level token is 404 (the one region rule)
+    row = await store.get_source(conn, source_id) if actor.region == regions.REGION_ROOT else None
     if row is None:
         raise NotFound("source", source_id)
     return row
@@ -53,16 +79,23 @@ async def list_sources(conn, actor: Principal, *, after: int | None, limit: int)
     return await store.sources_page(conn, after, limit)
 
 
-async def update_source(conn: asyncpg.Connection, source_id: uuid.UUID, cmd: domain.SourcePatch,
-                        actor: Principal) -> asyncpg.Record:
+async def update_source(
+    conn: asyncpg.Connection, source_id: uuid.UUID, cmd: domain.SourcePatch, actor: Principal, cipher: FieldCipher
+) -> asyncpg.Record:
     actor.ensure_region_level()
     current = await store.get_source(conn, source_id, lock=True)
     if current is None:
         raise NotFound("source", source_id)
-    changes = cmd.model_dump(exclude_unset=True, mode="json")
-    if "reply" in changes and changes["reply"] == domain.Reply.poll and "reply_url" not in changes:
-        changes["reply_url"] = None
-    domain.check_reply(changes.get("reply", current["reply"]), changes.get("reply_url", current["reply_url"]))
+    changes = cmd.model_dump(exclude_unset=True, mode="json", exclude={"reply_secret"})
+    if cmd.reply_secret is not None:
+        changes["reply_secret"] = seal_secret(cipher, source_id, cmd.reply_secret)
+    if changes.get("reply") == domain.Reply.poll:
+        changes.setdefault("reply_url", None)
+        changes["reply_secret"] = None  # a poll source keeps no secret
+    has_secret = changes.get("reply_secret", current["reply_secret"]) is not None
+    domain.check_reply(
+        changes.get("reply", current["reply"]), changes.get("reply_url", current["reply_url"]), has_secret
+    )
     if not changes:
         return current
     row = await store.update_source(conn, source_id, changes)
@@ -75,8 +108,11 @@ async def caller_source(conn, actor: Principal) -> Source:
     """The registered source a token speaks for (its ``sub`` is the source's client id)."""
     row = await store.source_by_client(conn, actor.subject)
     if row is None:
-        raise OutOfScope("no source is registered with this client id", kind="unregistered-client",
-                         title="The caller is not a registered source")
+        raise OutOfScope(
+            "no source is registered with this client id",
+            kind="unregistered-client",
+            title="The caller is not a registered source",
+        )
     return store.source_of(row)
 
 
@@ -84,6 +120,7 @@ async def caller_source(conn, actor: Principal) -> Source:
 @dataclass
 class Result:
     """One event's outcome: ``accepted`` | ``duplicate`` | ``rejected`` (with its problem)."""
+
     id: str | None
     source: str | None
     type: str | None
@@ -107,12 +144,25 @@ class Accepted:
 
 
 def refused(event: Incoming | None, exc: DomainError) -> Result:
-    return Result(event.id if event else None, event.source if event else None, event.type if event else None,
-                  "rejected", domain.problem_of(exc))
+    return Result(
+        event.id if event else None,
+        event.source if event else None,
+        event.type if event else None,
+        "rejected",
+        domain.problem_of(exc),
+    )
 
 
-async def accept(conn: asyncpg.Connection, items: list[Incoming | DomainError], source_for, *, channel: str,
-                 now: datetime, max_future: timedelta, keys: CommandKeys) -> Accepted:
+async def accept(
+    conn: asyncpg.Connection,
+    items: list[Incoming | DomainError],
+    source_for,
+    *,
+    channel: str,
+    now: datetime,
+    max_future: timedelta,
+    keys: CommandKeys,
+) -> Accepted:
     """Check and record ``items`` (an event, or the refusal of one that did not even parse) in the caller's
     transaction; ``source_for(event)`` gives the registered source the event is checked against (the
     caller's, over HTTP; the one named by the event, from Kafka) or raises its refusal."""
@@ -136,8 +186,19 @@ async def accept(conn: asyncpg.Connection, items: list[Incoming | DomainError], 
             seen.add((item.source, item.id))
             fresh.append((len(results), checked, source, uuid.uuid4(), uuid.uuid4()))
         results.append(result)
-    rows = [(intake_id, source.id, source.source, checked.incoming.id, checked.incoming.type, channel,
-             checked.time, command_id) for _, checked, source, intake_id, command_id in fresh]
+    rows = [
+        (
+            intake_id,
+            source.id,
+            source.source,
+            checked.incoming.id,
+            checked.incoming.type,
+            channel,
+            checked.time,
+            command_id,
+        )
+        for _, checked, source, intake_id, command_id in fresh
+    ]
     inserted = await store.insert_events(conn, rows)
     encoded = []
     trace_id = trace_id_var.get()
@@ -147,8 +208,9 @@ async def accept(conn: asyncpg.Connection, items: list[Incoming | DomainError], 
             continue
         command = domain.to_command(checked, source, intake_id, keys)
         key, value, _ = encode(envelope(command, trace_id=trace_id, event_id=str(command_id)))
-        encoded.append((command_id, command.topic, key.decode(), outbox.lane_of(key.decode()), command.event_type,
-                        value))
+        encoded.append(
+            (command_id, command.topic, key.decode(), outbox.lane_of(key.decode()), command.event_type, value)
+        )
     await outbox.add_encoded(conn, encoded)
     return Accepted(results)
 
@@ -162,10 +224,26 @@ async def event_status(conn, source: str, event_id: str, actor: Principal) -> as
     return row
 
 
-async def record_outcomes(conn: asyncpg.Connection, outcomes: list[CommandApplied | CommandRejected],
-                          decided_at: datetime) -> list[asyncpg.Record]:
+def answer(row: asyncpg.Record) -> dict[str, Any]:
+    """An event's answer to its source (the poll's body and the webhook's)."""
+    problem = row["problem"]
+    return {
+        "id": row["event_id"],
+        "source": row["source"],
+        "type": row["type"],
+        "status": row["status"],
+        "received_at": row["received_at"],
+        "decided_at": row["decided_at"],
+        "member_id": row["member_id"],
+        "problem": orjson.loads(problem) if problem is not None else None,  # asyncpg gives jsonb as text
+    }
+
+
+async def record_outcomes(
+    conn: asyncpg.Connection, outcomes: list[CommandApplied | CommandRejected], decided_at: datetime
+) -> list[asyncpg.Record]:
     """The owning service's outcomes become each event's status (accepted → applied / rejected)."""
-    rows = []
+    rows: list[tuple] = []
     for o in outcomes:
         if isinstance(o, CommandApplied):
             rows.append((o.intake_id, "applied", o.member_id, None, decided_at))

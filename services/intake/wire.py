@@ -4,6 +4,7 @@ binding (binary or structured), parsed with the ``cloudevents`` SDK into :class:
 A message that is not a CloudEvent is a refusal (``Invalid``, kind ``not-a-cloudevent``), never a 500;
 the SDK's own messages never carry the data, so they may be shown.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -32,8 +33,14 @@ def not_a_cloudevent(reason: str) -> Invalid:
 def _incoming(event: Any) -> Incoming:
     if not isinstance(event, SdkEvent):
         raise not_a_cloudevent("only CloudEvents 1.0 are accepted")
-    return Incoming(id=event.get_id(), source=event.get_source(), type=event.get_type(), time=event.get_time(),
-                    data=event.get_data(), datacontenttype=event.get_datacontenttype())
+    return Incoming(
+        id=event.get_id(),
+        source=event.get_source(),
+        type=event.get_type(),
+        time=event.get_time(),
+        data=event.get_data(),
+        datacontenttype=event.get_datacontenttype(),
+    )
 
 
 def _has_nul(body: bytes) -> bool:
@@ -54,8 +61,12 @@ def mode(headers) -> str:
         return "structured"
     if "ce-specversion" in headers:
         return "binary"
-    raise Problem(415, "unsupported-media-type", "Send a CloudEvent",
-                  "binary mode (ce-* headers), application/cloudevents+json or application/cloudevents-batch+json")
+    raise Problem(
+        415,
+        "unsupported-media-type",
+        "Send a CloudEvent",
+        "binary mode (ce-* headers), application/cloudevents+json or application/cloudevents-batch+json",
+    )
 
 
 def parse_binary(headers: dict[str, str], body: bytes) -> Incoming:

@@ -9,6 +9,7 @@ and its outcome is published on ``membership.events`` (``changai.membership.comm
 the source. A partition's batch is one transaction, each command in its own savepoint, so a refusal
 undoes only that command.
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,10 +25,8 @@ from shared.auth import Principal
 from shared.clock import today_cn
 from shared.consumer import EventConsumer
 from shared.errors import DomainError, NotFound, status_of
-from shared.events import CloudEvent, InvalidEvent, decode
-from shared.events.intake import (
-    COMMANDS, CommandApplied, CommandKeys, CommandRejected, JoinCommand, LeaveCommand
-)
+from shared.events import CloudEvent, EventData, InvalidEvent, decode
+from shared.events.intake import COMMANDS, CommandApplied, CommandKeys, CommandRejected, JoinCommand, LeaveCommand
 from shared.kafka import dead_letter
 from shared.privacy import scrub_text
 
@@ -41,8 +40,9 @@ def actor_of(cmd: JoinCommand | LeaveCommand) -> Principal:
     return Principal(f"intake:{cmd.actor}", frozenset({"membership:write"}), cmd.region_scope)
 
 
-async def _apply(conn: asyncpg.Connection, cmd: JoinCommand | LeaveCommand, keys: CommandKeys, vault: Vault,
-                 today: date):
+async def _apply(
+    conn: asyncpg.Connection, cmd: JoinCommand | LeaveCommand, keys: CommandKeys, vault: Vault, today: date
+):
     person = keys.open(cmd.intake_id, cmd.sealed)
     actor = actor_of(cmd)
     if isinstance(cmd, JoinCommand):
@@ -52,9 +52,15 @@ async def _apply(conn: asyncpg.Connection, cmd: JoinCommand | LeaveCommand, keys
             if branch is None:
                 raise NotFound("branch of the employer", cmd.employer_credit_code, kind="no-branch-for-employer")
             branch_id = branch["id"]
-        member = domain.MemberIn(branch_id=branch_id, name=person["name"], id_number=person["id_number"],
-                                 phone=person.get("phone"), employment_form=cmd.employment_form,
-                                 occupation=cmd.occupation, joined_on=cmd.joined_on)
+        member = domain.MemberIn(
+            branch_id=branch_id,
+            name=person["name"],
+            id_number=person["id_number"],
+            phone=person.get("phone"),
+            employment_form=cmd.employment_form,
+            occupation=cmd.occupation,
+            joined_on=cmd.joined_on,
+        )
         return await usecases.join(conn, member, actor, today, vault=vault)
     found = await store.member_by_hash(conn, vault.lookup_hash(person["id_number"]))
     if found is None:
@@ -62,25 +68,46 @@ async def _apply(conn: asyncpg.Connection, cmd: JoinCommand | LeaveCommand, keys
     return await usecases.leave(conn, found["id"], domain.EndIn(on=cmd.left_on, reason=cmd.reason), actor, today)
 
 
-async def apply_command(conn: asyncpg.Connection, event: CloudEvent, cmd: JoinCommand | LeaveCommand,
-                        keys: CommandKeys, vault: Vault, today: date) -> CommandApplied | CommandRejected | None:
+async def apply_command(
+    conn: asyncpg.Connection,
+    event: CloudEvent,
+    cmd: JoinCommand | LeaveCommand,
+    keys: CommandKeys,
+    vault: Vault,
+    today: date,
+) -> CommandApplied | CommandRejected | None:
     """Inside the caller's transaction: apply one command once; None for a redelivery."""
     if not await inbox.claim(conn, INBOX, event.id):
         return None
-    common = dict(command_id=event.id, intake_id=cmd.intake_id, command=cmd.event_type, source=cmd.source,
-                  region_code=cmd.region_scope)
+    common = dict(
+        command_id=event.id,
+        intake_id=cmd.intake_id,
+        command=cmd.event_type,
+        upstream_source=cmd.upstream_source,
+        region_code=cmd.region_scope,
+    )
     outcome: CommandApplied | CommandRejected
     try:
         async with conn.transaction():  # a savepoint: a refusal undoes this command only
             row = await _apply(conn, cmd, keys, vault, today)
         outcome = CommandApplied(**common, member_id=row["id"])
     except DomainError as exc:
-        outcome = CommandRejected(**common, status=status_of(exc), problem_type=exc.kind, title=exc.title,
-                                  detail=scrub_text(exc.detail) if exc.detail else None)
+        outcome = CommandRejected(
+            **common,
+            status=status_of(exc),
+            problem_type=exc.kind,
+            title=exc.title,
+            detail=scrub_text(exc.detail) if exc.detail else None,
+        )
     except ValidationError as exc:  # the person's data against MemberIn / EndIn (never echoed)
         err = exc.errors()[0]
-        outcome = CommandRejected(**common, status=422, problem_type="validation-error", title="Request is not valid",
-                                  detail=scrub_text(f"{'.'.join(map(str, err['loc']))}: {err['msg']}"))
+        outcome = CommandRejected(
+            **common,
+            status=422,
+            problem_type="validation-error",
+            title="Request is not valid",
+            detail=scrub_text(f"{'.'.join(map(str, err['loc']))}: {err['msg']}"),
+        )
     await usecases.emit(conn, outcome)
     return outcome
 
@@ -98,17 +125,20 @@ class CommandConsumer(EventConsumer):
         except InvalidEvent as exc:
             await dead_letter(self.producer, record, str(exc), self.group_id)
         except ValidationError as exc:
-            await dead_letter(self.producer, record, f"command does not match its type: {exc.errors()[0]['msg']}",
-                              self.group_id)
+            await dead_letter(
+                self.producer, record, f"command does not match its type: {exc.errors()[0]['msg']}", self.group_id
+            )
         return None
 
 
-def command_consumer(pool: asyncpg.Pool, bootstrap: str, group_id: str, keys: CommandKeys,
-                     vault: Vault) -> EventConsumer:
-    async def handle(items: list[tuple[CloudEvent, JoinCommand | LeaveCommand]]) -> None:
+def command_consumer(
+    pool: asyncpg.Pool, bootstrap: str, group_id: str, keys: CommandKeys, vault: Vault
+) -> EventConsumer:
+    async def handle(items: list[tuple[CloudEvent, EventData]]) -> None:
         today = today_cn()
         async with pool.acquire() as conn, conn.transaction():
             for event, cmd in items:
+                assert isinstance(cmd, JoinCommand | LeaveCommand)  # CommandConsumer parses only those
                 await apply_command(conn, event, cmd, keys, vault, today)
 
     return CommandConsumer(bootstrap, group_id, ["membership.commands"], batch_handler=handle)
@@ -118,9 +148,13 @@ async def commands_part(app):
     settings = app.state.settings
     if not settings.consume_commands:
         return None
-    consumer = command_consumer(app.state.db, settings.kafka_bootstrap,
-                                settings.commands_group_id,
-                                CommandKeys(settings.data_key_bytes()), app.state.vault)
+    consumer = command_consumer(
+        app.state.db,
+        settings.kafka_bootstrap,
+        settings.commands_group_id,
+        CommandKeys(settings.data_key_bytes()),
+        app.state.vault,
+    )
     consumer.start()
     app.state.commands = consumer
     return consumer.stop

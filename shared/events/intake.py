@@ -14,6 +14,7 @@ Outcomes (``changai.membership.command.applied.v1`` / ``.rejected.v1``, in the d
 ``membership.events``): what the owning service did with a command, with the RFC 9457 problem of a
 refusal; the intake turns them into the answer to the source.
 """
+
 from __future__ import annotations
 
 import base64
@@ -53,7 +54,7 @@ def command(event_type: str, *, subject: str, topic: str):
 
 class _Command(EventData):
     intake_id: UUID = Field(description="the intake's record of the upstream event (the answer is keyed by it)")
-    source: str = Field(description="the upstream CloudEvents source")
+    upstream_source: str = Field(description="the upstream CloudEvents source")
     upstream_type: str
     region_scope: str = Field(pattern=r"^64\d{4}$", description="the source's region scope: the actor's")
     actor: str = Field(description="the source's client id (the actor the owning service records)")
@@ -64,6 +65,7 @@ class _Command(EventData):
 @command("changai.command.membership.join.v1", subject="person_key", topic="membership.commands")
 class JoinCommand(_Command):
     """An employee hired: the person joins the employer's branch (membership's join use case)."""
+
     employer_credit_code: str
     branch_id: UUID | None = None
     joined_on: date
@@ -74,6 +76,7 @@ class JoinCommand(_Command):
 @command("changai.command.membership.leave.v1", subject="person_key", topic="membership.commands")
 class LeaveCommand(_Command):
     """An employee left: the member leaves (退会; membership's leave use case)."""
+
     left_on: date
     reason: str | None = None
 
@@ -83,19 +86,21 @@ class _Outcome(EventData):
     command_id: UUID
     intake_id: UUID
     command: str = Field(description="the command's type")
-    source: str = Field(description="the upstream source the command came from")
+    upstream_source: str = Field(description="the upstream source the command came from")
     region_code: str = RegionCode
 
 
 @event("changai.membership.command.applied.v1", subject="intake_id")
 class CommandApplied(_Outcome):
     """Membership applied an intake command (a join or a leave)."""
+
     member_id: UUID
 
 
 @event("changai.membership.command.rejected.v1", subject="intake_id")
 class CommandRejected(_Outcome):
     """Membership refused an intake command: the RFC 9457 problem (no personal data)."""
+
     status: int = Field(description="the HTTP status the refusal would have had at the API (4xx)")
     problem_type: str
     title: str
@@ -107,8 +112,9 @@ class CommandKeys:
 
     def __init__(self, data_key: bytes):
         self._cipher = FieldCipher(data_key, "commands")
-        self._mac = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"changai/commands/person-key",
-                         info=b"hmac-sha256 v1").derive(data_key)
+        self._mac = HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=b"changai/commands/person-key", info=b"hmac-sha256 v1"
+        ).derive(data_key)
 
     def person_key(self, id_number: str) -> str:
         return keyed_hash(self._mac, id_number).hex()

@@ -9,6 +9,7 @@ its JSON Schema is committed in ``shared/events/schemas/upstream/`` (``python -m
 Personal data (ID numbers, phones, names) arrives in clear over TLS, as it does at membership's API; the
 intake seals it at once (``shared.events.intake.CommandKeys``) and keeps or forwards only ciphertext.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,6 +46,7 @@ def _id_number(value: str) -> str:
 
 class EmployeeHired(UpstreamData):
     """An enterprise's HR system hired an employee (becomes a membership join at the employer's branch)."""
+
     employee_ref: str = Field(min_length=1, max_length=64, description="the HR system's own employee id")
     name: str = Field(min_length=1, max_length=50, description="姓名")
     id_number: str = Field(description="resident ID number (GB 11643); sealed on arrival, never stored in clear")
@@ -78,6 +80,7 @@ class EmployeeHired(UpstreamData):
 
 class EmployeeLeft(UpstreamData):
     """An employee left the enterprise (becomes the member leaving, 退会)."""
+
     id_number: str = Field(description="resident ID number (GB 11643); sealed on arrival, never stored in clear")
     left_on: date
     reason: str | None = Field(default=None, max_length=200)

@@ -5,7 +5,7 @@ import asyncio
 import time
 import uuid
 from contextlib import asynccontextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 import orjson
@@ -28,10 +28,10 @@ async def running_intake(stack, dsn: str, **overrides):
     settings = IntakeSettings(database_url=dsn, kafka_bootstrap=stack.kafka.bootstrap, db_pool_min=1, db_pool_max=5,
                               outbox_poll_interval_s=0.2, **overrides)
     app = build_app(settings)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://intake",
-                                     timeout=60) as client:
-            yield app, client
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://intake",
+                                                                   timeout=60) as client:
+        yield app, client
 
 
 def hired(credit_code: str, number: str, **extra) -> dict:
@@ -42,7 +42,7 @@ def hired(credit_code: str, number: str, **extra) -> dict:
 
 def structured(source: str, event_type: str, data: dict, **attrs) -> dict:
     return {"specversion": "1.0", "id": str(uuid.uuid4()), "source": source, "type": event_type,
-            "time": datetime.now(timezone.utc).isoformat(), "datacontenttype": "application/json",
+            "time": datetime.now(UTC).isoformat(), "datacontenttype": "application/json",
             "data": data, **attrs}
 
 

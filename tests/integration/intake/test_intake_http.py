@@ -9,7 +9,16 @@ import asyncpg
 import orjson
 
 from tests.integration.intake.intake_support import (
-    ADMIN, HIRED, LEFT, decided, emitter, hired, send_batch, send_binary, send_structured, structured,
+    ADMIN,
+    HIRED,
+    LEFT,
+    decided,
+    emitter,
+    hired,
+    send_batch,
+    send_binary,
+    send_structured,
+    structured,
 )
 from tests.integration.membership.membership_support import credit_code, unique_id_number
 
@@ -63,6 +72,11 @@ async def test_binary_structured_and_batch_events_become_joins_and_are_answered(
                                              headers=__import__("tests.integration.membership.membership_support",
                                                                 fromlist=["auth"]).auth())
         assert member.status_code == 200 and member.json()["branch_id"] == branch["id"]
+    figures = (await client.get("/metrics")).text
+    labels = f'source="{source}",type="{HIRED}"'
+    assert f"changai_intake_applied_total{{{labels}}} 5.0" in figures
+    assert f"changai_intake_lag_seconds_count{{{labels}}} 5.0" in figures
+    assert f'changai_intake_events_received_total{{channel="http",{labels}}} 5.0' in figures
     # the ID number is nowhere in clear in the intake's database (rows and the outbox's commands)
     number = one["data"]["id_number"]
     conn = await asyncpg.connect(dsn)

@@ -8,7 +8,7 @@ import orjson
 from aiokafka import TopicPartition
 
 from shared.kafka import make_producer, read_to_end
-from tests.integration.intake.intake_support import HIRED, decided, structured, hired
+from tests.integration.intake.intake_support import HIRED, decided, hired, structured
 from tests.integration.intake.test_intake_http import register
 from tests.integration.membership.membership_support import unique_id_number
 

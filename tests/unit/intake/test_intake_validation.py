@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
@@ -15,7 +15,7 @@ from shared.events.catalog import breaking_changes
 from shared.events.intake import CommandKeys
 from shared.identifiers import id_check_char, uscc_check_char
 
-NOW = datetime(2026, 5, 1, 8, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
 FIVE_MIN = timedelta(minutes=5)
 SOURCE = domain.Source(uuid.uuid4(), "urn:hr:a", "640104", ("enterprise.hr.employee.hired.v1",), "hr-a", "active")
 NUMBER = "64010419900307" + "123"
