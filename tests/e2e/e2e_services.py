@@ -54,6 +54,9 @@ async def start_apis(stack, make_database, *, notifier_worker: bool = True, log_
         "training": {"CHANGAI_MEMBERS_GROUP": f"training-members-{run}"},
         "funding": {"CHANGAI_FUNDING_SUBSIDY_GROUP": f"funding.subsidy-{run}"},
         "notifier-api": {"CHANGAI_NOTIFIER_APP_ID": f"notifier-{run}", "CHANGAI_NOTIFIER_WEBHOOKS": "{}"},
+        "membership": {"CHANGAI_COMMANDS_GROUP_ID": f"membership-commands-{run}"},
+        "intake": {"CHANGAI_INTAKE_OUTCOMES_GROUP_ID": f"intake-outcomes-{run}",
+                   "CHANGAI_INTAKE_KAFKA_GROUP_ID": f"intake-hr-{run}"},
     }
     envs, starts = {}, []
     for api, (service, db) in APIS.items():

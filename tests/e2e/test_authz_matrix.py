@@ -16,9 +16,10 @@ read_only       every ``…:read`` scope, 640000                         403 on 
 other_city      the route's scope, 石嘴山市 640200                     see the rule below
 own_county      the route's scope, 银川市兴庆区 640104 (the objects')  2xx (the recipe's status)
 region          the route's scope, 640000 (region-wide settings only)  2xx
-unit            reform: the route's scope, 640000, ``unit`` claim of   as the route states (its
-                the object's member unit (its liaison officer)         liaison may report: 2xx)
-other_unit      reform: the same for another member unit               404 by id, 403 naming it
+party           the route's scope, as the party the object belongs to: as the route states (it may
+                reform: its member unit's liaison (``unit`` claim);    act on its own: 2xx)
+                intake: its source's client (token ``sub``)
+other_party     the same for another unit / another source             404 by id, 403 naming it
 ==============  =====================================================  ===========================
 
 The one region rule (``shared.auth.Principal``), as the other-city principal meets it:
@@ -63,7 +64,7 @@ from shared.identifiers import id_check_char, uscc_check_char
 pytestmark = pytest.mark.e2e
 
 OWN, OTHER_COUNTY, OTHER_CITY, REGION = "640104", "640202", "640200", "640000"
-PRINCIPALS = ("none", "no_scope", "read_only", "other_city", "own_county", "region", "unit", "other_unit")
+PRINCIPALS = ("none", "no_scope", "read_only", "other_city", "own_county", "region", "party", "other_party")
 TODAY = today_cn()
 TAG = uuid.uuid4().hex[:6]
 
@@ -304,6 +305,29 @@ class World:
         return await self.call("reform", "PUT", f"/v1/city-plans/{city}", (200, 201),
                                json={"title": "实施方案", "issued_on": "2021-06-01"})
 
+    # -- intake: a source is registered for a region; its client (the token's sub) emits for it
+    async def _new_source(self, county):
+        tag = uuid.uuid4().hex[:8]
+        body = {"source": f"urn:changai:matrix:{tag}", "name": f"矩阵人事系统{tag}", "region_code": county,
+                "event_types": ["enterprise.hr.employee.left.v1"], "client_id": f"matrix-hr-{tag}"}
+        return {**await self.call("intake", "POST", "/v1/sources", 201, json=body), **body}
+
+    def source_party(self, source: dict) -> dict:
+        return {"sub": source["client_id"], "region": source["region_code"]}
+
+    def cloudevent(self, source: dict) -> bytes:
+        return json.dumps({"specversion": "1.0", "id": str(uuid.uuid4()), "source": source["source"],
+                           "type": "enterprise.hr.employee.left.v1", "time": f"{day(-1)}T08:00:00+08:00",
+                           "data": {"id_number": id_number(source["region_code"]), "left_on": day(-1)}}).encode()
+
+    async def _new_emitted(self, county):
+        source = await self.get("source", county)
+        value = self.cloudevent(source)
+        token = party_token(self.source_party(source), "intake:emit")
+        await self.call("intake", "POST", "/v1/events", (200, 202), content=value,
+                        headers={"Authorization": f"Bearer {token}", "content-type": "application/cloudevents+json"})
+        return {"id": json.loads(value)["id"], "source": source}
+
     # -- notifier
     async def _new_channel(self, county):
         return await self.call("notifier", "POST", "/v1/channels", 201, json={
@@ -319,6 +343,26 @@ class World:
         channel = await self.get("channel", county)
         answer = await self.call("notifier", "POST", f"/v1/channels/{channel['id']}/test", (200, 202))
         return {"id": answer.get("delivery_id") or answer["id"], "channel_id": channel["id"]}
+
+    # -- intake: the own county's upstream source (its client id is the own-county principal's ``sub``)
+    async def _new_intake_source(self, county):
+        return await self.call("intake", "POST", "/v1/sources", 201, json={
+            "source": f"urn:changai:matrix:{TAG}:{county}", "name": f"矩阵人事系统{county}", "region_code": county,
+            "event_types": ["enterprise.hr.employee.hired.v1"], "client_id": "matrix-own-county"})
+
+    def intake_event(self, source: dict) -> dict:
+        return {"specversion": "1.0", "id": uuid.uuid4().hex, "source": source["source"],
+                "type": "enterprise.hr.employee.hired.v1", "datacontenttype": "application/json",
+                "data": {"employee_ref": "E1", "name": "矩阵员工", "id_number": id_number(OWN),
+                         "employer_credit_code": credit_code(OWN), "hired_on": "2024-05-01"}}
+
+    async def _new_intake_event(self, county):
+        source = await self.get("intake_source", county)
+        event = self.intake_event(source)
+        emitter = "Bearer " + mint_token("matrix-own-county", ["intake:emit"], county)
+        await self.call("intake", "POST", "/v1/events", 202, content=json.dumps(event).encode(),
+                        headers={"Authorization": emitter, "content-type": "application/cloudevents+json"})
+        return event
 
     async def _new_notifier_branch(self, county):
         branch = await self.get("branch", county)
@@ -336,13 +380,13 @@ class Call:
     content_type: str | None = None
     hide: str | None = None    # a list: this (the own county's object) must not show to the other city
     hide_other: str | None = None  # ... and this (the other county's object) not to the own county
-    unit: str | None = None        # reform: the unit the object belongs to (the "unit" principal speaks for it)
-    other_unit: str | None = None  # ... and another unit (the "other_unit" principal)
+    party: dict | None = None        # the party the object belongs to: mint_token's sub / unit / region for it
+    other_party: dict | None = None  # ... and another party of the same kind
 
 
 @dataclass
 class Recipe:
-    kind: str  # by_id | names_region | body_ref | list | global | region_level | region_level_by_id | unit | public
+    kind: str  # by_id | names_region | body_ref | list | global | region_level | region_level_by_id | party | public
     make: Callable[[World], Awaitable[Call]]
     ok: int = 200  # the own county's (or, region_level, the region's) status
     expect: dict[str, set[int]] = field(default_factory=dict)  # a principal's answer, stated for this route
@@ -846,7 +890,7 @@ recipe("GET /v1/templates/{event_type}", "global")(
 # one record by id outside that is 404. Pilots and city plans are places: lists cut to the scope.
 # Liaison officers speak for their unit (the token's ``unit`` claim): a task or unit of another unit is
 # 404; a token without a unit claim cannot report (403), except the office changing a liaison.
-UNIT_ROUTE = {"other_city": {403}, "own_county": {403}, "region": {403}, "unit": {200}, "other_unit": {404}}
+UNIT_ROUTE = {"other_city": {403}, "own_county": {403}, "region": {403}, "party": {200}, "other_party": {404}}
 recipe("POST /v1/units", "region_level", 201)(
     lambda w: _c(json={"name": f"新成员单位{uuid.uuid4().hex[:6]}", "kind": "mass_organisation"}))
 recipe("GET /v1/units", "region_level")(const())
@@ -857,10 +901,11 @@ async def _(w):
     return Call(path={"unit_id": (await w.get("unit"))["id"]})
 
 
-@recipe("PUT /v1/units/{unit_id}/liaison", "unit", expect={**UNIT_ROUTE, "region": {200}})
+@recipe("PUT /v1/units/{unit_id}/liaison", "party", expect={**UNIT_ROUTE, "region": {200}})
 async def _(w):
     a, b = await w.get("unit", OWN), await w.get("unit", OTHER_COUNTY)
-    return Call(path={"unit_id": a["id"]}, json={"liaison_name": "新联络员"}, unit=a["id"], other_unit=b["id"])
+    return Call(path={"unit_id": a["id"]}, json={"liaison_name": "新联络员"}, party={"unit": a["id"]},
+                other_party={"unit": b["id"]})
 
 
 @recipe("POST /v1/years", "region_level", 201)
@@ -910,10 +955,10 @@ async def _(w):
 
 for _verb, _body in (("report-progress", {"percent": 50, "text": "已推进一半"}),
                      ("report-completion", {"evidence": "已完成，附文件"})):
-    @recipe(f"POST /v1/tasks/{{task_id}}:{_verb}", "unit", expect=UNIT_ROUTE)
+    @recipe(f"POST /v1/tasks/{{task_id}}:{_verb}", "party", expect=UNIT_ROUTE)
     async def _(w, body=_body):
         task, a, b = await w.new("task"), await w.get("unit", OWN), await w.get("unit", OTHER_COUNTY)
-        return Call(path={"task_id": task["id"]}, json=body, unit=a["id"], other_unit=b["id"])
+        return Call(path={"task_id": task["id"]}, json=body, party={"unit": a["id"]}, other_party={"unit": b["id"]})
 
 
 @recipe("POST /v1/tasks/{task_id}:verify", "region_level")
@@ -927,12 +972,13 @@ async def _(w):
 
 
 # The office names the issuing unit; a liaison registers its own unit's documents (another unit's: 403).
-@recipe("POST /v1/documents", "unit", 201, fresh=True,
-        expect={"other_city": {403}, "own_county": {403}, "region": {201}, "unit": {201}, "other_unit": {403}})
+@recipe("POST /v1/documents", "party", 201, fresh=True,
+        expect={"other_city": {403}, "own_county": {403}, "region": {201}, "party": {201}, "other_party": {403}})
 async def _(w):
     a, b = await w.get("unit", OWN), await w.get("unit", OTHER_COUNTY)
     return Call(json={"title": "矩阵政策文件", "doc_number": f"宁矩阵发〔2021〕{random.randint(1, 9999)}号",
-                      "issued_on": "2021-06-01", "unit_id": a["id"]}, unit=a["id"], other_unit=b["id"])
+                      "issued_on": "2021-06-01", "unit_id": a["id"]},
+                party={"unit": a["id"]}, other_party={"unit": b["id"]})
 
 
 recipe("GET /v1/documents", "region_level")(const())
@@ -956,6 +1002,80 @@ async def _(w):
     return Call(hide='"city_code":"640100"', hide_other='"city_code":"640200"')
 
 
+# -- intake -----------------------------------------------------------------------------------
+# The registry of upstream sources is the region's (intake:admin on a region-level token: 403 below it,
+# one source by id 404). Emitting and reading an answer need intake:emit AND a token whose ``sub`` is a
+# registered source's client id: the own county's principal is (its source is registered for 640104);
+# the other city's is not, so it is refused (403 emitting; 404 reading another source's answer).
+recipe("POST /v1/sources", "region_level", 201)(lambda w: _c(json={
+    "source": f"urn:changai:matrix:{TAG}:{uuid.uuid4().hex[:8]}", "name": "矩阵新来源", "region_code": OWN,
+    "event_types": ["enterprise.hr.employee.hired.v1"], "client_id": f"matrix-{uuid.uuid4().hex[:8]}"}))
+recipe("GET /v1/sources", "region_level")(const())
+
+
+@recipe("GET /v1/sources/{source_id}", "region_level_by_id")
+async def _(w):
+    return Call(path={"source_id": (await w.get("intake_source"))["id"]})
+
+
+@recipe("PATCH /v1/sources/{source_id}", "region_level")
+async def _(w):
+    return Call(path={"source_id": (await w.get("intake_source"))["id"]}, json={"name": "矩阵人事系统（改名）"})
+
+
+@recipe("POST /v1/events", "names_region", 202)
+async def _(w):
+    event = w.intake_event(await w.get("intake_source"))
+    return Call(content=json.dumps(event).encode(), content_type="application/cloudevents+json")
+
+
+@recipe("GET /v1/events/{event_id}", "by_id")
+async def _(w):
+    event = await w.get("intake_event")
+    return Call(path={"event_id": event["id"]}, query={"source": event["source"]})
+
+
+# -- intake ------------------------------------------------------------------------------------
+# The source registry is the region's (intake:admin on a region-level token; one source by id outside it:
+# 404). An event is emitted by a registered source's own client for its own source URI: a client that is
+# not registered is 403, another source naming this one's URI is 403 (forged source); an event's answer is
+# told to its own source only (anyone else: 404).
+recipe("GET /v1/sources", "region_level")(const())
+
+
+@recipe("POST /v1/sources", "region_level", 201)
+async def _(w):
+    tag = uuid.uuid4().hex[:8]
+    return Call(json={"source": f"urn:changai:matrix-new:{tag}", "name": "新人事系统", "region_code": OWN,
+                      "event_types": ["enterprise.hr.employee.hired.v1"], "client_id": f"matrix-new-{tag}"})
+
+
+@recipe("GET /v1/sources/{source_id}", "region_level_by_id")
+async def _(w):
+    return Call(path={"source_id": (await w.get("source"))["id"]})
+
+
+@recipe("PATCH /v1/sources/{source_id}", "region_level")
+async def _(w):
+    return Call(path={"source_id": (await w.new("source"))["id"]}, json={"name": "改名的人事系统"})
+
+
+@recipe("POST /v1/events", "party", 202, fresh=True,
+        expect={"other_city": {403}, "own_county": {403}, "region": {403}, "party": {202}, "other_party": {403}})
+async def _(w):
+    own, other = await w.get("source", OWN), await w.get("source", OTHER_COUNTY)
+    return Call(content=w.cloudevent(own), content_type="application/cloudevents+json",
+                party=w.source_party(own), other_party=w.source_party(other))
+
+
+@recipe("GET /v1/events/{event_id}", "party",
+        expect={"other_city": {404}, "own_county": {404}, "region": {404}, "party": {200}, "other_party": {404}})
+async def _(w):
+    emitted, other = await w.get("emitted"), await w.get("source", OTHER_COUNTY)
+    return Call(path={"event_id": emitted["id"]}, query={"source": emitted["source"]["source"]},
+                party=w.source_party(emitted["source"]), other_party=w.source_party(other))
+
+
 # Routes whose path is the same in two APIs are told apart by "@api" (only where needed).
 SHARED_PATHS = {"GET /v1/members/{member_id}": {"training": "@training"},
                 "GET /v1/branches/{branch_id}": {"notifier": "@notifier"}}
@@ -973,8 +1093,8 @@ def expected(principal: str, access: str, kind: str, ok: int, scope: str | None 
     success = {ok}
     if stated and principal in stated:
         return stated[principal]
-    if principal in ("unit", "other_unit"):
-        return None  # only where a route states them (reform's liaison officers)
+    if principal in ("party", "other_party"):
+        return None  # only where a route states them (reform's liaison officers, intake's sources)
     if kind == "public":
         return None if principal == "region" else success
     if principal == "none":
@@ -983,6 +1103,8 @@ def expected(principal: str, access: str, kind: str, ok: int, scope: str | None 
         return {403}
     if principal == "read_only":  # every ...:read scope at 640000: a read needing another scope (audit) is refused
         return success if access == "read" and (scope or "").endswith(":read") else {403}
+    if kind == "party":  # a party's route states every principal's answer; the rest is the rule above
+        raise AssertionError(f"a party route must state {principal}")
     if principal == "other_city":
         return {"by_id": {404}, "names_region": {403}, "body_ref": {403, 404}, "list": success,
                 "global": success, "region_level": {403}, "region_level_by_id": {404}}[kind]
@@ -991,6 +1113,12 @@ def expected(principal: str, access: str, kind: str, ok: int, scope: str | None 
     if principal == "region":
         return success if kind in ("region_level", "region_level_by_id") else None
     raise AssertionError(principal)
+
+
+def party_token(party: dict | None, scope: str | None) -> str | None:
+    party = party or {}
+    return mint_token(party.get("sub", "matrix-party"), [scope or "none"], party.get("region", REGION),
+                      unit=party.get("unit"))
 
 
 @dataclass
@@ -1068,8 +1196,8 @@ async def test_authorisation_matrix(matrix_apis):
                 "other_city": mint_token("matrix-other-city", [scope or "none"], OTHER_CITY),
                 "own_county": mint_token("matrix-own-county", [scope or "none"], OWN),
                 "region": mint_token("matrix-region", [scope or "none"], REGION),
-                "unit": mint_token("matrix-liaison", [scope or "none"], REGION, unit=call.unit),
-                "other_unit": mint_token("matrix-other-liaison", [scope or "none"], REGION, unit=call.other_unit),
+                "party": party_token(call.party, scope),
+                "other_party": party_token(call.other_party, scope),
             }
             url = apis.urls[api] + path.format(**call.path)
             headers = {"Authorization": f"Bearer {tokens[principal]}"} if tokens[principal] else {}

@@ -51,7 +51,7 @@ async def fuzz(api: str, url: str, token: str, report_dir: Path) -> dict:
         "--seed", os.environ.get("CHANGAI_FUZZ_SEED", "2026"), "--request-timeout", "30",
         "--header", f"Authorization: Bearer {token}", "--report", "json", "--report-json-path", str(report),
         "--output-truncate", "true", "--warnings", "off",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=report_dir,  # its cache too
         env={**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_HOOKS": ""})
     out, _ = await proc.communicate()
     text = out.decode(errors="replace")
