@@ -10,6 +10,7 @@ a crash means redelivery, and the inbox makes redelivery harmless.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -31,6 +32,25 @@ BatchHandler = Callable[[list[tuple[CloudEvent, EventData]]], Awaitable[None]]
 CONSUMED = Counter("changai_events_consumed_total", "Events applied by a consumer", ["consumer", "topic"])
 LAG = Gauge("changai_consumer_lag", "Records behind the end of the partition", ["consumer", "topic", "partition"])
 LAST_EVENT = Gauge("changai_consumer_last_event_timestamp_seconds", "Time of the last event applied", ["consumer", "topic"])
+_LAG_HELD: dict[str, set[tuple[str, str]]] = {}  # consumer -> (topic, partition) label sets this process reports
+
+
+def report_lag(consumer: str, held, lags: dict[tuple[str, int], int]) -> None:
+    """Set the lag of the partitions this process holds (``held``; ``lags`` those whose end is known) and
+    remove the series of the ones it gave up in a rebalance: another replica reports them now, and a frozen
+    value left here would be summed with its (and keep the lag alerts firing)."""
+    now = {(topic, str(partition)) for topic, partition in held}
+    for topic, partition in _LAG_HELD.get(consumer, set()) - now:
+        with contextlib.suppress(KeyError):  # already gone
+            LAG.remove(consumer, topic, partition)
+    for (topic, partition), lag in lags.items():
+        LAG.labels(consumer, topic, str(partition)).set(max(lag, 0))
+    _LAG_HELD[consumer] = now
+
+
+def drop_lag(consumer: str) -> None:
+    """This process holds no partition of ``consumer`` any more (revoked, stopped, restarting)."""
+    report_lag(consumer, (), {})
 
 
 class EventConsumer:
@@ -57,6 +77,7 @@ class EventConsumer:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        drop_lag(self.group_id)
         for client in (self.consumer, self.producer):
             if client is not None:
                 await client.stop()
@@ -69,6 +90,7 @@ class EventConsumer:
                 raise
             except Exception:
                 log.exception("consumer stopped; restarting", extra={"consumer": self.group_id})
+                drop_lag(self.group_id)
                 for client in (self.consumer, self.producer):
                     if client is not None:
                         await client.stop()
@@ -95,12 +117,14 @@ class EventConsumer:
                 await self._report_lag()
 
     async def _report_lag(self) -> None:
-        for tp in self.consumer.assignment():
+        held = self.consumer.assignment()
+        lags = {}
+        for tp in held:
             end = self.consumer.highwater(tp)
             if end is None:
                 continue
-            position = await self.consumer.position(tp)
-            LAG.labels(self.group_id, tp.topic, str(tp.partition)).set(max(end - position, 0))
+            lags[(tp.topic, tp.partition)] = end - await self.consumer.position(tp)
+        report_lag(self.group_id, [(tp.topic, tp.partition) for tp in held], lags)
 
     async def _parse(self, record) -> tuple[CloudEvent, EventData] | None:
         """The event and its data, or None: dead-lettered, unknown, or not wanted."""

@@ -302,8 +302,9 @@ def pipeline_health() -> dict:
     events = [
         Panel("消费延迟 · Consumer lag", "Records behind the end of each topic, by consumer.", "timeseries",
               [Target("sum by (consumer, topic) (changai_consumer_lag)", "{{consumer}} {{topic}}")], w=8, h=8),
+        # Every relay replica (and both notifier processes) counts the whole table: max, not sum.
         Panel("发件箱积压 · Outbox backlog", "Outbox rows not yet published to Kafka, by service.", "timeseries",
-              [Target("sum by (service) (changai_outbox_backlog)", "{{service}}")], w=8, h=8),
+              [Target("max by (service) (changai_outbox_backlog)", "{{service}}")], w=8, h=8),
         Panel("发件箱最久未发 · Oldest unpublished outbox row", "Age of the oldest unpublished row, by service.",
               "timeseries", [Target("max by (service) (changai_outbox_oldest_unpublished_age_seconds)",
                                     "{{service}}")], w=8, h=8, unit="s"),

@@ -40,7 +40,7 @@ from pydantic import Field
 
 from services.projection.domain import DEDUPE_WINDOW, DOMAIN_TOPICS, Projection, base_topic
 from services.projection.exposition import FiguresCollector, Renderer, figures_registry
-from shared.consumer import LAG
+from shared.consumer import drop_lag, report_lag
 from shared.events import InvalidEvent, UnknownEventType, decode, parse_data
 from shared.kafka import DEAD_LETTERS, connection, dlq_topic, kafka_security, read_to_end
 from shared.settings import Settings
@@ -295,6 +295,7 @@ class ProjectionWorker:
         async with self._reader_lock:
             self._ready = False
             READY.set(0)
+            drop_lag(self.settings.projection_app_id)  # until the next assignment's report
             if self.reader is not None:
                 await self.reader.stop()
                 self.reader = None
@@ -399,13 +400,16 @@ class ProjectionWorker:
         reader = self.reader
         if reader is None or reader.consumer is None:
             return
+        held, lags = [], {}
         for tp in reader.consumer.assignment():
+            topic = base_topic(tp.topic, self.prefix)
+            held.append((topic, tp.partition))
             end = reader.consumer.highwater(tp)
             if end is None:
                 continue
-            topic = base_topic(tp.topic, self.prefix)
             done = self.projection.progress.get((topic, tp.partition), -1)
-            LAG.labels(self.settings.projection_app_id, topic, str(tp.partition)).set(max(end - done - 1, 0))
+            lags[(topic, tp.partition)] = end - done - 1
+        report_lag(self.settings.projection_app_id, held, lags)  # drops the partitions given up
 
     def _pages(self) -> None:
         app = self.app

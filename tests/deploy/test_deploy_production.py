@@ -88,3 +88,52 @@ def test_compose_creates_topics_with_the_configured_replication():
     brokers = sum(1 for name in compose["services"] if name.startswith("kafka"))
     job = ds.compose_environment(compose["services"]["topics"])
     assert 1 <= int(job.get("CHANGAI_TOPIC_REPLICATION_FACTOR", "1")) <= brokers
+
+
+# ------------------------------------------------------------------ items 2-4: metrics that mislead
+
+def _expressions():
+    """Every PromQL expression operators see: the rules and the dashboards' targets."""
+    import json
+
+    import yaml
+
+    for path in sorted((ROOT / "deploy" / "prometheus").glob("*.rules.yml")):
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            for rule in group["rules"]:
+                yield f"{path.name} {rule.get('alert') or rule.get('record')}", rule["expr"]
+    for path in sorted((ROOT / "deploy" / "grafana" / "dashboards").glob("*.json")):
+        def walk(node):
+            if isinstance(node, dict):
+                if isinstance(node.get("expr"), str):
+                    yield node["expr"]
+                for value in node.values():
+                    yield from walk(value)
+            elif isinstance(node, list):
+                for value in node:
+                    yield from walk(value)
+        for expr in walk(json.loads(path.read_text())):
+            yield path.name, expr
+
+
+def test_outbox_backlog_is_counted_once():
+    """Every relay replica (and both notifier processes) reports the whole outbox table: summing over
+    instances multiplies it. Every use takes the max per service."""
+    import re
+
+    wrong = []
+    for where, expr in _expressions():
+        for metric in ("changai_outbox_backlog", "changai_outbox_oldest_unpublished_age_seconds"):
+            uses = len(re.findall(rf"{metric}\b", expr))
+            maxed = len(re.findall(rf"max by \(service\) \((?:delta\()?{metric}\b", expr))
+            if uses != maxed:
+                wrong.append(f"{where}: {expr}")
+    assert not wrong, "outbox gauges not taken as max by (service):\n" + "\n".join(wrong)
+
+
+@pytest.mark.parametrize("overlay", ds.OVERLAYS)
+def test_service_monitors_keep_the_applications_service_label(overlay):
+    for monitor in ds.find(ds.overlay_objects(overlay), "ServiceMonitor"):
+        for endpoint in monitor["spec"]["endpoints"]:
+            assert endpoint.get("honorLabels") is True, (
+                f"{monitor['metadata']['name']}: the target label `service` would overwrite the application's")
