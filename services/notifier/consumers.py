@@ -191,7 +191,6 @@ def build_worker(settings: NotifierSettings) -> tuple[faust.App, Resources]:
         web_metrics_enabled=False,
     )
     res = Resources(settings)
-    domain_topics = _raw_topic(app, *topics.DOMAIN_SOURCES)
     deliver_topic = _raw_topic(app, topics.DELIVER)
     waiting_topic = _raw_topic(app, topics.DEFERRED, *topics.RETRIES)
 
@@ -219,13 +218,14 @@ def build_worker(settings: NotifierSettings) -> tuple[faust.App, Resources]:
         asyncio.ensure_future(res.due.run())
         log.info("notifier worker ready", extra={"channels": len(res.channels.index.by_id)})
 
-    @app.agent(domain_topics)
     async def route(stream):
         """Route (who gets it) and render (what each channel is sent), then re-key by channel.
 
         Both steps run here, one after the other: a Kafka hop between them would add a hop's
         latency and buy nothing (rendering is CPU work on data already in hand). The hop that
-        matters is the next one, onto the deliver topic keyed by channel."""
+        matters is the next one, onto the deliver topic keyed by channel. One agent per domain
+        topic: a bulk import's thousands of membership events do not hold up a funding or
+        training event behind them in one agent's buffer."""
         await res.ready.wait()
         async for event in stream.noack().events():
             if not res.router.wants(_peek_type(event.message.value)):
@@ -236,12 +236,15 @@ def build_worker(settings: NotifierSettings) -> tuple[faust.App, Resources]:
                 event.ack()
                 continue
             ce, data = parsed
-            deliveries = await _retrying("routing an event", res.router.route, ce, data)
+            deliveries, held = await _retrying("routing an event", res.router.route, ce, data)
             records = []
             if deliveries:
                 records = await _retrying("rendering notices", res.render.render, ce, data, event.message.value,
                                           deliveries)
-            await _send_all(deliver_topic, event, records, [res.model.last_write, *res.router.held])
+            await _send_all(deliver_topic, event, records, held)
+
+    for source in topics.DOMAIN_SOURCES:
+        app.agent(_raw_topic(app, source), name=f"route-{source}")(route)
 
     @app.agent(deliver_topic)
     async def deliver(stream):

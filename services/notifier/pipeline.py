@@ -405,8 +405,6 @@ class Router:
     def __init__(self, pool: asyncpg.Pool, channels: ChannelCache, model: ReadModel):
         self.pool, self.channels, self.model = pool, channels, model
         self.digester: Digester | None = None
-        # What the last routed event waits for before it may be acknowledged (its digests).
-        self.held: list[asyncio.Future] = []
 
     def wants(self, event_type: str | None) -> bool:
         """Whether an event needs parsing: the read model learns from it, or a channel may hear it.
@@ -415,16 +413,18 @@ class Router:
             return True
         return event_type in READ_MODEL_TYPES or self.channels.index.anyone_hears(event_type)
 
-    async def route(self, ce: CloudEvent, data: EventData) -> list[dict]:
+    async def route(self, ce: CloudEvent, data: EventData) -> tuple[list[dict], list[asyncio.Future]]:
         """Apply the read model; the deliveries of this event (one per channel, ids derived from
-        the event and the channel, so routing the same event again yields the same deliveries)."""
+        the event and the channel, so routing the same event again yields the same deliveries),
+        and what the event must wait for before it is acknowledged (its read-model write, digests)."""
         LAG.labels("route").observe(max(0.0, (_now() - ce.time).total_seconds()))
         with STAGE.labels("route").time():
             index = self.channels.index
             async with LazyConnection(self.pool) as conn:  # most events need no database at all
                 await self.model.apply(conn, data)
+                written = self.model.last_write  # read now: other topics' agents route meanwhile
                 chosen = await self._targets(conn, ce, data, index)
-        self.held = []
+        held = [written] if written is not None else []
         batch = batch_of(data) if self.digester is not None and chosen else None
         if batch is not None:  # a bulk operation: a digest for each channel that did not ask for every row
             each = []
@@ -432,13 +432,13 @@ class Router:
                 if wants_each(tg.channel, ce.type):
                     each.append(tg)
                 else:
-                    self.held.append(self.digester.add(tg.channel, batch, ce, data, tg.branch_id))
+                    held.append(self.digester.add(tg.channel, batch, ce, data, tg.branch_id))
             chosen = each
         if chosen:
             ROUTED.labels(ce.type).inc(len(chosen))
         return [{"d": str(delivery_id(ce.id, tg.channel.id)), "c": str(tg.channel.id),
                  "b": str(tg.branch_id) if tg.branch_id else None,
-                 "f": str(tg.fallback_for) if tg.fallback_for else None} for tg in chosen]
+                 "f": str(tg.fallback_for) if tg.fallback_for else None} for tg in chosen], held
 
     async def _targets(self, conn, ce: CloudEvent, data: EventData, index: ChannelIndex) -> list[Target]:
         if ce.type in domain.NOT_ROUTED or not index.by_id or not index.anyone_hears(ce.type):

@@ -96,7 +96,7 @@ async def test_a_member_joining_on_their_own_is_one_notice(digesting, receivers)
     name = f"one-{uuid.uuid4().hex[:6]}"
     await hook(n, receivers, name, region_code="640100", event_types=["changai.membership.*"])
     event = await n.publish(joined(branch, "640104", None))
-    (call,) = await n.until(lambda: receivers.received(f"hook:{name}"), "the member's notice")
+    (call,) = await n.until(lambda: receivers.received(f"hook:{name}"), "the member's notice", timeout=90)
     assert call.json["type"] == JOINED and call.headers["webhook-id"] == event.id
 
 
