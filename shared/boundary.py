@@ -284,7 +284,8 @@ def _content_length(scope) -> int | None:
 _INT = TypeAdapter(int)
 # Cheap look at the raw JSON before walking it: NUL escapes, long digit runs, huge exponents, NaN.
 _SUSPECT_JSON = re.compile(rb"\\u0000|\\u[dD][89a-fA-F]|[0-9]{19}|NaN|Infinity|[eE][+-]?[0-9]{3}")
-_int_params: dict[int, list[tuple[str, str]]] = {}
+# Per route object (APIRoute is not hashable: by id, with the route kept to tell a reused id from it).
+_int_params: dict[int, tuple[Any, list[tuple[str, str]]]] = {}
 
 
 def _is_int(tp: Any) -> bool:
@@ -302,16 +303,17 @@ def _is_int(tp: Any) -> bool:
 
 def _integer_params(route) -> list[tuple[str, str]]:
     """(where, name) of the route's integer query and path parameters, its dependencies' included."""
-    found = _int_params.get(id(route))
-    if found is None:
-        found = []
-        todo = [route.dependant]
-        while todo:
-            d = todo.pop()
-            found += [("query", f.alias) for f in d.query_params if _is_int(f.field_info.annotation)]
-            found += [("path", f.alias) for f in d.path_params if _is_int(f.field_info.annotation)]
-            todo.extend(d.dependencies)
-        _int_params[id(route)] = found
+    cached = _int_params.get(id(route))
+    if cached is not None and cached[0] is route:
+        return cached[1]
+    found: list[tuple[str, str]] = []
+    todo = [route.dependant]
+    while todo:
+        d = todo.pop()
+        found += [("query", f.alias) for f in d.query_params if _is_int(f.field_info.annotation)]
+        found += [("path", f.alias) for f in d.path_params if _is_int(f.field_info.annotation)]
+        todo.extend(d.dependencies)
+    _int_params[id(route)] = (route, found)
     return found
 
 
