@@ -93,10 +93,13 @@ def _selects(selector: dict, labels: dict) -> bool:
 @pytest.mark.parametrize("overlay", ds.OVERLAYS)
 def test_deploy_k8s_has_exactly_the_services(overlay):
     objects = ds.overlay_objects(overlay)
-    for kind in ("Deployment", "Service", "ServiceAccount", "PodDisruptionBudget", "HorizontalPodAutoscaler",
-                 "ServiceMonitor"):
+    for kind in ("Deployment", "Service", "ServiceAccount", "PodDisruptionBudget", "ServiceMonitor"):
         names = {o["metadata"]["name"] for o in ds.find(objects, kind)}
         assert names == set(SERVICE_IDS), f"{overlay}: {kind}s {sorted(names)} != services {sorted(SERVICE_IDS)}"
+    # CPU autoscaling for the stateless APIs only: a Faust worker's scale event is a rebalance and a replay.
+    apis = {s.name for s in SERVICES if s.role == "api"}
+    names = {o["metadata"]["name"] for o in ds.find(objects, "HorizontalPodAutoscaler")}
+    assert names == apis, f"{overlay}: HorizontalPodAutoscalers {sorted(names)} != APIs {sorted(apis)}"
     clusters = {o["metadata"]["name"] for o in ds.find(objects, "Cluster")}
     assert clusters == {f"pg-{d}" for d in _databases()}
 
@@ -147,15 +150,16 @@ def test_deploy_k8s_service_matches_the_code(spec, overlay):
     monitor = ds.one(objects, "ServiceMonitor", spec.name)["spec"]
     assert _selects(monitor["selector"], svc["metadata"]["labels"])
     assert [(e["port"], e["path"]) for e in monitor["endpoints"]] == [("http", "/metrics")]
-    hpa = ds.one(objects, "HorizontalPodAutoscaler", spec.name)["spec"]
-    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": spec.name}
-    assert 1 <= hpa["minReplicas"] <= hpa["maxReplicas"]
-    if spec.role == "worker":
+    if spec.role == "api":
+        hpa = ds.one(objects, "HorizontalPodAutoscaler", spec.name)["spec"]
+        assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": spec.name}
+        assert 1 <= hpa["minReplicas"] <= hpa["maxReplicas"]
+    else:
         topics = {t["spec"]["topicName"]: t["spec"]["partitions"] for t in ds.find(objects, "KafkaTopic")}
         bound = min([topics[name] for name in ds.domain_topics()] + [ds.faust_table_partitions()])
-        assert hpa["maxReplicas"] <= bound, (
-            f"{overlay}: Faust worker {spec.name} may scale to {hpa['maxReplicas']} replicas, more than the "
-            f"{bound} partitions of its topics and tables: the extra replicas would idle")
+        assert 1 <= dep["spec"]["replicas"] <= bound, (
+            f"{overlay}: Faust worker {spec.name} has {dep['spec'].get('replicas')} replicas (fixed, no autoscaler), "
+            f"at most the {bound} partitions of its topics and tables: the extra replicas would idle")
 
 
 @pytest.mark.parametrize("overlay", ds.OVERLAYS)

@@ -92,7 +92,7 @@ def _broken_variants():
         variant("Deployment", "membership", lambda o: container(o).update(livenessprobe={}), "deployment-unknown-field"),
         variant("Deployment", "membership", lambda o: container(o)["ports"][0].update(containerPort="8001x"),
                 "deployment-wrong-type"),
-        variant("HorizontalPodAutoscaler", "projection", lambda o: o["spec"].pop("maxReplicas"), "hpa-missing-required"),
+        variant("HorizontalPodAutoscaler", "membership", lambda o: o["spec"].pop("maxReplicas"), "hpa-missing-required"),
         variant("KafkaTopic", None, lambda o: o["spec"].update(partitions="six"), "kafkatopic-wrong-type"),
         variant("KafkaTopic", None, lambda o: o["spec"].update(partition=6), "kafkatopic-unknown-field"),
         variant("Kafka", "changai", lambda o: o["spec"]["kafka"]["listeners"][0].pop("tls"), "kafka-missing-required"),
