@@ -621,6 +621,7 @@ async def import_members(request: Request,
                       "rows already written are kept and will be reported as already members",
                       import_id=str(import_id))
     rec = done.record
+    assert rec is not None, "recorded unless the database went away"
     log.info("member import finished", extra={
         "import_id": str(import_id), "status": rec["status"], "rows": rec["rows_total"], "accepted": rec["accepted"],
         "rejected": rec["rejected"], "already_members": rec["already_members"],

@@ -89,7 +89,8 @@ class BranchIn(BaseModel):
     @field_validator("founded_on")
     @classmethod
     def _founded(cls, v: date) -> date:
-        return _not_future(v)
+        _not_future(v)
+        return v
 
 
 class BranchPatch(BaseModel):

@@ -74,7 +74,7 @@ class TextDecoder:
 
     def __init__(self, charset: str | None = None):
         self.encoding: str | None = None
-        self._decoder = None
+        self._decoder: codecs.IncrementalDecoder | None = None
         self._held = b""
         self._start = True
         if charset:
@@ -132,6 +132,7 @@ class TextDecoder:
             self._use("utf-8")
         except UnicodeDecodeError:
             self._use("gb18030")
+        assert self._decoder is not None  # _use just set it
         return data[:first].decode("ascii") + self._decoder.decode(data[first:], final)
 
 
@@ -359,11 +360,11 @@ class Importer:
         self.sha256 = digest.digest()
 
     def _rows(self, chunk: bytes, final: bool) -> Iterable[tuple[int, object]]:
-        if self.fmt == "csv":
+        if self.csv is not None and self.decoder is not None:  # CSV
             return self._csv_rows(self.csv.feed(self.decoder.feed(chunk, final), final))
         return self._ndjson_rows(chunk, final)
 
-    def _fields(self, record) -> tuple | Rejected:
+    def _fields(self, record) -> tuple | list | Rejected:
         """The row's values in FIELDS order (None when absent)."""
         if self.fmt == "csv":
             width = self._width
@@ -392,7 +393,7 @@ class Importer:
                 bad.append(Rejected(row, "<row>", "not a JSON object"))
                 continue
             values = fields(record)
-            if type(values) is Rejected:
+            if isinstance(values, Rejected):
                 values.row = row
                 bad.append(values)
                 continue
@@ -461,11 +462,11 @@ class Importer:
         missing = [h for h, r in staged.items() if r.member_id not in inserted]
         existing = await store.members_by_hashes(conn, missing) if missing else {}
         for h in missing:
-            r, m = staged[h], existing.get(h)
-            if m is None:  # cannot happen: the conflict was on this hash
+            r, found = staged[h], existing.get(h)
+            if found is None:  # cannot happen: the conflict was on this hash
                 bad.append(Rejected(r.row, "id_number", "conflicting concurrent write; upload again"))
             else:
-                bad.append(self._already(r.row, m))
+                bad.append(self._already(r.row, found))
         for r in dupes:
             first = staged[r.id_hash]
             if first.member_id in inserted:

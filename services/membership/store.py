@@ -41,7 +41,8 @@ async def get_branch(conn: Conn, branch_id: uuid.UUID) -> asyncpg.Record | None:
     return await conn.fetchrow(f"SELECT {BRANCH_COLUMNS} FROM branches WHERE id = $1", branch_id)
 
 
-async def lock_branches(conn: asyncpg.Connection, ids: list[uuid.UUID], mode: str = "SHARE") -> dict[uuid.UUID, asyncpg.Record]:
+async def lock_branches(conn: asyncpg.Connection, ids: list[uuid.UUID],
+                        mode: str = "SHARE") -> dict[uuid.UUID, asyncpg.Record]:
     """Lock the branches (FOR SHARE or FOR UPDATE) in id order; returns those that exist."""
     assert mode in ("SHARE", "UPDATE")
     rows = await conn.fetch(f"SELECT {BRANCH_COLUMNS} FROM branches WHERE id = ANY($1::uuid[]) ORDER BY id FOR {mode}",
@@ -63,7 +64,8 @@ async def parent_chain_has(conn: asyncpg.Connection, start: uuid.UUID, needle: u
         """WITH RECURSIVE chain(id, parent_id, depth) AS (
                SELECT id, parent_id, 0 FROM branches WHERE id = $1
                UNION ALL
-               SELECT b.id, b.parent_id, c.depth + 1 FROM branches b JOIN chain c ON b.id = c.parent_id WHERE c.depth < 64)
+               SELECT b.id, b.parent_id, c.depth + 1 FROM branches b JOIN chain c ON b.id = c.parent_id
+               WHERE c.depth < 64)
            SELECT EXISTS (SELECT 1 FROM chain WHERE id = $2)""", start, needle)
 
 
@@ -84,7 +86,8 @@ async def end_branch(conn: asyncpg.Connection, branch_id: uuid.UUID, status: str
 async def list_branches(conn: Conn, *, regions: list[str], industry_section: str | None, kind: str | None,
                         status: str | None, founded_from: date | None, founded_to: date | None,
                         after: int | None, limit: int) -> list[asyncpg.Record]:
-    where, args = ["region_code = ANY($1::text[])"], [regions]
+    where: list[str] = ["region_code = ANY($1::text[])"]
+    args: list[Any] = [regions]
     for clause, value in (("industry_section = ${}", industry_section), ("kind = ${}", kind),
                           ("status = ${}", status), ("founded_on >= ${}", founded_from),
                           ("founded_on <= ${}", founded_to), ("seq > ${}", after)):
@@ -242,7 +245,8 @@ async def insert_lookup(conn: Conn, lookup_id: uuid.UUID, subject: str, scope_re
 
 async def list_lookups(conn: Conn, *, scope_regions: list[str], subject: str | None, after: int | None,
                        limit: int) -> list[asyncpg.Record]:
-    where, args = ["scope_region = ANY($1::text[])"], [scope_regions]
+    where: list[str] = ["scope_region = ANY($1::text[])"]
+    args: list[Any] = [scope_regions]
     for clause, value in (("subject = ${}", subject), ("seq > ${}", after)):
         if value is not None:
             args.append(value)
@@ -254,7 +258,8 @@ async def list_lookups(conn: Conn, *, scope_regions: list[str], subject: str | N
 
 
 # -- stations ------------------------------------------------------------------
-STATION_COLUMNS = "id, seq, name, branch_id, region_code, services, status, opened_on, closed_on, created_at, updated_at"
+STATION_COLUMNS = ("id, seq, name, branch_id, region_code, services, status, opened_on, closed_on, created_at, "
+                   "updated_at")
 
 
 async def insert_station(conn: asyncpg.Connection, station_id: uuid.UUID, name: str, branch_id: uuid.UUID,
@@ -264,8 +269,8 @@ async def insert_station(conn: asyncpg.Connection, station_id: uuid.UUID, name: 
 
 
 async def get_station(conn: Conn, station_id: uuid.UUID, *, lock: bool = False) -> asyncpg.Record | None:
-    return await conn.fetchrow(f"SELECT {STATION_COLUMNS} FROM stations WHERE id = $1" + (" FOR UPDATE" if lock else ""),
-                               station_id)
+    return await conn.fetchrow(
+        f"SELECT {STATION_COLUMNS} FROM stations WHERE id = $1" + (" FOR UPDATE" if lock else ""), station_id)
 
 
 async def close_station(conn: asyncpg.Connection, station_id: uuid.UUID, on: date) -> None:
@@ -280,7 +285,8 @@ async def move_open_stations(conn: asyncpg.Connection, source: uuid.UUID, target
 
 async def list_stations(conn: Conn, *, regions: list[str], branch_id: uuid.UUID | None, status: str | None,
                         after: int | None, limit: int) -> list[asyncpg.Record]:
-    where, args = ["region_code = ANY($1::text[])"], [regions]
+    where: list[str] = ["region_code = ANY($1::text[])"]
+    args: list[Any] = [regions]
     for clause, value in (("branch_id = ${}", branch_id), ("status = ${}", status), ("seq > ${}", after)):
         if value is not None:
             args.append(value)
@@ -292,8 +298,8 @@ async def list_stations(conn: Conn, *, regions: list[str], branch_id: uuid.UUID 
 
 # -- imports -------------------------------------------------------------------
 IMPORT_COLUMNS = ("id, subject, scope_region, format, encoding, default_branch_id, status, rows_total, accepted, "
-                  "rejected, already_members, bytes_read, bytes_expected, file_sha256, duplicate_of, ignored_columns, error, "
-                  "started_at, updated_at, finished_at")
+                  "rejected, already_members, bytes_read, bytes_expected, file_sha256, duplicate_of, ignored_columns, "
+                  "error, started_at, updated_at, finished_at")
 
 
 async def create_import(conn: Conn, import_id: uuid.UUID, subject: str, scope_region: str, fmt: str,
@@ -327,7 +333,8 @@ async def completed_import_by_sha(conn: Conn, sha256: bytes, scope_region: str) 
 
 async def list_imports(conn: Conn, *, scope_regions: list[str], status: str | None, after: int | None,
                        limit: int) -> list[asyncpg.Record]:
-    where, args = ["scope_region = ANY($1::text[])"], [scope_regions]
+    where: list[str] = ["scope_region = ANY($1::text[])"]
+    args: list[Any] = [scope_regions]
     for clause, value in (("status = ${}", status), ("seq < ${}", after)):
         if value is not None:
             args.append(value)
@@ -386,10 +393,12 @@ async def import_report(conn: Conn, import_id: uuid.UUID, *, outcome: str | None
     others = ("(SELECT row, outcome, member_id, field, reason FROM import_rows WHERE import_id = $1 AND row > $2 "
               + ("AND outcome = $4 " if outcome in ("rejected", "already_member") else "")
               + "ORDER BY row LIMIT $3)")
+    args: tuple[Any, ...]
     if outcome == "accepted":
         sql, args = accepted, (import_id, after_row, limit)
     elif outcome in ("rejected", "already_member"):
         sql, args = others, (import_id, after_row, limit, outcome)
     else:
-        sql, args = f"SELECT * FROM ({accepted} UNION ALL {others}) r ORDER BY row LIMIT $3", (import_id, after_row, limit)
+        sql = f"SELECT * FROM ({accepted} UNION ALL {others}) r ORDER BY row LIMIT $3"
+        args = (import_id, after_row, limit)
     return await conn.fetch(sql, *args)

@@ -185,6 +185,7 @@ async def join(conn: asyncpg.Connection, cmd: domain.MemberIn, actor: Principal,
                                     skill_level=skill, **fields, **secrets(member_id))
     if row is None:
         existing = await store.member_by_hash(conn, id_hash, lock=True)
+        assert existing is not None, "the insert conflicted on this hash"
         domain.check_not_member(existing, actor)
         member_id = existing["id"]
         skill = domain.rejoin_skill_level(existing["skill_level"], skill)
@@ -257,7 +258,7 @@ async def _lock_member_and_branches(conn: asyncpg.Connection, member_id: uuid.UU
             raise NotFound("member", member_id)
         locked = await store.lock_branches(conn, [branch_id, *extra])
         member = await store.lock_member(conn, member_id)
-        if member["branch_id"] == branch_id:
+        if member is not None and member["branch_id"] == branch_id:
             source = locked[branch_id]
             actor.ensure_visible(source["region_code"], "member", member_id)
             return member, source, locked
@@ -314,6 +315,7 @@ async def reveal(conn: asyncpg.Connection, member_id: uuid.UUID, cmd: domain.Rev
     """The full ID number and phone, with the audit row written in the same transaction."""
     await get_member(conn, member_id, actor)
     secrets = await store.member_secrets(conn, member_id)
+    assert secrets is not None, "the member was just read"
     fields = ["id_number"] + (["phone"] if secrets["phone_cipher"] else [])
     audit = await store.insert_reveal(conn, uuid.uuid4(), member_id, actor.subject, cmd.reason, fields,
                                       trace_id_var.get())
@@ -366,8 +368,10 @@ async def close_station(conn: asyncpg.Connection, station_id: uuid.UUID, cmd: do
                         today: date) -> asyncpg.Record:
     station = await store.get_station(conn, station_id)
     actor.ensure_visible(station["region_code"] if station else None, "station", station_id)
+    assert station is not None
     await store.lock_branches(conn, [station["branch_id"]])
     station = await store.get_station(conn, station_id, lock=True)
+    assert station is not None, "stations are never deleted"
     event = domain.station_closed(station, cmd.closed_on or today)
     await store.close_station(conn, station_id, event.closed_on)
     await emit(conn, event)
