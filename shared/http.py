@@ -143,7 +143,7 @@ def create_app(*, service: str, settings: Settings, routers: list[APIRouter], ti
             app.state.settings = settings
             app.state.relay = None
             if with_database:
-                await migrate.apply(settings.database_url, service)
+                await migrate.prepare(settings, service)  # applies, or only checks (CHANGAI_MIGRATE_ON_START)
                 app.state.db = await asyncpg.create_pool(settings.database_url, min_size=settings.db_pool_min,
                                                          max_size=settings.db_pool_max,
                                                          timeout=settings.db_connect_timeout_s)

@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     # Key for personal data at rest (AES-256-GCM) and for keyed lookup hashes.
     data_key: SecretStr = SecretStr(LOCAL_DATA_KEY)
 
+    # Migrations: applied by each service at start (local, Compose), or by a Job before the rollout
+    # (Kubernetes: false, the service then only checks that every migration is applied, shared.migrate.prepare).
+    migrate_on_start: bool = True
+    # A migration run waits at most this long for a lock (another run, a busy table), then fails: 0 = no limit.
+    migrate_lock_timeout_s: float = Field(default=30.0, ge=0)
+
     # Outbox relay.
     outbox_poll_interval_s: float = 1.0
     outbox_batch_size: int = 500

@@ -5,6 +5,8 @@
 
 * ``base/kafka/topics.yaml``: a Strimzi ``KafkaTopic`` per topic of ``shared.topics.TOPICS``
   and ``STREAM_TOPICS`` (partitions, retention, cleanup policy and extra configs as declared there).
+* ``base/migrations/migrations.yaml``: a migrations ``Job`` (and its ``NetworkPolicy``) per service
+  database of ``deploy/local/stack.py`` (``SERVICE_DATABASES``).
 * ``base/monitoring/``: a ``PrometheusRule`` per ``deploy/prometheus/*.rules.yml`` (its
   ``groups``, as they are) and a Grafana dashboard ConfigMap per
   ``deploy/grafana/dashboards/*.json`` (a byte-for-byte copy, because kustomize reads no
@@ -81,6 +83,89 @@ def render_topics() -> str:
     return HEADER.format(source="shared/topics.py (TOPICS, STREAM_TOPICS)") + _dump_all(docs)
 
 
+def service_databases() -> tuple[str, ...]:
+    """The service databases of deploy/local/stack.py (SERVICE_DATABASES): one migrations Job each."""
+    local = str(ROOT / "deploy" / "local")
+    if local not in sys.path:
+        sys.path.insert(0, local)
+    import stack
+
+    return tuple(stack.SERVICE_DATABASES)
+
+
+MIGRATE_LABELS = {"app.kubernetes.io/component": "migrations"}
+
+
+def render_migrations() -> str:
+    """A Job per service database that applies its migrations before the rollout (the services, with
+    CHANGAI_MIGRATE_ON_START=false, only check the schema and refuse to start without them), and the
+    NetworkPolicy that lets it reach DNS and its database only."""
+    docs = []
+    for db in service_databases():
+        name = f"migrate-{db}"
+        labels = {"app.kubernetes.io/name": name, **MIGRATE_LABELS}
+        docs.append({
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": name, "labels": labels,
+                         "annotations": {"changai.io/purpose": f"applies the migrations of the {db} database"}},
+            "spec": {
+                # A lock held too long fails the run (lock_timeout); it is retried, a few times, then the Job fails
+                # and the services keep refusing to start: nothing half-applied (one transaction per migration).
+                "backoffLimit": 4,
+                "activeDeadlineSeconds": 900,
+                # Removed an hour after it finished, so the next `kubectl apply` runs it again with the new image
+                # (a Job's template cannot be changed in place: docs/deployment.md, "Migrations").
+                "ttlSecondsAfterFinished": 3600,
+                "template": {
+                    "metadata": {"labels": {**labels, "app.kubernetes.io/part-of": "changai"}},
+                    "spec": {
+                        "restartPolicy": "Never",
+                        "automountServiceAccountToken": False,
+                        "enableServiceLinks": False,
+                        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
+                                            "seccompProfile": {"type": "RuntimeDefault"}},
+                        "containers": [{
+                            "name": "migrate",
+                            "image": "changai",
+                            "imagePullPolicy": "IfNotPresent",
+                            "command": ["python", "-m", "shared.migrate", db],
+                            "env": [
+                                {"name": "CHANGAI_DATABASE_URL",
+                                 "valueFrom": {"secretKeyRef": {"name": f"pg-{db}-app", "key": "uri"}}},
+                                {"name": "CHANGAI_MIGRATE_LOCK_TIMEOUT_S", "value": "30"},
+                            ],
+                            "resources": {"requests": {"cpu": "50m", "memory": "128Mi"},
+                                          "limits": {"cpu": "500m", "memory": "256Mi"}},
+                            "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                                "capabilities": {"drop": ["ALL"]}},
+                            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                        }],
+                        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}}],
+                    },
+                },
+            },
+        })
+        docs.append({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": name, "labels": labels},
+            "spec": {
+                "podSelector": {"matchLabels": {"app.kubernetes.io/name": name}},
+                "policyTypes": ["Ingress", "Egress"],
+                "ingress": [],
+                "egress": [
+                    {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                             "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+                     "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
+                    {"to": [{"podSelector": {"matchLabels": {"cnpg.io/cluster": f"pg-{db}"}}}],
+                     "ports": [{"protocol": "TCP", "port": 5432}]},
+                ],
+            },
+        })
+    return HEADER.format(source="deploy/local/stack.py (SERVICE_DATABASES)") + _dump_all(docs)
+
+
 def dashboard_files() -> list[Path]:
     return sorted(DASHBOARDS_DIR.glob("*.json")) if DASHBOARDS_DIR.is_dir() else []
 
@@ -135,7 +220,8 @@ def render_monitoring_kustomization(has_rules: bool) -> str:
 
 def expected_files() -> dict[Path, bytes]:
     """Every derived file under base/, with its content."""
-    files: dict[Path, bytes] = {BASE / "kafka" / "topics.yaml": render_topics().encode()}
+    files: dict[Path, bytes] = {BASE / "kafka" / "topics.yaml": render_topics().encode(),
+                                BASE / "migrations" / "migrations.yaml": render_migrations().encode()}
     rules = render_rules()
     if rules is not None:
         files[BASE / "monitoring" / "prometheus-rules.yaml"] = rules.encode()
@@ -147,7 +233,8 @@ def expected_files() -> dict[Path, bytes]:
 
 def managed_paths() -> set[Path]:
     """Derived files present now, including stale ones the script would delete."""
-    found = {BASE / "kafka" / "topics.yaml", BASE / "monitoring" / "kustomization.yaml",
+    found = {BASE / "kafka" / "topics.yaml", BASE / "migrations" / "migrations.yaml",
+             BASE / "monitoring" / "kustomization.yaml",
              BASE / "monitoring" / "prometheus-rules.yaml"}
     found |= set((BASE / "monitoring" / "dashboards").glob("*.json"))
     return {p for p in found if p.exists()}

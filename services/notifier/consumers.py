@@ -69,7 +69,7 @@ class Resources:
 
     async def start(self, forward) -> None:
         s = self.settings
-        await migrate.apply(s.database_url, "notifier")
+        await migrate.prepare(s, "notifier")  # applies, or only checks where a Job migrates (Kubernetes)
         # No session state is ever changed on these connections (settings are transaction-local),
         # so a connection goes back to the pool without a reset query: one round trip less per use.
         self.pool = await asyncpg.create_pool(s.database_url, min_size=2, max_size=max(4, s.db_pool_max),

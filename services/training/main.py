@@ -49,7 +49,7 @@ def main(argv: list[str]) -> None:
         from shared import migrate
 
         async def run() -> None:
-            await migrate.apply(settings.database_url, "training")
+            await migrate.prepare(settings, "training")
             await rebuild(
                 settings.database_url, settings.kafka_bootstrap, settings.members_group, topic=settings.members_topic
             )

@@ -137,3 +137,42 @@ def test_service_monitors_keep_the_applications_service_label(overlay):
         for endpoint in monitor["spec"]["endpoints"]:
             assert endpoint.get("honorLabels") is True, (
                 f"{monitor['metadata']['name']}: the target label `service` would overwrite the application's")
+
+
+# ------------------------------------------------------------------ item 7: migrations before the rollout
+
+@pytest.mark.parametrize("overlay", ds.OVERLAYS)
+def test_a_migrations_job_for_every_service_database(overlay):
+    objects = ds.overlay_objects(overlay)
+    common = next(o for o in ds.find(objects, "ConfigMap") if o["metadata"]["name"].startswith("changai-common"))
+    assert common["data"].get("CHANGAI_MIGRATE_ON_START", "").lower() == "false", (
+        f"{overlay}: the services would migrate in their own start-up, under the start-up probe")
+    for db in ds.service_databases():
+        job = ds.one(objects, "Job", f"migrate-{db}")
+        pod = job["spec"]["template"]
+        (container,) = pod["spec"]["containers"]
+        assert container["command"] == ["python", "-m", "shared.migrate", db]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["CHANGAI_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": f"pg-{db}-app", "key": "uri"}
+        assert float(env["CHANGAI_MIGRATE_LOCK_TIMEOUT_S"]["value"]) > 0
+        assert pod["spec"]["restartPolicy"] == "Never" and job["spec"]["backoffLimit"] >= 1
+        labels = pod["metadata"]["labels"]
+        admitted = [peer["podSelector"]["matchLabels"] for rule in ds.one(objects, "NetworkPolicy", f"pg-{db}")[
+            "spec"]["ingress"] for peer in rule.get("from", []) if "podSelector" in peer
+            and {"protocol": "TCP", "port": 5432} in rule["ports"]]
+        assert any(all(labels.get(k) == v for k, v in sel.items()) for sel in admitted), f"pg-{db} refuses the Job"
+        own = [p for p in ds.find(objects, "NetworkPolicy")
+               if all(labels.get(k) == v for k, v in p["spec"]["podSelector"]["matchLabels"].items())]
+        assert len(own) == 1, f"migrate-{db}: {len(own)} NetworkPolicies"
+
+
+def test_services_migrate_only_through_prepare():
+    """Start-up paths call shared.migrate.prepare (applies, or only checks where the Job migrates)."""
+    offenders = []
+    for path, tree in _app_sources():
+        if path == ROOT / "shared" / "migrate.py":
+            continue
+        for call, name in _calls(tree):
+            if name == "apply" and isinstance(call.func, ast.Attribute) and getattr(call.func.value, "id", "") == "migrate":
+                offenders.append(f"{path.relative_to(ROOT)}:{call.lineno}")
+    assert not offenders, f"migrate.apply at a service's start (use migrate.prepare): {offenders}"
