@@ -176,3 +176,39 @@ def test_services_migrate_only_through_prepare():
             if name == "apply" and isinstance(call.func, ast.Attribute) and getattr(call.func.value, "id", "") == "migrate":
                 offenders.append(f"{path.relative_to(ROOT)}:{call.lineno}")
     assert not offenders, f"migrate.apply at a service's start (use migrate.prepare): {offenders}"
+
+
+# ------------------------------------------------------------------ item 6: database connections
+
+# Connections a pod opens besides its pool: the outbox relay's (or the notifier pipeline's) LISTEN
+# connection, and one for the schema check or a migration at start.
+EXTRA_CONNECTIONS_PER_POD = 2
+# Kept back by PostgreSQL and CloudNativePG: superuser_reserved_connections (3), the operator's and
+# the exporter's own connections, an operator's psql.
+RESERVED_CONNECTIONS = 10
+
+
+@pytest.mark.parametrize("overlay", ds.OVERLAYS)
+def test_database_connections_fit_at_the_replica_maxima(overlay):
+    """Every replica at its maximum (HPA maxReplicas, or the fixed count), plus a rollout's surge, each
+    with a full pool, fits the database's max_connections (issue 19 item 6, arithmetic in the docs)."""
+    from shared.settings import Settings
+
+    objects = ds.overlay_objects(overlay)
+    default_pool = Settings.model_fields["db_pool_max"].default
+    common = next(o for o in ds.find(objects, "ConfigMap") if o["metadata"]["name"].startswith("changai-common"))
+    need: dict[str, int] = {}
+    for spec in ds.services():
+        if not spec.database:
+            continue
+        dep = ds.one(objects, "Deployment", spec.name)
+        hpas = [h for h in ds.find(objects, "HorizontalPodAutoscaler") if h["metadata"]["name"] == spec.name]
+        replicas = hpas[0]["spec"]["maxReplicas"] if hpas else dep["spec"]["replicas"]
+        surge = int(dep["spec"].get("strategy", {}).get("rollingUpdate", {}).get("maxSurge", 1))
+        own = next(o for o in ds.find(objects, "ConfigMap") if o["metadata"]["name"].startswith(f"{spec.name}-config"))
+        pool = int(own["data"].get("CHANGAI_DB_POOL_MAX", common["data"].get("CHANGAI_DB_POOL_MAX", default_pool)))
+        need[spec.database] = need.get(spec.database, 0) + (replicas + surge) * (pool + EXTRA_CONNECTIONS_PER_POD)
+    for db, n in need.items():
+        limit = int(ds.one(objects, "Cluster", f"pg-{db}")["spec"]["postgresql"]["parameters"]["max_connections"])
+        assert n + RESERVED_CONNECTIONS <= limit, (
+            f"{overlay}: pg-{db} may need {n} + {RESERVED_CONNECTIONS} reserved connections, max_connections {limit}")
