@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -1251,3 +1252,61 @@ async def test_authorisation_matrix(matrix_apis):
     for f in failures:
         print("WRONG:", f)
     assert not failures and not setup_failures, summary + "\n" + "\n".join(setup_failures + failures)
+
+
+# --------------------------------------------------------------------------- naming another city's object
+# The matrix above varies the token; these vary the body: the own county's token, on its own object or
+# route, naming an object of another city (石嘴山, 640202) in the body. Every one must be refused (403, or
+# 404 for a record it may not see). (Issue 12: a branch's parent in another city was
+# accepted; a session organised by another city's branch was accepted.)
+async def _cross_city_cases(w: World) -> list[tuple[str, str, str, dict, str]]:
+    """(api, method, path, json, scope) — each names a 640202 object from a 640104 caller."""
+    own_branch, far_branch = await w.new("branch", OWN), await w.get("branch", OTHER_COUNTY)
+    own_member, far_member = await w.new("member", OWN), await w.get("trained_member", OTHER_COUNTY)
+    far_session = await w.get("session_completed", OTHER_COUNTY)
+    programme = await w.get("programme", REGION)
+    own_session, own_comp = await w.new("session", OWN), await w.new("competition", OWN)
+    fund, far_payee = await w.get("fund", REGION), await w.get("beneficiary", OTHER_COUNTY)
+    await w.get("session", OTHER_COUNTY)  # the far branch is known to training
+    return [
+        ("membership", "PATCH", f"/v1/branches/{own_branch['id']}", {"parent_id": far_branch["id"]},
+         "membership:write"),
+        ("membership", "POST", f"/v1/branches/{own_branch['id']}:merge", {"into_branch_id": far_branch["id"]},
+         "membership:write"),
+        ("membership", "POST", f"/v1/members/{own_member['id']}:transfer", {"to_branch_id": far_branch["id"]},
+         "membership:write"),
+        ("membership", "POST", "/v1/stations", {"name": "跨市驿站", "branch_id": far_branch["id"],
+                                                "region_code": OWN}, "membership:write"),
+        ("training", "POST", "/v1/sessions", {"programme_id": programme["id"], "organiser_kind": "branch",
+                                              "organiser_id": far_branch["id"], "region_code": OWN,
+                                              "starts_on": day(1), "ends_on": day(2), "capacity": 5},
+         "training:write"),
+        ("training", "POST", f"/v1/sessions/{own_session['id']}/enrolments", {"member_id": far_member["id"]},
+         "training:write"),
+        ("training", "POST", f"/v1/competitions/{own_comp['id']}/participants",
+         {"branch_id": far_branch["id"], "headcount": 3}, "training:write"),
+        ("training", "POST", "/v1/certificates", {"enrolment_id": far_session["enrolment"]["id"]}, "training:write"),
+        ("funding", "POST", "/v1/grants", {"fund_id": fund["id"], "beneficiary_kind": "branch",
+                                           "beneficiary_id": far_payee["id"], "beneficiary_name": far_payee["name"],
+                                           "purpose": "跨市拨款", "amount": "1.00"}, "funding:write"),
+        ("notifier", "POST", "/v1/channels", {"kind": "webhook", "name": "跨市通道",
+                                              "owner": {"branch_id": far_branch["id"]},
+                                              "config": {"url": "http://127.0.0.1:9/far"}}, "notifier:write"),
+    ]
+
+
+async def test_the_own_county_cannot_name_another_citys_object(matrix_apis):
+    apis, http = matrix_apis
+    world = World(apis, http, all_scopes(apis))
+    await world.get("notifier_branch", OTHER_COUNTY)  # the notifier knows the far branch
+    wrong = []
+    for api, method, path, body, scope in await _cross_city_cases(world):
+        token = mint_token("matrix-own-county", [scope], OWN)
+        resp = await http.request(method, apis.urls[api] + path, json=body,
+                                  headers={"Authorization": f"Bearer {token}"})
+        route = re.sub(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", "{id}", path)
+        line = f"{api:<10} {method:<6} {route:<44} body names a 640202 object: {resp.status_code}"
+        print(line)
+        if resp.status_code not in (403, 404):
+            wrong.append(f"{line}: {resp.text[:200]}")
+    assert not wrong, "writes naming another city's object were not refused:\n" + "\n".join(wrong)
