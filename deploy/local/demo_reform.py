@@ -11,6 +11,7 @@
 Every write carries an Idempotency-Key derived from what it is, so running the demo again on the same
 state replays the first answers and leaves every figure as it was.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -25,20 +26,60 @@ NS = uuid.UUID("0b5e9a36-4a1c-4e43-9d0e-7265666f726d")
 
 # The coordination group's member units (成员单位): names as such groups list them; kinds per the design.
 UNITS = (
-    ("自治区党委组织部", "party"), ("自治区党委宣传部", "party"), ("自治区党委统战部", "party"),
-    ("自治区人大常委会社会建设委员会", "congress"), ("自治区发展和改革委员会", "government"),
-    ("自治区教育厅", "government"), ("自治区科学技术厅", "government"), ("自治区工业和信息化厅", "government"),
-    ("自治区财政厅", "government"), ("自治区人力资源和社会保障厅", "government"), ("自治区住房和城乡建设厅", "government"),
-    ("自治区交通运输厅", "government"), ("自治区农业农村厅", "government"), ("自治区商务厅", "government"),
-    ("自治区卫生健康委员会", "government"), ("自治区国有资产监督管理委员会", "government"),
-    ("自治区市场监督管理厅", "government"), ("自治区统计局", "government"), ("自治区总工会", "mass_organisation"),
-    ("共青团宁夏回族自治区委员会", "mass_organisation"), ("自治区妇女联合会", "mass_organisation"),
+    ("自治区党委组织部", "party"),
+    ("自治区党委宣传部", "party"),
+    ("自治区党委统战部", "party"),
+    ("自治区人大常委会社会建设委员会", "congress"),
+    ("自治区发展和改革委员会", "government"),
+    ("自治区教育厅", "government"),
+    ("自治区科学技术厅", "government"),
+    ("自治区工业和信息化厅", "government"),
+    ("自治区财政厅", "government"),
+    ("自治区人力资源和社会保障厅", "government"),
+    ("自治区住房和城乡建设厅", "government"),
+    ("自治区交通运输厅", "government"),
+    ("自治区农业农村厅", "government"),
+    ("自治区商务厅", "government"),
+    ("自治区卫生健康委员会", "government"),
+    ("自治区国有资产监督管理委员会", "government"),
+    ("自治区市场监督管理厅", "government"),
+    ("自治区统计局", "government"),
+    ("自治区总工会", "mass_organisation"),
+    ("共青团宁夏回族自治区委员会", "mass_organisation"),
+    ("自治区妇女联合会", "mass_organisation"),
     ("自治区科学技术协会", "mass_organisation"),
 )
-ABBREVIATIONS = ("宁组发", "宁宣发", "宁统发", "宁人大社发", "宁发改发", "宁教发", "宁科发", "宁工信发", "宁财发", "宁人社发",
-                 "宁建发", "宁交发", "宁农发", "宁商发", "宁卫健发", "宁国资发", "宁市监发", "宁统字", "宁工发", "宁团发",
-                 "宁妇发", "宁科协发")
-CITY_PLANS = (("640100", "银川市"), ("640200", "石嘴山市"), ("640300", "吴忠市"), ("640400", "固原市"), ("640500", "中卫市"))
+ABBREVIATIONS = (
+    "宁组发",
+    "宁宣发",
+    "宁统发",
+    "宁人大社发",
+    "宁发改发",
+    "宁教发",
+    "宁科发",
+    "宁工信发",
+    "宁财发",
+    "宁人社发",
+    "宁建发",
+    "宁交发",
+    "宁农发",
+    "宁商发",
+    "宁卫健发",
+    "宁国资发",
+    "宁市监发",
+    "宁统字",
+    "宁工发",
+    "宁团发",
+    "宁妇发",
+    "宁科协发",
+)
+CITY_PLANS = (
+    ("640100", "银川市"),
+    ("640200", "石嘴山市"),
+    ("640300", "吴忠市"),
+    ("640400", "固原市"),
+    ("640500", "中卫市"),
+)
 PILOTS = (
     (2020, "county", "comprehensive", "银川市金凤区", "640106"),
     (2020, "enterprise", "comprehensive", "宁夏共享集团股份有限公司", "640106"),
@@ -48,10 +89,18 @@ PILOTS = (
     (2021, "county", "comprehensive", "吴忠市利通区", "640302"),
     (2021, "county", "project", "中卫市沙坡头区", "640502"),
     (2021, "county", "project", "固原市原州区", "640402"),
-    *((2021, "enterprise", "project", name, region) for name, region in (
-        ("宁夏宝丰能源集团股份有限公司", "640104"), ("国家能源集团宁夏煤业有限责任公司", "640106"),
-        ("宁夏共享装备股份有限公司", "640106"), ("中色（宁夏）东方集团有限公司", "640202"),
-        ("宁夏职业技术学院", "640105"), ("宁夏工商职业技术学院", "640105"), ("宁夏红寺堡酒庄", "640303"))),
+    *(
+        (2021, "enterprise", "project", name, region)
+        for name, region in (
+            ("宁夏宝丰能源集团股份有限公司", "640104"),
+            ("国家能源集团宁夏煤业有限责任公司", "640106"),
+            ("宁夏共享装备股份有限公司", "640106"),
+            ("中色（宁夏）东方集团有限公司", "640202"),
+            ("宁夏职业技术学院", "640105"),
+            ("宁夏工商职业技术学院", "640105"),
+            ("宁夏红寺堡酒庄", "640303"),
+        )
+    ),
 )
 LEDGERS = ((2020, 59), (2021, 64))
 DOCUMENTS = 62  # "60多个"
@@ -71,10 +120,12 @@ def _key(*parts: Any) -> str:
     return str(uuid.uuid5(NS, "/".join(str(p) for p in parts)))
 
 
-async def _call(demo, headers: dict, method: str, path: str, body: dict | None, key: str,
-                ok: tuple[int, ...] = (200, 201)) -> dict:
-    response = await demo.client.request(method, f"{_url(demo)}{path}", json=body,
-                                         headers={**headers, "Idempotency-Key": key})
+async def _call(
+    demo, headers: dict, method: str, path: str, body: dict | None, key: str, ok: tuple[int, ...] = (200, 201)
+) -> dict:
+    response = await demo.client.request(
+        method, f"{_url(demo)}{path}", json=body, headers={**headers, "Idempotency-Key": key}
+    )
     if response.status_code not in ok:
         demo.failures += 1
         demo.row("reform", f"{method} {path}"[:46], f"{response.status_code} {response.text[:100]}")
@@ -86,7 +137,7 @@ async def _each(items, fn, width: int = 8) -> list:
     """``fn(item)`` for every item, ``width`` at a time (the service is one process; order is free)."""
     out: list = []
     for i in range(0, len(items), width):
-        out += await asyncio.gather(*(fn(item) for item in items[i:i + width]))
+        out += await asyncio.gather(*(fn(item) for item in items[i : i + width]))
     return out
 
 
@@ -96,8 +147,10 @@ async def step_reform(demo) -> None:
         raise _skip(demo, "reform is not running")
     from shared.auth import mint_token
 
-    office = {"Authorization": "Bearer " + mint_token("reform-office", ["reform:admin", "reform:read", "reform:report"],
-                                                      "640000")}
+    office = {
+        "Authorization": "Bearer "
+        + mint_token("reform-office", ["reform:admin", "reform:read", "reform:report"], "640000")
+    }
     try:
         await demo.client.get(f"{_url(demo)}/livez")
     except Exception as exc:  # noqa: BLE001
@@ -106,12 +159,23 @@ async def step_reform(demo) -> None:
 
     async def register(unit: tuple[str, str]) -> dict:
         name, kind = unit
-        return await _call(demo, office, "POST", "/v1/units", {"name": name, "kind": kind, "liaison_name": "联络员",
-                                                               "liaison_phone": "13900000000"}, _key("unit", name))
+        return await _call(
+            demo,
+            office,
+            "POST",
+            "/v1/units",
+            {"name": name, "kind": kind, "liaison_name": "联络员", "liaison_phone": "13900000000"},
+            _key("unit", name),
+        )
+
     units = await _each(UNITS, register)
-    liaisons = {u["id"]: {"Authorization": "Bearer " + mint_token(f"liaison-{i}", ["reform:read", "reform:report"],
-                                                                 "640000", unit=u["id"])}
-                for i, u in enumerate(units)}
+    liaisons = {
+        u["id"]: {
+            "Authorization": "Bearer "
+            + mint_token(f"liaison-{i}", ["reform:read", "reform:report"], "640000", unit=u["id"])
+        }
+        for i, u in enumerate(units)
+    }
     demo.row("reform", "协调小组成员单位 member units", f"{len(units)} registered, each with a liaison officer")
 
     for year, count in LEDGERS:
@@ -120,18 +184,40 @@ async def step_reform(demo) -> None:
         async def task(number: int, year: int = year) -> dict:
             lead = units[(number - 1) % len(units)]
             co = units[number % len(units)]
-            return await _call(demo, office, "POST", "/v1/tasks", {
-                "year": year, "number": number, "title": f"{year}年改革任务第{number}项", "lead_unit_id": lead["id"],
-                "co_unit_ids": [co["id"]], "deadline": f"{year}-12-31", "content": "推进产业工人队伍建设改革",
-                "source_clause": "《新时期宁夏产业工人队伍建设改革实施方案》"}, _key("task", year, number))
+            return await _call(
+                demo,
+                office,
+                "POST",
+                "/v1/tasks",
+                {
+                    "year": year,
+                    "number": number,
+                    "title": f"{year}年改革任务第{number}项",
+                    "lead_unit_id": lead["id"],
+                    "co_unit_ids": [co["id"]],
+                    "deadline": f"{year}-12-31",
+                    "content": "推进产业工人队伍建设改革",
+                    "source_clause": "《新时期宁夏产业工人队伍建设改革实施方案》",
+                },
+                _key("task", year, number),
+            )
+
         tasks = await _each(list(range(1, count + 1)), task)
 
         async def complete(t: dict, year: int = year) -> None:
             if t["status"] == "completed":
                 return
-            await _call(demo, liaisons[t["lead_unit_id"]], "POST", f"/v1/tasks/{t['id']}:report-completion",
-                        {"evidence": "已按期完成，佐证材料见附件"}, _key("complete", t["id"]), ok=(200, 409))
+            await _call(
+                demo,
+                liaisons[t["lead_unit_id"]],
+                "POST",
+                f"/v1/tasks/{t['id']}:report-completion",
+                {"evidence": "已按期完成，佐证材料见附件"},
+                _key("complete", t["id"]),
+                ok=(200, 409),
+            )
             await _call(demo, office, "POST", f"/v1/tasks/{t['id']}:verify", {}, _key("verify", t["id"]), ok=(200, 409))
+
         await _each(tasks, complete)
         demo.row("reform", f"{year} 任务台账 task ledger", f"{count} tasks assigned, reported complete and verified")
 
@@ -141,34 +227,75 @@ async def step_reform(demo) -> None:
     async def document(i: int) -> dict:
         unit = units[i % len(units)]
         year = 2020 if i < 25 else 2021
-        return await _call(demo, liaisons[unit["id"]], "POST", "/v1/documents", {
-            "title": f"关于推进产业工人队伍建设改革的实施细则（{i + 1}）",
-            "doc_number": f"{ABBREVIATIONS[i % len(ABBREVIATIONS)]}〔{year}〕{i + 1}号",
-            "issued_on": f"{year}-06-{(i % 28) + 1:02d}"}, _key("document", i))
+        return await _call(
+            demo,
+            liaisons[unit["id"]],
+            "POST",
+            "/v1/documents",
+            {
+                "title": f"关于推进产业工人队伍建设改革的实施细则（{i + 1}）",
+                "doc_number": f"{ABBREVIATIONS[i % len(ABBREVIATIONS)]}〔{year}〕{i + 1}号",
+                "issued_on": f"{year}-06-{(i % 28) + 1:02d}",
+            },
+            _key("document", i),
+        )
+
     docs = await _each(list(range(DOCUMENTS)), document)
     demo.row("reform", "政策文件 policy documents", f"{len(docs)} issued by {len({d['unit_id'] for d in docs})} units")
 
     for code, name in CITY_PLANS:
-        await _call(demo, office, "PUT", f"/v1/city-plans/{code}", {"title": f"{name}产业工人队伍建设改革实施方案",
-                                                                     "issued_on": "2020-03-31"}, _key("plan", code))
+        await _call(
+            demo,
+            office,
+            "PUT",
+            f"/v1/city-plans/{code}",
+            {"title": f"{name}产业工人队伍建设改革实施方案", "issued_on": "2020-03-31"},
+            _key("plan", code),
+        )
     demo.row("reform", "市级实施方案 city plans", f"{len(CITY_PLANS)} of 5 cities")
     for year, kind, mode, name, region in PILOTS:
-        await _call(demo, office, "POST", "/v1/pilots", {"year": year, "kind": kind, "mode": mode, "name": name,
-                                                          "region_code": region}, _key("pilot", year, name))
+        await _call(
+            demo,
+            office,
+            "POST",
+            "/v1/pilots",
+            {"year": year, "kind": kind, "mode": mode, "name": name, "region_code": region},
+            _key("pilot", year, name),
+        )
     demo.row("reform", "试点 pilots", "2020: 2; 2021: 1 city, 2 industries, 3 counties, 7 enterprises")
 
     # One task left past its deadline on purpose: supervision (督办) tells it; the notice reaches the receiver.
-    await _call(demo, office, "POST", "/v1/years", {"year": OVERDUE_YEAR, "unit_ids": [units[9]["id"]]},
-                _key("year", OVERDUE_YEAR))
-    late = await _call(demo, office, "POST", "/v1/tasks", {
-        "year": OVERDUE_YEAR, "number": 1, "title": "技能人才评价改革（督办示例）", "lead_unit_id": units[9]["id"],
-        "deadline": f"{OVERDUE_YEAR}-06-30"}, _key("task", OVERDUE_YEAR, 1))
+    await _call(
+        demo,
+        office,
+        "POST",
+        "/v1/years",
+        {"year": OVERDUE_YEAR, "unit_ids": [units[9]["id"]]},
+        _key("year", OVERDUE_YEAR),
+    )
+    late = await _call(
+        demo,
+        office,
+        "POST",
+        "/v1/tasks",
+        {
+            "year": OVERDUE_YEAR,
+            "number": 1,
+            "title": "技能人才评价改革（督办示例）",
+            "lead_unit_id": units[9]["id"],
+            "deadline": f"{OVERDUE_YEAR}-06-30",
+        },
+        _key("task", OVERDUE_YEAR, 1),
+    )
     STATE["overdue_task"] = late["id"]
     demo.row("reform", "逾期任务 overdue on purpose", f"{OVERDUE_YEAR}-1, deadline {OVERDUE_YEAR}-06-30")
     report = (await demo.client.get(f"{_url(demo)}/v1/years/2021/report", headers=office)).json()
-    demo.row("reform", "2021 推进会报告 meeting report",
-             f"{report['completed']}/{report['tasks']} completed ({report['completion_rate']:.0%}); "
-             f"{len(report['pilots'])} pilots; xlsx at /v1/years/2021/report.xlsx")
+    demo.row(
+        "reform",
+        "2021 推进会报告 meeting report",
+        f"{report['completed']}/{report['tasks']} completed ({report['completion_rate']:.0%}); "
+        f"{len(report['pilots'])} pilots; xlsx at /v1/years/2021/report.xlsx",
+    )
     demo.row("reform", "time", f"{time.monotonic() - started:.1f} s")
 
     deadline = time.monotonic() + max(demo.config.notice_timeout_s, 30)
@@ -177,10 +304,15 @@ async def step_reform(demo) -> None:
             notices = await demo.received()
         except Exception:  # noqa: BLE001 - the receiver is optional here
             break
-        hits = [n for n in notices if n.get("type") == "changai.reform.task.overdue.v1" and n.get("subject") == late["id"]]
+        hits = [
+            n for n in notices if n.get("type") == "changai.reform.task.overdue.v1" and n.get("subject") == late["id"]
+        ]
         if hits:
-            demo.row("reform", "督办通知 overdue notice at the receiver",
-                     f"{len(hits)} notice, verified {'yes' if all(n['verified'] for n in hits) else 'NO'}")
+            demo.row(
+                "reform",
+                "督办通知 overdue notice at the receiver",
+                f"{len(hits)} notice, verified {'yes' if all(n['verified'] for n in hits) else 'NO'}",
+            )
             if len(hits) != 1 or not all(n["verified"] for n in hits):
                 demo.failures += 1
             return

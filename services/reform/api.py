@@ -5,6 +5,7 @@ progress, completion, documents; the token carries the ``unit`` claim), ``reform
 coordinating office: units, years, tasks, verification, pilots, city plans; a region-level token).
 Every write takes ``Idempotency-Key``.
 """
+
 from __future__ import annotations
 
 import io
@@ -167,47 +168,95 @@ class YearReportOut(BaseModel):
 
 
 def unit_view(r: asyncpg.Record) -> dict[str, Any]:
-    return {"id": str(r["id"]), "name": r["name"], "kind": r["kind"], "liaison_name": r["liaison_name"],
-            "liaison_phone_masked": r["liaison_phone_masked"]}
+    return {
+        "id": str(r["id"]),
+        "name": r["name"],
+        "kind": r["kind"],
+        "liaison_name": r["liaison_name"],
+        "liaison_phone_masked": r["liaison_phone_masked"],
+    }
 
 
 def year_view(r: dict[str, Any]) -> dict[str, Any]:
-    return {"year": r["year"], "status": r["status"], "opened_on": r["opened_on"].isoformat(),
-            "closed_on": r["closed_on"].isoformat() if r["closed_on"] else None, "units": r["units"],
-            "tasks": r["tasks"], "completed": r["completed"]}
+    return {
+        "year": r["year"],
+        "status": r["status"],
+        "opened_on": r["opened_on"].isoformat(),
+        "closed_on": r["closed_on"].isoformat() if r["closed_on"] else None,
+        "units": r["units"],
+        "tasks": r["tasks"],
+        "completed": r["completed"],
+    }
 
 
 def task_view(r: asyncpg.Record) -> dict[str, Any]:
-    return {"id": str(r["id"]), "year": r["year"], "number": r["number"], "label": f"{r['year']}-{r['number']}",
-            "title": r["title"], "content": r["content"], "measures": r["measures"],
-            "source_clause": r["source_clause"], "lead_unit_id": str(r["lead_unit_id"]),
-            "co_unit_ids": [str(u) for u in r["co_unit_ids"]], "deadline": r["deadline"].isoformat(),
-            "status": r["status"], "percent": r["percent"],
-            "completed_on": r["completed_on"].isoformat() if r["completed_on"] else None,
-            "last_report_at": r["last_report_at"].isoformat() if r["last_report_at"] else None,
-            "overdue": r["status"] != TaskStatus.completed and r["deadline"] < today_cn()}
+    return {
+        "id": str(r["id"]),
+        "year": r["year"],
+        "number": r["number"],
+        "label": f"{r['year']}-{r['number']}",
+        "title": r["title"],
+        "content": r["content"],
+        "measures": r["measures"],
+        "source_clause": r["source_clause"],
+        "lead_unit_id": str(r["lead_unit_id"]),
+        "co_unit_ids": [str(u) for u in r["co_unit_ids"]],
+        "deadline": r["deadline"].isoformat(),
+        "status": r["status"],
+        "percent": r["percent"],
+        "completed_on": r["completed_on"].isoformat() if r["completed_on"] else None,
+        "last_report_at": r["last_report_at"].isoformat() if r["last_report_at"] else None,
+        "overdue": r["status"] != TaskStatus.completed and r["deadline"] < today_cn(),
+    }
 
 
 def history_view(r: asyncpg.Record) -> dict[str, Any]:
-    return {"at": r["at"].isoformat(), "actor": r["actor"], "action": r["action"],
-            "unit_id": str(r["unit_id"]) if r["unit_id"] else None, "percent": r["percent"], "text": r["text"],
-            "links": list(r["links"]), "detail": orjson.loads(r["detail"]) if r["detail"] else {}}
+    return {
+        "at": r["at"].isoformat(),
+        "actor": r["actor"],
+        "action": r["action"],
+        "unit_id": str(r["unit_id"]) if r["unit_id"] else None,
+        "percent": r["percent"],
+        "text": r["text"],
+        "links": list(r["links"]),
+        "detail": orjson.loads(r["detail"]) if r["detail"] else {},
+    }
 
 
 def document_view(r: asyncpg.Record) -> dict[str, Any]:
-    return {"id": str(r["id"]), "unit_id": str(r["unit_id"]), "title": r["title"], "doc_number": r["doc_number"],
-            "issued_on": r["issued_on"].isoformat(), "task_ids": [str(t) for t in r["task_ids"]], "link": r["link"]}
+    return {
+        "id": str(r["id"]),
+        "unit_id": str(r["unit_id"]),
+        "title": r["title"],
+        "doc_number": r["doc_number"],
+        "issued_on": r["issued_on"].isoformat(),
+        "task_ids": [str(t) for t in r["task_ids"]],
+        "link": r["link"],
+    }
 
 
 def pilot_view(r: asyncpg.Record) -> dict[str, Any]:
-    return {"id": str(r["id"]), "year": r["year"], "kind": r["kind"], "mode": r["mode"], "name": r["name"],
-            "region_code": r["region_code"], "content": r["content"],
-            "responsible_unit_id": str(r["responsible_unit_id"]) if r["responsible_unit_id"] else None}
+    return {
+        "id": str(r["id"]),
+        "year": r["year"],
+        "kind": r["kind"],
+        "mode": r["mode"],
+        "name": r["name"],
+        "region_code": r["region_code"],
+        "content": r["content"],
+        "responsible_unit_id": str(r["responsible_unit_id"]) if r["responsible_unit_id"] else None,
+    }
 
 
 def plan_view(r: asyncpg.Record) -> dict[str, Any]:
-    return {"id": str(r["id"]), "city_code": r["city_code"], "city_name": regions.get(r["city_code"]).name,
-            "title": r["title"], "doc_number": r["doc_number"], "issued_on": r["issued_on"].isoformat()}
+    return {
+        "id": str(r["id"]),
+        "city_code": r["city_code"],
+        "city_name": getattr(regions.get(r["city_code"]), "name", r["city_code"]),
+        "title": r["title"],
+        "doc_number": r["doc_number"],
+        "issued_on": r["issued_on"].isoformat(),
+    }
 
 
 def db(request: Request) -> asyncpg.Pool:
@@ -215,18 +264,25 @@ def db(request: Request) -> asyncpg.Pool:
 
 
 # -- member units ------------------------------------------------------------------------------
-@router.post("/units", status_code=201, response_model=UnitOut, tags=["units"],
-             summary="Register a member unit of the coordination group (the office)")
+@router.post(
+    "/units",
+    status_code=201,
+    response_model=UnitOut,
+    tags=["units"],
+    summary="Register a member unit of the coordination group (the office)",
+)
 async def register_unit(body: domain.UnitIn, request: Request, actor: Principal = Depends(ADMIN)):
     async def run(conn):
         outcome = await usecases.register_unit(conn, body, actor, request.app.state.cipher)
         return 201, unit_view(outcome.record)
+
     return await write(request, actor, "units.register", body.model_dump(mode="json"), run)
 
 
 @router.get("/units", response_model=Page[UnitOut], tags=["units"], summary="Member units, by name")
-async def list_units(request: Request, limit: int = Limit, cursor: str | None = Cursor,
-                     actor: Principal = Depends(READ)):
+async def list_units(
+    request: Request, limit: int = Limit, cursor: str | None = Cursor, actor: Principal = Depends(READ)
+):
     usecases.ensure_office_or_reader(actor)
     rows = await store.units_page(db(request), decode_cursor(cursor, str), limit)
     return page(rows, limit, key=lambda r: r["name"], view=unit_view)
@@ -237,22 +293,30 @@ async def get_unit(unit_id: uuid.UUID, request: Request, actor: Principal = Depe
     return unit_view(await usecases.unit(db(request), unit_id, actor))
 
 
-@router.put("/units/{unit_id}/liaison", response_model=UnitOut, tags=["units"],
-            summary="Change the unit's liaison officer (the office, or the unit itself)")
-async def change_liaison(unit_id: uuid.UUID, body: domain.LiaisonIn, request: Request,
-                         actor: Principal = Depends(REPORT)):
+@router.put(
+    "/units/{unit_id}/liaison",
+    response_model=UnitOut,
+    tags=["units"],
+    summary="Change the unit's liaison officer (the office, or the unit itself)",
+)
+async def change_liaison(
+    unit_id: uuid.UUID, body: domain.LiaisonIn, request: Request, actor: Principal = Depends(REPORT)
+):
     async def run(conn):
         outcome = await usecases.change_liaison(conn, unit_id, body, actor, request.app.state.cipher)
         return 200, unit_view(outcome.record)
+
     return await write(request, actor, f"units.liaison:{unit_id}", body.model_dump(mode="json"), run)
 
 
 # -- years ---------------------------------------------------------------------------------------
-@router.post("/years", status_code=201, response_model=YearOut, tags=["years"],
-             summary="Open a year's task ledger (the office)")
+@router.post(
+    "/years", status_code=201, response_model=YearOut, tags=["years"], summary="Open a year's task ledger (the office)"
+)
 async def open_year(body: domain.YearIn, request: Request, actor: Principal = Depends(ADMIN)):
     async def run(conn):
         return 201, year_view((await usecases.open_year(conn, body, actor, today_cn())).record)
+
     return await write(request, actor, "years.open", body.model_dump(mode="json"), run)
 
 
@@ -262,60 +326,101 @@ async def list_years(request: Request, actor: Principal = Depends(READ)):
     return [year_view(dict(r)) for r in await store.years(db(request))]
 
 
-@router.post("/years/{year}/units", response_model=YearOut, tags=["years"],
-             summary="Add member units to a year's ledger (the office)")
-async def add_year_units(body: domain.YearUnitsIn, request: Request, year: int = YearPath,
-                         actor: Principal = Depends(ADMIN)):
+@router.post(
+    "/years/{year}/units",
+    response_model=YearOut,
+    tags=["years"],
+    summary="Add member units to a year's ledger (the office)",
+)
+async def add_year_units(
+    body: domain.YearUnitsIn, request: Request, year: int = YearPath, actor: Principal = Depends(ADMIN)
+):
     async def run(conn):
         return 200, year_view((await usecases.add_year_units(conn, year, body, actor)).record)
+
     return await write(request, actor, f"years.units:{year}", body.model_dump(mode="json"), run)
 
 
-@router.post("/years/{year}:close", response_model=YearOut, tags=["years"],
-             summary="Close a year: every task completed; then it takes no more changes (the office)")
+@router.post(
+    "/years/{year}:close",
+    response_model=YearOut,
+    tags=["years"],
+    summary="Close a year: every task completed; then it takes no more changes (the office)",
+)
 async def close_year(request: Request, year: int = YearPath, actor: Principal = Depends(ADMIN)):
     async def run(conn):
         return 200, year_view((await usecases.close_year(conn, year, actor, today_cn())).record)
+
     return await write(request, actor, f"years.close:{year}", {}, run)
 
 
-@router.get("/years/{year}/report", response_model=YearReportOut, tags=["years"],
-            summary="The advancement meeting's report (推进会): tasks by status and unit, overdue, documents, pilots")
+@router.get(
+    "/years/{year}/report",
+    response_model=YearReportOut,
+    tags=["years"],
+    summary="The advancement meeting's report (推进会): tasks by status and unit, overdue, documents, pilots",
+)
 async def year_report(request: Request, year: int = YearPath, actor: Principal = Depends(READ)):
     return await usecases.year_report(db(request), year, actor, today_cn())
 
 
-@router.get("/years/{year}/report.xlsx", tags=["years"], response_class=StreamingResponse,
-            responses={200: {"content": {XLSX_TYPE: {"schema": {"type": "string", "format": "binary"}}}}},
-            summary="The same report as a printable workbook (Chinese)")
+@router.get(
+    "/years/{year}/report.xlsx",
+    tags=["years"],
+    response_class=StreamingResponse,
+    responses={200: {"content": {XLSX_TYPE: {"schema": {"type": "string", "format": "binary"}}}}},
+    summary="The same report as a printable workbook (Chinese)",
+)
 async def year_report_xlsx(request: Request, year: int = YearPath, actor: Principal = Depends(READ)):
     from services.reform.report import workbook
 
     report = await usecases.year_report(db(request), year, actor, today_cn())
     data = workbook(report)
-    return StreamingResponse(io.BytesIO(data), media_type=XLSX_TYPE,
-                             headers={"Content-Disposition": f'attachment; filename="reform-ledger-{year}.xlsx"'})
+    return StreamingResponse(
+        io.BytesIO(data),
+        media_type=XLSX_TYPE,
+        headers={"Content-Disposition": f'attachment; filename="reform-ledger-{year}.xlsx"'},
+    )
 
 
 # -- tasks -----------------------------------------------------------------------------------------
-@router.post("/tasks", status_code=201, response_model=TaskOut, tags=["tasks"],
-             summary="Add a task to a year's ledger and assign it (the office)")
+@router.post(
+    "/tasks",
+    status_code=201,
+    response_model=TaskOut,
+    tags=["tasks"],
+    summary="Add a task to a year's ledger and assign it (the office)",
+)
 async def add_task(body: domain.TaskIn, request: Request, actor: Principal = Depends(ADMIN)):
     async def run(conn):
         return 201, task_view((await usecases.add_task(conn, body, actor)).record)
+
     return await write(request, actor, "tasks.add", body.model_dump(mode="json"), run)
 
 
-@router.get("/tasks", response_model=Page[TaskOut], tags=["tasks"],
-            summary="Tasks (a liaison sees its unit's; the office all)")
-async def list_tasks(request: Request, year: int | None = Query(None, ge=2000, le=2100),
-                     status: TaskStatus | None = None, unit_id: uuid.UUID | None = None,
-                     overdue: bool = Query(False, description="only tasks past their deadline and not completed"),
-                     limit: int = Limit, cursor: str | None = Cursor, actor: Principal = Depends(READ)):
+@router.get(
+    "/tasks", response_model=Page[TaskOut], tags=["tasks"], summary="Tasks (a liaison sees its unit's; the office all)"
+)
+async def list_tasks(
+    request: Request,
+    year: int | None = Query(None, ge=2000, le=2100),
+    status: TaskStatus | None = None,
+    unit_id: uuid.UUID | None = None,
+    overdue: bool = Query(False, description="only tasks past their deadline and not completed"),
+    limit: int = Limit,
+    cursor: str | None = Cursor,
+    actor: Principal = Depends(READ),
+):
     unit = usecases.visible_unit_filter(actor, unit_id)
-    rows = await store.tasks_page(db(request), year=year, status=status.value if status else None, unit_id=unit,
-                                  overdue_on=today_cn() if overdue else None, after=decode_cursor(cursor, int),
-                                  limit=limit)
+    rows = await store.tasks_page(
+        db(request),
+        year=year,
+        status=status.value if status else None,
+        unit_id=unit,
+        overdue_on=today_cn() if overdue else None,
+        after=decode_cursor(cursor, int),
+        limit=limit,
+    )
     return page(rows, limit, key=lambda r: r["seq"], view=task_view)
 
 
@@ -324,105 +429,180 @@ async def get_task(task_id: uuid.UUID, request: Request, actor: Principal = Depe
     return task_view(await usecases.task(db(request), task_id, actor))
 
 
-@router.get("/tasks/{task_id}/history", response_model=Page[HistoryOut], tags=["tasks"],
-            summary="Everything that happened to a task, in order")
-async def task_history(task_id: uuid.UUID, request: Request, limit: int = Limit, cursor: str | None = Cursor,
-                       actor: Principal = Depends(READ)):
+@router.get(
+    "/tasks/{task_id}/history",
+    response_model=Page[HistoryOut],
+    tags=["tasks"],
+    summary="Everything that happened to a task, in order",
+)
+async def task_history(
+    task_id: uuid.UUID,
+    request: Request,
+    limit: int = Limit,
+    cursor: str | None = Cursor,
+    actor: Principal = Depends(READ),
+):
     await usecases.task(db(request), task_id, actor)
     rows = await store.history(db(request), task_id, decode_cursor(cursor, int), limit)
     return page(rows, limit, key=lambda r: r["seq"], view=history_view)
 
 
-@router.post("/tasks/{task_id}:assign", response_model=TaskOut, tags=["tasks"],
-             summary="Re-assign a task (the office); the history keeps the previous lead and deadline")
+@router.post(
+    "/tasks/{task_id}:assign",
+    response_model=TaskOut,
+    tags=["tasks"],
+    summary="Re-assign a task (the office); the history keeps the previous lead and deadline",
+)
 async def reassign(task_id: uuid.UUID, body: domain.AssignIn, request: Request, actor: Principal = Depends(ADMIN)):
     async def run(conn):
         return 200, task_view((await usecases.reassign(conn, task_id, body, actor)).record)
+
     return await write(request, actor, f"tasks.assign:{task_id}", body.model_dump(mode="json"), run)
 
 
-@router.post("/tasks/{task_id}:report-progress", response_model=TaskOut, tags=["tasks"],
-             summary="Report progress (a unit of the task)")
-async def report_progress(task_id: uuid.UUID, body: domain.ProgressIn, request: Request,
-                          actor: Principal = Depends(REPORT)):
+@router.post(
+    "/tasks/{task_id}:report-progress",
+    response_model=TaskOut,
+    tags=["tasks"],
+    summary="Report progress (a unit of the task)",
+)
+async def report_progress(
+    task_id: uuid.UUID, body: domain.ProgressIn, request: Request, actor: Principal = Depends(REPORT)
+):
     async def run(conn):
         return 200, task_view((await usecases.report_progress(conn, task_id, body, actor, now_cn())).record)
+
     return await write(request, actor, f"tasks.progress:{task_id}", body.model_dump(mode="json"), run)
 
 
-@router.post("/tasks/{task_id}:report-completion", response_model=TaskOut, tags=["tasks"],
-             summary="Report completion with evidence (the lead unit only)")
-async def report_completion(task_id: uuid.UUID, body: domain.CompletionIn, request: Request,
-                            actor: Principal = Depends(REPORT)):
+@router.post(
+    "/tasks/{task_id}:report-completion",
+    response_model=TaskOut,
+    tags=["tasks"],
+    summary="Report completion with evidence (the lead unit only)",
+)
+async def report_completion(
+    task_id: uuid.UUID, body: domain.CompletionIn, request: Request, actor: Principal = Depends(REPORT)
+):
     async def run(conn):
         return 200, task_view((await usecases.report_completion(conn, task_id, body, actor, now_cn())).record)
+
     return await write(request, actor, f"tasks.completion:{task_id}", body.model_dump(mode="json"), run)
 
 
-@router.post("/tasks/{task_id}:verify", response_model=TaskOut, tags=["tasks"],
-             summary="Verify a reported completion: the task is completed (the office)")
+@router.post(
+    "/tasks/{task_id}:verify",
+    response_model=TaskOut,
+    tags=["tasks"],
+    summary="Verify a reported completion: the task is completed (the office)",
+)
 async def verify(task_id: uuid.UUID, request: Request, actor: Principal = Depends(ADMIN)):
     async def run(conn):
         return 200, task_view((await usecases.verify_completion(conn, task_id, actor, today_cn())).record)
+
     return await write(request, actor, f"tasks.verify:{task_id}", {}, run)
 
 
-@router.post("/tasks/{task_id}:send-back", response_model=TaskOut, tags=["tasks"],
-             summary="Send a reported completion back, with the reason (the office)")
+@router.post(
+    "/tasks/{task_id}:send-back",
+    response_model=TaskOut,
+    tags=["tasks"],
+    summary="Send a reported completion back, with the reason (the office)",
+)
 async def send_back(task_id: uuid.UUID, body: domain.SendBackIn, request: Request, actor: Principal = Depends(ADMIN)):
     async def run(conn):
         return 200, task_view((await usecases.send_back(conn, task_id, body, actor)).record)
+
     return await write(request, actor, f"tasks.send_back:{task_id}", body.model_dump(mode="json"), run)
 
 
 # -- documents, pilots, city plans -------------------------------------------------------------------
-@router.post("/documents", status_code=201, response_model=DocumentOut, tags=["documents"],
-             summary="Register a policy document a member unit issued")
+@router.post(
+    "/documents",
+    status_code=201,
+    response_model=DocumentOut,
+    tags=["documents"],
+    summary="Register a policy document a member unit issued",
+)
 async def register_document(body: domain.DocumentIn, request: Request, actor: Principal = Depends(REPORT)):
     async def run(conn):
         return 201, document_view((await usecases.register_document(conn, body, actor)).record)
+
     return await write(request, actor, "documents.register", body.model_dump(mode="json"), run)
 
 
 @router.get("/documents", response_model=Page[DocumentOut], tags=["documents"], summary="Policy documents")
-async def list_documents(request: Request, unit_id: uuid.UUID | None = None,
-                         year: int | None = Query(None, ge=2000, le=2100), limit: int = Limit,
-                         cursor: str | None = Cursor, actor: Principal = Depends(READ)):
+async def list_documents(
+    request: Request,
+    unit_id: uuid.UUID | None = None,
+    year: int | None = Query(None, ge=2000, le=2100),
+    limit: int = Limit,
+    cursor: str | None = Cursor,
+    actor: Principal = Depends(READ),
+):
     unit = usecases.visible_unit_filter(actor, unit_id)
-    rows = await store.documents_page(db(request), unit_id=unit, year=year, after=decode_cursor(cursor, int),
-                                      limit=limit)
+    rows = await store.documents_page(
+        db(request), unit_id=unit, year=year, after=decode_cursor(cursor, int), limit=limit
+    )
     return page(rows, limit, key=lambda r: r["seq"], view=document_view)
 
 
-@router.post("/pilots", status_code=201, response_model=PilotOut, tags=["pilots"],
-             summary="Designate a pilot (the office)")
+@router.post(
+    "/pilots", status_code=201, response_model=PilotOut, tags=["pilots"], summary="Designate a pilot (the office)"
+)
 async def designate_pilot(body: domain.PilotIn, request: Request, actor: Principal = Depends(ADMIN)):
     async def run(conn):
         return 201, pilot_view((await usecases.designate_pilot(conn, body, actor)).record)
+
     return await write(request, actor, "pilots.designate", body.model_dump(mode="json"), run)
 
 
 @router.get("/pilots", response_model=Page[PilotOut], tags=["pilots"], summary="Pilots, cut to the caller's region")
-async def list_pilots(request: Request, year: int | None = Query(None, ge=2000, le=2100),
-                      kind: PilotKind | None = None, region: str | None = Query(None, pattern=r"^\d{6}$"),
-                      limit: int = Limit, cursor: str | None = Cursor, actor: Principal = Depends(READ)):
-    rows = await store.pilots_page(db(request), year=year, kind=kind.value if kind else None,
-                                   codes=actor.scope_codes(region), after=decode_cursor(cursor, int), limit=limit)
+async def list_pilots(
+    request: Request,
+    year: int | None = Query(None, ge=2000, le=2100),
+    kind: PilotKind | None = None,
+    region: str | None = Query(None, pattern=r"^\d{6}$"),
+    limit: int = Limit,
+    cursor: str | None = Cursor,
+    actor: Principal = Depends(READ),
+):
+    rows = await store.pilots_page(
+        db(request),
+        year=year,
+        kind=kind.value if kind else None,
+        codes=actor.scope_codes(region),
+        after=decode_cursor(cursor, int),
+        limit=limit,
+    )
     return page(rows, limit, key=lambda r: r["seq"], view=pilot_view)
 
 
-@router.put("/city-plans/{city_code}", response_model=CityPlanOut, tags=["city plans"],
-            summary="Record a city's implementation plan (the office)")
-async def record_city_plan(body: domain.CityPlanIn, request: Request,
-                           city_code: str = Path(pattern=r"^\d{6}$"), actor: Principal = Depends(ADMIN)):
+@router.put(
+    "/city-plans/{city_code}",
+    response_model=CityPlanOut,
+    tags=["city plans"],
+    summary="Record a city's implementation plan (the office)",
+)
+async def record_city_plan(
+    body: domain.CityPlanIn,
+    request: Request,
+    city_code: str = Path(pattern=r"^\d{6}$"),
+    actor: Principal = Depends(ADMIN),
+):
     async def run(conn):
         outcome = await usecases.record_city_plan(conn, city_code, body, actor)
         return (201 if outcome.created else 200), plan_view(outcome.record)
+
     return await write(request, actor, f"city_plans.record:{city_code}", body.model_dump(mode="json"), run)
 
 
-@router.get("/city-plans", response_model=list[CityPlanOut], tags=["city plans"],
-            summary="City implementation plans, cut to the caller's region")
+@router.get(
+    "/city-plans",
+    response_model=list[CityPlanOut],
+    tags=["city plans"],
+    summary="City implementation plans, cut to the caller's region",
+)
 async def list_city_plans(request: Request, actor: Principal = Depends(READ)):
     # A city's plan concerns the city and every county in it.
     codes = [c.code for c in regions.CITIES if actor.may_act_on(c.code) or regions.contains(c.code, actor.region)]

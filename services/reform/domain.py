@@ -6,14 +6,16 @@ only the office verifies it. A closed year refuses every change. Supervision (ç
 its deadline (an Asia/Shanghai date) and not completed is overdue, told once per deadline; a task
 with no progress report for a while gets a gentle reminder first, once per quiet spell.
 """
+
 from __future__ import annotations
 
 import re
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl
 
 from shared import regions
 from shared.errors import Conflict, Invalid, NotFound, OutOfScope, RuleBroken
@@ -53,20 +55,27 @@ def ensure_year_open(status: str | None, year: int) -> None:
     if status is None:
         raise NotFound("ledger year", year)
     if status != "open":
-        raise Conflict(f"the {year} ledger is closed; it takes no more changes", kind="year-closed",
-                       title="The year is closed")
+        raise Conflict(
+            f"the {year} ledger is closed; it takes no more changes", kind="year-closed", title="The year is closed"
+        )
 
 
 def ensure_members(year: int, members: set[uuid.UUID], lead: uuid.UUID, co: list[uuid.UUID]) -> None:
     if lead not in members:
-        raise RuleBroken(f"the lead unit is not a member unit of the {year} ledger", kind="not-a-member-unit",
-                         title="Lead unit is not a member unit of that year")
+        raise RuleBroken(
+            f"the lead unit is not a member unit of the {year} ledger",
+            kind="not-a-member-unit",
+            title="Lead unit is not a member unit of that year",
+        )
     if lead in co:
         raise Invalid("co_unit_ids", "the lead unit cannot also be a co-operating unit")
     missing = [u for u in co if u not in members]
     if missing:
-        raise RuleBroken(f"{len(missing)} co-operating unit(s) are not member units of the {year} ledger",
-                         kind="not-a-member-unit", title="Co-operating unit is not a member unit of that year")
+        raise RuleBroken(
+            f"{len(missing)} co-operating unit(s) are not member units of the {year} ledger",
+            kind="not-a-member-unit",
+            title="Co-operating unit is not a member unit of that year",
+        )
 
 
 def report_progress(task: Task, unit: uuid.UUID, percent: int) -> TaskStatus:
@@ -76,8 +85,11 @@ def report_progress(task: Task, unit: uuid.UUID, percent: int) -> TaskStatus:
     if task.status == TaskStatus.completed:
         raise Conflict("the task is completed", kind="task-completed", title="The task is already completed")
     if task.status == TaskStatus.completion_reported:
-        raise Conflict("completion was reported and waits for the office's verification",
-                       kind="completion-pending", title="Completion awaits verification")
+        raise Conflict(
+            "completion was reported and waits for the office's verification",
+            kind="completion-pending",
+            title="Completion awaits verification",
+        )
     if percent >= 100:
         raise Invalid("percent", "100 is a completion: report it with :report-completion")
     return TaskStatus.in_progress
@@ -87,34 +99,45 @@ def report_completion(task: Task, unit: uuid.UUID) -> TaskStatus:
     if not task.concerns(unit):
         raise NotFound("task", task.id)
     if unit != task.lead_unit_id:
-        raise OutOfScope("completion is reported by the lead unit only", kind="not-lead-unit",
-                         title="Only the lead unit reports completion")
+        raise OutOfScope(
+            "completion is reported by the lead unit only",
+            kind="not-lead-unit",
+            title="Only the lead unit reports completion",
+        )
     if task.status == TaskStatus.completed:
         raise Conflict("the task is completed", kind="task-completed", title="The task is already completed")
     if task.status == TaskStatus.completion_reported:
-        raise Conflict("completion was already reported", kind="completion-pending",
-                       title="Completion awaits verification")
+        raise Conflict(
+            "completion was already reported", kind="completion-pending", title="Completion awaits verification"
+        )
     return TaskStatus.completion_reported
 
 
 def verify(task: Task) -> TaskStatus:
     if task.status != TaskStatus.completion_reported:
-        raise Conflict(f"only a reported completion can be verified; the task is {task.status}",
-                       kind="no-completion-reported", title="No completion to verify")
+        raise Conflict(
+            f"only a reported completion can be verified; the task is {task.status}",
+            kind="no-completion-reported",
+            title="No completion to verify",
+        )
     return TaskStatus.completed
 
 
 def send_back(task: Task) -> TaskStatus:
     if task.status != TaskStatus.completion_reported:
-        raise Conflict(f"only a reported completion can be sent back; the task is {task.status}",
-                       kind="no-completion-reported", title="No completion to send back")
+        raise Conflict(
+            f"only a reported completion can be sent back; the task is {task.status}",
+            kind="no-completion-reported",
+            title="No completion to send back",
+        )
     return TaskStatus.in_progress
 
 
 def reassign(task: Task) -> None:
     if task.status == TaskStatus.completed:
-        raise Conflict("a completed task is not re-assigned", kind="task-completed",
-                       title="The task is already completed")
+        raise Conflict(
+            "a completed task is not re-assigned", kind="task-completed", title="The task is already completed"
+        )
 
 
 def overdue_days(task: Task, today: date) -> int | None:
@@ -160,12 +183,13 @@ def check_doc_number(doc_number: str) -> None:
 def completion_rate(completed: int, total: int) -> float:
     return round(completed / total, 4) if total else 0.0
 
+
 # -- commands (what the API, the demo and any bulk path hand to the use cases) ------------------
 
 
 Text = Field(min_length=1, max_length=200)
 LongText = Field(default="", max_length=4000)
-Links = Field(default_factory=list, max_length=10, description="attachments and evidence, as http(s) links")
+Links: Any = Field(default_factory=list, max_length=10, description="attachments and evidence, as http(s) links")
 Year = Field(ge=2000, le=2100)
 
 
@@ -173,34 +197,34 @@ class Command(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
+def _mobile(value: str) -> str:
+    try:
+        return normalise_phone(value)
+    except InvalidIdentifier as exc:
+        raise ValueError(str(exc)) from None
+
+
+# A liaison officer's mobile: normalised to 11 digits; stored encrypted, shown masked.
+Mobile = Annotated[str, Field(max_length=30, description="mainland mobile; stored encrypted"), AfterValidator(_mobile)]
+
+
 class UnitIn(Command):
     name: str = Text
     kind: UnitKind
     liaison_name: str | None = Field(default=None, min_length=1, max_length=50)
-    liaison_phone: str | None = Field(default=None, max_length=30, description="mainland mobile; stored encrypted")
-
-    @field_validator("liaison_phone")
-    @classmethod
-    def _phone(cls, v: str | None) -> str | None:
-        if v is None:
-            return None
-        try:
-            return normalise_phone(v)
-        except InvalidIdentifier as exc:
-            raise ValueError(str(exc)) from None
+    liaison_phone: Mobile | None = None
 
 
 class LiaisonIn(Command):
     liaison_name: str | None = Field(default=None, min_length=1, max_length=50)
-    liaison_phone: str | None = Field(default=None, max_length=30)
-
-    _phone = field_validator("liaison_phone")(UnitIn._phone.__func__)  # type: ignore[attr-defined]
+    liaison_phone: Mobile | None = None
 
 
 class YearIn(Command):
     year: int = Year
-    unit_ids: list[uuid.UUID] | None = Field(default=None, max_length=100,
-                                             description="member units of the year; all registered units if left out")
+    unit_ids: list[uuid.UUID] | None = Field(
+        default=None, max_length=100, description="member units of the year; all registered units if left out"
+    )
     opened_on: date | None = None
 
 

@@ -5,6 +5,7 @@ One process serves the HTTP API and runs the supervision scan (督办): every
 Several replicas may all scan: the task rows are claimed with SKIP LOCKED and the stage told is
 stored with its event, so each notice is told exactly once whichever replica finds it.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -51,7 +52,7 @@ def supervision_part(settings: ReformSettings):
                     told = await run_supervision(app.state.db, settings)
                     if told:
                         log.info("supervision notices told", extra={"notices": told})
-                except Exception:  # noqa: BLE001 - the next scan tries again; the database may be restarting
+                except Exception:
                     log.warning("supervision scan failed; retrying at the next interval", exc_info=True)
                 await wait_set(stop, settings.reform_supervision_interval_s)
 
@@ -60,6 +61,7 @@ def supervision_part(settings: ReformSettings):
         async def halt() -> None:
             stop.set()
             await task
+
         return halt
 
     return supervision
@@ -67,11 +69,15 @@ def supervision_part(settings: ReformSettings):
 
 def build_app(settings: ReformSettings | None = None) -> FastAPI:
     settings = settings or ReformSettings()
-    return create_app(service="reform", settings=settings, routers=[router],
-                      title="Changai reform coordination (改革协调)",
-                      description="The coordinating office's task ledger (任务台账), member units and liaison officers, "
-                                  "policy documents, pilots, city plans, supervision and the advancement meeting's report.",
-                      parts=[supervision_part(settings)])
+    return create_app(
+        service="reform",
+        settings=settings,
+        routers=[router],
+        title="Changai reform coordination (改革协调)",
+        description="The coordinating office's task ledger (任务台账), member units and liaison officers, "
+        "policy documents, pilots, city plans, supervision and the advancement meeting's report.",
+        parts=[supervision_part(settings)],
+    )
 
 
 def main(argv: list[str]) -> None:

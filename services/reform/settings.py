@@ -1,4 +1,5 @@
 """The reform service's settings (environment, prefix ``CHANGAI_``), on top of the platform's."""
+
 from __future__ import annotations
 
 from pydantic import Field

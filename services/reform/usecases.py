@@ -9,6 +9,7 @@ history, and queues the events in the outbox in the same transaction. Who sees w
   co-operating unit) and its documents; other tasks are 404;
 * a city-scoped token: pilots and city plans in its city only.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -25,8 +26,19 @@ from shared.crypto import FieldCipher
 from shared.errors import Conflict, Invalid, NotFound, OutOfScope
 from shared.events import EventData
 from shared.events.reform import (
-    CityPlanRecorded, DocumentIssued, PilotDesignated, TaskAssigned, TaskCompleted, TaskCompletionReported,
-    TaskOverdue, TaskProgressDue, TaskProgressReported, TaskSentBack, TaskStatus, UnitRegistered, YearClosed,
+    CityPlanRecorded,
+    DocumentIssued,
+    PilotDesignated,
+    TaskAssigned,
+    TaskCompleted,
+    TaskCompletionReported,
+    TaskOverdue,
+    TaskProgressDue,
+    TaskProgressReported,
+    TaskSentBack,
+    TaskStatus,
+    UnitRegistered,
+    YearClosed,
     YearOpened,
 )
 from shared.identifiers import mask_phone
@@ -39,6 +51,7 @@ ROOT = regions.REGION_ROOT
 @dataclass
 class Outcome:
     """What a command did: the record it answers with, whether it was new, and the events it queued."""
+
     record: Any
     created: bool = True
     events: list[EventData] | None = None
@@ -63,15 +76,21 @@ def ensure_office(actor: Principal) -> None:
     """The office's commands: a region-level token that speaks for no unit."""
     actor.ensure_region_level()
     if actor.unit is not None:
-        raise OutOfScope("a liaison officer's token cannot act as the office", kind="not-the-office",
-                         title="Only the office may do this")
+        raise OutOfScope(
+            "a liaison officer's token cannot act as the office",
+            kind="not-the-office",
+            title="Only the office may do this",
+        )
 
 
 def reporting_unit(actor: Principal) -> uuid.UUID:
     unit = actor_unit(actor)
     if unit is None:
-        raise OutOfScope("reports come from a member unit's liaison officer: the token needs a unit claim",
-                         kind="no-unit", title="The token speaks for no unit")
+        raise OutOfScope(
+            "reports come from a member unit's liaison officer: the token needs a unit claim",
+            kind="no-unit",
+            title="The token speaks for no unit",
+        )
     return unit
 
 
@@ -93,22 +112,28 @@ async def register_unit(conn, cmd: domain.UnitIn, actor: Principal, cipher: Fiel
     row = await store.insert_unit(conn, unit_id, cmd.name, cmd.kind.value, cmd.liaison_name, sealed, masked)
     if row is None:
         existing = await store.unit_by_name(conn, cmd.name)
-        raise Conflict("a member unit of that name is registered", kind="unit-exists",
-                       title="Unit already registered", unit_id=str(existing["id"]) if existing else None)
+        raise Conflict(
+            "a member unit of that name is registered",
+            kind="unit-exists",
+            title="Unit already registered",
+            unit_id=str(existing["id"]) if existing else None,
+        )
     events = await emit(conn, UnitRegistered(unit_id=unit_id, name=cmd.name, kind=cmd.kind, region_code=ROOT))
     return Outcome(row, True, events)
 
 
-async def change_liaison(conn, unit_id: uuid.UUID, cmd: domain.LiaisonIn, actor: Principal,
-                         cipher: FieldCipher) -> Outcome:
+async def change_liaison(
+    conn, unit_id: uuid.UUID, cmd: domain.LiaisonIn, actor: Principal, cipher: FieldCipher
+) -> Outcome:
     mine = actor_unit(actor)
     if mine is None:
         ensure_office(actor)
     elif mine != unit_id:
         raise NotFound("unit", unit_id)
     sealed = cipher.seal("liaison_phone", unit_id, cmd.liaison_phone) if cmd.liaison_phone else None
-    row = await store.update_liaison(conn, unit_id, cmd.liaison_name, sealed,
-                                     mask_phone(cmd.liaison_phone) if cmd.liaison_phone else None)
+    row = await store.update_liaison(
+        conn, unit_id, cmd.liaison_name, sealed, mask_phone(cmd.liaison_phone) if cmd.liaison_phone else None
+    )
     if row is None:
         raise NotFound("unit", unit_id)
     return Outcome(row, False, [])
@@ -163,21 +188,39 @@ async def close_year(conn, year: int, actor: Principal, today: date) -> Outcome:
     domain.ensure_year_open(row["status"] if row else None, year)
     counts = await store.year_counts(conn, year)
     if counts["completed"] < counts["tasks"]:
-        raise Conflict(f"{counts['tasks'] - counts['completed']} of {counts['tasks']} tasks are not completed",
-                       kind="tasks-open", title="The year still has open tasks",
-                       open_tasks=counts["tasks"] - counts["completed"])
+        raise Conflict(
+            f"{counts['tasks'] - counts['completed']} of {counts['tasks']} tasks are not completed",
+            kind="tasks-open",
+            title="The year still has open tasks",
+            open_tasks=counts["tasks"] - counts["completed"],
+        )
     await store.close_year(conn, year, today)
-    events = await emit(conn, YearClosed(year_id=str(year), year=year, tasks=counts["tasks"],
-                                         completed=counts["completed"], documents=counts["documents"],
-                                         pilots=counts["pilots"], region_code=ROOT))
+    events = await emit(
+        conn,
+        YearClosed(
+            year_id=str(year),
+            year=year,
+            tasks=counts["tasks"],
+            completed=counts["completed"],
+            documents=counts["documents"],
+            pilots=counts["pilots"],
+            region_code=ROOT,
+        ),
+    )
     return Outcome(await year_view(conn, year), False, events)
 
 
 # -- tasks -----------------------------------------------------------------------------
 async def _task_event(conn, task: domain.Task) -> dict[str, Any]:
     """The fields every task event carries (the lead unit's name too, for the dashboards)."""
-    return {"task_id": task.id, "year": task.year, "number": task.number, "lead_unit_id": task.lead_unit_id,
-            "lead_unit": await store.unit_name(conn, task.lead_unit_id), "region_code": ROOT}
+    return {
+        "task_id": task.id,
+        "year": task.year,
+        "number": task.number,
+        "lead_unit_id": task.lead_unit_id,
+        "lead_unit": await store.unit_name(conn, task.lead_unit_id),
+        "region_code": ROOT,
+    }
 
 
 async def _locked_task(conn, task_id: uuid.UUID, actor: Principal) -> domain.Task:
@@ -198,13 +241,24 @@ async def add_task(conn, cmd: domain.TaskIn, actor: Principal) -> Outcome:
     row = await store.insert_task(conn, uuid.uuid4(), cmd.model_copy(update={"co_unit_ids": co}))
     if row is None:
         existing = await store.task_by_number(conn, cmd.year, cmd.number)
-        raise Conflict(f"task {cmd.year}-{cmd.number} is already in the ledger", kind="task-exists",
-                       title="Task number taken", task_id=str(existing["id"]) if existing else None)
+        raise Conflict(
+            f"task {cmd.year}-{cmd.number} is already in the ledger",
+            kind="task-exists",
+            title="Task number taken",
+            task_id=str(existing["id"]) if existing else None,
+        )
     task = store.task_of(row)
-    await store.add_history(conn, task.id, actor.subject, "assigned", unit_id=task.lead_unit_id,
-                            detail={"deadline": task.deadline.isoformat(), "co_unit_ids": [str(u) for u in co]})
-    events = await emit(conn, TaskAssigned(**await _task_event(conn, task), title=task.title, co_unit_ids=co,
-                                           deadline=task.deadline))
+    await store.add_history(
+        conn,
+        task.id,
+        actor.subject,
+        "assigned",
+        unit_id=task.lead_unit_id,
+        detail={"deadline": task.deadline.isoformat(), "co_unit_ids": [str(u) for u in co]},
+    )
+    events = await emit(
+        conn, TaskAssigned(**await _task_event(conn, task), title=task.title, co_unit_ids=co, deadline=task.deadline)
+    )
     return Outcome(row, True, events)
 
 
@@ -218,42 +272,78 @@ async def reassign(conn, task_id: uuid.UUID, cmd: domain.AssignIn, actor: Princi
     domain.ensure_members(task.year, await store.year_members(conn, task.year), cmd.lead_unit_id, co)
     deadline = cmd.deadline or task.deadline
     row = await store.set_task(conn, task.id, lead_unit_id=cmd.lead_unit_id, co_unit_ids=co, deadline=deadline)
-    await store.add_history(conn, task.id, actor.subject, "reassigned", unit_id=cmd.lead_unit_id,
-                            text=scrub_text(cmd.reason),
-                            detail={"previous_lead_unit_id": str(task.lead_unit_id),
-                                    "previous_deadline": task.deadline.isoformat(), "deadline": deadline.isoformat(),
-                                    "co_unit_ids": [str(u) for u in co]})
+    await store.add_history(
+        conn,
+        task.id,
+        actor.subject,
+        "reassigned",
+        unit_id=cmd.lead_unit_id,
+        text=scrub_text(cmd.reason),
+        detail={
+            "previous_lead_unit_id": str(task.lead_unit_id),
+            "previous_deadline": task.deadline.isoformat(),
+            "deadline": deadline.isoformat(),
+            "co_unit_ids": [str(u) for u in co],
+        },
+    )
     new = store.task_of(row)
-    events = await emit(conn, TaskAssigned(**await _task_event(conn, new), title=new.title, co_unit_ids=co, deadline=deadline,
-                                           previous_lead_unit_id=task.lead_unit_id))
+    events = await emit(
+        conn,
+        TaskAssigned(
+            **await _task_event(conn, new),
+            title=new.title,
+            co_unit_ids=co,
+            deadline=deadline,
+            previous_lead_unit_id=task.lead_unit_id,
+        ),
+    )
     return Outcome(row, False, events)
 
 
-async def report_progress(conn, task_id: uuid.UUID, cmd: domain.ProgressIn, actor: Principal,
-                          now: datetime) -> Outcome:
+async def report_progress(conn, task_id: uuid.UUID, cmd: domain.ProgressIn, actor: Principal, now: datetime) -> Outcome:
     unit = reporting_unit(actor)
     task = await _locked_task(conn, task_id, actor)
     status = domain.report_progress(task, unit, cmd.percent)
-    row = await store.set_task(conn, task.id, status=status.value, percent=max(task.percent, cmd.percent),
-                               last_report_at=now)
+    row = await store.set_task(
+        conn, task.id, status=status.value, percent=max(task.percent, cmd.percent), last_report_at=now
+    )
     note = scrub_text(cmd.text)
-    await store.add_history(conn, task.id, actor.subject, "progress_reported", unit_id=unit, percent=cmd.percent,
-                            text=note, links=[str(u) for u in cmd.links])
-    events = await emit(conn, TaskProgressReported(**await _task_event(conn, task), unit_id=unit, percent=cmd.percent,
-                                                   note=note[:500]))
+    await store.add_history(
+        conn,
+        task.id,
+        actor.subject,
+        "progress_reported",
+        unit_id=unit,
+        percent=cmd.percent,
+        text=note,
+        links=[str(u) for u in cmd.links],
+    )
+    events = await emit(
+        conn, TaskProgressReported(**await _task_event(conn, task), unit_id=unit, percent=cmd.percent, note=note[:500])
+    )
     return Outcome(row, False, events)
 
 
-async def report_completion(conn, task_id: uuid.UUID, cmd: domain.CompletionIn, actor: Principal,
-                            now: datetime) -> Outcome:
+async def report_completion(
+    conn, task_id: uuid.UUID, cmd: domain.CompletionIn, actor: Principal, now: datetime
+) -> Outcome:
     unit = reporting_unit(actor)
     task = await _locked_task(conn, task_id, actor)
     status = domain.report_completion(task, unit)
     row = await store.set_task(conn, task.id, status=status.value, percent=100, last_report_at=now)
-    await store.add_history(conn, task.id, actor.subject, "completion_reported", unit_id=unit, percent=100,
-                            text=scrub_text(cmd.evidence), links=[str(u) for u in cmd.links])
-    events = await emit(conn, TaskCompletionReported(**await _task_event(conn, task), unit_id=unit,
-                                                     evidence_links=len(cmd.links)))
+    await store.add_history(
+        conn,
+        task.id,
+        actor.subject,
+        "completion_reported",
+        unit_id=unit,
+        percent=100,
+        text=scrub_text(cmd.evidence),
+        links=[str(u) for u in cmd.links],
+    )
+    events = await emit(
+        conn, TaskCompletionReported(**await _task_event(conn, task), unit_id=unit, evidence_links=len(cmd.links))
+    )
     return Outcome(row, False, events)
 
 
@@ -263,8 +353,12 @@ async def verify_completion(conn, task_id: uuid.UUID, actor: Principal, today: d
     status = domain.verify(task)
     row = await store.set_task(conn, task.id, status=status.value, completed_on=today)
     await store.add_history(conn, task.id, actor.subject, "completed")
-    events = await emit(conn, TaskCompleted(**await _task_event(conn, task), completed_on=today, deadline=task.deadline,
-                                            on_time=today <= task.deadline))
+    events = await emit(
+        conn,
+        TaskCompleted(
+            **await _task_event(conn, task), completed_on=today, deadline=task.deadline, on_time=today <= task.deadline
+        ),
+    )
     return Outcome(row, False, events)
 
 
@@ -300,8 +394,7 @@ def visible_unit_filter(actor: Principal, requested: uuid.UUID | None) -> uuid.U
 
 
 # -- supervision (督办) -----------------------------------------------------------------
-async def supervise(conn, today: date, now: datetime, quiet_after: timedelta, limit: int = 500
-                    ) -> list[EventData]:
+async def supervise(conn, today: date, now: datetime, quiet_after: timedelta, limit: int = 500) -> list[EventData]:
     """One pass of the due-time scan: overdue notices (once per deadline) and gentle reminders (once per
     quiet spell), each stage recorded on the task in the same transaction as its event. Rows are locked
     with SKIP LOCKED, so two replicas scanning at once never tell the same task twice."""
@@ -312,15 +405,27 @@ async def supervise(conn, today: date, now: datetime, quiet_after: timedelta, li
         if days is not None:
             await store.set_task(conn, task.id, overdue_for=task.deadline)
             await store.add_history(conn, task.id, "supervision", "overdue", detail={"days_overdue": days})
-            events += await emit(conn, TaskOverdue(**await _task_event(conn, task), title=task.title, deadline=task.deadline,
-                                                   days_overdue=days, status=task.status))
+            events += await emit(
+                conn,
+                TaskOverdue(
+                    **await _task_event(conn, task),
+                    title=task.title,
+                    deadline=task.deadline,
+                    days_overdue=days,
+                    status=task.status,
+                ),
+            )
             continue
         silent = domain.silent_days(task, now, quiet_after)
         if silent is not None:
             await store.set_task(conn, task.id, progress_due_for=task.last_report_at or task.created_at)
             await store.add_history(conn, task.id, "supervision", "progress_due", detail={"days_silent": silent})
-            events += await emit(conn, TaskProgressDue(**await _task_event(conn, task), title=task.title, deadline=task.deadline,
-                                                       days_silent=silent))
+            events += await emit(
+                conn,
+                TaskProgressDue(
+                    **await _task_event(conn, task), title=task.title, deadline=task.deadline, days_silent=silent
+                ),
+            )
     return events
 
 
@@ -342,16 +447,29 @@ async def register_document(conn, cmd: domain.DocumentIn, actor: Principal) -> O
     task_ids = list(dict.fromkeys(cmd.task_ids))
     if set(task_ids) - await store.tasks_exist(conn, task_ids):
         raise Invalid("task_ids", "a linked task is not in the ledger")
-    row = await store.insert_document(conn, uuid.uuid4(), cmd.model_copy(update={"task_ids": task_ids,
-                                                                                  "link": cmd.link and str(cmd.link)}),
-                                      unit_id)
+    row = await store.insert_document(
+        conn, uuid.uuid4(), cmd.model_copy(update={"task_ids": task_ids, "link": cmd.link and str(cmd.link)}), unit_id
+    )
     if row is None:
-        raise Conflict(f"the unit already registered document {cmd.doc_number}", kind="document-exists",
-                       title="Document number taken for that unit")
-    events = await emit(conn, DocumentIssued(document_id=row["id"], unit_id=unit_id,
-                                             unit=await store.unit_name(conn, unit_id), title=cmd.title,
-                                             doc_number=cmd.doc_number, issued_on=cmd.issued_on,
-                                             year=cmd.issued_on.year, task_ids=task_ids, region_code=ROOT))
+        raise Conflict(
+            f"the unit already registered document {cmd.doc_number}",
+            kind="document-exists",
+            title="Document number taken for that unit",
+        )
+    events = await emit(
+        conn,
+        DocumentIssued(
+            document_id=row["id"],
+            unit_id=unit_id,
+            unit=await store.unit_name(conn, unit_id),
+            title=cmd.title,
+            doc_number=cmd.doc_number,
+            issued_on=cmd.issued_on,
+            year=cmd.issued_on.year,
+            task_ids=task_ids,
+            region_code=ROOT,
+        ),
+    )
     return Outcome(row, True, events)
 
 
@@ -362,11 +480,23 @@ async def designate_pilot(conn, cmd: domain.PilotIn, actor: Principal) -> Outcom
         raise Invalid("responsible_unit_id", "not a registered member unit")
     row = await store.insert_pilot(conn, uuid.uuid4(), cmd)
     if row is None:
-        raise Conflict(f"a {cmd.kind} pilot named {cmd.name} is already designated for {cmd.year}",
-                       kind="pilot-exists", title="Pilot already designated")
-    events = await emit(conn, PilotDesignated(pilot_id=row["id"], year=cmd.year, kind=cmd.kind, mode=cmd.mode,
-                                              name=cmd.name, responsible_unit_id=cmd.responsible_unit_id,
-                                              region_code=cmd.region_code))
+        raise Conflict(
+            f"a {cmd.kind} pilot named {cmd.name} is already designated for {cmd.year}",
+            kind="pilot-exists",
+            title="Pilot already designated",
+        )
+    events = await emit(
+        conn,
+        PilotDesignated(
+            pilot_id=row["id"],
+            year=cmd.year,
+            kind=cmd.kind,
+            mode=cmd.mode,
+            name=cmd.name,
+            responsible_unit_id=cmd.responsible_unit_id,
+            region_code=cmd.region_code,
+        ),
+    )
     return Outcome(row, True, events)
 
 
@@ -374,8 +504,12 @@ async def record_city_plan(conn, city_code: str, cmd: domain.CityPlanIn, actor: 
     ensure_office(actor)
     domain.check_city(city_code)
     row, created = await store.upsert_city_plan(conn, uuid.uuid4(), cmd, city_code)
-    events = await emit(conn, CityPlanRecorded(plan_id=row["id"], city_code=city_code, title=cmd.title,
-                                               issued_on=cmd.issued_on, region_code=city_code))
+    events = await emit(
+        conn,
+        CityPlanRecorded(
+            plan_id=row["id"], city_code=city_code, title=cmd.title, issued_on=cmd.issued_on, region_code=city_code
+        ),
+    )
     return Outcome(row, created, events)
 
 
@@ -390,21 +524,58 @@ async def year_report(conn, year: int, actor: Principal, today: date) -> dict[st
     completed = sum(1 for t in tasks if t["status"] == TaskStatus.completed)
     overdue = [t for t in tasks if t["status"] != TaskStatus.completed and t["deadline"] < today]
     return {
-        "year": year, "status": row["status"], "tasks": len(tasks), "completed": completed,
+        "year": year,
+        "status": row["status"],
+        "tasks": len(tasks),
+        "completed": completed,
         "completion_rate": domain.completion_rate(completed, len(tasks)),
         "by_status": {r["status"]: r["n"] for r in rows["by_status"]},
-        "by_unit": [{"unit_id": str(r["id"]), "unit": r["name"], "tasks": r["tasks"], "completed": r["completed"],
-                     "completion_rate": domain.completion_rate(r["completed"], r["tasks"])} for r in rows["by_unit"]],
-        "overdue": [{"task_id": str(t["id"]), "number": f"{year}-{t['number']}", "title": t["title"],
-                     "lead_unit": t["lead_unit_name"], "deadline": t["deadline"].isoformat(),
-                     "days_overdue": (today - t["deadline"]).days, "status": t["status"]} for t in overdue],
-        "documents": [{"unit": d["unit_name"], "doc_number": d["doc_number"], "title": d["title"],
-                       "issued_on": d["issued_on"].isoformat()} for d in rows["documents"]],
-        "pilots": [{"kind": p["kind"], "mode": p["mode"], "name": p["name"], "region_code": p["region_code"]}
-                   for p in rows["pilots"]],
-        "task_list": [{"number": f"{year}-{t['number']}", "title": t["title"], "lead_unit": t["lead_unit_name"],
-                       "deadline": t["deadline"].isoformat(), "status": t["status"], "percent": t["percent"]}
-                      for t in tasks],
+        "by_unit": [
+            {
+                "unit_id": str(r["id"]),
+                "unit": r["name"],
+                "tasks": r["tasks"],
+                "completed": r["completed"],
+                "completion_rate": domain.completion_rate(r["completed"], r["tasks"]),
+            }
+            for r in rows["by_unit"]
+        ],
+        "overdue": [
+            {
+                "task_id": str(t["id"]),
+                "number": f"{year}-{t['number']}",
+                "title": t["title"],
+                "lead_unit": t["lead_unit_name"],
+                "deadline": t["deadline"].isoformat(),
+                "days_overdue": (today - t["deadline"]).days,
+                "status": t["status"],
+            }
+            for t in overdue
+        ],
+        "documents": [
+            {
+                "unit": d["unit_name"],
+                "doc_number": d["doc_number"],
+                "title": d["title"],
+                "issued_on": d["issued_on"].isoformat(),
+            }
+            for d in rows["documents"]
+        ],
+        "pilots": [
+            {"kind": p["kind"], "mode": p["mode"], "name": p["name"], "region_code": p["region_code"]}
+            for p in rows["pilots"]
+        ],
+        "task_list": [
+            {
+                "number": f"{year}-{t['number']}",
+                "title": t["title"],
+                "lead_unit": t["lead_unit_name"],
+                "deadline": t["deadline"].isoformat(),
+                "status": t["status"],
+                "percent": t["percent"],
+            }
+            for t in tasks
+        ],
     }
 
 

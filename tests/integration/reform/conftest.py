@@ -1,4 +1,5 @@
 """Fixtures of the reform integration tests: the app in-process on a fresh database."""
+
 import pytest
 
 from reform_support import running_reform

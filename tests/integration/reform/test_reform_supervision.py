@@ -1,5 +1,6 @@
 """Supervision (督办) on the real servers: an overdue task is told exactly once — by two replicas scanning
 the same database at once, and again after a restart — and the notice reaches Kafka once."""
+
 import asyncio
 import uuid
 from contextlib import AsyncExitStack
@@ -43,10 +44,22 @@ async def test_overdue_told_once_by_two_replicas_and_after_a_restart_and_once_on
         async with running_reform(stack, dsn, reform_supervision=False) as (_, client):
             lead = await unit(client)
             await post(client, "/v1/years", {"year": 2024, "unit_ids": [lead["id"]]})
-            late = await post(client, "/v1/tasks", {"year": 2024, "number": 1, "title": "逾期任务",
-                                                    "lead_unit_id": lead["id"], "deadline": "2024-01-31"})
-            quiet = await post(client, "/v1/tasks", {"year": 2024, "number": 2, "title": "未报送进展",
-                                                     "lead_unit_id": lead["id"], "deadline": "2099-12-31"})
+            late = await post(
+                client,
+                "/v1/tasks",
+                {"year": 2024, "number": 1, "title": "逾期任务", "lead_unit_id": lead["id"], "deadline": "2024-01-31"},
+            )
+            quiet = await post(
+                client,
+                "/v1/tasks",
+                {
+                    "year": 2024,
+                    "number": 2,
+                    "title": "未报送进展",
+                    "lead_unit_id": lead["id"],
+                    "deadline": "2099-12-31",
+                },
+            )
         # two replicas on one database, each scanning every 50 ms
         async with AsyncExitStack() as replicas:
             for _ in range(2):
@@ -68,8 +81,13 @@ async def test_overdue_told_once_by_two_replicas_and_after_a_restart_and_once_on
             assert await told(pool, late["id"], OVERDUE) == 1
             assert await told(pool, later, OVERDUE) == 1
             # a progress report starts a new quiet spell: a second gentle reminder, once
-            await post(client, f"/v1/tasks/{quiet['id']}:report-progress", {"percent": 10, "text": "启动"},
-                       liaison(lead["id"]), status=200)
+            await post(
+                client,
+                f"/v1/tasks/{quiet['id']}:report-progress",
+                {"percent": 10, "text": "启动"},
+                liaison(lead["id"]),
+                status=200,
+            )
             await until(lambda: reaches(told(pool, quiet["id"], PROGRESS_DUE), 2), timeout=60)
             await until(lambda: pool.fetchval("SELECT count(*) = 0 FROM outbox WHERE published_at IS NULL"))
             assert await told(pool, quiet["id"], PROGRESS_DUE) == 2
@@ -87,6 +105,15 @@ async def post_in(stack, dsn: str, lead: dict, client=None) -> str:
         if client is None:
             _, client = await stack_.enter_async_context(running_reform(stack, dsn, reform_supervision=False))
         number = uuid.uuid4().int % 9000 + 100
-        task = await post(client, "/v1/tasks", {"year": 2024, "number": number, "title": "又一项逾期任务",
-                                                "lead_unit_id": lead["id"], "deadline": "2024-02-29"})
+        task = await post(
+            client,
+            "/v1/tasks",
+            {
+                "year": 2024,
+                "number": number,
+                "title": "又一项逾期任务",
+                "lead_unit_id": lead["id"],
+                "deadline": "2024-02-29",
+            },
+        )
         return task["id"]

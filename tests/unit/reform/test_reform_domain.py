@@ -1,4 +1,5 @@
 """The reform ledger's rules, without I/O."""
+
 import uuid
 from dataclasses import replace
 from datetime import date, datetime, timedelta, timezone
@@ -15,9 +16,21 @@ T0 = datetime(2021, 3, 1, 9, tzinfo=timezone.utc)
 
 
 def task(**kw) -> domain.Task:
-    base = domain.Task(id=uuid.uuid4(), year=2021, number=17, title="完善技能评价", lead_unit_id=LEAD, co_unit_ids=(CO,),
-                       deadline=date(2021, 6, 30), status=TaskStatus.assigned, percent=0, created_at=T0,
-                       last_report_at=None, overdue_for=None, progress_due_for=None)
+    base = domain.Task(
+        id=uuid.uuid4(),
+        year=2021,
+        number=17,
+        title="完善技能评价",
+        lead_unit_id=LEAD,
+        co_unit_ids=(CO,),
+        deadline=date(2021, 6, 30),
+        status=TaskStatus.assigned,
+        percent=0,
+        created_at=T0,
+        last_report_at=None,
+        overdue_for=None,
+        progress_due_for=None,
+    )
     return replace(base, **kw)
 
 
@@ -122,8 +135,10 @@ def test_pilot_regions_fit_their_kind():
 
 
 def test_liaison_phone_is_normalised_and_bad_ones_refused():
-    assert domain.UnitIn(name="自治区人社厅", kind="government", liaison_phone="+86 139-1234-5678").liaison_phone == \
-        "13912345678"
+    assert (
+        domain.UnitIn(name="自治区人社厅", kind="government", liaison_phone="+86 139-1234-5678").liaison_phone
+        == "13912345678"
+    )
     with pytest.raises(ValidationError):
         domain.UnitIn(name="自治区人社厅", kind="government", liaison_phone="12345")
     with pytest.raises(ValidationError):
