@@ -54,7 +54,8 @@ CHECK_JSONSCHEMA_VERSION = "0.39.0"
 STRIMZI_CRDS = {"Kafka": "040-Crd-kafka.yaml", "KafkaTopic": "043-Crd-kafkatopic.yaml",
                 "KafkaNodePool": "045-Crd-kafkanodepool.yaml"}
 PROMETHEUS_OPERATOR_CRDS = {"ServiceMonitor": "monitoring.coreos.com_servicemonitors.yaml",
-                            "PrometheusRule": "monitoring.coreos.com_prometheusrules.yaml"}
+                            "PrometheusRule": "monitoring.coreos.com_prometheusrules.yaml",
+                            "PodMonitor": "monitoring.coreos.com_podmonitors.yaml"}
 
 
 def run(argv: list[str], cwd: Path | None = None, **kw) -> subprocess.CompletedProcess:

@@ -212,3 +212,45 @@ def test_database_connections_fit_at_the_replica_maxima(overlay):
         limit = int(ds.one(objects, "Cluster", f"pg-{db}")["spec"]["postgresql"]["parameters"]["max_connections"])
         assert n + RESERVED_CONNECTIONS <= limit, (
             f"{overlay}: pg-{db} may need {n} + {RESERVED_CONNECTIONS} reserved connections, max_connections {limit}")
+
+
+# ------------------------------------------------------------------ item 8: CloudNativePG network and metrics
+
+CNPG_METRICS_PORT = ("metrics", 9187)  # the port CloudNativePG gives its instances' exporter
+
+
+def _ingress_ports(policy: dict, peer_match) -> set[int]:
+    return {p["port"] for rule in policy["spec"]["ingress"] for peer in rule.get("from", []) if peer_match(peer)
+            for p in rule.get("ports", [])}
+
+
+@pytest.mark.parametrize("overlay", ds.OVERLAYS)
+def test_postgres_admits_the_operator_and_is_scraped(overlay):
+    objects = ds.overlay_objects(overlay)
+    for cluster in ds.find(objects, "Cluster"):
+        name = cluster["metadata"]["name"]
+        policy = ds.one(objects, "NetworkPolicy", name)
+        operator = _ingress_ports(policy, lambda peer: (peer.get("namespaceSelector") or {}).get("matchLabels", {}).get(
+            "kubernetes.io/metadata.name") == "cnpg-system")
+        assert {8000, 5432} <= operator, f"{name}: the operator reaches ports {sorted(operator)}, needs 8000 and 5432"
+        monitoring = _ingress_ports(policy, lambda peer: (peer.get("namespaceSelector") or {}).get(
+            "matchLabels", {}).get("kubernetes.io/metadata.name") == "monitoring")
+        assert CNPG_METRICS_PORT[1] in monitoring
+        monitors = [m for m in ds.find(objects, "PodMonitor")
+                    if m["spec"]["selector"]["matchLabels"].get("cnpg.io/cluster") == name]
+        assert len(monitors) == 1, f"{name}: {len(monitors)} PodMonitors"
+        assert [e["port"] for e in monitors[0]["spec"]["podMetricsEndpoints"]] == [CNPG_METRICS_PORT[0]]
+
+
+@pytest.mark.parametrize("overlay", ds.OVERLAYS)
+def test_every_service_monitor_targets_a_port_of_its_service(overlay):
+    objects = ds.overlay_objects(overlay)
+    for monitor in ds.find(objects, "ServiceMonitor"):
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        services = [s for s in ds.find(objects, "Service")
+                    if all(s["metadata"].get("labels", {}).get(k) == v for k, v in selector.items())]
+        assert services, f"ServiceMonitor {monitor['metadata']['name']} selects no Service"
+        for svc in services:
+            ports = {p["name"] for p in svc["spec"]["ports"]}
+            for endpoint in monitor["spec"]["endpoints"]:
+                assert endpoint["port"] in ports, f"{monitor['metadata']['name']}: port {endpoint['port']} not in {ports}"
