@@ -345,26 +345,6 @@ class World:
         answer = await self.call("notifier", "POST", f"/v1/channels/{channel['id']}/test", (200, 202))
         return {"id": answer.get("delivery_id") or answer["id"], "channel_id": channel["id"]}
 
-    # -- intake: the own county's upstream source (its client id is the own-county principal's ``sub``)
-    async def _new_intake_source(self, county):
-        return await self.call("intake", "POST", "/v1/sources", 201, json={
-            "source": f"urn:changai:matrix:{TAG}:{county}", "name": f"矩阵人事系统{county}", "region_code": county,
-            "event_types": ["enterprise.hr.employee.hired.v1"], "client_id": "matrix-own-county"})
-
-    def intake_event(self, source: dict) -> dict:
-        return {"specversion": "1.0", "id": uuid.uuid4().hex, "source": source["source"],
-                "type": "enterprise.hr.employee.hired.v1", "datacontenttype": "application/json",
-                "data": {"employee_ref": "E1", "name": "矩阵员工", "id_number": id_number(OWN),
-                         "employer_credit_code": credit_code(OWN), "hired_on": "2024-05-01"}}
-
-    async def _new_intake_event(self, county):
-        source = await self.get("intake_source", county)
-        event = self.intake_event(source)
-        emitter = "Bearer " + mint_token("matrix-own-county", ["intake:emit"], county)
-        await self.call("intake", "POST", "/v1/events", 202, content=json.dumps(event).encode(),
-                        headers={"Authorization": emitter, "content-type": "application/cloudevents+json"})
-        return event
-
     async def _new_notifier_branch(self, county):
         branch = await self.get("branch", county)
         await until(lambda: self._status("notifier", f"/v1/branches/{branch['id']}", 200), timeout=90)
@@ -1001,39 +981,6 @@ recipe("PUT /v1/city-plans/{city_code}", "region_level", 201)(
 async def _(w):
     await w.get("city_plan", OWN), await w.get("city_plan", OTHER_COUNTY)
     return Call(hide='"city_code":"640100"', hide_other='"city_code":"640200"')
-
-
-# -- intake -----------------------------------------------------------------------------------
-# The registry of upstream sources is the region's (intake:admin on a region-level token: 403 below it,
-# one source by id 404). Emitting and reading an answer need intake:emit AND a token whose ``sub`` is a
-# registered source's client id: the own county's principal is (its source is registered for 640104);
-# the other city's is not, so it is refused (403 emitting; 404 reading another source's answer).
-recipe("POST /v1/sources", "region_level", 201)(lambda w: _c(json={
-    "source": f"urn:changai:matrix:{TAG}:{uuid.uuid4().hex[:8]}", "name": "矩阵新来源", "region_code": OWN,
-    "event_types": ["enterprise.hr.employee.hired.v1"], "client_id": f"matrix-{uuid.uuid4().hex[:8]}"}))
-recipe("GET /v1/sources", "region_level")(const())
-
-
-@recipe("GET /v1/sources/{source_id}", "region_level_by_id")
-async def _(w):
-    return Call(path={"source_id": (await w.get("intake_source"))["id"]})
-
-
-@recipe("PATCH /v1/sources/{source_id}", "region_level")
-async def _(w):
-    return Call(path={"source_id": (await w.get("intake_source"))["id"]}, json={"name": "矩阵人事系统（改名）"})
-
-
-@recipe("POST /v1/events", "names_region", 202)
-async def _(w):
-    event = w.intake_event(await w.get("intake_source"))
-    return Call(content=json.dumps(event).encode(), content_type="application/cloudevents+json")
-
-
-@recipe("GET /v1/events/{event_id}", "by_id")
-async def _(w):
-    event = await w.get("intake_event")
-    return Call(path={"event_id": event["id"]}, query={"source": event["source"]})
 
 
 # -- intake ------------------------------------------------------------------------------------
