@@ -254,3 +254,29 @@ def test_every_service_monitor_targets_a_port_of_its_service(overlay):
             ports = {p["name"] for p in svc["spec"]["ports"]}
             for endpoint in monitor["spec"]["endpoints"]:
                 assert endpoint["port"] in ports, f"{monitor['metadata']['name']}: port {endpoint['port']} not in {ports}"
+
+
+# ------------------------------------------------------------------ item 10: the notifier's way out
+
+PRIVATE_V4 = {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "127.0.0.0/8"}
+PRIVATE_V6 = {"fc00::/7", "fe80::/10", "::1/128"}
+
+
+@pytest.mark.parametrize("overlay", ds.OVERLAYS)
+def test_public_egress_is_any_port_but_never_private(overlay):
+    objects = ds.overlay_objects(overlay)
+    seen = 0
+    for policy in ds.find(objects, "NetworkPolicy"):
+        for rule in policy["spec"].get("egress", []):
+            blocks = [peer["ipBlock"] for peer in rule.get("to", []) if "ipBlock" in peer]
+            for block in blocks:
+                name = policy["metadata"]["name"]
+                if block["cidr"] == "0.0.0.0/0":
+                    seen += 1
+                    assert PRIVATE_V4 <= set(block.get("except", [])), f"{name}: private IPv4 reachable"
+                    assert any(b["cidr"] == "::/0" for b in blocks), f"{name}: IPv4 to the internet but no IPv6 rule"
+                if block["cidr"] == "::/0":
+                    assert PRIVATE_V6 <= set(block.get("except", [])), f"{name}: private IPv6 reachable"
+            if blocks:
+                assert "ports" not in rule, f"{policy['metadata']['name']}: receivers may listen on any port"
+    assert seen >= 2, "the notifier (API and worker) reach the receivers"
