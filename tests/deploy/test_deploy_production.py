@@ -280,3 +280,30 @@ def test_public_egress_is_any_port_but_never_private(overlay):
             if blocks:
                 assert "ports" not in rule, f"{policy['metadata']['name']}: receivers may listen on any port"
     assert seen >= 2, "the notifier (API and worker) reach the receivers"
+
+
+# ------------------------------------------------------------------ item 11: Grafana
+
+def test_grafana_provisioning_uses_only_what_grafana_expands():
+    """Grafana substitutes $VAR and ${VAR} in provisioning files, not the shell's ${VAR:-default}."""
+    import re
+
+    files = [*(ROOT / "deploy" / "grafana" / "provisioning").rglob("*.y*ml"),
+             *(ROOT / "deploy" / "compose" / "grafana" / "provisioning").rglob("*.y*ml")]
+    assert files
+    for path in files:
+        text = "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("#"))
+        bad = re.findall(r"\$\{[^}]*[:?+-][^}]*\}", text)
+        assert not bad, f"{path.relative_to(ROOT)}: {bad} is not expanded by Grafana"
+
+
+def test_docs_give_the_grafana_folder_annotation_flags():
+    import yaml
+
+    kustomization = yaml.safe_load((ROOT / "deploy" / "k8s" / "base" / "monitoring" / "kustomization.yaml").read_text())
+    annotations = kustomization["generatorOptions"]["annotations"]
+    docs = (ROOT / "docs" / "deployment.md").read_text()
+    for key in annotations:
+        assert f"grafana.sidecar.dashboards.folderAnnotation={key}" in docs, (
+            f"the dashboards' {key} annotation needs the sidecar flag in docs/deployment.md")
+    assert "grafana.sidecar.dashboards.provider.foldersFromFilesStructure=true" in docs
