@@ -176,7 +176,9 @@ def test_deploy_k8s_network_policy_allows_only_what_the_service_needs(spec, over
     kafka = ds.find(objects, "Kafka")[0]["metadata"]["name"]
     assert any(sel.get("strimzi.io/cluster") == kafka and {"protocol": "TCP", "port": 9092} in ports
                for sel, ports in peers), "no egress to the Kafka brokers"
-    assert any(sel.get("k8s-app") == "kube-dns" for sel, _ in peers), "no egress to DNS"
+    # DNS: the overlay's setting (dns.yaml), checked by test_deploy_production.
+    assert policy["egress"][0]["ports"] and any(p.get("port") in (53, 5353) for p in policy["egress"][0]["ports"]), \
+        "no egress to DNS"
     databases = {sel["cnpg.io/cluster"] for sel, _ in peers if "cnpg.io/cluster" in sel}
     assert databases == ({f"pg-{spec.database}"} if spec.database else set()), "egress to other services' databases"
     # Kafka admits the pod (Strimzi's networkPolicyPeers), and its database does.

@@ -307,3 +307,26 @@ def test_docs_give_the_grafana_folder_annotation_flags():
         assert f"grafana.sidecar.dashboards.folderAnnotation={key}" in docs, (
             f"the dashboards' {key} annotation needs the sidecar flag in docs/deployment.md")
     assert "grafana.sidecar.dashboards.provider.foldersFromFilesStructure=true" in docs
+
+
+# ------------------------------------------------------------------ item 9: DNS is the overlay's setting
+
+@pytest.mark.parametrize("overlay", ds.OVERLAYS)
+def test_every_network_policy_allows_dns_as_the_overlay_says(overlay):
+    """Each overlay says where DNS is (dns.yaml, through components/dns-egress); every NetworkPolicy with
+    egress allows exactly that first. A cluster with NodeLocal DNSCache or OpenShift changes one file."""
+    import yaml
+
+    folder = ds.K8S / "overlays" / overlay
+    (setting,) = [d for d in yaml.safe_load_all((folder / "dns.yaml").read_text()) if d]
+    assert setting["kind"] == "ChangaiDNS"
+    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    assert "../../components/dns-egress" in kustomization.get("components", [])
+    objects = ds.overlay_objects(overlay)
+    assert not ds.find(objects, "ChangaiDNS"), "the DNS setting is local-config: never applied"
+    with_egress = [p for p in ds.find(objects, "NetworkPolicy") if "Egress" in p["spec"]["policyTypes"]]
+    assert len(with_egress) >= len(ds.services()) + len(ds.service_databases())
+    for policy in with_egress:
+        first = policy["spec"]["egress"][0]
+        assert first == {"to": setting["spec"]["to"], "ports": setting["spec"]["ports"]}, (
+            f"{overlay}: {policy['metadata']['name']} does not take DNS from dns.yaml")
