@@ -203,9 +203,10 @@ def create_app(*, service: str, settings: Settings, routers: list[APIRouter], ti
         return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks},
                             status_code=200 if ok else 503)
 
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    if not settings.metrics_port:  # else served on its own port only (serve)
+        @app.get("/metrics", include_in_schema=False)
+        async def metrics() -> Response:
+            return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     for router in routers:
         document_scopes(router.routes)
@@ -234,6 +235,11 @@ def serve(app: FastAPI, settings: Settings) -> None:
     uvicorn's default of 5 s)."""
     import uvicorn
 
+    if settings.metrics_port:
+        from prometheus_client import start_http_server
+
+        # The same registry as /metrics, on a port of its own that no ingress routes (a thread).
+        start_http_server(settings.metrics_port, addr=settings.http_host)
     uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False,
                 timeout_keep_alive=settings.http_keep_alive_s)
 

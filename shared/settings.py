@@ -40,6 +40,10 @@ class Settings(BaseSettings):
 
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    # Port of a separate /metrics server of the APIs (shared.http.serve), so that an ingress routing `/` to
+    # the API port cannot expose it; 0: /metrics on the HTTP port (local, Compose). Faust workers keep
+    # /metrics on their own web port, which no ingress routes.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
     # Idle keep-alive of the APIs: longer than the clients' and load balancers' own (shared.http.serve).
     http_keep_alive_s: int = 75
     # Largest request body a route takes unless it declares its own (shared.http.body_limit): 413 beyond.

@@ -145,11 +145,20 @@ def test_deploy_k8s_service_matches_the_code(spec, overlay):
     # Service, PDB, ServiceMonitor select these pods; the HPA scales this Deployment.
     svc = ds.one(objects, "Service", spec.name)
     assert _selects(svc["spec"]["selector"], labels)
-    assert [(p["name"], p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [("http", spec.port, "http")]
+    ports = [(p["name"], p["port"], p["targetPort"]) for p in svc["spec"]["ports"]]
+    # APIs: /metrics on a port of its own (CHANGAI_METRICS_PORT), never on the one an ingress routes.
+    metrics_port = int(common.get("CHANGAI_METRICS_PORT", "0"))
+    if spec.role == "api":
+        assert metrics_port and metrics_port != spec.port
+        assert ports == [("http", spec.port, "http"), ("metrics", metrics_port, "metrics")]
+        assert {"name": "metrics", "containerPort": metrics_port, "protocol": "TCP"} in container["ports"]
+    else:
+        assert ports == [("http", spec.port, "http")]
     assert _selects(ds.one(objects, "PodDisruptionBudget", spec.name)["spec"]["selector"], labels)
     monitor = ds.one(objects, "ServiceMonitor", spec.name)["spec"]
     assert _selects(monitor["selector"], svc["metadata"]["labels"])
-    assert [(e["port"], e["path"]) for e in monitor["endpoints"]] == [("http", "/metrics")]
+    assert [(e["port"], e["path"]) for e in monitor["endpoints"]] == [
+        ("metrics" if spec.role == "api" else "http", "/metrics")]
     if spec.role == "api":
         hpa = ds.one(objects, "HorizontalPodAutoscaler", spec.name)["spec"]
         assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": spec.name}
