@@ -192,10 +192,12 @@ from demo_funding import STEPS as FUNDING_STEPS  # noqa: E402  (funds, grants, s
 STEPS += FUNDING_STEPS
 from demo_notifier import STEPS as NOTIFIER_STEPS  # noqa: E402  (channels, the delivery log, a rendered notice)
 STEPS += NOTIFIER_STEPS
+from demo_reform import LATE_STEPS as REFORM_LATE_STEPS  # noqa: E402
 from demo_reform import STEPS as REFORM_STEPS  # noqa: E402  (the coordinating office's ledgers, documents, pilots)
 STEPS += REFORM_STEPS
 from demo_projection import STEPS as PROJECTION_STEPS  # noqa: E402  (the figures as Prometheus has them)
 STEPS += PROJECTION_STEPS
+STEPS += REFORM_LATE_STEPS  # the overdue task's notice, once the notifier is through the earlier steps' notices
 
 
 async def run(config: DemoConfig | None = None) -> int:
