@@ -16,12 +16,18 @@ from dataclasses import dataclass, field
 
 import pytest
 from aiokafka import TopicPartition
+from funding_support import ledger_ok, running_funding
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition, rule,
-                                 run_state_machine_as_test)
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
-from funding_support import ledger_ok, running_funding
 from shared.events import decode
 from shared.kafka import read_to_end
 from shared.money import fen_to_yuan, yuan_to_fen
@@ -145,16 +151,17 @@ class LedgerMachine(RuleBasedStateMachine):
                    "beneficiary_name": "企业", "purpose": "machine", "amount": fen_to_yuan(a)}
                   for n, a in enumerate(amounts_)]
         keys = [uuid.uuid4().hex for _ in bodies]
-        responses = self.run(_gather(*(self.post("/v1/grants", b, k) for b, k in zip(bodies, keys))))
+        responses = self.run(_gather(*(self.post("/v1/grants", b, k) for b, k in zip(bodies, keys, strict=True))))
         taken = 0
-        for amount, body, k, resp in zip(amounts_, bodies, keys, responses):
+        for amount, body, k, resp in zip(amounts_, bodies, keys, responses, strict=True):
             assert resp.status_code in (201, 409), resp.text
             if resp.status_code == 201:
                 taken += amount
                 self.accepted("/v1/grants", body, k, resp)
                 self.grants.append(GrantModel(resp.json()["id"], fund, amount))
             else:  # refused only if it did not fit beside the ones that passed
-                assert amount > fund.available - sum(a for a, r in zip(amounts_, responses) if r.status_code == 201)
+                assert amount > fund.available - sum(
+                    a for a, r in zip(amounts_, responses, strict=True) if r.status_code == 201)
         assert taken <= fund.available
         if sum(amounts_) <= fund.available:
             assert taken == sum(amounts_), "an approval the fund could afford was refused"
@@ -162,7 +169,8 @@ class LedgerMachine(RuleBasedStateMachine):
         fund.committed += taken
 
     @precondition(lambda self: self.grants)
-    @rule(payments=st.lists(st.tuples(index, payments_fen, st.integers(min_value=1, max_value=3)), min_size=1, max_size=4))
+    @rule(payments=st.lists(st.tuples(index, payments_fen, st.integers(min_value=1, max_value=3)), min_size=1,
+                            max_size=4))
     def pay_at_once(self, payments):
         self.pay(payments)
 
@@ -200,9 +208,9 @@ class LedgerMachine(RuleBasedStateMachine):
         grant = self.grants[i % len(self.grants)]
         revoke_key = uuid.uuid4().hex
         keys = [uuid.uuid4().hex for _ in payments]
-        pays = [self.post(*self.pay_request(grant, a), k) for a, k in zip(payments, keys)]
+        pays = [self.post(*self.pay_request(grant, a), k) for a, k in zip(payments, keys, strict=True)]
         revoke, *answers = self.run(_gather(self.post(f"/v1/grants/{grant.id}/revoke", {}, revoke_key), *pays))
-        paid = self.settle_payments([(grant, a, [r]) for a, r in zip(payments, answers)]).get(grant.id, 0)
+        paid = self.settle_payments([(grant, a, [r]) for a, r in zip(payments, answers, strict=True)]).get(grant.id, 0)
         if revoke.status_code == 200:
             released = yuan_to_fen(revoke.json()["released_now"])
             assert grant.status == "open" and paid + released == grant.remaining, (paid, released, grant.remaining)
@@ -237,21 +245,21 @@ class LedgerMachine(RuleBasedStateMachine):
     def funds_add_up_and_match_the_model(self):
         client = self.ctx.client
         views = self.run(_gather(*(client.get(f"/v1/funds/{f.id}") for f in self.funds)))
-        for fund, resp in zip(self.funds, views):
+        for fund, resp in zip(self.funds, views, strict=True):
             v = {k: yuan_to_fen(resp.json()[k]) for k in ("total", "available", "committed", "disbursed")}
             assert v["available"] + v["committed"] + v["disbursed"] == v["total"], v
             assert v == {"total": fund.total, "available": fund.available, "committed": fund.committed,
                          "disbursed": fund.disbursed}, (v, fund)
         views = self.run(_gather(*(client.get(f"/v1/grants/{g.id}") for g in self.grants)))
-        for grant, resp in zip(self.grants, views):
+        for grant, resp in zip(self.grants, views, strict=True):
             assert (yuan_to_fen(resp.json()["remaining"]), resp.json()["status"]) == (grant.remaining, grant.status)
 
     @invariant()
     def each_key_paid_once(self):
         """The disbursement rows are exactly the payments answered 201, one per Idempotency-Key."""
         ids = [g.id for g in self.grants]
-        rows = self.run(self.pool.fetch("SELECT id::text, grant_id::text FROM disbursements WHERE grant_id = ANY($1::uuid[])",
-                                        ids))
+        rows = self.run(self.pool.fetch(
+            "SELECT id::text, grant_id::text FROM disbursements WHERE grant_id = ANY($1::uuid[])", ids))
         stored = Counter((r["grant_id"], r["id"]) for r in rows)
         assert all(n == 1 for n in stored.values())
         assert set(stored) == {(g.id, p) for g in self.grants for p in g.payments}
