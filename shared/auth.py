@@ -7,6 +7,7 @@ HS256 with a shared secret by default; RS256 through a JWKS URL by configuration
 
 Mint a token for local use:  ``python -m shared.auth mint --scope membership:write --region 640000``
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,7 +55,9 @@ class Principal:
     def ensure_region_level(self) -> None:
         """Region-wide settings (funds, rates, routes) need a token scoped to the whole region."""
         if self.region != regions.REGION_ROOT:
-            raise OutOfScope(f"this needs a region-level token ({regions.REGION_ROOT}); token is scoped to {self.region}")
+            raise OutOfScope(
+                f"this needs a region-level token ({regions.REGION_ROOT}); token is scoped to {self.region}"
+            )
 
     def scope_codes(self, requested: str | None = None) -> list[str]:
         """Region codes a list covers: ``requested`` and below, cut to the caller's scope.
@@ -95,7 +98,11 @@ async def decode_token(token: str, settings: Settings) -> Principal:
             key = settings.jwt_secret.get_secret_value()
             algorithms = [settings.jwt_algorithm]
         claims = jwt.decode(
-            token, key, algorithms=algorithms, audience=settings.jwt_audience, issuer=settings.jwt_issuer,
+            token,
+            key,
+            algorithms=algorithms,
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
             options={"require": ["exp", "sub", "scope", "org"]},
         )
     except jwt.ExpiredSignatureError:
@@ -106,8 +113,9 @@ async def decode_token(token: str, settings: Settings) -> Principal:
     if regions.get(org) is None:
         raise _unauthorized(f"token's organisation scope {org!r} is not a known region code")
     unit = claims.get("unit")
-    return Principal(str(claims["sub"]), frozenset(str(claims["scope"]).split()), org,
-                     str(unit) if unit is not None else None)
+    return Principal(
+        str(claims["sub"]), frozenset(str(claims["scope"]).split()), org, str(unit) if unit is not None else None
+    )
 
 
 async def current_settings() -> Settings:
@@ -127,8 +135,13 @@ def require(scope: str):
         principal = await decode_token(token.strip(), settings)
         if scope not in principal.scopes:
             challenge = f'Bearer realm="changai", error="insufficient_scope", scope="{scope}"'
-            raise Problem(403, "insufficient-scope", "Token lacks the required scope",
-                          f"this call needs scope {scope!r}", headers={"WWW-Authenticate": challenge})
+            raise Problem(
+                403,
+                "insufficient-scope",
+                "Token lacks the required scope",
+                f"this call needs scope {scope!r}",
+                headers={"WWW-Authenticate": challenge},
+            )
         request.state.principal = principal
         return principal
 
@@ -160,18 +173,32 @@ def document_scopes(routes) -> None:
             continue  # public (no token), or more than one scope: documented by hand if it ever happens
         (scope,) = scopes
         reads = set(route.methods) <= {"GET", "HEAD"} or scope.endswith(":read")
-        route.openapi_extra = {**(route.openapi_extra or {}), "x-changai-scope": scope,
-                               "x-changai-access": "read" if reads else "write"}
+        route.openapi_extra = {
+            **(route.openapi_extra or {}),
+            "x-changai-scope": scope,
+            "x-changai-access": "read" if reads else "write",
+        }
 
 
-def mint_token(subject: str, scopes: list[str] | str, region: str = regions.REGION_ROOT,
-               ttl_s: int = 3600, settings: Settings | None = None, unit: str | None = None) -> str:
+def mint_token(
+    subject: str,
+    scopes: list[str] | str,
+    region: str = regions.REGION_ROOT,
+    ttl_s: int = 3600,
+    settings: Settings | None = None,
+    unit: str | None = None,
+) -> str:
     """An HS256 token for local use and tests (``unit``: a reform member unit's id, for its liaison)."""
     settings = settings or get_settings()
     now = int(time.time())
     claims = {
-        "sub": subject, "scope": scopes if isinstance(scopes, str) else " ".join(scopes), "org": region,
-        "iss": settings.jwt_issuer, "aud": settings.jwt_audience, "iat": now, "exp": now + ttl_s,
+        "sub": subject,
+        "scope": scopes if isinstance(scopes, str) else " ".join(scopes),
+        "org": region,
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+        "iat": now,
+        "exp": now + ttl_s,
     }
     if unit is not None:
         claims["unit"] = unit

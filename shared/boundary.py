@@ -18,6 +18,7 @@
 
 A route that needs a bigger body, or a streamed one without limit, says so with :func:`body_limit`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -54,14 +55,18 @@ def render_problem(problem: Problem, path: str | None = None) -> JSONResponse:
     headers = dict(problem.headers or {})
     if problem.status == 401:
         headers.setdefault("WWW-Authenticate", 'Bearer realm="changai"')
-    return JSONResponse(problem.body(path), status_code=problem.status, media_type=MEDIA_TYPE,
-                        headers=headers or None)
+    return JSONResponse(problem.body(path), status_code=problem.status, media_type=MEDIA_TYPE, headers=headers or None)
 
 
 def invalid_input(field: str, reason: str, kind: str) -> Problem:
     """422 shaped like a request-validation problem; never echoes the value (it may be personal data)."""
-    return Problem(422, "validation-error", "Request is not valid", f"{field}: {reason}",
-                   errors=[{"field": field, "reason": reason, "type": kind}])
+    return Problem(
+        422,
+        "validation-error",
+        "Request is not valid",
+        f"{field}: {reason}",
+        errors=[{"field": field, "reason": reason, "type": kind}],
+    )
 
 
 # -- body limit ----------------------------------------------------------------------
@@ -86,9 +91,13 @@ def body_limit(max_bytes: int | None):
 
 
 # -- database outages ----------------------------------------------------------------
-_UNAVAILABLE = (asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
-                asyncpg.exceptions.AdminShutdownError, asyncpg.exceptions.CrashShutdownError,
-                asyncpg.exceptions.TooManyConnectionsError)
+_UNAVAILABLE = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
 
 
 def _chain(exc: BaseException, depth: int = 6):
@@ -156,11 +165,14 @@ class DatabaseOutage:
         if self.since is not None:
             return
         self.since = time.monotonic()
-        log.error("database unavailable: answering 503 until it is back",
-                  extra={"error": type(exc).__name__, "reason": scrub_text(str(exc))[:200]})
+        log.error(
+            "database unavailable: answering 503 until it is back",
+            extra={"error": type(exc).__name__, "reason": scrub_text(str(exc))[:200]},
+        )
         if pool is not None:
-            self._watch = asyncio.get_running_loop().create_task(self._wait_until_back(pool),
-                                                                  name="database-outage-watch")
+            self._watch = asyncio.get_running_loop().create_task(
+                self._wait_until_back(pool), name="database-outage-watch"
+            )
         else:
             self.since = None  # nothing to watch: the next failure reports again
 
@@ -171,9 +183,13 @@ class DatabaseOutage:
                 await within(pool.fetchval("SELECT 1"), 5)
             except Exception:  # noqa: BLE001 - still down
                 continue
-            log.warning("database reachable again", extra={
-                "outage_s": round(time.monotonic() - (self.since or time.monotonic()), 1),
-                "refused_requests": self.refused})
+            log.warning(
+                "database reachable again",
+                extra={
+                    "outage_s": round(time.monotonic() - (self.since or time.monotonic()), 1),
+                    "refused_requests": self.refused,
+                },
+            )
             self.since, self.refused, self._watch = None, 0, None
             return
 
@@ -237,27 +253,41 @@ class Boundary:
         if database_unavailable(exc):
             app = scope.get("app")
             self.outage.note(exc, getattr(getattr(app, "state", None), "db", None))
-            return Problem(503, "database-unavailable", "The database is not available",
-                           "try again shortly", headers={"Retry-After": str(self.retry_after_s)})
+            return Problem(
+                503,
+                "database-unavailable",
+                "The database is not available",
+                "try again shortly",
+                headers={"Retry-After": str(self.retry_after_s)},
+            )
         if isinstance(exc, OverflowError):  # arithmetic on a value from the request: a date past 9999, a huge count
             log.warning("a value of the request is out of range", exc_info=exc, extra={"path": scope.get("path")})
             return Problem(422, "validation-error", "Request is not valid", "a value is out of range")
         refused = value_refused(exc)
         if refused is not None:
-            log.warning("the database refused a value of the request",
-                        extra={"sqlstate": refused.sqlstate, "error": type(refused).__name__,
-                               "path": scope.get("path")})
-            return Problem(422, "validation-error", "Request is not valid",
-                           "a value is not accepted: text with NUL characters, a number out of range, "
-                           "or text too long")
+            log.warning(
+                "the database refused a value of the request",
+                extra={"sqlstate": refused.sqlstate, "error": type(refused).__name__, "path": scope.get("path")},
+            )
+            return Problem(
+                422,
+                "validation-error",
+                "Request is not valid",
+                "a value is not accepted: text with NUL characters, a number out of range, or text too long",
+            )
         log.error("unhandled error", exc_info=exc, extra={"path": scope.get("path")})
         return Problem(500, "internal-error", "Internal error", "the error was logged with this request's trace id")
 
 
-_HTTP_KINDS = {400: ("bad-request", "Bad request"), 401: ("unauthorized", "Authentication required"),
-               403: ("forbidden", "Forbidden"), 404: ("not-found", "Not found"),
-               405: ("method-not-allowed", "Method not allowed"), 413: ("content-too-large", "Content too large"),
-               415: ("unsupported-media-type", "Unsupported media type")}
+_HTTP_KINDS = {
+    400: ("bad-request", "Bad request"),
+    401: ("unauthorized", "Authentication required"),
+    403: ("forbidden", "Forbidden"),
+    404: ("not-found", "Not found"),
+    405: ("method-not-allowed", "Method not allowed"),
+    413: ("content-too-large", "Content too large"),
+    415: ("unsupported-media-type", "Unsupported media type"),
+}
 
 
 def http_problem(exc: StarletteHTTPException) -> Problem:
@@ -331,11 +361,13 @@ def _walk_json(data: Any) -> Problem | None:
         loc, value = todo.pop()
         if isinstance(value, str):
             if "\x00" in value:
-                return invalid_input(".".join(map(str, loc)) or "<body>", "NUL characters are not accepted",
-                                     "nul_character")
+                return invalid_input(
+                    ".".join(map(str, loc)) or "<body>", "NUL characters are not accepted", "nul_character"
+                )
             if not value.isascii() and not _is_unicode(value):
-                return invalid_input(".".join(map(str, loc)) or "<body>",
-                                     "not valid Unicode text (a lone surrogate escape)", "unicode")
+                return invalid_input(
+                    ".".join(map(str, loc)) or "<body>", "not valid Unicode text (a lone surrogate escape)", "unicode"
+                )
         elif isinstance(value, bool):
             continue
         elif isinstance(value, int):
@@ -347,8 +379,9 @@ def _walk_json(data: Any) -> Problem | None:
         elif isinstance(value, dict):
             for key, item in value.items():
                 if "\x00" in key or not (key.isascii() or _is_unicode(key)):
-                    return invalid_input(".".join(map(str, loc)) or "<body>", "not an acceptable member name",
-                                         "nul_character")
+                    return invalid_input(
+                        ".".join(map(str, loc)) or "<body>", "not an acceptable member name", "nul_character"
+                    )
                 todo.append(((*loc, key), item))
         elif isinstance(value, list):
             todo.extend(((*loc, i), item) for i, item in enumerate(value))
@@ -377,8 +410,9 @@ async def guard_inputs(request: Request) -> None:
     if b"%00" in query or b"\x00" in query:
         for key, value in request.query_params.multi_items():
             if "\x00" in key or "\x00" in value:
-                raise invalid_input(key.replace("\x00", "") or "<query>", "NUL characters are not accepted",
-                                    "nul_character")
+                raise invalid_input(
+                    key.replace("\x00", "") or "<query>", "NUL characters are not accepted", "nul_character"
+                )
     for name, value in request.path_params.items():
         if isinstance(value, str) and "\x00" in value:
             raise invalid_input(name, "NUL characters are not accepted", "nul_character")
@@ -397,8 +431,7 @@ async def guard_inputs(request: Request) -> None:
     if not body:
         return
     if not _is_json(request.headers.get("content-type")):
-        raise Problem(415, "unsupported-media-type", "Send JSON",
-                      "this route takes Content-Type: application/json")
+        raise Problem(415, "unsupported-media-type", "Send JSON", "this route takes Content-Type: application/json")
     if _SUSPECT_JSON.search(body):
         found = _walk_json(await request.json())  # parsed once: FastAPI keeps the parse
         if found is not None:
@@ -417,8 +450,12 @@ _PROBLEM_ANSWERS = {
     "422": "Request is not valid (fields, values, rules)",
     "503": "A dependency (the database) is not available; retry after Retry-After seconds",
 }
-BEARER = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
-          "description": "a token with the route's scope and an organisation scope (org: a region code)"}
+BEARER = {
+    "type": "http",
+    "scheme": "bearer",
+    "bearerFormat": "JWT",
+    "description": "a token with the route's scope and an organisation scope (org: a region code)",
+}
 
 
 def _secured(dependant) -> bool:
@@ -473,11 +510,14 @@ def document_problems(app: FastAPI) -> None:
                         answer["description"] = description
                     answer["content"] = {MEDIA_TYPE: ref}
                     if code == "401":
-                        answer["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"},
-                                                                  "description": "Bearer challenge (RFC 6750)"}}
+                        answer["headers"] = {
+                            "WWW-Authenticate": {
+                                "schema": {"type": "string"},
+                                "description": "Bearer challenge (RFC 6750)",
+                            }
+                        }
                     if code == "503":
-                        answer["headers"] = {"Retry-After": {"schema": {"type": "integer"},
-                                                             "description": "seconds"}}
+                        answer["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
         schemas = components["schemas"]
         text = repr(schema.get("paths"))
         for unused in ("HTTPValidationError", "ValidationError"):
@@ -503,11 +543,13 @@ def add_docs(app: FastAPI) -> None:
     async def swagger_ui(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
         return get_swagger_ui_html(
-            openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - Swagger UI",
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - Swagger UI",
             oauth2_redirect_url=f"{root}/docs/oauth2-redirect",
             swagger_js_url=f"{root}/docs/assets/swagger-ui-bundle.js",
             swagger_css_url=f"{root}/docs/assets/swagger-ui.css",
-            swagger_favicon_url=f"{root}/docs/assets/favicon.png")
+            swagger_favicon_url=f"{root}/docs/assets/favicon.png",
+        )
 
     @app.get("/docs/oauth2-redirect", include_in_schema=False)
     async def swagger_ui_redirect() -> HTMLResponse:
@@ -516,6 +558,10 @@ def add_docs(app: FastAPI) -> None:
     @app.get("/redoc", include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
-        return get_redoc_html(openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - ReDoc",
-                              redoc_js_url=f"{root}/docs/assets/redoc.standalone.js",
-                              redoc_favicon_url=f"{root}/docs/assets/favicon.png", with_google_fonts=False)
+        return get_redoc_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{root}/docs/assets/redoc.standalone.js",
+            redoc_favicon_url=f"{root}/docs/assets/favicon.png",
+            with_google_fonts=False,
+        )

@@ -4,6 +4,7 @@ Containers and Kubernetes nodes run in UTC, so ``date.today()`` there gives yest
 date to a member who joins before 08:00 Beijing time. Every date that defaults to
 "today" comes from here.
 """
+
 from __future__ import annotations
 
 from datetime import date, datetime

@@ -7,6 +7,7 @@ never blocks its partition; an event type this build does not know is skipped
 transaction with ``inbox.claim``; offsets are committed only after it returns, so
 a crash means redelivery, and the inbox makes redelivery harmless.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -19,9 +20,9 @@ from aiokafka import TopicPartition
 from prometheus_client import Counter, Gauge
 
 from shared.events import CloudEvent, EventData, InvalidEvent, UnknownEventType, decode, parse_data
+from shared.events.envelope import trace_id_of
 from shared.kafka import dead_letter, make_consumer, make_producer
 from shared.logging import trace_id_var
-from shared.events.envelope import trace_id_of
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,9 @@ BatchHandler = Callable[[list[tuple[CloudEvent, EventData]]], Awaitable[None]]
 
 CONSUMED = Counter("changai_events_consumed_total", "Events applied by a consumer", ["consumer", "topic"])
 LAG = Gauge("changai_consumer_lag", "Records behind the end of the partition", ["consumer", "topic", "partition"])
-LAST_EVENT = Gauge("changai_consumer_last_event_timestamp_seconds", "Time of the last event applied", ["consumer", "topic"])
+LAST_EVENT = Gauge(
+    "changai_consumer_last_event_timestamp_seconds", "Time of the last event applied", ["consumer", "topic"]
+)
 _LAG_HELD: dict[str, set[tuple[str, str]]] = {}  # consumer -> (topic, partition) label sets this process reports
 
 
@@ -54,9 +57,17 @@ def drop_lag(consumer: str) -> None:
 
 
 class EventConsumer:
-    def __init__(self, bootstrap: str, group_id: str, topics: list[str], handler: Handler | None = None,
-                 *, batch_handler: BatchHandler | None = None, event_types: set[str] | None = None,
-                 retry_backoff: float = 1.0):
+    def __init__(
+        self,
+        bootstrap: str,
+        group_id: str,
+        topics: list[str],
+        handler: Handler | None = None,
+        *,
+        batch_handler: BatchHandler | None = None,
+        event_types: set[str] | None = None,
+        retry_backoff: float = 1.0,
+    ):
         if (handler is None) == (batch_handler is None):
             raise ValueError("give exactly one of handler and batch_handler")
         self.bootstrap = bootstrap
@@ -154,8 +165,9 @@ class EventConsumer:
     async def _handle_batch(self, records) -> None:
         items = [parsed for record in records if (parsed := await self._parse(record)) is not None]
         if items:
-            await self._retrying(lambda: self.batch_handler(items),
-                                 {"first_event_id": items[0][0].id, "events": len(items)})
+            await self._retrying(
+                lambda: self.batch_handler(items), {"first_event_id": items[0][0].id, "events": len(items)}
+            )
         CONSUMED.labels(self.group_id, records[-1].topic).inc(len(items))
         LAST_EVENT.labels(self.group_id, records[-1].topic).set(records[-1].timestamp / 1000)
 

@@ -4,6 +4,7 @@ A blob is ``version (1 byte) | nonce (12) | ciphertext+tag``; the associated dat
 its purpose, field and record, so a value copied onto another row or column does not decrypt.
 One derived key per purpose, so the data key never serves two algorithms or two services.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,9 @@ VERSION = b"\x01"
 class FieldCipher:
     def __init__(self, data_key: bytes, purpose: str):
         self._purpose = purpose.encode()
-        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"changai/" + self._purpose,
-                   info=b"aes-256-gcm v1").derive(data_key)
+        key = HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=b"changai/" + self._purpose, info=b"aes-256-gcm v1"
+        ).derive(data_key)
         self._aes = AESGCM(key)
 
     def _aad(self, field: str, record_id: uuid.UUID) -> bytes:

@@ -7,6 +7,7 @@ refusal (a per-row report, a rejected command) instead of answering HTTP.
 
 ``kind`` is the stable machine-readable name that becomes the problem's ``type``.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -18,8 +19,7 @@ class DomainError(Exception):
     kind = "domain-error"
     title = "The request was refused"
 
-    def __init__(self, detail: str | None = None, *, kind: str | None = None, title: str | None = None,
-                 **extra: Any):
+    def __init__(self, detail: str | None = None, *, kind: str | None = None, title: str | None = None, **extra: Any):
         super().__init__(detail or title or self.title)
         if kind:
             self.kind = kind

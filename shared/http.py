@@ -6,6 +6,7 @@ template (bounded cardinality), trace ids, a database pool with migrations
 applied, and the outbox relay. ``write`` runs a route's transaction with
 ``Idempotency-Key`` support: a repeat returns the first answer.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -51,7 +52,9 @@ __all__ = ["body_limit", "create_app", "problem_response", "serve", "write"]
 
 REQUESTS = Counter("changai_http_requests_total", "HTTP requests", ["service", "method", "route", "status"])
 LATENCY = Histogram(
-    "changai_http_request_duration_seconds", "HTTP request latency", ["service", "method", "route"],
+    "changai_http_request_duration_seconds",
+    "HTTP request latency",
+    ["service", "method", "route"],
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
@@ -71,10 +74,13 @@ def _field(loc: tuple) -> str:
 async def _on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
-        return problem_response(Problem(400, "malformed-json", "Request body is not valid JSON",
-                                        errors[0].get("msg")), request)
-    items = [{"field": _field(tuple(e.get("loc", ()))), "reason": e.get("msg", ""), "type": e.get("type", "")}
-             for e in errors]
+        return problem_response(
+            Problem(400, "malformed-json", "Request body is not valid JSON", errors[0].get("msg")), request
+        )
+    items = [
+        {"field": _field(tuple(e.get("loc", ()))), "reason": e.get("msg", ""), "type": e.get("type", "")}
+        for e in errors
+    ]
     detail = "; ".join(f"{i['field']}: {i['reason']}" for i in items[:5])
     return problem_response(Problem(422, "validation-error", "Request is not valid", detail, errors=items), request)
 
@@ -94,8 +100,9 @@ async def _on_domain_error(request: Request, exc: DomainError) -> JSONResponse:
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", extra={"path": request.url.path})
-    return problem_response(Problem(500, "internal-error", "Internal error",
-                                    "the error was logged with this request's trace id"), request)
+    return problem_response(
+        Problem(500, "internal-error", "Internal error", "the error was logged with this request's trace id"), request
+    )
 
 
 class RequestMetrics:
@@ -131,9 +138,17 @@ class RequestMetrics:
             changai_logging.trace_id_var.reset(token)
 
 
-def create_app(*, service: str, settings: Settings, routers: list[APIRouter], title: str,
-               description: str = "", parts: list[LifespanPart] = (), with_database: bool = True,
-               with_relay: bool = True) -> FastAPI:
+def create_app(
+    *,
+    service: str,
+    settings: Settings,
+    routers: list[APIRouter],
+    title: str,
+    description: str = "",
+    parts: list[LifespanPart] = (),
+    with_database: bool = True,
+    with_relay: bool = True,
+) -> FastAPI:
     changai_logging.configure(service, settings.log_level, settings.log_repeat_window_s)
     outage = DatabaseOutage()
 
@@ -144,15 +159,23 @@ def create_app(*, service: str, settings: Settings, routers: list[APIRouter], ti
             app.state.relay = None
             if with_database:
                 await migrate.prepare(settings, service)  # applies, or only checks (CHANGAI_MIGRATE_ON_START)
-                app.state.db = await asyncpg.create_pool(settings.database_url, min_size=settings.db_pool_min,
-                                                         max_size=settings.db_pool_max,
-                                                         timeout=settings.db_connect_timeout_s)
+                app.state.db = await asyncpg.create_pool(
+                    settings.database_url,
+                    min_size=settings.db_pool_min,
+                    max_size=settings.db_pool_max,
+                    timeout=settings.db_connect_timeout_s,
+                )
                 stack.push_async_callback(close_pool, app.state.db)
                 stack.push_async_callback(outage.stop)
                 if with_relay:
-                    relay = OutboxRelay(app.state.db, settings.kafka_bootstrap, service, dsn=settings.database_url,
-                                        poll_interval=settings.outbox_poll_interval_s,
-                                        batch_size=settings.outbox_batch_size)
+                    relay = OutboxRelay(
+                        app.state.db,
+                        settings.kafka_bootstrap,
+                        service,
+                        dsn=settings.database_url,
+                        poll_interval=settings.outbox_poll_interval_s,
+                        batch_size=settings.outbox_batch_size,
+                    )
                     relay.start()
                     app.state.relay = relay
                     stack.push_async_callback(stop_within, "outbox relay", relay.stop)
@@ -165,15 +188,26 @@ def create_app(*, service: str, settings: Settings, routers: list[APIRouter], ti
 
     # docs_url/redoc_url off: FastAPI's own pages load Swagger UI from a CDN (add_docs serves it locally).
     # guard_inputs runs on every route, after routing and before the route's own parameters.
-    app = FastAPI(title=title, description=description, version="1", lifespan=lifespan, docs_url=None,
-                  redoc_url=None, dependencies=[Depends(guard_inputs)])
+    app = FastAPI(
+        title=title,
+        description=description,
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        dependencies=[Depends(guard_inputs)],
+    )
     app.add_exception_handler(Problem, _on_problem)
     app.add_exception_handler(DomainError, _on_domain_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(Exception, _on_unexpected)
-    app.add_middleware(Boundary, max_body_bytes=settings.http_max_body_bytes,
-                       retry_after_s=settings.http_unavailable_retry_after_s, outage=outage)
+    app.add_middleware(
+        Boundary,
+        max_body_bytes=settings.http_max_body_bytes,
+        retry_after_s=settings.http_unavailable_retry_after_s,
+        outage=outage,
+    )
     app.add_middleware(RequestMetrics, service=service)  # outermost: counts what the boundary answered
     app.state.db_outage = outage
     if settings.http_docs:
@@ -200,10 +234,10 @@ def create_app(*, service: str, settings: Settings, routers: list[APIRouter], ti
             # Kafka down is reported but does not make the service unready: writes are still
             # accepted and wait in the outbox, which is the point of the outbox.
             checks["kafka"] = await _kafka_check(relay)
-        return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks},
-                            status_code=200 if ok else 503)
+        return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
 
     if not settings.metrics_port:  # else served on its own port only (serve)
+
         @app.get("/metrics", include_in_schema=False)
         async def metrics() -> Response:
             return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
@@ -240,8 +274,14 @@ def serve(app: FastAPI, settings: Settings) -> None:
 
         # The same registry as /metrics, on a port of its own that no ingress routes (a thread).
         start_http_server(settings.metrics_port, addr=settings.http_host)
-    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False,
-                timeout_keep_alive=settings.http_keep_alive_s)
+    uvicorn.run(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        access_log=False,
+        timeout_keep_alive=settings.http_keep_alive_s,
+    )
 
 
 SHUTDOWN_STEP_SECONDS = 20.0
@@ -256,8 +296,7 @@ async def stop_within(name: str, stop: Callable[[], Awaitable[None]], timeout: f
         task.result()  # a step that failed still fails shutdown loudly
         return
     task.cancel()
-    log.error("shutdown step did not finish in time; moving on",
-              extra={"step": name, "waiting_tasks": task_stacks()})
+    log.error("shutdown step did not finish in time; moving on", extra={"step": name, "waiting_tasks": task_stacks()})
 
 
 def task_stacks(limit: int = 30) -> list[str]:
@@ -265,8 +304,9 @@ def task_stacks(limit: int = 30) -> list[str]:
     lines = []
     for t in list(asyncio.all_tasks())[:limit]:
         frames = t.get_stack(limit=None)[-3:]
-        where = " < ".join(f"{f.f_code.co_name}@{f.f_code.co_filename.rsplit('/', 2)[-1]}:{f.f_lineno}"
-                           for f in reversed(frames))
+        where = " < ".join(
+            f"{f.f_code.co_name}@{f.f_code.co_filename.rsplit('/', 2)[-1]}:{f.f_lineno}" for f in reversed(frames)
+        )
         lines.append(f"{t.get_name()}: {where or '(not started)'}")
     return lines
 
@@ -288,8 +328,14 @@ def _request_hash(payload: Any) -> bytes:
     return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS, default=str)).digest()
 
 
-async def write(request: Request, principal: Principal, operation: str, payload: Any, fn: Write,
-                headers: dict[str, str] | None = None) -> JSONResponse:
+async def write(
+    request: Request,
+    principal: Principal,
+    operation: str,
+    payload: Any,
+    fn: Write,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     """Run ``fn(conn)`` in one transaction; honour ``Idempotency-Key``.
 
     The key row is inserted first in the same transaction, so a concurrent repeat
@@ -306,20 +352,36 @@ async def write(request: Request, principal: Principal, operation: str, payload:
         if key is not None:
             fresh = await conn.fetchval(
                 "INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3) "
-                "ON CONFLICT DO NOTHING RETURNING true", scope, key, digest)
+                "ON CONFLICT DO NOTHING RETURNING true",
+                scope,
+                key,
+                digest,
+            )
             if not fresh:
                 row = await conn.fetchrow(
-                    "SELECT request_hash, status, body FROM idempotency_keys WHERE scope = $1 AND key = $2",
-                    scope, key)
+                    "SELECT request_hash, status, body FROM idempotency_keys WHERE scope = $1 AND key = $2", scope, key
+                )
                 if row["request_hash"] != digest:
-                    raise Problem(422, "idempotency-key-reused", "Idempotency-Key was used with a different request",
-                                  "send a new key for a new request")
-                return JSONResponse(orjson.loads(row["body"]), status_code=row["status"],
-                                    headers={"Idempotent-Replayed": "true", **(headers or {})})
+                    raise Problem(
+                        422,
+                        "idempotency-key-reused",
+                        "Idempotency-Key was used with a different request",
+                        "send a new key for a new request",
+                    )
+                return JSONResponse(
+                    orjson.loads(row["body"]),
+                    status_code=row["status"],
+                    headers={"Idempotent-Replayed": "true", **(headers or {})},
+                )
         status, body = await fn(conn)
         if key is not None:
-            await conn.execute("UPDATE idempotency_keys SET status = $3, body = $4 WHERE scope = $1 AND key = $2",
-                               scope, key, status, orjson.dumps(body, default=str).decode())
+            await conn.execute(
+                "UPDATE idempotency_keys SET status = $3, body = $4 WHERE scope = $1 AND key = $2",
+                scope,
+                key,
+                status,
+                orjson.dumps(body, default=str).decode(),
+            )
     return JSONResponse(orjson.loads(orjson.dumps(body, default=str)), status_code=status, headers=headers)
 
 

@@ -8,6 +8,7 @@ connects with :func:`connection`: plaintext by default (the local runner, a list
 only the platform's pods can reach), or TLS and/or SASL (SCRAM, PLAIN) from the
 ``CHANGAI_KAFKA_*`` variables of :class:`KafkaSecurity`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -42,10 +43,12 @@ class KafkaSecurity(BaseSettings):
     ssl_keyfile: str = ""
 
     @model_validator(mode="after")
-    def _complete(self) -> "KafkaSecurity":
+    def _complete(self) -> KafkaSecurity:
         if self.security_protocol.startswith("SASL") and not (self.sasl_username and self.sasl_password):
-            raise ValueError("CHANGAI_KAFKA_SASL_USERNAME and CHANGAI_KAFKA_SASL_PASSWORD are required with "
-                             f"CHANGAI_KAFKA_SECURITY_PROTOCOL={self.security_protocol}")
+            raise ValueError(
+                "CHANGAI_KAFKA_SASL_USERNAME and CHANGAI_KAFKA_SASL_PASSWORD are required with "
+                f"CHANGAI_KAFKA_SECURITY_PROTOCOL={self.security_protocol}"
+            )
         if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
             raise ValueError("CHANGAI_KAFKA_SSL_CERTFILE and CHANGAI_KAFKA_SSL_KEYFILE go together")
         return self
@@ -53,8 +56,9 @@ class KafkaSecurity(BaseSettings):
     def ssl_context(self) -> ssl.SSLContext | None:
         if not self.security_protocol.endswith("SSL"):
             return None
-        return create_ssl_context(cafile=self.ssl_cafile or None, certfile=self.ssl_certfile or None,
-                                  keyfile=self.ssl_keyfile or None)
+        return create_ssl_context(
+            cafile=self.ssl_cafile or None, certfile=self.ssl_certfile or None, keyfile=self.ssl_keyfile or None
+        )
 
     def client_options(self) -> dict:
         """The security keyword arguments of aiokafka's clients."""
@@ -62,8 +66,11 @@ class KafkaSecurity(BaseSettings):
         if self.security_protocol.endswith("SSL"):
             options["ssl_context"] = self.ssl_context()
         if self.security_protocol.startswith("SASL"):
-            options.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username,
-                           sasl_plain_password=self.sasl_password.get_secret_value())
+            options.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.sasl_password.get_secret_value(),
+            )
         return options
 
     def faust_credentials(self):
@@ -73,9 +80,12 @@ class KafkaSecurity(BaseSettings):
         if self.security_protocol == "PLAINTEXT":
             return None
         if self.security_protocol.startswith("SASL"):
-            return faust.SASLCredentials(username=self.sasl_username,
-                                         password=self.sasl_password.get_secret_value(),
-                                         mechanism=self.sasl_mechanism, ssl_context=self.ssl_context())
+            return faust.SASLCredentials(
+                username=self.sasl_username,
+                password=self.sasl_password.get_secret_value(),
+                mechanism=self.sasl_mechanism,
+                ssl_context=self.ssl_context(),
+            )
         return faust.SSLCredentials(self.ssl_context())
 
 
@@ -136,8 +146,10 @@ async def dead_letter(producer: AIOKafkaProducer, record: ConsumerRecord, reason
     ]
     await producer.send_and_wait(dlq_topic(record.topic), record.value, key=record.key, headers=headers)
     DEAD_LETTERS.labels(record.topic).inc()
-    log.warning("record sent to dead letters", extra={"topic": record.topic, "partition": record.partition,
-                                                      "offset": record.offset, "reason": reason})
+    log.warning(
+        "record sent to dead letters",
+        extra={"topic": record.topic, "partition": record.partition, "offset": record.offset, "reason": reason},
+    )
 
 
 async def read_to_end(bootstrap: str, partitions: list[TopicPartition], *, timeout: float = 60):
@@ -147,8 +159,9 @@ async def read_to_end(bootstrap: str, partitions: list[TopicPartition], *, timeo
     aiokafka a ``seek_to_*`` issued while the assignment's own reset (``auto_offset_reset``) is in flight
     can be overwritten by that reset's answer, leaving the position at the end and the caller waiting for
     records that never come (seen in about 4 of 5 tries here). Raises ``TimeoutError`` after ``timeout``."""
-    consumer = AIOKafkaConsumer(**connection(bootstrap), group_id=None, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        **connection(bootstrap), group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     await consumer.start()
     try:
         consumer.assign(partitions)

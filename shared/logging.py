@@ -4,6 +4,7 @@ Personal data must never reach a log: as a last line of defence every message
 and field is scrubbed of anything shaped like a resident ID number or a mobile
 phone number before it is written.
 """
+
 from __future__ import annotations
 
 import contextvars
@@ -29,8 +30,13 @@ class RepeatFilter(logging.Filter):
     were dropped since. Keyed by logger, level and message template, so distinct errors
     still show."""
 
-    def __init__(self, prefixes: tuple[str, ...] = ("aiokafka", "kafka", "faust", "mode", "asyncpg", "shared.outbox"),
-                 window_s: float = 10.0, clock=time.monotonic, max_keys: int = 1000):
+    def __init__(
+        self,
+        prefixes: tuple[str, ...] = ("aiokafka", "kafka", "faust", "mode", "asyncpg", "shared.outbox"),
+        window_s: float = 10.0,
+        clock=time.monotonic,
+        max_keys: int = 1000,
+    ):
         super().__init__()
         self.prefixes = prefixes
         self.window_s = window_s

@@ -4,6 +4,7 @@ Every service database first gets the platform's own tables (``shared/migrations
 outbox, inbox, idempotency keys), then the service's ``services/<name>/migrations``.
 An advisory lock makes concurrent runs (several replicas starting) wait for each other.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,11 @@ async def check(dsn: str, service: str) -> None:
     conn = await asyncpg.connect(dsn)
     try:
         exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
-        done = ({r["name"]: r["checksum"] for r in await conn.fetch("SELECT name, checksum FROM schema_migrations")}
-                if exists else {})
+        done = (
+            {r["name"]: r["checksum"] for r in await conn.fetch("SELECT name, checksum FROM schema_migrations")}
+            if exists
+            else {}
+        )
     finally:
         await conn.close()
     wanted = _wanted(service)
@@ -50,7 +54,8 @@ async def check(dsn: str, service: str) -> None:
         raise SchemaNotCurrent(
             f"{service}: the database schema is not this build's (missing: {', '.join(missing) or 'none'}; "
             f"changed: {', '.join(changed) or 'none'}). CHANGAI_MIGRATE_ON_START is false: run the migrations "
-            f"Job first (python -m shared.migrate {service})")
+            f"Job first (python -m shared.migrate {service})"
+        )
 
 
 async def prepare(settings, service: str) -> None:
@@ -110,8 +115,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="apply a service's migrations (the Kubernetes migrations Job)")
     parser.add_argument("service")
     parser.add_argument("--dsn", default=None, help="default: CHANGAI_DATABASE_URL")
-    parser.add_argument("--lock-timeout", type=float, default=None,
-                        help="seconds to wait for a lock before failing (default: CHANGAI_MIGRATE_LOCK_TIMEOUT_S)")
+    parser.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=None,
+        help="seconds to wait for a lock before failing (default: CHANGAI_MIGRATE_LOCK_TIMEOUT_S)",
+    )
     parser.add_argument("--check", action="store_true", help="apply nothing; exit 1 unless all are applied")
     args = parser.parse_args()
     import os
@@ -127,8 +136,11 @@ def main() -> None:
             raise SystemExit(str(exc)) from None
         print(f"{args.service}: every migration applied")
         return
-    timeout = args.lock_timeout if args.lock_timeout is not None else float(
-        os.environ.get("CHANGAI_MIGRATE_LOCK_TIMEOUT_S", "30"))
+    timeout = (
+        args.lock_timeout
+        if args.lock_timeout is not None
+        else float(os.environ.get("CHANGAI_MIGRATE_LOCK_TIMEOUT_S", "30"))
+    )
     names = asyncio.run(apply(dsn, args.service, lock_timeout_s=timeout))
     print(f"{args.service}: {len(names)} migration(s) applied" + (f": {', '.join(names)}" if names else ""))
 

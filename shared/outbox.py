@@ -11,6 +11,7 @@ takes at most its share of the lanes that have rows waiting, in random order: al
 all 16, two 8 each, so replicas share a backlog instead of one holding every lane.
 Kafka being down delays events; it never loses them and never fails the write.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -39,7 +40,9 @@ OLDEST = Gauge("changai_outbox_oldest_unpublished_age_seconds", "Age of the olde
 PUBLISHED = Counter("changai_outbox_published_total", "Outbox rows published to Kafka", ["service"])
 PUBLISH_FAILURES = Counter("changai_outbox_publish_failures_total", "Relay batches that failed to publish", ["service"])
 PUBLISH_DELAY = Histogram(
-    "changai_outbox_publish_delay_seconds", "Time from the write to its event being acknowledged by Kafka", ["service"],
+    "changai_outbox_publish_delay_seconds",
+    "Time from the write to its event being acknowledged by Kafka",
+    ["service"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
 _HEADERS = [("content-type", CONTENT_TYPE.encode())]
@@ -55,25 +58,32 @@ def register_content_type(topic: str, content_type: str) -> None:
 
 def content_type_headers(topic: str) -> list[tuple[str, bytes]]:
     return _TOPIC_HEADERS.get(topic, _HEADERS)
+
+
 # Each running relay holds this advisory lock (shared mode) on its LISTEN connection: the relays of a
 # database count each other by it, and the share of one is 16 lanes / relays.
 PRESENCE_KEY = 0x6F7574626F78  # "outbox"
 RELAYS_PRESENT = (
     "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
     "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-    f"AND classid::bigint = {PRESENCE_KEY >> 32} AND objid::bigint = {PRESENCE_KEY & 0xFFFFFFFF} AND objsubid = 1")
+    f"AND classid::bigint = {PRESENCE_KEY >> 32} AND objid::bigint = {PRESENCE_KEY & 0xFFFFFFFF} AND objsubid = 1"
+)
 # Lanes with rows waiting (one index probe each), in random order so that replicas pick different ones,
 # at most $1 of them (this relay's share), skipping those another relay holds.
-_TAKE_LANES = ("SELECT lane FROM outbox_lanes l WHERE EXISTS (SELECT 1 FROM outbox o WHERE o.lane = l.lane "
-               "AND o.published_at IS NULL) ORDER BY random() LIMIT $1 FOR UPDATE SKIP LOCKED")
+_TAKE_LANES = (
+    "SELECT lane FROM outbox_lanes l WHERE EXISTS (SELECT 1 FROM outbox o WHERE o.lane = l.lane "
+    "AND o.published_at IS NULL) ORDER BY random() LIMIT $1 FOR UPDATE SKIP LOCKED"
+)
 # What the relay reads of a row: the key as bytes and the write time as epoch seconds, as Kafka and the
 # delay histogram want them (no str or datetime made per row only to be converted again).
 _COLUMNS = "seq, topic, convert_to(key, 'UTF8') AS key, value, extract(epoch FROM created_at)::float8 AS created"
 # With some of the lanes: the oldest rows of each, an equal share of the batch each, by one short range
 # scan of the (lane, seq) index a lane rather than one sort of those lanes' whole backlog. Order matters
 # only within a key, hence within a lane; rows of different lanes may go in any order.
-_TAKE_ROWS = (f"SELECT o.* FROM unnest($1::smallint[]) AS l(lane) CROSS JOIN LATERAL (SELECT {_COLUMNS} "
-              "FROM outbox WHERE lane = l.lane AND published_at IS NULL ORDER BY seq LIMIT $2) o")
+_TAKE_ROWS = (
+    f"SELECT o.* FROM unnest($1::smallint[]) AS l(lane) CROSS JOIN LATERAL (SELECT {_COLUMNS} "
+    "FROM outbox WHERE lane = l.lane AND published_at IS NULL ORDER BY seq LIMIT $2) o"
+)
 
 
 def lane_of(key: str) -> int:
@@ -86,8 +96,9 @@ def _row(event: CloudEvent, topic: str) -> tuple:
     return (uuid.UUID(event.id), topic, k, lane_of(k), event.type, value)
 
 
-async def add(conn: asyncpg.Connection, data: EventData, *, trace_id: str | None = None,
-              time: datetime | None = None) -> CloudEvent:
+async def add(
+    conn: asyncpg.Connection, data: EventData, *, trace_id: str | None = None, time: datetime | None = None
+) -> CloudEvent:
     """Store one event in the caller's transaction; returns its envelope."""
     event = envelope(data, trace_id=trace_id, time=time)
     await conn.execute(
@@ -170,9 +181,18 @@ class OutboxRelay:
     to ``max_batch_size`` (a bulk import of 100,000s of rows then costs tens of round trips,
     not thousands); a batch that is not full brings the size back to ``batch_size``."""
 
-    def __init__(self, pool: asyncpg.Pool, bootstrap: str, service: str, *, dsn: str | None = None,
-                 poll_interval: float = 1.0, batch_size: int = 2000, publish_timeout: float = 30.0,
-                 max_batch_size: int = 20000):
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        bootstrap: str,
+        service: str,
+        *,
+        dsn: str | None = None,
+        poll_interval: float = 1.0,
+        batch_size: int = 2000,
+        publish_timeout: float = 30.0,
+        max_batch_size: int = 20000,
+    ):
         self.pool = pool
         self.bootstrap = bootstrap
         self.service = service
@@ -317,8 +337,9 @@ class OutboxRelay:
             if not lanes:
                 return 0
             if len(lanes) == LANES:  # alone (or the others idle): the oldest rows, whatever their lane
-                rows = await conn.fetch(f"SELECT {_COLUMNS} FROM outbox WHERE published_at IS NULL "
-                                        "ORDER BY seq LIMIT $1", limit)
+                rows = await conn.fetch(
+                    f"SELECT {_COLUMNS} FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1", limit
+                )
             else:
                 rows = await conn.fetch(_TAKE_ROWS, lanes, -(-limit // len(lanes)))
             if not rows:
@@ -329,8 +350,10 @@ class OutboxRelay:
             except BaseException:  # timed out or stopped: its outcome no longer matters, nor is it an error
                 acked.add_done_callback(lambda f: f.cancelled() or f.exception())
                 raise
-            await conn.execute("UPDATE outbox SET published_at = clock_timestamp() WHERE seq = ANY($1::bigint[])",
-                               [r["seq"] for r in rows])
+            await conn.execute(
+                "UPDATE outbox SET published_at = clock_timestamp() WHERE seq = ANY($1::bigint[])",
+                [r["seq"] for r in rows],
+            )
         now = time.time()
         observe_many(PUBLISH_DELAY.labels(self.service), [now - r["created"] for r in rows])
         PUBLISHED.labels(self.service).inc(len(rows))

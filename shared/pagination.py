@@ -5,6 +5,7 @@ A list takes ``limit`` (1–200, default 50) and an opaque ``cursor``; it answer
 base64url-encoded; clients send ``next_cursor`` back exactly as received. A cursor that
 does not decode is a 400 ``bad-cursor`` problem, never a 500.
 """
+
 from __future__ import annotations
 
 import base64
@@ -52,8 +53,9 @@ def bad_cursor() -> Problem:
     return Problem(400, "bad-cursor", "The cursor is not valid", "send next_cursor exactly as received")
 
 
-def page(rows: Sequence[Any], limit: int, key: Callable[[Any], Any], view: Callable[[Any], Any] = lambda r: r
-         ) -> dict[str, Any]:
+def page(
+    rows: Sequence[Any], limit: int, key: Callable[[Any], Any], view: Callable[[Any], Any] = lambda r: r
+) -> dict[str, Any]:
     """Rows fetched with ``LIMIT limit + 1``: the first ``limit`` as items, and a cursor when there were more."""
     more = len(rows) > limit
     kept = rows[:limit]

@@ -10,6 +10,7 @@ trailing ``x``/``X``, groups split by spaces or dashes (``640104 19900101 8143``
 ``138-1234-5678``, ``138 1234 5678``), a ``+86`` / ``0086`` / ``86`` prefix, full-width
 digits (``１３８１２３４５６７８``) and other Unicode decimal digits, and old 15-digit ID numbers.
 """
+
 from __future__ import annotations
 
 import re
@@ -44,10 +45,10 @@ _SEP = r"[ \-.\u00b7\t]?"  # at most one separator between two digits
 # 18-character resident ID (17 digits and a digit or X), with separators anywhere; or the old 15 digits.
 _ID_NUMBER = re.compile(
     rf"(?<![0-9])[0-9](?:{_SEP}[0-9]){{16}}{_SEP}[0-9Xx](?![0-9A-Za-z])"
-    r"|(?<![0-9])[0-9]{15}(?![0-9A-Za-z])")
+    r"|(?<![0-9])[0-9]{15}(?![0-9A-Za-z])"
+)
 # Mainland mobile: 1[3-9] and 9 more digits, grouped any way, with an optional country prefix.
-_PHONE = re.compile(
-    rf"(?<![0-9])(?:(?:\(?(?:\+|00)\s?86\)?|86)[ \-]?)?1{_SEP}[3-9](?:{_SEP}[0-9]){{9}}(?![0-9])")
+_PHONE = re.compile(rf"(?<![0-9])(?:(?:\(?(?:\+|00)\s?86\)?|86)[ \-]?)?1{_SEP}[3-9](?:{_SEP}[0-9]){{9}}(?![0-9])")
 
 
 def scrub_text(text: str) -> str:

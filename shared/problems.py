@@ -4,6 +4,7 @@ Routes raise :class:`Problem`; the handlers installed by ``shared.http.create_ap
 turn it, request-validation errors and anything unexpected into
 ``application/problem+json`` with a stable machine-readable ``type``.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -15,8 +16,16 @@ MEDIA_TYPE = "application/problem+json"
 class Problem(Exception):
     """``headers`` go on the answer, not in the body (``WWW-Authenticate``, ``Retry-After``)."""
 
-    def __init__(self, status: int, kind: str, title: str, detail: str | None = None, *,
-                 headers: dict[str, str] | None = None, **extra: Any):
+    def __init__(
+        self,
+        status: int,
+        kind: str,
+        title: str,
+        detail: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ):
         super().__init__(detail or title)
         self.status = status
         self.kind = kind
@@ -46,8 +55,13 @@ PROBLEM_SCHEMA: dict[str, Any] = {
         "status": {"type": "integer"},
         "detail": {"type": "string"},
         "instance": {"type": "string"},
-        "errors": {"type": "array", "items": {"type": "object", "properties": {
-            "field": {"type": "string"}, "reason": {"type": "string"}, "type": {"type": "string"}}}},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"field": {"type": "string"}, "reason": {"type": "string"}, "type": {"type": "string"}},
+            },
+        },
     },
     "required": ["type", "title", "status"],
 }
@@ -64,6 +78,9 @@ def conflict(kind: str, title: str, detail: str | None = None, **extra: Any) -> 
 def invalid(field: str, reason: str) -> Problem:
     """A single-field validation failure, shaped like FastAPI's own (``errors`` list)."""
     return Problem(
-        422, "validation-error", "Request is not valid", f"{field}: {reason}",
+        422,
+        "validation-error",
+        "Request is not valid",
+        f"{field}: {reason}",
         errors=[{"field": field, "reason": reason}],
     )

@@ -4,6 +4,7 @@ The defaults point at the native runtime of ``deploy/local`` so that a service
 started by hand on a developer's machine just works; production sets every
 secret explicitly (see README, production checklist).
 """
+
 from __future__ import annotations
 
 import base64
@@ -92,7 +93,8 @@ class Settings(BaseSettings):
     # Notices (skeleton): region code -> webhook URL, and its signing secret.
     notifier_webhooks: dict[str, str] = Field(default_factory=dict)
     notifier_webhook_secret: SecretStr = SecretStr(
-        "whsec_" + base64.b64encode(b"changai-local-webhook-secret-32b").decode())
+        "whsec_" + base64.b64encode(b"changai-local-webhook-secret-32b").decode()
+    )
     outbound_allow_private: bool = False
 
     @model_validator(mode="after")
@@ -102,8 +104,10 @@ class Settings(BaseSettings):
         are checked through JWKS, the notices' webhook secret outside the notifier unless webhooks are seeded."""
         if self.environment.strip().lower() not in PRODUCTION_ENVIRONMENTS:
             return self
-        unused = {"jwt_secret": bool(self.jwt_jwks_url),
-                  "notifier_webhook_secret": not (self.notifier_webhooks or self.service.startswith("notifier"))}
+        unused = {
+            "jwt_secret": bool(self.jwt_jwks_url),
+            "notifier_webhook_secret": not (self.notifier_webhooks or self.service.startswith("notifier")),
+        }
         published = []
         for name, field in type(self).model_fields.items():
             default = field.get_default(call_default_factory=True)
@@ -114,7 +118,8 @@ class Settings(BaseSettings):
         if published:
             raise PublishedSecret(
                 f"CHANGAI_ENVIRONMENT={self.environment} refuses the published local defaults of "
-                f"{', '.join(published)}: set each to a secret of your own (see docs/security.md)")
+                f"{', '.join(published)}: set each to a secret of your own (see docs/security.md)"
+            )
         return self
 
     def data_key_bytes(self) -> bytes:

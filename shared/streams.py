@@ -5,6 +5,7 @@ parsed or validated goes to ``<topic>.dlq`` with the reason instead of killing
 the agent; unknown event types (a newer producer) are skipped. Every app serves
 ``/livez`` and ``/metrics`` on its web port, which Prometheus scrapes.
 """
+
 from __future__ import annotations
 
 import logging
@@ -82,8 +83,9 @@ def create_stream_app(service: str, settings: Settings, **overrides) -> faust.Ap
     return app
 
 
-async def parse_or_dead_letter(app: faust.App, event: faust.EventT,
-                               wanted: set[str] | None = None) -> tuple[CloudEvent, EventData] | None:
+async def parse_or_dead_letter(
+    app: faust.App, event: faust.EventT, wanted: set[str] | None = None
+) -> tuple[CloudEvent, EventData] | None:
     """The CloudEvent and its typed data, or None (dead-lettered, unknown, or not wanted)."""
     message = event.message
     try:
@@ -94,15 +96,19 @@ async def parse_or_dead_letter(app: faust.App, event: faust.EventT,
     except UnknownEventType:
         return None
     except InvalidEvent as exc:
-        headers = list((message.headers or {}).items()) if isinstance(message.headers, dict) else list(
-            message.headers or [])
-        headers += [("changai-dlq-reason", str(exc).encode()[:1000]),
-                    ("changai-dlq-consumer", app.conf.id.encode()),
-                    ("changai-dlq-topic", message.topic.encode()),
-                    ("changai-dlq-partition", str(message.partition).encode()),
-                    ("changai-dlq-offset", str(message.offset).encode())]
-        await app.producer.send_and_wait(dlq_topic(message.topic), message.key, message.value, partition=None,
-                                         timestamp=None, headers=headers)
+        headers = (
+            list((message.headers or {}).items()) if isinstance(message.headers, dict) else list(message.headers or [])
+        )
+        headers += [
+            ("changai-dlq-reason", str(exc).encode()[:1000]),
+            ("changai-dlq-consumer", app.conf.id.encode()),
+            ("changai-dlq-topic", message.topic.encode()),
+            ("changai-dlq-partition", str(message.partition).encode()),
+            ("changai-dlq-offset", str(message.offset).encode()),
+        ]
+        await app.producer.send_and_wait(
+            dlq_topic(message.topic), message.key, message.value, partition=None, timestamp=None, headers=headers
+        )
         DEAD_LETTERS.labels(message.topic).inc()
         log.warning("record sent to dead letters: %s", exc)
         return None
@@ -120,9 +126,13 @@ def run_worker(app: faust.App, settings: Settings) -> None:
 
         loop = asyncio.new_event_loop()
         try:
-            loop.run_until_complete(wait_for_topics(
-                settings.kafka_bootstrap, [t.name for t in stream_topics(app.conf.id, tuple(app.tables))],
-                settings.topic_wait_s))
+            loop.run_until_complete(
+                wait_for_topics(
+                    settings.kafka_bootstrap,
+                    [t.name for t in stream_topics(app.conf.id, tuple(app.tables))],
+                    settings.topic_wait_s,
+                )
+            )
         finally:
             loop.close()
     name = settings.service if settings.service.endswith("worker") else f"{settings.service}-worker"

@@ -6,6 +6,7 @@ same loop turn as the task's cancellation, and the cancellation is lost (fixed i
 survive ``task.cancel()`` and keep running: the outbox relay did, once in a full test run, and
 its service's shutdown waited on it. ``asyncio.timeout`` does not have the flaw; these use it.
 """
+
 from __future__ import annotations
 
 import asyncio

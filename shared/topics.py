@@ -9,6 +9,7 @@ replication, which the operator cannot repair, so the applications only wait for
 Domain topics keep events forever, because read models and the projection are
 rebuilt by replaying them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,34 +42,71 @@ DOMAIN_SERVICES = ("membership", "training", "funding", "notifier", "reform")
 
 TOPICS: tuple[Topic, ...] = (
     Topic("membership.events", 6, purpose="membership domain events (branches, members, stations)"),
-    Topic("training.events", 6, purpose="training domain events (sessions, enrolments, certificates, competitions, studios)"),
+    Topic(
+        "training.events",
+        6,
+        purpose="training domain events (sessions, enrolments, certificates, competitions, studios)",
+    ),
     Topic("funding.events", 6, purpose="funding domain events (funds, grants, disbursements, subsidies)"),
     Topic("notifier.events", 6, purpose="notice delivery outcomes"),
     Topic("reform.events", 6, purpose="reform coordination events (the task ledger, member units, documents, pilots)"),
     # Dead letters: kept a few weeks so an operator can inspect and replay them.
-    *(Topic(f"{s}.events.dlq", 1, retention_ms=4 * WEEK_MS, purpose=f"records of {s}.events that could not be parsed or validated")
-      for s in DOMAIN_SERVICES),
+    *(
+        Topic(
+            f"{s}.events.dlq",
+            1,
+            retention_ms=4 * WEEK_MS,
+            purpose=f"records of {s}.events that could not be parsed or validated",
+        )
+        for s in DOMAIN_SERVICES
+    ),
     # The notifier's pipeline (route → render → deliver), its retry tiers and its dead letters.
-    Topic("notifier.deliver", 6, retention_ms=WEEK_MS,
-          purpose="notifier: deliveries keyed by channel, so one worker owns each channel's send budget"),
+    Topic(
+        "notifier.deliver",
+        6,
+        retention_ms=WEEK_MS,
+        purpose="notifier: deliveries keyed by channel, so one worker owns each channel's send budget",
+    ),
     # Retries and deferrals are few and wait in memory until due: one partition each is plenty
     # (fewer idle partitions in every fetch), and their records go back keyed by channel.
     Topic("notifier.deferred", 1, retention_ms=WEEK_MS, purpose="notifier: deliveries held back (quiet hours, leases)"),
-    *(Topic(f"notifier.retry.{n}", 1, retention_ms=WEEK_MS, purpose=f"notifier: deliveries waiting for retry {n}")
-      for n in range(1, 9)),
-    Topic("notifier.deliveries.dlq", 1, retention_ms=4 * WEEK_MS,
-          purpose="notifier: deliveries whose attempts were exhausted (dead letters)"),
+    *(
+        Topic(f"notifier.retry.{n}", 1, retention_ms=WEEK_MS, purpose=f"notifier: deliveries waiting for retry {n}")
+        for n in range(1, 9)
+    ),
+    Topic(
+        "notifier.deliveries.dlq",
+        1,
+        retention_ms=4 * WEEK_MS,
+        purpose="notifier: deliveries whose attempts were exhausted (dead letters)",
+    ),
     # The intake (services/intake): commands to membership, keyed by the person; kept 4 weeks, longer than
     # membership can be down, and the intake's outbox can publish them again. Upstream systems that produce
     # to Kafka themselves write to intake.<kind>; records the intake refuses go to its dead letters.
-    Topic("membership.commands", 6, retention_ms=4 * WEEK_MS,
-          purpose="intake: normalised commands for membership (joins and leaves from upstream HR systems)"),
-    Topic("membership.commands.dlq", 1, retention_ms=4 * WEEK_MS,
-          purpose="records of membership.commands that could not be parsed or validated"),
-    Topic("intake.hr", 6, retention_ms=WEEK_MS,
-          purpose="intake: CloudEvents produced by enterprises' HR systems (employee hired / left)"),
-    Topic("intake.hr.dlq", 1, retention_ms=4 * WEEK_MS,
-          purpose="intake: records of intake.hr that were refused, with the reason in headers"),
+    Topic(
+        "membership.commands",
+        6,
+        retention_ms=4 * WEEK_MS,
+        purpose="intake: normalised commands for membership (joins and leaves from upstream HR systems)",
+    ),
+    Topic(
+        "membership.commands.dlq",
+        1,
+        retention_ms=4 * WEEK_MS,
+        purpose="records of membership.commands that could not be parsed or validated",
+    ),
+    Topic(
+        "intake.hr",
+        6,
+        retention_ms=WEEK_MS,
+        purpose="intake: CloudEvents produced by enterprises' HR systems (employee hired / left)",
+    ),
+    Topic(
+        "intake.hr.dlq",
+        1,
+        retention_ms=4 * WEEK_MS,
+        purpose="intake: records of intake.hr that were refused, with the reason in headers",
+    ),
 )
 
 # The stream processors' own topics (Faust): each app's leader-election topic and each table's changelog.
@@ -83,10 +121,22 @@ CHANGELOG_CONFIGS = {"min.cleanable.dirty.ratio": "0.1", "segment.ms": "600000"}
 
 
 def stream_topics(app_id: str, tables: tuple[str, ...] = ()) -> tuple[Topic, ...]:
-    leader = Topic(f"{app_id}-__assignor-__leader", 1, retention_ms=WEEK_MS,
-                   purpose=f"Faust: leader election of {app_id}")
-    return (leader, *(Topic(f"{app_id}-{t}-changelog", 6, cleanup_policy="compact", extra=CHANGELOG_CONFIGS,
-                            purpose=f"Faust: changelog of the {t} table of {app_id}") for t in tables))
+    leader = Topic(
+        f"{app_id}-__assignor-__leader", 1, retention_ms=WEEK_MS, purpose=f"Faust: leader election of {app_id}"
+    )
+    return (
+        leader,
+        *(
+            Topic(
+                f"{app_id}-{t}-changelog",
+                6,
+                cleanup_policy="compact",
+                extra=CHANGELOG_CONFIGS,
+                purpose=f"Faust: changelog of the {t} table of {app_id}",
+            )
+            for t in tables
+        ),
+    )
 
 
 STREAM_TOPICS: tuple[Topic, ...] = tuple(t for app, tables in STREAM_APPS.items() for t in stream_topics(app, tables))
@@ -104,8 +154,9 @@ def apps_create_topics(settings) -> bool:
     return bool(settings.kafka_create_topics) and not managed
 
 
-async def wait_for_topics(bootstrap: str, names: list[str] | tuple[str, ...], timeout: float,
-                          admin=None, interval: float = 2.0) -> None:
+async def wait_for_topics(
+    bootstrap: str, names: list[str] | tuple[str, ...], timeout: float, admin=None, interval: float = 2.0
+) -> None:
     """Return once every topic of ``names`` exists; TimeoutError naming the missing ones after ``timeout`` s."""
     import logging
     import time
@@ -129,11 +180,16 @@ async def wait_for_topics(bootstrap: str, names: list[str] | tuple[str, ...], ti
                     log.info("Kafka topics present: %s", ", ".join(sorted(names)))
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"Kafka topics still missing after {timeout:.0f} s: {', '.join(missing)} "
-                                   "(in Kubernetes their KafkaTopics create them: kubectl get kafkatopics)")
+                raise TimeoutError(
+                    f"Kafka topics still missing after {timeout:.0f} s: {', '.join(missing)} "
+                    "(in Kubernetes their KafkaTopics create them: kubectl get kafkatopics)"
+                )
             if not logged:
-                log.warning("waiting up to %.0f s for Kafka topics this service does not create here: %s",
-                            timeout, ", ".join(missing))
+                log.warning(
+                    "waiting up to %.0f s for Kafka topics this service does not create here: %s",
+                    timeout,
+                    ", ".join(missing),
+                )
                 logged = True
             await asyncio.sleep(interval)
     finally:
@@ -145,8 +201,14 @@ def domain_topics() -> list[str]:
     return [f"{s}.events" for s in DOMAIN_SERVICES]
 
 
-async def ensure_topics(bootstrap: str, topics: tuple[Topic, ...] = TOPICS, *, settings=None,
-                        replication_factor: int | None = None, admin=None) -> list[str]:
+async def ensure_topics(
+    bootstrap: str,
+    topics: tuple[Topic, ...] = TOPICS,
+    *,
+    settings=None,
+    replication_factor: int | None = None,
+    admin=None,
+) -> list[str]:
     """Create every declared topic that does not exist yet; return the names created.
 
     Where the applications create no topics (apps_create_topics: Kubernetes, production) it creates

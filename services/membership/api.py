@@ -4,6 +4,7 @@ Rules live in ``domain.py``, the commands in ``usecases.py``, SQL in ``store.py`
 streaming in ``importer.py``. Refusals are ``shared.errors`` exceptions that ``shared.http`` turns into
 RFC 9457 problems; every list answers ``{"items": [...], "next_cursor": ...}`` (``shared.pagination``).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -220,31 +221,54 @@ def _str(value) -> str | None:
 
 def branch_view(row) -> dict[str, Any]:
     return {
-        "id": str(row["id"]), "name": row["name"], "credit_code": row["credit_code"],
-        "region_code": row["region_code"], "city_code": regions.city_of(row["region_code"]),
-        "industry_section": row["industry_section"], "kind": row["kind"], "parent_id": _str(row["parent_id"]),
-        "founded_on": row["founded_on"].isoformat(), "status": row["status"], "ended_on": _iso(row["ended_on"]),
-        "merged_into": _str(row["merged_into"]), "transferred_to": _str(row["transferred_to"]),
+        "id": str(row["id"]),
+        "name": row["name"],
+        "credit_code": row["credit_code"],
+        "region_code": row["region_code"],
+        "city_code": regions.city_of(row["region_code"]),
+        "industry_section": row["industry_section"],
+        "kind": row["kind"],
+        "parent_id": _str(row["parent_id"]),
+        "founded_on": row["founded_on"].isoformat(),
+        "status": row["status"],
+        "ended_on": _iso(row["ended_on"]),
+        "merged_into": _str(row["merged_into"]),
+        "transferred_to": _str(row["transferred_to"]),
     }
 
 
 def member_view(row) -> dict[str, Any]:
     return {
-        "id": str(row["id"]), "branch_id": str(row["branch_id"]), "name": row["name"],
-        "id_number_masked": row["id_masked"], "phone_masked": row["phone_masked"],
-        "birth_year": row["birth_year"], "sex": row["sex"], "home_region_code": row["home_region_code"],
-        "region_code": row["region_code"], "city_code": regions.city_of(row["region_code"]),
-        "employment_form": row["employment_form"], "occupation": row["occupation"],
-        "skill_level": row["skill_level"], "skill_level_name": domain.SKILL_LEVELS.get(row["skill_level"]),
-        "status": row["status"], "joined_on": row["joined_on"].isoformat(), "ended_on": _iso(row["ended_on"]),
+        "id": str(row["id"]),
+        "branch_id": str(row["branch_id"]),
+        "name": row["name"],
+        "id_number_masked": row["id_masked"],
+        "phone_masked": row["phone_masked"],
+        "birth_year": row["birth_year"],
+        "sex": row["sex"],
+        "home_region_code": row["home_region_code"],
+        "region_code": row["region_code"],
+        "city_code": regions.city_of(row["region_code"]),
+        "employment_form": row["employment_form"],
+        "occupation": row["occupation"],
+        "skill_level": row["skill_level"],
+        "skill_level_name": domain.SKILL_LEVELS.get(row["skill_level"]),
+        "status": row["status"],
+        "joined_on": row["joined_on"].isoformat(),
+        "ended_on": _iso(row["ended_on"]),
     }
 
 
 def station_view(row) -> dict[str, Any]:
     return {
-        "id": str(row["id"]), "name": row["name"], "branch_id": str(row["branch_id"]),
-        "region_code": row["region_code"], "city_code": regions.city_of(row["region_code"]),
-        "services": list(row["services"]), "status": row["status"], "opened_on": row["opened_on"].isoformat(),
+        "id": str(row["id"]),
+        "name": row["name"],
+        "branch_id": str(row["branch_id"]),
+        "region_code": row["region_code"],
+        "city_code": regions.city_of(row["region_code"]),
+        "services": list(row["services"]),
+        "status": row["status"],
+        "opened_on": row["opened_on"].isoformat(),
         "closed_on": _iso(row["closed_on"]),
     }
 
@@ -255,52 +279,104 @@ def region_view(r: regions.Region) -> dict[str, Any]:
 
 def import_view(row) -> dict[str, Any]:
     return {
-        "id": str(row["id"]), "status": row["status"], "format": row["format"], "encoding": row["encoding"],
+        "id": str(row["id"]),
+        "status": row["status"],
+        "format": row["format"],
+        "encoding": row["encoding"],
         "default_branch_id": _str(row["default_branch_id"]),
-        "rows": {"total": row["rows_total"], "accepted": row["accepted"], "rejected": row["rejected"],
-                 "already_members": row["already_members"]},
-        "bytes": row["bytes_read"], "bytes_expected": row["bytes_expected"],
-        "progress": (round(min(row["bytes_read"] / row["bytes_expected"], 1.0), 4) if row["bytes_expected"]
-                     else (1.0 if row["status"] == "completed" else None)),
+        "rows": {
+            "total": row["rows_total"],
+            "accepted": row["accepted"],
+            "rejected": row["rejected"],
+            "already_members": row["already_members"],
+        },
+        "bytes": row["bytes_read"],
+        "bytes_expected": row["bytes_expected"],
+        "progress": (
+            round(min(row["bytes_read"] / row["bytes_expected"], 1.0), 4)
+            if row["bytes_expected"]
+            else (1.0 if row["status"] == "completed" else None)
+        ),
         "sha256": row["file_sha256"].hex() if row["file_sha256"] else None,
-        "duplicate_of": _str(row["duplicate_of"]), "ignored_columns": list(row["ignored_columns"]),
-        "error": row["error"], "submitted_by": row["subject"], "started_at": row["started_at"].isoformat(),
+        "duplicate_of": _str(row["duplicate_of"]),
+        "ignored_columns": list(row["ignored_columns"]),
+        "error": row["error"],
+        "submitted_by": row["subject"],
+        "started_at": row["started_at"].isoformat(),
         "finished_at": _iso(row["finished_at"]),
     }
 
 
 def transfer_view(t) -> dict[str, Any]:
-    return {"id": str(t["id"]), "from_branch_id": str(t["from_branch_id"]), "to_branch_id": str(t["to_branch_id"]),
-            "from_region_code": t["from_region_code"], "to_region_code": t["to_region_code"], "reason": t["reason"],
-            "transferred_on": t["transferred_on"].isoformat(), "recorded_at": t["created_at"].isoformat()}
+    return {
+        "id": str(t["id"]),
+        "from_branch_id": str(t["from_branch_id"]),
+        "to_branch_id": str(t["to_branch_id"]),
+        "from_region_code": t["from_region_code"],
+        "to_region_code": t["to_region_code"],
+        "reason": t["reason"],
+        "transferred_on": t["transferred_on"].isoformat(),
+        "recorded_at": t["created_at"].isoformat(),
+    }
 
 
 def reveal_audit_view(r) -> dict[str, Any]:
-    return {"id": str(r["id"]), "by": r["subject"], "reason": r["reason"], "fields": list(r["fields"]),
-            "trace_id": r["trace_id"], "revealed_at": r["revealed_at"].isoformat()}
+    return {
+        "id": str(r["id"]),
+        "by": r["subject"],
+        "reason": r["reason"],
+        "fields": list(r["fields"]),
+        "trace_id": r["trace_id"],
+        "revealed_at": r["revealed_at"].isoformat(),
+    }
 
 
 def lookup_audit_view(r) -> dict[str, Any]:
-    return {"id": str(r["id"]), "by": r["subject"], "scope_region": r["scope_region"], "outcome": r["outcome"],
-            "member_id": _str(r["member_id"]), "trace_id": r["trace_id"], "looked_up_at": r["looked_up_at"].isoformat()}
+    return {
+        "id": str(r["id"]),
+        "by": r["subject"],
+        "scope_region": r["scope_region"],
+        "outcome": r["outcome"],
+        "member_id": _str(r["member_id"]),
+        "trace_id": r["trace_id"],
+        "looked_up_at": r["looked_up_at"].isoformat(),
+    }
 
 
 def report_row_view(r) -> dict[str, Any]:
-    return {"row": r["row"], "outcome": r["outcome"], "member_id": _str(r["member_id"]),
-            **({"field": r["field"], "reason": r["reason"]} if r["outcome"] != "accepted" else {})}
+    return {
+        "row": r["row"],
+        "outcome": r["outcome"],
+        "member_id": _str(r["member_id"]),
+        **({"field": r["field"], "reason": r["reason"]} if r["outcome"] != "accepted" else {}),
+    }
 
 
 # -- regions ---------------------------------------------------------------------
-@router.get("/regions", tags=["regions"], response_model=Page[RegionOut],
-            summary="Ningxia's regions (GB/T 2260): the region, 5 cities, 22 counties")
-async def list_regions(level: Literal["region", "city", "county"] | None = None,
-                       parent: str | None = Query(None, max_length=6, description="only the children of this code"),
-                       limit: int = Limit, cursor: str | None = Cursor) -> dict:
+@router.get(
+    "/regions",
+    tags=["regions"],
+    response_model=Page[RegionOut],
+    summary="Ningxia's regions (GB/T 2260): the region, 5 cities, 22 counties",
+)
+async def list_regions(
+    level: Literal["region", "city", "county"] | None = None,
+    parent: str | None = Query(None, max_length=6, description="only the children of this code"),
+    limit: int = Limit,
+    cursor: str | None = Cursor,
+) -> dict:
     after = decode_cursor(cursor, str)
-    rows = sorted((r for r in regions.REGIONS.values() if (level is None or r.level == level)
-                   and (parent is None or r.parent == parent) and (after is None or r.code > after)),
-                  key=lambda r: r.code)
-    return page(rows[:limit + 1], limit, lambda r: r.code, region_view)
+    rows = sorted(
+        (
+            r
+            for r in regions.REGIONS.values()
+            if (level is None or r.level == level)
+            and (parent is None or r.parent == parent)
+            and (after is None or r.code > after)
+        ),
+        key=lambda r: r.code,
+    )
+    return page(rows[: limit + 1], limit, lambda r: r.code, region_view)
 
 
 @router.get("/regions/{code}", tags=["regions"], response_model=RegionDetailOut, summary="One region with its children")
@@ -312,8 +388,13 @@ async def get_region(code: str) -> dict:
 
 
 # -- branches --------------------------------------------------------------------
-@router.post("/branches", status_code=201, tags=["branches"], response_model=BranchOut,
-             summary="Establish a union branch (成立基层工会)")
+@router.post(
+    "/branches",
+    status_code=201,
+    tags=["branches"],
+    response_model=BranchOut,
+    summary="Establish a union branch (成立基层工会)",
+)
 async def establish_branch(body: domain.BranchIn, request: Request, principal: Principal = Depends(require(WRITE))):
     async def run(conn):
         return 201, branch_view(await usecases.establish_branch(conn, body, principal, today_cn()))
@@ -321,44 +402,68 @@ async def establish_branch(body: domain.BranchIn, request: Request, principal: P
     return await _write(request, principal, "branches.establish", body.model_dump(mode="json"), run)
 
 
-@router.get("/branches", tags=["branches"], response_model=Page[BranchOut],
-            summary="Branches, filtered, a page at a time")
-async def list_branches(request: Request, region: str | None = Query(None, description="city or county, and below"),
-                        industry_section: str | None = Query(None, pattern=r"^[A-T]$"),
-                        kind: domain.BranchKind | None = None,
-                        status: Literal["active", "merged", "dissolved"] | None = None,
-                        founded_from: date | None = None, founded_to: date | None = None,
-                        limit: int = Limit, cursor: str | None = Cursor,
-                        principal: Principal = Depends(require(READ))) -> dict:
+@router.get(
+    "/branches", tags=["branches"], response_model=Page[BranchOut], summary="Branches, filtered, a page at a time"
+)
+async def list_branches(
+    request: Request,
+    region: str | None = Query(None, description="city or county, and below"),
+    industry_section: str | None = Query(None, pattern=r"^[A-T]$"),
+    kind: domain.BranchKind | None = None,
+    status: Literal["active", "merged", "dissolved"] | None = None,
+    founded_from: date | None = None,
+    founded_to: date | None = None,
+    limit: int = Limit,
+    cursor: str | None = Cursor,
+    principal: Principal = Depends(require(READ)),
+) -> dict:
     rows = await usecases.list_branches(
-        db(request), principal, region=region, industry_section=industry_section, kind=kind.value if kind else None,
-        status=status, founded_from=founded_from, founded_to=founded_to, after=decode_cursor(cursor, int),
-        limit=limit + 1)
+        db(request),
+        principal,
+        region=region,
+        industry_section=industry_section,
+        kind=kind.value if kind else None,
+        status=status,
+        founded_from=founded_from,
+        founded_to=founded_to,
+        after=decode_cursor(cursor, int),
+        limit=limit + 1,
+    )
     return page(rows, limit, lambda r: r["seq"], branch_view)
 
 
-@router.get("/branches/{branch_id}", tags=["branches"], response_model=BranchDetailOut,
-            summary="One union branch, with its member count")
+@router.get(
+    "/branches/{branch_id}",
+    tags=["branches"],
+    response_model=BranchDetailOut,
+    summary="One union branch, with its member count",
+)
 async def get_branch(branch_id: uuid.UUID, request: Request, principal: Principal = Depends(require(READ))) -> dict:
     found = await usecases.get_branch(db(request), branch_id, principal)
     return {**branch_view(found.branch), "member_count": found.member_count, "open_stations": found.open_stations}
 
 
-@router.patch("/branches/{branch_id}", tags=["branches"], response_model=BranchOut,
-              summary="Update a branch's details")
-async def update_branch(branch_id: uuid.UUID, body: domain.BranchPatch, request: Request,
-                        principal: Principal = Depends(require(WRITE))):
+@router.patch("/branches/{branch_id}", tags=["branches"], response_model=BranchOut, summary="Update a branch's details")
+async def update_branch(
+    branch_id: uuid.UUID, body: domain.BranchPatch, request: Request, principal: Principal = Depends(require(WRITE))
+):
     async def run(conn):
         return 200, branch_view(await usecases.update_branch(conn, branch_id, body, principal, today_cn()))
 
-    return await _write(request, principal, f"branches.update:{branch_id}",
-                        body.model_dump(mode="json", exclude_unset=True), run)
+    return await _write(
+        request, principal, f"branches.update:{branch_id}", body.model_dump(mode="json", exclude_unset=True), run
+    )
 
 
-@router.post("/branches/{branch_id}:merge", tags=["branches"], response_model=BranchEndedOut,
-             summary="Merge a branch into another: its members and stations move with it")
-async def merge_branch(branch_id: uuid.UUID, body: domain.MergeIn, request: Request,
-                       principal: Principal = Depends(require(WRITE))):
+@router.post(
+    "/branches/{branch_id}:merge",
+    tags=["branches"],
+    response_model=BranchEndedOut,
+    summary="Merge a branch into another: its members and stations move with it",
+)
+async def merge_branch(
+    branch_id: uuid.UUID, body: domain.MergeIn, request: Request, principal: Principal = Depends(require(WRITE))
+):
     async def run(conn):
         ended = await usecases.merge_branch(conn, branch_id, body, principal, today_cn())
         return 200, {**branch_view(ended.branch), "members_moved": ended.members_moved}
@@ -366,10 +471,15 @@ async def merge_branch(branch_id: uuid.UUID, body: domain.MergeIn, request: Requ
     return await _write(request, principal, f"branches.merge:{branch_id}", body.model_dump(mode="json"), run)
 
 
-@router.post("/branches/{branch_id}:dissolve", tags=["branches"], response_model=BranchEndedOut,
-             summary="Dissolve a branch: only when empty, or with a branch that takes its members")
-async def dissolve_branch(branch_id: uuid.UUID, body: domain.DissolveIn, request: Request,
-                          principal: Principal = Depends(require(WRITE))):
+@router.post(
+    "/branches/{branch_id}:dissolve",
+    tags=["branches"],
+    response_model=BranchEndedOut,
+    summary="Dissolve a branch: only when empty, or with a branch that takes its members",
+)
+async def dissolve_branch(
+    branch_id: uuid.UUID, body: domain.DissolveIn, request: Request, principal: Principal = Depends(require(WRITE))
+):
     async def run(conn):
         ended = await usecases.dissolve_branch(conn, branch_id, body, principal, today_cn())
         return 200, {**branch_view(ended.branch), "members_moved": ended.members_moved}
@@ -391,8 +501,9 @@ def _pii_safe(request: Request, payload: dict) -> dict:
     return out
 
 
-@router.post("/members", status_code=201, tags=["members"], response_model=MemberOut,
-             summary="Join a union branch (入会)")
+@router.post(
+    "/members", status_code=201, tags=["members"], response_model=MemberOut, summary="Join a union branch (入会)"
+)
 async def join(body: domain.MemberIn, request: Request, principal: Principal = Depends(require(WRITE))):
     async def run(conn):
         return 201, member_view(await usecases.join(conn, body, principal, today_cn(), vault=vault(request)))
@@ -400,17 +511,27 @@ async def join(body: domain.MemberIn, request: Request, principal: Principal = D
     return await _write(request, principal, "members.join", _pii_safe(request, body.model_dump(mode="json")), run)
 
 
-@router.post("/members:lookup", tags=["members"], response_model=MemberOut,
-             responses={429: {"description": "too many lookups by this caller in the last minute (Retry-After)"}},
-             summary="Find a member by ID number (in the body, never in a URL); audited, rate-limited per caller")
+@router.post(
+    "/members:lookup",
+    tags=["members"],
+    response_model=MemberOut,
+    responses={429: {"description": "too many lookups by this caller in the last minute (Retry-After)"}},
+    summary="Find a member by ID number (in the body, never in a URL); audited, rate-limited per caller",
+)
 async def lookup(body: domain.LookupIn, request: Request, principal: Principal = Depends(require(READ))):
     per_minute = request.app.state.settings.lookup_rate_per_minute
     async with db(request).acquire() as conn, conn.transaction():
         found = await usecases.lookup(conn, body, principal, today_cn(), vault=vault(request), per_minute=per_minute)
     if found.outcome == "rate_limited":
-        response = problem_response(Problem(
-            429, "too-many-lookups", "Too many lookups",
-            f"at most {per_minute} lookups a minute per caller; retry after {found.retry_after_s} s"), request)
+        response = problem_response(
+            Problem(
+                429,
+                "too-many-lookups",
+                "Too many lookups",
+                f"at most {per_minute} lookups a minute per caller; retry after {found.retry_after_s} s",
+            ),
+            request,
+        )
         response.headers["Retry-After"] = str(found.retry_after_s)
         return response
     if found.member is None:
@@ -418,49 +539,106 @@ async def lookup(body: domain.LookupIn, request: Request, principal: Principal =
     return member_view(found.member)
 
 
-@router.get("/lookups", tags=["members"], response_model=Page[LookupAuditOut],
-            summary="The audit of lookups by ID number: who, when, outcome, trace id (scope membership:audit)")
-async def list_lookups(request: Request, subject: str | None = Query(None, max_length=200, description="one caller"),
-                       limit: int = Limit, cursor: str | None = Cursor,
-                       principal: Principal = Depends(require(AUDIT))) -> dict:
-    rows = await usecases.list_lookups(db(request), principal, subject=subject, after=decode_cursor(cursor, int),
-                                       limit=limit + 1)
+@router.get(
+    "/lookups",
+    tags=["members"],
+    response_model=Page[LookupAuditOut],
+    summary="The audit of lookups by ID number: who, when, outcome, trace id (scope membership:audit)",
+)
+async def list_lookups(
+    request: Request,
+    subject: str | None = Query(None, max_length=200, description="one caller"),
+    limit: int = Limit,
+    cursor: str | None = Cursor,
+    principal: Principal = Depends(require(AUDIT)),
+) -> dict:
+    rows = await usecases.list_lookups(
+        db(request), principal, subject=subject, after=decode_cursor(cursor, int), limit=limit + 1
+    )
     return page(rows, limit, lambda r: r["seq"], lookup_audit_view)
 
 
 @router.get("/members", tags=["members"], response_model=Page[MemberOut], summary="Members, filtered, a page at a time")
-async def list_members(request: Request, region: str | None = Query(None, description="city or county, and below"),
-                       branch_id: uuid.UUID | None = None, employment_form: domain.EmploymentForm | None = None,
-                       status: Literal["active", "left", "lapsed"] | None = None,
-                       skill_level: int | None = Query(None, ge=1, le=5),
-                       limit: int = Limit, cursor: str | None = Cursor,
-                       principal: Principal = Depends(require(READ))) -> dict:
+async def list_members(
+    request: Request,
+    region: str | None = Query(None, description="city or county, and below"),
+    branch_id: uuid.UUID | None = None,
+    employment_form: domain.EmploymentForm | None = None,
+    status: Literal["active", "left", "lapsed"] | None = None,
+    skill_level: int | None = Query(None, ge=1, le=5),
+    limit: int = Limit,
+    cursor: str | None = Cursor,
+    principal: Principal = Depends(require(READ)),
+) -> dict:
     rows = await usecases.list_members(
-        db(request), principal, region=region, branch_id=branch_id,
-        employment_form=employment_form.value if employment_form else None, status=status, skill_level=skill_level,
-        after=decode_cursor(cursor, uuid_key), limit=limit + 1)
+        db(request),
+        principal,
+        region=region,
+        branch_id=branch_id,
+        employment_form=employment_form.value if employment_form else None,
+        status=status,
+        skill_level=skill_level,
+        after=decode_cursor(cursor, uuid_key),
+        limit=limit + 1,
+    )
     return page(rows, limit, lambda r: r["id"], member_view)
 
 
-EXPORT_COLUMNS = ("id", "branch_id", "name", "id_number_masked", "phone_masked", "birth_year", "sex",
-                  "home_region_code", "region_code", "city_code", "employment_form", "occupation", "skill_level",
-                  "status", "joined_on", "ended_on")
+EXPORT_COLUMNS = (
+    "id",
+    "branch_id",
+    "name",
+    "id_number_masked",
+    "phone_masked",
+    "birth_year",
+    "sex",
+    "home_region_code",
+    "region_code",
+    "city_code",
+    "employment_form",
+    "occupation",
+    "skill_level",
+    "status",
+    "joined_on",
+    "ended_on",
+)
 EXPORT_PAGE = 1000
 
 
-@router.get("/members:export", tags=["members"], response_class=StreamingResponse,
-            responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}},
-                             "description": "UTF-8 CSV with BOM, masked data, formula cells neutralised"}},
-            summary="Members as CSV (masked; a cell that would run as a formula is neutralised)")
-async def export_members(request: Request, region: str | None = Query(None, description="city or county, and below"),
-                         branch_id: uuid.UUID | None = None, employment_form: domain.EmploymentForm | None = None,
-                         status: Literal["active", "left", "lapsed"] | None = None,
-                         skill_level: int | None = Query(None, ge=1, le=5),
-                         principal: Principal = Depends(require(READ))):
+@router.get(
+    "/members:export",
+    tags=["members"],
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {"text/csv": {"schema": {"type": "string"}}},
+            "description": "UTF-8 CSV with BOM, masked data, formula cells neutralised",
+        }
+    },
+    summary="Members as CSV (masked; a cell that would run as a formula is neutralised)",
+)
+async def export_members(
+    request: Request,
+    region: str | None = Query(None, description="city or county, and below"),
+    branch_id: uuid.UUID | None = None,
+    employment_form: domain.EmploymentForm | None = None,
+    status: Literal["active", "left", "lapsed"] | None = None,
+    skill_level: int | None = Query(None, ge=1, le=5),
+    principal: Principal = Depends(require(READ)),
+):
     pool = db(request)
     form = employment_form.value if employment_form else None
-    first = await usecases.list_members(pool, principal, region=region, branch_id=branch_id, employment_form=form,
-                                        status=status, skill_level=skill_level, after=None, limit=EXPORT_PAGE)
+    first = await usecases.list_members(
+        pool,
+        principal,
+        region=region,
+        branch_id=branch_id,
+        employment_form=form,
+        status=status,
+        skill_level=skill_level,
+        after=None,
+        limit=EXPORT_PAGE,
+    )
 
     async def body():
         yield export.csv_header(EXPORT_COLUMNS)
@@ -471,33 +649,63 @@ async def export_members(request: Request, region: str | None = Query(None, desc
                 yield export.csv_line(view[c] for c in EXPORT_COLUMNS)
             if len(rows) < EXPORT_PAGE:
                 return
-            rows = await usecases.list_members(pool, principal, region=region, branch_id=branch_id,
-                                               employment_form=form, status=status, skill_level=skill_level,
-                                               after=rows[-1]["id"], limit=EXPORT_PAGE)
+            rows = await usecases.list_members(
+                pool,
+                principal,
+                region=region,
+                branch_id=branch_id,
+                employment_form=form,
+                status=status,
+                skill_level=skill_level,
+                after=rows[-1]["id"],
+                limit=EXPORT_PAGE,
+            )
 
-    return StreamingResponse(body(), media_type="text/csv; charset=utf-8",
-                             headers={"Content-Disposition": 'attachment; filename="members.csv"'})
+    return StreamingResponse(
+        body(),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": 'attachment; filename="members.csv"'},
+    )
 
 
-@router.get("/members/{member_id}", tags=["members"], response_model=MemberOut,
-            summary="One member (ID number and phone masked)")
+@router.get(
+    "/members/{member_id}",
+    tags=["members"],
+    response_model=MemberOut,
+    summary="One member (ID number and phone masked)",
+)
 async def get_member(member_id: uuid.UUID, request: Request, principal: Principal = Depends(require(READ))) -> dict:
     return member_view(await usecases.get_member(db(request), member_id, principal))
 
 
-@router.get("/members/{member_id}/transfers", tags=["members"], response_model=Page[TransferOut],
-            summary="A member's transfers (转会), oldest first")
-async def member_transfers(member_id: uuid.UUID, request: Request, limit: int = Limit, cursor: str | None = Cursor,
-                           principal: Principal = Depends(require(READ))) -> dict:
-    rows = await usecases.transfers_of(db(request), member_id, principal, after=decode_cursor(cursor, _time_key),
-                                       limit=limit + 1)
+@router.get(
+    "/members/{member_id}/transfers",
+    tags=["members"],
+    response_model=Page[TransferOut],
+    summary="A member's transfers (转会), oldest first",
+)
+async def member_transfers(
+    member_id: uuid.UUID,
+    request: Request,
+    limit: int = Limit,
+    cursor: str | None = Cursor,
+    principal: Principal = Depends(require(READ)),
+) -> dict:
+    rows = await usecases.transfers_of(
+        db(request), member_id, principal, after=decode_cursor(cursor, _time_key), limit=limit + 1
+    )
     return page(rows, limit, lambda t: f"{t['created_at'].isoformat()}|{t['id']}", transfer_view)
 
 
-@router.post("/members/{member_id}:transfer", tags=["members"], response_model=MemberOut,
-             summary="Transfer a member to another branch (转会)")
-async def transfer(member_id: uuid.UUID, body: domain.TransferIn, request: Request,
-                   principal: Principal = Depends(require(WRITE))):
+@router.post(
+    "/members/{member_id}:transfer",
+    tags=["members"],
+    response_model=MemberOut,
+    summary="Transfer a member to another branch (转会)",
+)
+async def transfer(
+    member_id: uuid.UUID, body: domain.TransferIn, request: Request, principal: Principal = Depends(require(WRITE))
+):
     async def run(conn):
         return 200, member_view(await usecases.transfer(conn, member_id, body, principal, today_cn()))
 
@@ -507,49 +715,95 @@ async def transfer(member_id: uuid.UUID, body: domain.TransferIn, request: Reque
 def _end(kind: Literal["left", "lapsed"]):
     use_case = usecases.leave if kind == "left" else usecases.lapse
 
-    async def end(member_id: uuid.UUID, request: Request, body: domain.EndIn | None = None,
-                  principal: Principal = Depends(require(WRITE))):
+    async def end(
+        member_id: uuid.UUID,
+        request: Request,
+        body: domain.EndIn | None = None,
+        principal: Principal = Depends(require(WRITE)),
+    ):
         cmd = body or domain.EndIn()
 
         async def run(conn):
             return 200, member_view(await use_case(conn, member_id, cmd, principal, today_cn()))
 
         return await _write(request, principal, f"members.{kind}:{member_id}", cmd.model_dump(mode="json"), run)
+
     return end
 
 
-router.add_api_route("/members/{member_id}:leave", _end("left"), methods=["POST"], tags=["members"],
-                     response_model=MemberOut, summary="A member leaves the union (退会)")
-router.add_api_route("/members/{member_id}:lapse", _end("lapsed"), methods=["POST"], tags=["members"],
-                     response_model=MemberOut, summary="A membership lapses (dues unpaid, contact lost)")
+router.add_api_route(
+    "/members/{member_id}:leave",
+    _end("left"),
+    methods=["POST"],
+    tags=["members"],
+    response_model=MemberOut,
+    summary="A member leaves the union (退会)",
+)
+router.add_api_route(
+    "/members/{member_id}:lapse",
+    _end("lapsed"),
+    methods=["POST"],
+    tags=["members"],
+    response_model=MemberOut,
+    summary="A membership lapses (dues unpaid, contact lost)",
+)
 
 
-@router.post("/members/{member_id}:reveal", tags=["members"], response_model=RevealedOut,
-             summary="The full ID number and phone: needs scope membership:reveal; every reveal is audited")
-async def reveal(member_id: uuid.UUID, body: domain.RevealIn, request: Request,
-                 principal: Principal = Depends(require(REVEAL))):
+@router.post(
+    "/members/{member_id}:reveal",
+    tags=["members"],
+    response_model=RevealedOut,
+    summary="The full ID number and phone: needs scope membership:reveal; every reveal is audited",
+)
+async def reveal(
+    member_id: uuid.UUID, body: domain.RevealIn, request: Request, principal: Principal = Depends(require(REVEAL))
+):
     # Not through ``write``: an idempotency record would keep the clear numbers in its stored answer.
     async with db(request).acquire() as conn, conn.transaction():
         shown = await usecases.reveal(conn, member_id, body, principal, today_cn(), vault=vault(request))
-    log.info("member data revealed", extra={"member_id": str(member_id), "audit_id": str(shown.audit_id),
-                                            "by": principal.subject})
-    return JSONResponse({"member_id": str(member_id), "id_number": shown.id_number, "phone": shown.phone,
-                         "audit_id": str(shown.audit_id), "revealed_at": shown.revealed_at.isoformat()},
-                        headers={"Cache-Control": "no-store"})
+    log.info(
+        "member data revealed",
+        extra={"member_id": str(member_id), "audit_id": str(shown.audit_id), "by": principal.subject},
+    )
+    return JSONResponse(
+        {
+            "member_id": str(member_id),
+            "id_number": shown.id_number,
+            "phone": shown.phone,
+            "audit_id": str(shown.audit_id),
+            "revealed_at": shown.revealed_at.isoformat(),
+        },
+        headers={"Cache-Control": "no-store"},
+    )
 
 
-@router.get("/members/{member_id}/reveals", tags=["members"], response_model=Page[RevealAuditOut],
-            summary="Who revealed this member's numbers, when, why")
-async def member_reveals(member_id: uuid.UUID, request: Request, limit: int = Limit, cursor: str | None = Cursor,
-                         principal: Principal = Depends(require(AUDIT))) -> dict:
-    rows = await usecases.reveals_of(db(request), member_id, principal, after=decode_cursor(cursor, _time_key),
-                                     limit=limit + 1)
+@router.get(
+    "/members/{member_id}/reveals",
+    tags=["members"],
+    response_model=Page[RevealAuditOut],
+    summary="Who revealed this member's numbers, when, why",
+)
+async def member_reveals(
+    member_id: uuid.UUID,
+    request: Request,
+    limit: int = Limit,
+    cursor: str | None = Cursor,
+    principal: Principal = Depends(require(AUDIT)),
+) -> dict:
+    rows = await usecases.reveals_of(
+        db(request), member_id, principal, after=decode_cursor(cursor, _time_key), limit=limit + 1
+    )
     return page(rows, limit, lambda r: f"{r['revealed_at'].isoformat()}|{r['id']}", reveal_audit_view)
 
 
 # -- bulk import ------------------------------------------------------------------
-_NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines",
-                 "application/jsonlines")
+_NDJSON_TYPES = (
+    "application/x-ndjson",
+    "application/ndjson",
+    "application/jsonl",
+    "application/x-jsonlines",
+    "application/jsonlines",
+)
 _DIGEST = re.compile(r"sha-256=:([A-Za-z0-9+/=]+):")
 
 
@@ -567,17 +821,24 @@ def _import_format(content_type: str | None, fmt: str | None) -> tuple[str, str 
         elif media in _NDJSON_TYPES:
             fmt = "ndjson"
         else:
-            raise Problem(415, "unsupported-media-type", "Send CSV or NDJSON",
-                          "Content-Type text/csv (charset utf-8 or gb18030) or application/x-ndjson, "
-                          "or say ?format=csv|ndjson")
+            raise Problem(
+                415,
+                "unsupported-media-type",
+                "Send CSV or NDJSON",
+                "Content-Type text/csv (charset utf-8 or gb18030) or application/x-ndjson, or say ?format=csv|ndjson",
+            )
     if fmt == "ndjson" and charset and charset.lower().replace("_", "-") not in ("utf-8", "utf8"):
         raise Problem(415, "unsupported-media-type", "NDJSON must be UTF-8")
     if fmt == "csv" and charset:
         try:
             TextDecoder(charset)  # refused here, before an import is recorded
         except ImportFailed:
-            raise Problem(415, "unsupported-media-type", "Unsupported charset",
-                          "send CSV as charset=utf-8 or charset=gb18030 (or say none: it is detected)") from None
+            raise Problem(
+                415,
+                "unsupported-media-type",
+                "Unsupported charset",
+                "send CSV as charset=utf-8 or charset=gb18030 (or say none: it is detected)",
+            ) from None
     return fmt, charset
 
 
@@ -593,69 +854,129 @@ def _content_digest(request: Request) -> bytes | None:
     return value if len(value) == 32 else None
 
 
-@router.post("/members:import", status_code=201, tags=["imports"], response_model=ImportOut,
-             responses={200: {"model": ImportOut, "description": "the same file was already imported"}},
-             summary="Bulk import members from CSV (UTF-8 / GB18030) or NDJSON, streamed")
+@router.post(
+    "/members:import",
+    status_code=201,
+    tags=["imports"],
+    response_model=ImportOut,
+    responses={200: {"model": ImportOut, "description": "the same file was already imported"}},
+    summary="Bulk import members from CSV (UTF-8 / GB18030) or NDJSON, streamed",
+)
 @body_limit(None)  # streamed: a 450,000-member file is read row by row, never held whole
-async def import_members(request: Request,
-                         branch_id: uuid.UUID | None = Query(None, description="branch of rows without a branch_id"),
-                         format: Literal["csv", "ndjson"] | None = Query(None, description="instead of Content-Type"),
-                         principal: Principal = Depends(require(WRITE))):
+async def import_members(
+    request: Request,
+    branch_id: uuid.UUID | None = Query(None, description="branch of rows without a branch_id"),
+    format: Literal["csv", "ndjson"] | None = Query(None, description="instead of Content-Type"),
+    principal: Principal = Depends(require(WRITE)),
+):
     fmt, charset = _import_format(request.headers.get("content-type"), format)
     pool, settings = db(request), request.app.state.settings
     await usecases.import_branch(pool, branch_id, principal)
     prior = await usecases.prior_import(pool, _content_digest(request), principal)
     if prior is not None:  # the same file, already imported without a rejected row: nothing to do
-        return JSONResponse(import_view(prior), status_code=200,
-                            headers={"Content-Location": f"/v1/imports/{prior['id']}"})
+        return JSONResponse(
+            import_view(prior), status_code=200, headers={"Content-Location": f"/v1/imports/{prior['id']}"}
+        )
     length = request.headers.get("content-length")
-    import_id = await usecases.start_import(pool, fmt, branch_id, int(length) if length and length.isdigit() else None,
-                                            principal)
+    import_id = await usecases.start_import(
+        pool, fmt, branch_id, int(length) if length and length.isdigit() else None, principal
+    )
     started = asyncio.get_running_loop().time()
     done = await usecases.import_members(
-        pool, request.stream(), import_id, fmt, principal, today_cn(), vault=vault(request), charset=charset,
-        default_branch=branch_id, batch_rows=settings.import_batch_rows, writers=settings.import_writers)
+        pool,
+        request.stream(),
+        import_id,
+        fmt,
+        principal,
+        today_cn(),
+        vault=vault(request),
+        charset=charset,
+        default_branch=branch_id,
+        batch_rows=settings.import_batch_rows,
+        writers=settings.import_writers,
+    )
     if done.database_unavailable:
         log.warning("member import stopped: database unavailable", extra={"import_id": str(import_id)})
-        raise Problem(503, "database-unavailable", "The database is not available; upload the file again later",
-                      "rows already written are kept and will be reported as already members",
-                      import_id=str(import_id))
+        raise Problem(
+            503,
+            "database-unavailable",
+            "The database is not available; upload the file again later",
+            "rows already written are kept and will be reported as already members",
+            import_id=str(import_id),
+        )
     rec = done.record
     assert rec is not None, "recorded unless the database went away"
-    log.info("member import finished", extra={
-        "import_id": str(import_id), "status": rec["status"], "rows": rec["rows_total"], "accepted": rec["accepted"],
-        "rejected": rec["rejected"], "already_members": rec["already_members"],
-        "seconds": round(asyncio.get_running_loop().time() - started, 3)})
+    log.info(
+        "member import finished",
+        extra={
+            "import_id": str(import_id),
+            "status": rec["status"],
+            "rows": rec["rows_total"],
+            "accepted": rec["accepted"],
+            "rejected": rec["rejected"],
+            "already_members": rec["already_members"],
+            "seconds": round(asyncio.get_running_loop().time() - started, 3),
+        },
+    )
     if done.error:
-        raise Problem(422, "import-failed", "The upload could not be read to the end", done.error,
-                      import_id=str(import_id), **{"import": import_view(rec)})
+        raise Problem(
+            422,
+            "import-failed",
+            "The upload could not be read to the end",
+            done.error,
+            import_id=str(import_id),
+            **{"import": import_view(rec)},
+        )
     return JSONResponse(import_view(rec), status_code=201, headers={"Location": f"/v1/imports/{import_id}"})
 
 
-@router.get("/imports", tags=["imports"], response_model=Page[ImportOut],
-            summary="Imports in the caller's scope, newest first (progress of running ones)")
-async def list_imports(request: Request, status: Literal["running", "completed", "failed"] | None = None,
-                       limit: int = Limit, cursor: str | None = Cursor,
-                       principal: Principal = Depends(require(READ))) -> dict:
-    rows = await usecases.list_imports(db(request), principal, status=status, after=decode_cursor(cursor, int),
-                                       limit=limit + 1)
+@router.get(
+    "/imports",
+    tags=["imports"],
+    response_model=Page[ImportOut],
+    summary="Imports in the caller's scope, newest first (progress of running ones)",
+)
+async def list_imports(
+    request: Request,
+    status: Literal["running", "completed", "failed"] | None = None,
+    limit: int = Limit,
+    cursor: str | None = Cursor,
+    principal: Principal = Depends(require(READ)),
+) -> dict:
+    rows = await usecases.list_imports(
+        db(request), principal, status=status, after=decode_cursor(cursor, int), limit=limit + 1
+    )
     return page(rows, limit, lambda r: r["seq"], import_view)
 
 
-@router.get("/imports/{import_id}", tags=["imports"], response_model=ImportDetailOut,
-            summary="An import's progress and its per-row report")
-async def get_import(import_id: uuid.UUID, request: Request,
-                     outcome: Literal["accepted", "rejected", "already_member"] | None = None,
-                     limit: int = Query(100, ge=1, le=1000), cursor: str | None = Cursor,
-                     principal: Principal = Depends(require(READ))) -> dict:
-    rec, rows = await usecases.import_report(db(request), import_id, principal, outcome=outcome,
-                                             after_row=decode_cursor(cursor, int) or 0, limit=limit + 1)
+@router.get(
+    "/imports/{import_id}",
+    tags=["imports"],
+    response_model=ImportDetailOut,
+    summary="An import's progress and its per-row report",
+)
+async def get_import(
+    import_id: uuid.UUID,
+    request: Request,
+    outcome: Literal["accepted", "rejected", "already_member"] | None = None,
+    limit: int = Query(100, ge=1, le=1000),
+    cursor: str | None = Cursor,
+    principal: Principal = Depends(require(READ)),
+) -> dict:
+    rec, rows = await usecases.import_report(
+        db(request), import_id, principal, outcome=outcome, after_row=decode_cursor(cursor, int) or 0, limit=limit + 1
+    )
     return {**import_view(rec), "report": page(rows, limit, lambda r: r["row"], report_row_view)}
 
 
 # -- service stations -----------------------------------------------------------
-@router.post("/stations", status_code=201, tags=["stations"], response_model=StationOut,
-             summary="Open an outdoor-worker service station")
+@router.post(
+    "/stations",
+    status_code=201,
+    tags=["stations"],
+    response_model=StationOut,
+    summary="Open an outdoor-worker service station",
+)
 async def open_station(body: domain.StationIn, request: Request, principal: Principal = Depends(require(WRITE))):
     async def run(conn):
         return 201, station_view(await usecases.open_station(conn, body, principal, today_cn()))
@@ -663,10 +984,15 @@ async def open_station(body: domain.StationIn, request: Request, principal: Prin
     return await _write(request, principal, "stations.open", body.model_dump(mode="json"), run)
 
 
-@router.post("/stations/{station_id}:close", tags=["stations"], response_model=StationOut,
-             summary="Close a service station")
-async def close_station(station_id: uuid.UUID, request: Request, body: domain.CloseIn | None = None,
-                        principal: Principal = Depends(require(WRITE))):
+@router.post(
+    "/stations/{station_id}:close", tags=["stations"], response_model=StationOut, summary="Close a service station"
+)
+async def close_station(
+    station_id: uuid.UUID,
+    request: Request,
+    body: domain.CloseIn | None = None,
+    principal: Principal = Depends(require(WRITE)),
+):
     cmd = body or domain.CloseIn()
 
     async def run(conn):
@@ -675,14 +1001,30 @@ async def close_station(station_id: uuid.UUID, request: Request, body: domain.Cl
     return await _write(request, principal, f"stations.close:{station_id}", cmd.model_dump(mode="json"), run)
 
 
-@router.get("/stations", tags=["stations"], response_model=Page[StationOut],
-            summary="Service stations by region, a page at a time")
-async def list_stations(request: Request, region: str | None = Query(None, description="city or county, and below"),
-                        branch_id: uuid.UUID | None = None, status: Literal["open", "closed"] | None = None,
-                        limit: int = Limit, cursor: str | None = Cursor,
-                        principal: Principal = Depends(require(READ))) -> dict:
-    rows = await usecases.list_stations(db(request), principal, region=region, branch_id=branch_id, status=status,
-                                        after=decode_cursor(cursor, int), limit=limit + 1)
+@router.get(
+    "/stations",
+    tags=["stations"],
+    response_model=Page[StationOut],
+    summary="Service stations by region, a page at a time",
+)
+async def list_stations(
+    request: Request,
+    region: str | None = Query(None, description="city or county, and below"),
+    branch_id: uuid.UUID | None = None,
+    status: Literal["open", "closed"] | None = None,
+    limit: int = Limit,
+    cursor: str | None = Cursor,
+    principal: Principal = Depends(require(READ)),
+) -> dict:
+    rows = await usecases.list_stations(
+        db(request),
+        principal,
+        region=region,
+        branch_id=branch_id,
+        status=status,
+        after=decode_cursor(cursor, int),
+        limit=limit + 1,
+    )
     return page(rows, limit, lambda r: r["seq"], station_view)
 
 

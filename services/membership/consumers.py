@@ -5,6 +5,7 @@ skill level when it is higher (level 1, 高级技师, is the highest: "higher" i
 exactly once: the inbox claim, the level and the ``member.skill_level_changed`` event are one
 transaction, so a redelivered certificate changes nothing.
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,9 +27,10 @@ async def apply_certificate(pool: asyncpg.Pool, event: CloudEvent, data: Certifi
     async with pool.acquire() as conn, conn.transaction():
         outcome = await usecases.apply_certificate(conn, event, data)
     if outcome == "unknown-member":
-        log.warning("certificate for an unknown member ignored",
-                    extra={"event_id": event.id, "member_id": str(data.member_id),
-                           "certificate_id": str(data.certificate_id)})
+        log.warning(
+            "certificate for an unknown member ignored",
+            extra={"event_id": event.id, "member_id": str(data.member_id), "certificate_id": str(data.certificate_id)},
+        )
     return outcome
 
 
@@ -36,5 +38,4 @@ def certificate_consumer(pool: asyncpg.Pool, bootstrap: str, group_id: str) -> E
     async def handle(event: CloudEvent, data) -> None:
         await apply_certificate(pool, event, data)
 
-    return EventConsumer(bootstrap, group_id, ["training.events"], handle,
-                         event_types={CertificateIssued.event_type})
+    return EventConsumer(bootstrap, group_id, ["training.events"], handle, event_types={CertificateIssued.event_type})

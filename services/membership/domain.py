@@ -4,6 +4,7 @@ No I/O here: the use cases (``usecases.py``) load state through ``store``, ask t
 what the change is (raising a ``shared.errors`` domain exception when a rule forbids it) and store
 the result; ``shared.http`` turns a refusal into an RFC 9457 problem, the importer into a report row.
 """
+
 from __future__ import annotations
 
 import re
@@ -44,8 +45,9 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 def _region(v: str, *, county_only: bool = False) -> str:
     region = regions.get(v)
     if region is None or region.level == "region" or (county_only and region.level != "county"):
-        raise ValueError("must be the code of a Ningxia " + ("county" if county_only else "city or county")
-                         + " (GB/T 2260)")
+        raise ValueError(
+            "must be the code of a Ningxia " + ("county" if county_only else "city or county") + " (GB/T 2260)"
+        )
     return v
 
 
@@ -168,24 +170,40 @@ def path_branch(branches: dict, branch_id: uuid.UUID, actor: Principal):
 def branch_exists(existing, actor: Principal) -> Conflict:
     """The employer (credit code) already has an active branch: named when it is in the caller's scope."""
     if existing is None or not actor.may_act_on(existing["region_code"]):
-        return Conflict("the employer's branch is outside your organisation scope" if existing else None,
-                        kind="branch-exists", title="Employer already has an active union branch")
-    return Conflict(f"the employer already has branch {existing['id']}", kind="branch-exists",
-                    title="Employer already has an active union branch", branch_id=str(existing["id"]))
+        return Conflict(
+            "the employer's branch is outside your organisation scope" if existing else None,
+            kind="branch-exists",
+            title="Employer already has an active union branch",
+        )
+    return Conflict(
+        f"the employer already has branch {existing['id']}",
+        kind="branch-exists",
+        title="Employer already has an active union branch",
+        branch_id=str(existing["id"]),
+    )
 
 
 def ensure_active(branch, what: str = "branch") -> None:
     if branch["status"] != "active":
-        raise Conflict(f"branch {branch['id']} is {branch['status']}", kind="branch-not-active",
-                       title=f"The {what} is not active", branch_id=str(branch["id"]), branch_status=branch["status"])
+        raise Conflict(
+            f"branch {branch['id']} is {branch['status']}",
+            kind="branch-not-active",
+            title=f"The {what} is not active",
+            branch_id=str(branch["id"]),
+            branch_status=branch["status"],
+        )
 
 
 def update_branch(branch, patch: BranchPatch) -> BranchUpdated | None:
     """The update event, or None when nothing would change."""
     ensure_active(branch)
-    current = {"name": branch["name"], "region_code": branch["region_code"],
-               "industry_section": branch["industry_section"], "kind": branch["kind"],
-               "parent_id": branch["parent_id"]}
+    current = {
+        "name": branch["name"],
+        "region_code": branch["region_code"],
+        "industry_section": branch["industry_section"],
+        "kind": branch["kind"],
+        "parent_id": branch["parent_id"],
+    }
     wanted = {k: getattr(patch, k) for k in patch.model_fields_set}
     if "parent_id" in wanted and wanted["parent_id"] == branch["id"]:
         raise Invalid("parent_id", "a branch cannot be its own parent")
@@ -196,9 +214,16 @@ def update_branch(branch, patch: BranchPatch) -> BranchUpdated | None:
     changed = [k for k in ("name", "region_code", "industry_section", "kind", "parent_id") if after[k] != current[k]]
     if not changed:
         return None
-    return BranchUpdated(branch_id=branch["id"], name=after["name"], region_code=after["region_code"],
-                         city_code=regions.city_of(after["region_code"]), industry_section=after["industry_section"],
-                         kind=after["kind"], parent_id=after["parent_id"], changed=changed)
+    return BranchUpdated(
+        branch_id=branch["id"],
+        name=after["name"],
+        region_code=after["region_code"],
+        city_code=regions.city_of(after["region_code"]),
+        industry_section=after["industry_section"],
+        kind=after["kind"],
+        parent_id=after["parent_id"],
+        changed=changed,
+    )
 
 
 def check_merge(branch, into) -> None:
@@ -209,19 +234,28 @@ def check_merge(branch, into) -> None:
 
 
 def branch_merged(branch, into_id: uuid.UUID, moved: int, on: date) -> BranchMerged:
-    return BranchMerged(branch_id=branch["id"], into_branch_id=into_id, region_code=branch["region_code"],
-                        city_code=regions.city_of(branch["region_code"]), kind=branch["kind"], members_moved=moved,
-                        merged_on=on)
+    return BranchMerged(
+        branch_id=branch["id"],
+        into_branch_id=into_id,
+        region_code=branch["region_code"],
+        city_code=regions.city_of(branch["region_code"]),
+        kind=branch["kind"],
+        members_moved=moved,
+        merged_on=on,
+    )
 
 
 def check_dissolve(branch, target, members: int, stations: int) -> None:
     ensure_active(branch)
     if target is None:
         if members or stations:
-            raise Conflict(f"{members} active member(s) and {stations} open station(s): "
-                           "state transfer_to to move them first", kind="branch-not-empty",
-                           title="The branch still has members or open stations", members=members,
-                           open_stations=stations)
+            raise Conflict(
+                f"{members} active member(s) and {stations} open station(s): state transfer_to to move them first",
+                kind="branch-not-empty",
+                title="The branch still has members or open stations",
+                members=members,
+                open_stations=stations,
+            )
         return
     if target["id"] == branch["id"]:
         raise Conflict(kind="transfer-to-itself", title="A branch cannot transfer its members to itself")
@@ -229,31 +263,55 @@ def check_dissolve(branch, target, members: int, stations: int) -> None:
 
 
 def branch_dissolved(branch, transfer_to: uuid.UUID | None, moved: int, on: date) -> BranchDissolved:
-    return BranchDissolved(branch_id=branch["id"], region_code=branch["region_code"],
-                           city_code=regions.city_of(branch["region_code"]), kind=branch["kind"],
-                           transferred_to=transfer_to, members_moved=moved, dissolved_on=on)
+    return BranchDissolved(
+        branch_id=branch["id"],
+        region_code=branch["region_code"],
+        city_code=regions.city_of(branch["region_code"]),
+        kind=branch["kind"],
+        transferred_to=transfer_to,
+        members_moved=moved,
+        dissolved_on=on,
+    )
 
 
-def member_moved(member_id: uuid.UUID, employment_form: str, source, target, reason: str | None,
-                 on: date) -> MemberTransferred:
+def member_moved(
+    member_id: uuid.UUID, employment_form: str, source, target, reason: str | None, on: date
+) -> MemberTransferred:
     return MemberTransferred(
-        member_id=member_id, from_branch_id=source["id"], to_branch_id=target["id"],
-        from_region_code=source["region_code"], to_region_code=target["region_code"],
-        from_city_code=regions.city_of(source["region_code"]), to_city_code=regions.city_of(target["region_code"]),
-        employment_form=employment_form, reason=reason, transferred_on=on)
+        member_id=member_id,
+        from_branch_id=source["id"],
+        to_branch_id=target["id"],
+        from_region_code=source["region_code"],
+        to_region_code=target["region_code"],
+        from_city_code=regions.city_of(source["region_code"]),
+        to_city_code=regions.city_of(target["region_code"]),
+        employment_form=employment_form,
+        reason=reason,
+        transferred_on=on,
+    )
 
 
 def station_moved(station_id: uuid.UUID, region_code: str, source, target, reason: str, on: date) -> StationTransferred:
-    return StationTransferred(station_id=station_id, from_branch_id=source["id"], to_branch_id=target["id"],
-                              region_code=region_code, city_code=regions.city_of(region_code), reason=reason,
-                              transferred_on=on)
+    return StationTransferred(
+        station_id=station_id,
+        from_branch_id=source["id"],
+        to_branch_id=target["id"],
+        region_code=region_code,
+        city_code=regions.city_of(region_code),
+        reason=reason,
+        transferred_on=on,
+    )
 
 
 # -- members -------------------------------------------------------------------
 EMPLOYMENT_FORM_ALIASES = {
     **{f.value: f.value for f in EmploymentForm},
-    "标准劳动关系": "standard", "快递员": "courier", "网约车司机": "ride_hailing", "货车司机": "truck_driver",
-    "外卖骑手": "food_delivery", "外卖送餐员": "food_delivery",
+    "标准劳动关系": "standard",
+    "快递员": "courier",
+    "网约车司机": "ride_hailing",
+    "货车司机": "truck_driver",
+    "外卖骑手": "food_delivery",
+    "外卖送餐员": "food_delivery",
 }
 SKILL_LEVEL_ALIASES = {**{str(k): k for k in SKILL_LEVELS}, **{v: k for k, v in SKILL_LEVELS.items()}}
 
@@ -356,11 +414,11 @@ class NewMember(NamedTuple):
     """A joining person's data, checked and normalised (a named tuple: built once a row of an import)."""
 
     name: str
-    number: str            # the ID number (normalised: upper-case X)
+    number: str  # the ID number (normalised: upper-case X)
     birth_date: date
     sex: str
-    region_code: str       # the ID number's 6-digit region prefix (where the person was registered)
-    phone: str | None      # 11 digits
+    region_code: str  # the ID number's 6-digit region prefix (where the person was registered)
+    phone: str | None  # 11 digits
     employment_form: str
     occupation: str | None
     skill_level: int | None
@@ -378,8 +436,9 @@ class MemberRules:
         self.default_branch = default_branch
         self._branch_ids: dict[str, uuid.UUID | None] = {}  # a file names few branches: parse each once
 
-    def __call__(self, name, id_number, phone, employment_form, occupation, skill_level, branch_id,
-                 joined_on) -> NewMember:
+    def __call__(
+        self, name, id_number, phone, employment_form, occupation, skill_level, branch_id, joined_on
+    ) -> NewMember:
         name = name.strip() if name else ""
         if not name:
             raise Invalid("name", "is required")
@@ -402,8 +461,9 @@ class MemberRules:
         if form:
             form = EMPLOYMENT_FORM_ALIASES.get(form.strip())
             if form is None:
-                raise Invalid("employment_form",
-                              "must be one of standard, courier, ride_hailing, truck_driver, food_delivery")
+                raise Invalid(
+                    "employment_form", "must be one of standard, courier, ride_hailing, truck_driver, food_delivery"
+                )
         else:
             form = "standard"
         if occupation:
@@ -431,8 +491,19 @@ class MemberRules:
         born = person.birth_date
         if joined.year - born.year - ((joined.month, joined.day) < (born.month, born.day)) < MIN_MEMBER_AGE:
             check_age(born, joined)  # raises, with the reason
-        return NewMember(name, person.number, person.birth_date, person.sex, person.region_code, phone, form,
-                         occupation, skill, branch, joined)
+        return NewMember(
+            name,
+            person.number,
+            person.birth_date,
+            person.sex,
+            person.region_code,
+            phone,
+            form,
+            occupation,
+            skill,
+            branch,
+            joined,
+        )
 
     def _branch(self, value) -> uuid.UUID:
         if isinstance(value, uuid.UUID):
@@ -485,10 +556,18 @@ def check_not_member(existing, actor: Principal) -> None:
     if existing["status"] != "active":
         return
     if is_elsewhere(existing, actor):
-        raise Conflict("a member of a branch outside your organisation scope", kind="already-a-member-elsewhere",
-                       title="This person is already a member elsewhere")
-    raise Conflict(f"member {existing['id']}", kind="already-a-member", title="This person is already a member",
-                   member_id=str(existing["id"]), branch_id=str(existing["branch_id"]))
+        raise Conflict(
+            "a member of a branch outside your organisation scope",
+            kind="already-a-member-elsewhere",
+            title="This person is already a member elsewhere",
+        )
+    raise Conflict(
+        f"member {existing['id']}",
+        kind="already-a-member",
+        title="This person is already a member",
+        member_id=str(existing["id"]),
+        branch_id=str(existing["branch_id"]),
+    )
 
 
 def rejoin_skill_level(certified: int | None, stated: int | None) -> int | None:
@@ -498,30 +577,72 @@ def rejoin_skill_level(certified: int | None, stated: int | None) -> int | None:
     return stated
 
 
-def member_joined_data(member_id: str, branch_id: str, region_code: str, employment_form: str,
-                       occupation: str | None, skill_level: int | None, birth_year: int, sex: str,
-                       joined_on: str, import_id: str | None = None) -> dict:
+def member_joined_data(
+    member_id: str,
+    branch_id: str,
+    region_code: str,
+    employment_form: str,
+    occupation: str | None,
+    skill_level: int | None,
+    birth_year: int,
+    sex: str,
+    joined_on: str,
+    import_id: str | None = None,
+) -> dict:
     """What ``member.joined`` says, in its JSON form (ids and dates as text): the birth year and sex
     derived from the ID number, never the number; ``import_id`` when a bulk import added the member (the
     notifier tells an import's members as one digest). The bulk import encodes it as is
     (``shared.events.encode_value``); a join builds the model from it."""
-    return {"member_id": member_id, "branch_id": branch_id, "region_code": region_code,
-            "city_code": regions.city_of(region_code), "employment_form": employment_form, "occupation": occupation,
-            "skill_level": skill_level, "birth_year": birth_year, "sex": sex, "joined_on": joined_on,
-            "import_id": import_id}
+    return {
+        "member_id": member_id,
+        "branch_id": branch_id,
+        "region_code": region_code,
+        "city_code": regions.city_of(region_code),
+        "employment_form": employment_form,
+        "occupation": occupation,
+        "skill_level": skill_level,
+        "birth_year": birth_year,
+        "sex": sex,
+        "joined_on": joined_on,
+        "import_id": import_id,
+    }
 
 
-def member_joined(member_id: uuid.UUID, branch, *, employment_form: str, occupation: str | None,
-                  skill_level: int | None, born: date, sex: str, joined_on: date) -> MemberJoined:
-    return MemberJoined.model_validate(member_joined_data(
-        str(member_id), str(branch["id"]), branch["region_code"], employment_form, occupation, skill_level,
-        born.year, sex, joined_on.isoformat()))
+def member_joined(
+    member_id: uuid.UUID,
+    branch,
+    *,
+    employment_form: str,
+    occupation: str | None,
+    skill_level: int | None,
+    born: date,
+    sex: str,
+    joined_on: date,
+) -> MemberJoined:
+    return MemberJoined.model_validate(
+        member_joined_data(
+            str(member_id),
+            str(branch["id"]),
+            branch["region_code"],
+            employment_form,
+            occupation,
+            skill_level,
+            born.year,
+            sex,
+            joined_on.isoformat(),
+        )
+    )
 
 
 def ensure_member_active(member) -> None:
     if member["status"] != "active":
-        raise Conflict(f"member {member['id']} is {member['status']}", kind="member-not-active",
-                       title="The member is not active", member_id=str(member["id"]), member_status=member["status"])
+        raise Conflict(
+            f"member {member['id']} is {member['status']}",
+            kind="member-not-active",
+            title="The member is not active",
+            member_id=str(member["id"]),
+            member_status=member["status"],
+        )
 
 
 def check_join_date(joined_on: date, branch) -> None:
@@ -538,8 +659,13 @@ def check_transfer(member, source, target) -> None:
 
 def member_ended(kind: str, member, branch, on: date) -> MemberLeft | MemberLapsed:
     ensure_member_active(member)
-    common = dict(member_id=member["id"], branch_id=branch["id"], region_code=branch["region_code"],
-                  city_code=regions.city_of(branch["region_code"]), employment_form=member["employment_form"])
+    common = dict(
+        member_id=member["id"],
+        branch_id=branch["id"],
+        region_code=branch["region_code"],
+        city_code=regions.city_of(branch["region_code"]),
+        employment_form=member["employment_form"],
+    )
     return MemberLeft(**common, left_on=on) if kind == "left" else MemberLapsed(**common, lapsed_on=on)
 
 
@@ -549,9 +675,15 @@ def raised_skill_level(current: int | None, certified: int) -> bool:
 
 
 def skill_level_changed(member, branch, to_level: int, certificate_id: uuid.UUID | None) -> MemberSkillLevelChanged:
-    return MemberSkillLevelChanged(member_id=member["id"], branch_id=branch["id"], region_code=branch["region_code"],
-                                   city_code=regions.city_of(branch["region_code"]), from_level=member["skill_level"],
-                                   to_level=to_level, certificate_id=certificate_id)
+    return MemberSkillLevelChanged(
+        member_id=member["id"],
+        branch_id=branch["id"],
+        region_code=branch["region_code"],
+        city_code=regions.city_of(branch["region_code"]),
+        from_level=member["skill_level"],
+        to_level=to_level,
+        certificate_id=certificate_id,
+    )
 
 
 # -- stations ------------------------------------------------------------------
@@ -563,8 +695,9 @@ class StationIn(BaseModel):
     name: str = Field(min_length=2, max_length=100)
     branch_id: uuid.UUID = Field(description="the branch that operates it")
     region_code: str = Field(description="GB/T 2260 code of the county it is in")
-    services: list[str] = Field(default_factory=list, max_length=20,
-                                description="e.g. 饮水, 休息, 充电, 加热, 如厕, 医药箱")
+    services: list[str] = Field(
+        default_factory=list, max_length=20, description="e.g. 饮水, 休息, 充电, 加热, 如厕, 医药箱"
+    )
     opened_on: date | None = Field(default=None, description="defaults to today")
 
     _name = field_validator("name")(_text)
@@ -598,12 +731,24 @@ class CloseIn(BaseModel):
 
 def station_opened(station_id: uuid.UUID, cmd: StationIn, branch, on: date) -> StationOpened:
     ensure_active(branch)
-    return StationOpened(station_id=station_id, name=cmd.name, branch_id=branch["id"], region_code=cmd.region_code,
-                         city_code=regions.city_of(cmd.region_code), services=cmd.services, opened_on=on)
+    return StationOpened(
+        station_id=station_id,
+        name=cmd.name,
+        branch_id=branch["id"],
+        region_code=cmd.region_code,
+        city_code=regions.city_of(cmd.region_code),
+        services=cmd.services,
+        opened_on=on,
+    )
 
 
 def station_closed(station, on: date) -> StationClosed:
     if station["status"] != "open":
         raise Conflict(kind="station-closed", title="The station is already closed", station_id=str(station["id"]))
-    return StationClosed(station_id=station["id"], branch_id=station["branch_id"], region_code=station["region_code"],
-                         city_code=regions.city_of(station["region_code"]), closed_on=on)
+    return StationClosed(
+        station_id=station["id"],
+        branch_id=station["branch_id"],
+        region_code=station["region_code"],
+        city_code=regions.city_of(station["region_code"]),
+        closed_on=on,
+    )

@@ -4,6 +4,7 @@ Names and other free text are stored as given, but a cell that starts with ``=``
 ``@``, a tab or a carriage return would run as a formula in Excel or WPS (CSV injection, OWASP):
 on export such a cell gets a leading apostrophe, which the spreadsheet shows as text.
 """
+
 from __future__ import annotations
 
 import csv

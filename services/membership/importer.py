@@ -11,6 +11,7 @@ connections, while the next is parsed, so Python and PostgreSQL work at the same
 
 Importing the same file again changes nothing: every row is then "already a member".
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -113,8 +114,10 @@ class TextDecoder:
                 return self._decoder.decode(data, final)
             return self._detect(data, final)
         except UnicodeDecodeError:
-            raise ImportFailed(f"the file is not valid {self.encoding or 'UTF-8 or GB18030'}: "
-                               "send UTF-8 (with or without BOM) or GB18030") from None
+            raise ImportFailed(
+                f"the file is not valid {self.encoding or 'UTF-8 or GB18030'}: "
+                "send UTF-8 (with or without BOM) or GB18030"
+            ) from None
 
     def _detect(self, data: bytes, final: bool) -> str:
         data = self._held + data
@@ -122,7 +125,7 @@ class TextDecoder:
         if data.isascii():
             return data.decode("ascii")
         first = next(i for i, b in enumerate(data) if b >= 0x80)
-        window = data[first:first + 4096]
+        window = data[first : first + 4096]
         if len(window) < 64 and not final:  # too little to judge: wait for more
             self._held = data[first:]
             return data[:first].decode("ascii")
@@ -178,7 +181,7 @@ class CsvRecords:
                 if len(text) > MAX_LINE:
                     raise ImportFailed("a line is longer than 1 MiB")
                 return []
-            self._tail = text[cut + 1:]
+            self._tail = text[cut + 1 :]
             lines = [p + "\n" for p in text[:cut].split("\n")]
         ready: list[str] = []
         for line in lines:
@@ -289,8 +292,10 @@ class Importer:
                 header[canonical] = i
         missing = [c for c in REQUIRED if c not in header]
         if missing:
-            raise ImportFailed(f"the header has no {' or '.join(missing)} column (first line must name the columns: "
-                               f"{', '.join(COLUMNS)})")
+            raise ImportFailed(
+                f"the header has no {' or '.join(missing)} column (first line must name the columns: "
+                f"{', '.join(COLUMNS)})"
+            )
         self.header = header
         self._width = len(record)
         self._pick = operator.itemgetter(*(header.get(name, -1) for name in FIELDS))
@@ -450,12 +455,26 @@ class Importer:
             for i, r in enumerate(sorted(staged.values(), key=_by_hash)):
                 mid, m = r.member_id.bytes, r.member
                 number, phone = m.number, m.phone
-                records.append((
-                    r.member_id, m.branch_id, m.name, r.id_hash, seal_id(nonces[24 * i:24 * i + 12], mid, number),
-                    mask_id_number(number),
-                    seal_phone(nonces[24 * i + 12:24 * i + 24], mid, phone) if phone else None,
-                    mask_phone(phone) if phone else None, m.birth_date.year, m.sex, home_prefecture(m.region_code),
-                    m.employment_form, m.occupation, m.skill_level, m.joined_on, r.row))
+                records.append(
+                    (
+                        r.member_id,
+                        m.branch_id,
+                        m.name,
+                        r.id_hash,
+                        seal_id(nonces[24 * i : 24 * i + 12], mid, number),
+                        mask_id_number(number),
+                        seal_phone(nonces[24 * i + 12 : 24 * i + 24], mid, phone) if phone else None,
+                        mask_phone(phone) if phone else None,
+                        m.birth_date.year,
+                        m.sex,
+                        home_prefecture(m.region_code),
+                        m.employment_form,
+                        m.occupation,
+                        m.skill_level,
+                        m.joined_on,
+                        r.row,
+                    )
+                )
             # A deadlock with a concurrent import despite the order is retried by _write.
             inserted = await store.insert_staged_members(conn, records, self.import_id)
         # Rows whose person is already a member (before this batch, or earlier in this file).
@@ -470,8 +489,15 @@ class Importer:
         for r in dupes:
             first = staged[r.id_hash]
             if first.member_id in inserted:
-                bad.append(Rejected(r.row, "id_number", f"already a member (same ID number as row {first.row} of this "
-                                    "file)", "already_member", first.member_id))
+                bad.append(
+                    Rejected(
+                        r.row,
+                        "id_number",
+                        f"already a member (same ID number as row {first.row} of this file)",
+                        "already_member",
+                        first.member_id,
+                    )
+                )
             else:
                 bad.append(self._already(r.row, existing[r.id_hash]))
         # Their events, with the data that was stored, through the shared encoder.
@@ -483,24 +509,44 @@ class Importer:
             lane_of = outbox.lane_of
             import_id = str(self.import_id)
             traceparents = iter(new_traceparents(self.trace_id, len(inserted)))  # this request's trace, a span each
-            for r, event_id in zip((r for r in staged.values() if r.member_id in inserted), event_ids,
-                                   strict=True):
+            for r, event_id in zip((r for r in staged.values() if r.member_id in inserted), event_ids, strict=True):
                 m, b = r.member, open_to[r.member.branch_id]
                 member_id = str(r.member_id)
-                data = domain.member_joined_data(member_id, str(b["id"]), b["region_code"], m.employment_form,
-                                                 m.occupation, m.skill_level, m.birth_date.year, m.sex,
-                                                 m.joined_on.isoformat(), import_id)
+                data = domain.member_joined_data(
+                    member_id,
+                    str(b["id"]),
+                    b["region_code"],
+                    m.employment_form,
+                    m.occupation,
+                    m.skill_level,
+                    m.birth_date.year,
+                    m.sex,
+                    m.joined_on.isoformat(),
+                    import_id,
+                )
                 data["import_id"] = str(self.import_id)  # notices of an import go out as one digest
-                value = encode_value(MemberJoined, data, subject=member_id, event_id=str(event_id), time=time_iso,
-                                     traceparent=next(traceparents))
+                value = encode_value(
+                    MemberJoined,
+                    data,
+                    subject=member_id,
+                    event_id=str(event_id),
+                    time=time_iso,
+                    traceparent=next(traceparents),
+                )
                 rows_out.append((event_id, topic, member_id, lane_of(member_id), event_type, value))
             await outbox.add_encoded(conn, rows_out)
         n_already = sum(1 for b in bad if b.outcome == "already_member")
         n_rejected = len(bad) - n_already
-        await store.record_import_batch(conn, self.import_id, [(b.row, b.outcome, b.member_id, b.field, b.reason)
-                                                              for b in bad],
-                                        last_row=last_row, accepted=len(inserted), rejected=n_rejected,
-                                        already=n_already, bytes_read=self.counts.bytes)
+        await store.record_import_batch(
+            conn,
+            self.import_id,
+            [(b.row, b.outcome, b.member_id, b.field, b.reason) for b in bad],
+            last_row=last_row,
+            accepted=len(inserted),
+            rejected=n_rejected,
+            already=n_already,
+            bytes_read=self.counts.bytes,
+        )
         # Counted once the transaction commits (the caller's ``async with`` has not returned yet,
         # so a retry after a deadlock does not count twice: counts are taken from the database at the end).
         self.counts.accepted += len(inserted)

@@ -1,4 +1,5 @@
 """Membership service: wiring and entry point (``python -m services.membership api``)."""
+
 from __future__ import annotations
 
 import sys
@@ -41,10 +42,14 @@ async def certificates_part(app: FastAPI):
 
 def build_app(settings: Settings | None = None):
     settings = _membership_settings(settings)
-    return create_app(service="membership", settings=settings, routers=[router],
-                      title="Changai membership (工会会员与组织)",
-                      description="Regions, union branches, members, transfers, service stations and bulk import.",
-                      parts=[vault_part, certificates_part, commands_part])
+    return create_app(
+        service="membership",
+        settings=settings,
+        routers=[router],
+        title="Changai membership (工会会员与组织)",
+        description="Regions, union branches, members, transfers, service stations and bulk import.",
+        parts=[vault_part, certificates_part, commands_part],
+    )
 
 
 def main(argv: list[str]) -> None:

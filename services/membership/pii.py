@@ -12,6 +12,7 @@
 The encryption and lookup keys are derived from ``Settings.data_key_bytes()`` with HKDF
 (one key per purpose), so one secret in the settings never serves two algorithms.
 """
+
 from __future__ import annotations
 
 import functools
@@ -40,11 +41,45 @@ BLOB_VERSION = b"\x01"
 
 # GB/T 2260 province-level codes (the first two digits of every ID number), plus 83 used by
 # residence permits of Taiwan residents (HK 81 and Macao 82 are in the list).
-PROVINCES = frozenset({
-    "11", "12", "13", "14", "15", "21", "22", "23", "31", "32", "33", "34", "35", "36", "37",
-    "41", "42", "43", "44", "45", "46", "50", "51", "52", "53", "54", "61", "62", "63", "64", "65",
-    "71", "81", "82", "83",
-})
+PROVINCES = frozenset(
+    {
+        "11",
+        "12",
+        "13",
+        "14",
+        "15",
+        "21",
+        "22",
+        "23",
+        "31",
+        "32",
+        "33",
+        "34",
+        "35",
+        "36",
+        "37",
+        "41",
+        "42",
+        "43",
+        "44",
+        "45",
+        "46",
+        "50",
+        "51",
+        "52",
+        "53",
+        "54",
+        "61",
+        "62",
+        "63",
+        "64",
+        "65",
+        "71",
+        "81",
+        "82",
+        "83",
+    }
+)
 # Ningxia's prefecture-level parts: the 5 cities of today, and the former prefectures whose
 # codes people registered there still carry (ID numbers are never renumbered): 6421 银南地区
 # (until 1998, now 吴忠市) and 6422 固原地区 (until 2001, now 固原市).
@@ -127,6 +162,7 @@ class Vault:
 
         def seal(nonce: bytes, member_id_bytes: bytes, value: str) -> bytes:
             return BLOB_VERSION + nonce + encrypt(nonce, value.encode(), prefix + member_id_bytes)
+
         return seal
 
     def decrypt(self, field: str, member_id: uuid.UUID, blob: bytes) -> str:
@@ -153,11 +189,11 @@ def uuid7_batch(n: int, ms: int | None = None) -> list[PgUUID]:
     ms = time.time_ns() // 1_000_000 if ms is None else ms
     prefix = (ms & 0xFFFF_FFFF_FFFF).to_bytes(6, "big")
     for j in range(6):
-        raw[j::16] = prefix[j:j + 1] * n
+        raw[j::16] = prefix[j : j + 1] * n
     raw[6::16] = bytes(raw[6::16]).translate(_VERSION_7)
     raw[8::16] = bytes(raw[8::16]).translate(_VARIANT)
     data = bytes(raw)
-    return [PgUUID(data[i:i + 16]) for i in range(0, 16 * n, 16)]
+    return [PgUUID(data[i : i + 16]) for i in range(0, 16 * n, 16)]
 
 
 def uuid7(ms: int | None = None) -> uuid.UUID:

@@ -9,6 +9,7 @@ queues its events in the outbox, and returns the result. Refusals are ``shared.e
 
 Lock order, everywhere: branches (sorted by id) before members before stations (see ``store``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -55,8 +56,9 @@ async def _parent_in_scope(conn: asyncpg.Connection, parent_id: uuid.UUID, actor
     domain.referenced_branch(parent, actor, "parent_id")  # a parent in another city: 403
 
 
-async def establish_branch(conn: asyncpg.Connection, cmd: domain.BranchIn, actor: Principal,
-                           today: date) -> asyncpg.Record:
+async def establish_branch(
+    conn: asyncpg.Connection, cmd: domain.BranchIn, actor: Principal, today: date
+) -> asyncpg.Record:
     actor.ensure_region(cmd.region_code)
     existing = await store.active_branch_by_credit_code(conn, cmd.credit_code)
     if existing:
@@ -83,20 +85,40 @@ class BranchDetail:
 async def get_branch(conn: Conn, branch_id: uuid.UUID, actor: Principal) -> BranchDetail:
     row = await store.get_branch(conn, branch_id)
     actor.ensure_visible(row["region_code"] if row else None, "branch", branch_id)
-    return BranchDetail(row, await store.branch_member_count(conn, branch_id),
-                        await store.open_station_count(conn, branch_id))
+    return BranchDetail(
+        row, await store.branch_member_count(conn, branch_id), await store.open_station_count(conn, branch_id)
+    )
 
 
-async def list_branches(conn: Conn, actor: Principal, *, region: str | None, industry_section: str | None,
-                        kind: str | None, status: str | None, founded_from: date | None, founded_to: date | None,
-                        after: int | None, limit: int) -> list[asyncpg.Record]:
-    return await store.list_branches(conn, regions=actor.scope_codes(region), industry_section=industry_section,
-                                     kind=kind, status=status, founded_from=founded_from, founded_to=founded_to,
-                                     after=after, limit=limit)
+async def list_branches(
+    conn: Conn,
+    actor: Principal,
+    *,
+    region: str | None,
+    industry_section: str | None,
+    kind: str | None,
+    status: str | None,
+    founded_from: date | None,
+    founded_to: date | None,
+    after: int | None,
+    limit: int,
+) -> list[asyncpg.Record]:
+    return await store.list_branches(
+        conn,
+        regions=actor.scope_codes(region),
+        industry_section=industry_section,
+        kind=kind,
+        status=status,
+        founded_from=founded_from,
+        founded_to=founded_to,
+        after=after,
+        limit=limit,
+    )
 
 
-async def update_branch(conn: asyncpg.Connection, branch_id: uuid.UUID, cmd: domain.BranchPatch, actor: Principal,
-                        today: date) -> asyncpg.Record:
+async def update_branch(
+    conn: asyncpg.Connection, branch_id: uuid.UUID, cmd: domain.BranchPatch, actor: Principal, today: date
+) -> asyncpg.Record:
     branch = domain.path_branch(await store.lock_branches(conn, [branch_id], "UPDATE"), branch_id, actor)
     if cmd.region_code is not None:
         actor.ensure_region(cmd.region_code)
@@ -111,14 +133,17 @@ async def update_branch(conn: asyncpg.Connection, branch_id: uuid.UUID, cmd: dom
     return await store.get_branch(conn, branch_id)
 
 
-async def _move_everything(conn: asyncpg.Connection, source, target, reason: str, on: date,
-                           actor: Principal) -> tuple[int, list[EventData]]:
+async def _move_everything(
+    conn: asyncpg.Connection, source, target, reason: str, on: date, actor: Principal
+) -> tuple[int, list[EventData]]:
     """Move a branch's active members and open stations to another branch; (members moved, events)."""
     moved = await store.move_active_members(conn, source["id"], target["id"])
-    await store.insert_transfers(conn, [(uuid.uuid4(), m["id"], source["id"], target["id"], reason, on, actor.subject)
-                                        for m in moved])
-    events: list[EventData] = [domain.member_moved(m["id"], m["employment_form"], source, target, reason, on)
-                               for m in moved]
+    await store.insert_transfers(
+        conn, [(uuid.uuid4(), m["id"], source["id"], target["id"], reason, on, actor.subject) for m in moved]
+    )
+    events: list[EventData] = [
+        domain.member_moved(m["id"], m["employment_form"], source, target, reason, on) for m in moved
+    ]
     stations = await store.move_open_stations(conn, source["id"], target["id"])
     events += [domain.station_moved(s["id"], s["region_code"], source, target, reason, on) for s in stations]
     return len(moved), events
@@ -130,8 +155,9 @@ class BranchEnded:
     members_moved: int
 
 
-async def merge_branch(conn: asyncpg.Connection, branch_id: uuid.UUID, cmd: domain.MergeIn, actor: Principal,
-                       today: date) -> BranchEnded:
+async def merge_branch(
+    conn: asyncpg.Connection, branch_id: uuid.UUID, cmd: domain.MergeIn, actor: Principal, today: date
+) -> BranchEnded:
     locked = await store.lock_branches(conn, [branch_id, cmd.into_branch_id], "UPDATE")
     branch = domain.path_branch(locked, branch_id, actor)
     into = domain.referenced_branch(locked.get(cmd.into_branch_id), actor, "into_branch_id")
@@ -144,16 +170,20 @@ async def merge_branch(conn: asyncpg.Connection, branch_id: uuid.UUID, cmd: doma
     return BranchEnded(await store.get_branch(conn, branch_id), moved)
 
 
-async def dissolve_branch(conn: asyncpg.Connection, branch_id: uuid.UUID, cmd: domain.DissolveIn, actor: Principal,
-                          today: date) -> BranchEnded:
+async def dissolve_branch(
+    conn: asyncpg.Connection, branch_id: uuid.UUID, cmd: domain.DissolveIn, actor: Principal, today: date
+) -> BranchEnded:
     locked = await store.lock_branches(conn, [branch_id] + ([cmd.transfer_to] if cmd.transfer_to else []), "UPDATE")
     branch = domain.path_branch(locked, branch_id, actor)
     target = domain.referenced_branch(locked.get(cmd.transfer_to), actor, "transfer_to") if cmd.transfer_to else None
-    domain.check_dissolve(branch, target, await store.branch_member_count(conn, branch_id),
-                          await store.open_station_count(conn, branch_id))
+    domain.check_dissolve(
+        branch,
+        target,
+        await store.branch_member_count(conn, branch_id),
+        await store.open_station_count(conn, branch_id),
+    )
     on = cmd.dissolved_on or today
-    moved, events = (await _move_everything(conn, branch, target, "dissolution", on, actor)
-                     if target else (0, []))
+    moved, events = await _move_everything(conn, branch, target, "dissolution", on, actor) if target else (0, [])
     await store.end_branch(conn, branch_id, "dissolved", on, transferred_to=target["id"] if target else None)
     events.append(domain.branch_dissolved(branch, target["id"] if target else None, moved, on))
     await emit(conn, *events)
@@ -161,28 +191,53 @@ async def dissolve_branch(conn: asyncpg.Connection, branch_id: uuid.UUID, cmd: d
 
 
 # -- members -------------------------------------------------------------------------
-async def join(conn: asyncpg.Connection, cmd: domain.MemberIn, actor: Principal, today: date, *,
-               vault: Vault) -> asyncpg.Record:
+async def join(
+    conn: asyncpg.Connection, cmd: domain.MemberIn, actor: Principal, today: date, *, vault: Vault
+) -> asyncpg.Record:
     """A person joins a branch (入会); one who left or lapsed rejoins as the same member.
     The person's data meets the same rules (``domain.MemberRules``) as every row of a bulk import."""
-    person = domain.MemberRules(today)(cmd.name, cmd.id_number, cmd.phone, cmd.employment_form, cmd.occupation,
-                                       cmd.skill_level, cmd.branch_id, cmd.joined_on)
+    person = domain.MemberRules(today)(
+        cmd.name,
+        cmd.id_number,
+        cmd.phone,
+        cmd.employment_form,
+        cmd.occupation,
+        cmd.skill_level,
+        cmd.branch_id,
+        cmd.joined_on,
+    )
     id_hash = vault.lookup_hash(person.number)
     branch = await store.lock_branches(conn, [person.branch_id])
     branch = domain.joining_branch(branch.get(person.branch_id), actor, person.joined_on)
     member_id = uuid7()
-    fields = dict(branch_id=branch["id"], name=person.name, employment_form=person.employment_form,
-                  occupation=person.occupation, joined_on=person.joined_on)
+    fields = dict(
+        branch_id=branch["id"],
+        name=person.name,
+        employment_form=person.employment_form,
+        occupation=person.occupation,
+        joined_on=person.joined_on,
+    )
 
     def secrets(mid: uuid.UUID) -> dict[str, Any]:
-        return dict(id_cipher=vault.encrypt("id_number", mid, person.number), id_masked=mask_id_number(person.number),
-                    phone_cipher=vault.encrypt("phone", mid, person.phone) if person.phone else None,
-                    phone_masked=mask_phone(person.phone) if person.phone else None)
+        return dict(
+            id_cipher=vault.encrypt("id_number", mid, person.number),
+            id_masked=mask_id_number(person.number),
+            phone_cipher=vault.encrypt("phone", mid, person.phone) if person.phone else None,
+            phone_masked=mask_phone(person.phone) if person.phone else None,
+        )
 
     skill = person.skill_level
-    row = await store.insert_member(conn, id=member_id, id_hash=id_hash, birth_year=person.birth_date.year,
-                                    sex=person.sex, home_region_code=home_prefecture(person.region_code),
-                                    skill_level=skill, **fields, **secrets(member_id))
+    row = await store.insert_member(
+        conn,
+        id=member_id,
+        id_hash=id_hash,
+        birth_year=person.birth_date.year,
+        sex=person.sex,
+        home_region_code=home_prefecture(person.region_code),
+        skill_level=skill,
+        **fields,
+        **secrets(member_id),
+    )
     if row is None:
         existing = await store.member_by_hash(conn, id_hash, lock=True)
         assert existing is not None, "the insert conflicted on this hash"
@@ -190,21 +245,32 @@ async def join(conn: asyncpg.Connection, cmd: domain.MemberIn, actor: Principal,
         member_id = existing["id"]
         skill = domain.rejoin_skill_level(existing["skill_level"], skill)
         row = await store.rejoin_member(conn, member_id, skill_level=skill, **fields, **secrets(member_id))
-    await emit(conn, domain.member_joined(member_id, branch, employment_form=person.employment_form,
-                                          occupation=person.occupation, skill_level=skill, born=person.birth_date,
-                                          sex=person.sex, joined_on=person.joined_on))
+    await emit(
+        conn,
+        domain.member_joined(
+            member_id,
+            branch,
+            employment_form=person.employment_form,
+            occupation=person.occupation,
+            skill_level=skill,
+            born=person.birth_date,
+            sex=person.sex,
+            joined_on=person.joined_on,
+        ),
+    )
     return await store.get_member(conn, member_id)
 
 
 @dataclass
 class LookupResult:
-    outcome: str                        # found | not_found | rate_limited
+    outcome: str  # found | not_found | rate_limited
     member: asyncpg.Record | None = None
     retry_after_s: int | None = None
 
 
-async def lookup(conn: asyncpg.Connection, cmd: domain.LookupIn, actor: Principal, today: date, *, vault: Vault,
-                 per_minute: int) -> LookupResult:
+async def lookup(
+    conn: asyncpg.Connection, cmd: domain.LookupIn, actor: Principal, today: date, *, vault: Vault, per_minute: int
+) -> LookupResult:
     """Find a member by ID number. Every lookup is audited (it confirms a guessed number), and a caller
     gets ``per_minute`` of them, counted in the audit table so the limit holds across replicas.
     Returns rather than raises, so the audit row of a refused or fruitless lookup is committed."""
@@ -218,15 +284,22 @@ async def lookup(conn: asyncpg.Connection, cmd: domain.LookupIn, actor: Principa
         row = await store.get_member(conn, found["id"]) if found else None
         visible = row is not None and actor.may_act_on(row["region_code"])
         result = LookupResult("found", row) if visible else LookupResult("not_found")
-    await store.insert_lookup(conn, uuid7(), actor.subject, actor.region, result.outcome,
-                              result.member["id"] if result.member else None, trace_id_var.get())
+    await store.insert_lookup(
+        conn,
+        uuid7(),
+        actor.subject,
+        actor.region,
+        result.outcome,
+        result.member["id"] if result.member else None,
+        trace_id_var.get(),
+    )
     return result
 
 
-async def list_lookups(conn: Conn, actor: Principal, *, subject: str | None, after: int | None,
-                       limit: int) -> list[asyncpg.Record]:
-    return await store.list_lookups(conn, scope_regions=actor.scope_codes(), subject=subject, after=after,
-                                    limit=limit)
+async def list_lookups(
+    conn: Conn, actor: Principal, *, subject: str | None, after: int | None, limit: int
+) -> list[asyncpg.Record]:
+    return await store.list_lookups(conn, scope_regions=actor.scope_codes(), subject=subject, after=after, limit=limit)
 
 
 async def get_member(conn: Conn, member_id: uuid.UUID, actor: Principal) -> asyncpg.Record:
@@ -235,22 +308,40 @@ async def get_member(conn: Conn, member_id: uuid.UUID, actor: Principal) -> asyn
     return row
 
 
-async def list_members(conn: Conn, actor: Principal, *, region: str | None, branch_id: uuid.UUID | None,
-                       employment_form: str | None, status: str | None, skill_level: int | None,
-                       after: uuid.UUID | None, limit: int) -> list[asyncpg.Record]:
-    return await store.list_members(conn, regions=actor.scope_codes(region), branch_id=branch_id,
-                                    employment_form=employment_form, status=status, skill_level=skill_level,
-                                    after=after, limit=limit)
+async def list_members(
+    conn: Conn,
+    actor: Principal,
+    *,
+    region: str | None,
+    branch_id: uuid.UUID | None,
+    employment_form: str | None,
+    status: str | None,
+    skill_level: int | None,
+    after: uuid.UUID | None,
+    limit: int,
+) -> list[asyncpg.Record]:
+    return await store.list_members(
+        conn,
+        regions=actor.scope_codes(region),
+        branch_id=branch_id,
+        employment_form=employment_form,
+        status=status,
+        skill_level=skill_level,
+        after=after,
+        limit=limit,
+    )
 
 
-async def transfers_of(conn: Conn, member_id: uuid.UUID, actor: Principal, *, after: tuple | None,
-                       limit: int) -> list[asyncpg.Record]:
+async def transfers_of(
+    conn: Conn, member_id: uuid.UUID, actor: Principal, *, after: tuple | None, limit: int
+) -> list[asyncpg.Record]:
     await get_member(conn, member_id, actor)
     return await store.transfers_of(conn, member_id, after=after, limit=limit)
 
 
-async def _lock_member_and_branches(conn: asyncpg.Connection, member_id: uuid.UUID, actor: Principal,
-                                    extra: list[uuid.UUID]):
+async def _lock_member_and_branches(
+    conn: asyncpg.Connection, member_id: uuid.UUID, actor: Principal, extra: list[uuid.UUID]
+):
     """Branches first (the member's and ``extra``), then the member: the service's one lock order."""
     for _ in range(5):
         branch_id = await store.member_branch_id(conn, member_id)
@@ -262,26 +353,30 @@ async def _lock_member_and_branches(conn: asyncpg.Connection, member_id: uuid.UU
             source = locked[branch_id]
             actor.ensure_visible(source["region_code"], "member", member_id)
             return member, source, locked
-    raise Conflict("the member is being moved by another request; retry", kind="busy",
-                   title="The member is being moved")
+    raise Conflict(
+        "the member is being moved by another request; retry", kind="busy", title="The member is being moved"
+    )
 
 
-async def transfer(conn: asyncpg.Connection, member_id: uuid.UUID, cmd: domain.TransferIn, actor: Principal,
-                   today: date) -> asyncpg.Record:
+async def transfer(
+    conn: asyncpg.Connection, member_id: uuid.UUID, cmd: domain.TransferIn, actor: Principal, today: date
+) -> asyncpg.Record:
     member, source, locked = await _lock_member_and_branches(conn, member_id, actor, [cmd.to_branch_id])
     target = domain.referenced_branch(locked.get(cmd.to_branch_id), actor, "to_branch_id")
     domain.check_transfer(member, source, target)
     on = cmd.transferred_on or today
     reason = scrub_text(cmd.reason) if cmd.reason else None  # a typed phone or ID number goes no further
     await store.set_member_branch(conn, member_id, target["id"])
-    await store.insert_transfers(conn, [(uuid.uuid4(), member_id, source["id"], target["id"], reason, on,
-                                         actor.subject)])
+    await store.insert_transfers(
+        conn, [(uuid.uuid4(), member_id, source["id"], target["id"], reason, on, actor.subject)]
+    )
     await emit(conn, domain.member_moved(member_id, member["employment_form"], source, target, reason, on))
     return await store.get_member(conn, member_id)
 
 
-async def end_membership(conn: asyncpg.Connection, member_id: uuid.UUID, kind: str, cmd: domain.EndIn,
-                         actor: Principal, today: date) -> asyncpg.Record:
+async def end_membership(
+    conn: asyncpg.Connection, member_id: uuid.UUID, kind: str, cmd: domain.EndIn, actor: Principal, today: date
+) -> asyncpg.Record:
     """``kind``: ``left`` (退会) or ``lapsed``. The reason is not kept (nor sent): nothing needs it yet."""
     member, branch, _ = await _lock_member_and_branches(conn, member_id, actor, [])
     on = cmd.on or today
@@ -291,13 +386,15 @@ async def end_membership(conn: asyncpg.Connection, member_id: uuid.UUID, kind: s
     return await store.get_member(conn, member_id)
 
 
-async def leave(conn: asyncpg.Connection, member_id: uuid.UUID, cmd: domain.EndIn, actor: Principal,
-                today: date) -> asyncpg.Record:
+async def leave(
+    conn: asyncpg.Connection, member_id: uuid.UUID, cmd: domain.EndIn, actor: Principal, today: date
+) -> asyncpg.Record:
     return await end_membership(conn, member_id, "left", cmd, actor, today)
 
 
-async def lapse(conn: asyncpg.Connection, member_id: uuid.UUID, cmd: domain.EndIn, actor: Principal,
-                today: date) -> asyncpg.Record:
+async def lapse(
+    conn: asyncpg.Connection, member_id: uuid.UUID, cmd: domain.EndIn, actor: Principal, today: date
+) -> asyncpg.Record:
     return await end_membership(conn, member_id, "lapsed", cmd, actor, today)
 
 
@@ -310,28 +407,40 @@ class Revealed:
     revealed_at: Any
 
 
-async def reveal(conn: asyncpg.Connection, member_id: uuid.UUID, cmd: domain.RevealIn, actor: Principal,
-                 today: date, *, vault: Vault) -> Revealed:
+async def reveal(
+    conn: asyncpg.Connection, member_id: uuid.UUID, cmd: domain.RevealIn, actor: Principal, today: date, *, vault: Vault
+) -> Revealed:
     """The full ID number and phone, with the audit row written in the same transaction."""
     await get_member(conn, member_id, actor)
     secrets = await store.member_secrets(conn, member_id)
     assert secrets is not None, "the member was just read"
     fields = ["id_number"] + (["phone"] if secrets["phone_cipher"] else [])
-    audit = await store.insert_reveal(conn, uuid.uuid4(), member_id, actor.subject, cmd.reason, fields,
-                                      trace_id_var.get())
-    return Revealed(member_id, vault.decrypt("id_number", member_id, secrets["id_cipher"]),
-                    vault.decrypt("phone", member_id, secrets["phone_cipher"]) if secrets["phone_cipher"] else None,
-                    audit["id"], audit["revealed_at"])
+    audit = await store.insert_reveal(
+        conn, uuid.uuid4(), member_id, actor.subject, cmd.reason, fields, trace_id_var.get()
+    )
+    return Revealed(
+        member_id,
+        vault.decrypt("id_number", member_id, secrets["id_cipher"]),
+        vault.decrypt("phone", member_id, secrets["phone_cipher"]) if secrets["phone_cipher"] else None,
+        audit["id"],
+        audit["revealed_at"],
+    )
 
 
-async def reveals_of(conn: Conn, member_id: uuid.UUID, actor: Principal, *, after: tuple | None,
-                     limit: int) -> list[asyncpg.Record]:
+async def reveals_of(
+    conn: Conn, member_id: uuid.UUID, actor: Principal, *, after: tuple | None, limit: int
+) -> list[asyncpg.Record]:
     await get_member(conn, member_id, actor)
     return await store.reveals_of(conn, member_id, after=after, limit=limit)
 
 
-async def apply_certificate(conn: asyncpg.Connection, event: CloudEvent, data: CertificateIssued,
-                            actor: Principal = CERTIFICATE_ACTOR, today: date | None = None) -> str:
+async def apply_certificate(
+    conn: asyncpg.Connection,
+    event: CloudEvent,
+    data: CertificateIssued,
+    actor: Principal = CERTIFICATE_ACTOR,
+    today: date | None = None,
+) -> str:
     """A skill certificate raises the member's level when higher, once per event (the inbox claim, the
     level and the event in one transaction); what happened: raised, not-higher, redelivered, unknown-member."""
     if not await inbox.claim(conn, CERTIFICATES, event.id):
@@ -351,21 +460,22 @@ async def apply_certificate(conn: asyncpg.Connection, event: CloudEvent, data: C
 
 
 # -- stations --------------------------------------------------------------------------
-async def open_station(conn: asyncpg.Connection, cmd: domain.StationIn, actor: Principal,
-                       today: date) -> asyncpg.Record:
+async def open_station(
+    conn: asyncpg.Connection, cmd: domain.StationIn, actor: Principal, today: date
+) -> asyncpg.Record:
     actor.ensure_region(cmd.region_code)
     locked = await store.lock_branches(conn, [cmd.branch_id])
     branch = domain.referenced_branch(locked.get(cmd.branch_id), actor, "branch_id")
     station_id = uuid.uuid4()
     event = domain.station_opened(station_id, cmd, branch, cmd.opened_on or today)
-    await store.insert_station(conn, station_id, cmd.name, branch["id"], cmd.region_code, cmd.services,
-                               event.opened_on)
+    await store.insert_station(conn, station_id, cmd.name, branch["id"], cmd.region_code, cmd.services, event.opened_on)
     await emit(conn, event)
     return await store.get_station(conn, station_id)
 
 
-async def close_station(conn: asyncpg.Connection, station_id: uuid.UUID, cmd: domain.CloseIn, actor: Principal,
-                        today: date) -> asyncpg.Record:
+async def close_station(
+    conn: asyncpg.Connection, station_id: uuid.UUID, cmd: domain.CloseIn, actor: Principal, today: date
+) -> asyncpg.Record:
     station = await store.get_station(conn, station_id)
     actor.ensure_visible(station["region_code"] if station else None, "station", station_id)
     assert station is not None
@@ -384,10 +494,19 @@ async def get_station(conn: Conn, station_id: uuid.UUID, actor: Principal) -> as
     return row
 
 
-async def list_stations(conn: Conn, actor: Principal, *, region: str | None, branch_id: uuid.UUID | None,
-                        status: str | None, after: int | None, limit: int) -> list[asyncpg.Record]:
-    return await store.list_stations(conn, regions=actor.scope_codes(region), branch_id=branch_id, status=status,
-                                     after=after, limit=limit)
+async def list_stations(
+    conn: Conn,
+    actor: Principal,
+    *,
+    region: str | None,
+    branch_id: uuid.UUID | None,
+    status: str | None,
+    after: int | None,
+    limit: int,
+) -> list[asyncpg.Record]:
+    return await store.list_stations(
+        conn, regions=actor.scope_codes(region), branch_id=branch_id, status=status, after=after, limit=limit
+    )
 
 
 # -- imports -----------------------------------------------------------------------------
@@ -403,8 +522,9 @@ async def prior_import(conn: Conn, sha256: bytes | None, actor: Principal) -> as
     return await store.completed_import_by_sha(conn, sha256, actor.region) if sha256 is not None else None
 
 
-async def start_import(conn: Conn, fmt: str, default_branch: uuid.UUID | None, bytes_expected: int | None,
-                       actor: Principal) -> uuid.UUID:
+async def start_import(
+    conn: Conn, fmt: str, default_branch: uuid.UUID | None, bytes_expected: int | None, actor: Principal
+) -> uuid.UUID:
     import_id = uuid7()
     await store.create_import(conn, import_id, actor.subject, actor.region, fmt, default_branch, bytes_expected)
     return import_id
@@ -413,17 +533,33 @@ async def start_import(conn: Conn, fmt: str, default_branch: uuid.UUID | None, b
 async def finish_import(conn: Conn, import_id: uuid.UUID, importer, status: str, error: str | None) -> asyncpg.Record:
     """Record how an import ended (``importer`` None: it failed before it read anything)."""
     if importer is None:
-        return await store.finish_import(conn, import_id, status=status, encoding=None, rows_total=0, bytes_read=0,
-                                         sha256=None, ignored_columns=[], error=error)
+        return await store.finish_import(
+            conn,
+            import_id,
+            status=status,
+            encoding=None,
+            rows_total=0,
+            bytes_read=0,
+            sha256=None,
+            ignored_columns=[],
+            error=error,
+        )
     return await store.finish_import(
-        conn, import_id, status=status, encoding=(importer.decoder.encoding if importer.decoder else "utf-8"),
-        rows_total=importer.counts.rows, bytes_read=importer.counts.bytes,
+        conn,
+        import_id,
+        status=status,
+        encoding=(importer.decoder.encoding if importer.decoder else "utf-8"),
+        rows_total=importer.counts.rows,
+        bytes_read=importer.counts.bytes,
         sha256=getattr(importer, "sha256", None) if status == "completed" else None,
-        ignored_columns=importer.ignored_columns, error=error)
+        ignored_columns=importer.ignored_columns,
+        error=error,
+    )
 
 
-async def list_imports(conn: Conn, actor: Principal, *, status: str | None, after: int | None,
-                       limit: int) -> list[asyncpg.Record]:
+async def list_imports(
+    conn: Conn, actor: Principal, *, status: str | None, after: int | None, limit: int
+) -> list[asyncpg.Record]:
     return await store.list_imports(conn, scope_regions=actor.scope_codes(), status=status, after=after, limit=limit)
 
 
@@ -434,37 +570,61 @@ async def get_import(conn: Conn, import_id: uuid.UUID, actor: Principal) -> asyn
     return rec
 
 
-async def import_report(conn: Conn, import_id: uuid.UUID, actor: Principal, *, outcome: str | None, after_row: int,
-                        limit: int) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
+async def import_report(
+    conn: Conn, import_id: uuid.UUID, actor: Principal, *, outcome: str | None, after_row: int, limit: int
+) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
     rec = await get_import(conn, import_id, actor)
     return rec, await store.import_report(conn, import_id, outcome=outcome, after_row=after_row, limit=limit)
 
 
 @dataclass
 class ImportOutcome:
-    record: asyncpg.Record | None    # the import as recorded (None only when the database went away)
-    error: str | None = None         # why the file could not be read to the end
+    record: asyncpg.Record | None  # the import as recorded (None only when the database went away)
+    error: str | None = None  # why the file could not be read to the end
     database_unavailable: bool = False
 
 
-async def import_members(pool: asyncpg.Pool, chunks, import_id: uuid.UUID, fmt: str, actor: Principal,
-                         today: date, *, vault: Vault, charset: str | None, default_branch: uuid.UUID | None,
-                         batch_rows: int, writers: int) -> ImportOutcome:
+async def import_members(
+    pool: asyncpg.Pool,
+    chunks,
+    import_id: uuid.UUID,
+    fmt: str,
+    actor: Principal,
+    today: date,
+    *,
+    vault: Vault,
+    charset: str | None,
+    default_branch: uuid.UUID | None,
+    batch_rows: int,
+    writers: int,
+) -> ImportOutcome:
     """Stream an upload through the importer (``importer.py``). However it ends, the import is recorded
     as ``completed`` or ``failed`` with its reason, never left ``running``; rows written are kept."""
     importer: Importer | None = None
     error: str | None = None
     try:
-        importer = Importer(pool, vault, actor, import_id, fmt, charset=charset, default_branch=default_branch,
-                            batch_rows=batch_rows, writers=writers, trace_id=trace_id_var.get(), today=today)
+        importer = Importer(
+            pool,
+            vault,
+            actor,
+            import_id,
+            fmt,
+            charset=charset,
+            default_branch=default_branch,
+            batch_rows=batch_rows,
+            writers=writers,
+            trace_id=trace_id_var.get(),
+            today=today,
+        )
         await importer.run(chunks)
     except ImportFailed as exc:
         error = str(exc)
     except ClientDisconnect:
         error = "the upload was interrupted before the end of the file"
     except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError):
-        await _fail_quietly(pool, import_id, importer,
-                            "the database became unavailable; the rows written so far are kept")
+        await _fail_quietly(
+            pool, import_id, importer, "the database became unavailable; the rows written so far are kept"
+        )
         return ImportOutcome(None, database_unavailable=True)
     except BaseException:
         await _fail_quietly(pool, import_id, importer, "internal error: the rows written so far are kept; upload again")
@@ -478,5 +638,4 @@ async def _fail_quietly(pool: asyncpg.Pool, import_id: uuid.UUID, importer, erro
     try:
         await finish_import(pool, import_id, importer, "failed", error)
     except Exception:  # noqa: BLE001
-        log.warning("could not record the failed import",
-                                            extra={"import_id": str(import_id)})
+        log.warning("could not record the failed import", extra={"import_id": str(import_id)})

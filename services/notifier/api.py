@@ -5,13 +5,14 @@ acts on the channels of branches and federations inside its region.
 Secrets are never returned: a webhook's signing secret is shown once, in the answer that
 created or rotated it (and not in an idempotent replay of that answer, which is stored).
 """
+
 from __future__ import annotations
 
 import asyncio
 import hmac
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Literal
 
 import asyncpg
@@ -70,11 +71,11 @@ class ChannelOut(BaseModel):
     seed: bool = False
     created_at: str | None = None
     updated_at: str | None = None
-    released: int | None = None              # resume: held notices sent now
+    released: int | None = None  # resume: held notices sent now
 
 
 class ChannelCreated(ChannelOut):
-    signing_secret: str | None = None        # webhooks: shown once, in this answer only
+    signing_secret: str | None = None  # webhooks: shown once, in this answer only
     signing_secret_note: str | None = None
 
 
@@ -121,7 +122,7 @@ class DeliveryOut(BaseModel):
     resend_of: str | None = None
     requested_by: str | None = None
     attempt_log: list[AttemptOut] | None = None
-    delivered: bool | None = None            # test send: its outcome
+    delivered: bool | None = None  # test send: its outcome
 
 
 class TestSendPending(BaseModel):
@@ -194,36 +195,69 @@ def channel_view(row, owner_name: str | None = None) -> dict:
     quiet = row["quiet_hours"]
     quiet = orjson.loads(quiet) if isinstance(quiet, str) else quiet
     return {
-        "id": str(row["id"]), "kind": row["kind"], "name": row["name"],
-        "owner": {"kind": row["owner_kind"], "branch_id": str(row["owner_branch_id"]) if row["owner_branch_id"] else None,
-                  "region_code": row["owner_region"], "name": owner_name},
-        "scope": row["scope"], "event_types": list(row["event_types"]), "locale": row["locale"],
-        "quiet_hours": quiet, "config": config, "status": row["status"], "paused_reason": row["paused_reason"],
-        "paused_at": _iso(row["paused_at"]), "failing_since": _iso(row["failing_since"]), "seed": row["seed"],
-        "created_at": _iso(row["created_at"]), "updated_at": _iso(row["updated_at"]),
+        "id": str(row["id"]),
+        "kind": row["kind"],
+        "name": row["name"],
+        "owner": {
+            "kind": row["owner_kind"],
+            "branch_id": str(row["owner_branch_id"]) if row["owner_branch_id"] else None,
+            "region_code": row["owner_region"],
+            "name": owner_name,
+        },
+        "scope": row["scope"],
+        "event_types": list(row["event_types"]),
+        "locale": row["locale"],
+        "quiet_hours": quiet,
+        "config": config,
+        "status": row["status"],
+        "paused_reason": row["paused_reason"],
+        "paused_at": _iso(row["paused_at"]),
+        "failing_since": _iso(row["failing_since"]),
+        "seed": row["seed"],
+        "created_at": _iso(row["created_at"]),
+        "updated_at": _iso(row["updated_at"]),
     }
 
 
 def attempt_view(a) -> dict:
-    return {"n": a["n"], "started_at": _iso(a["started_at"]), "finished_at": _iso(a["finished_at"]),
-            "outcome": a["outcome"] or "in_flight", "status_code": a["status_code"], "errcode": a["errcode"],
-            "error": a["error"], "latency_ms": a["latency_ms"], "payload_hash": a["payload_hash"],
-            "digest_of": a["digest_of"], "requested_by": a["requested_by"]}
+    return {
+        "n": a["n"],
+        "started_at": _iso(a["started_at"]),
+        "finished_at": _iso(a["finished_at"]),
+        "outcome": a["outcome"] or "in_flight",
+        "status_code": a["status_code"],
+        "errcode": a["errcode"],
+        "error": a["error"],
+        "latency_ms": a["latency_ms"],
+        "payload_hash": a["payload_hash"],
+        "digest_of": a["digest_of"],
+        "requested_by": a["requested_by"],
+    }
 
 
 def delivery_view(row, attempts: list | None = None) -> dict:
     view = {
-        "id": str(row["id"]), "event_id": str(row["event_id"]), "event_type": row["event_type"],
+        "id": str(row["id"]),
+        "event_id": str(row["event_id"]),
+        "event_type": row["event_type"],
         "event_time": _iso(row["event_time"]),
         "channel": {"id": str(row["channel_id"]), "kind": row["channel_kind"], "name": row["channel_name"]},
-        "owner_region": row["owner_region"], "branch_id": str(row["branch_id"]) if row["branch_id"] else None,
-        "region_code": row["region_code"], "status": row["status"], "attempts": row["attempts"],
-        "failures": row["failures"], "payload_hash": row["payload_hash"],
+        "owner_region": row["owner_region"],
+        "branch_id": str(row["branch_id"]) if row["branch_id"] else None,
+        "region_code": row["region_code"],
+        "status": row["status"],
+        "attempts": row["attempts"],
+        "failures": row["failures"],
+        "payload_hash": row["payload_hash"],
         "next_attempt_at": _iso(row["next_attempt_at"]) if row["status"] in ("retrying", "deferred") else None,
-        "last_status_code": row["last_status_code"], "last_errcode": row["last_errcode"],
-        "last_error": row["last_error"], "created_at": _iso(row["created_at"]), "delivered_at": _iso(row["delivered_at"]),
+        "last_status_code": row["last_status_code"],
+        "last_errcode": row["last_errcode"],
+        "last_error": row["last_error"],
+        "created_at": _iso(row["created_at"]),
+        "delivered_at": _iso(row["delivered_at"]),
         "fallback_for": str(row["fallback_for"]) if row["fallback_for"] else None,
-        "resend_of": str(row["resend_of"]) if row["resend_of"] else None, "requested_by": row["requested_by"],
+        "resend_of": str(row["resend_of"]) if row["resend_of"] else None,
+        "requested_by": row["requested_by"],
     }
     if attempts is not None:
         view["attempt_log"] = [attempt_view(a) for a in attempts]
@@ -238,8 +272,11 @@ async def _owner(conn, principal: Principal, owner: inputs.Owner) -> tuple[str, 
     if owner.branch_id is not None:
         branch = await store.get_branch(conn, owner.branch_id)
         if branch is None or branch["status"] != "active":
-            raise invalid("owner.branch_id", "no such active branch (the notifier learns branches from "
-                                             "membership events; a new branch may take a moment to appear)")
+            raise invalid(
+                "owner.branch_id",
+                "no such active branch (the notifier learns branches from "
+                "membership events; a new branch may take a moment to appear)",
+            )
         principal.ensure_region(branch["region_code"])
         return "branch", owner.branch_id, branch["region_code"], branch["name"]
     region = regions.get(owner.region_code)
@@ -261,17 +298,24 @@ def _event_types(patterns: list[str] | None, owner_kind: str) -> list[str]:
     return sorted(set(patterns))
 
 
-async def _kind_secrets(kind: str, raw: dict, settings: NotifierSettings, existing: dict | None = None
-                        ) -> tuple[dict, dict, str | None]:
+async def _kind_secrets(
+    kind: str, raw: dict, settings: NotifierSettings, existing: dict | None = None
+) -> tuple[dict, dict, str | None]:
     """(secrets, public config, new signing secret) for a kind's settings."""
     try:
         cfg = inputs.CONFIGS[kind].model_validate(raw)
     except Exception as exc:  # pydantic's ValidationError, shaped as a problem
         errors = getattr(exc, "errors", lambda: [])()
-        items = [{"field": "config." + ".".join(map(str, e.get("loc", ()))), "reason": e.get("msg", "")}
-                 for e in errors] or [{"field": "config", "reason": str(exc)}]
-        raise Problem(422, "validation-error", "Request is not valid",
-                      "; ".join(f"{i['field']}: {i['reason']}" for i in items[:5]), errors=items) from None
+        items = [
+            {"field": "config." + ".".join(map(str, e.get("loc", ()))), "reason": e.get("msg", "")} for e in errors
+        ] or [{"field": "config", "reason": str(exc)}]
+        raise Problem(
+            422,
+            "validation-error",
+            "Request is not valid",
+            "; ".join(f"{i['field']}: {i['reason']}" for i in items[:5]),
+            errors=items,
+        ) from None
     secrets = dict(existing or {})
     new_secret = None
     if kind == "webhook":
@@ -309,8 +353,16 @@ async def _kind_secrets(kind: str, raw: dict, settings: NotifierSettings, existi
             secrets["secret"] = cfg.secret
         if not secrets.get("secret") and not cfg.keyword:
             raise invalid("config", "a DingTalk robot needs signing (secret) or a keyword: set the one the robot uses")
-        return secrets, {"token": domain.mask(token), "signed": bool(secrets.get("secret")), "keyword": cfg.keyword,
-                         "format": cfg.format}, None
+        return (
+            secrets,
+            {
+                "token": domain.mask(token),
+                "signed": bool(secrets.get("secret")),
+                "keyword": cfg.keyword,
+                "format": cfg.format,
+            },
+            None,
+        )
     secrets["to"] = cfg.to
     return secrets, {"to": [domain.mask_email(a) for a in cfg.to]}, None
 
@@ -340,10 +392,15 @@ def _with_secret(response: JSONResponse, secret: str | None) -> JSONResponse:
 # -- channels -------------------------------------------------------------------------------
 
 
-@router.post("/channels", status_code=201, response_model=ChannelCreated,
-             summary="Register a notice channel (webhook, WeCom, DingTalk, e-mail)")
-async def create_channel(body: inputs.ChannelIn, request: Request,
-                         principal: Principal = Depends(require("notifier:write"))):
+@router.post(
+    "/channels",
+    status_code=201,
+    response_model=ChannelCreated,
+    summary="Register a notice channel (webhook, WeCom, DingTalk, e-mail)",
+)
+async def create_channel(
+    body: inputs.ChannelIn, request: Request, principal: Principal = Depends(require("notifier:write"))
+):
     settings = settings_of(request)
     secrets, config, new_secret = await _kind_secrets(body.kind, body.config, settings)
     channel_id = uuid.uuid4()
@@ -352,10 +409,21 @@ async def create_channel(body: inputs.ChannelIn, request: Request,
         owner_kind, branch_id, region, owner_name = await _owner(conn, principal, body.owner)
         scope = body.scope or ("subtree" if owner_kind == "federation" else "own")
         await store.insert_channel(
-            conn, id=channel_id, kind=body.kind, name=body.name, owner_kind=owner_kind, owner_branch_id=branch_id,
-            owner_region=region, scope=scope, event_types=_event_types(body.event_types, owner_kind),
-            locale=body.locale, config=config, secrets=vault.seal(settings.data_key_bytes(), channel_id, secrets),
-            quiet_hours=body.quiet_hours.model_dump() if body.quiet_hours else None, created_by=principal.subject)
+            conn,
+            id=channel_id,
+            kind=body.kind,
+            name=body.name,
+            owner_kind=owner_kind,
+            owner_branch_id=branch_id,
+            owner_region=region,
+            scope=scope,
+            event_types=_event_types(body.event_types, owner_kind),
+            locale=body.locale,
+            config=config,
+            secrets=vault.seal(settings.data_key_bytes(), channel_id, secrets),
+            quiet_hours=body.quiet_hours.model_dump() if body.quiet_hours else None,
+            created_by=principal.subject,
+        )
         return 201, channel_view(await store.get_channel(conn, channel_id), owner_name)
 
     # The request hash covers the body; secrets in it are hashed, never stored.
@@ -364,11 +432,16 @@ async def create_channel(body: inputs.ChannelIn, request: Request,
 
 
 @router.get("/channels", response_model=Page[ChannelOut], summary="Channels the caller may see")
-async def list_channels(request: Request, principal: Principal = Depends(require("notifier:read")),
-                        branch_id: uuid.UUID | None = None,
-                        region_code: str | None = Query(None, pattern=r"^64\d{4}$"),
-                        kind: ChannelKind | None = None, status: ChannelStatus | None = None,
-                        limit: int = Limit, cursor: str | None = Cursor):
+async def list_channels(
+    request: Request,
+    principal: Principal = Depends(require("notifier:read")),
+    branch_id: uuid.UUID | None = None,
+    region_code: str | None = Query(None, pattern=r"^64\d{4}$"),
+    kind: ChannelKind | None = None,
+    status: ChannelStatus | None = None,
+    limit: int = Limit,
+    cursor: str | None = Cursor,
+):
     scope = regions.descendants(principal.region)
     if region_code is not None:
         if region_code not in scope:
@@ -376,26 +449,39 @@ async def list_channels(request: Request, principal: Principal = Depends(require
         scope = [region_code]
     after = decode_cursor(cursor, uuid.UUID)
     async with request.app.state.db.acquire() as conn:
-        rows = await store.list_channels(conn, regions=scope, owner_branch_id=branch_id, kind=kind, status=status,
-                                         limit=limit + 1, after=after)
+        rows = await store.list_channels(
+            conn, regions=scope, owner_branch_id=branch_id, kind=kind, status=status, limit=limit + 1, after=after
+        )
         names = await store.branch_names(conn, [r["owner_branch_id"] for r in rows if r["owner_branch_id"]])
-    return page(rows, limit, key=lambda r: r["id"],
-                view=lambda r: channel_view(r, names.get(r["owner_branch_id"]) if r["owner_branch_id"] else None))
+    return page(
+        rows,
+        limit,
+        key=lambda r: r["id"],
+        view=lambda r: channel_view(r, names.get(r["owner_branch_id"]) if r["owner_branch_id"] else None),
+    )
 
 
 @router.get("/channels/{channel_id}", response_model=ChannelOut, summary="One channel (secrets masked)")
-async def get_channel(channel_id: uuid.UUID, request: Request,
-                      principal: Principal = Depends(require("notifier:read"))):
+async def get_channel(
+    channel_id: uuid.UUID, request: Request, principal: Principal = Depends(require("notifier:read"))
+):
     async with request.app.state.db.acquire() as conn:
         row = await _load_channel(conn, channel_id, principal)
         names = await store.branch_names(conn, [row["owner_branch_id"]] if row["owner_branch_id"] else [])
     return channel_view(row, names.get(row["owner_branch_id"]))
 
 
-@router.patch("/channels/{channel_id}", response_model=ChannelOut,
-              summary="Change a channel's name, subscriptions, locale, quiet hours or settings")
-async def patch_channel(channel_id: uuid.UUID, body: inputs.ChannelPatch, request: Request,
-                        principal: Principal = Depends(require("notifier:write"))):
+@router.patch(
+    "/channels/{channel_id}",
+    response_model=ChannelOut,
+    summary="Change a channel's name, subscriptions, locale, quiet hours or settings",
+)
+async def patch_channel(
+    channel_id: uuid.UUID,
+    body: inputs.ChannelPatch,
+    request: Request,
+    principal: Principal = Depends(require("notifier:write")),
+):
     settings = settings_of(request)
 
     async def run(conn: asyncpg.Connection):
@@ -431,8 +517,9 @@ async def patch_channel(channel_id: uuid.UUID, body: inputs.ChannelPatch, reques
 
 
 @router.delete("/channels/{channel_id}", status_code=204, summary="Disable a channel (its log is kept)")
-async def delete_channel(channel_id: uuid.UUID, request: Request,
-                         principal: Principal = Depends(require("notifier:write"))):
+async def delete_channel(
+    channel_id: uuid.UUID, request: Request, principal: Principal = Depends(require("notifier:write"))
+):
     async def run(conn: asyncpg.Connection):
         await _load_channel(conn, channel_id, principal, lock=True)
         await store.update_channel(conn, channel_id, status="disabled")
@@ -442,18 +529,29 @@ async def delete_channel(channel_id: uuid.UUID, request: Request,
     return Response(status_code=204)
 
 
-@router.post("/channels/{channel_id}/rotate-secret", response_model=RotateOut,
-             summary="New webhook signing secret; the old one keeps signing for the overlap window")
-async def rotate_secret(channel_id: uuid.UUID, body: inputs.Rotate, request: Request,
-                        principal: Principal = Depends(require("notifier:write"))):
+@router.post(
+    "/channels/{channel_id}/rotate-secret",
+    response_model=RotateOut,
+    summary="New webhook signing secret; the old one keeps signing for the overlap window",
+)
+async def rotate_secret(
+    channel_id: uuid.UUID,
+    body: inputs.Rotate,
+    request: Request,
+    principal: Principal = Depends(require("notifier:write")),
+):
     settings = settings_of(request)
     new_secret = vault.new_webhook_secret()
 
     async def run(conn: asyncpg.Connection):
         row = await _load_channel(conn, channel_id, principal, lock=True)
         if row["kind"] != "webhook":
-            raise Problem(409, "not-a-webhook", "Only webhook channels have signing secrets",
-                          f"channel {channel_id} is a {row['kind']} channel")
+            raise Problem(
+                409,
+                "not-a-webhook",
+                "Only webhook channels have signing secrets",
+                f"channel {channel_id} is a {row['kind']} channel",
+            )
         key = settings.data_key_bytes()
         secrets = vault.open_(key, channel_id, bytes(row["secrets"]))
         now = time.time()
@@ -465,18 +563,27 @@ async def rotate_secret(channel_id: uuid.UUID, body: inputs.Rotate, request: Req
         signing.append({"secret": new_secret, "expires_at": None})
         secrets["signing"] = signing
         await store.update_channel(conn, channel_id, secrets=vault.seal(key, channel_id, secrets))
-        return 200, {"channel_id": str(channel_id), "signing_secrets_active": len(signing),
-                     "previous_valid_until": datetime.fromtimestamp(until, timezone.utc).isoformat()
-                     if len(signing) > 1 else None}
+        return 200, {
+            "channel_id": str(channel_id),
+            "signing_secrets_active": len(signing),
+            "previous_valid_until": datetime.fromtimestamp(until, UTC).isoformat() if len(signing) > 1 else None,
+        }
 
     response = await write(request, principal, f"channels.rotate.{channel_id}", body.model_dump(), run)
     return _with_secret(response, new_secret)
 
 
-@router.post("/channels/{channel_id}/pause", response_model=ChannelOut,
-             summary="Pause a channel: its notices are held until it resumes")
-async def pause_channel(channel_id: uuid.UUID, body: inputs.PauseIn, request: Request,
-                        principal: Principal = Depends(require("notifier:write"))):
+@router.post(
+    "/channels/{channel_id}/pause",
+    response_model=ChannelOut,
+    summary="Pause a channel: its notices are held until it resumes",
+)
+async def pause_channel(
+    channel_id: uuid.UUID,
+    body: inputs.PauseIn,
+    request: Request,
+    principal: Principal = Depends(require("notifier:write")),
+):
     async def run(conn: asyncpg.Connection):
         row = await _load_channel(conn, channel_id, principal, lock=True)
         if row["status"] == "disabled":
@@ -486,33 +593,50 @@ async def pause_channel(channel_id: uuid.UUID, body: inputs.PauseIn, request: Re
         reason = scrub_text(body.reason)
         paused = await store.pause_channel(conn, channel_id, reason)
         if paused:
-            await outbox.add(conn, ChannelPaused(channel_id=channel_id, channel_kind=row["kind"],
-                                                 owner_region=row["owner_region"], reason=reason),
-                             trace_id=trace_id_var.get())
+            await outbox.add(
+                conn,
+                ChannelPaused(
+                    channel_id=channel_id, channel_kind=row["kind"], owner_region=row["owner_region"], reason=reason
+                ),
+                trace_id=trace_id_var.get(),
+            )
         return 200, channel_view(await store.get_channel(conn, channel_id))
 
     return await write(request, principal, f"channels.pause.{channel_id}", body.model_dump(), run)
 
 
-@router.post("/channels/{channel_id}/resume", response_model=ChannelOut,
-             summary="Resume a paused channel and send what it held")
-async def resume_channel(channel_id: uuid.UUID, request: Request,
-                         principal: Principal = Depends(require("notifier:write"))):
+@router.post(
+    "/channels/{channel_id}/resume", response_model=ChannelOut, summary="Resume a paused channel and send what it held"
+)
+async def resume_channel(
+    channel_id: uuid.UUID, request: Request, principal: Principal = Depends(require("notifier:write"))
+):
     async def run(conn: asyncpg.Connection):
         row = await _load_channel(conn, channel_id, principal, lock=True)
         if row["status"] == "disabled":
             raise Problem(409, "channel-disabled", "The channel is disabled")
         released = []
         if row["status"] == "paused":
-            await store.update_channel(conn, channel_id, status="active", paused_reason=None, paused_at=None,
-                                       failing_since=None)
-            await outbox.add(conn, ChannelResumed(channel_id=channel_id, channel_kind=row["kind"],
-                                                  owner_region=row["owner_region"]), trace_id=trace_id_var.get())
+            await store.update_channel(
+                conn, channel_id, status="active", paused_reason=None, paused_at=None, failing_since=None
+            )
+            await outbox.add(
+                conn,
+                ChannelResumed(channel_id=channel_id, channel_kind=row["kind"], owner_region=row["owner_region"]),
+                trace_id=trace_id_var.get(),
+            )
             released = await store.release_held(conn, channel_id)
-            await store.enqueue_many(conn, [(topics.DELIVER, str(r["channel_id"]),
-                                             deliver_record(r["id"], r["channel_id"], r["event_type"],
-                                                            r["event_time"]))
-                                            for r in released])
+            await store.enqueue_many(
+                conn,
+                [
+                    (
+                        topics.DELIVER,
+                        str(r["channel_id"]),
+                        deliver_record(r["id"], r["channel_id"], r["event_type"], r["event_time"]),
+                    )
+                    for r in released
+                ],
+            )
         view = channel_view(await store.get_channel(conn, channel_id))
         view["released"] = len(released)
         return 200, view
@@ -520,33 +644,60 @@ async def resume_channel(channel_id: uuid.UUID, request: Request,
     return await write(request, principal, f"channels.resume.{channel_id}", {}, run)
 
 
-@router.post("/channels/{channel_id}/test", response_model=DeliveryOut | TestSendPending,
-             responses={202: {"model": TestSendPending, "description": "not sent yet: follow it in the log"}},
-             summary="Send a test notice now, through the channel's own queue")
-async def test_channel(channel_id: uuid.UUID, request: Request,
-                       principal: Principal = Depends(require("notifier:write"))):
+@router.post(
+    "/channels/{channel_id}/test",
+    response_model=DeliveryOut | TestSendPending,
+    responses={202: {"model": TestSendPending, "description": "not sent yet: follow it in the log"}},
+    summary="Send a test notice now, through the channel's own queue",
+)
+async def test_channel(
+    channel_id: uuid.UUID, request: Request, principal: Principal = Depends(require("notifier:write"))
+):
     settings = settings_of(request)
 
     async def run(conn: asyncpg.Connection):
         row = await _load_channel(conn, channel_id, principal)
         if row["status"] != "active":
-            raise Problem(409, "channel-not-active", f"The channel is {row['status']}",
-                          "resume it first" if row["status"] == "paused" else None)
+            raise Problem(
+                409,
+                "channel-not-active",
+                f"The channel is {row['status']}",
+                "resume it first" if row["status"] == "paused" else None,
+            )
         config = orjson.loads(row["config"]) if isinstance(row["config"], str) else row["config"]
         data = {"channel_name": row["name"], "requested_by": principal.subject}
         if row["kind"] == "webhook":
-            payload = orjson.dumps({"specversion": "1.0", "id": str(uuid.uuid4()), "source": "/changai/notifier",
-                                    "type": domain.TEST_TYPE, "time": datetime.now(timezone.utc).isoformat(),
-                                    "datacontenttype": "application/json", "data": data})
+            payload = orjson.dumps(
+                {
+                    "specversion": "1.0",
+                    "id": str(uuid.uuid4()),
+                    "source": "/changai/notifier",
+                    "type": domain.TEST_TYPE,
+                    "time": datetime.now(UTC).isoformat(),
+                    "datacontenttype": "application/json",
+                    "data": data,
+                }
+            )
         else:
             notice = renderer().notice(domain.TEST_TYPE, data, row["locale"], Names())
-            payload = orjson.dumps(renderer().layout(notice, row["kind"], config.get("format", "markdown"),
-                                                     keyword=config.get("keyword")))
-        d = await store.insert_test_delivery(conn, channel_id=channel_id, region=row["owner_region"], payload=payload,
-                                             payload_hash=domain.payload_hash(payload), requested_by=principal.subject,
-                                             event_type=domain.TEST_TYPE)
-        await store.enqueue(conn, topics.DELIVER, str(channel_id),
-                            deliver_record(d["id"], channel_id, domain.TEST_TYPE, d["event_time"]))
+            payload = orjson.dumps(
+                renderer().layout(notice, row["kind"], config.get("format", "markdown"), keyword=config.get("keyword"))
+            )
+        d = await store.insert_test_delivery(
+            conn,
+            channel_id=channel_id,
+            region=row["owner_region"],
+            payload=payload,
+            payload_hash=domain.payload_hash(payload),
+            requested_by=principal.subject,
+            event_type=domain.TEST_TYPE,
+        )
+        await store.enqueue(
+            conn,
+            topics.DELIVER,
+            str(channel_id),
+            deliver_record(d["id"], channel_id, domain.TEST_TYPE, d["event_time"]),
+        )
         return 202, {"delivery_id": str(d["id"])}
 
     response = await write(request, principal, f"channels.test.{channel_id}", {}, run)
@@ -566,9 +717,11 @@ async def test_channel(channel_id: uuid.UUID, request: Request,
                 view["delivered"] = row["status"] == "delivered"
                 return JSONResponse(view, status_code=200)
         await asyncio.sleep(0.1)
-    return JSONResponse({"delivery_id": str(delivery_id), "status": "pending",
-                         "detail": "not sent yet: follow it in the delivery log"}, status_code=202,
-                        headers={"Location": f"/v1/deliveries/{delivery_id}"})
+    return JSONResponse(
+        {"delivery_id": str(delivery_id), "status": "pending", "detail": "not sent yet: follow it in the delivery log"},
+        status_code=202,
+        headers={"Location": f"/v1/deliveries/{delivery_id}"},
+    )
 
 
 # -- unsubscribing from e-mail (mail clients, no token) -----------------------------------------------
@@ -583,8 +736,9 @@ async def _unsubscribe_target(request: Request, channel_id: uuid.UUID, address: 
 
 
 @router.get("/unsubscribe/{channel_id}", include_in_schema=False)
-async def unsubscribe_page(channel_id: uuid.UUID, request: Request, address: str = Query(max_length=320),
-                           token: str = Query(max_length=64)):
+async def unsubscribe_page(
+    channel_id: uuid.UUID, request: Request, address: str = Query(max_length=320), token: str = Query(max_length=64)
+):
     """A page with one button (link scanners follow GET links: only a POST unsubscribes)."""
     await _unsubscribe_target(request, channel_id, address, token)
     from html import escape
@@ -592,14 +746,17 @@ async def unsubscribe_page(channel_id: uuid.UUID, request: Request, address: str
     action = escape(str(request.url), quote=True)
     return Response(
         f'<!DOCTYPE html><html lang="zh-CN"><meta charset="utf-8"><title>退订通知</title>'
-        f'<p>不再向 {escape(domain.mask_email(address))} 发送此渠道的通知？</p>'
+        f"<p>不再向 {escape(domain.mask_email(address))} 发送此渠道的通知？</p>"
         f'<form method="post" action="{action}"><input type="hidden" name="List-Unsubscribe" value="One-Click">'
-        f'<button type="submit">退订 / Unsubscribe</button></form></html>', media_type="text/html")
+        f'<button type="submit">退订 / Unsubscribe</button></form></html>',
+        media_type="text/html",
+    )
 
 
 @router.post("/unsubscribe/{channel_id}", include_in_schema=False, response_model=UnsubscribedOut)
-async def unsubscribe(channel_id: uuid.UUID, request: Request, address: str = Query(max_length=320),
-                      token: str = Query(max_length=64)):
+async def unsubscribe(
+    channel_id: uuid.UUID, request: Request, address: str = Query(max_length=320), token: str = Query(max_length=64)
+):
     """RFC 8058 one-click unsubscribe: the address leaves the channel's recipients; a channel left
     with none is paused (its owner is told, as for any pause)."""
     key = await _unsubscribe_target(request, channel_id, address, token)
@@ -612,14 +769,25 @@ async def unsubscribe(channel_id: uuid.UUID, request: Request, address: str = Qu
         left = [a for a in before if a.lower() != address.lower()]
         if len(left) != len(before):
             secrets["to"] = left
-            await store.update_channel(conn, channel_id, secrets=vault.seal(key, channel_id, secrets),
-                                       config={"to": [domain.mask_email(a) for a in left]})
+            await store.update_channel(
+                conn,
+                channel_id,
+                secrets=vault.seal(key, channel_id, secrets),
+                config={"to": [domain.mask_email(a) for a in left]},
+            )
             if not left and row["status"] == "active":
                 reason = "every recipient unsubscribed"
                 if await store.pause_channel(conn, channel_id, reason):
-                    await outbox.add(conn, ChannelPaused(channel_id=channel_id, channel_kind=row["kind"],
-                                                         owner_region=row["owner_region"], reason=reason),
-                                     trace_id=trace_id_var.get())
+                    await outbox.add(
+                        conn,
+                        ChannelPaused(
+                            channel_id=channel_id,
+                            channel_kind=row["kind"],
+                            owner_region=row["owner_region"],
+                            reason=reason,
+                        ),
+                        trace_id=trace_id_var.get(),
+                    )
     return {"channel_id": str(channel_id), "unsubscribed": True, "recipients_left": len(left)}
 
 
@@ -645,19 +813,37 @@ def _when(name: str, text: str | None) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=domain.SHANGHAI)
 
 
-@router.get("/deliveries", response_model=Page[DeliveryOut],
-            summary="The delivery log: every notice and each of its attempts, newest first")
-async def list_deliveries(request: Request, principal: Principal = Depends(require("notifier:read")),
-                          branch_id: uuid.UUID | None = None, channel_id: uuid.UUID | None = None,
-                          event_type: str | None = EventTypeFilter, status: DeliveryStatus | None = None,
-                          since: str | None = Query(None, max_length=40), until: str | None = Query(None, max_length=40),
-                          limit: int = Limit, cursor: str | None = Cursor):
+@router.get(
+    "/deliveries",
+    response_model=Page[DeliveryOut],
+    summary="The delivery log: every notice and each of its attempts, newest first",
+)
+async def list_deliveries(
+    request: Request,
+    principal: Principal = Depends(require("notifier:read")),
+    branch_id: uuid.UUID | None = None,
+    channel_id: uuid.UUID | None = None,
+    event_type: str | None = EventTypeFilter,
+    status: DeliveryStatus | None = None,
+    since: str | None = Query(None, max_length=40),
+    until: str | None = Query(None, max_length=40),
+    limit: int = Limit,
+    cursor: str | None = Cursor,
+):
     before = decode_cursor(cursor, _parse_log_key)
     async with request.app.state.db.acquire() as conn:
         rows = await store.list_deliveries(
-            conn, regions=regions.descendants(principal.region), branch_id=branch_id, channel_id=channel_id,
-            event_type=event_type, status=status, since=_when("since", since), until=_when("until", until),
-            limit=limit + 1, before=before)
+            conn,
+            regions=regions.descendants(principal.region),
+            branch_id=branch_id,
+            channel_id=channel_id,
+            event_type=event_type,
+            status=status,
+            since=_when("since", since),
+            until=_when("until", until),
+            limit=limit + 1,
+            before=before,
+        )
         attempts = await store.attempts_of(conn, [r["id"] for r in rows[:limit]])
     by_delivery: dict = {}
     for a in attempts:
@@ -666,8 +852,9 @@ async def list_deliveries(request: Request, principal: Principal = Depends(requi
 
 
 @router.get("/deliveries/{delivery_id}", response_model=DeliveryOut, summary="One delivery with every attempt")
-async def get_delivery(delivery_id: uuid.UUID, request: Request,
-                       principal: Principal = Depends(require("notifier:read"))):
+async def get_delivery(
+    delivery_id: uuid.UUID, request: Request, principal: Principal = Depends(require("notifier:read"))
+):
     async with request.app.state.db.acquire() as conn:
         row = await store.get_delivery(conn, delivery_id)
         if row is None or not principal.may_act_on(row["owner_region"]):
@@ -675,44 +862,74 @@ async def get_delivery(delivery_id: uuid.UUID, request: Request,
         return delivery_view(row, await store.attempts_of(conn, [delivery_id]))
 
 
-@router.post("/deliveries/{delivery_id}/resend", status_code=202, response_model=ResendOut,
-             summary="Send a notice again (logged with who asked)")
-async def resend_delivery(delivery_id: uuid.UUID, request: Request,
-                          principal: Principal = Depends(require("notifier:write"))):
+@router.post(
+    "/deliveries/{delivery_id}/resend",
+    status_code=202,
+    response_model=ResendOut,
+    summary="Send a notice again (logged with who asked)",
+)
+async def resend_delivery(
+    delivery_id: uuid.UUID, request: Request, principal: Principal = Depends(require("notifier:write"))
+):
     async def run(conn: asyncpg.Connection):
         row = await store.get_delivery(conn, delivery_id)
         if row is None or not principal.may_act_on(row["owner_region"]):
             raise not_found("delivery", delivery_id)
         if row["status"] in ("routed", "ready", "sending", "retrying", "deferred"):
-            raise Problem(409, "delivery-in-progress", "The delivery is still in progress",
-                          f"it is {row['status']}; resend once it is delivered or dead")
+            raise Problem(
+                409,
+                "delivery-in-progress",
+                "The delivery is still in progress",
+                f"it is {row['status']}; resend once it is delivered or dead",
+            )
         new = await store.resend(conn, delivery_id, principal.subject)
         if new is None:
             raise Problem(409, "nothing-to-resend", "The delivery was never rendered")
-        await store.enqueue(conn, topics.DELIVER, str(new["channel_id"]),
-                            deliver_record(new["id"], new["channel_id"], row["event_type"], new["event_time"]))
+        await store.enqueue(
+            conn,
+            topics.DELIVER,
+            str(new["channel_id"]),
+            deliver_record(new["id"], new["channel_id"], row["event_type"], new["event_time"]),
+        )
         return 202, {"delivery_id": str(new["id"]), "resend_of": str(delivery_id)}
 
     return await write(request, principal, f"deliveries.resend.{delivery_id}", {}, run)
 
 
-@router.post("/deliveries/resend", status_code=202, response_model=ResendRangeOut,
-             summary="Resend a channel's notices in a time range (dead ones by default)")
-async def resend_range(body: inputs.ResendRange, request: Request,
-                       principal: Principal = Depends(require("notifier:write"))):
+@router.post(
+    "/deliveries/resend",
+    status_code=202,
+    response_model=ResendRangeOut,
+    summary="Resend a channel's notices in a time range (dead ones by default)",
+)
+async def resend_range(
+    body: inputs.ResendRange, request: Request, principal: Principal = Depends(require("notifier:write"))
+):
     async def run(conn: asyncpg.Connection):
         await _load_channel(conn, body.channel_id, principal)
         rows = await store.list_deliveries(
-            conn, regions=regions.descendants(principal.region), branch_id=None, channel_id=body.channel_id,
-            event_type=None, status=body.status, since=_when("since", body.since), until=_when("until", body.until),
-            limit=1000, before=None)
+            conn,
+            regions=regions.descendants(principal.region),
+            branch_id=None,
+            channel_id=body.channel_id,
+            event_type=None,
+            status=body.status,
+            since=_when("since", body.since),
+            until=_when("until", body.until),
+            limit=1000,
+            before=None,
+        )
         made = []
         for row in rows:
             new = await store.resend(conn, row["id"], principal.subject)
             if new is not None:
                 made.append(str(new["id"]))
-                await store.enqueue(conn, topics.DELIVER, str(new["channel_id"]),
-                                    deliver_record(new["id"], new["channel_id"], row["event_type"], new["event_time"]))
+                await store.enqueue(
+                    conn,
+                    topics.DELIVER,
+                    str(new["channel_id"]),
+                    deliver_record(new["id"], new["channel_id"], row["event_type"], new["event_time"]),
+                )
         return 202, {"resent": len(made), "delivery_ids": made}
 
     return await write(request, principal, "deliveries.resend-range", body.model_dump(mode="json"), run)
@@ -721,26 +938,45 @@ async def resend_range(body: inputs.ResendRange, request: Request,
 # -- read model and templates ---------------------------------------------------------------------
 
 
-@router.get("/branches/{branch_id}", response_model=BranchOut,
-            summary="A branch as the notifier knows it (from membership events)")
+@router.get(
+    "/branches/{branch_id}",
+    response_model=BranchOut,
+    summary="A branch as the notifier knows it (from membership events)",
+)
 async def get_branch(branch_id: uuid.UUID, request: Request, principal: Principal = Depends(require("notifier:read"))):
     async with request.app.state.db.acquire() as conn:
         row = await store.get_branch(conn, branch_id)
     if row is None or not principal.may_act_on(row["region_code"]):
         raise not_found("branch", branch_id)
-    return {"id": str(row["id"]), "name": row["name"], "region_code": row["region_code"],
-            "parent_id": str(row["parent_id"]) if row["parent_id"] else None, "kind": row["kind"],
-            "status": row["status"]}
+    return {
+        "id": str(row["id"]),
+        "name": row["name"],
+        "region_code": row["region_code"],
+        "parent_id": str(row["parent_id"]) if row["parent_id"] else None,
+        "kind": row["kind"],
+        "status": row["status"],
+    }
 
 
-@router.get("/templates/{event_type}", response_model=PreviewOut,
-            summary="Preview a notice: a sample of the type rendered for a channel kind")
-async def preview(event_type: str, principal: Principal = Depends(require("notifier:read")),
-                  locale: str = Query("zh-CN", pattern="^(zh-CN|en)$"),
-                  kind: str = Query("wecom", pattern="^(wecom|dingtalk|email)$"),
-                  format: str = Query("markdown", pattern="^(markdown|text)$"), keyword: str | None = None):
+@router.get(
+    "/templates/{event_type}",
+    response_model=PreviewOut,
+    summary="Preview a notice: a sample of the type rendered for a channel kind",
+)
+async def preview(
+    event_type: str,
+    principal: Principal = Depends(require("notifier:read")),
+    locale: str = Query("zh-CN", pattern="^(zh-CN|en)$"),
+    kind: str = Query("wecom", pattern="^(wecom|dingtalk|email)$"),
+    format: str = Query("markdown", pattern="^(markdown|text)$"),
+    keyword: str | None = None,
+):
     if event_type not in REGISTRY and event_type != domain.TEST_TYPE:
         raise not_found("event type", event_type)
     notice = renderer().notice(event_type, sample(event_type), locale, Names())
-    return {"event_type": event_type, "locale": locale, "kind": kind,
-            "body": renderer().layout(notice, kind, format, keyword=keyword)}
+    return {
+        "event_type": event_type,
+        "locale": locale,
+        "kind": kind,
+        "body": renderer().layout(notice, kind, format, keyword=keyword),
+    }

@@ -10,6 +10,7 @@ Postgres make a second reading harmless. Agents never die on an error: they retr
 ``notifier.retry.*`` and ``notifier.deferred`` are no longer written (ADR 0006); their agent
 drains what an older version left there.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -34,8 +35,9 @@ log = logging.getLogger(__name__)
 
 
 def _raw_topic(app: faust.App, *names: str) -> faust.TopicT:
-    return app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
-                     internal=False)
+    return app.topic(
+        *names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw", internal=False
+    )
 
 
 class LingeringRelay(OutboxRelay):
@@ -72,12 +74,19 @@ class Resources:
         await migrate.prepare(s, "notifier")  # applies, or only checks where a Job migrates (Kubernetes)
         # No session state is ever changed on these connections (settings are transaction-local),
         # so a connection goes back to the pool without a reset query: one round trip less per use.
-        self.pool = await asyncpg.create_pool(s.database_url, min_size=2, max_size=max(4, s.db_pool_max),
-                                              reset=_keep_session)
+        self.pool = await asyncpg.create_pool(
+            s.database_url, min_size=2, max_size=max(4, s.db_pool_max), reset=_keep_session
+        )
         await pipeline.seed_channels(self.pool, s)
         self.http = outbound.http_client(s)  # checked addresses, pooled by host name, CA bundle
-        self.relay = LingeringRelay(self.pool, s.kafka_bootstrap, "notifier", dsn=s.database_url,
-                                    poll_interval=s.outbox_poll_interval_s, batch_size=s.outbox_batch_size)
+        self.relay = LingeringRelay(
+            self.pool,
+            s.kafka_bootstrap,
+            "notifier",
+            dsn=s.database_url,
+            poll_interval=s.outbox_poll_interval_s,
+            batch_size=s.outbox_batch_size,
+        )
         self.relay.start()
         self.channels = pipeline.ChannelCache(self.pool, s.database_url, s.data_key_bytes())
         await self.channels.start()
@@ -103,14 +112,15 @@ async def _retrying(what: str, fn, *args):
             return await fn(*args)
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("%s failed; retrying in %.1f s", what, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
 
 
-async def _send_all(topic: faust.TopicT, event, records: list[tuple[bytes, bytes]],
-                    held: list[asyncio.Future] | None = None) -> None:
+async def _send_all(
+    topic: faust.TopicT, event, records: list[tuple[bytes, bytes]], held: list[asyncio.Future] | None = None
+) -> None:
     """Send what was made from ``event`` and acknowledge it once Kafka has every record (and what
     else it waits for is done: ``held``, its read-model write and digests); a record Kafka refused
     is sent again (with back-off) until it is taken, so none is dropped."""
@@ -119,6 +129,7 @@ async def _send_all(topic: faust.TopicT, event, records: list[tuple[bytes, bytes
         if not held:
             event.ack()
         else:
+
             async def later() -> None:
                 await asyncio.gather(*held)
                 event.ack()
@@ -136,7 +147,7 @@ async def _send_all(topic: faust.TopicT, event, records: list[tuple[bytes, bytes
                     break
                 except asyncio.CancelledError:
                     raise
-                except Exception:  # noqa: BLE001 - broker away or timed out: try again
+                except Exception:
                     log.warning("a record was not acknowledged by Kafka; sending it again", exc_info=True)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 10.0)
@@ -173,7 +184,8 @@ def _once(event):
 
 def build_worker(settings: NotifierSettings) -> tuple[faust.App, Resources]:
     app = create_stream_app(
-        settings.notifier_app_id, settings,
+        settings.notifier_app_id,
+        settings,
         consumer_auto_offset_reset=settings.notifier_auto_offset_reset,
         stream_wait_empty=False,  # deliveries wait in channel queues and retries until due: never block a rebalance
         broker_commit_livelock_soft_timeout=24 * 3600.0,
@@ -212,7 +224,7 @@ def build_worker(settings: NotifierSettings) -> tuple[faust.App, Resources]:
         try:
             await _retrying("starting the notifier's resources", res.start, forward)
             res.deliverer.owns = owns
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             res.error = repr(exc)
             raise
         asyncio.ensure_future(res.due.run())
@@ -239,8 +251,9 @@ def build_worker(settings: NotifierSettings) -> tuple[faust.App, Resources]:
             deliveries, held = await _retrying("routing an event", res.router.route, ce, data)
             records = []
             if deliveries:
-                records = await _retrying("rendering notices", res.render.render, ce, data, event.message.value,
-                                          deliveries)
+                records = await _retrying(
+                    "rendering notices", res.render.render, ce, data, event.message.value, deliveries
+                )
             await _send_all(deliver_topic, event, records, held)
 
     for source in topics.DOMAIN_SOURCES:
@@ -287,23 +300,31 @@ def build_worker(settings: NotifierSettings) -> tuple[faust.App, Resources]:
         if res.ready.is_set() and not app.rebalancing:
             try:
                 await res.deliverer.poll()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.warning("looking for due deliveries failed", exc_info=True)
 
     @app.page("/readyz")
     async def readyz(web, request):
         assigned = bool(app.consumer and app.consumer.assignment()) if res.ready.is_set() else False
         ok = res.ready.is_set() and assigned and not app.rebalancing
-        return web.json({"status": "ok" if ok else "starting", "resources": res.ready.is_set(),
-                         "assigned": assigned, "rebalancing": bool(app.rebalancing), "error": res.error},
-                        status=200 if ok else 503)
+        return web.json(
+            {
+                "status": "ok" if ok else "starting",
+                "resources": res.ready.is_set(),
+                "assigned": assigned,
+                "rebalancing": bool(app.rebalancing),
+                "error": res.error,
+            },
+            status=200 if ok else 503,
+        )
 
     return app, res
 
 
 async def ensure_topics(settings: NotifierSettings, timeout: float = 120.0) -> None:
     """The notifier's topics exist before its consumer subscribes (broker auto-creation is off)."""
-    from shared.topics import TOPICS, ensure_topics as create
+    from shared.topics import TOPICS
+    from shared.topics import ensure_topics as create
 
     wanted = tuple(t for t in TOPICS if t.name.startswith("notifier.") or t.name in topics.DOMAIN_SOURCES)
     deadline = time.monotonic() + timeout
@@ -312,7 +333,7 @@ async def ensure_topics(settings: NotifierSettings, timeout: float = 120.0) -> N
         try:
             await create(settings.kafka_bootstrap, wanted)
             return
-        except Exception:  # noqa: BLE001
+        except Exception:
             if time.monotonic() > deadline:
                 raise
             log.warning("Kafka not reachable to create the notifier's topics; retrying")

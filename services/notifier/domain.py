@@ -6,6 +6,7 @@
 * Outcomes: robots answer HTTP 200 even when they refuse, so their ``errcode`` decides.
 * Budgets, quiet hours, retry schedules, byte-exact truncation, DingTalk signing.
 """
+
 from __future__ import annotations
 
 import base64
@@ -16,9 +17,11 @@ import time
 import urllib.parse
 import uuid
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime, time as dtime, timedelta, timezone
-from typing import Any, Iterable
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dtime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from services.notifier import holidays  # also puts the calendar's gauge on every notifier process's /metrics
@@ -53,13 +56,22 @@ BRANCH_DEFAULTS = (
 # A federation hears what happens to the branches, sessions, competitions, studios and money
 # under it; not each member joining or enrolling (thousands a day in a city: a robot taking 20
 # messages a minute would never catch up). Those can be subscribed to explicitly.
-FEDERATION_DEFAULTS = ("changai.membership.branch.*", "changai.membership.station.*",
-                       "changai.training.session.completed.v1", "changai.training.session.cancelled.v1",
-                       "changai.training.competition.*", "changai.training.studio.*", "changai.funding.*",
-                       "changai.notifier.channel.*")
+FEDERATION_DEFAULTS = (
+    "changai.membership.branch.*",
+    "changai.membership.station.*",
+    "changai.training.session.completed.v1",
+    "changai.training.session.cancelled.v1",
+    "changai.training.competition.*",
+    "changai.training.studio.*",
+    "changai.funding.*",
+    "changai.notifier.channel.*",
+)
 # Events that are never routed as notices (they describe notices; routing them would loop).
-NOT_ROUTED = ("changai.notifier.delivery.succeeded.v1", "changai.notifier.delivery.failed.v1",
-              "changai.notifier.digest.sent.v1")
+NOT_ROUTED = (
+    "changai.notifier.delivery.succeeded.v1",
+    "changai.notifier.delivery.failed.v1",
+    "changai.notifier.digest.sent.v1",
+)
 
 
 # -- subscriptions ---------------------------------------------------------------
@@ -88,7 +100,7 @@ class Concern:
     """The branches an event is about (by id, or still to look up) and its regions."""
 
     branches: set[uuid.UUID] = field(default_factory=set)
-    members: set[uuid.UUID] = field(default_factory=set)   # to look up: member → branch
+    members: set[uuid.UUID] = field(default_factory=set)  # to look up: member → branch
     sessions: set[uuid.UUID] = field(default_factory=set)  # to look up: session → organising branch
     regions: set[str] = field(default_factory=set)
 
@@ -140,13 +152,13 @@ class Channel:
     id: uuid.UUID
     kind: str
     name: str
-    owner_kind: str            # branch | federation
+    owner_kind: str  # branch | federation
     owner_branch_id: uuid.UUID | None
     owner_region: str
-    scope: str                 # own | subtree
+    scope: str  # own | subtree
     event_types: list[str]
     locale: str = "zh-CN"
-    status: str = "active"     # active | paused | disabled
+    status: str = "active"  # active | paused | disabled
     config: dict = field(default_factory=dict)
     secrets: dict = field(default_factory=dict)
     quiet_hours: dict | None = None
@@ -192,8 +204,9 @@ class ChannelIndex:
         hit = self._hears.get(event_type)
         if hit is None:
             hit = self._hears[event_type] = event_type in (
-                "changai.notifier.channel.paused.v1", "changai.notifier.channel.resumed.v1") or any(
-                ch.status != "disabled" and subscribed(ch.event_types, event_type) for ch in self.by_id.values())
+                "changai.notifier.channel.paused.v1",
+                "changai.notifier.channel.resumed.v1",
+            ) or any(ch.status != "disabled" and subscribed(ch.event_types, event_type) for ch in self.by_id.values())
         return hit
 
     def put(self, ch: Channel) -> None:
@@ -210,9 +223,13 @@ class ChannelIndex:
         return list(self.by_region.get(owner, []))
 
 
-def targets(index: ChannelIndex, event_type: str, c: Concern,
-            branch_ancestors: dict[uuid.UUID, list[uuid.UUID]] | None = None,
-            branch_regions: dict[uuid.UUID, str] | None = None) -> list[Target]:
+def targets(
+    index: ChannelIndex,
+    event_type: str,
+    c: Concern,
+    branch_ancestors: dict[uuid.UUID, list[uuid.UUID]] | None = None,
+    branch_regions: dict[uuid.UUID, str] | None = None,
+) -> list[Target]:
     """Every channel that gets this event, once each; stand-ins for paused channels.
 
     ``branch_ancestors[b]`` lists b's parent branches (nearest first): their ``subtree``
@@ -255,7 +272,7 @@ def targets(index: ChannelIndex, event_type: str, c: Concern,
         others = [ch for ch in index.owned_by(owner_kind, owner) if ch.status == "active" and ch.id not in chosen]
         if not others:
             region = owner if owner_kind == "federation" else branch_regions.get(_uuid(owner))
-            for code in (regions.ancestors(region)[1:] if region else [regions.REGION_ROOT]):
+            for code in regions.ancestors(region)[1:] if region else [regions.REGION_ROOT]:
                 others = [ch for ch in index.by_region.get(code, ()) if ch.status == "active"]
                 if others:
                     break
@@ -265,13 +282,17 @@ def targets(index: ChannelIndex, event_type: str, c: Concern,
     return list(chosen.values())
 
 
-def paused_notice_targets(index: ChannelIndex, paused: Channel,
-                          branch_regions: dict[uuid.UUID, str] | None = None) -> list[Target]:
+def paused_notice_targets(
+    index: ChannelIndex, paused: Channel, branch_regions: dict[uuid.UUID, str] | None = None
+) -> list[Target]:
     """Where "your channel was paused" goes: the owner's other active channels, else the federation above."""
     others = [ch for ch in index.owned_by(*paused.owner_key) if ch.status == "active" and ch.id != paused.id]
     if not others:
-        region = paused.owner_region if paused.owner_kind == "federation" else (
-            (branch_regions or {}).get(paused.owner_branch_id) or paused.owner_region)
+        region = (
+            paused.owner_region
+            if paused.owner_kind == "federation"
+            else ((branch_regions or {}).get(paused.owner_branch_id) or paused.owner_region)
+        )
         for code in regions.ancestors(region)[1:] or [regions.REGION_ROOT]:
             others = [ch for ch in index.by_region.get(code, ()) if ch.status == "active" and ch.id != paused.id]
             if others:
@@ -288,8 +309,8 @@ class Outcome:
     status_code: int | None = None
     errcode: int | None = None
     error: str | None = None
-    pause: bool = False                  # the channel's configuration is wrong: stop and tell its owner
-    retry_after_s: float | None = None   # the receiver asked us to wait at least this long
+    pause: bool = False  # the channel's configuration is wrong: stop and tell its owner
+    retry_after_s: float | None = None  # the receiver asked us to wait at least this long
     latency_ms: int = 0
     body_hash: str | None = None
 
@@ -298,8 +319,14 @@ class Outcome:
         return self.result == "delivered"
 
 
-def classify_robot(kind: str, errcode: int | None, errmsg: str | None, *, wecom_throttle_s: float = 60.0,
-                   dingtalk_blocked_s: float = 600.0) -> Outcome:
+def classify_robot(
+    kind: str,
+    errcode: int | None,
+    errmsg: str | None,
+    *,
+    wecom_throttle_s: float = 60.0,
+    dingtalk_blocked_s: float = 600.0,
+) -> Outcome:
     """WeCom / DingTalk answer 200 even when they refuse: ``errcode`` decides, by the one table
     in :mod:`services.notifier.errcodes` (a code not in it is retried)."""
     from services.notifier import errcodes
@@ -313,8 +340,12 @@ def classify_robot(kind: str, errcode: int | None, errmsg: str | None, *, wecom_
     action = known.action if known else "retry"
     error = f"{known.meaning if known else f'errcode {errcode}'}: {msg}"
     if action == "throttle":
-        return Outcome("throttled", errcode=errcode, error=error,
-                       retry_after_s=wecom_throttle_s if kind == "wecom" else dingtalk_blocked_s)
+        return Outcome(
+            "throttled",
+            errcode=errcode,
+            error=error,
+            retry_after_s=wecom_throttle_s if kind == "wecom" else dingtalk_blocked_s,
+        )
     if action == "pause":
         return Outcome("permanent", errcode=errcode, error=error, pause=True)
     if action == "permanent":
@@ -342,14 +373,20 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
         from email.utils import parsedate_to_datetime
 
         when = parsedate_to_datetime(value)
-        return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
+        return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
     except (TypeError, ValueError):
         return None
 
 
 # -- retry schedule ------------------------------------------------------------------
-def retry_delay(schedule: tuple[float, ...], failures: int, *, jitter: float = 0.1,
-                retry_after_s: float | None = None, rng: random.Random | None = None) -> float | None:
+def retry_delay(
+    schedule: tuple[float, ...],
+    failures: int,
+    *,
+    jitter: float = 0.1,
+    retry_after_s: float | None = None,
+    rng: random.Random | None = None,
+) -> float | None:
     """Seconds before retry number ``failures`` (1-based), or None when the schedule is spent."""
     if failures < 1 or failures > len(schedule):
         return None
@@ -430,19 +467,22 @@ def quiet_until(now: datetime, quiet: dict | None) -> datetime | None:
     for _ in range(40):  # the longest run of days off (Spring Festival) is well under this
         day_off = rest_days and not _is_workday(candidate.date())
         if not day_off and not night(candidate.timetz().replace(tzinfo=None)):
-            return None if candidate == local else candidate.astimezone(timezone.utc)
+            return None if candidate == local else candidate.astimezone(UTC)
         if day_off:
             candidate = datetime.combine(candidate.date() + timedelta(days=1), end, SHANGHAI)
         else:  # inside the night: to its end (today's or tomorrow's)
             t = candidate.timetz().replace(tzinfo=None)
             end_day = candidate.date() if t < end else candidate.date() + timedelta(days=1)
             candidate = datetime.combine(end_day, end, SHANGHAI)
-    return candidate.astimezone(timezone.utc)
+    return candidate.astimezone(UTC)
 
 
 def validate_quiet_hours(quiet: dict) -> dict:
-    out = {"start": quiet.get("start", "22:00"), "end": quiet.get("end", "08:00"),
-           "rest_days": bool(quiet.get("rest_days", False))}
+    out = {
+        "start": quiet.get("start", "22:00"),
+        "end": quiet.get("end", "08:00"),
+        "rest_days": bool(quiet.get("rest_days", False)),
+    }
     for key in ("start", "end"):
         try:
             _hhmm(out[key])

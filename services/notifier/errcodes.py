@@ -18,6 +18,7 @@ return codes (path/90313); DingTalk "自定义机器人发送群消息" and its 
 (open.dingtalk.com/document/orgapp/custom-robot-access, …/robot-message-type), and the codes
 those robots answer in practice that the issue reports (300005, 460101, 400403).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ PAUSE_AFTER_REPEATS = 3
 
 @dataclass(frozen=True)
 class Errcode:
-    kind: str      # wecom | dingtalk
+    kind: str  # wecom | dingtalk
     code: int
     meaning: str
     action: str
@@ -50,10 +51,10 @@ TABLE: tuple[Errcode, ...] = (
     Errcode("dingtalk", 130101, "send too fast, exceed 20 times per minute: blocked for 10 minutes", "throttle"),
     Errcode("dingtalk", 410100, "sending too fast: rate limited", "throttle"),
     Errcode("dingtalk", 300001, "access token does not exist", "pause"),
-    Errcode("dingtalk", 300005, "token is not exist (also reported intermittently for valid tokens)",
-            "retry_then_pause"),
-    Errcode("dingtalk", 310000, "security setting not met: signature, timestamp, keyword or IP allow-list",
-            "pause"),
+    Errcode(
+        "dingtalk", 300005, "token is not exist (also reported intermittently for valid tokens)", "retry_then_pause"
+    ),
+    Errcode("dingtalk", 310000, "security setting not met: signature, timestamp, keyword or IP allow-list", "pause"),
     Errcode("dingtalk", 400013, "the group was dissolved", "pause"),
     Errcode("dingtalk", 400101, "access token does not exist", "pause"),
     Errcode("dingtalk", 400102, "the robot is disabled", "pause"),
@@ -78,9 +79,13 @@ def lookup(kind: str, code: int) -> Errcode | None:
 def markdown_table() -> str:
     """The table as the docs show it (docs/notifier.md is checked against this)."""
     rows = ["| robot | errcode | meaning | what the notifier does |", "|---|---|---|---|"]
-    words = {"throttle": "wait (not a failure)", "retry": "retry on the schedule",
-             "permanent": "dead letter now", "pause": "dead letter, pause the channel, tell the owner",
-             "retry_then_pause": f"retry; pause after {PAUSE_AFTER_REPEATS} in a row"}
+    words = {
+        "throttle": "wait (not a failure)",
+        "retry": "retry on the schedule",
+        "permanent": "dead letter now",
+        "pause": "dead letter, pause the channel, tell the owner",
+        "retry_then_pause": f"retry; pause after {PAUSE_AFTER_REPEATS} in a row",
+    }
     for e in TABLE:
         rows.append(f"| {'WeCom' if e.kind == 'wecom' else 'DingTalk'} | {e.code} | {e.meaning} | {words[e.action]} |")
     return "\n".join(rows)

@@ -20,6 +20,7 @@ neither falls back to Monday–Friday, logged once per year and process, and the
 alert ``ChangaiNotifierHolidayCalendarMissing`` fires from 1 December while the coming year is
 unknown.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -83,8 +84,12 @@ def parse(text: str, name: str) -> YearSchedule:
     if not isinstance(data, dict) or not isinstance(data.get("year"), int):
         raise CalendarFileError(f"{name}: needs 'year' (a number) and lists 'holidays' / 'workdays'")
     year = data["year"]
-    schedule = YearSchedule(year, _days(data.get("holidays"), f"{name}: holidays"),
-                            _days(data.get("workdays"), f"{name}: workdays"), source=name)
+    schedule = YearSchedule(
+        year,
+        _days(data.get("holidays"), f"{name}: holidays"),
+        _days(data.get("workdays"), f"{name}: workdays"),
+        source=name,
+    )
     stray = sorted(d for d in schedule.holidays | schedule.workdays if d.year != year)
     if stray:
         raise CalendarFileError(f"{name}: {stray[0]} is not in {year}")
@@ -122,8 +127,13 @@ class Calendar:
     def _listing(self) -> tuple:
         if not self.directory or not self.directory.is_dir():
             return ()
-        return tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in self.directory.iterdir()
-                            if p.suffix in (".yaml", ".yml", ".json")))
+        return tuple(
+            sorted(
+                (p.name, p.stat().st_mtime_ns, p.stat().st_size)
+                for p in self.directory.iterdir()
+                if p.suffix in (".yaml", ".yml", ".json")
+            )
+        )
 
     def reload(self) -> None:
         listing = self._listing()
@@ -182,8 +192,11 @@ class Calendar:
         except (ImportError, NotImplementedError):
             if day.year not in self._warned:
                 self._warned.add(day.year)
-                log.warning("no holiday schedule for %s: quiet hours treat Monday to Friday as working days "
-                            "(load the year's schedule into CHANGAI_NOTIFIER_HOLIDAYS_DIR)", day.year)
+                log.warning(
+                    "no holiday schedule for %s: quiet hours treat Monday to Friday as working days "
+                    "(load the year's schedule into CHANGAI_NOTIFIER_HOLIDAYS_DIR)",
+                    day.year,
+                )
             return day.weekday() < 5
 
 
@@ -222,9 +235,11 @@ class _KnownCollector:
 
         from shared.clock import today_cn
 
-        metric = GaugeMetricFamily("changai_notifier_holiday_calendar_known",
-                                   "Whether the holiday / 调休 schedule of a year is known (1) or quiet hours "
-                                   "fall back to Monday-Friday (0)", labels=["year", "which"])
+        metric = GaugeMetricFamily(
+            "changai_notifier_holiday_calendar_known",
+            "Whether the holiday / 调休 schedule of a year is known (1) or quiet hours fall back to Monday-Friday (0)",
+            labels=["year", "which"],
+        )
         this_year = today_cn().year
         calendar = default()
         for year, which in ((this_year, "current"), (this_year + 1, "next")):

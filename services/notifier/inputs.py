@@ -1,4 +1,5 @@
 """What the notifier's API accepts (request bodies), validated before any I/O."""
+
 from __future__ import annotations
 
 import re
@@ -56,7 +57,9 @@ class DingtalkConfig(Strict):
     access_token: str | None = Field(default=None, max_length=200)
     webhook_url: str | None = Field(default=None, max_length=2000, description="the robot's URL as DingTalk shows it")
     secret: str | None = Field(default=None, max_length=200, description="signing secret (SEC…), if signing is on")
-    keyword: str | None = Field(default=None, max_length=20, description="a keyword set on the robot: added to every message")
+    keyword: str | None = Field(
+        default=None, max_length=20, description="a keyword set on the robot: added to every message"
+    )
     format: Literal["markdown", "text"] = "markdown"
 
     @field_validator("secret")
@@ -93,9 +96,11 @@ class ChannelIn(Strict):
     name: str = Field(min_length=1, max_length=100)
     owner: Owner
     scope: Literal["own", "subtree"] | None = Field(
-        default=None, description="subtree: everything under the owner (default for federations)")
-    event_types: list[str] | None = Field(default=None, max_length=100,
-                                          description="types, 'prefix.*' or '*'; default: sensible per owner")
+        default=None, description="subtree: everything under the owner (default for federations)"
+    )
+    event_types: list[str] | None = Field(
+        default=None, max_length=100, description="types, 'prefix.*' or '*'; default: sensible per owner"
+    )
     locale: Literal["zh-CN", "en"] = "zh-CN"
     quiet_hours: QuietHours | None = None
     config: dict
@@ -125,8 +130,9 @@ class ChannelPatch(Strict):
 
 
 class Rotate(Strict):
-    overlap_s: int = Field(default=86400, ge=0, le=7 * 86400,
-                           description="how long the old secret keeps signing alongside the new one")
+    overlap_s: int = Field(
+        default=86400, ge=0, le=7 * 86400, description="how long the old secret keeps signing alongside the new one"
+    )
 
 
 class PauseIn(Strict):
@@ -151,5 +157,15 @@ def robot_key_from_url(url: str, expected_base: str, param: str) -> str:
     return values[0]
 
 
-__all__ = ["ChannelIn", "ChannelPatch", "Owner", "QuietHours", "Rotate", "PauseIn", "ResendRange", "CONFIGS",
-           "LOCALES", "robot_key_from_url"]
+__all__ = [
+    "CONFIGS",
+    "LOCALES",
+    "ChannelIn",
+    "ChannelPatch",
+    "Owner",
+    "PauseIn",
+    "QuietHours",
+    "ResendRange",
+    "Rotate",
+    "robot_key_from_url",
+]

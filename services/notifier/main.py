@@ -5,6 +5,7 @@
 
 Both refuse to start when a registered event type has no template.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -24,10 +25,15 @@ def build_app(settings: NotifierSettings | None = None):
     async def seed(app) -> None:
         await seed_channels(app.state.db, settings)
 
-    app = create_app(service="notifier", settings=settings, routers=[router], parts=[seed],
-                     title="Changai notifier (通知)",
-                     description="Notice channels of union branches and federations (webhook, WeCom, DingTalk, "
-                                 "e-mail), subscriptions, the delivery log and resends.")
+    app = create_app(
+        service="notifier",
+        settings=settings,
+        routers=[router],
+        parts=[seed],
+        title="Changai notifier (通知)",
+        description="Notice channels of union branches and federations (webhook, WeCom, DingTalk, "
+        "e-mail), subscriptions, the delivery log and resends.",
+    )
     app.state.settings = settings
     return app
 

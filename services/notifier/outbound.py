@@ -11,6 +11,7 @@
   token is the secret and is never logged.
 * E-mail: the union's own mail relay (settings), STARTTLS or TLS as configured.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -47,7 +48,7 @@ class UnsafeURL(ValueError):
 
 
 _NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
-_COMPATIBLE = ipaddress.ip_network("::/96")          # deprecated IPv4-compatible ::a.b.c.d
+_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated IPv4-compatible ::a.b.c.d
 _TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")  # SIIT IPv4-translated ::ffff:0:a.b.c.d
 
 
@@ -75,7 +76,8 @@ def _public(ip: str) -> bool:
         embedded = _embedded_ipv4(addr)
         if embedded:
             return all(v4.is_global and not v4.is_multicast for v4 in embedded) and (
-                bool(addr.ipv4_mapped) or addr.is_global or any(addr in net for net in _NAT64))
+                bool(addr.ipv4_mapped) or addr.is_global or any(addr in net for net in _NAT64)
+            )
     return addr.is_global and not addr.is_multicast
 
 
@@ -136,16 +138,18 @@ class PinnedBackend(httpcore.AsyncNetworkBackend):
     async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
         pins = (_PINS.get() or {}).get(host)
         if not pins or pins == [host]:
-            return await self.inner.connect_tcp(host, port, timeout=timeout, local_address=local_address,
-                                                socket_options=socket_options)
+            return await self.inner.connect_tcp(
+                host, port, timeout=timeout, local_address=local_address, socket_options=socket_options
+            )
         failures = []
         # Each address gets its share of the connect timeout (at least 2 s): one that black-holes
         # must not use up the time of the next.
         share = None if timeout is None else max(2.0, timeout / len(pins))
         for ip in pins:
             try:
-                return await self.inner.connect_tcp(ip, port, timeout=share, local_address=local_address,
-                                                    socket_options=socket_options)
+                return await self.inner.connect_tcp(
+                    ip, port, timeout=share, local_address=local_address, socket_options=socket_options
+                )
             except (httpcore.ConnectError, httpcore.ConnectTimeout, OSError) as exc:
                 failures.append(f"{ip}: {type(exc).__name__}")
         raise httpcore.ConnectError(f"no checked address of {host} answered ({'; '.join(failures)})")
@@ -171,7 +175,8 @@ def http_client(settings=None, *, ca_bundle: str | None = None) -> httpx.AsyncCl
     pooled by host name, no redirects, the configured CA bundle trusted."""
     ca = ca_bundle if ca_bundle is not None else getattr(settings, "notifier_ca_bundle", None)
     transport = httpx.AsyncHTTPTransport(
-        verify=tls_context(ca), limits=httpx.Limits(max_connections=200, max_keepalive_connections=100))
+        verify=tls_context(ca), limits=httpx.Limits(max_connections=200, max_keepalive_connections=100)
+    )
     transport._pool._network_backend = PinnedBackend()  # noqa: SLF001 - httpx does not expose the backend
     return httpx.AsyncClient(transport=transport, follow_redirects=False)
 
@@ -200,36 +205,60 @@ def _scrubbed(outcome: Outcome) -> Outcome:
     return outcome
 
 
-async def send_webhook(http: httpx.AsyncClient, url: str, signing: list[dict], msg_id: str, body: bytes, *,
-                       timeout: float, allow_private: bool) -> Outcome:
-    return _scrubbed(await _send_webhook(http, url, signing, msg_id, body, timeout=timeout,
-                                         allow_private=allow_private))
+async def send_webhook(
+    http: httpx.AsyncClient,
+    url: str,
+    signing: list[dict],
+    msg_id: str,
+    body: bytes,
+    *,
+    timeout: float,
+    allow_private: bool,
+) -> Outcome:
+    return _scrubbed(
+        await _send_webhook(http, url, signing, msg_id, body, timeout=timeout, allow_private=allow_private)
+    )
 
 
-async def _send_webhook(http: httpx.AsyncClient, url: str, signing: list[dict], msg_id: str, body: bytes, *,
-                        timeout: float, allow_private: bool) -> Outcome:
+async def _send_webhook(
+    http: httpx.AsyncClient,
+    url: str,
+    signing: list[dict],
+    msg_id: str,
+    body: bytes,
+    *,
+    timeout: float,
+    allow_private: bool,
+) -> Outcome:
     start = time.perf_counter()
     digest = payload_hash(body)
     try:
         _, addresses = await check_url(url, allow_private=allow_private)
     except UnsafeURL as exc:
-        return Outcome("permanent", error=f"refused URL: {exc}", pause=True, latency_ms=_elapsed_ms(start),
-                       body_hash=digest)
+        return Outcome(
+            "permanent", error=f"refused URL: {exc}", pause=True, latency_ms=_elapsed_ms(start), body_hash=digest
+        )
     now = datetime.now(UTC)
-    headers = {"content-type": "application/json", "user-agent": "changai-notifier/1",
-               "webhook-id": msg_id, "webhook-timestamp": str(int(now.timestamp())),
-               "webhook-signature": sign_webhook(active_secrets(signing), msg_id, body, now)}
+    headers = {
+        "content-type": "application/json",
+        "user-agent": "changai-notifier/1",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": sign_webhook(active_secrets(signing), msg_id, body, now),
+    }
     # The connection (if a new one is needed) is made in this task: it goes to the checked addresses.
     pinned_as = httpx.URL(url).host  # the name as httpx hands it to the backend (IDNA-encoded)
     token = _PINS.set({**(_PINS.get() or {}), pinned_as: order_addresses(addresses)})
     try:
         response = await http.post(url, content=body, headers=headers, timeout=timeout)
     except httpx.TimeoutException:
-        return Outcome("retry", error=f"no answer within {timeout:.0f} s", latency_ms=_elapsed_ms(start),
-                       body_hash=digest)
+        return Outcome(
+            "retry", error=f"no answer within {timeout:.0f} s", latency_ms=_elapsed_ms(start), body_hash=digest
+        )
     except httpx.HTTPError as exc:
-        return Outcome("retry", error=f"{type(exc).__name__}: {exc}"[:300], latency_ms=_elapsed_ms(start),
-                       body_hash=digest)
+        return Outcome(
+            "retry", error=f"{type(exc).__name__}: {exc}"[:300], latency_ms=_elapsed_ms(start), body_hash=digest
+        )
     finally:
         _PINS.reset(token)
     outcome = classify_http(response.status_code, response.headers.get("retry-after"))
@@ -237,20 +266,34 @@ async def _send_webhook(http: httpx.AsyncClient, url: str, signing: list[dict], 
     return outcome
 
 
-async def _robot(http: httpx.AsyncClient, kind: str, url: str, body: bytes, *, timeout: float,
-                 wecom_throttle_s: float, dingtalk_blocked_s: float) -> Outcome:
+async def _robot(
+    http: httpx.AsyncClient,
+    kind: str,
+    url: str,
+    body: bytes,
+    *,
+    timeout: float,
+    wecom_throttle_s: float,
+    dingtalk_blocked_s: float,
+) -> Outcome:
     start = time.perf_counter()
     digest = payload_hash(body)
     try:
-        response = await http.post(url, content=body, headers={"content-type": "application/json; charset=utf-8"},
-                                   timeout=timeout)
+        response = await http.post(
+            url, content=body, headers={"content-type": "application/json; charset=utf-8"}, timeout=timeout
+        )
     except httpx.TimeoutException:
-        return Outcome("retry", error=f"no answer within {timeout:.0f} s", latency_ms=_elapsed_ms(start),
-                       body_hash=digest)
+        return Outcome(
+            "retry", error=f"no answer within {timeout:.0f} s", latency_ms=_elapsed_ms(start), body_hash=digest
+        )
     except httpx.HTTPError as exc:
         # The exception text can hold the URL, and the URL holds the key: say only what kind of error.
-        return Outcome("retry", error=f"{type(exc).__name__} calling the {kind} robot", latency_ms=_elapsed_ms(start),
-                       body_hash=digest)
+        return Outcome(
+            "retry",
+            error=f"{type(exc).__name__} calling the {kind} robot",
+            latency_ms=_elapsed_ms(start),
+            body_hash=digest,
+        )
     if response.status_code != 200:
         outcome = Outcome("retry", status_code=response.status_code, error=f"HTTP {response.status_code}")
     else:
@@ -260,8 +303,9 @@ async def _robot(http: httpx.AsyncClient, kind: str, url: str, body: bytes, *, t
             errcode = int(errcode) if errcode is not None else None
         except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
             errcode, errmsg = None, "answer is not JSON"
-        outcome = classify_robot(kind, errcode, errmsg, wecom_throttle_s=wecom_throttle_s,
-                                 dingtalk_blocked_s=dingtalk_blocked_s)
+        outcome = classify_robot(
+            kind, errcode, errmsg, wecom_throttle_s=wecom_throttle_s, dingtalk_blocked_s=dingtalk_blocked_s
+        )
         outcome.status_code = 200
         _repeats(kind, url, outcome)
     outcome.latency_ms, outcome.body_hash = _elapsed_ms(start), digest
@@ -310,18 +354,36 @@ def dingtalk_url(base: str, token: str, secret: str | None, now_ms: int | None =
 
 
 async def send_wecom(http, base: str, key: str, body: bytes, *, timeout: float, throttle_s: float) -> Outcome:
-    return await _robot(http, "wecom", wecom_url(base, key), body, timeout=timeout, wecom_throttle_s=throttle_s,
-                        dingtalk_blocked_s=0)
+    return await _robot(
+        http, "wecom", wecom_url(base, key), body, timeout=timeout, wecom_throttle_s=throttle_s, dingtalk_blocked_s=0
+    )
 
 
-async def send_dingtalk(http, base: str, token: str, secret: str | None, body: bytes, *, timeout: float,
-                        blocked_s: float) -> Outcome:
-    return await _robot(http, "dingtalk", dingtalk_url(base, token, secret), body, timeout=timeout,
-                        wecom_throttle_s=0, dingtalk_blocked_s=blocked_s)
+async def send_dingtalk(
+    http, base: str, token: str, secret: str | None, body: bytes, *, timeout: float, blocked_s: float
+) -> Outcome:
+    return await _robot(
+        http,
+        "dingtalk",
+        dingtalk_url(base, token, secret),
+        body,
+        timeout=timeout,
+        wecom_throttle_s=0,
+        dingtalk_blocked_s=blocked_s,
+    )
 
 
-def email_message(*, sender: str, to: list[str], subject: str, text: str, html: str, message_id: str,
-                  unsubscribe: list[str] | None = None, one_click: bool = False) -> EmailMessage:
+def email_message(
+    *,
+    sender: str,
+    to: list[str],
+    subject: str,
+    text: str,
+    html: str,
+    message_id: str,
+    unsubscribe: list[str] | None = None,
+    one_click: bool = False,
+) -> EmailMessage:
     message = EmailMessage()
     message["From"] = sender
     message["To"] = ", ".join(to)
@@ -347,12 +409,15 @@ def unsubscribe_token(key: bytes, channel_id: str, address: str) -> str:
 
 def unsubscribe_links(settings, channel_id: str | None, address: str) -> tuple[list[str], bool]:
     """(List-Unsubscribe URIs, one-click?) for one recipient of a channel."""
-    links = [f"mailto:{settings.notifier_smtp_from}?subject="
-             + urllib.parse.quote(f"unsubscribe {channel_id or ''} {address}".strip())]
+    links = [
+        f"mailto:{settings.notifier_smtp_from}?subject="
+        + urllib.parse.quote(f"unsubscribe {channel_id or ''} {address}".strip())
+    ]
     public = getattr(settings, "notifier_public_url", None)
     if public and channel_id:
-        query = urllib.parse.urlencode({"address": address,
-                                        "token": unsubscribe_token(settings.data_key_bytes(), channel_id, address)})
+        query = urllib.parse.urlencode(
+            {"address": address, "token": unsubscribe_token(settings.data_key_bytes(), channel_id, address)}
+        )
         links.insert(0, f"{public.rstrip('/')}/v1/unsubscribe/{channel_id}?{query}")
         return links, public.startswith("https://")
     return links, False
@@ -378,19 +443,27 @@ def _smtp_client(settings, timeout: float):
     elif starttls is None and settings.notifier_smtp_username:
         starttls = True  # credentials never go in clear: no STARTTLS, no AUTH
     # starttls None: aiosmtplib upgrades whenever the relay offers STARTTLS.
-    return aiosmtplib.SMTP(hostname=settings.notifier_smtp_host, port=settings.notifier_smtp_port,
-                           username=settings.notifier_smtp_username, password=password, use_tls=implicit,
-                           start_tls=starttls, tls_context=tls_context(getattr(settings, "notifier_ca_bundle", None)),
-                           timeout=timeout)
+    return aiosmtplib.SMTP(
+        hostname=settings.notifier_smtp_host,
+        port=settings.notifier_smtp_port,
+        username=settings.notifier_smtp_username,
+        password=password,
+        use_tls=implicit,
+        start_tls=starttls,
+        tls_context=tls_context(getattr(settings, "notifier_ca_bundle", None)),
+        timeout=timeout,
+    )
 
 
-async def send_email(settings, to: list[str], payload: dict, message_id: str, *, timeout: float,
-                     channel_id: str | None = None) -> Outcome:
+async def send_email(
+    settings, to: list[str], payload: dict, message_id: str, *, timeout: float, channel_id: str | None = None
+) -> Outcome:
     return _scrubbed(await _send_email(settings, to, payload, message_id, timeout=timeout, channel_id=channel_id))
 
 
-async def _send_email(settings, to: list[str], payload: dict, message_id: str, *, timeout: float,
-                      channel_id: str | None = None) -> Outcome:
+async def _send_email(
+    settings, to: list[str], payload: dict, message_id: str, *, timeout: float, channel_id: str | None = None
+) -> Outcome:
     """One message per recipient over one connection (each with its own unsubscribe link).
 
     * a 5xx answer, or the relay refusing our credentials, is permanent (not retried);
@@ -421,9 +494,16 @@ async def _send_email(settings, to: list[str], payload: dict, message_id: str, *
             await client.connect()
         for address in pending:
             links, one_click = unsubscribe_links(settings, channel_id, address)
-            message = email_message(sender=settings.notifier_smtp_from, to=[address], subject=payload["subject"],
-                                    text=payload["text"], html=payload["html"], message_id=message_id,
-                                    unsubscribe=links, one_click=one_click)
+            message = email_message(
+                sender=settings.notifier_smtp_from,
+                to=[address],
+                subject=payload["subject"],
+                text=payload["text"],
+                html=payload["html"],
+                message_id=message_id,
+                unsubscribe=links,
+                one_click=one_click,
+            )
             digest = digest or payload_hash(message.as_bytes())
             try:
                 await client.send_message(message, sender=settings.notifier_smtp_from, recipients=[address])
@@ -457,13 +537,15 @@ async def _send_email(settings, to: list[str], payload: dict, message_id: str, *
     accepted, failed, total = progress["accepted"], progress["failed"], len(set(to))
     told = f"delivered to {len(accepted)} of {total}"
     if later:
-        return outcome("retry", status_code=int(next(iter(later.values()))[:3]),
-                       error=f"{told}; will retry {_masked(later)}")
+        return outcome(
+            "retry", status_code=int(next(iter(later.values()))[:3]), error=f"{told}; will retry {_masked(later)}"
+        )
     if failed:
         code = int(next(iter(failed.values()))[:3])
         if not accepted:  # every address refused: the channel's list is wrong
-            return outcome("permanent", status_code=code, error=f"every recipient refused: {_masked(failed)}",
-                           pause=True)
+            return outcome(
+                "permanent", status_code=code, error=f"every recipient refused: {_masked(failed)}", pause=True
+            )
         return outcome("permanent", status_code=code, error=f"{told}; refused for good: {_masked(failed)}")
     return outcome("delivered", status_code=250)
 

@@ -20,6 +20,7 @@
   then, ahead of its backlog; a poll over the due-time indexes finds those of channels a worker
   took over (restart, rebalance) and lapsed leases.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -32,7 +33,7 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import asyncpg
 import httpx
@@ -47,8 +48,7 @@ from shared import outbox, regions
 from shared.events import CloudEvent, EventData, encode, envelope
 from shared.events import membership as m
 from shared.events import training as t
-from shared.events.notifier import (ChannelPaused, ChannelResumed, DeliveryFailed, DeliverySucceeded,
-                                    NoticeDigest)
+from shared.events.notifier import ChannelPaused, ChannelResumed, DeliveryFailed, DeliverySucceeded, NoticeDigest
 from shared.timing import wait_set
 
 log = logging.getLogger(__name__)
@@ -58,31 +58,63 @@ ATTEMPTS = Counter("changai_notifier_attempts_total", "Delivery attempts by outc
 DELIVERED = Counter("changai_notifier_delivered_total", "Notices delivered", ["kind"])
 DEAD = Counter("changai_notifier_dead_letters_total", "Deliveries whose attempts were exhausted", ["kind"])
 PAUSED = Counter("changai_notifier_channels_paused_total", "Channels paused for failing", ["kind"])
-LATENCY = Histogram("changai_notifier_delivery_latency_seconds",
-                    "From the domain event's time to the receiver's acknowledgement", ["kind"],
-                    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600))
-ATTEMPT_SECONDS = Histogram("changai_notifier_attempt_seconds", "Duration of one call to a receiver", ["kind"],
-                            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15))
-STAGE = Histogram("changai_notifier_stage_seconds", "Time spent per pipeline step", ["stage"],
-                  buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5))
-LAG = Histogram("changai_notifier_lag_seconds", "From the domain event's time to each point of the pipeline",
-                ["point"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60))
+LATENCY = Histogram(
+    "changai_notifier_delivery_latency_seconds",
+    "From the domain event's time to the receiver's acknowledgement",
+    ["kind"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+)
+ATTEMPT_SECONDS = Histogram(
+    "changai_notifier_attempt_seconds",
+    "Duration of one call to a receiver",
+    ["kind"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15),
+)
+STAGE = Histogram(
+    "changai_notifier_stage_seconds",
+    "Time spent per pipeline step",
+    ["stage"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+)
+LAG = Histogram(
+    "changai_notifier_lag_seconds",
+    "From the domain event's time to each point of the pipeline",
+    ["point"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60),
+)
 QUEUED = Gauge("changai_notifier_queued", "Deliveries waiting in this worker's channel queues")
 WAITING = Gauge("changai_notifier_retries_waiting", "Records of the retired retry topics this worker holds until due")
-SPILLED = Counter("changai_notifier_backlog_written_total",
-                  "Deliveries of channels with a backlog written to PostgreSQL to wait their turn there")
-DISPATCHED = Counter("changai_notifier_dispatched_total", "Deliveries taken by a channel's task, by the path that "
-                     "brought them: first (from Kafka), backlog (PostgreSQL), due (a retry or deferral at its time), "
-                     "lease (a lapsed attempt)", ["via"])
-DUE_LATENESS = Histogram("changai_notifier_due_lateness_seconds",
-                         "How late a retry or deferral was taken, against its due time",
-                         buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
-DIGESTED = Counter("changai_notifier_digested_total", "Events of bulk operations counted into digests instead of "
-                   "a notice each", ["event_type"])
-DIGESTS = Counter("changai_notifier_digests_total", "Digest notices made (one per channel, batch and type, "
-                  "each quiet period or max age)", ["event_type"])
-OVER_BUDGET = Counter("changai_notifier_robot_over_budget_total",
-                      "Notices dead-lettered because their robot stayed over its budget too long", ["kind"])
+SPILLED = Counter(
+    "changai_notifier_backlog_written_total",
+    "Deliveries of channels with a backlog written to PostgreSQL to wait their turn there",
+)
+DISPATCHED = Counter(
+    "changai_notifier_dispatched_total",
+    "Deliveries taken by a channel's task, by the path that "
+    "brought them: first (from Kafka), backlog (PostgreSQL), due (a retry or deferral at its time), "
+    "lease (a lapsed attempt)",
+    ["via"],
+)
+DUE_LATENESS = Histogram(
+    "changai_notifier_due_lateness_seconds",
+    "How late a retry or deferral was taken, against its due time",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+DIGESTED = Counter(
+    "changai_notifier_digested_total",
+    "Events of bulk operations counted into digests instead of a notice each",
+    ["event_type"],
+)
+DIGESTS = Counter(
+    "changai_notifier_digests_total",
+    "Digest notices made (one per channel, batch and type, each quiet period or max age)",
+    ["event_type"],
+)
+OVER_BUDGET = Counter(
+    "changai_notifier_robot_over_budget_total",
+    "Notices dead-lettered because their robot stayed over its budget too long",
+    ["kind"],
+)
 SEED_NS = uuid.UUID("a3f0c1d2-7b5e-4e8a-9c3f-5eed0c4a77e1")
 
 
@@ -94,7 +126,7 @@ def outbox_row(data: EventData) -> tuple:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 # -- channels in memory ------------------------------------------------------------------
@@ -110,10 +142,21 @@ def channel_from_row(row, key: bytes) -> Channel:
     except Exception:  # noqa: BLE001 - a blob under another key: the channel cannot send, say so once
         log.error("channel secrets cannot be decrypted (wrong CHANGAI_DATA_KEY?)", extra={"channel_id": str(row["id"])})
         secrets = {}
-    return Channel(id=row["id"], kind=row["kind"], name=row["name"], owner_kind=row["owner_kind"],
-                   owner_branch_id=row["owner_branch_id"], owner_region=row["owner_region"], scope=row["scope"],
-                   event_types=list(row["event_types"]), locale=row["locale"], status=row["status"], config=config,
-                   secrets=secrets, quiet_hours=quiet)
+    return Channel(
+        id=row["id"],
+        kind=row["kind"],
+        name=row["name"],
+        owner_kind=row["owner_kind"],
+        owner_branch_id=row["owner_branch_id"],
+        owner_region=row["owner_region"],
+        scope=row["scope"],
+        event_types=list(row["event_types"]),
+        locale=row["locale"],
+        status=row["status"],
+        config=config,
+        secrets=secrets,
+        quiet_hours=quiet,
+    )
 
 
 class ChannelCache:
@@ -153,7 +196,7 @@ class ChannelCache:
             await asyncio.sleep(every)
             try:
                 await self.reload()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.warning("channel refresh failed", exc_info=True)
 
     async def reload(self) -> None:
@@ -208,8 +251,10 @@ async def seed_channels(pool: asyncpg.Pool, settings: NotifierSettings) -> list[
             log.error("CHANGAI_NOTIFIER_WEBHOOKS names an unknown region; skipped", extra={"region": region})
             continue
         channel_id = uuid.uuid5(SEED_NS, f"webhook:{region}")
-        wanted = {"url": url, "signing": [{"secret": settings.notifier_webhook_secret.get_secret_value(),
-                                           "expires_at": None}]}
+        wanted = {
+            "url": url,
+            "signing": [{"secret": settings.notifier_webhook_secret.get_secret_value(), "expires_at": None}],
+        }
         async with pool.acquire() as conn, conn.transaction():
             row = await store.get_channel(conn, channel_id, lock=True)
             if row is not None:
@@ -219,9 +264,14 @@ async def seed_channels(pool: asyncpg.Pool, settings: NotifierSettings) -> list[
                         continue
                 except Exception:  # noqa: BLE001 - re-seal under the current key
                     pass
-            await store.upsert_seed_channel(conn, id=channel_id, region=r.code, name=f"{r.name} webhook (settings)",
-                                            secrets=vault.seal(key, channel_id, wanted),
-                                            config={"url": domain.mask_url(url)})
+            await store.upsert_seed_channel(
+                conn,
+                id=channel_id,
+                region=r.code,
+                name=f"{r.name} webhook (settings)",
+                secrets=vault.seal(key, channel_id, wanted),
+                config={"url": domain.mask_url(url)},
+            )
         made.append(channel_id)
     return made
 
@@ -229,10 +279,18 @@ async def seed_channels(pool: asyncpg.Pool, settings: NotifierSettings) -> list[
 # -- read model and routing -----------------------------------------------------------------
 
 
-READ_MODEL_TYPES = frozenset({
-    m.BranchEstablished.event_type, m.BranchUpdated.event_type, m.BranchMerged.event_type,
-    m.BranchDissolved.event_type, m.MemberJoined.event_type, m.MemberTransferred.event_type,
-    t.SessionScheduled.event_type, t.SessionCompleted.event_type})
+READ_MODEL_TYPES = frozenset(
+    {
+        m.BranchEstablished.event_type,
+        m.BranchUpdated.event_type,
+        m.BranchMerged.event_type,
+        m.BranchDissolved.event_type,
+        m.MemberJoined.event_type,
+        m.MemberTransferred.event_type,
+        t.SessionScheduled.event_type,
+        t.SessionCompleted.event_type,
+    }
+)
 
 
 class ReadModel:
@@ -278,7 +336,7 @@ class ReadModel:
                 except asyncio.CancelledError:
                     batch.cancel()
                     raise
-                except Exception:  # noqa: BLE001 - the database is away: the events wait, unacknowledged
+                except Exception:
                     log.warning("writing the read model failed; retrying", exc_info=True)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 10)
@@ -287,8 +345,7 @@ class ReadModel:
     async def apply(self, conn, data: EventData) -> None:
         self.last_write = None
         if isinstance(data, (m.BranchEstablished, m.BranchUpdated)):
-            await store.upsert_branch(conn, data.branch_id, data.name, data.region_code, data.parent_id,
-                                      str(data.kind))
+            await store.upsert_branch(conn, data.branch_id, data.name, data.region_code, data.parent_id, str(data.kind))
             self._forget(data.branch_id)
         elif isinstance(data, m.BranchMerged):
             await store.set_branch_status(conn, data.branch_id, data.region_code, "merged")
@@ -368,7 +425,7 @@ class LazyConnection:
     def __init__(self, pool: asyncpg.Pool):
         self.pool, self.conn = pool, None
 
-    async def __aenter__(self) -> "LazyConnection":
+    async def __aenter__(self) -> LazyConnection:
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -436,9 +493,15 @@ class Router:
             chosen = each
         if chosen:
             ROUTED.labels(ce.type).inc(len(chosen))
-        return [{"d": str(delivery_id(ce.id, tg.channel.id)), "c": str(tg.channel.id),
-                 "b": str(tg.branch_id) if tg.branch_id else None,
-                 "f": str(tg.fallback_for) if tg.fallback_for else None} for tg in chosen], held
+        return [
+            {
+                "d": str(delivery_id(ce.id, tg.channel.id)),
+                "c": str(tg.channel.id),
+                "b": str(tg.branch_id) if tg.branch_id else None,
+                "f": str(tg.fallback_for) if tg.fallback_for else None,
+            }
+            for tg in chosen
+        ], held
 
     async def _targets(self, conn, ce: CloudEvent, data: EventData, index: ChannelIndex) -> list[Target]:
         if ce.type in domain.NOT_ROUTED or not index.by_id or not index.anyone_hears(ce.type):
@@ -467,9 +530,11 @@ class Router:
 
 
 # -- rendering ---------------------------------------------------------------------------------
-FALLBACK_NOTE = {"zh-CN": "（此通知原应发往「{name}」，该渠道已暂停，暂由本渠道代收；请核对配置后恢复该渠道。）",
-                 "en": "(This notice was meant for \"{name}\", which is paused; this channel stands in. "
-                       "Please fix and resume that channel.)"}
+FALLBACK_NOTE = {
+    "zh-CN": "（此通知原应发往「{name}」，该渠道已暂停，暂由本渠道代收；请核对配置后恢复该渠道。）",
+    "en": '(This notice was meant for "{name}", which is paused; this channel stands in. '
+    "Please fix and resume that channel.)",
+}
 
 
 def deliver_record(delivery_id, channel_id, event_type: str | None, event_time: datetime, **extra) -> dict:
@@ -483,34 +548,43 @@ def routed_fields(record: dict) -> dict | None:
     """The delivery as the render stage made it, to create its row on the first claim."""
     if not record.get("i") or record.get("p") is None:
         return None
-    return {"event_id": uuid.UUID(record["i"]), "event_type": record["e"],
-            "event_time": datetime.fromtimestamp(record["t"], timezone.utc),
-            "branch_id": uuid.UUID(record["b"]) if record.get("b") else None, "region": record.get("r"),
-            "fallback_for": uuid.UUID(record["f"]) if record.get("f") else None,
-            "payload": record["p"].encode()}
+    return {
+        "event_id": uuid.UUID(record["i"]),
+        "event_type": record["e"],
+        "event_time": datetime.fromtimestamp(record["t"], UTC),
+        "branch_id": uuid.UUID(record["b"]) if record.get("b") else None,
+        "region": record.get("r"),
+        "fallback_for": uuid.UUID(record["f"]) if record.get("f") else None,
+        "payload": record["p"].encode(),
+    }
 
 
 class RenderStage:
     def __init__(self, pool: asyncpg.Pool, channels: ChannelCache, model: ReadModel, renderer: Renderer):
         self.pool, self.channels, self.model, self.renderer = pool, channels, model, renderer
 
-    async def render(self, ce: CloudEvent, data: EventData, raw: bytes, deliveries: list[dict]
-                     ) -> list[tuple[bytes, bytes]]:
+    async def render(
+        self, ce: CloudEvent, data: EventData, raw: bytes, deliveries: list[dict]
+    ) -> list[tuple[bytes, bytes]]:
         """Each delivery's payload, as records for the deliver topic, keyed by channel."""
         with STAGE.labels("render").time():
             records = await self._render(ce, data, raw, deliveries)
         LAG.labels("rendered").observe(max(0.0, (_now() - ce.time).total_seconds()))
         return records
 
-    async def _render(self, ce: CloudEvent, data: EventData, raw: bytes, deliveries: list[dict]
-                      ) -> list[tuple[bytes, bytes]]:
+    async def _render(
+        self, ce: CloudEvent, data: EventData, raw: bytes, deliveries: list[dict]
+    ) -> list[tuple[bytes, bytes]]:
         kinds = {ch.kind for d in deliveries if (ch := self.channels.get(uuid.UUID(d["c"])))}
         names = Names()
         if kinds - {"webhook"}:  # webhooks get the event itself: no names needed
             async with self.pool.acquire() as conn:
-                names = Names(branches=await self.model.names(conn, branch_ids_in(data)),
-                              channels={ch.id: ch.name for ch in self.channels.index.by_id.values()}
-                              if ce.type.startswith("changai.notifier.") else {})
+                names = Names(
+                    branches=await self.model.names(conn, branch_ids_in(data)),
+                    channels={ch.id: ch.name for ch in self.channels.index.by_id.values()}
+                    if ce.type.startswith("changai.notifier.")
+                    else {},
+                )
         region = getattr(data, "region_code", None) or getattr(data, "owner_region", None)
         records = []
         cache: dict[tuple, bytes] = {}
@@ -522,29 +596,47 @@ class RenderStage:
             key = (ch.kind, ch.locale, ch.config.get("format"), ch.config.get("keyword"), fallback)
             if key not in cache:
                 cache[key] = self._payload(ce, data, raw, ch, names, fallback)
-            records.append((d["c"].encode(), orjson.dumps(deliver_record(
-                d["d"], d["c"], ce.type, ce.time, i=ce.id, b=d.get("b"), r=region, f=fallback,
-                p=cache[key].decode()))))
+            records.append(
+                (
+                    d["c"].encode(),
+                    orjson.dumps(
+                        deliver_record(
+                            d["d"],
+                            d["c"],
+                            ce.type,
+                            ce.time,
+                            i=ce.id,
+                            b=d.get("b"),
+                            r=region,
+                            f=fallback,
+                            p=cache[key].decode(),
+                        )
+                    ),
+                )
+            )
         return records
 
-    def _payload(self, ce: CloudEvent, data: EventData, raw: bytes, ch: Channel, names: Names,
-                 fallback: str | None) -> bytes:
+    def _payload(
+        self, ce: CloudEvent, data: EventData, raw: bytes, ch: Channel, names: Names, fallback: str | None
+    ) -> bytes:
         if ch.kind == "webhook":
             return raw  # the event itself, byte for byte as published
         note = None
         if fallback:
             paused = self.channels.get(uuid.UUID(fallback))
             note = FALLBACK_NOTE.get(ch.locale, FALLBACK_NOTE["zh-CN"]).format(
-                name=paused.name if paused else fallback[:8])
+                name=paused.name if paused else fallback[:8]
+            )
         try:
             notice = self.renderer.notice(ce.type, data, ch.locale, names, event_time=ce.time, note=note)
-        except Exception:  # noqa: BLE001 - checked at start-up; never lose a notice to a template bug
+        except Exception:
             log.exception("template failed; sending a plain notice", extra={"event_type": ce.type})
             from services.notifier.render import Notice
 
             notice = Notice(ce.type, ch.locale, ce.type, f"{ce.subject or ce.id}", [], note)
-        body = self.renderer.layout(notice, ch.kind, ch.config.get("format", "markdown"),
-                                    keyword=ch.config.get("keyword"))
+        body = self.renderer.layout(
+            notice, ch.kind, ch.config.get("format", "markdown"), keyword=ch.config.get("keyword")
+        )
         return orjson.dumps(body)
 
 
@@ -596,14 +688,20 @@ class Digester:
     ``notifier_digest_max_s`` since its last digest. The events are acknowledged only once their
     digest is on the deliver topic, so a crash counts them again rather than losing them."""
 
-    def __init__(self, settings: NotifierSettings, channels: ChannelCache, render: "RenderStage",
-                 send: Callable[[bytes, bytes], Awaitable[None]]):
+    def __init__(
+        self,
+        settings: NotifierSettings,
+        channels: ChannelCache,
+        render: RenderStage,
+        send: Callable[[bytes, bytes], Awaitable[None]],
+    ):
         self.settings, self.channels, self.render, self.send = settings, channels, render, send
         self.buckets: dict[tuple, DigestBucket] = {}
         self.task: asyncio.Task | None = None
 
-    def add(self, ch: Channel, batch: tuple[str, uuid.UUID], ce: CloudEvent, data: EventData,
-            branch_id: uuid.UUID | None) -> asyncio.Future:
+    def add(
+        self, ch: Channel, batch: tuple[str, uuid.UUID], ce: CloudEvent, data: EventData, branch_id: uuid.UUID | None
+    ) -> asyncio.Future:
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._run(), name="notifier-digests")
         key = (ch.id, batch[1], ce.type)
@@ -614,7 +712,7 @@ class Digester:
         b.last_time = max(b.last_time, ce.time)
         region = getattr(data, "region_code", None) or "—"
         b.by_region[region] = b.by_region.get(region, 0) + 1
-        if (branch := domain._uuid(getattr(data, "branch_id", None) or getattr(data, "organiser_id", None))):
+        if branch := domain._uuid(getattr(data, "branch_id", None) or getattr(data, "organiser_id", None)):
             b.branches.add(branch)
         b.touched = time.monotonic()
         DIGESTED.labels(ce.type).inc()
@@ -638,15 +736,30 @@ class Digester:
         report = None
         if b.batch_kind == "membership.import" and self.settings.notifier_import_report_url:
             report = self.settings.notifier_import_report_url.format(id=b.batch_id)
-        data = NoticeDigest(batch_kind=b.batch_kind, batch_id=b.batch_id, event_type=b.event_type, count=b.count,
-                            by_region=dict(b.by_region), branches=len(b.branches), first_time=b.first_time,
-                            last_time=b.last_time, report_url=report, final=final)
+        data = NoticeDigest(
+            batch_kind=b.batch_kind,
+            batch_id=b.batch_id,
+            event_type=b.event_type,
+            count=b.count,
+            by_region=dict(b.by_region),
+            branches=len(b.branches),
+            first_time=b.first_time,
+            last_time=b.last_time,
+            report_url=report,
+            final=final,
+        )
         # The same events (after a crash, read again) make the same digest: the same id, sent once.
-        event_id = str(uuid.uuid5(DIGEST_NS, f"{b.channel_id}/{b.batch_id}/{b.event_type}/{b.first_event_id}/{b.count}"))
+        event_id = str(
+            uuid.uuid5(DIGEST_NS, f"{b.channel_id}/{b.batch_id}/{b.event_type}/{b.first_event_id}/{b.count}")
+        )
         ce = envelope(data, event_id=event_id)
         _, raw, _ = encode(ce)
-        records = await self.render.render(ce, data, raw, [{"d": str(delivery_id(ce.id, ch.id)), "c": str(ch.id),
-                                                           "b": str(b.branch_id) if b.branch_id else None}])
+        records = await self.render.render(
+            ce,
+            data,
+            raw,
+            [{"d": str(delivery_id(ce.id, ch.id)), "c": str(ch.id), "b": str(b.branch_id) if b.branch_id else None}],
+        )
         for key, value in records:
             delay = 0.5
             while True:
@@ -655,13 +768,15 @@ class Digester:
                     break
                 except asyncio.CancelledError:
                     raise
-                except Exception:  # noqa: BLE001 - Kafka away: the events stay unacknowledged meanwhile
+                except Exception:
                     log.warning("sending a digest failed; will try again", exc_info=True)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 10)
         DIGESTS.labels(b.event_type).inc()
-        log.info("digest sent", extra={"channel_id": str(ch.id), "event_type": b.event_type, "count": b.count,
-                                       "final": final})
+        log.info(
+            "digest sent",
+            extra={"channel_id": str(ch.id), "event_type": b.event_type, "count": b.count, "final": final},
+        )
         b.done.set_result(None)
 
 
@@ -695,16 +810,16 @@ class ChannelState:
 
     channel_id: uuid.UUID
     window: domain.SlidingWindow
-    robot: str | None = None          # the robot (hash of kind and key) whose budget it shares
+    robot: str | None = None  # the robot (hash of kind and key) whose budget it shares
     queue: deque = field(default_factory=deque)
     ids: set = field(default_factory=set)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     cooldown_until: float = 0.0
     backlogged: bool = False
-    spilling: bool = False            # new deliveries go to PostgreSQL (behind those already there)
-    spill_pending: int = 0            # handed to the spiller, not yet written
-    cursor: tuple | None = None       # (next_attempt_at, id) of the last backlog row read into memory
-    next_due: float = float("inf")    # epoch s: a retry, deferral or backlog in PostgreSQL is due then
+    spilling: bool = False  # new deliveries go to PostgreSQL (behind those already there)
+    spill_pending: int = 0  # handed to the spiller, not yet written
+    cursor: tuple | None = None  # (next_attempt_at, id) of the last backlog row read into memory
+    next_due: float = float("inf")  # epoch s: a retry, deferral or backlog in PostgreSQL is due then
     over_budget_since: float | None = None  # epoch s: its robot refused or had no room since, without a success
     task: asyncio.Task | None = None
 
@@ -745,7 +860,7 @@ class GroupCommit:
             await self.wake.wait()
             self.wake.clear()
             while self.pending:
-                batch, self.pending = self.pending[:self.max_batch], self.pending[self.max_batch:]
+                batch, self.pending = self.pending[: self.max_batch], self.pending[self.max_batch :]
                 try:
                     async with self.pool.acquire() as conn:
                         await store.delivered_many(conn, [args for args, _ in batch])
@@ -789,7 +904,7 @@ class Spiller:
             await self.wake.wait()
             self.wake.clear()
             while self.pending:
-                batch, self.pending = self.pending[:self.max_rows], self.pending[self.max_rows:]
+                batch, self.pending = self.pending[: self.max_rows], self.pending[self.max_rows :]
                 self.room.set()
                 delay = 0.2
                 while True:
@@ -799,7 +914,7 @@ class Spiller:
                         break
                     except asyncio.CancelledError:
                         raise
-                    except Exception:  # noqa: BLE001 - the database is away: keep them (unacknowledged)
+                    except Exception:
                         log.exception("writing a channel's backlog failed; retrying")
                         await asyncio.sleep(delay)
                         delay = min(delay * 2, 10)
@@ -816,8 +931,17 @@ def spill_row(delivery_id: uuid.UUID, record: dict) -> tuple | None:
     routed = routed_fields(record)
     if routed is None:
         return None
-    return (delivery_id, routed["event_id"], routed["event_type"], routed["event_time"], uuid.UUID(record["c"]),
-            routed["branch_id"], routed["region"], routed["fallback_for"], routed["payload"])
+    return (
+        delivery_id,
+        routed["event_id"],
+        routed["event_type"],
+        routed["event_time"],
+        uuid.UUID(record["c"]),
+        routed["branch_id"],
+        routed["region"],
+        routed["fallback_for"],
+        routed["payload"],
+    )
 
 
 class Deliverer:
@@ -829,8 +953,14 @@ class Deliverer:
     ahead of its backlog (the worker that records a retry owns the channel; after a restart or a
     rebalance :meth:`poll` finds them by the due-time index)."""
 
-    def __init__(self, settings: NotifierSettings, pool: asyncpg.Pool, http: httpx.AsyncClient,
-                 channels: ChannelCache, renderer: Renderer):
+    def __init__(
+        self,
+        settings: NotifierSettings,
+        pool: asyncpg.Pool,
+        http: httpx.AsyncClient,
+        channels: ChannelCache,
+        renderer: Renderer,
+    ):
         self.settings, self.pool, self.http, self.channels, self.renderer = settings, pool, http, channels, renderer
         self.states: dict[uuid.UUID, ChannelState] = {}
         self._creating: dict[uuid.UUID, asyncio.Lock] = {}
@@ -841,8 +971,9 @@ class Deliverer:
         # schedules a channel's retries and backlog, so its budget is kept in one place.
         self.owns: Callable[[uuid.UUID], bool] = lambda channel_id: True
 
-    async def submit(self, delivery_id: uuid.UUID, channel_id: uuid.UUID, record: dict,
-                     ack: Callable[[], Awaitable[None]]) -> None:
+    async def submit(
+        self, delivery_id: uuid.UUID, channel_id: uuid.UUID, record: dict, ack: Callable[[], Awaitable[None]]
+    ) -> None:
         if record.get("t"):
             LAG.labels("deliver").observe(max(0.0, time.time() - record["t"]))
         st = self.states.get(channel_id)
@@ -887,8 +1018,9 @@ class Deliverer:
             limit, window = self.settings.budget(ch.kind if ch else "webhook")
             robot = robot_of(ch)
             # A margin over the robot's own window: our clock starts at the send, theirs at the receipt.
-            st = ChannelState(channel_id, domain.SlidingWindow(0 if robot else limit, window * 1.02 + 0.05),
-                              robot=robot)
+            st = ChannelState(
+                channel_id, domain.SlidingWindow(0 if robot else limit, window * 1.02 + 0.05), robot=robot
+            )
             if limit > 0 and not robot:
                 async with self.pool.acquire() as conn:
                     st.window.preload(await store.recent_sends(conn, channel_id, window))
@@ -940,16 +1072,28 @@ class Deliverer:
         for r in due_now:
             if r["id"] not in st.ids:
                 via = "lease" if r["status"] == "sending" else "due"
-                front.append(Item(r["id"], deliver_record(r["id"], r["channel_id"], r["event_type"], r["event_time"],
-                                                          due=r["due"]), _nothing, via))
+                front.append(
+                    Item(
+                        r["id"],
+                        deliver_record(r["id"], r["channel_id"], r["event_type"], r["event_time"], due=r["due"]),
+                        _nothing,
+                        via,
+                    )
+                )
         for item in reversed(front):
             st.queue.appendleft(item)
             st.ids.add(item.delivery_id)
         added = 0
         for r in backlog:
             if r["id"] not in st.ids:
-                st.queue.append(Item(r["id"], deliver_record(r["id"], r["channel_id"], r["event_type"],
-                                                             r["event_time"]), _nothing, "backlog"))
+                st.queue.append(
+                    Item(
+                        r["id"],
+                        deliver_record(r["id"], r["channel_id"], r["event_type"], r["event_time"]),
+                        _nothing,
+                        "backlog",
+                    )
+                )
                 st.ids.add(r["id"])
                 added += 1
         if backlog:
@@ -966,7 +1110,11 @@ class Deliverer:
     def _refill_wanted(self, st: ChannelState) -> bool:
         if st.next_due <= time.time():
             return True
-        return st.spilling and st.spill_pending == 0 and len(st.queue) <= self.settings.notifier_max_queued_per_channel // 2
+        return (
+            st.spilling
+            and st.spill_pending == 0
+            and len(st.queue) <= self.settings.notifier_max_queued_per_channel // 2
+        )
 
     async def _run(self, st: ChannelState) -> None:
         while True:
@@ -975,7 +1123,7 @@ class Deliverer:
                     await self._refill(st)
                 except asyncio.CancelledError:
                     raise
-                except Exception:  # noqa: BLE001 - the database is away: try again shortly
+                except Exception:
                     log.exception("reading a channel's queue failed", extra={"channel_id": str(st.channel_id)})
                     st.next_due = time.time() + 1.0
             if not st.queue:
@@ -984,8 +1132,13 @@ class Deliverer:
                 if self._refill_wanted(st):
                     continue
                 wait = min(300.0, max(0.0, st.next_due - time.time()))
-                if not await wait_set(st.wake, wait) and not st.queue and st.next_due == float("inf") \
-                        and not st.spilling and st.spill_pending == 0:
+                if (
+                    not await wait_set(st.wake, wait)
+                    and not st.queue
+                    and st.next_due == float("inf")
+                    and not st.spilling
+                    and st.spill_pending == 0
+                ):
                     self.states.pop(st.channel_id, None)
                     return
                 continue
@@ -1004,16 +1157,25 @@ class Deliverer:
                 if await self._expire_over_budget(st, ch):
                     continue
                 async with self.pool.acquire() as conn:
-                    wait = await store.robot_take(conn, st.robot, self.settings.notifier_robot_rate,
-                                                  self.settings.notifier_robot_window_s * 1.02 + 0.05)
+                    wait = await store.robot_take(
+                        conn,
+                        st.robot,
+                        self.settings.notifier_robot_rate,
+                        self.settings.notifier_robot_window_s * 1.02 + 0.05,
+                    )
                 if wait > 0:
                     st.backlogged = True
                     st.over_budget_since = st.over_budget_since or time.time()
                     await asyncio.sleep(min(wait, max(0.01, st.next_due - time.time())))
                     continue
             batch = [st.queue.popleft()]
-            if (st.backlogged and ch is not None and ch.kind in ROBOTS and self.settings.notifier_merge_bursts
-                    and st.queue):
+            if (
+                st.backlogged
+                and ch is not None
+                and ch.kind in ROBOTS
+                and self.settings.notifier_merge_bursts
+                and st.queue
+            ):
                 while st.queue and len(batch) < 50:
                     batch.append(st.queue.popleft())
             for item in batch:
@@ -1024,7 +1186,7 @@ class Deliverer:
                 back = await self._process(st, ch, batch)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - the database is away: keep the items, try again
+            except Exception:
                 log.exception("delivery step failed; retrying", extra={"channel_id": str(st.channel_id)})
                 back = batch
                 await asyncio.sleep(1.0)
@@ -1055,13 +1217,22 @@ class Deliverer:
             if decision == "claimed":
                 claims.append(claim)
         if claims:
-            await self._finish(ch, claims, Outcome(
-                "permanent", error=f"robot over budget: waited more than {int(limit)} s for a place in its "
-                                   f"{self.settings.notifier_robot_rate} messages a {int(self.settings.notifier_robot_window_s)} s"),
-                send_id, over_budget=True)
+            await self._finish(
+                ch,
+                claims,
+                Outcome(
+                    "permanent",
+                    error=f"robot over budget: waited more than {int(limit)} s for a place in its "
+                    f"{self.settings.notifier_robot_rate} messages a {int(self.settings.notifier_robot_window_s)} s",
+                ),
+                send_id,
+                over_budget=True,
+            )
             OVER_BUDGET.labels(ch.kind).inc(len(claims))
-            log.warning("robot over budget: notices dead-lettered",
-                        extra={"channel_id": str(ch.id), "kind": ch.kind, "count": len(claims)})
+            log.warning(
+                "robot over budget: notices dead-lettered",
+                extra={"channel_id": str(ch.id), "kind": ch.kind, "count": len(claims)},
+            )
         for item in old:
             st.ids.discard(item.delivery_id)
             await item.ack()
@@ -1082,9 +1253,16 @@ class Deliverer:
     async def _claim_now(self, ch: Channel | None, item: Item, send_id: uuid.UUID | None):
         defer_until = self._defer_until(ch, item.event_type)
         async with self.pool.acquire() as conn:
-            decision, claim = await store.claim(conn, item.delivery_id, item.channel_id, lease_s=self.settings.lease_s,
-                                                send_id=send_id, routed=routed_fields(item.record),
-                                                defer_until=defer_until, deferred_topic=None)
+            decision, claim = await store.claim(
+                conn,
+                item.delivery_id,
+                item.channel_id,
+                lease_s=self.settings.lease_s,
+                send_id=send_id,
+                routed=routed_fields(item.record),
+                defer_until=defer_until,
+                deferred_topic=None,
+            )
         if decision == "deferred" and defer_until is not None:
             st = self.states.get(item.channel_id)
             if st is not None:
@@ -1107,10 +1285,11 @@ class Deliverer:
                 async with self.pool.acquire() as conn:
                     payloads.update(await store.peek_payloads(conn, missing))
             bodies = [orjson.loads(payloads[i.delivery_id]) for i in batch if i.delivery_id in payloads]
-            _, fits = self.renderer.digest(ch.kind, ch.config.get("format", "markdown"), ch.locale, bodies,
-                                           keyword=ch.config.get("keyword"))
+            _, fits = self.renderer.digest(
+                ch.kind, ch.config.get("format", "markdown"), ch.locale, bodies, keyword=ch.config.get("keyword")
+            )
             with_payload = [i for i in batch if i.delivery_id in payloads]
-            back = with_payload[max(fits, 1):]
+            back = with_payload[max(fits, 1) :]
             batch = [i for i in batch if i not in back]
         send_id = uuid.uuid4()
         claims = []
@@ -1146,8 +1325,9 @@ class Deliverer:
             return Outcome("retry", error="channel not available to this worker"), claims
         if len(claims) > 1:
             bodies = [orjson.loads(c.payload) for c in claims]
-            digest, n = self.renderer.digest(ch.kind, ch.config.get("format", "markdown"), ch.locale, bodies,
-                                             keyword=ch.config.get("keyword"))
+            digest, n = self.renderer.digest(
+                ch.kind, ch.config.get("format", "markdown"), ch.locale, bodies, keyword=ch.config.get("keyword")
+            )
             body = orjson.dumps(digest)
         else:
             body = claims[0].payload
@@ -1155,24 +1335,45 @@ class Deliverer:
         started = time.perf_counter()
         if ch.kind == "webhook":
             msg_id = str(claim.event_id) if claim.event_type != TEST_TYPE else str(claim.delivery_id)
-            outcome = await outbound.send_webhook(self.http, ch.secrets["url"], ch.secrets.get("signing", []), msg_id,
-                                                  body, timeout=timeout, allow_private=s.outbound_allow_private)
+            outcome = await outbound.send_webhook(
+                self.http,
+                ch.secrets["url"],
+                ch.secrets.get("signing", []),
+                msg_id,
+                body,
+                timeout=timeout,
+                allow_private=s.outbound_allow_private,
+            )
         elif ch.kind == "wecom":
-            outcome = await outbound.send_wecom(self.http, s.notifier_wecom_url, ch.secrets["key"], body,
-                                                timeout=timeout, throttle_s=s.notifier_wecom_throttle_s)
+            outcome = await outbound.send_wecom(
+                self.http,
+                s.notifier_wecom_url,
+                ch.secrets["key"],
+                body,
+                timeout=timeout,
+                throttle_s=s.notifier_wecom_throttle_s,
+            )
         elif ch.kind == "dingtalk":
-            outcome = await outbound.send_dingtalk(self.http, s.notifier_dingtalk_url, ch.secrets["token"],
-                                                   ch.secrets.get("secret"), body, timeout=timeout,
-                                                   blocked_s=s.notifier_dingtalk_blocked_s)
+            outcome = await outbound.send_dingtalk(
+                self.http,
+                s.notifier_dingtalk_url,
+                ch.secrets["token"],
+                ch.secrets.get("secret"),
+                body,
+                timeout=timeout,
+                blocked_s=s.notifier_dingtalk_blocked_s,
+            )
         else:
             message_id = f"<{claim.event_id}.{claim.channel_id}@changai.notifier>"
-            outcome = await outbound.send_email(s, ch.secrets.get("to", []), orjson.loads(body), message_id,
-                                                timeout=timeout)
+            outcome = await outbound.send_email(
+                s, ch.secrets.get("to", []), orjson.loads(body), message_id, timeout=timeout
+            )
         ATTEMPT_SECONDS.labels(ch.kind).observe(time.perf_counter() - started)
         return outcome, claims
 
-    async def _finish(self, ch: Channel, claims: list[store.Claim], o: Outcome, send_id: uuid.UUID, *,
-                      over_budget: bool = False) -> None:
+    async def _finish(
+        self, ch: Channel, claims: list[store.Claim], o: Outcome, send_id: uuid.UUID, *, over_budget: bool = False
+    ) -> None:
         """Record the outcome of one request for every notice it carried, in one transaction,
         retrying until the database takes it (the attempt happened: it must be in the log)."""
         delay = 0.5
@@ -1185,32 +1386,55 @@ class Deliverer:
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("recording an attempt failed; retrying")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10)
 
-    async def _record(self, ch: Channel, claims: list[store.Claim], o: Outcome, send_id: uuid.UUID, *,
-                      over_budget: bool = False) -> float | None:
+    async def _record(
+        self, ch: Channel, claims: list[store.Claim], o: Outcome, send_id: uuid.UUID, *, over_budget: bool = False
+    ) -> float | None:
         """Returns when the earliest retry it scheduled is due (epoch s), if any."""
         s = self.settings
         earliest: float | None = None
         digest_of = len(claims) if len(claims) > 1 else None
-        outcome_name = "expired" if over_budget else {"delivered": "delivered", "retry": "failed",
-                                                      "throttled": "throttled", "permanent": "refused"}[o.result]
+        outcome_name = (
+            "expired"
+            if over_budget
+            else {"delivered": "delivered", "retry": "failed", "throttled": "throttled", "permanent": "refused"}[
+                o.result
+            ]
+        )
         now = _now()
         paused_now = None
         if o.delivered and len(claims) == 1:
             c = claims[0]
             event = None
             if c.event_type != TEST_TYPE:
-                event = outbox_row(DeliverySucceeded(
-                    delivery_id=c.delivery_id, event_id=c.event_id, event_type=c.event_type, channel_id=c.channel_id,
-                    channel_kind=ch.kind, owner_region=ch.owner_region, attempts=c.n,
-                    latency_ms=max(0, int((now - c.event_time).total_seconds() * 1000))))
-            await self.recorder.record(store.delivered_args(
-                c, status_code=o.status_code, errcode=o.errcode, error=o.error, latency_ms=o.latency_ms,
-                payload_hash=o.body_hash, send_id=send_id, event=event))
+                event = outbox_row(
+                    DeliverySucceeded(
+                        delivery_id=c.delivery_id,
+                        event_id=c.event_id,
+                        event_type=c.event_type,
+                        channel_id=c.channel_id,
+                        channel_kind=ch.kind,
+                        owner_region=ch.owner_region,
+                        attempts=c.n,
+                        latency_ms=max(0, int((now - c.event_time).total_seconds() * 1000)),
+                    )
+                )
+            await self.recorder.record(
+                store.delivered_args(
+                    c,
+                    status_code=o.status_code,
+                    errcode=o.errcode,
+                    error=o.error,
+                    latency_ms=o.latency_ms,
+                    payload_hash=o.body_hash,
+                    send_id=send_id,
+                    event=event,
+                )
+            )
             ATTEMPTS.labels(ch.kind, outcome_name).inc()
             DELIVERED.labels(ch.kind).inc()
             LATENCY.labels(ch.kind).observe(max(0.0, (now - c.event_time).total_seconds()))
@@ -1224,45 +1448,98 @@ class Deliverer:
             channel_failing = False
             for c in claims:
                 test = c.event_type == TEST_TYPE
-                await store.finish_attempt(conn, c, outcome=outcome_name, status_code=o.status_code,
-                                           errcode=o.errcode, error=o.error, latency_ms=o.latency_ms,
-                                           payload_hash=o.body_hash, digest_of=digest_of, send_id=send_id)
+                await store.finish_attempt(
+                    conn,
+                    c,
+                    outcome=outcome_name,
+                    status_code=o.status_code,
+                    errcode=o.errcode,
+                    error=o.error,
+                    latency_ms=o.latency_ms,
+                    payload_hash=o.body_hash,
+                    digest_of=digest_of,
+                    send_id=send_id,
+                )
                 if o.delivered:
                     await store.mark_delivered(conn, c, status_code=o.status_code, errcode=o.errcode)
                     if not test:
                         latency_ms = max(0, int((now - c.event_time).total_seconds() * 1000))
-                        await outbox.add(conn, DeliverySucceeded(
-                            delivery_id=c.delivery_id, event_id=c.event_id, event_type=c.event_type,
-                            channel_id=c.channel_id, channel_kind=ch.kind, owner_region=ch.owner_region,
-                            attempts=c.n, latency_ms=latency_ms))
+                        await outbox.add(
+                            conn,
+                            DeliverySucceeded(
+                                delivery_id=c.delivery_id,
+                                event_id=c.event_id,
+                                event_type=c.event_type,
+                                channel_id=c.channel_id,
+                                channel_kind=ch.kind,
+                                owner_region=ch.owner_region,
+                                attempts=c.n,
+                                latency_ms=latency_ms,
+                            ),
+                        )
                     continue
                 if o.result == "throttled" and not test:
-                    due = await store.mark_retry(conn, c, delay_s=o.retry_after_s or 60.0, counts=False,
-                                                 status_code=o.status_code, errcode=o.errcode, error=o.error)
+                    due = await store.mark_retry(
+                        conn,
+                        c,
+                        delay_s=o.retry_after_s or 60.0,
+                        counts=False,
+                        status_code=o.status_code,
+                        errcode=o.errcode,
+                        error=o.error,
+                    )
                     earliest = min(earliest or due.timestamp(), due.timestamp())
                     continue
                 failures = c.failures + 1
-                delay = None if (o.result == "permanent" or test) else domain.retry_delay(
-                    s.schedule(ch.kind), failures, jitter=s.notifier_retry_jitter, retry_after_s=o.retry_after_s)
+                delay = (
+                    None
+                    if (o.result == "permanent" or test)
+                    else domain.retry_delay(
+                        s.schedule(ch.kind), failures, jitter=s.notifier_retry_jitter, retry_after_s=o.retry_after_s
+                    )
+                )
                 if not test and not over_budget:
                     channel_failing = True
                 if delay is not None:
-                    due = await store.mark_retry(conn, c, delay_s=delay, counts=True, status_code=o.status_code,
-                                                 errcode=o.errcode, error=o.error)
+                    due = await store.mark_retry(
+                        conn, c, delay_s=delay, counts=True, status_code=o.status_code, errcode=o.errcode, error=o.error
+                    )
                     earliest = min(earliest or due.timestamp(), due.timestamp())
                     continue
                 await store.mark_dead(conn, c, status_code=o.status_code, errcode=o.errcode, error=o.error)
                 if test:
                     continue
-                await outbox.add(conn, DeliveryFailed(
-                    delivery_id=c.delivery_id, event_id=c.event_id, event_type=c.event_type, channel_id=c.channel_id,
-                    channel_kind=ch.kind, owner_region=ch.owner_region, attempts=c.n,
-                    last_error=(o.error or "failed")[:500]))
-                await store.enqueue(conn, topics.DEAD, str(c.channel_id), {
-                    "delivery_id": str(c.delivery_id), "event_id": str(c.event_id), "event_type": c.event_type,
-                    "channel_id": str(c.channel_id), "channel_kind": ch.kind, "attempts": c.n,
-                    "last_status_code": o.status_code, "last_errcode": o.errcode, "last_error": o.error,
-                    "payload_hash": o.body_hash, "dead_at": now.isoformat()})
+                await outbox.add(
+                    conn,
+                    DeliveryFailed(
+                        delivery_id=c.delivery_id,
+                        event_id=c.event_id,
+                        event_type=c.event_type,
+                        channel_id=c.channel_id,
+                        channel_kind=ch.kind,
+                        owner_region=ch.owner_region,
+                        attempts=c.n,
+                        last_error=(o.error or "failed")[:500],
+                    ),
+                )
+                await store.enqueue(
+                    conn,
+                    topics.DEAD,
+                    str(c.channel_id),
+                    {
+                        "delivery_id": str(c.delivery_id),
+                        "event_id": str(c.event_id),
+                        "event_type": c.event_type,
+                        "channel_id": str(c.channel_id),
+                        "channel_kind": ch.kind,
+                        "attempts": c.n,
+                        "last_status_code": o.status_code,
+                        "last_errcode": o.errcode,
+                        "last_error": o.error,
+                        "payload_hash": o.body_hash,
+                        "dead_at": now.isoformat(),
+                    },
+                )
                 DEAD.labels(ch.kind).inc()
             if o.delivered and not all(c.event_type == TEST_TYPE for c in claims):
                 await store.channel_succeeded(conn, ch.id)
@@ -1276,8 +1553,15 @@ class Deliverer:
                 if reason:
                     paused_now = await store.pause_channel(conn, ch.id, reason)
                     if paused_now:
-                        await outbox.add(conn, ChannelPaused(channel_id=ch.id, channel_kind=ch.kind,
-                                                             owner_region=ch.owner_region, reason=reason[:500]))
+                        await outbox.add(
+                            conn,
+                            ChannelPaused(
+                                channel_id=ch.id,
+                                channel_kind=ch.kind,
+                                owner_region=ch.owner_region,
+                                reason=reason[:500],
+                            ),
+                        )
         ATTEMPTS.labels(ch.kind, outcome_name).inc(len(claims))
         if o.delivered:
             DELIVERED.labels(ch.kind).inc(len(claims))
@@ -1330,7 +1614,7 @@ class DueQueue:
                     break
                 except asyncio.CancelledError:
                     raise
-                except Exception:  # noqa: BLE001 - Kafka away: hold on to it
+                except Exception:
                     log.warning("forwarding a retry failed; will try again", exc_info=True)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 10)

@@ -12,14 +12,16 @@ DingTalk markdown (title + text, with the robot's keyword), e-mail (subject, tex
 Every registered event type must have a template in every locale: :meth:`Renderer.check`
 renders a sample of each at start-up and refuses to start otherwise.
 """
+
 from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateNotFound, select_autoescape
 
@@ -29,76 +31,185 @@ from shared import regions
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 # Byte limits of the robots (NOTICES.md): WeCom text 2,048, markdown 4,096.
-LIMITS = {("wecom", "text"): 2048, ("wecom", "markdown"): 4096,
-          ("dingtalk", "text"): 4096, ("dingtalk", "markdown"): 4096}
+LIMITS = {
+    ("wecom", "text"): 2048,
+    ("wecom", "markdown"): 4096,
+    ("dingtalk", "text"): 4096,
+    ("dingtalk", "markdown"): 4096,
+}
 CUT = {"zh-CN": "…（内容过长，已截断）", "en": "… (truncated)"}
-SUMMARY_HEAD = {"zh-CN": "【通知汇总】以下 {n} 条通知因发送频率限制合并发送：",
-                "en": "[Digest] {n} notices sent together because of the robot's rate limit:"}
+SUMMARY_HEAD = {
+    "zh-CN": "【通知汇总】以下 {n} 条通知因发送频率限制合并发送：",
+    "en": "[Digest] {n} notices sent together because of the robot's rate limit:",
+}
 
 LABELS: dict[str, dict[str, dict[str, str]]] = {
     "zh-CN": {
-        "branch_kind": {"enterprise": "企业工会", "joint": "联合工会", "industry": "行业工会", "new_form": "新就业形态工会"},
-        "employment_form": {"standard": "标准劳动关系", "courier": "快递员", "ride_hailing": "网约车司机",
-                            "truck_driver": "货车司机", "food_delivery": "外卖骑手"},
-        "subsidy_category": {"pre_job": "岗前培训", "skills_upgrade": "技能提升培训", "new_form": "新就业形态劳动者培训"},
+        "branch_kind": {
+            "enterprise": "企业工会",
+            "joint": "联合工会",
+            "industry": "行业工会",
+            "new_form": "新就业形态工会",
+        },
+        "employment_form": {
+            "standard": "标准劳动关系",
+            "courier": "快递员",
+            "ride_hailing": "网约车司机",
+            "truck_driver": "货车司机",
+            "food_delivery": "外卖骑手",
+        },
+        "subsidy_category": {
+            "pre_job": "岗前培训",
+            "skills_upgrade": "技能提升培训",
+            "new_form": "新就业形态劳动者培训",
+        },
         "provider_kind": {"vocational_college": "职业院校", "technical_school": "技工院校", "enterprise": "企业"},
         "organiser_kind": {"branch": "基层工会", "enterprise": "企业"},
         "competition_kind": {"labour": "劳动竞赛", "skills": "职业技能大赛"},
         "tier": {"region": "自治区级", "city": "市级", "county": "县级", "enterprise": "企业级"},
-        "studio_kind": {"innovation_studio": "劳模和工匠人才创新工作室", "training_base": "高技能人才培训基地",
-                        "skill_master_studio": "技能大师工作室"},
+        "studio_kind": {
+            "innovation_studio": "劳模和工匠人才创新工作室",
+            "training_base": "高技能人才培训基地",
+            "skill_master_studio": "技能大师工作室",
+        },
         "studio_level": {"national": "国家级", "region": "自治区级", "city": "市级"},
-        "source_kind": {"central_budget": "中央预算内资金", "regional_budget": "自治区预算内资金",
-                        "special_fund": "专项资金", "union_funds": "工会经费", "skills_account": "职业技能提升行动专账"},
-        "beneficiary_kind": {"project": "项目", "studio": "工作室", "training_base": "培训基地", "branch": "基层工会",
-                             "enterprise": "企业"},
-        "rejection_reason": {"fund_exhausted": "资金已用完", "no_rule": "无适用补贴标准", "no_fund": "无可用资金",
-                             "organiser_unknown": "组织单位不明", "nothing_eligible": "无符合条件人员"},
+        "source_kind": {
+            "central_budget": "中央预算内资金",
+            "regional_budget": "自治区预算内资金",
+            "special_fund": "专项资金",
+            "union_funds": "工会经费",
+            "skills_account": "职业技能提升行动专账",
+        },
+        "beneficiary_kind": {
+            "project": "项目",
+            "studio": "工作室",
+            "training_base": "培训基地",
+            "branch": "基层工会",
+            "enterprise": "企业",
+        },
+        "rejection_reason": {
+            "fund_exhausted": "资金已用完",
+            "no_rule": "无适用补贴标准",
+            "no_fund": "无可用资金",
+            "organiser_unknown": "组织单位不明",
+            "nothing_eligible": "无符合条件人员",
+        },
         "result": {"passed": "合格", "failed": "不合格"},
         "rating": {"excellent": "优秀", "good": "良好", "pass": "合格", "fail": "不合格"},
-        "channel_kind": {"webhook": "Webhook", "wecom": "企业微信群机器人", "dingtalk": "钉钉群机器人", "email": "电子邮件"},
-        "skill_level": {"1": "高级技师（一级）", "2": "技师（二级）", "3": "高级工（三级）", "4": "中级工（四级）",
-                        "5": "初级工（五级）"},
+        "channel_kind": {
+            "webhook": "Webhook",
+            "wecom": "企业微信群机器人",
+            "dingtalk": "钉钉群机器人",
+            "email": "电子邮件",
+        },
+        "skill_level": {
+            "1": "高级技师（一级）",
+            "2": "技师（二级）",
+            "3": "高级工（三级）",
+            "4": "中级工（四级）",
+            "5": "初级工（五级）",
+        },
     },
     "en": {
-        "branch_kind": {"enterprise": "enterprise union", "joint": "joint union", "industry": "industry union",
-                        "new_form": "new-form workers' union"},
-        "employment_form": {"standard": "standard employment", "courier": "courier", "ride_hailing": "ride-hailing driver",
-                            "truck_driver": "truck driver", "food_delivery": "food-delivery rider"},
-        "subsidy_category": {"pre_job": "pre-job training", "skills_upgrade": "skills upgrading",
-                             "new_form": "training for new-form workers"},
-        "provider_kind": {"vocational_college": "vocational college", "technical_school": "technical school",
-                          "enterprise": "enterprise"},
+        "branch_kind": {
+            "enterprise": "enterprise union",
+            "joint": "joint union",
+            "industry": "industry union",
+            "new_form": "new-form workers' union",
+        },
+        "employment_form": {
+            "standard": "standard employment",
+            "courier": "courier",
+            "ride_hailing": "ride-hailing driver",
+            "truck_driver": "truck driver",
+            "food_delivery": "food-delivery rider",
+        },
+        "subsidy_category": {
+            "pre_job": "pre-job training",
+            "skills_upgrade": "skills upgrading",
+            "new_form": "training for new-form workers",
+        },
+        "provider_kind": {
+            "vocational_college": "vocational college",
+            "technical_school": "technical school",
+            "enterprise": "enterprise",
+        },
         "organiser_kind": {"branch": "union branch", "enterprise": "enterprise"},
         "competition_kind": {"labour": "labour competition", "skills": "vocational skills competition"},
         "tier": {"region": "regional", "city": "city", "county": "county", "enterprise": "enterprise"},
-        "studio_kind": {"innovation_studio": "model-worker and craftsman innovation studio",
-                        "training_base": "high-skill training base", "skill_master_studio": "skill-master studio"},
+        "studio_kind": {
+            "innovation_studio": "model-worker and craftsman innovation studio",
+            "training_base": "high-skill training base",
+            "skill_master_studio": "skill-master studio",
+        },
         "studio_level": {"national": "national", "region": "regional", "city": "city"},
-        "source_kind": {"central_budget": "central budget", "regional_budget": "regional budget",
-                        "special_fund": "special fund", "union_funds": "union funds",
-                        "skills_account": "skills-upgrading account"},
-        "beneficiary_kind": {"project": "project", "studio": "studio", "training_base": "training base",
-                             "branch": "union branch", "enterprise": "enterprise"},
-        "rejection_reason": {"fund_exhausted": "fund exhausted", "no_rule": "no subsidy rule applies",
-                             "no_fund": "no fund available", "organiser_unknown": "organiser unknown",
-                             "nothing_eligible": "no one eligible"},
+        "source_kind": {
+            "central_budget": "central budget",
+            "regional_budget": "regional budget",
+            "special_fund": "special fund",
+            "union_funds": "union funds",
+            "skills_account": "skills-upgrading account",
+        },
+        "beneficiary_kind": {
+            "project": "project",
+            "studio": "studio",
+            "training_base": "training base",
+            "branch": "union branch",
+            "enterprise": "enterprise",
+        },
+        "rejection_reason": {
+            "fund_exhausted": "fund exhausted",
+            "no_rule": "no subsidy rule applies",
+            "no_fund": "no fund available",
+            "organiser_unknown": "organiser unknown",
+            "nothing_eligible": "no one eligible",
+        },
         "result": {"passed": "passed", "failed": "failed"},
         "rating": {"excellent": "excellent", "good": "good", "pass": "pass", "fail": "fail"},
-        "channel_kind": {"webhook": "webhook", "wecom": "WeCom group robot", "dingtalk": "DingTalk group robot",
-                         "email": "e-mail"},
-        "skill_level": {"1": "senior technician (level 1)", "2": "technician (level 2)",
-                        "3": "senior worker (level 3)", "4": "intermediate worker (level 4)",
-                        "5": "junior worker (level 5)"},
+        "channel_kind": {
+            "webhook": "webhook",
+            "wecom": "WeCom group robot",
+            "dingtalk": "DingTalk group robot",
+            "email": "e-mail",
+        },
+        "skill_level": {
+            "1": "senior technician (level 1)",
+            "2": "technician (level 2)",
+            "3": "senior worker (level 3)",
+            "4": "intermediate worker (level 4)",
+            "5": "junior worker (level 5)",
+        },
     },
 }
 REGION_EN = {
-    "640000": "Ningxia", "640100": "Yinchuan", "640104": "Xingqing", "640105": "Xixia", "640106": "Jinfeng",
-    "640121": "Yongning", "640122": "Helan", "640181": "Lingwu", "640200": "Shizuishan", "640202": "Dawukou",
-    "640205": "Huinong", "640221": "Pingluo", "640300": "Wuzhong", "640302": "Litong", "640303": "Hongsibao",
-    "640323": "Yanchi", "640324": "Tongxin", "640381": "Qingtongxia", "640400": "Guyuan", "640402": "Yuanzhou",
-    "640422": "Xiji", "640423": "Longde", "640424": "Jingyuan", "640425": "Pengyang", "640500": "Zhongwei",
-    "640502": "Shapotou", "640521": "Zhongning", "640522": "Haiyuan",
+    "640000": "Ningxia",
+    "640100": "Yinchuan",
+    "640104": "Xingqing",
+    "640105": "Xixia",
+    "640106": "Jinfeng",
+    "640121": "Yongning",
+    "640122": "Helan",
+    "640181": "Lingwu",
+    "640200": "Shizuishan",
+    "640202": "Dawukou",
+    "640205": "Huinong",
+    "640221": "Pingluo",
+    "640300": "Wuzhong",
+    "640302": "Litong",
+    "640303": "Hongsibao",
+    "640323": "Yanchi",
+    "640324": "Tongxin",
+    "640381": "Qingtongxia",
+    "640400": "Guyuan",
+    "640402": "Yuanzhou",
+    "640422": "Xiji",
+    "640423": "Longde",
+    "640424": "Jingyuan",
+    "640425": "Pengyang",
+    "640500": "Zhongwei",
+    "640502": "Shapotou",
+    "640521": "Zhongning",
+    "640522": "Haiyuan",
 }
 
 
@@ -130,8 +241,20 @@ class Names:
 # images, headings, code, quotes, tables, strike-through, tags and WeCom's <@userid> mentions),
 # replaced by its full-width form: shown the same to a reader, meaningless to the renderer.
 # Backslash escapes are not used: neither vendor documents them for its markdown subset.
-_MD_CHARS = {"\\": "＼", "*": "＊", "_": "＿", "[": "［", "]": "］", "#": "＃", "!": "！", "`": "＇", "<": "＜",
-             ">": "＞", "~": "～", "|": "｜"}
+_MD_CHARS = {
+    "\\": "＼",
+    "*": "＊",
+    "_": "＿",
+    "[": "［",
+    "]": "］",
+    "#": "＃",
+    "!": "！",
+    "`": "＇",
+    "<": "＜",
+    ">": "＞",
+    "~": "～",
+    "|": "｜",
+}
 _MD_UNSAFE = re.compile("[" + re.escape("".join(_MD_CHARS)) + "]")
 _TAGS = {"<": "＜", ">": "＞"}
 # A line that starts like a list item, an ordered item or a setext underline.
@@ -156,8 +279,9 @@ def _md(text: str, *, line_start: bool = False) -> str:
     text = _MD_UNSAFE.sub(lambda m: _MD_CHARS[m.group()], _no_links(one_line(text)))
     if not line_start:
         return text
-    return _LINE_START.sub(lambda m: m.group(1) + {"-": "－", "+": "＋", "=": "＝"}.get(
-        m.group(2), m.group(2).replace(".", "．")), text)
+    return _LINE_START.sub(
+        lambda m: m.group(1) + {"-": "－", "+": "＋", "=": "＝"}.get(m.group(2), m.group(2).replace(".", "．")), text
+    )
 
 
 def _plain(text: str, kind: str) -> str:
@@ -169,10 +293,17 @@ def _plain(text: str, kind: str) -> str:
 class Renderer:
     def __init__(self, directory: Path = TEMPLATES):
         self.directory = directory
-        self.env = Environment(loader=FileSystemLoader(str(directory)), undefined=StrictUndefined,
-                               autoescape=False, keep_trailing_newline=False)
-        self.html = Environment(loader=FileSystemLoader(str(directory)), undefined=StrictUndefined,
-                                autoescape=select_autoescape(["html", "j2"], default=True))
+        self.env = Environment(
+            loader=FileSystemLoader(str(directory)),
+            undefined=StrictUndefined,
+            autoescape=False,
+            keep_trailing_newline=False,
+        )
+        self.html = Environment(
+            loader=FileSystemLoader(str(directory)),
+            undefined=StrictUndefined,
+            autoescape=select_autoescape(["html", "j2"], default=True),
+        )
         self._templates: dict[tuple[str, str], Any] = {}
 
     # -- start-up check ---------------------------------------------------------
@@ -190,8 +321,13 @@ class Renderer:
                 try:
                     data = sample(event_type)
                     notice = self.notice(event_type, data, locale, Names(), event_time=datetime(2024, 5, 1))
-                    for kind, fmt in (("wecom", "text"), ("wecom", "markdown"), ("dingtalk", "markdown"),
-                                      ("dingtalk", "text"), ("email", None)):
+                    for kind, fmt in (
+                        ("wecom", "text"),
+                        ("wecom", "markdown"),
+                        ("dingtalk", "markdown"),
+                        ("dingtalk", "text"),
+                        ("email", None),
+                    ):
                         self.layout(notice, kind, fmt or "markdown", keyword="产改")
                         checked += 1
                 except TemplateNotFound as exc:
@@ -271,17 +407,34 @@ class Renderer:
         def count(n: Any, unit_zh: str = "", unit_en: str = "") -> str:
             return f"{n}{unit_zh}" if zh else (f"{n} {unit_en}".strip() if unit_en else str(n))
 
-        return {"branch": branch, "org": org, "region": region, "yuan": yuan, "day": day, "label": label,
-                "channel": channel, "count": count, "locale": locale}
+        return {
+            "branch": branch,
+            "org": org,
+            "region": region,
+            "yuan": yuan,
+            "day": day,
+            "label": label,
+            "channel": channel,
+            "count": count,
+            "locale": locale,
+        }
 
-    def notice(self, event_type: str, data: Any, locale: str, names: Names, *, event_time: datetime | None = None,
-               note: str | None = None) -> Notice:
+    def notice(
+        self,
+        event_type: str,
+        data: Any,
+        locale: str,
+        names: Names,
+        *,
+        event_time: datetime | None = None,
+        note: str | None = None,
+    ) -> Notice:
         locale = locale if locale in LOCALES else "zh-CN"
         template = self._template(locale, event_type)
         ctx = self.context(locale, names)
         ctx.update(d=data, event_time=event_time)
         module = template.make_module(ctx)
-        title = str(getattr(module, "title")).strip()
+        title = str(module.title).strip()
         facts = [(str(k), "—" if v is None or v == "" else str(v)) for k, v in getattr(module, "facts", [])]
         summary = " ".join(str(module).split())
         return Notice(event_type, locale, title, summary, facts, note)
@@ -301,12 +454,19 @@ class Renderer:
         sep = "：" if n.locale == "zh-CN" else ": "
         title = f"【{n.title}】" if n.locale == "zh-CN" else n.title
         if kind == "wecom":
-            lines = [f"**{_md(title)}**", _md(n.summary, line_start=True),
-                     *(f"> {_md(k)}{sep}<font color=\"comment\">{_md(v)}</font>" for k, v in n.facts)]
+            lines = [
+                f"**{_md(title)}**",
+                _md(n.summary, line_start=True),
+                *(f'> {_md(k)}{sep}<font color="comment">{_md(v)}</font>' for k, v in n.facts),
+            ]
             if n.note:
-                lines.append(f"<font color=\"warning\">{_md(n.note)}</font>")
+                lines.append(f'<font color="warning">{_md(n.note)}</font>')
             return "\n".join(lines)
-        parts = [f"#### {_md(title)}", _md(n.summary, line_start=True), "\n".join(f"- {_md(k)}{sep}{_md(v)}" for k, v in n.facts)]
+        parts = [
+            f"#### {_md(title)}",
+            _md(n.summary, line_start=True),
+            "\n".join(f"- {_md(k)}{sep}{_md(v)}" for k, v in n.facts),
+        ]
         if n.note:
             parts.append(f"**{_md(n.note)}**")
         return "\n\n".join(p for p in parts if p)
@@ -320,9 +480,14 @@ class Renderer:
             subject = _no_links(one_line((f"【{n.title}】" if n.locale == "zh-CN" else f"[{n.title}] ") + n.summary))
             if len(subject) > 120:
                 subject = subject[:119] + "…"
-            safe = Notice(n.event_type, n.locale, _no_links(one_line(n.title)), _no_links(one_line(n.summary)),
-                          [(_no_links(one_line(k)), _no_links(one_line(v))) for k, v in n.facts],
-                          _no_links(one_line(n.note)) if n.note else None)
+            safe = Notice(
+                n.event_type,
+                n.locale,
+                _no_links(one_line(n.title)),
+                _no_links(one_line(n.summary)),
+                [(_no_links(one_line(k)), _no_links(one_line(v))) for k, v in n.facts],
+                _no_links(one_line(n.note)) if n.note else None,
+            )
             html = self.html.get_template("layouts/email.html.j2").render(n=safe)
             return {"subject": subject, "text": self.text(n), "html": html}
         fmt = "text" if fmt == "text" else "markdown"
@@ -331,8 +496,16 @@ class Renderer:
         head = f"【{title}】{summary}" if n.locale == "zh-CN" else f"[{title}] {summary}"
         return robot_body(kind, fmt, head, content, n.locale, keyword=keyword)
 
-    def digest(self, kind: str, fmt: str, locale: str, bodies: list[dict], *, keyword: str | None = None,
-               limit: int | None = None) -> tuple[dict, int]:
+    def digest(
+        self,
+        kind: str,
+        fmt: str,
+        locale: str,
+        bodies: list[dict],
+        *,
+        keyword: str | None = None,
+        limit: int | None = None,
+    ) -> tuple[dict, int]:
         """Several robot notices as one message (a burst beyond the budget): as many whole
         notices as fit in the byte limit, never one cut in half. Returns (body, how many)."""
         limit = limit or LIMITS[(kind, fmt)]
@@ -355,8 +528,9 @@ def keyword_suffix(keyword: str | None, fmt: str) -> str:
     return f"\n\n{keyword}" if keyword else ""
 
 
-def robot_body(kind: str, fmt: str, title: str, content: str, locale: str, *, keyword: str | None = None,
-               limit: int | None = None) -> dict:
+def robot_body(
+    kind: str, fmt: str, title: str, content: str, locale: str, *, keyword: str | None = None, limit: int | None = None
+) -> dict:
     """The JSON body a robot takes, cut to its byte limit on a character boundary and marked as
     cut; DingTalk's keyword added when the text lacks it (kept even when cut)."""
     limit = limit or LIMITS[(kind, fmt)]

@@ -1,4 +1,5 @@
 """The notifier's settings (env prefix ``CHANGAI_``), on top of the platform's."""
+
 from __future__ import annotations
 
 from pydantic import Field, SecretStr, field_validator
@@ -106,8 +107,9 @@ class NotifierSettings(Settings):
     notifier_sweep_interval_s: float = 1.0
     notifier_sweep_grace_s: float = 60.0  # unused since the due-time scheduler (kept for old environments)
 
-    @field_validator("notifier_retry_webhook", "notifier_retry_wecom", "notifier_retry_dingtalk",
-                     "notifier_retry_email")
+    @field_validator(
+        "notifier_retry_webhook", "notifier_retry_wecom", "notifier_retry_dingtalk", "notifier_retry_email"
+    )
     @classmethod
     def _valid_schedule(cls, value: str) -> str:
         from services.notifier.topics import RETRY_TIERS

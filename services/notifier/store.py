@@ -5,6 +5,7 @@ and a unique index holds) and the state machine's single source of truth: a clai
 (``notifier_claim``, migration 0003) moves it to ``sending`` under a row lock with a lease,
 so however many records Kafka redelivers for it, one attempt at a time reaches the receiver.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -27,48 +28,80 @@ async def enqueue(conn: asyncpg.Connection, topic: str, key: str, value: dict) -
     needs it: the relay publishes it, so a crash can never lose it."""
     await conn.execute(
         "INSERT INTO outbox (event_id, topic, key, lane, event_type, value) VALUES ($1, $2, $3, $4, $5, $6)",
-        uuid.uuid4(), topic, key, lane_of(key), f"notifier.internal.{topic}", orjson.dumps(value))
+        uuid.uuid4(),
+        topic,
+        key,
+        lane_of(key),
+        f"notifier.internal.{topic}",
+        orjson.dumps(value),
+    )
 
 
 async def enqueue_many(conn: asyncpg.Connection, rows: Iterable[tuple[str, str, dict]]) -> int:
-    records = [(uuid.uuid4(), topic, key, lane_of(key), f"notifier.internal.{topic}", orjson.dumps(value))
-               for topic, key, value in rows]
+    records = [
+        (uuid.uuid4(), topic, key, lane_of(key), f"notifier.internal.{topic}", orjson.dumps(value))
+        for topic, key, value in rows
+    ]
     if records:
-        await conn.copy_records_to_table("outbox", records=records,
-                                         columns=["event_id", "topic", "key", "lane", "event_type", "value"])
+        await conn.copy_records_to_table(
+            "outbox", records=records, columns=["event_id", "topic", "key", "lane", "event_type", "value"]
+        )
     return len(records)
 
 
 # -- read model ------------------------------------------------------------------------
 
 
-async def upsert_branch(conn, branch_id: uuid.UUID, name: str | None, region_code: str, parent_id: uuid.UUID | None,
-                        kind: str | None, status: str = "active") -> None:
+async def upsert_branch(
+    conn,
+    branch_id: uuid.UUID,
+    name: str | None,
+    region_code: str,
+    parent_id: uuid.UUID | None,
+    kind: str | None,
+    status: str = "active",
+) -> None:
     await conn.execute(
         """INSERT INTO branches (id, name, region_code, parent_id, kind, status) VALUES ($1, COALESCE($2, ''), $3, $4, $5, $6)
            ON CONFLICT (id) DO UPDATE SET name = COALESCE($2, branches.name), region_code = $3,
                parent_id = COALESCE($4, branches.parent_id), kind = COALESCE($5, branches.kind), status = $6,
                updated_at = now()""",
-        branch_id, name, region_code, parent_id, kind, status)
+        branch_id,
+        name,
+        region_code,
+        parent_id,
+        kind,
+        status,
+    )
 
 
 async def set_branch_status(conn, branch_id: uuid.UUID, region_code: str, status: str) -> None:
     await conn.execute(
         """INSERT INTO branches (id, name, region_code, status) VALUES ($1, '', $2, $3)
-           ON CONFLICT (id) DO UPDATE SET status = $3, updated_at = now()""", branch_id, region_code, status)
+           ON CONFLICT (id) DO UPDATE SET status = $3, updated_at = now()""",
+        branch_id,
+        region_code,
+        status,
+    )
 
 
 async def set_member_branch(conn, member_id: uuid.UUID, branch_id: uuid.UUID) -> None:
     await conn.execute(
         """INSERT INTO member_branches (member_id, branch_id) VALUES ($1, $2)
-           ON CONFLICT (member_id) DO UPDATE SET branch_id = $2, updated_at = now()""", member_id, branch_id)
+           ON CONFLICT (member_id) DO UPDATE SET branch_id = $2, updated_at = now()""",
+        member_id,
+        branch_id,
+    )
 
 
 async def set_session_organiser(conn, session_id: uuid.UUID, branch_id: uuid.UUID | None) -> None:
     await conn.execute(
         """INSERT INTO session_organisers (session_id, branch_id) VALUES ($1, $2)
            ON CONFLICT (session_id) DO UPDATE SET branch_id = COALESCE($2, session_organisers.branch_id),
-               updated_at = now()""", session_id, branch_id)
+               updated_at = now()""",
+        session_id,
+        branch_id,
+    )
 
 
 async def set_member_branches(conn, pairs: dict[uuid.UUID, uuid.UUID]) -> None:
@@ -76,7 +109,9 @@ async def set_member_branches(conn, pairs: dict[uuid.UUID, uuid.UUID]) -> None:
         await conn.execute(
             """INSERT INTO member_branches (member_id, branch_id) SELECT * FROM unnest($1::uuid[], $2::uuid[])
                ON CONFLICT (member_id) DO UPDATE SET branch_id = EXCLUDED.branch_id, updated_at = now()""",
-            list(pairs), list(pairs.values()))
+            list(pairs),
+            list(pairs.values()),
+        )
 
 
 async def set_session_organisers(conn, pairs: dict[uuid.UUID, uuid.UUID | None]) -> None:
@@ -84,7 +119,10 @@ async def set_session_organisers(conn, pairs: dict[uuid.UUID, uuid.UUID | None])
         await conn.execute(
             """INSERT INTO session_organisers (session_id, branch_id) SELECT * FROM unnest($1::uuid[], $2::uuid[])
                ON CONFLICT (session_id) DO UPDATE SET branch_id = COALESCE(EXCLUDED.branch_id, session_organisers.branch_id),
-                   updated_at = now()""", list(pairs), list(pairs.values()))
+                   updated_at = now()""",
+            list(pairs),
+            list(pairs.values()),
+        )
 
 
 async def members_branches(conn, member_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
@@ -93,8 +131,10 @@ async def members_branches(conn, member_ids: Sequence[uuid.UUID]) -> list[uuid.U
 
 
 async def sessions_branches(conn, session_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
-    rows = await conn.fetch("SELECT branch_id FROM session_organisers WHERE session_id = ANY($1::uuid[]) "
-                            "AND branch_id IS NOT NULL", list(session_ids))
+    rows = await conn.fetch(
+        "SELECT branch_id FROM session_organisers WHERE session_id = ANY($1::uuid[]) AND branch_id IS NOT NULL",
+        list(session_ids),
+    )
     return [r["branch_id"] for r in rows]
 
 
@@ -106,7 +146,9 @@ async def branch_lineage(conn, branch_ids: Sequence[uuid.UUID]) -> list[asyncpg.
                UNION ALL
                SELECT b.id, b.name, b.region_code, b.parent_id, up.depth + 1, up.start
                FROM branches b JOIN up ON b.id = up.parent_id WHERE up.depth < 8)
-           SELECT * FROM up ORDER BY start, depth""", list(branch_ids))
+           SELECT * FROM up ORDER BY start, depth""",
+        list(branch_ids),
+    )
 
 
 async def branch_names(conn, branch_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
@@ -119,9 +161,11 @@ async def get_branch(conn, branch_id: uuid.UUID) -> asyncpg.Record | None:
 
 
 # -- channels ---------------------------------------------------------------------------
-CHANNEL_COLUMNS = ("id, kind, name, owner_kind, owner_branch_id, owner_region, scope, event_types, locale, config, "
-                   "secrets, quiet_hours, status, paused_reason, paused_at, failing_since, seed, created_by, "
-                   "created_at, updated_at")
+CHANNEL_COLUMNS = (
+    "id, kind, name, owner_kind, owner_branch_id, owner_region, scope, event_types, locale, config, "
+    "secrets, quiet_hours, status, paused_reason, paused_at, failing_since, seed, created_by, "
+    "created_at, updated_at"
+)
 
 
 async def all_channels(conn) -> list[asyncpg.Record]:
@@ -129,31 +173,73 @@ async def all_channels(conn) -> list[asyncpg.Record]:
 
 
 async def get_channel(conn, channel_id: uuid.UUID, *, lock: bool = False) -> asyncpg.Record | None:
-    return await conn.fetchrow(f"SELECT {CHANNEL_COLUMNS} FROM channels WHERE id = $1" + (" FOR UPDATE" if lock else ""),
-                               channel_id)
+    return await conn.fetchrow(
+        f"SELECT {CHANNEL_COLUMNS} FROM channels WHERE id = $1" + (" FOR UPDATE" if lock else ""), channel_id
+    )
 
 
-async def list_channels(conn, *, regions: Sequence[str] | None, owner_branch_id: uuid.UUID | None,
-                        kind: str | None, status: str | None, limit: int, after: uuid.UUID | None) -> list:
+async def list_channels(
+    conn,
+    *,
+    regions: Sequence[str] | None,
+    owner_branch_id: uuid.UUID | None,
+    kind: str | None,
+    status: str | None,
+    limit: int,
+    after: uuid.UUID | None,
+) -> list:
     return await conn.fetch(
         f"""SELECT {CHANNEL_COLUMNS} FROM channels
             WHERE ($1::text[] IS NULL OR owner_region = ANY($1::text[]))
               AND ($2::uuid IS NULL OR owner_branch_id = $2) AND ($3::text IS NULL OR kind = $3)
               AND ($4::text IS NULL OR status = $4) AND ($5::uuid IS NULL OR id > $5)
             ORDER BY id LIMIT $6""",
-        list(regions) if regions is not None else None, owner_branch_id, kind, status, after, limit)
+        list(regions) if regions is not None else None,
+        owner_branch_id,
+        kind,
+        status,
+        after,
+        limit,
+    )
 
 
-async def insert_channel(conn, *, id: uuid.UUID, kind: str, name: str, owner_kind: str, owner_branch_id, owner_region,
-                         scope: str, event_types: list[str], locale: str, config: dict, secrets: bytes,
-                         quiet_hours: dict | None, created_by: str, seed: bool = False) -> None:
+async def insert_channel(
+    conn,
+    *,
+    id: uuid.UUID,
+    kind: str,
+    name: str,
+    owner_kind: str,
+    owner_branch_id,
+    owner_region,
+    scope: str,
+    event_types: list[str],
+    locale: str,
+    config: dict,
+    secrets: bytes,
+    quiet_hours: dict | None,
+    created_by: str,
+    seed: bool = False,
+) -> None:
     await conn.execute(
         """INSERT INTO channels (id, kind, name, owner_kind, owner_branch_id, owner_region, scope, event_types, locale,
                                  config, secrets, quiet_hours, created_by, seed)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)""",
-        id, kind, name, owner_kind, owner_branch_id, owner_region, scope, event_types, locale,
-        orjson.dumps(config).decode(), secrets, orjson.dumps(quiet_hours).decode() if quiet_hours else None,
-        created_by, seed)
+        id,
+        kind,
+        name,
+        owner_kind,
+        owner_branch_id,
+        owner_region,
+        scope,
+        event_types,
+        locale,
+        orjson.dumps(config).decode(),
+        secrets,
+        orjson.dumps(quiet_hours).decode() if quiet_hours else None,
+        created_by,
+        seed,
+    )
 
 
 async def update_channel(conn, channel_id: uuid.UUID, **fields: Any) -> None:
@@ -170,7 +256,10 @@ async def pause_channel(conn, channel_id: uuid.UUID, reason: str) -> asyncpg.Rec
     """Pause an active channel; the row when it was paused now, None when it already was not active."""
     return await conn.fetchrow(
         "UPDATE channels SET status = 'paused', paused_reason = $2, paused_at = now(), updated_at = now() "
-        "WHERE id = $1 AND status = 'active' RETURNING id, kind, owner_region", channel_id, reason[:500])
+        "WHERE id = $1 AND status = 'active' RETURNING id, kind, owner_region",
+        channel_id,
+        reason[:500],
+    )
 
 
 async def upsert_seed_channel(conn, *, id: uuid.UUID, region: str, name: str, secrets: bytes, config: dict) -> None:
@@ -180,7 +269,12 @@ async def upsert_seed_channel(conn, *, id: uuid.UUID, region: str, name: str, se
            VALUES ($1, 'webhook', $2, 'federation', $3, 'subtree', ARRAY['*'], $4, $5, true, 'settings')
            ON CONFLICT (id) DO UPDATE SET secrets = $5, config = $4, name = $2, updated_at = now()
            WHERE channels.secrets IS DISTINCT FROM $5 OR channels.config IS DISTINCT FROM $4::jsonb""",
-        id, name, region, orjson.dumps(config).decode(), secrets)
+        id,
+        name,
+        region,
+        orjson.dumps(config).decode(),
+        secrets,
+    )
 
 
 # -- delivering ---------------------------------------------------------------------------
@@ -202,14 +296,24 @@ class Claim:
 
 
 async def peek_payloads(conn, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, bytes]:
-    rows = await conn.fetch("SELECT id, payload FROM deliveries WHERE id = ANY($1::uuid[]) AND payload IS NOT NULL",
-                            list(ids))
+    rows = await conn.fetch(
+        "SELECT id, payload FROM deliveries WHERE id = ANY($1::uuid[]) AND payload IS NOT NULL", list(ids)
+    )
     return {r["id"]: bytes(r["payload"]) for r in rows}
 
 
-async def claim(conn, delivery_id: uuid.UUID, channel_id: uuid.UUID, *, lease_s: float,
-                send_id: uuid.UUID | None, routed: dict | None = None, defer_until: datetime | None = None,
-                deferred_topic: str = "", deferred_value: dict | None = None) -> tuple[str, Claim | None]:
+async def claim(
+    conn,
+    delivery_id: uuid.UUID,
+    channel_id: uuid.UUID,
+    *,
+    lease_s: float,
+    send_id: uuid.UUID | None,
+    routed: dict | None = None,
+    defer_until: datetime | None = None,
+    deferred_topic: str = "",
+    deferred_value: dict | None = None,
+) -> tuple[str, Claim | None]:
     """Take a delivery for one attempt, in one round trip (``notifier_claim``, migration 0003).
 
     ``routed`` (the delivery as the render stage made it: event id, type, time, branch, region,
@@ -219,31 +323,76 @@ async def claim(conn, delivery_id: uuid.UUID, channel_id: uuid.UUID, *, lease_s:
     payload = r.get("payload")
     row = await conn.fetchrow(
         "SELECT * FROM notifier_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
-        delivery_id, channel_id, lease_s, send_id, r.get("event_id"), r.get("event_type"), r.get("event_time"),
-        r.get("branch_id"), r.get("region"), r.get("fallback_for"), payload,
-        payload_hash(payload) if payload is not None else None, defer_until, deferred_topic,
-        lane_of(str(channel_id)), orjson.dumps(deferred_value) if deferred_value is not None else None)
+        delivery_id,
+        channel_id,
+        lease_s,
+        send_id,
+        r.get("event_id"),
+        r.get("event_type"),
+        r.get("event_time"),
+        r.get("branch_id"),
+        r.get("region"),
+        r.get("fallback_for"),
+        payload,
+        payload_hash(payload) if payload is not None else None,
+        defer_until,
+        deferred_topic,
+        lane_of(str(channel_id)),
+        orjson.dumps(deferred_value) if deferred_value is not None else None,
+    )
     if row["decision"] != "claimed":
         return row["decision"], None
-    return "claimed", Claim(delivery_id, row["attempt_id"], row["n"], row["failures"], bytes(row["payload"]),
-                            row["event_id"], row["event_type"], row["event_time"], channel_id, row["resend_of"],
-                            row["requested_by"])
+    return "claimed", Claim(
+        delivery_id,
+        row["attempt_id"],
+        row["n"],
+        row["failures"],
+        bytes(row["payload"]),
+        row["event_id"],
+        row["event_type"],
+        row["event_time"],
+        channel_id,
+        row["resend_of"],
+        row["requested_by"],
+    )
 
 
-async def finish_attempt(conn, claim: Claim, *, outcome: str, status_code, errcode, error, latency_ms: int,
-                         payload_hash: str | None, digest_of: int | None, send_id: uuid.UUID | None) -> None:
+async def finish_attempt(
+    conn,
+    claim: Claim,
+    *,
+    outcome: str,
+    status_code,
+    errcode,
+    error,
+    latency_ms: int,
+    payload_hash: str | None,
+    digest_of: int | None,
+    send_id: uuid.UUID | None,
+) -> None:
     await conn.execute(
         """UPDATE attempts SET finished_at = clock_timestamp(), outcome = $2, status_code = $3, errcode = $4, error = $5,
                latency_ms = $6, payload_hash = $7, digest_of = $8, send_id = COALESCE($9, send_id) WHERE id = $1""",
-        claim.attempt_id, outcome, status_code, errcode, (error or None) and error[:1000], latency_ms, payload_hash,
-        digest_of, send_id)
+        claim.attempt_id,
+        outcome,
+        status_code,
+        errcode,
+        (error or None) and error[:1000],
+        latency_ms,
+        payload_hash,
+        digest_of,
+        send_id,
+    )
 
 
 async def mark_delivered(conn, claim: Claim, *, status_code, errcode) -> None:
     await conn.execute(
         """UPDATE deliveries SET status = 'delivered', delivered_at = clock_timestamp(), lease_until = NULL,
                last_status_code = $2, last_errcode = $3, last_error = NULL, updated_at = now() WHERE id = $1""",
-        claim.delivery_id, status_code, errcode)
+        claim.delivery_id,
+        status_code,
+        errcode,
+    )
 
 
 async def mark_retry(conn, claim: Claim, *, delay_s: float, counts: bool, status_code, errcode, error) -> datetime:
@@ -251,7 +400,13 @@ async def mark_retry(conn, claim: Claim, *, delay_s: float, counts: bool, status
         """UPDATE deliveries SET status = 'retrying', failures = failures + $2::int, lease_until = NULL,
                next_attempt_at = clock_timestamp() + make_interval(secs => $3), last_status_code = $4, last_errcode = $5,
                last_error = $6, updated_at = now() WHERE id = $1 RETURNING next_attempt_at""",
-        claim.delivery_id, 1 if counts else 0, delay_s, status_code, errcode, (error or "")[:1000])
+        claim.delivery_id,
+        1 if counts else 0,
+        delay_s,
+        status_code,
+        errcode,
+        (error or "")[:1000],
+    )
 
 
 DELIVERED_SQL = """
@@ -267,12 +422,31 @@ DELIVERED_SQL = """
     SELECT 1"""
 
 
-def delivered_args(claim: Claim, *, status_code, errcode, error, latency_ms: int, payload_hash: str | None,
-                   send_id: uuid.UUID | None, event: tuple | None) -> tuple:
+def delivered_args(
+    claim: Claim,
+    *,
+    status_code,
+    errcode,
+    error,
+    latency_ms: int,
+    payload_hash: str | None,
+    send_id: uuid.UUID | None,
+    event: tuple | None,
+) -> tuple:
     """The common case as one statement's arguments: the attempt, the delivery, the channel no
     longer failing, and ``event`` (an outbox row: id, topic, key, lane, type, value)."""
-    return (claim.delivery_id, claim.attempt_id, status_code, errcode, error, latency_ms, payload_hash, send_id,
-            claim.channel_id, *(event or (None, None, None, None, None, None)))
+    return (
+        claim.delivery_id,
+        claim.attempt_id,
+        status_code,
+        errcode,
+        error,
+        latency_ms,
+        payload_hash,
+        send_id,
+        claim.channel_id,
+        *(event or (None, None, None, None, None, None)),
+    )
 
 
 async def delivered_many(conn, rows: list[tuple]) -> None:
@@ -285,19 +459,29 @@ async def mark_dead(conn, claim: Claim, *, status_code, errcode, error) -> None:
     await conn.execute(
         """UPDATE deliveries SET status = 'dead', failures = failures + 1, lease_until = NULL, last_status_code = $2,
                last_errcode = $3, last_error = $4, updated_at = now() WHERE id = $1""",
-        claim.delivery_id, status_code, errcode, (error or "")[:1000])
+        claim.delivery_id,
+        status_code,
+        errcode,
+        (error or "")[:1000],
+    )
 
 
 async def channel_failed(conn, channel_id: uuid.UUID) -> float:
     """Note a failure; returns for how many seconds the channel has been failing."""
-    return await conn.fetchval(
-        "UPDATE channels SET failing_since = COALESCE(failing_since, now()) WHERE id = $1 "
-        "RETURNING extract(epoch FROM now() - failing_since)::float8", channel_id) or 0.0
+    return (
+        await conn.fetchval(
+            "UPDATE channels SET failing_since = COALESCE(failing_since, now()) WHERE id = $1 "
+            "RETURNING extract(epoch FROM now() - failing_since)::float8",
+            channel_id,
+        )
+        or 0.0
+    )
 
 
 async def channel_succeeded(conn, channel_id: uuid.UUID) -> None:
-    await conn.execute("UPDATE channels SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL",
-                       channel_id)
+    await conn.execute(
+        "UPDATE channels SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL", channel_id
+    )
 
 
 async def recent_sends(conn, channel_id: uuid.UUID, window_s: float) -> list[float]:
@@ -306,7 +490,10 @@ async def recent_sends(conn, channel_id: uuid.UUID, window_s: float) -> list[flo
         """SELECT extract(epoch FROM now() - min(started_at))::float8 AS age FROM attempts
            WHERE channel_id = $1 AND started_at > now() - make_interval(secs => $2)
              AND outcome IS DISTINCT FROM 'throttled'
-           GROUP BY COALESCE(send_id::text, id::text)""", channel_id, window_s)
+           GROUP BY COALESCE(send_id::text, id::text)""",
+        channel_id,
+        window_s,
+    )
     return [r["age"] for r in rows]
 
 
@@ -331,16 +518,28 @@ async def spill(conn, rows: list[tuple]) -> None:
                 AS r(id, event_id, event_type, event_time, channel_id, branch_id, region_code, fallback_for, payload,
                      payload_hash)
            ON CONFLICT DO NOTHING""",
-        list(cols[0]), list(cols[1]), list(cols[2]), list(cols[3]), list(cols[4]), list(cols[5]), list(cols[6]),
-        list(cols[7]), list(cols[8]), hashes)
+        list(cols[0]),
+        list(cols[1]),
+        list(cols[2]),
+        list(cols[3]),
+        list(cols[4]),
+        list(cols[5]),
+        list(cols[6]),
+        list(cols[7]),
+        list(cols[8]),
+        hashes,
+    )
 
 
-DUE_COLUMNS = ("id, channel_id, event_type, event_time, extract(epoch FROM next_attempt_at)::float8 AS due, status, "
-               "next_attempt_at")
+DUE_COLUMNS = (
+    "id, channel_id, event_type, event_time, extract(epoch FROM next_attempt_at)::float8 AS due, status, "
+    "next_attempt_at"
+)
 
 
-async def due_of_channel(conn, channel_id: uuid.UUID, *, ready: int, after: tuple | None = None,
-                         waiting: int = 500) -> tuple[list, list, float | None]:
+async def due_of_channel(
+    conn, channel_id: uuid.UUID, *, ready: int, after: tuple | None = None, waiting: int = 500
+) -> tuple[list, list, float | None]:
     """What a channel has waiting in PostgreSQL: (retries, deferrals and lapsed leases due now —
     they go first; the oldest ``ready`` rows after ``after`` (next_attempt_at, id: the last one
     already read), at most ``ready`` of them; the due time (epoch s) of its next retry or deferral)."""
@@ -349,19 +548,27 @@ async def due_of_channel(conn, channel_id: uuid.UUID, *, ready: int, after: tupl
                AND next_attempt_at <= clock_timestamp() ORDER BY next_attempt_at LIMIT $2)
             UNION ALL
             (SELECT {DUE_COLUMNS} FROM deliveries WHERE status = 'sending' AND lease_until < clock_timestamp()
-               AND channel_id = $1 LIMIT $2)""", channel_id, waiting)
+               AND channel_id = $1 LIMIT $2)""",
+        channel_id,
+        waiting,
+    )
     backlog = []
     if ready > 0:
         backlog = await conn.fetch(
             f"""SELECT {DUE_COLUMNS} FROM deliveries WHERE channel_id = $1 AND status = 'ready'
                   AND next_attempt_at <= clock_timestamp()
                   AND ($3::timestamptz IS NULL OR (next_attempt_at, id) > ($3, $4::uuid))
-                ORDER BY next_attempt_at, id LIMIT $2""", channel_id, ready,
-            after[0] if after else None, after[1] if after else None)
+                ORDER BY next_attempt_at, id LIMIT $2""",
+            channel_id,
+            ready,
+            after[0] if after else None,
+            after[1] if after else None,
+        )
     later = await conn.fetchval(
         """SELECT extract(epoch FROM min(next_attempt_at))::float8 FROM deliveries
            WHERE channel_id = $1 AND status IN ('retrying', 'deferred') AND next_attempt_at > clock_timestamp()""",
-        channel_id)
+        channel_id,
+    )
     return list(due_now), list(backlog), later
 
 
@@ -386,7 +593,9 @@ async def due_channels(conn, horizon_s: float) -> list[asyncpg.Record]:
            UNION ALL
            SELECT b.channel_id, (SELECT extract(epoch FROM min(next_attempt_at))::float8 FROM deliveries d
                                  WHERE d.channel_id = b.channel_id AND d.status = 'ready'), true
-           FROM backlog b WHERE b.channel_id IS NOT NULL""", horizon_s)
+           FROM backlog b WHERE b.channel_id IS NOT NULL""",
+        horizon_s,
+    )
 
 
 async def robot_take(conn, robot: str, limit: int, window_s: float) -> float:
@@ -402,18 +611,34 @@ async def block_robot(conn, robot: str, seconds: float, errcode: int | None) -> 
            ON CONFLICT (robot) DO UPDATE SET until = GREATEST(robot_blocks.until, EXCLUDED.until),
                errcode = EXCLUDED.errcode, since = CASE WHEN robot_blocks.until < clock_timestamp()
                                                         THEN clock_timestamp() ELSE robot_blocks.since END""",
-        robot, seconds, errcode)
+        robot,
+        seconds,
+        errcode,
+    )
 
 
 # -- the delivery log ------------------------------------------------------------------------
-DELIVERY_COLUMNS = ("d.id, d.event_id, d.event_type, d.event_time, d.channel_id, c.kind AS channel_kind, "
-                    "c.name AS channel_name, c.owner_region, d.branch_id, d.region_code, d.fallback_for, d.resend_of, "
-                    "d.requested_by, d.status, d.attempts, d.failures, d.payload_hash, d.next_attempt_at, "
-                    "d.last_status_code, d.last_errcode, d.last_error, d.created_at, d.delivered_at")
+DELIVERY_COLUMNS = (
+    "d.id, d.event_id, d.event_type, d.event_time, d.channel_id, c.kind AS channel_kind, "
+    "c.name AS channel_name, c.owner_region, d.branch_id, d.region_code, d.fallback_for, d.resend_of, "
+    "d.requested_by, d.status, d.attempts, d.failures, d.payload_hash, d.next_attempt_at, "
+    "d.last_status_code, d.last_errcode, d.last_error, d.created_at, d.delivered_at"
+)
 
 
-async def list_deliveries(conn, *, regions: Sequence[str], branch_id, channel_id, event_type, status, since, until,
-                          limit: int, before: tuple[datetime, uuid.UUID] | None) -> list[asyncpg.Record]:
+async def list_deliveries(
+    conn,
+    *,
+    regions: Sequence[str],
+    branch_id,
+    channel_id,
+    event_type,
+    status,
+    since,
+    until,
+    limit: int,
+    before: tuple[datetime, uuid.UUID] | None,
+) -> list[asyncpg.Record]:
     return await conn.fetch(
         f"""SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN channels c ON c.id = d.channel_id
             WHERE c.owner_region = ANY($1::text[])
@@ -422,21 +647,32 @@ async def list_deliveries(conn, *, regions: Sequence[str], branch_id, channel_id
               AND ($6::timestamptz IS NULL OR d.created_at >= $6) AND ($7::timestamptz IS NULL OR d.created_at < $7)
               AND ($8::timestamptz IS NULL OR (d.created_at, d.id) < ($8, $9::uuid))
             ORDER BY d.created_at DESC, d.id DESC LIMIT $10""",
-        list(regions), branch_id, channel_id, event_type, status, since, until,
-        before[0] if before else None, before[1] if before else None, limit)
+        list(regions),
+        branch_id,
+        channel_id,
+        event_type,
+        status,
+        since,
+        until,
+        before[0] if before else None,
+        before[1] if before else None,
+        limit,
+    )
 
 
 async def get_delivery(conn, delivery_id: uuid.UUID) -> asyncpg.Record | None:
     return await conn.fetchrow(
         f"SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN channels c ON c.id = d.channel_id WHERE d.id = $1",
-        delivery_id)
+        delivery_id,
+    )
 
 
 async def attempts_of(conn, delivery_ids: Sequence[uuid.UUID]) -> list[asyncpg.Record]:
     return await conn.fetch(
         "SELECT delivery_id, n, started_at, finished_at, outcome, status_code, errcode, error, latency_ms, "
         "payload_hash, digest_of, requested_by FROM attempts WHERE delivery_id = ANY($1::uuid[]) ORDER BY delivery_id, n",
-        list(delivery_ids))
+        list(delivery_ids),
+    )
 
 
 async def resend(conn, original: uuid.UUID, requested_by: str) -> asyncpg.Record:
@@ -446,19 +682,34 @@ async def resend(conn, original: uuid.UUID, requested_by: str) -> asyncpg.Record
                                    requested_by, status, payload, payload_hash)
            SELECT $1, event_id, event_type, event_time, channel_id, branch_id, region_code, id, $3, 'ready', payload,
                   payload_hash FROM deliveries WHERE id = $2 AND payload IS NOT NULL
-           RETURNING id, channel_id, event_time""", uuid.uuid4(), original, requested_by)
+           RETURNING id, channel_id, event_time""",
+        uuid.uuid4(),
+        original,
+        requested_by,
+    )
 
 
 async def release_held(conn, channel_id: uuid.UUID) -> list[asyncpg.Record]:
     return await conn.fetch(
         """UPDATE deliveries SET status = 'ready', next_attempt_at = now(), updated_at = now()
-           WHERE channel_id = $1 AND status = 'held' RETURNING id, channel_id, event_type, event_time""", channel_id)
+           WHERE channel_id = $1 AND status = 'held' RETURNING id, channel_id, event_type, event_time""",
+        channel_id,
+    )
 
 
-async def insert_test_delivery(conn, *, channel_id: uuid.UUID, region: str, payload: bytes, payload_hash: str,
-                               requested_by: str, event_type: str) -> asyncpg.Record:
+async def insert_test_delivery(
+    conn, *, channel_id: uuid.UUID, region: str, payload: bytes, payload_hash: str, requested_by: str, event_type: str
+) -> asyncpg.Record:
     return await conn.fetchrow(
         """INSERT INTO deliveries (id, event_id, event_type, event_time, channel_id, region_code, requested_by, status,
                                    payload, payload_hash)
            VALUES ($1, $2, $3, clock_timestamp(), $4, $5, $6, 'ready', $7, $8) RETURNING id, channel_id, event_time""",
-        uuid.uuid4(), uuid.uuid4(), event_type, channel_id, region, requested_by, payload, payload_hash)
+        uuid.uuid4(),
+        uuid.uuid4(),
+        event_type,
+        channel_id,
+        region,
+        requested_by,
+        payload,
+        payload_hash,
+    )

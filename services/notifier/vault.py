@@ -3,6 +3,7 @@
 Stored as ``version (1 byte) | nonce (12) | ciphertext+tag``; the channel id is the
 associated data, so a blob copied onto another channel does not decrypt.
 """
+
 from __future__ import annotations
 
 import base64

@@ -29,6 +29,7 @@ rebalances, and a rebuild (a replay from offset 0) builds it as it goes. A dupli
 more than ``window`` records after its original in the same partition would be counted again;
 a relay re-sends only its unmarked rows right after the failure, far inside the window.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -75,6 +76,7 @@ class RecentIds:
             return False
         return first < offset
 
+
 Contribution = tuple[str, Labels, float]  # (family id, label values, delta)
 
 
@@ -92,14 +94,18 @@ def place(region_code: str | None, city_code: str | None = None) -> tuple[str, s
 
 
 def base_topic(topic: str, prefix: str = "") -> str:
-    return topic[len(prefix):] if prefix and topic.startswith(prefix) else topic
+    return topic[len(prefix) :] if prefix and topic.startswith(prefix) else topic
 
 
 class Projection:
     """State of the projection over the two tables (any MutableMapping: Faust stores or dicts)."""
 
-    def __init__(self, counters: MutableMapping[str, dict], aggregates: MutableMapping[str, dict],
-                 dedupe_window: int = DEDUPE_WINDOW):
+    def __init__(
+        self,
+        counters: MutableMapping[str, dict],
+        aggregates: MutableMapping[str, dict],
+        dedupe_window: int = DEDUPE_WINDOW,
+    ):
         self.counters = counters
         self.aggregates = aggregates
         self.dedupe_window = dedupe_window
@@ -112,15 +118,15 @@ class Projection:
         self._labels_cache: dict[str, Labels] = {}
 
     # -- applying events -----------------------------------------------------------
-    def apply(self, topic: str, partition: int, offset: int, key: str | None,
-              event: CloudEvent, data: EventData) -> bool:
+    def apply(
+        self, topic: str, partition: int, offset: int, key: str | None, event: CloudEvent, data: EventData
+    ) -> bool:
         """Apply one parsed event; False when it had been applied already (redelivery, or a duplicate)."""
         if self.seen(topic, partition, offset, event.id):
             self.skip(topic, partition, offset, "duplicate")  # counted as skipped, applied to nothing else
             return False
         handler = HANDLERS.get(type(data))
-        out: list[Contribution] = [("events", (topic, event.type), 1),
-                                   ("last_event", (topic,), event.time.timestamp())]
+        out: list[Contribution] = [("events", (topic, event.type), 1), ("last_event", (topic,), event.time.timestamp())]
         if handler is not None:
             handler(Ctx(self, topic, partition, offset, key, event, out), data)
         return self._commit(topic, partition, offset, out)
@@ -137,8 +143,9 @@ class Projection:
         out: list[Contribution] = [("skipped", (topic, reason), 1)]
         return self._commit(topic, partition, offset, out)
 
-    def apply_dead_letter(self, dlq_topic: str, partition: int, offset: int, source_topic: str, consumer: str,
-                          timestamp: float) -> bool:
+    def apply_dead_letter(
+        self, dlq_topic: str, partition: int, offset: int, source_topic: str, consumer: str, timestamp: float
+    ) -> bool:
         out: list[Contribution] = [("dlq", (source_topic, consumer), 1), ("dlq_last", (source_topic,), timestamp)]
         return self._commit(dlq_topic, partition, offset, out)
 
@@ -325,8 +332,7 @@ class Projection:
         for family in EXPORTED:
             fid = family.fid
             if family.kind == "histogram":
-                out[family.name] = {(*labels, le): v for labels, buckets, _ in self.histogram(fid)
-                                    for le, v in buckets}
+                out[family.name] = {(*labels, le): v for labels, buckets, _ in self.histogram(fid) for le, v in buckets}
             else:
                 out[family.name] = dict(self.values(fid))
         return out
@@ -350,6 +356,7 @@ def _le(bound_ms: int) -> str:
 
 # --------------------------------------------------------------------------------- aggregates
 
+
 def aggregate_contributions(record: dict) -> list[tuple[str, Labels]]:
     kind = record.get("t")
     if kind == "branch":
@@ -358,8 +365,12 @@ def aggregate_contributions(record: dict) -> list[tuple[str, Labels]]:
     elif kind == "session":
         return [("sessions", (record["region"], record["city"], record["category"], record["status"]))]
     elif kind == "competition":
-        return [("competitions", (record["kind"], record["tier"], record["region"], record["city"],
-                                  record["year"], record["status"]))]
+        return [
+            (
+                "competitions",
+                (record["kind"], record["tier"], record["region"], record["city"], record["year"], record["status"]),
+            )
+        ]
     elif kind == "studio":
         if record["status"] == "active":
             return [("studios", (record["kind"], record["level"], record["region"], record["city"]))]
@@ -378,13 +389,22 @@ def aggregate_contributions(record: dict) -> list[tuple[str, Labels]]:
 
 # --------------------------------------------------------------------------------- handlers
 
+
 class Ctx:
     """What a handler sees: the projection, where the event came from, and its output list."""
 
-    __slots__ = ("proj", "topic", "partition", "offset", "key", "event", "out")
+    __slots__ = ("event", "key", "offset", "out", "partition", "proj", "topic")
 
-    def __init__(self, proj: Projection, topic: str, partition: int, offset: int, key: str | None,
-                 event: CloudEvent, out: list[Contribution]):
+    def __init__(
+        self,
+        proj: Projection,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: str | None,
+        event: CloudEvent,
+        out: list[Contribution],
+    ):
         self.proj, self.topic, self.partition, self.offset = proj, topic, partition, offset
         self.key, self.event, self.out = key, event, out
 
@@ -409,6 +429,7 @@ def on(cls: type):
     def register(fn):
         HANDLERS[cls] = fn
         return fn
+
     return register
 
 
@@ -417,6 +438,7 @@ def _year(d) -> str:
 
 
 # -- membership ----------------------------------------------------------------------
+
 
 @on(me.BranchEstablished)
 def _branch_established(c: Ctx, d: me.BranchEstablished) -> None:
@@ -501,6 +523,7 @@ def _station_closed(c: Ctx, d: me.StationClosed) -> None:
 
 # -- training ------------------------------------------------------------------------
 
+
 @on(te.ProgrammeRegistered)
 def _programme(c: Ctx, d: te.ProgrammeRegistered) -> None:
     c.add("programmes", (d.subsidy_category.value, d.provider_kind.value))
@@ -567,8 +590,17 @@ def _competition_announced(c: Ctx, d: te.CompetitionAnnounced) -> None:
     region, city = place(d.region_code, d.city_code)
     year = _year(d.starts_on)
     c.add("competitions_announced", (d.kind.value, d.tier.value, region, city, year))
-    c.set_aggregate({"t": "competition", "kind": d.kind.value, "tier": d.tier.value, "region": region,
-                     "city": city, "year": year, "status": "announced"})
+    c.set_aggregate(
+        {
+            "t": "competition",
+            "kind": d.kind.value,
+            "tier": d.tier.value,
+            "region": region,
+            "city": city,
+            "year": year,
+            "status": "announced",
+        }
+    )
 
 
 def _competition_year(c: Ctx) -> str:
@@ -584,8 +616,17 @@ def _participants(c: Ctx, d: te.CompetitionParticipantsRegistered) -> None:
 
 def _competition_status(c: Ctx, d, status: str) -> None:
     region, city = place(d.region_code, d.city_code)
-    c.set_aggregate({"t": "competition", "kind": d.kind.value, "tier": d.tier.value, "region": region,
-                     "city": city, "year": _competition_year(c), "status": status})
+    c.set_aggregate(
+        {
+            "t": "competition",
+            "kind": d.kind.value,
+            "tier": d.tier.value,
+            "region": region,
+            "city": city,
+            "year": _competition_year(c),
+            "status": status,
+        }
+    )
 
 
 @on(te.CompetitionHeld)
@@ -601,8 +642,14 @@ def _competition_results(c: Ctx, d: te.CompetitionResultsPublished) -> None:
 
 def _studio_record(d, status: str) -> dict:
     region, city = place(d.region_code, d.city_code)
-    return {"t": "studio", "kind": d.kind.value, "level": d.level.value, "region": region, "city": city,
-            "status": status}
+    return {
+        "t": "studio",
+        "kind": d.kind.value,
+        "level": d.level.value,
+        "region": region,
+        "city": city,
+        "status": status,
+    }
 
 
 @on(te.StudioRecognised)
@@ -625,6 +672,7 @@ def _studio_revoked(c: Ctx, d: te.StudioRevoked) -> None:
 
 
 # -- funding -------------------------------------------------------------------------
+
 
 @on(fe.FundOpened)
 def _fund_opened(c: Ctx, d: fe.FundOpened) -> None:
@@ -694,6 +742,7 @@ def _subsidy_rejected(c: Ctx, d: fe.SubsidyRejected) -> None:
 
 # -- notifier ------------------------------------------------------------------------
 
+
 def _bucket(latency_ms: int) -> str:
     for i, bound in enumerate(LATENCY_BUCKETS_MS):
         if latency_ms <= bound:
@@ -730,10 +779,16 @@ def _resumed(c: Ctx, d: ne.ChannelResumed) -> None:
 
 # -- reform coordination ---------------------------------------------------------------
 
+
 def _task_record(c: Ctx, d, **changes: Any) -> None:
     """The task's record: year, status, lead unit and whether it is overdue now (keyed by task id)."""
-    current = c.aggregate() or {"t": "reform_task", "year": str(d.year), "status": "assigned",
-                                "unit": d.lead_unit, "overdue": False}
+    current = c.aggregate() or {
+        "t": "reform_task",
+        "year": str(d.year),
+        "status": "assigned",
+        "unit": d.lead_unit,
+        "overdue": False,
+    }
     c.set_aggregate({**current, "unit": d.lead_unit, **changes})
 
 

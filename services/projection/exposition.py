@@ -8,6 +8,7 @@ in the same text format but keeps each series' line and only formats again the
 series whose value changed: a scrape with thousands of series costs a few
 milliseconds instead of tens. A unit test holds the two renderings equal.
 """
+
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
@@ -66,11 +67,9 @@ class Renderer:
 
     @staticmethod
     def _header(family: Family) -> bytes:
-        return (f"# HELP {family.name} {_help(family.help)}\n"
-                f"# TYPE {family.name} {family.prometheus_type}\n").encode()
+        return (f"# HELP {family.name} {_help(family.help)}\n# TYPE {family.name} {family.prometheus_type}\n").encode()
 
-    def _prefix(self, family: Family, labels: tuple[str, ...], name: str | None = None,
-                extra: str = "") -> str:
+    def _prefix(self, family: Family, labels: tuple[str, ...], name: str | None = None, extra: str = "") -> str:
         pairs = sorted(f'{n}="{_escape(v)}"' for n, v in zip(family.labels, labels))
         if extra:
             pairs.append(extra)  # `le` goes last, as prometheus-client writes it
@@ -101,10 +100,18 @@ class Renderer:
         if family.kind == "histogram":
             for labels, buckets, total in proj.histogram(fid):
                 for le, count in buckets:
-                    add((self._prefix(family, labels, family.name + "_bucket", f'le="{le}"')
-                         + floatToGoString(count) + "\n").encode())
-                add((self._prefix(family, labels, family.name + "_count")
-                     + floatToGoString(buckets[-1][1]) + "\n").encode())
+                    add(
+                        (
+                            self._prefix(family, labels, family.name + "_bucket", f'le="{le}"')
+                            + floatToGoString(count)
+                            + "\n"
+                        ).encode()
+                    )
+                add(
+                    (
+                        self._prefix(family, labels, family.name + "_count") + floatToGoString(buckets[-1][1]) + "\n"
+                    ).encode()
+                )
                 add((self._prefix(family, labels, family.name + "_sum") + floatToGoString(total) + "\n").encode())
             return b"".join(out)
         cache = self._lines[fid]

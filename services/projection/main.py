@@ -22,6 +22,7 @@ and acknowledged by Kafka, and only then is each partition's resume mark
 every partition after its mark; records whose offsets are not above a record's own
 watermark are skipped, so nothing is counted twice (and nothing is lost).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -49,8 +50,9 @@ from shared.topics import apps_create_topics
 
 log = logging.getLogger(__name__)
 
-SCRAPE_SECONDS = Gauge("changai_projection_scrape_duration_seconds",
-                       "Time the previous /metrics scrape of the projection took to render")
+SCRAPE_SECONDS = Gauge(
+    "changai_projection_scrape_duration_seconds", "Time the previous /metrics scrape of the projection took to render"
+)
 BATCH_EVENTS = Gauge("changai_projection_last_batch_events", "Records in the last batch the projection applied")
 READY = Gauge("changai_projection_ready", "1 once the tables are recovered and the projection is applying events")
 
@@ -88,8 +90,11 @@ def dead_letter_topics() -> list[str]:
 
 def changelog_configs(settings: ProjectionSettings) -> dict[str, str]:
     """Compacted often (the tables rewrite the same keys all the time); with replicas, a write waits for two."""
-    return {"min.cleanable.dirty.ratio": "0.1", "segment.ms": "600000",
-            "min.insync.replicas": str(min(2, settings.stream_replication_factor))}
+    return {
+        "min.cleanable.dirty.ratio": "0.1",
+        "segment.ms": "600000",
+        "min.insync.replicas": str(min(2, settings.stream_replication_factor)),
+    }
 
 
 def changelog_topics(app_id: str) -> list[str]:
@@ -114,7 +119,7 @@ def _faust_monitor():
 class SourceReader:
     """Reads the assigned source partitions in batches and applies them to the projection."""
 
-    def __init__(self, worker: "ProjectionWorker", partitions: set[int]):
+    def __init__(self, worker: ProjectionWorker, partitions: set[int]):
         self.worker = worker
         self.partitions = partitions
         self.consumer: AIOKafkaConsumer | None = None
@@ -131,10 +136,17 @@ class SourceReader:
     async def start(self) -> None:
         s = self.worker.settings
         self.consumer = AIOKafkaConsumer(
-            **connection(s.kafka_bootstrap), group_id=None, enable_auto_commit=False,
-            isolation_level="read_committed", auto_offset_reset="earliest", max_poll_records=s.projection_batch_max,
-            fetch_max_wait_ms=s.projection_fetch_wait_ms, fetch_max_bytes=64 * 1024 * 1024,
-            max_partition_fetch_bytes=4 * 1024 * 1024, client_id=f"{s.projection_app_id}-reader")
+            **connection(s.kafka_bootstrap),
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            auto_offset_reset="earliest",
+            max_poll_records=s.projection_batch_max,
+            fetch_max_wait_ms=s.projection_fetch_wait_ms,
+            fetch_max_bytes=64 * 1024 * 1024,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            client_id=f"{s.projection_app_id}-reader",
+        )
         await self.consumer.start()
         tps = self.assignment()
         self.consumer.assign(tps)
@@ -164,8 +176,9 @@ class SourceReader:
                 h = {k: _text(v) for k, v in (r.headers or [])}
                 if h.get("changai-dlq-consumer") == s.projection_app_id:
                     try:
-                        parked.add((h["changai-dlq-topic"], int(h["changai-dlq-partition"]),
-                                    int(h["changai-dlq-offset"])))
+                        parked.add(
+                            (h["changai-dlq-topic"], int(h["changai-dlq-partition"]), int(h["changai-dlq-offset"]))
+                        )
                     except (KeyError, ValueError):
                         pass
         except TimeoutError:
@@ -197,7 +210,7 @@ class SourceReader:
                 BATCH_EVENTS.set(n)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - Kafka hiccup: the batch is re-read from the marks
+            except Exception:
                 log.exception("projection batch failed; re-reading from the resume marks")
                 await asyncio.sleep(1)
                 await self._rewind()
@@ -242,11 +255,13 @@ class ProjectionWorker:
         if s.projection_faust_sensors:
             self.app.monitor = _faust_monitor()
         schema = faust.Schema(key_type=str, value_type=None, key_serializer="json", value_serializer="json")
-        table_opts = dict(default=None, schema=schema, recovery_buffer_size=10000,
-                          extra_topic_configs=changelog_configs(s))
+        table_opts = dict(
+            default=None, schema=schema, recovery_buffer_size=10000, extra_topic_configs=changelog_configs(s)
+        )
         self.tables = {name: self.app.Table(name, partitions=6, **table_opts) for name in TABLES}
-        self.projection = Projection(self._store("counters"), self._store("aggregates"),
-                                     dedupe_window=s.projection_dedupe_window)
+        self.projection = Projection(
+            self._store("counters"), self._store("aggregates"), dedupe_window=s.projection_dedupe_window
+        )
         COLLECTOR.projection = RENDERER.projection = self.projection
         self.tables["counters"].on_recover(self._recovered)
         self.app.on_partitions_revoked.connect(self._revoked)
@@ -282,9 +297,13 @@ class ProjectionWorker:
             assigned = {(t, p) for t in DOMAIN_TOPICS for p in partitions}
             assigned |= {(t, 0) for t in dead_letter_topics()} if 0 in partitions else set()
             proj.rebuild(lambda topic, p: (topic, p) in assigned)
-            log.info("projection state rebuilt from the tables in %.1f ms: %d counter records, %d aggregates; "
-                     "partitions %s", (time.perf_counter() - started) * 1000, len(proj.counters),
-                     len(proj.aggregates), sorted(partitions))
+            log.info(
+                "projection state rebuilt from the tables in %.1f ms: %d counter records, %d aggregates; partitions %s",
+                (time.perf_counter() - started) * 1000,
+                len(proj.counters),
+                len(proj.aggregates),
+                sorted(partitions),
+            )
             if partitions:
                 self.reader = SourceReader(self, partitions)
                 await self.reader.start()
@@ -335,13 +354,14 @@ class ProjectionWorker:
                         proj.skip(topic, partition, record.offset, "unknown_type")
                         continue
                     except InvalidEvent as exc:
-                        if (not proj.applied(topic, partition, record.offset, "skipped")
-                                and (record.topic, partition, record.offset) not in self.parked):
+                        if (
+                            not proj.applied(topic, partition, record.offset, "skipped")
+                            and (record.topic, partition, record.offset) not in self.parked
+                        ):
                             await self._dead_letter(record, str(exc))
                         proj.skip(topic, partition, record.offset, "invalid")
                         continue
-                    proj.apply(topic, partition, record.offset, record.key.decode() if record.key else None,
-                               ce, data)
+                    proj.apply(topic, partition, record.offset, record.key.decode() if record.key else None, ce, data)
             if records[-1].offset >= self.prime_until.get(tp, -1):
                 proj.mark_done(topic, partition, records[-1].offset)
             n += len(records)
@@ -363,8 +383,9 @@ class ProjectionWorker:
         consumer = _text(headers.get("changai-dlq-consumer"))
         if not _CONSUMER_NAME.match(consumer):
             consumer = "unknown"
-        self.projection.apply_dead_letter(dlq, record.partition, record.offset, source, consumer,
-                                          record.timestamp / 1000)
+        self.projection.apply_dead_letter(
+            dlq, record.partition, record.offset, source, consumer, record.timestamp / 1000
+        )
 
     async def _dead_letter(self, record, reason: str) -> None:
         """Park an invalid record in <topic>.dlq with the reason (as shared.kafka.dead_letter does)."""
@@ -375,8 +396,7 @@ class ProjectionWorker:
             ("changai-dlq-partition", str(record.partition).encode()),
             ("changai-dlq-offset", str(record.offset).encode()),
         ]
-        await self.app.producer.send_and_wait(dlq_topic(record.topic), record.key, record.value, None, None,
-                                              headers)
+        await self.app.producer.send_and_wait(dlq_topic(record.topic), record.key, record.value, None, None, headers)
         self.parked.add((record.topic, record.partition, record.offset))
         DEAD_LETTERS.labels(record.topic).inc()
         log.warning("record sent to dead letters: %s", reason)
@@ -390,8 +410,11 @@ class ProjectionWorker:
                 topic = table.changelog_topic.get_topic_name()
                 for key, record in self.projection.take_dirty(name):
                     partition = record["p"] if name == "aggregates" else int(key.rsplit("|", 2)[1])
-                    pending.append(await self.app.producer.send(topic, orjson.dumps(key), orjson.dumps(record),
-                                                                partition, None, None))
+                    pending.append(
+                        await self.app.producer.send(
+                            topic, orjson.dumps(key), orjson.dumps(record), partition, None, None
+                        )
+                    )
             if pending:
                 await asyncio.gather(*pending)
 
@@ -453,9 +476,11 @@ async def ensure_changelogs(settings: ProjectionSettings) -> list[str]:
     from shared.topics import wait_for_topics
 
     if not apps_create_topics(settings):  # Kubernetes: KafkaTopics own them (shared.topics.STREAM_APPS)
-        await wait_for_topics(settings.kafka_bootstrap, [*changelog_topics(settings.projection_app_id),
-                                                         f"{settings.projection_app_id}-__assignor-__leader"],
-                              settings.topic_wait_s)
+        await wait_for_topics(
+            settings.kafka_bootstrap,
+            [*changelog_topics(settings.projection_app_id), f"{settings.projection_app_id}-__assignor-__leader"],
+            settings.topic_wait_s,
+        )
         return []
     admin = AIOKafkaAdminClient(**connection(settings.kafka_bootstrap), request_timeout_ms=15000)
     await admin.start()
@@ -464,8 +489,17 @@ async def ensure_changelogs(settings: ProjectionSettings) -> list[str]:
         missing = [t for t in changelog_topics(settings.projection_app_id) if t not in existing]
         if missing:
             try:
-                await admin.create_topics([NewTopic(t, 6, settings.stream_replication_factor, topic_configs={
-                    "cleanup.policy": "compact", **changelog_configs(settings)}) for t in missing])
+                await admin.create_topics(
+                    [
+                        NewTopic(
+                            t,
+                            6,
+                            settings.stream_replication_factor,
+                            topic_configs={"cleanup.policy": "compact", **changelog_configs(settings)},
+                        )
+                        for t in missing
+                    ]
+                )
             except TopicAlreadyExistsError:
                 pass
         deadline = time.monotonic() + 30
@@ -489,9 +523,11 @@ def run_worker(settings: ProjectionSettings) -> None:
     worker = build(settings)
     # The web host and port come from the app's configuration; logging is the platform's (JSON, scrubbed,
     # repeated aiokafka lines held back), not Faust's plain-text handler.
-    Worker(worker.app, loglevel=settings.log_level.lower(),
-           logging_config=changai_logging.dict_config("projection", settings.log_level,
-                                                      settings.log_repeat_window_s)).execute_from_commandline()
+    Worker(
+        worker.app,
+        loglevel=settings.log_level.lower(),
+        logging_config=changai_logging.dict_config("projection", settings.log_level, settings.log_repeat_window_s),
+    ).execute_from_commandline()
 
 
 def main(argv: list[str]) -> None:

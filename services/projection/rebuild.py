@@ -11,6 +11,7 @@ figures come back exactly as before (the tests check they are identical).
 The command refuses while a worker is still a member of the group: a running
 worker would write its old state back.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,8 +74,11 @@ async def rebuild(settings: ProjectionSettings, *, timeout: float = 60) -> list[
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.projection rebuild", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m services.projection rebuild",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.parse_args(argv)
     settings = ProjectionSettings()
     try:
@@ -82,7 +86,9 @@ def main(argv: list[str]) -> int:
     except RebuildRefused as exc:
         print(f"rebuild refused: {exc}")
         return 2
-    print(f"projection {settings.projection_app_id!r} reset: "
-          + (", ".join(deleted) if deleted else "nothing to delete (never ran)"))
+    print(
+        f"projection {settings.projection_app_id!r} reset: "
+        + (", ".join(deleted) if deleted else "nothing to delete (never ran)")
+    )
     print("start the workers again (python -m services.projection worker): they replay every topic from offset 0")
     return 0

@@ -11,6 +11,7 @@ The type name gives the topic (``membership.events``) and the source
 (``/changai/membership``); ``subject`` names the field holding the aggregate id,
 which is also the record key, so one aggregate's events stay in order.
 """
+
 from __future__ import annotations
 
 import re
@@ -18,7 +19,9 @@ from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-TYPE_PATTERN = re.compile(r"^changai\.(?P<service>[a-z]+)\.(?P<aggregate>[a-z_]+)\.(?P<verb>[a-z_]+)\.v(?P<version>\d+)$")
+TYPE_PATTERN = re.compile(
+    r"^changai\.(?P<service>[a-z]+)\.(?P<aggregate>[a-z_]+)\.(?P<verb>[a-z_]+)\.v(?P<version>\d+)$"
+)
 SCHEMA_BASE = "https://changai.example/schemas/"
 
 

@@ -5,6 +5,7 @@ and ``docs/asyncapi.yaml``; the tests hold the code to those committed snapshots
 A new event type or a backward-compatible change (new optional field) is written
 with ``--write``; a breaking change needs a new version (``.v2``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,23 +55,39 @@ def asyncapi() -> dict[str, Any]:
         }
     for topic in TOPICS:
         chan = topic.name.replace(".", "_")
-        msgs = {m: {"$ref": f"#/components/messages/{m}"} for m, cls in
-                ((n.replace(".", "_"), c) for n, c in sorted(REGISTRY.items())) if cls.topic == topic.name}
+        msgs = {
+            m: {"$ref": f"#/components/messages/{m}"}
+            for m, cls in ((n.replace(".", "_"), c) for n, c in sorted(REGISTRY.items()))
+            if cls.topic == topic.name
+        }
         channels[chan] = {
             "address": topic.name,
             "description": topic.purpose,
             "messages": msgs,
-            "bindings": {"kafka": {"topic": topic.name, "partitions": topic.partitions,
-                                   "topicConfiguration": {"retention.ms": topic.retention_ms,
-                                                          "cleanup.policy": [topic.cleanup_policy]}}},
+            "bindings": {
+                "kafka": {
+                    "topic": topic.name,
+                    "partitions": topic.partitions,
+                    "topicConfiguration": {
+                        "retention.ms": topic.retention_ms,
+                        "cleanup.policy": [topic.cleanup_policy],
+                    },
+                }
+            },
         }
         if msgs:
-            operations[f"publish_{chan}"] = {"action": "send", "channel": {"$ref": f"#/channels/{chan}"},
-                                             "messages": [{"$ref": f"#/channels/{chan}/messages/{m}"} for m in msgs]}
+            operations[f"publish_{chan}"] = {
+                "action": "send",
+                "channel": {"$ref": f"#/channels/{chan}"},
+                "messages": [{"$ref": f"#/channels/{chan}/messages/{m}"} for m in msgs],
+            }
     return {
         "asyncapi": "3.0.0",
-        "info": {"title": "Changai (产改) events", "version": "1.0.0",
-                 "description": "Domain events of the Changai platform: CloudEvents 1.0, Kafka binding, structured mode."},
+        "info": {
+            "title": "Changai (产改) events",
+            "version": "1.0.0",
+            "description": "Domain events of the Changai platform: CloudEvents 1.0, Kafka binding, structured mode.",
+        },
         "servers": {"local": {"host": "127.0.0.1:19092", "protocol": "kafka"}},
         "channels": channels,
         "operations": operations,

@@ -3,6 +3,7 @@
 Amounts are integer fen (分). Every event carries the fund's source kind and
 fiscal year, and the beneficiary's kind, so the projection needs no lookup.
 """
+
 from __future__ import annotations
 
 from datetime import date
@@ -18,19 +19,21 @@ from shared.events.training import SubsidyCategory
 Fen = Field(ge=0, description="amount in fen (分): integer, never a float")
 
 
-def Place(what: str):  # noqa: N802 (a field factory, like pydantic's Field)
+def Place(what: str):
     """An optional region code on events written before it was added; always set by the service now,
     so a federation's channel for that region (or above it) hears of the money."""
     return Field(default=None, pattern=r"^64\d{4}$", description=f"GB/T 2260 code of {what}")
+
+
 Year = Field(ge=2000, le=2100)
 
 
 class SourceKind(StrEnum):
-    central_budget = "central_budget"    # 中央预算内
+    central_budget = "central_budget"  # 中央预算内
     regional_budget = "regional_budget"  # 自治区预算内
-    special_fund = "special_fund"        # 专项资金
-    union_funds = "union_funds"          # 工会经费
-    skills_account = "skills_account"    # 职业技能提升行动专账
+    special_fund = "special_fund"  # 专项资金
+    union_funds = "union_funds"  # 工会经费
+    skills_account = "skills_account"  # 职业技能提升行动专账
 
 
 class BeneficiaryKind(StrEnum):
@@ -52,6 +55,7 @@ class RejectionReason(StrEnum):
 @event("changai.funding.fund.opened.v1", subject="fund_id")
 class FundOpened(EventData):
     """A fund (资金来源) was opened."""
+
     fund_id: UUID
     name: str
     source_kind: SourceKind
@@ -82,6 +86,7 @@ class FundClosed(EventData):
 @event("changai.funding.grant.approved.v1", subject="grant_id")
 class GrantApproved(EventData):
     """Money of a fund was committed to a beneficiary for a purpose (资金安排)."""
+
     grant_id: UUID
     fund_id: UUID
     source_kind: SourceKind
@@ -97,6 +102,7 @@ class GrantApproved(EventData):
 @event("changai.funding.grant.revoked.v1", subject="grant_id")
 class GrantRevoked(EventData):
     """The unpaid rest of a grant went back to its fund."""
+
     grant_id: UUID
     fund_id: UUID
     source_kind: SourceKind
@@ -109,6 +115,7 @@ class GrantRevoked(EventData):
 @event("changai.funding.disbursement.made.v1", subject="grant_id")
 class FundsDisbursed(EventData):
     """A payment under a grant (拨付). Keyed by grant, so a grant's payments stay in order."""
+
     disbursement_id: UUID
     grant_id: UUID
     fund_id: UUID
@@ -125,6 +132,7 @@ class FundsDisbursed(EventData):
 @event("changai.funding.subsidy.claimed.v1", subject="claim_id")
 class SubsidyClaimed(EventData):
     """A training subsidy was claimed for a completed session."""
+
     claim_id: UUID
     session_id: UUID
     organiser_id: str

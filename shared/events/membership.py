@@ -4,6 +4,7 @@ They carry region codes (county and city) and branch ids so consumers need no
 lookup, and never a full ID number or phone number: a member appears by id,
 masked ID number at most, never the clear value.
 """
+
 from __future__ import annotations
 
 from datetime import date
@@ -19,17 +20,17 @@ CityCode = Field(default=None, pattern=r"^64\d{2}00$", description="GB/T 2260 co
 
 
 class BranchKind(StrEnum):
-    enterprise = "enterprise"        # 企业工会
-    joint = "joint"                  # 联合工会
-    industry = "industry"            # 行业工会
-    new_form = "new_form"            # 新就业形态工会
+    enterprise = "enterprise"  # 企业工会
+    joint = "joint"  # 联合工会
+    industry = "industry"  # 行业工会
+    new_form = "new_form"  # 新就业形态工会
 
 
 class EmploymentForm(StrEnum):
-    standard = "standard"            # 标准劳动关系
-    courier = "courier"              # 快递员
-    ride_hailing = "ride_hailing"    # 网约车司机
-    truck_driver = "truck_driver"    # 货车司机
+    standard = "standard"  # 标准劳动关系
+    courier = "courier"  # 快递员
+    ride_hailing = "ride_hailing"  # 网约车司机
+    truck_driver = "truck_driver"  # 货车司机
     food_delivery = "food_delivery"  # 外卖骑手
 
 
@@ -37,6 +38,7 @@ class EmploymentForm(StrEnum):
 @event("changai.membership.branch.established.v1", subject="branch_id")
 class BranchEstablished(EventData):
     """A union branch (基层工会) was established."""
+
     branch_id: UUID
     name: str
     credit_code: str
@@ -51,6 +53,7 @@ class BranchEstablished(EventData):
 @event("changai.membership.branch.updated.v1", subject="branch_id")
 class BranchUpdated(EventData):
     """A branch's details changed; the fields carry the state after the change."""
+
     branch_id: UUID
     name: str
     region_code: str = RegionCode
@@ -64,6 +67,7 @@ class BranchUpdated(EventData):
 @event("changai.membership.branch.merged.v1", subject="branch_id")
 class BranchMerged(EventData):
     """A branch was merged into another; its members moved with it (each has its own transferred event)."""
+
     branch_id: UUID
     into_branch_id: UUID
     region_code: str = RegionCode
@@ -76,6 +80,7 @@ class BranchMerged(EventData):
 @event("changai.membership.branch.dissolved.v1", subject="branch_id")
 class BranchDissolved(EventData):
     """A branch was dissolved (empty, or its members transferred to a stated branch first)."""
+
     branch_id: UUID
     region_code: str = RegionCode
     city_code: str | None = CityCode
@@ -89,6 +94,7 @@ class BranchDissolved(EventData):
 @event("changai.membership.member.joined.v1", subject="member_id")
 class MemberJoined(EventData):
     """A worker joined a union branch (入会). No ID number, no phone: only what was derived at entry."""
+
     member_id: UUID
     branch_id: UUID
     region_code: str = RegionCode
@@ -99,13 +105,17 @@ class MemberJoined(EventData):
     birth_year: int | None = None
     sex: str | None = Field(default=None, pattern=r"^(male|female)$")
     joined_on: date
-    import_id: UUID | None = Field(default=None, description="the bulk import that added the member, if any: "
-                                   "its members are told to channels as one digest, not one notice each")
+    import_id: UUID | None = Field(
+        default=None,
+        description="the bulk import that added the member, if any: "
+        "its members are told to channels as one digest, not one notice each",
+    )
 
 
 @event("changai.membership.member.transferred.v1", subject="member_id")
 class MemberTransferred(EventData):
     """A member moved between branches (转会)."""
+
     member_id: UUID
     from_branch_id: UUID
     to_branch_id: UUID
@@ -121,6 +131,7 @@ class MemberTransferred(EventData):
 @event("changai.membership.member.left.v1", subject="member_id")
 class MemberLeft(EventData):
     """A member left the union (退会)."""
+
     member_id: UUID
     branch_id: UUID
     region_code: str = RegionCode
@@ -132,6 +143,7 @@ class MemberLeft(EventData):
 @event("changai.membership.member.lapsed.v1", subject="member_id")
 class MemberLapsed(EventData):
     """A membership lapsed (e.g. dues unpaid, contact lost)."""
+
     member_id: UUID
     branch_id: UUID
     region_code: str = RegionCode
@@ -143,6 +155,7 @@ class MemberLapsed(EventData):
 @event("changai.membership.member.skill_level_changed.v1", subject="member_id")
 class MemberSkillLevelChanged(EventData):
     """A member's vocational skill level changed (level 1 is the highest, 高级技师)."""
+
     member_id: UUID
     branch_id: UUID
     region_code: str = RegionCode
@@ -156,6 +169,7 @@ class MemberSkillLevelChanged(EventData):
 @event("changai.membership.station.opened.v1", subject="station_id")
 class StationOpened(EventData):
     """An outdoor-worker service station (户外劳动者服务站点) opened."""
+
     station_id: UUID
     name: str
     branch_id: UUID
@@ -168,6 +182,7 @@ class StationOpened(EventData):
 @event("changai.membership.station.closed.v1", subject="station_id")
 class StationClosed(EventData):
     """A service station closed."""
+
     station_id: UUID
     branch_id: UUID
     region_code: str = RegionCode
@@ -178,6 +193,7 @@ class StationClosed(EventData):
 @event("changai.membership.station.transferred.v1", subject="station_id")
 class StationTransferred(EventData):
     """An open station's operating branch changed (its branch was merged or dissolved with a transfer target)."""
+
     station_id: UUID
     from_branch_id: UUID
     to_branch_id: UUID

@@ -1,4 +1,5 @@
 """Events of the notifier (topic ``notifier.events``): delivery outcomes, for the projection and audit."""
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -32,6 +33,7 @@ class DeliverySucceeded(EventData):
 @event("changai.notifier.delivery.failed.v1", subject="delivery_id")
 class DeliveryFailed(EventData):
     """Attempts exhausted: a dead letter, visible to operators."""
+
     delivery_id: UUID
     event_id: UUID
     event_type: str
@@ -62,6 +64,7 @@ class NoticeDigest(EventData):
     """One notice for many events of one bulk operation (a member import, a roster, a batch of
     payments), sent to a channel instead of one notice per row. Made by the notifier for each
     channel and sent to it (webhooks receive it as this CloudEvent); never published on a topic."""
+
     batch_kind: str = Field(description="membership.import, or <service>.batch for a batch_id")
     batch_id: UUID
     event_type: str = Field(description="the type of the events summarised")
@@ -71,5 +74,7 @@ class NoticeDigest(EventData):
     first_time: datetime
     last_time: datetime
     report_url: str | None = Field(default=None, description="the operation's report (an import's rows)")
-    final: bool = Field(default=False, description="no more events of the batch came for a while: "
-                        "the last digest of it unless it resumes")
+    final: bool = Field(
+        default=False,
+        description="no more events of the batch came for a while: the last digest of it unless it resumes",
+    )

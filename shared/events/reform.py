@@ -7,6 +7,7 @@ region's (640000), a pilot or a city plan its own place, so federation channels 
 the same way as for every other service. Free text (progress notes, reasons) is scrubbed of
 ID and phone numbers before it enters an event; a liaison officer's phone never does.
 """
+
 from __future__ import annotations
 
 from datetime import date
@@ -23,9 +24,9 @@ Percent = Field(ge=0, le=100)
 
 
 class UnitKind(StrEnum):
-    party = "party"                          # 党委部门
-    congress = "congress"                    # 人大
-    government = "government"                # 政府部门
+    party = "party"  # 党委部门
+    congress = "congress"  # 人大
+    government = "government"  # 政府部门
     mass_organisation = "mass_organisation"  # 群团组织
     other = "other"
 
@@ -46,12 +47,13 @@ class PilotKind(StrEnum):
 
 class PilotMode(StrEnum):
     comprehensive = "comprehensive"  # 全面试点
-    project = "project"              # 项目试点
+    project = "project"  # 项目试点
 
 
 @event("changai.reform.unit.registered.v1", subject="unit_id")
 class UnitRegistered(EventData):
     """A member unit joined the coordination group (its liaison officer's contact stays in the service)."""
+
     unit_id: UUID
     name: str
     kind: UnitKind
@@ -89,6 +91,7 @@ class _TaskEvent(EventData):
 @event("changai.reform.task.assigned.v1", subject="task_id")
 class TaskAssigned(_TaskEvent):
     """A task was added to the ledger, or re-assigned (``previous_lead_unit_id`` set)."""
+
     title: str
     co_unit_ids: list[UUID] = Field(default_factory=list)
     deadline: date
@@ -111,6 +114,7 @@ class TaskCompletionReported(_TaskEvent):
 @event("changai.reform.task.completed.v1", subject="task_id")
 class TaskCompleted(_TaskEvent):
     """The office verified the lead unit's completion."""
+
     completed_on: date
     deadline: date
     on_time: bool
@@ -124,6 +128,7 @@ class TaskSentBack(_TaskEvent):
 @event("changai.reform.task.overdue.v1", subject="task_id")
 class TaskOverdue(_TaskEvent):
     """Past its deadline (Asia/Shanghai dates) and not completed: the office's supervision (督办)."""
+
     title: str
     deadline: date
     days_overdue: int = Field(ge=1)
@@ -133,6 +138,7 @@ class TaskOverdue(_TaskEvent):
 @event("changai.reform.task.progress_due.v1", subject="task_id")
 class TaskProgressDue(_TaskEvent):
     """No progress report for the configured time: a gentle reminder before supervision."""
+
     title: str
     deadline: date
     days_silent: int = Field(ge=1)
@@ -165,6 +171,7 @@ class PilotDesignated(EventData):
 @event("changai.reform.city_plan.recorded.v1", subject="plan_id")
 class CityPlanRecorded(EventData):
     """A city's implementation plan (实施方案) was recorded."""
+
     plan_id: UUID
     city_code: str = Field(pattern=r"^64\d{2}00$")
     title: str

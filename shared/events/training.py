@@ -3,6 +3,7 @@
 Every event carries the region (county and city) and the categories the
 projection counts by, so no consumer needs a lookup.
 """
+
 from __future__ import annotations
 
 from datetime import date
@@ -16,15 +17,15 @@ from shared.events.membership import CityCode, RegionCode
 
 
 class SubsidyCategory(StrEnum):
-    pre_job = "pre_job"                # 岗前培训 / 以工代训
+    pre_job = "pre_job"  # 岗前培训 / 以工代训
     skills_upgrade = "skills_upgrade"  # 技能提升
-    new_form = "new_form"              # 新就业形态劳动者
+    new_form = "new_form"  # 新就业形态劳动者
 
 
 class ProviderKind(StrEnum):
     vocational_college = "vocational_college"  # 职业院校
-    technical_school = "technical_school"      # 技工院校
-    enterprise = "enterprise"                  # 企业
+    technical_school = "technical_school"  # 技工院校
+    enterprise = "enterprise"  # 企业
 
 
 class OrganiserKind(StrEnum):
@@ -33,8 +34,8 @@ class OrganiserKind(StrEnum):
 
 
 class CompetitionKind(StrEnum):
-    labour = "labour"   # 劳动竞赛
-    skills = "skills"   # 职业技能大赛
+    labour = "labour"  # 劳动竞赛
+    skills = "skills"  # 职业技能大赛
 
 
 class Tier(StrEnum):
@@ -45,8 +46,8 @@ class Tier(StrEnum):
 
 
 class StudioKind(StrEnum):
-    innovation_studio = "innovation_studio"      # 劳模和工匠人才创新工作室
-    training_base = "training_base"              # 高技能人才培训基地
+    innovation_studio = "innovation_studio"  # 劳模和工匠人才创新工作室
+    training_base = "training_base"  # 高技能人才培训基地
     skill_master_studio = "skill_master_studio"  # 技能大师工作室
 
 
@@ -59,13 +60,17 @@ class StudioLevel(StrEnum):
 SkillLevel = Field(ge=1, le=5, description="1 高级技师, 2 技师, 3 高级工, 4 中级工, 5 初级工")
 # The session's region on enrolment events, added later (optional: records written before lack it),
 # so that a federation's channel is routed an enrolment's changes like the session's own events.
-SessionRegion = Field(default=None, pattern=r"^64\d{4}$",
-                      description="GB/T 2260 code of the session's county or city (always set by the producer)")
+SessionRegion = Field(
+    default=None,
+    pattern=r"^64\d{4}$",
+    description="GB/T 2260 code of the session's county or city (always set by the producer)",
+)
 
 
 @event("changai.training.programme.registered.v1", subject="programme_id")
 class ProgrammeRegistered(EventData):
     """A training programme (培训项目) was registered."""
+
     programme_id: UUID
     name: str
     occupation: str
@@ -78,6 +83,7 @@ class ProgrammeRegistered(EventData):
 @event("changai.training.session.scheduled.v1", subject="session_id")
 class SessionScheduled(EventData):
     """A session (培训班, one 期 of a programme) was scheduled."""
+
     session_id: UUID
     programme_id: UUID
     number: int = Field(ge=1, description="第n期")
@@ -103,6 +109,7 @@ class SessionStarted(EventData):
 @event("changai.training.session.completed.v1", subject="session_id")
 class SessionCompleted(EventData):
     """A session completed (结业): everything funding needs to pay the subsidy without calling back."""
+
     session_id: UUID
     programme_id: UUID
     programme_name: str
@@ -134,6 +141,7 @@ class SessionCancelled(EventData):
 @event("changai.training.enrolment.enrolled.v1", subject="enrolment_id")
 class EnrolmentEnrolled(EventData):
     """A member enrolled in a session (报名)."""
+
     enrolment_id: UUID
     session_id: UUID
     member_id: UUID
@@ -155,6 +163,7 @@ class EnrolmentAttended(EventData):
 @event("changai.training.enrolment.assessed.v1", subject="enrolment_id")
 class EnrolmentAssessed(EventData):
     """The result of an enrolment was recorded."""
+
     enrolment_id: UUID
     session_id: UUID
     member_id: UUID
@@ -167,6 +176,7 @@ class EnrolmentAssessed(EventData):
 @event("changai.training.enrolment.withdrawn.v1", subject="enrolment_id")
 class EnrolmentWithdrawn(EventData):
     """An enrolment was withdrawn: by request, as absent when its session completed, or with a cancelled session."""
+
     enrolment_id: UUID
     session_id: UUID
     member_id: UUID
@@ -179,6 +189,7 @@ class EnrolmentWithdrawn(EventData):
 @event("changai.training.certificate.issued.v1", subject="certificate_id")
 class CertificateIssued(EventData):
     """A vocational skill level certificate (职业技能等级证书) was issued; membership raises the member's level."""
+
     certificate_id: UUID
     serial: str
     member_id: UUID
@@ -195,6 +206,7 @@ class CertificateIssued(EventData):
 @event("changai.training.competition.announced.v1", subject="competition_id")
 class CompetitionAnnounced(EventData):
     """A labour competition (劳动竞赛) or skills competition (职业技能大赛) was announced."""
+
     competition_id: UUID
     name: str
     kind: CompetitionKind
@@ -209,6 +221,7 @@ class CompetitionAnnounced(EventData):
 @event("changai.training.competition.participants_registered.v1", subject="competition_id")
 class CompetitionParticipantsRegistered(EventData):
     """Participants registered: named members, or a headcount a branch reported (enterprise-tier rounds)."""
+
     competition_id: UUID
     kind: CompetitionKind
     tier: Tier
@@ -253,6 +266,7 @@ class CompetitionResultsPublished(EventData):
 @event("changai.training.studio.recognised.v1", subject="studio_id")
 class StudioRecognised(EventData):
     """An innovation studio, high-skill training base or skill-master studio was recognised."""
+
     studio_id: UUID
     kind: StudioKind
     name: str
