@@ -4,9 +4,8 @@ record id, stable across retries so the receiver can drop a repeat), until the r
 a failure waits 1, 2, 4 … s (at most ``intake_reply_max_backoff_s``) and tries again. Rows are claimed with
 SKIP LOCKED, so replicas send different answers.
 
-The sending itself is the notifier's (``services.notifier.outbound``: the SSRF guard that connects only to
-the addresses it checked, the signature, the classification of the receiver's answer), reused rather than
-copied; it belongs in ``shared/`` once its owner moves it.
+The sending itself is the platform's (``shared.webhooks``, as the notifier's: the SSRF guard that connects only to
+the addresses it checked, the signature, the classification of the receiver's answer).
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import orjson
 
 from services.intake import metrics, store, usecases
 from services.intake.settings import IntakeSettings
-from services.notifier import outbound
+from shared import webhooks as outbound  # the signed-webhook sender (SSRF guard, pinning, signatures)
 from shared.crypto import FieldCipher
 from shared.timing import wait_set
 

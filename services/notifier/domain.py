@@ -26,6 +26,12 @@ from zoneinfo import ZoneInfo
 
 from services.notifier import holidays  # also puts the calendar's gauge on every notifier process's /metrics
 from shared import regions
+from shared.webhooks import (  # noqa: F401  (re-exported: the notifier judges webhook answers with them)
+    Outcome,
+    classify_http,
+    parse_retry_after,
+    payload_hash,
+)
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 KINDS = ("webhook", "wecom", "dingtalk", "email")
@@ -77,10 +83,7 @@ NOT_ROUTED = (
 # -- subscriptions ---------------------------------------------------------------
 def subscribed(patterns: Iterable[str], event_type: str) -> bool:
     """``*``, an exact type, or a prefix ending in ``.*`` (``changai.training.*``)."""
-    for p in patterns:
-        if p == "*" or p == event_type or (p.endswith(".*") and event_type.startswith(p[:-1])):
-            return True
-    return False
+    return any(p == "*" or p == event_type or (p.endswith(".*") and event_type.startswith(p[:-1])) for p in patterns)
 
 
 def valid_pattern(pattern: str, known: Iterable[str]) -> bool:
@@ -105,7 +108,8 @@ class Concern:
     regions: set[str] = field(default_factory=set)
 
 
-def _uuid(value: Any) -> uuid.UUID | None:
+def as_uuid(value: Any) -> uuid.UUID | None:
+    """The value as a UUID, or None when it is not one (events carry ids as text or UUIDs)."""
     if isinstance(value, uuid.UUID):
         return value
     try:
@@ -122,19 +126,18 @@ def concern(event_type: str, data: Any) -> Concern:
     c = Concern()
     get = (lambda name: data.get(name)) if isinstance(data, dict) else (lambda name: getattr(data, name, None))
     for name in BRANCH_FIELDS:
-        if (b := _uuid(get(name))) is not None:
+        if (b := as_uuid(get(name))) is not None:
             c.branches.add(b)
     kind = str(get("organiser_kind") or "")
-    if get("organiser_id") is not None and kind in ("", "branch"):
-        # subsidy events carry no organiser kind: an id that is a known branch reaches it, others reach no one.
-        if (b := _uuid(get("organiser_id"))) is not None:
-            c.branches.add(b)
-    if str(get("beneficiary_kind") or "") == "branch" and (b := _uuid(get("beneficiary_id"))) is not None:
+    # subsidy events carry no organiser kind: an id that is a known branch reaches it, others reach no one.
+    if get("organiser_id") is not None and kind in ("", "branch") and (b := as_uuid(get("organiser_id"))) is not None:
+        c.branches.add(b)
+    if str(get("beneficiary_kind") or "") == "branch" and (b := as_uuid(get("beneficiary_id"))) is not None:
         c.branches.add(b)
     if not c.branches:
-        if (m := _uuid(get("member_id"))) is not None:
+        if (m := as_uuid(get("member_id"))) is not None:
             c.members.add(m)
-        if (s := _uuid(get("session_id"))) is not None and get("organiser_id") is None:
+        if (s := as_uuid(get("session_id"))) is not None and get("organiser_id") is None:
             c.sessions.add(s)
     for name in REGION_FIELDS:
         code = get(name)
@@ -219,7 +222,7 @@ class ChannelIndex:
 
     def owned_by(self, owner_kind: str, owner: str) -> list[Channel]:
         if owner_kind == "branch":
-            return list(self.by_branch.get(_uuid(owner), []))
+            return list(self.by_branch.get(as_uuid(owner), []))
         return list(self.by_region.get(owner, []))
 
 
@@ -271,7 +274,7 @@ def targets(
         paused = ts[0].channel
         others = [ch for ch in index.owned_by(owner_kind, owner) if ch.status == "active" and ch.id not in chosen]
         if not others:
-            region = owner if owner_kind == "federation" else branch_regions.get(_uuid(owner))
+            region = owner if owner_kind == "federation" else branch_regions.get(as_uuid(owner))
             for code in regions.ancestors(region)[1:] if region else [regions.REGION_ROOT]:
                 others = [ch for ch in index.by_region.get(code, ()) if ch.status == "active"]
                 if others:
@@ -300,23 +303,7 @@ def paused_notice_targets(
     return [Target(ch, paused.owner_branch_id) for ch in others]
 
 
-# -- outcomes ------------------------------------------------------------------------
-@dataclass
-class Outcome:
-    """What an attempt means. ``result``: delivered | retry | throttled | permanent."""
-
-    result: str
-    status_code: int | None = None
-    errcode: int | None = None
-    error: str | None = None
-    pause: bool = False  # the channel's configuration is wrong: stop and tell its owner
-    retry_after_s: float | None = None  # the receiver asked us to wait at least this long
-    latency_ms: int = 0
-    body_hash: str | None = None
-
-    @property
-    def delivered(self) -> bool:
-        return self.result == "delivered"
+# -- outcomes: shared.webhooks.Outcome (a webhook's answer is judged there; robots' here) ------
 
 
 def classify_robot(
@@ -351,31 +338,6 @@ def classify_robot(
     if action == "permanent":
         return Outcome("permanent", errcode=errcode, error=error)
     return Outcome("retry", errcode=errcode, error=error)
-
-
-def classify_http(status: int, retry_after: str | None = None) -> Outcome:
-    """A webhook receiver's answer (Standard Webhooks conventions)."""
-    if 200 <= status < 300:
-        return Outcome("delivered", status_code=status)
-    wait = parse_retry_after(retry_after)
-    if status == 410:
-        return Outcome("permanent", status_code=status, error="410 Gone: the endpoint was removed", pause=True)
-    return Outcome("retry", status_code=status, error=f"HTTP {status}", retry_after_s=wait)
-
-
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        from email.utils import parsedate_to_datetime
-
-        when = parsedate_to_datetime(value)
-        return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
-    except (TypeError, ValueError):
-        return None
 
 
 # -- retry schedule ------------------------------------------------------------------
@@ -531,7 +493,3 @@ def mask_email(address: str) -> str:
 def mask_url(url: str) -> str:
     parts = urllib.parse.urlsplit(url)
     return f"{parts.scheme}://{parts.hostname or ''}{':' + str(parts.port) if parts.port else ''}/…"
-
-
-def payload_hash(body: bytes) -> str:
-    return hashlib.sha256(body).hexdigest()

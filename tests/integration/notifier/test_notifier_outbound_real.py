@@ -16,6 +16,7 @@ from notifier_fakes import Mailbox, Receivers, make_tls
 from pydantic import SecretStr
 
 from services.notifier import outbound, vault
+from shared import webhooks
 
 pytestmark = pytest.mark.integration
 
@@ -73,7 +74,7 @@ async def test_pinning_tries_each_checked_address_in_turn(tls, https, monkeypatc
     async def check(url, *, allow_private, resolve=True):
         return "localhost", ["127.0.0.2", "127.0.0.1"]
 
-    monkeypatch.setattr(outbound, "check_url", check)
+    monkeypatch.setattr(webhooks, "check_url", check)  # the sender (shared.webhooks) resolves through it
     async with outbound.http_client(ca_bundle=str(ca)) as http:
         outcome = await _post(http, f"https://localhost:{https.port}/hooks/tls-c", secret, https, "tls-c")
     assert outcome.delivered, outcome.error
@@ -82,7 +83,7 @@ async def test_pinning_tries_each_checked_address_in_turn(tls, https, monkeypatc
     async def none_answers(url, *, allow_private, resolve=True):
         return "localhost", ["127.0.0.2", "127.0.0.3"]
 
-    monkeypatch.setattr(outbound, "check_url", none_answers)
+    monkeypatch.setattr(webhooks, "check_url", none_answers)
     async with outbound.http_client(ca_bundle=str(ca)) as http:
         outcome = await _post(http, f"https://localhost:{https.port}/hooks/tls-c", secret, https, "tls-c")
     assert outcome.result == "retry" and "no checked address" in outcome.error
