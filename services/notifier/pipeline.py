@@ -358,7 +358,7 @@ class ReadModel:
             self._members[data.member_id] = data.to_branch_id
             self.last_write = self._behind()
         elif isinstance(data, (t.SessionScheduled, t.SessionCompleted)):
-            organiser = domain._uuid(data.organiser_id) if str(data.organiser_kind) == "branch" else None
+            organiser = domain.as_uuid(data.organiser_id) if str(data.organiser_kind) == "branch" else None
             if self._sessions.get(data.session_id, ...) != organiser:  # completed after scheduled: known
                 if organiser is not None or data.session_id not in self._organisers:
                     self._organisers[data.session_id] = organiser
@@ -414,7 +414,7 @@ def branch_ids_in(data: EventData) -> set[uuid.UUID]:
     found = set()
     for name in (*domain.BRANCH_FIELDS, "parent_id", "organiser_id", "beneficiary_id"):
         value = getattr(data, name, None)
-        if (b := domain._uuid(value)) is not None:
+        if (b := domain.as_uuid(value)) is not None:
             found.add(b)
     return found
 
@@ -650,8 +650,8 @@ def batch_of(data: EventData) -> tuple[str, uuid.UUID] | None:
     event carrying a ``batch_id`` (a roster upload, a batch of payments)."""
     import_id = getattr(data, "import_id", None)
     if import_id:
-        return "membership.import", domain._uuid(import_id)
-    batch_id = domain._uuid(getattr(data, "batch_id", None)) if getattr(data, "batch_id", None) else None
+        return "membership.import", domain.as_uuid(import_id)
+    batch_id = domain.as_uuid(getattr(data, "batch_id", None)) if getattr(data, "batch_id", None) else None
     if batch_id:
         return f"{data.topic.removesuffix('.events')}.batch", batch_id
     return None
@@ -712,7 +712,7 @@ class Digester:
         b.last_time = max(b.last_time, ce.time)
         region = getattr(data, "region_code", None) or "—"
         b.by_region[region] = b.by_region.get(region, 0) + 1
-        if branch := domain._uuid(getattr(data, "branch_id", None) or getattr(data, "organiser_id", None)):
+        if branch := domain.as_uuid(getattr(data, "branch_id", None) or getattr(data, "organiser_id", None)):
             b.branches.add(branch)
         b.touched = time.monotonic()
         DIGESTED.labels(ce.type).inc()
