@@ -598,6 +598,7 @@ BeneficiaryId = Annotated[str, Path(min_length=1, max_length=100, pattern=domain
 @router.put(
     "/beneficiaries/{kind}/{beneficiary_id}",
     response_model=Beneficiary,
+    responses={201: {"model": Beneficiary, "description": "registered now (200: it was, and is updated)"}},
     tags=["beneficiaries"],
     summary="Register a payee within the token's region (training organisers must be, to be paid subsidies)",
 )
@@ -659,6 +660,7 @@ async def list_rules(
 @router.put(
     "/subsidy-rules/{category}/{effective_from}",
     response_model=SubsidyRule,
+    responses={201: {"model": SubsidyRule, "description": "set now (200: it was, and is changed)"}},
     tags=["subsidies"],
     summary="Set the per-person subsidy of a category from a date — funding:admin, region-level token",
 )

@@ -18,7 +18,7 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from standardwebhooks.webhooks import Webhook
 
 from shared.errors import DomainError, Invalid, OutOfScope, status_of
@@ -125,6 +125,15 @@ class SourcePatch(BaseModel):
     _types = field_validator("event_types")(_event_types)
     _url = field_validator("reply_url")(_reply_url)
     _secret = field_validator("reply_secret")(_reply_secret)
+
+    @model_validator(mode="after")
+    def _no_null_for_required(self) -> SourcePatch:
+        # Leaving a field out keeps it; sending null for one a source must have is refused (only
+        # reply_url may be cleared), rather than reaching the database's NOT NULL.
+        for name in ("name", "region_code", "event_types", "client_id", "reply", "status", "reply_secret"):
+            if name in self.model_fields_set and getattr(self, name) is None:
+                raise ValueError(f"{name} may be left out but not null")
+        return self
 
 
 def check_reply(reply: str, reply_url: str | None, has_secret: bool) -> None:

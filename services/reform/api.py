@@ -581,6 +581,7 @@ async def list_pilots(
 @router.put(
     "/city-plans/{city_code}",
     response_model=CityPlanOut,
+    responses={201: {"model": CityPlanOut, "description": "recorded now (200: it was, and is replaced)"}},
     tags=["city plans"],
     summary="Record a city's implementation plan (the office)",
 )

@@ -16,6 +16,7 @@ import re
 import secrets
 import uuid
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import date
 from typing import Annotated, Any, TypeVar
@@ -24,7 +25,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from shared import regions
 from shared.clock import today_cn
-from shared.errors import Conflict, DomainError, Invalid, RuleBroken
+from shared.errors import Conflict, DomainError, Invalid, NotFound, RuleBroken
 from shared.events.training import (
     CertificateIssued,
     CompetitionAnnounced,
@@ -425,9 +426,14 @@ def ensure_enrolments_open(session: Mapping, doing: str = "enrol") -> None:
 
 
 def decide_enrolments(
-    session: Mapping, requested: list[uuid.UUID], members: Mapping[uuid.UUID, Mapping], already: set[uuid.UUID]
+    session: Mapping,
+    requested: list[uuid.UUID],
+    members: Mapping[uuid.UUID, Mapping],
+    already: set[uuid.UUID],
+    hidden: AbstractSet[uuid.UUID] = frozenset(),
 ) -> list[Outcome]:
-    """Who of ``requested`` gets a place, in request order, and why the others do not."""
+    """Who of ``requested`` gets a place, in request order, and why the others do not. ``hidden``: members
+    outside the caller's scope, answered as not found (the caller may not learn they exist)."""
     ensure_enrolments_open(session)
     free = session["capacity"] - session["enrolled"]
     seen: set[uuid.UUID] = set()
@@ -437,6 +443,8 @@ def decide_enrolments(
         problem: DomainError | None
         if mid in seen:
             problem = duplicate_item(mid)
+        elif mid in hidden:
+            problem = NotFound("member", mid)
         elif mid in already:
             problem = refuse(
                 Conflict,

@@ -345,8 +345,11 @@ async def enrol_members(
     that no longer takes enrolments refuses the whole command."""
     session = await _visible_session(conn, session_id, actor, lock=True)
     members = await store.members_by_id(conn, member_ids)
+    # The one region rule: a member outside the caller's scope is not there for it (404), as on a read;
+    # enrolling another city's member is that city's federation's (or the region's) to do.
+    hidden = {mid for mid, m in members.items() if not actor.may_act_on(m["region_code"])}
     already = set(await store.live_enrolments(conn, session_id, member_ids))
-    outcomes = domain.decide_enrolments(session, member_ids, members, already)
+    outcomes = domain.decide_enrolments(session, member_ids, members, already, hidden)
     accepted = [o for o in outcomes if o.problem is None]
     try:
         await store.insert_enrolments(
