@@ -279,6 +279,7 @@ async def _owner(conn, principal: Principal, owner: inputs.Owner) -> tuple[str, 
             )
         principal.ensure_region(branch["region_code"])
         return "branch", owner.branch_id, branch["region_code"], branch["name"]
+    assert owner.region_code is not None, "Owner's validator requires a branch id or a region code"
     region = regions.get(owner.region_code)
     if region is None:
         raise invalid("owner.region_code", "not a Ningxia region, city or county code")
@@ -304,8 +305,10 @@ async def _kind_secrets(
     """(secrets, public config, new signing secret) for a kind's settings."""
     try:
         cfg = inputs.CONFIGS[kind].model_validate(raw)
-    except Exception as exc:  # pydantic's ValidationError, shaped as a problem
-        errors = getattr(exc, "errors", lambda: [])()
+    # pydantic's ValidationError, shaped as a problem; the last resort also turns any other error a kind's
+    # validator raises about the client's config into a 422, never a 500.
+    except Exception as exc:  # noqa: BLE001 — deliberate last resort: the config is the client's input
+        errors: list[dict] = getattr(exc, "errors", lambda: [])()
         items = [
             {"field": "config." + ".".join(map(str, e.get("loc", ()))), "reason": e.get("msg", "")} for e in errors
         ] or [{"field": "config", "reason": str(exc)}]
@@ -318,7 +321,8 @@ async def _kind_secrets(
         ) from None
     secrets = dict(existing or {})
     new_secret = None
-    if kind == "webhook":
+    # CONFIGS maps each kind to its own class: the isinstance checks are the kind checks, typed.
+    if isinstance(cfg, inputs.WebhookConfig):
         try:
             await outbound.check_url(cfg.url, allow_private=settings.outbound_allow_private)
         except outbound.UnsafeURL as exc:
@@ -328,7 +332,7 @@ async def _kind_secrets(
             new_secret = vault.new_webhook_secret()
             secrets["signing"] = [{"secret": new_secret, "expires_at": None}]
         return secrets, {"url": domain.mask_url(cfg.url)}, new_secret
-    if kind == "wecom":
+    if isinstance(cfg, inputs.WecomConfig):
         key = cfg.key
         if cfg.webhook_url:
             try:
@@ -339,7 +343,7 @@ async def _kind_secrets(
             raise invalid("config.key", "give the robot's key or its webhook_url")
         secrets["key"] = key
         return secrets, {"key": domain.mask(key), "format": cfg.format}, None
-    if kind == "dingtalk":
+    if isinstance(cfg, inputs.DingtalkConfig):
         token = cfg.access_token
         if cfg.webhook_url:
             try:
@@ -363,6 +367,7 @@ async def _kind_secrets(
             },
             None,
         )
+    assert isinstance(cfg, inputs.EmailConfig), f"no settings for channel kind {kind!r}"
     secrets["to"] = cfg.to
     return secrets, {"to": [domain.mask_email(a) for a in cfg.to]}, None
 
@@ -502,10 +507,8 @@ async def patch_channel(
         if body.config is not None:
             key = settings.data_key_bytes()
             old = vault.open_(key, channel_id, bytes(row["secrets"]))
-            if row["kind"] == "webhook":
-                old = {"signing": old.get("signing", [])}  # the signing secrets stay; the URL may change
-            else:
-                old = {}
+            # the signing secrets stay; the URL may change
+            old = {"signing": old.get("signing", [])} if row["kind"] == "webhook" else {}
             secrets, config, _ = await _kind_secrets(row["kind"], body.config, settings, existing=old)
             fields["secrets"] = vault.seal(key, channel_id, secrets)
             fields["config"] = config
@@ -711,6 +714,7 @@ async def test_channel(
     while time.monotonic() < deadline:
         async with pool.acquire() as conn:
             row = await store.get_delivery(conn, delivery_id)
+            assert row is not None, "the delivery was written by this request"
             if row["status"] in ("delivered", "dead"):
                 attempts = await store.attempts_of(conn, [delivery_id])
                 view = delivery_view(row, attempts)

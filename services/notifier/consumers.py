@@ -18,6 +18,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import asyncpg
 import faust
@@ -32,6 +33,23 @@ from shared.outbox import OutboxRelay, murmur2
 from shared.streams import create_stream_app, parse_or_dead_letter
 
 log = logging.getLogger(__name__)
+
+# Tasks the worker starts and does not await: the event loop keeps only weak references to tasks,
+# so each is held here until it is done (else a collected task could vanish mid-flight).
+_background: set[asyncio.Future] = set()
+T = TypeVar("T")
+
+
+def _keep(fut: asyncio.Future) -> None:
+    _background.add(fut)
+    fut.add_done_callback(_background.discard)
+
+
+def _ready(value: T | None) -> T:
+    """A resource ``Resources.start()`` sets: every agent and task waits for ``ready`` before using one."""
+    if value is None:
+        raise RuntimeError("the notifier worker's resources are not started")
+    return value
 
 
 def _raw_topic(app: faust.App, *names: str) -> faust.TopicT:
@@ -134,12 +152,12 @@ async def _send_all(
                 await asyncio.gather(*held)
                 event.ack()
 
-            asyncio.ensure_future(later())
+            _keep(asyncio.ensure_future(later()))
         return
     futures = [await topic.send(key=k, value=v, headers=list(topics.DELIVERY_HEADERS)) for k, v in records]
 
     async def settle() -> None:
-        for (key, value), fut in zip(records, futures):
+        for (key, value), fut in zip(records, futures, strict=True):
             delay = 0.5
             while True:
                 try:
@@ -160,7 +178,7 @@ async def _send_all(
             await asyncio.gather(*held)
         event.ack()
 
-    asyncio.ensure_future(settle())
+    _keep(asyncio.ensure_future(settle()))
 
 
 def _peek_type(value: bytes | None) -> str | None:
@@ -172,7 +190,7 @@ def _peek_type(value: bytes | None) -> str | None:
 
 def _once(event):
     """An acknowledgement that counts once however often it is called."""
-    done = []
+    done: list[bool] = []
 
     async def ack() -> None:
         if not done:
@@ -223,12 +241,12 @@ def build_worker(settings: NotifierSettings) -> tuple[faust.App, Resources]:
     async def start_resources() -> None:
         try:
             await _retrying("starting the notifier's resources", res.start, forward)
-            res.deliverer.owns = owns
+            _ready(res.deliverer).owns = owns
         except Exception as exc:
             res.error = repr(exc)
             raise
-        asyncio.ensure_future(res.due.run())
-        log.info("notifier worker ready", extra={"channels": len(res.channels.index.by_id)})
+        _keep(asyncio.ensure_future(_ready(res.due).run()))
+        log.info("notifier worker ready", extra={"channels": len(_ready(res.channels).index.by_id)})
 
     async def route(stream):
         """Route (who gets it) and render (what each channel is sent), then re-key by channel.
@@ -240,7 +258,7 @@ def build_worker(settings: NotifierSettings) -> tuple[faust.App, Resources]:
         training event behind them in one agent's buffer."""
         await res.ready.wait()
         async for event in stream.noack().events():
-            if not res.router.wants(_peek_type(event.message.value)):
+            if not _ready(res.router).wants(_peek_type(event.message.value)):
                 event.ack()  # nobody hears it and the read model needs nothing from it: no parsing
                 continue
             parsed = await parse_or_dead_letter(app, event)
@@ -248,11 +266,11 @@ def build_worker(settings: NotifierSettings) -> tuple[faust.App, Resources]:
                 event.ack()
                 continue
             ce, data = parsed
-            deliveries, held = await _retrying("routing an event", res.router.route, ce, data)
+            deliveries, held = await _retrying("routing an event", _ready(res.router).route, ce, data)
             records = []
             if deliveries:
                 records = await _retrying(
-                    "rendering notices", res.render.render, ce, data, event.message.value, deliveries
+                    "rendering notices", _ready(res.render).render, ce, data, event.message.value, deliveries
                 )
             await _send_all(deliver_topic, event, records, held)
 
@@ -271,7 +289,9 @@ def build_worker(settings: NotifierSettings) -> tuple[faust.App, Resources]:
                 event.ack()
                 continue
 
-            await _retrying("queueing a delivery", res.deliverer.submit, delivery_id, channel_id, record, _once(event))
+            await _retrying(
+                "queueing a delivery", _ready(res.deliverer).submit, delivery_id, channel_id, record, _once(event)
+            )
 
     @app.agent(waiting_topic)
     async def wait_until_due(stream):
@@ -285,13 +305,13 @@ def build_worker(settings: NotifierSettings) -> tuple[faust.App, Resources]:
 
             ack = _once(event)
             try:
-                known = await res.channels.get_or_load(uuid.UUID(record["c"]))
+                known = await _ready(res.channels).get_or_load(uuid.UUID(record["c"])) is not None
             except Exception:  # noqa: BLE001 - cannot tell: keep it
                 known = True
             if not known:
                 await ack()  # not a channel of this deployment
                 continue
-            res.due.add(event.message.key or b"", record, ack)
+            _ready(res.due).add(event.message.key or b"", record, ack)
 
     @app.timer(interval=settings.notifier_sweep_interval_s)
     async def due_work() -> None:
@@ -299,7 +319,7 @@ def build_worker(settings: NotifierSettings) -> tuple[faust.App, Resources]:
         itself (after a restart or a rebalance): retries, deferrals, backlogs, lapsed leases."""
         if res.ready.is_set() and not app.rebalancing:
             try:
-                await res.deliverer.poll()
+                await _ready(res.deliverer).poll()
             except Exception:
                 log.warning("looking for due deliveries failed", exc_info=True)
 

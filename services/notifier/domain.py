@@ -222,7 +222,8 @@ class ChannelIndex:
 
     def owned_by(self, owner_kind: str, owner: str) -> list[Channel]:
         if owner_kind == "branch":
-            return list(self.by_branch.get(as_uuid(owner), []))
+            branch = as_uuid(owner)
+            return list(self.by_branch.get(branch, [])) if branch is not None else []
         return list(self.by_region.get(owner, []))
 
 
@@ -274,7 +275,8 @@ def targets(
         paused = ts[0].channel
         others = [ch for ch in index.owned_by(owner_kind, owner) if ch.status == "active" and ch.id not in chosen]
         if not others:
-            region = owner if owner_kind == "federation" else branch_regions.get(as_uuid(owner))
+            branch = as_uuid(owner)
+            region = owner if owner_kind == "federation" else branch_regions.get(branch) if branch else None
             for code in regions.ancestors(region)[1:] if region else [regions.REGION_ROOT]:
                 others = [ch for ch in index.by_region.get(code, ()) if ch.status == "active"]
                 if others:
@@ -294,7 +296,8 @@ def paused_notice_targets(
         region = (
             paused.owner_region
             if paused.owner_kind == "federation"
-            else ((branch_regions or {}).get(paused.owner_branch_id) or paused.owner_region)
+            else ((branch_regions or {}).get(paused.owner_branch_id) if paused.owner_branch_id else None)
+            or paused.owner_region
         )
         for code in regions.ancestors(region)[1:] or [regions.REGION_ROOT]:
             others = [ch for ch in index.by_region.get(code, ()) if ch.status == "active" and ch.id != paused.id]

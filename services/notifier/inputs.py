@@ -82,7 +82,12 @@ class EmailConfig(Strict):
         return v
 
 
-CONFIGS = {"webhook": WebhookConfig, "wecom": WecomConfig, "dingtalk": DingtalkConfig, "email": EmailConfig}
+CONFIGS: dict[str, type[Strict]] = {
+    "webhook": WebhookConfig,
+    "wecom": WecomConfig,
+    "dingtalk": DingtalkConfig,
+    "email": EmailConfig,
+}
 
 
 def _name(v: str) -> str:

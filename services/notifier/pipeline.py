@@ -310,13 +310,19 @@ class ReadModel:
         self._batch: asyncio.Future | None = None
         self._lock = asyncio.Lock()
         self.last_write: asyncio.Future | None = None
+        self._flushes: set[asyncio.Future] = set()  # held until done: the loop keeps only weak references
+
+    def _flush_soon(self) -> None:
+        fut = asyncio.ensure_future(self.flush())
+        self._flushes.add(fut)
+        fut.add_done_callback(self._flushes.discard)
 
     def _behind(self) -> asyncio.Future:
         if self._batch is None:
             self._batch = asyncio.get_running_loop().create_future()
-            asyncio.get_running_loop().call_later(self.linger, lambda: asyncio.ensure_future(self.flush()))
+            asyncio.get_running_loop().call_later(self.linger, self._flush_soon)
         if len(self._members) + len(self._organisers) >= 2000:
-            asyncio.ensure_future(self.flush())
+            self._flush_soon()
         return self._batch
 
     async def flush(self) -> None:
@@ -482,14 +488,16 @@ class Router:
                 written = self.model.last_write  # read now: other topics' agents route meanwhile
                 chosen = await self._targets(conn, ce, data, index)
         held = [written] if written is not None else []
-        batch = batch_of(data) if self.digester is not None and chosen else None
-        if batch is not None:  # a bulk operation: a digest for each channel that did not ask for every row
+        digester = self.digester
+        batch = batch_of(data) if digester is not None and chosen else None
+        # a bulk operation: a digest for each channel that did not ask for every row
+        if digester is not None and batch is not None:
             each = []
             for tg in chosen:
                 if wants_each(tg.channel, ce.type):
                     each.append(tg)
                 else:
-                    held.append(self.digester.add(tg.channel, batch, ce, data, tg.branch_id))
+                    held.append(digester.add(tg.channel, batch, ce, data, tg.branch_id))
             chosen = each
         if chosen:
             ROUTED.labels(ce.type).inc(len(chosen))
@@ -510,14 +518,15 @@ class Router:
             paused = self.channels.get(data.channel_id) or await self.channels.reload_one(data.channel_id)
             if paused is None:
                 return []
-            regions_ = {}
+            regions_: dict[uuid.UUID, str] = {}
             if paused.owner_branch_id:
                 _, regions_ = await self.model.lineage(conn, {paused.owner_branch_id})
             return domain.paused_notice_targets(self.channels.index, paused, regions_)
         if isinstance(data, ChannelResumed):
             ch = self.channels.get(data.channel_id) or await self.channels.reload_one(data.channel_id)
-            ok = ch is not None and ch.status == "active" and domain.subscribed(ch.event_types, ce.type)
-            return [Target(ch, ch.owner_branch_id)] if ok else []
+            if ch is None or ch.status != "active" or not domain.subscribed(ch.event_types, ce.type):
+                return []
+            return [Target(ch, ch.owner_branch_id)]
         c = domain.concern(ce.type, data)
         if c.members or c.sessions:
             await self.model.flush()  # what was written behind is read here
@@ -648,9 +657,10 @@ DIGEST_NS = uuid.UUID("0d1e5a7c-3b9f-4c21-8e6a-d19e57c0a7b3")
 def batch_of(data: EventData) -> tuple[str, uuid.UUID] | None:
     """The bulk operation an event belongs to, if any: a member import (``import_id``), or any
     event carrying a ``batch_id`` (a roster upload, a batch of payments)."""
-    import_id = getattr(data, "import_id", None)
+    # import_id is a UUID in the event model (membership.py): as_uuid only narrows its type
+    import_id = domain.as_uuid(getattr(data, "import_id", None))
     if import_id:
-        return "membership.import", domain.as_uuid(import_id)
+        return "membership.import", import_id
     batch_id = domain.as_uuid(getattr(data, "batch_id", None)) if getattr(data, "batch_id", None) else None
     if batch_id:
         return f"{data.topic.removesuffix('.events')}.batch", batch_id
@@ -1325,7 +1335,7 @@ class Deliverer:
             return Outcome("retry", error="channel not available to this worker"), claims
         if len(claims) > 1:
             bodies = [orjson.loads(c.payload) for c in claims]
-            digest, n = self.renderer.digest(
+            digest, _n = self.renderer.digest(
                 ch.kind, ch.config.get("format", "markdown"), ch.locale, bodies, keyword=ch.config.get("keyword")
             )
             body = orjson.dumps(digest)

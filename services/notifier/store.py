@@ -62,7 +62,8 @@ async def upsert_branch(
     status: str = "active",
 ) -> None:
     await conn.execute(
-        """INSERT INTO branches (id, name, region_code, parent_id, kind, status) VALUES ($1, COALESCE($2, ''), $3, $4, $5, $6)
+        """INSERT INTO branches (id, name, region_code, parent_id, kind, status)
+           VALUES ($1, COALESCE($2, ''), $3, $4, $5, $6)
            ON CONFLICT (id) DO UPDATE SET name = COALESCE($2, branches.name), region_code = $3,
                parent_id = COALESCE($4, branches.parent_id), kind = COALESCE($5, branches.kind), status = $6,
                updated_at = now()""",
@@ -118,7 +119,8 @@ async def set_session_organisers(conn, pairs: dict[uuid.UUID, uuid.UUID | None])
     if pairs:
         await conn.execute(
             """INSERT INTO session_organisers (session_id, branch_id) SELECT * FROM unnest($1::uuid[], $2::uuid[])
-               ON CONFLICT (session_id) DO UPDATE SET branch_id = COALESCE(EXCLUDED.branch_id, session_organisers.branch_id),
+               ON CONFLICT (session_id) DO UPDATE
+               SET branch_id = COALESCE(EXCLUDED.branch_id, session_organisers.branch_id),
                    updated_at = now()""",
             list(pairs),
             list(pairs.values()),
@@ -311,7 +313,7 @@ async def claim(
     send_id: uuid.UUID | None,
     routed: dict | None = None,
     defer_until: datetime | None = None,
-    deferred_topic: str = "",
+    deferred_topic: str | None = "",  # None or "": no outbox record for a deferral (migration 0004)
     deferred_value: dict | None = None,
 ) -> tuple[str, Claim | None]:
     """Take a delivery for one attempt, in one round trip (``notifier_claim``, migration 0003).
@@ -371,7 +373,8 @@ async def finish_attempt(
     send_id: uuid.UUID | None,
 ) -> None:
     await conn.execute(
-        """UPDATE attempts SET finished_at = clock_timestamp(), outcome = $2, status_code = $3, errcode = $4, error = $5,
+        """UPDATE attempts SET finished_at = clock_timestamp(), outcome = $2, status_code = $3, errcode = $4,
+               error = $5,
                latency_ms = $6, payload_hash = $7, digest_of = $8, send_id = COALESCE($9, send_id) WHERE id = $1""",
         claim.attempt_id,
         outcome,
@@ -398,7 +401,8 @@ async def mark_delivered(conn, claim: Claim, *, status_code, errcode) -> None:
 async def mark_retry(conn, claim: Claim, *, delay_s: float, counts: bool, status_code, errcode, error) -> datetime:
     return await conn.fetchval(
         """UPDATE deliveries SET status = 'retrying', failures = failures + $2::int, lease_until = NULL,
-               next_attempt_at = clock_timestamp() + make_interval(secs => $3), last_status_code = $4, last_errcode = $5,
+               next_attempt_at = clock_timestamp() + make_interval(secs => $3), last_status_code = $4,
+               last_errcode = $5,
                last_error = $6, updated_at = now() WHERE id = $1 RETURNING next_attempt_at""",
         claim.delivery_id,
         1 if counts else 0,
@@ -506,7 +510,7 @@ async def spill(conn, rows: list[tuple]) -> None:
     channel_id, branch_id, region, fallback_for, payload). A row already there is left alone."""
     if not rows:
         return
-    cols = list(zip(*rows))
+    cols = list(zip(*rows, strict=True))  # every row has the same nine fields
     hashes = [payload_hash(p) for p in cols[8]]
     await conn.execute(
         """INSERT INTO deliveries (id, event_id, event_type, event_time, channel_id, branch_id, region_code,
@@ -607,7 +611,8 @@ async def robot_take(conn, robot: str, limit: int, window_s: float) -> float:
 async def block_robot(conn, robot: str, seconds: float, errcode: int | None) -> None:
     """The robot refused for sending too fast (45009, 130101): every channel of it waits."""
     await conn.execute(
-        """INSERT INTO robot_blocks (robot, until, errcode) VALUES ($1, clock_timestamp() + make_interval(secs => $2), $3)
+        """INSERT INTO robot_blocks (robot, until, errcode)
+           VALUES ($1, clock_timestamp() + make_interval(secs => $2), $3)
            ON CONFLICT (robot) DO UPDATE SET until = GREATEST(robot_blocks.until, EXCLUDED.until),
                errcode = EXCLUDED.errcode, since = CASE WHEN robot_blocks.until < clock_timestamp()
                                                         THEN clock_timestamp() ELSE robot_blocks.since END""",
@@ -670,7 +675,8 @@ async def get_delivery(conn, delivery_id: uuid.UUID) -> asyncpg.Record | None:
 async def attempts_of(conn, delivery_ids: Sequence[uuid.UUID]) -> list[asyncpg.Record]:
     return await conn.fetch(
         "SELECT delivery_id, n, started_at, finished_at, outcome, status_code, errcode, error, latency_ms, "
-        "payload_hash, digest_of, requested_by FROM attempts WHERE delivery_id = ANY($1::uuid[]) ORDER BY delivery_id, n",
+        "payload_hash, digest_of, requested_by FROM attempts WHERE delivery_id = ANY($1::uuid[]) "
+        "ORDER BY delivery_id, n",
         list(delivery_ids),
     )
 
