@@ -33,7 +33,8 @@ DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 YEAR_DEFAULT = "2021"
 
 CITY_NAMES = {
-    c.code: f"{c.name} {en}" for c, en in zip(CITIES, ("Yinchuan", "Shizuishan", "Wuzhong", "Guyuan", "Zhongwei"))
+    c.code: f"{c.name} {en}"
+    for c, en in zip(CITIES, ("Yinchuan", "Shizuishan", "Wuzhong", "Guyuan", "Zhongwei"), strict=True)
 }
 CITY_NAMES[REGION_ROOT] = "自治区本级 Region level"
 CITY_NAMES["unknown"] = "未知 Unknown"
@@ -132,7 +133,7 @@ def _overrides(by: str | None) -> list[dict]:
 def _panel_json(panel: Panel, pid: int, x: int, y: int) -> dict:
     targets = []
     for i, t in enumerate(panel.targets):
-        target = {
+        target: dict[str, Any] = {
             "datasource": DATASOURCE,
             "expr": t.expr,
             "refId": chr(ord("A") + i),

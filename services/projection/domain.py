@@ -86,7 +86,7 @@ def place(region_code: str | None, city_code: str | None = None) -> tuple[str, s
     The region-level code 640000 (自治区本级) is its own "city"."""
     region = region_code if region_code in REGIONS else UNKNOWN
     if city_code in CITY_CODES:
-        return region, city_code  # type: ignore[return-value]
+        return region, city_code
     if region == REGION_ROOT:
         return region, REGION_ROOT
     r = REGIONS.get(region)
@@ -316,12 +316,13 @@ class Projection:
         """(labels, cumulative buckets, sum in seconds) of a histogram family."""
         counts: dict[Labels, list[int]] = {}
         for lk, n in self.totals.get(fid, {}).items():
-            *labels, bucket = self.labels_of(lk)
-            counts.setdefault(tuple(labels), [0] * (len(LATENCY_BUCKETS_MS) + 1))[int(bucket)] += int(n)
+            *label_values, bucket = self.labels_of(lk)
+            counts.setdefault(tuple(label_values), [0] * (len(LATENCY_BUCKETS_MS) + 1))[int(bucket)] += int(n)
         sums = self.totals.get(fid + "_sum", {})
         for labels, per_bucket in sorted(counts.items()):
-            cumulative, running = [], 0
-            for bound, n in zip([*LATENCY_BUCKETS_MS, None], per_bucket):
+            cumulative: list[tuple[str, float]] = []
+            running = 0
+            for bound, n in zip([*LATENCY_BUCKETS_MS, None], per_bucket, strict=True):  # one count per bucket
                 running += n
                 cumulative.append(("+Inf" if bound is None else _le(bound), running))
             yield labels, cumulative, sums.get(SEP.join(labels), 0) / 1000
@@ -378,7 +379,7 @@ def aggregate_contributions(record: dict) -> list[tuple[str, Labels]]:
         if record["paused"]:
             return [("channels_paused", (record["channel"],))]
     elif kind == "reform_task":
-        out = [("reform_tasks", (record["year"], record["status"], record["unit"]))]
+        out: list[tuple[str, Labels]] = [("reform_tasks", (record["year"], record["status"], record["unit"]))]
         if record["overdue"]:
             out.append(("reform_tasks_overdue", (record["year"], record["unit"])))
         return out

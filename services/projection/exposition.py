@@ -34,18 +34,20 @@ class FiguresCollector:
             return
         for family in EXPORTED:
             if family.kind == "histogram":
-                metric = HistogramMetricFamily(family.name, family.help, labels=family.labels)
+                histogram = HistogramMetricFamily(family.name, family.help, labels=family.labels)
                 for labels, buckets, total in proj.histogram(family.fid):
-                    metric.add_metric(list(labels), buckets, total)
+                    histogram.add_metric(list(labels), buckets, total)
+                yield histogram
             elif family.prometheus_type == "counter":
-                metric = CounterMetricFamily(family.name, family.help, labels=family.labels)
+                counter = CounterMetricFamily(family.name, family.help, labels=family.labels)
                 for labels, value in proj.values(family.fid):
-                    metric.add_metric(labels, value)
+                    counter.add_metric(labels, value)
+                yield counter
             else:
-                metric = GaugeMetricFamily(family.name, family.help, labels=family.labels)
+                gauge = GaugeMetricFamily(family.name, family.help, labels=family.labels)
                 for labels, value in proj.values(family.fid):
-                    metric.add_metric(labels, value)
-            yield metric
+                    gauge.add_metric(labels, value)
+                yield gauge
 
 
 def _escape(value: str) -> str:
@@ -70,7 +72,8 @@ class Renderer:
         return (f"# HELP {family.name} {_help(family.help)}\n# TYPE {family.name} {family.prometheus_type}\n").encode()
 
     def _prefix(self, family: Family, labels: tuple[str, ...], name: str | None = None, extra: str = "") -> str:
-        pairs = sorted(f'{n}="{_escape(v)}"' for n, v in zip(family.labels, labels))
+        # not strict: pairs names and values as prometheus-client's add_metric does (the renderings stay equal)
+        pairs = sorted(f'{n}="{_escape(v)}"' for n, v in zip(family.labels, labels, strict=False))
         if extra:
             pairs.append(extra)  # `le` goes last, as prometheus-client writes it
         return f"{name or family.name}{{{','.join(pairs)}}} " if pairs else f"{name or family.name} "

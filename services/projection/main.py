@@ -26,15 +26,19 @@ watermark are skipped, so nothing is counted twice (and nothing is lost).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import sys
 import time
+from collections.abc import MutableMapping
 from pathlib import Path
+from typing import Any
 
 import faust
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.stores.memory import Store as MemoryStore
 from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Gauge, generate_latest
 from pydantic import Field
@@ -175,12 +179,10 @@ class SourceReader:
             async for r in read_to_end(s.kafka_bootstrap, [TopicPartition(t, 0) for t in s.dlq_topics()]):
                 h = {k: _text(v) for k, v in (r.headers or [])}
                 if h.get("changai-dlq-consumer") == s.projection_app_id:
-                    try:
+                    with contextlib.suppress(KeyError, ValueError):  # a header missing or not a number: not ours
                         parked.add(
                             (h["changai-dlq-topic"], int(h["changai-dlq-partition"]), int(h["changai-dlq-offset"]))
                         )
-                    except (KeyError, ValueError):
-                        pass
         except TimeoutError:
             # Carry on rather than never becoming ready: at worst a replayed invalid record is parked twice.
             log.warning("dead-letter topics not read to their end; %d earlier dead letters known", len(parked))
@@ -200,9 +202,11 @@ class SourceReader:
 
     async def _run(self) -> None:
         s = self.worker.settings
+        consumer = self.consumer
+        assert consumer is not None, "start() makes the consumer before it starts this task"
         while not self._stopping:
             try:
-                batches = await self.consumer.getmany(timeout_ms=500, max_records=s.projection_batch_max)
+                batches = await consumer.getmany(timeout_ms=500, max_records=s.projection_batch_max)
                 if not batches:
                     continue
                 n = await self.worker.apply_records(batches)
@@ -217,8 +221,10 @@ class SourceReader:
 
     async def _rewind(self) -> None:
         proj, prefix = self.worker.projection, self.worker.prefix
-        for tp in self.consumer.assignment():
-            self.consumer.seek(tp, proj.resume_offset(base_topic(tp.topic, prefix), tp.partition))
+        consumer = self.consumer
+        assert consumer is not None, "only _run rewinds, after start() made the consumer"
+        for tp in consumer.assignment():
+            consumer.seek(tp, proj.resume_offset(base_topic(tp.topic, prefix), tp.partition))
 
 
 class ProjectionWorker:
@@ -254,11 +260,20 @@ class ProjectionWorker:
         )
         if s.projection_faust_sensors:
             self.app.monitor = _faust_monitor()
-        schema = faust.Schema(key_type=str, value_type=None, key_serializer="json", value_serializer="json")
-        table_opts = dict(
-            default=None, schema=schema, recovery_buffer_size=10000, extra_topic_configs=changelog_configs(s)
+        schema: faust.Schema[str, Any] = faust.Schema(
+            key_type=str, value_type=None, key_serializer="json", value_serializer="json"
         )
-        self.tables = {name: self.app.Table(name, partitions=6, **table_opts) for name in TABLES}
+        self.tables = {
+            name: self.app.Table(
+                name,
+                partitions=6,
+                default=None,
+                schema=schema,
+                recovery_buffer_size=10000,
+                extra_topic_configs=changelog_configs(s),
+            )
+            for name in TABLES
+        }
         self.projection = Projection(
             self._store("counters"), self._store("aggregates"), dedupe_window=s.projection_dedupe_window
         )
@@ -275,8 +290,10 @@ class ProjectionWorker:
         self.app.service(self._stopper_service())
         self._pages()
 
-    def _store(self, name: str) -> dict:
-        return self.tables[name].data.data  # the memory store's dict (Faust recovers into it)
+    def _store(self, name: str) -> MutableMapping[str, dict]:
+        store = self.tables[name].data
+        assert isinstance(store, MemoryStore), "the tables are configured with store='memory://'"
+        return store.data  # the memory store's dict (Faust recovers into it)
 
     # -- assignment, recovery, revocation --------------------------------------------------
     def active_partitions(self) -> set[int]:
@@ -310,7 +327,8 @@ class ProjectionWorker:
             self._ready = True
             READY.set(1)
 
-    async def _revoked(self, app, revoked, **kwargs) -> None:
+    async def _revoked(self, app: faust.App, /, *_revoked: Any, **_kwargs: Any) -> None:
+        """mode calls a handler as fun(sender, *args, signal=..., **kwargs): the sender is positional."""
         async with self._reader_lock:
             self._ready = False
             READY.set(0)
@@ -389,7 +407,8 @@ class ProjectionWorker:
 
     async def _dead_letter(self, record, reason: str) -> None:
         """Park an invalid record in <topic>.dlq with the reason (as shared.kafka.dead_letter does)."""
-        headers = list(record.headers or []) + [
+        headers = [
+            *(record.headers or []),
             ("changai-dlq-reason", reason.encode()[:1000]),
             ("changai-dlq-consumer", self.settings.projection_app_id.encode()),
             ("changai-dlq-topic", record.topic.encode()),
@@ -488,7 +507,7 @@ async def ensure_changelogs(settings: ProjectionSettings) -> list[str]:
         existing = set(await admin.list_topics())
         missing = [t for t in changelog_topics(settings.projection_app_id) if t not in existing]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another worker created them first
                 await admin.create_topics(
                     [
                         NewTopic(
@@ -500,8 +519,6 @@ async def ensure_changelogs(settings: ProjectionSettings) -> list[str]:
                         for t in missing
                     ]
                 )
-            except TopicAlreadyExistsError:
-                pass
         deadline = time.monotonic() + 30
         while set(missing) - set(await admin.list_topics()) and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
