@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import uuid
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 import orjson
@@ -26,8 +27,18 @@ from shared.regions import COUNTIES
 Record = tuple[str, bytes, bytes, list[tuple[str, bytes]]]  # topic, key, value, headers
 
 COUNTY_CODES = [c.code for c in COUNTIES]
-CITY_OF = {c.code: c.parent for c in COUNTIES}
+CITY_OF = {c.code: c.parent for c in COUNTIES if c.parent is not None}  # every county has its city
 FORMS = list(me.EmploymentForm)
+
+
+@dataclass
+class _Member:
+    """A synthetic member as the scenario moves it (a transfer changes its branch and county)."""
+
+    id: uuid.UUID
+    branch: uuid.UUID
+    county: str
+    form: me.EmploymentForm
 
 
 def _id(rng: random.Random) -> uuid.UUID:
@@ -50,7 +61,7 @@ def scenario(seed: int = 2021) -> list[EventData]:
     for i, county in enumerate(["640104", "640104", "640202", "640302", "640402", "640502", "640122"]):
         b = _id(rng)
         branches.append((b, county))
-        kind = [me.BranchKind.enterprise, me.BranchKind.new_form, me.BranchKind.joint][i % 3]
+        branch_kind = [me.BranchKind.enterprise, me.BranchKind.new_form, me.BranchKind.joint][i % 3]
         add(
             me.BranchEstablished(
                 branch_id=b,
@@ -59,7 +70,7 @@ def scenario(seed: int = 2021) -> list[EventData]:
                 region_code=county,
                 city_code=CITY_OF[county],
                 industry_section="C",
-                kind=kind,
+                kind=branch_kind,
                 founded_on=date(2021 if i else 2020, 3, 1 + i),
             )
         )
@@ -97,15 +108,15 @@ def scenario(seed: int = 2021) -> list[EventData]:
     )
 
     # -- members
-    members = []
+    members: list[_Member] = []
     for i in range(60):
         branch, county = branches[i % 5]
-        m = _id(rng)
+        member_id = _id(rng)
         form = FORMS[i % len(FORMS)]
-        members.append([m, branch, county, form])
+        members.append(_Member(member_id, branch, county, form))
         add(
             me.MemberJoined(
-                member_id=m,
+                member_id=member_id,
                 branch_id=branch,
                 region_code=county,
                 city_code=CITY_OF[county],
@@ -119,44 +130,49 @@ def scenario(seed: int = 2021) -> list[EventData]:
         m = members[10 + i]
         add(
             me.MemberTransferred(
-                member_id=m[0],
-                from_branch_id=m[1],
+                member_id=m.id,
+                from_branch_id=m.branch,
                 to_branch_id=branches[0][0],
-                from_region_code=m[2],
+                from_region_code=m.county,
                 to_region_code="640104",
-                from_city_code=CITY_OF[m[2]],
+                from_city_code=CITY_OF[m.county],
                 to_city_code="640100",
-                employment_form=m[3],
+                employment_form=m.form,
                 transferred_on=date(2021, 8, 1),
             )
         )
-        m[1], m[2] = branches[0][0], "640104"
+        m.branch, m.county = branches[0][0], "640104"
     for m in members[20:23]:
         add(
             me.MemberLeft(
-                member_id=m[0],
-                branch_id=m[1],
-                region_code=m[2],
-                city_code=CITY_OF[m[2]],
-                employment_form=m[3],
+                member_id=m.id,
+                branch_id=m.branch,
+                region_code=m.county,
+                city_code=CITY_OF[m.county],
+                employment_form=m.form,
                 left_on=date(2021, 9, 1),
             )
         )
     for m in members[23:25]:
         add(
             me.MemberLapsed(
-                member_id=m[0],
-                branch_id=m[1],
-                region_code=m[2],
-                city_code=CITY_OF[m[2]],
-                employment_form=m[3],
+                member_id=m.id,
+                branch_id=m.branch,
+                region_code=m.county,
+                city_code=CITY_OF[m.county],
+                employment_form=m.form,
                 lapsed_on=date(2021, 9, 2),
             )
         )
     for m in members[30:33]:
         add(
             me.MemberSkillLevelChanged(
-                member_id=m[0], branch_id=m[1], region_code=m[2], city_code=CITY_OF[m[2]], from_level=4, to_level=3
+                member_id=m.id,
+                branch_id=m.branch,
+                region_code=m.county,
+                city_code=CITY_OF[m.county],
+                from_level=4,
+                to_level=3,
             )
         )
     stations = []
@@ -223,7 +239,7 @@ def scenario(seed: int = 2021) -> list[EventData]:
                 capacity=50,
             )
         )
-    for s, p, cat, county in sessions[:3]:
+    for s, _programme, cat, county in sessions[:3]:
         add(
             te.SessionStarted(
                 session_id=s,
@@ -241,19 +257,19 @@ def scenario(seed: int = 2021) -> list[EventData]:
             te.EnrolmentEnrolled(
                 enrolment_id=e,
                 session_id=s,
-                member_id=m[0],
+                member_id=m.id,
                 region_code=county,
                 city_code=CITY_OF[county],
                 subsidy_category=cat,
             )
         )
         if i == 7:
-            add(te.EnrolmentWithdrawn(enrolment_id=e, session_id=s, member_id=m[0]))
+            add(te.EnrolmentWithdrawn(enrolment_id=e, session_id=s, member_id=m.id))
             continue
-        add(te.EnrolmentAttended(enrolment_id=e, session_id=s, member_id=m[0]))
-        add(te.EnrolmentAssessed(enrolment_id=e, session_id=s, member_id=m[0], result="failed" if i == 6 else "passed"))
+        add(te.EnrolmentAttended(enrolment_id=e, session_id=s, member_id=m.id))
+        add(te.EnrolmentAssessed(enrolment_id=e, session_id=s, member_id=m.id, result="failed" if i == 6 else "passed"))
     for i, (s, p, cat, county) in enumerate(sessions[:2]):
-        passed = [m[0] for m in enrolled[i:6:2]]
+        passed = [m.id for m in enrolled[i:6:2]]
         add(
             te.SessionCompleted(
                 session_id=s,
@@ -289,12 +305,12 @@ def scenario(seed: int = 2021) -> list[EventData]:
             te.CertificateIssued(
                 certificate_id=_id(rng),
                 serial=f"S2021{i:06d}",
-                member_id=m[0],
+                member_id=m.id,
                 occupation="电工",
                 level=3 + i % 2,
                 issuer="宁夏职业技能鉴定中心",
-                region_code=m[2],
-                city_code=CITY_OF[m[2]],
+                region_code=m.county,
+                city_code=CITY_OF[m.county],
                 issued_on=date(2021, 5, 10),
             )
         )
@@ -328,7 +344,7 @@ def scenario(seed: int = 2021) -> list[EventData]:
                 tier=tier,
                 region_code=county,
                 city_code=city,
-                member_ids=[members[j][0]],
+                member_ids=[members[j].id],
                 headcount=1,
             )
         )
@@ -367,7 +383,7 @@ def scenario(seed: int = 2021) -> list[EventData]:
         )
     )
     studios = []
-    for kind, level, county in (
+    for studio_kind, level, county in (
         (te.StudioKind.innovation_studio, te.StudioLevel.region, "640104"),
         (te.StudioKind.innovation_studio, te.StudioLevel.city, "640302"),
         (te.StudioKind.training_base, te.StudioLevel.region, "640202"),
@@ -375,11 +391,11 @@ def scenario(seed: int = 2021) -> list[EventData]:
         (te.StudioKind.training_base, te.StudioLevel.national, "640181"),
     ):
         st = _id(rng)
-        studios.append((st, kind, level, county))
+        studios.append((st, studio_kind, level, county))
         add(
             te.StudioRecognised(
                 studio_id=st,
-                kind=kind,
+                kind=studio_kind,
                 name="工作室",
                 host_enterprise="宁夏某企业",
                 lead_worker="王师傅",
@@ -390,11 +406,11 @@ def scenario(seed: int = 2021) -> list[EventData]:
                 recognised_on=date(2021, 7, 1),
             )
         )
-    st, kind, level, county = studios[1]
+    st, studio_kind, level, county = studios[1]
     add(
         te.StudioEvaluated(
             studio_id=st,
-            kind=kind,
+            kind=studio_kind,
             level=te.StudioLevel.region,
             region_code=county,
             city_code=CITY_OF[county],
@@ -402,11 +418,11 @@ def scenario(seed: int = 2021) -> list[EventData]:
             evaluated_on=date(2021, 12, 1),
         )
     )
-    st, kind, level, county = studios[2]
+    st, studio_kind, level, county = studios[2]
     add(
         te.StudioRevoked(
             studio_id=st,
-            kind=kind,
+            kind=studio_kind,
             level=level,
             region_code=county,
             city_code=CITY_OF[county],
@@ -515,7 +531,7 @@ def scenario(seed: int = 2021) -> list[EventData]:
             amount_fen=1_000_000_00,
         )
     )
-    for i, (s, p, cat, county) in enumerate(sessions[:2]):
+    for i, (s, _programme, cat, county) in enumerate(sessions[:2]):
         claim = _id(rng)
         persons = 40 + i
         add(
@@ -568,14 +584,14 @@ def scenario(seed: int = 2021) -> list[EventData]:
     # -- notices
     channel = _id(rng)
     for i in range(6):
-        kind = [ne.ChannelKind.webhook, ne.ChannelKind.wecom, ne.ChannelKind.dingtalk][i % 3]
+        channel_kind = [ne.ChannelKind.webhook, ne.ChannelKind.wecom, ne.ChannelKind.dingtalk][i % 3]
         add(
             ne.DeliverySucceeded(
                 delivery_id=_id(rng),
                 event_id=_id(rng),
                 event_type="changai.membership.branch.established.v1",
                 channel_id=channel,
-                channel_kind=kind,
+                channel_kind=channel_kind,
                 owner_region="640000",
                 attempts=1 + i % 2,
                 latency_ms=200 * (i + 1),
@@ -666,7 +682,7 @@ def backlog(n: int, *, prefix: str = "", seed: int = 7) -> Iterator[Record]:
         subject = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         if kind == "joined":
             etype, topic = "changai.membership.member.joined.v1", "membership.events"
-            data = {
+            data: dict[str, object] = {
                 "member_id": subject,
                 "branch_id": subject,
                 "region_code": county,
@@ -835,7 +851,7 @@ def full_label_set(seed: int = 11) -> list[EventData]:
                             **extra,
                         )
                     )
-            for kind in me.BranchKind:
+            for branch_kind in me.BranchKind:
                 add(
                     me.BranchEstablished(
                         branch_id=_id(rng),
@@ -844,7 +860,7 @@ def full_label_set(seed: int = 11) -> list[EventData]:
                         region_code=county,
                         city_code=city,
                         industry_section="C",
-                        kind=kind,
+                        kind=branch_kind,
                         founded_on=date(year, 1, 1),
                     )
                 )
@@ -1004,16 +1020,16 @@ def full_label_set(seed: int = 11) -> list[EventData]:
                             published_on=date(year, 4, 1),
                         )
                     )
-            for kind in te.StudioKind:
-                for level in te.StudioLevel:
+            for studio_kind in te.StudioKind:
+                for studio_level in te.StudioLevel:
                     add(
                         te.StudioRecognised(
                             studio_id=_id(rng),
-                            kind=kind,
+                            kind=studio_kind,
                             name="室",
                             host_enterprise="企",
                             lead_worker="王",
-                            level=level,
+                            level=studio_level,
                             industry="枸杞",
                             region_code=county,
                             city_code=city,
