@@ -145,7 +145,9 @@ def require(scope: str):
         request.state.principal = principal
         return principal
 
-    dependency.changai_scope = scope  # read by document_scopes: the OpenAPI says which scope a route needs
+    # read by document_scopes (the OpenAPI says which scope a route needs); set through __dict__, as a
+    # function's type declares no such attribute
+    dependency.__dict__["changai_scope"] = scope
     return dependency
 
 
@@ -156,7 +158,8 @@ def document_scopes(routes) -> None:
     from fastapi.routing import APIRoute
 
     def scopes_of(dependant) -> set[str]:
-        found = {getattr(dependant.call, "changai_scope", None)} - {None}
+        own = getattr(dependant.call, "changai_scope", None)
+        found: set[str] = {own} if own is not None else set()
         for sub in dependant.dependencies:
             found |= scopes_of(sub)
         return found
@@ -172,7 +175,7 @@ def document_scopes(routes) -> None:
         if len(scopes) != 1:
             continue  # public (no token), or more than one scope: documented by hand if it ever happens
         (scope,) = scopes
-        reads = set(route.methods) <= {"GET", "HEAD"} or scope.endswith(":read")
+        reads = set(route.methods or ()) <= {"GET", "HEAD"} or scope.endswith(":read")
         route.openapi_extra = {
             **(route.openapi_extra or {}),
             "x-changai-scope": scope,

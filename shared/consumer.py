@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import Counter, Gauge
 
 from shared.events import CloudEvent, EventData, InvalidEvent, UnknownEventType, decode, parse_data
@@ -43,9 +43,9 @@ def report_lag(consumer: str, held, lags: dict[tuple[str, int], int]) -> None:
     remove the series of the ones it gave up in a rebalance: another replica reports them now, and a frozen
     value left here would be summed with its (and keep the lag alerts firing)."""
     now = {(topic, str(partition)) for topic, partition in held}
-    for topic, partition in _LAG_HELD.get(consumer, set()) - now:
+    for topic, partition_label in _LAG_HELD.get(consumer, set()) - now:
         with contextlib.suppress(KeyError):  # already gone
-            LAG.remove(consumer, topic, partition)
+            LAG.remove(consumer, topic, partition_label)
     for (topic, partition), lag in lags.items():
         LAG.labels(consumer, topic, str(partition)).set(max(lag, 0))
     _LAG_HELD[consumer] = now
@@ -78,8 +78,8 @@ class EventConsumer:
         self.event_types = event_types
         self.retry_backoff = retry_backoff
         self._task: asyncio.Task | None = None
-        self.consumer = None
-        self.producer = None
+        self.consumer: AIOKafkaConsumer | None = None  # made by each run, None between runs
+        self.producer: AIOKafkaProducer | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run_forever(), name=f"consumer-{self.group_id}")
@@ -109,32 +109,32 @@ class EventConsumer:
                 await asyncio.sleep(self.retry_backoff)
 
     async def _run(self) -> None:
-        self.producer = make_producer(self.bootstrap)
-        await self.producer.start()
-        self.consumer = make_consumer(self.bootstrap, self.group_id, *self.topics)
-        await self.consumer.start()
+        self.producer = producer = make_producer(self.bootstrap)
+        await producer.start()
+        self.consumer = consumer = make_consumer(self.bootstrap, self.group_id, *self.topics)
+        await consumer.start()
         last_lag = 0.0
         while True:
-            batches = await self.consumer.getmany(timeout_ms=500, max_records=500)
+            batches = await consumer.getmany(timeout_ms=500, max_records=500)
             for tp, records in batches.items():
                 if self.batch_handler is not None:
                     await self._handle_batch(records)
                 else:
                     for record in records:
                         await self._handle(record)
-                await self.consumer.commit({tp: records[-1].offset + 1})
+                await consumer.commit({tp: records[-1].offset + 1})
             if time.monotonic() - last_lag > 2:
                 last_lag = time.monotonic()
-                await self._report_lag()
+                await self._report_lag(consumer)
 
-    async def _report_lag(self) -> None:
-        held = self.consumer.assignment()
+    async def _report_lag(self, consumer: AIOKafkaConsumer) -> None:
+        held = consumer.assignment()
         lags = {}
         for tp in held:
-            end = self.consumer.highwater(tp)
+            end = consumer.highwater(tp)
             if end is None:
                 continue
-            lags[(tp.topic, tp.partition)] = end - await self.consumer.position(tp)
+            lags[(tp.topic, tp.partition)] = end - await consumer.position(tp)
         report_lag(self.group_id, [(tp.topic, tp.partition) for tp in held], lags)
 
     async def _parse(self, record) -> tuple[CloudEvent, EventData] | None:
@@ -163,11 +163,11 @@ class EventConsumer:
                 await asyncio.sleep(self.retry_backoff)
 
     async def _handle_batch(self, records) -> None:
+        batch_handler = self.batch_handler
+        assert batch_handler is not None, "_run calls _handle_batch only for a batch handler"
         items = [parsed for record in records if (parsed := await self._parse(record)) is not None]
         if items:
-            await self._retrying(
-                lambda: self.batch_handler(items), {"first_event_id": items[0][0].id, "events": len(items)}
-            )
+            await self._retrying(lambda: batch_handler(items), {"first_event_id": items[0][0].id, "events": len(items)})
         CONSUMED.labels(self.group_id, records[-1].topic).inc(len(items))
         LAST_EVENT.labels(self.group_id, records[-1].topic).set(records[-1].timestamp / 1000)
 
@@ -176,9 +176,11 @@ class EventConsumer:
         if parsed is None:
             return
         event, data = parsed
+        handler = self.handler
+        assert handler is not None, "__init__ requires a handler when there is no batch handler"
         token = trace_id_var.set(trace_id_of(event.traceparent))
         try:
-            await self._retrying(lambda: self.handler(event, data), {"event_id": event.id, "event_type": event.type})
+            await self._retrying(lambda: handler(event, data), {"event_id": event.id, "event_type": event.type})
         finally:
             trace_id_var.reset(token)
         CONSUMED.labels(self.group_id, record.topic).inc()

@@ -137,7 +137,8 @@ def dlq_topic(topic: str) -> str:
 
 async def dead_letter(producer: AIOKafkaProducer, record: ConsumerRecord, reason: str, consumer: str) -> None:
     """Park a record that cannot be parsed or validated, with why, so its partition moves on."""
-    headers = list(record.headers or []) + [
+    headers = [
+        *(record.headers or []),
         ("changai-dlq-reason", reason.encode()[:1000]),
         ("changai-dlq-consumer", consumer.encode()),
         ("changai-dlq-topic", record.topic.encode()),

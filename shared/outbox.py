@@ -26,6 +26,7 @@ from datetime import datetime
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
+from aiokafka.producer.message_accumulator import BatchBuilder
 from prometheus_client import Counter, Gauge, Histogram
 
 from shared.events import CONTENT_TYPE, CloudEvent, EventData, encode, envelope
@@ -295,7 +296,7 @@ class OutboxRelay:
                 backoff = 0.5
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 — last resort: the relay outlives any failure and retries
                 PUBLISH_FAILURES.labels(self.service).inc()
                 log.warning("outbox publish failed; will retry", extra={"error": repr(exc), "retry_in_s": backoff})
                 await asyncio.sleep(backoff)
@@ -368,7 +369,7 @@ class OutboxRelay:
         Batches of a partition are handed over in order and the idempotent producer keeps
         that order, so each key's records reach Kafka in the order they were written."""
         futures: list[asyncio.Future] = []
-        builders: dict[tuple[str, int], object] = {}
+        builders: dict[tuple[str, int], BatchBuilder] = {}
         partitions: dict[str, list[int]] = {}
         for r in rows:
             topic = r["topic"]

@@ -141,7 +141,8 @@ async def check_url(url: str, *, allow_private: bool, resolve: bool = True) -> t
             infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
         except OSError as exc:
             raise UnsafeURL(f"host {host!r} does not resolve ({exc.strerror or exc})") from None
-        addresses = list(dict.fromkeys(info[4][0] for info in infos))  # the resolver's order, once each
+        # the resolver's order, once each; an IPv4 or IPv6 sockaddr's first item is the address text
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     if not allow_private:
         private = [a for a in addresses if not _public(a)]
         if private:

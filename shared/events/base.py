@@ -44,7 +44,7 @@ class EventData(BaseModel):
 
 
 REGISTRY: dict[str, type[EventData]] = {}
-E = TypeVar("E", bound=type[EventData])
+E = TypeVar("E", bound=EventData)
 
 
 def event(event_type: str, *, subject: str):
@@ -52,7 +52,7 @@ def event(event_type: str, *, subject: str):
     if not match:
         raise ValueError(f"event type {event_type!r} must look like changai.<service>.<aggregate>.<verb>.v<N>")
 
-    def register(cls: E) -> E:
+    def register(cls: type[E]) -> type[E]:
         if event_type in REGISTRY:
             raise ValueError(f"event type {event_type} registered twice")
         if subject not in cls.model_fields:
