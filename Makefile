@@ -35,7 +35,8 @@ $(VENV_STAMP):
 run: venv  ## infrastructure + every service + demo receiver + demo; Ctrl-C stops
 	$(VPY) deploy/local/stack.py run
 
-test: venv  ## pytest against real servers the fixtures start
+# The checks run first: CI runs `make test`, so a lint, format or type finding fails the build.
+test: venv check  ## make check, then pytest against real servers the fixtures start
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
 
 # The suite while both cores are kept busy by two spinning processes (as on a shared CI machine): a test
