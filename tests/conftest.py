@@ -208,6 +208,24 @@ async def stack(_test_servers: Servers) -> TestStack:
     return TestStack(kafka, pg, prometheus, _test_servers.state_dir, _test_servers.runner is not None, _test_servers)
 
 
+@pytest.fixture(scope="module", autouse=True)
+async def _module_services(request: pytest.FixtureRequest):
+    """Service processes a module started (``stack.start_service``) are stopped when the module ends.
+
+    Left running to the end of the session, they kept consuming their topics and CPU beside every later
+    module (e2e modules start all six APIs and a notifier worker each): later tests timed out on a loaded
+    machine, and a consumer of another module's group took records meant for the module under test."""
+    servers: Servers | None = getattr(request.config, "_changai_servers", None)
+    before = len(servers.services) if servers else 0
+    yield
+    servers = getattr(request.config, "_changai_servers", None)
+    if servers is not None:
+        started = servers.services[before:]
+        del servers.services[before:]
+        for svc in reversed(started):
+            await svc.stop(grace=5)
+
+
 @pytest.fixture(scope="session")
 async def make_database(_test_servers: Servers):
     """``dsn = await make_database("membership")``: a fresh database with the service's migrations."""
