@@ -21,6 +21,7 @@ from shared.events import EventData, encode, envelope
 from shared.events import funding as fe
 from shared.events import membership as me
 from shared.events import notifier as ne
+from shared.events import reform as re_
 from shared.events import training as te
 from shared.regions import COUNTIES
 
@@ -618,6 +619,89 @@ def scenario(seed: int = 2021) -> list[EventData]:
     add(ne.ChannelPaused(channel_id=other, channel_kind=ne.ChannelKind.dingtalk, reason="signature rejected"))
     add(ne.ChannelResumed(channel_id=other, channel_kind=ne.ChannelKind.dingtalk))
     return ev
+
+
+def reform_ledger() -> list[EventData]:
+    """The reform service's events for the 改革任务台账 dashboard: in 2021 a task completed, one overdue and
+    one silent; a document, a pilot and a city plan."""
+    a, b = uuid.uuid4(), uuid.uuid4()
+    tasks = [uuid.uuid4() for _ in range(3)]
+    common = {"year": 2021, "region_code": "640000"}
+
+    def assigned(i: int, unit: uuid.UUID, name: str) -> re_.TaskAssigned:
+        return re_.TaskAssigned(
+            task_id=tasks[i],
+            number=i + 1,
+            lead_unit_id=unit,
+            lead_unit=name,
+            title=f"任务{i + 1}",
+            deadline=date(2021, 6, 30),
+            **common,
+        )
+
+    return [
+        assigned(0, a, "自治区人社厅"),
+        assigned(1, b, "自治区教育厅"),
+        assigned(2, b, "自治区教育厅"),
+        re_.TaskCompletionReported(
+            task_id=tasks[0], number=1, lead_unit_id=a, lead_unit="自治区人社厅", unit_id=a, evidence_links=1, **common
+        ),
+        re_.TaskCompleted(
+            task_id=tasks[0],
+            number=1,
+            lead_unit_id=a,
+            lead_unit="自治区人社厅",
+            completed_on=date(2021, 6, 1),
+            deadline=date(2021, 6, 30),
+            on_time=True,
+            **common,
+        ),
+        re_.TaskOverdue(
+            task_id=tasks[1],
+            number=2,
+            lead_unit_id=b,
+            lead_unit="自治区教育厅",
+            title="任务2",
+            deadline=date(2021, 6, 30),
+            days_overdue=3,
+            status=re_.TaskStatus.assigned,
+            **common,
+        ),
+        re_.TaskProgressDue(
+            task_id=tasks[2],
+            number=3,
+            lead_unit_id=b,
+            lead_unit="自治区教育厅",
+            title="任务3",
+            deadline=date(2021, 6, 30),
+            days_silent=30,
+            **common,
+        ),
+        re_.DocumentIssued(
+            document_id=uuid.uuid4(),
+            unit_id=a,
+            unit="自治区人社厅",
+            title="实施细则",
+            doc_number="宁人社发〔2021〕12号",
+            issued_on=date(2021, 5, 1),
+            **common,
+        ),
+        re_.PilotDesignated(
+            pilot_id=uuid.uuid4(),
+            kind=re_.PilotKind.county,
+            mode=re_.PilotMode.comprehensive,
+            name="吴忠市利通区",
+            year=2021,
+            region_code="640302",
+        ),
+        re_.CityPlanRecorded(
+            plan_id=uuid.uuid4(),
+            city_code="640100",
+            title="银川市实施方案",
+            issued_on=date(2020, 3, 31),
+            region_code="640100",
+        ),
+    ]
 
 
 def encode_all(events: Iterable[EventData], *, prefix: str = "", start: datetime | None = None) -> list[Record]:

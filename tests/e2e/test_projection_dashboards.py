@@ -13,13 +13,12 @@ import re
 import time
 import uuid
 from collections import Counter
-from datetime import date
 
 import httpx
 import pytest
 
 from services.projection import dashboards
-from services.projection.synthetic import encode_all, produce, scenario
+from services.projection.synthetic import encode_all, produce, reform_ledger, scenario
 from shared.auth import mint_token
 from shared.events import membership as me
 from shared.events import training as te
@@ -114,7 +113,10 @@ async def _scenario_and_checks(stack, prom, m_env, rng) -> None:
 
     # -- part 2: the other services' events, published as their outboxes would, and one poison record
     events = scenario(seed=rng.randrange(10**9))
-    await produce(stack.bootstrap, encode_all(events) + [("notifier.events", b"e2e-poison", b"\x00 not json", [])])
+    await produce(
+        stack.bootstrap,
+        encode_all(events) + encode_all(reform_ledger()) + [("notifier.events", b"e2e-poison", b"\x00 not json", [])],
+    )
     members, branches, person_times = Counter(api_members), Counter(api_branches), Counter()
     for e in events:
         if isinstance(e, me.MemberJoined):

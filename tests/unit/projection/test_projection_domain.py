@@ -4,7 +4,7 @@ from __future__ import annotations
 import random
 import re
 from collections import Counter
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 from services.projection.domain import SEP, Projection, place
 from services.projection.synthetic import encode_all, full_label_set, scenario
@@ -12,8 +12,7 @@ from shared.events import decode, parse_data
 from shared.events import membership as me
 from shared.events import training as te
 
-
-T0 = datetime(2021, 9, 1, 8, 0, tzinfo=timezone.utc)
+T0 = datetime(2021, 9, 1, 8, 0, tzinfo=UTC)
 UUID_LIKE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-")
 
 
@@ -157,3 +156,19 @@ def test_competition_participants_take_the_year_of_the_competition():
                 te.CompetitionParticipantsRegistered(**common, headcount=30)])
     assert proj.snapshot()["changai_competition_participants_total"] == {
         ("skills", "county", "640302", "640300", "2021"): 150}
+
+
+def test_reform_ledger_families_follow_the_tasks_life():
+    from services.projection.synthetic import reform_ledger
+
+    proj = Projection({}, {})
+    feed(proj, reform_ledger())
+    snap = proj.snapshot()
+    assert snap["changai_reform_tasks"] == {("2021", "completed", "自治区人社厅"): 1,
+                                            ("2021", "assigned", "自治区教育厅"): 2}
+    assert snap["changai_reform_tasks_overdue"] == {("2021", "自治区教育厅"): 1}
+    assert snap["changai_reform_tasks_completed_total"] == {("2021", "自治区人社厅", "true"): 1}
+    assert snap["changai_reform_reminders_total"] == {("overdue",): 1, ("progress_due",): 1}
+    assert snap["changai_reform_documents_total"] == {("2021", "自治区人社厅"): 1}
+    assert snap["changai_reform_pilots_total"] == {("2021", "county", "comprehensive"): 1}
+    assert snap["changai_reform_city_plans"] == {("640100",): 1}
