@@ -49,7 +49,9 @@ def _source_uri(value: str) -> str:
     return value
 
 
-def _event_types(values: list[str]) -> list[str]:
+def _event_types(values: list[str] | None) -> list[str] | None:
+    if values is None:  # a PATCH's null: refused by SourcePatch's own check, not here with a TypeError (a 500)
+        return None
     unknown = [t for t in values if t not in UPSTREAM]
     if unknown:
         raise ValueError(f"not in the upstream catalogue: {', '.join(unknown[:3])} (known: {', '.join(UPSTREAM)})")
