@@ -1,6 +1,6 @@
 """Today's date where the federation is: Asia/Shanghai, whatever zone the host runs in.
 
-Containers and Kubernetes nodes run in UTC, so ``date.today()`` there gives yesterday's
+Containers and Kubernetes nodes run in UTC, so the host's own date there is yesterday's
 date to a member who joins before 08:00 Beijing time. Every date that defaults to
 "today" comes from here.
 """

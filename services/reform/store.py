@@ -122,13 +122,20 @@ async def year_members(conn, year: int) -> set[uuid.UUID]:
     return {r["unit_id"] for r in await conn.fetch("SELECT unit_id FROM year_units WHERE year = $1", year)}
 
 
+_YEAR_SUMMARY = (
+    "SELECT y.*, (SELECT count(*) FROM year_units u WHERE u.year = y.year) AS units, "
+    "(SELECT count(*) FROM tasks t WHERE t.year = y.year) AS tasks, "
+    "(SELECT count(*) FROM tasks t WHERE t.year = y.year AND t.status = 'completed') AS completed "
+    "FROM years y"
+)
+
+
 async def years(conn) -> list[asyncpg.Record]:
-    return await conn.fetch(
-        "SELECT y.*, (SELECT count(*) FROM year_units u WHERE u.year = y.year) AS units, "
-        "(SELECT count(*) FROM tasks t WHERE t.year = y.year) AS tasks, "
-        "(SELECT count(*) FROM tasks t WHERE t.year = y.year AND t.status = 'completed') AS completed "
-        "FROM years y ORDER BY y.year"
-    )
+    return await conn.fetch(_YEAR_SUMMARY + " ORDER BY y.year")
+
+
+async def year_summary(conn, year: int) -> asyncpg.Record | None:
+    return await conn.fetchrow(_YEAR_SUMMARY + " WHERE y.year = $1", year)
 
 
 async def close_year(conn, year: int, on: date) -> None:

@@ -175,10 +175,10 @@ async def add_year_units(conn, year: int, cmd: domain.YearUnitsIn, actor: Princi
 
 
 async def year_view(conn, year: int) -> dict[str, Any]:
-    for row in await store.years(conn):
-        if row["year"] == year:
-            return dict(row)
-    raise NotFound("ledger year", year)
+    row = await store.year_summary(conn, year)
+    if row is None:
+        raise NotFound("ledger year", year)
+    return dict(row)
 
 
 async def close_year(conn, year: int, actor: Principal, today: date) -> Outcome:
@@ -267,8 +267,10 @@ async def reassign(conn, task_id: uuid.UUID, cmd: domain.AssignIn, actor: Princi
     ensure_office(actor)
     task = await _locked_task(conn, task_id, actor)
     domain.reassign(task)
-    co = list(dict.fromkeys(cmd.co_unit_ids if cmd.co_unit_ids is not None else task.co_unit_ids))
-    co = [u for u in co if u != cmd.lead_unit_id] if cmd.co_unit_ids is None else co
+    if cmd.co_unit_ids is None:  # the co-operating units stay, less the new lead
+        co = [u for u in task.co_unit_ids if u != cmd.lead_unit_id]
+    else:
+        co = list(dict.fromkeys(cmd.co_unit_ids))
     domain.ensure_members(task.year, await store.year_members(conn, task.year), cmd.lead_unit_id, co)
     deadline = cmd.deadline or task.deadline
     row = await store.set_task(conn, task.id, lead_unit_id=cmd.lead_unit_id, co_unit_ids=co, deadline=deadline)
