@@ -1,6 +1,7 @@
 """The notifier's HTTP API: channels and subscriptions, secret rotation, test sends, pause and
 resume, the delivery log and resends. Scopes ``notifier:write`` / ``notifier:read``; a token
-acts on the channels of branches and federations inside its region.
+acts on the channels of branches and federations inside its region. Each route parses, calls its
+use case (``usecases.py``: the rules, the scope checks, the writes) and shapes the answer.
 
 Secrets are never returned: a webhook's signing secret is shown once, in the answer that
 created or rotated it (and not in an idempotent replay of that answer, which is stored).
@@ -9,10 +10,10 @@ created or rotated it (and not in an idempotent replay of that answer, which is 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
+from html import escape
 from typing import Literal
 
 import asyncpg
@@ -21,23 +22,14 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from services.notifier import domain, inputs, outbound, store, topics, vault
-from services.notifier.pipeline import deliver_record
-from services.notifier.render import Names, Renderer
-from services.notifier.samples import sample
+from services.notifier import domain, inputs, usecases
 from services.notifier.settings import NotifierSettings
-from shared import outbox, regions
 from shared.auth import Principal, require
-from shared.events import REGISTRY
-from shared.events.notifier import ChannelPaused, ChannelResumed
+from shared.clock import now_cn
 from shared.http import write
-from shared.logging import trace_id_var
 from shared.pagination import Cursor, Limit, Page, decode_cursor, page
-from shared.privacy import scrub_text
-from shared.problems import Problem, invalid, not_found
 
 router = APIRouter(prefix="/v1", tags=["notices"])
-_renderer: Renderer | None = None
 
 # -- what the API answers ---------------------------------------------------------------------
 
@@ -171,13 +163,6 @@ class UnsubscribedOut(BaseModel):
     recipients_left: int
 
 
-def renderer() -> Renderer:
-    global _renderer
-    if _renderer is None:
-        _renderer = Renderer()
-    return _renderer
-
-
 def settings_of(request: Request) -> NotifierSettings:
     return request.app.state.settings
 
@@ -264,123 +249,11 @@ def delivery_view(row, attempts: list | None = None) -> dict:
     return view
 
 
-# -- helpers --------------------------------------------------------------------------------
-
-
-async def _owner(conn, principal: Principal, owner: inputs.Owner) -> tuple[str, uuid.UUID | None, str, str]:
-    """(owner kind, branch id, region, name), checked against the caller's scope."""
-    if owner.branch_id is not None:
-        branch = await store.get_branch(conn, owner.branch_id)
-        if branch is None or branch["status"] != "active":
-            raise invalid(
-                "owner.branch_id",
-                "no such active branch (the notifier learns branches from "
-                "membership events; a new branch may take a moment to appear)",
-            )
-        principal.ensure_region(branch["region_code"])
-        return "branch", owner.branch_id, branch["region_code"], branch["name"]
-    assert owner.region_code is not None, "Owner's validator requires a branch id or a region code"
-    region = regions.get(owner.region_code)
-    if region is None:
-        raise invalid("owner.region_code", "not a Ningxia region, city or county code")
-    principal.ensure_region(region.code)
-    return "federation", None, region.code, f"{region.name}总工会"
-
-
-def _event_types(patterns: list[str] | None, owner_kind: str) -> list[str]:
-    if patterns is None:
-        return domain.default_subscriptions(owner_kind)
-    known = list(REGISTRY)
-    for i, p in enumerate(patterns):
-        if not domain.valid_pattern(p, known):
-            raise invalid(f"event_types.{i}", f"{p!r} matches no event type")
-    if not patterns:
-        raise invalid("event_types", "subscribe to at least one event type")
-    return sorted(set(patterns))
-
-
-async def _kind_secrets(
-    kind: str, raw: dict, settings: NotifierSettings, existing: dict | None = None
-) -> tuple[dict, dict, str | None]:
-    """(secrets, public config, new signing secret) for a kind's settings."""
-    try:
-        cfg = inputs.CONFIGS[kind].model_validate(raw)
-    # pydantic's ValidationError, shaped as a problem; the last resort also turns any other error a kind's
-    # validator raises about the client's config into a 422, never a 500.
-    except Exception as exc:  # noqa: BLE001 — deliberate last resort: the config is the client's input
-        errors: list[dict] = getattr(exc, "errors", lambda: [])()
-        items = [
-            {"field": "config." + ".".join(map(str, e.get("loc", ()))), "reason": e.get("msg", "")} for e in errors
-        ] or [{"field": "config", "reason": str(exc)}]
-        raise Problem(
-            422,
-            "validation-error",
-            "Request is not valid",
-            "; ".join(f"{i['field']}: {i['reason']}" for i in items[:5]),
-            errors=items,
-        ) from None
-    secrets = dict(existing or {})
-    new_secret = None
-    # CONFIGS maps each kind to its own class: the isinstance checks are the kind checks, typed.
-    if isinstance(cfg, inputs.WebhookConfig):
-        try:
-            await outbound.check_url(cfg.url, allow_private=settings.outbound_allow_private)
-        except outbound.UnsafeURL as exc:
-            raise invalid("config.url", str(exc)) from None
-        secrets["url"] = cfg.url
-        if not secrets.get("signing"):
-            new_secret = vault.new_webhook_secret()
-            secrets["signing"] = [{"secret": new_secret, "expires_at": None}]
-        return secrets, {"url": domain.mask_url(cfg.url)}, new_secret
-    if isinstance(cfg, inputs.WecomConfig):
-        key = cfg.key
-        if cfg.webhook_url:
-            try:
-                key = outbound_key(cfg.webhook_url, settings.notifier_wecom_url, "key")
-            except ValueError as exc:
-                raise invalid("config.webhook_url", str(exc)) from None
-        if not key:
-            raise invalid("config.key", "give the robot's key or its webhook_url")
-        secrets["key"] = key
-        return secrets, {"key": domain.mask(key), "format": cfg.format}, None
-    if isinstance(cfg, inputs.DingtalkConfig):
-        token = cfg.access_token
-        if cfg.webhook_url:
-            try:
-                token = outbound_key(cfg.webhook_url, settings.notifier_dingtalk_url, "access_token")
-            except ValueError as exc:
-                raise invalid("config.webhook_url", str(exc)) from None
-        if not token:
-            raise invalid("config.access_token", "give the robot's access_token or its webhook_url")
-        secrets["token"] = token
-        if cfg.secret:
-            secrets["secret"] = cfg.secret
-        if not secrets.get("secret") and not cfg.keyword:
-            raise invalid("config", "a DingTalk robot needs signing (secret) or a keyword: set the one the robot uses")
-        return (
-            secrets,
-            {
-                "token": domain.mask(token),
-                "signed": bool(secrets.get("secret")),
-                "keyword": cfg.keyword,
-                "format": cfg.format,
-            },
-            None,
-        )
-    assert isinstance(cfg, inputs.EmailConfig), f"no settings for channel kind {kind!r}"
-    secrets["to"] = cfg.to
-    return secrets, {"to": [domain.mask_email(a) for a in cfg.to]}, None
-
-
-def outbound_key(url: str, base: str, param: str) -> str:
-    return inputs.robot_key_from_url(url, base, param)
-
-
-async def _load_channel(conn, channel_id: uuid.UUID, principal: Principal, *, lock: bool = False):
-    row = await store.get_channel(conn, channel_id, lock=lock)
-    if row is None or not principal.may_act_on(row["owner_region"]):
-        raise not_found("channel", channel_id)
-    return row
+def _channel_answer(result: usecases.ChannelResult) -> dict:
+    view = channel_view(result.row, result.owner_name)
+    if result.released is not None:
+        view["released"] = result.released
+    return view
 
 
 def _with_secret(response: JSONResponse, secret: str | None) -> JSONResponse:
@@ -407,33 +280,16 @@ async def create_channel(
     body: inputs.ChannelIn, request: Request, principal: Principal = Depends(require("notifier:write"))
 ):
     settings = settings_of(request)
-    secrets, config, new_secret = await _kind_secrets(body.kind, body.config, settings)
-    channel_id = uuid.uuid4()
+    secret: list[str | None] = [None]
 
     async def run(conn: asyncpg.Connection):
-        owner_kind, branch_id, region, owner_name = await _owner(conn, principal, body.owner)
-        scope = body.scope or ("subtree" if owner_kind == "federation" else "own")
-        await store.insert_channel(
-            conn,
-            id=channel_id,
-            kind=body.kind,
-            name=body.name,
-            owner_kind=owner_kind,
-            owner_branch_id=branch_id,
-            owner_region=region,
-            scope=scope,
-            event_types=_event_types(body.event_types, owner_kind),
-            locale=body.locale,
-            config=config,
-            secrets=vault.seal(settings.data_key_bytes(), channel_id, secrets),
-            quiet_hours=body.quiet_hours.model_dump() if body.quiet_hours else None,
-            created_by=principal.subject,
-        )
-        return 201, channel_view(await store.get_channel(conn, channel_id), owner_name)
+        result = await usecases.create_channel(conn, body, principal, settings=settings)
+        secret[0] = result.signing_secret
+        return 201, _channel_answer(result)
 
     # The request hash covers the body; secrets in it are hashed, never stored.
     response = await write(request, principal, "channels.create", body.model_dump(mode="json"), run)
-    return _with_secret(response, new_secret)
+    return _with_secret(response, secret[0])
 
 
 @router.get("/channels", response_model=Page[ChannelOut], summary="Channels the caller may see")
@@ -447,17 +303,10 @@ async def list_channels(
     limit: int = Limit,
     cursor: str | None = Cursor,
 ):
-    scope = regions.descendants(principal.region)
-    if region_code is not None:
-        if region_code not in scope:
-            return {"items": [], "next_cursor": None}
-        scope = [region_code]
+    query = usecases.ChannelQuery(branch_id=branch_id, region_code=region_code, kind=kind, status=status)
     after = decode_cursor(cursor, uuid.UUID)
     async with request.app.state.db.acquire() as conn:
-        rows = await store.list_channels(
-            conn, regions=scope, owner_branch_id=branch_id, kind=kind, status=status, limit=limit + 1, after=after
-        )
-        names = await store.branch_names(conn, [r["owner_branch_id"] for r in rows if r["owner_branch_id"]])
+        rows, names = await usecases.list_channels(conn, query, principal, limit=limit, after=after)
     return page(
         rows,
         limit,
@@ -471,9 +320,7 @@ async def get_channel(
     channel_id: uuid.UUID, request: Request, principal: Principal = Depends(require("notifier:read"))
 ):
     async with request.app.state.db.acquire() as conn:
-        row = await _load_channel(conn, channel_id, principal)
-        names = await store.branch_names(conn, [row["owner_branch_id"]] if row["owner_branch_id"] else [])
-    return channel_view(row, names.get(row["owner_branch_id"]))
+        return _channel_answer(await usecases.get_channel(conn, channel_id, principal))
 
 
 @router.patch(
@@ -490,31 +337,7 @@ async def patch_channel(
     settings = settings_of(request)
 
     async def run(conn: asyncpg.Connection):
-        row = await _load_channel(conn, channel_id, principal, lock=True)
-        fields: dict = {}
-        if body.name is not None:
-            fields["name"] = body.name
-        if body.scope is not None:
-            fields["scope"] = body.scope
-        if body.locale is not None:
-            fields["locale"] = body.locale
-        if body.event_types is not None:
-            fields["event_types"] = _event_types(body.event_types, row["owner_kind"])
-        if body.clear_quiet_hours:
-            fields["quiet_hours"] = None
-        elif body.quiet_hours is not None:
-            fields["quiet_hours"] = body.quiet_hours.model_dump()
-        if body.config is not None:
-            key = settings.data_key_bytes()
-            old = vault.open_(key, channel_id, bytes(row["secrets"]))
-            # the signing secrets stay; the URL may change
-            old = {"signing": old.get("signing", [])} if row["kind"] == "webhook" else {}
-            secrets, config, _ = await _kind_secrets(row["kind"], body.config, settings, existing=old)
-            fields["secrets"] = vault.seal(key, channel_id, secrets)
-            fields["config"] = config
-        if fields:
-            await store.update_channel(conn, channel_id, **fields)
-        return 200, channel_view(await store.get_channel(conn, channel_id))
+        return 200, _channel_answer(await usecases.update_channel(conn, channel_id, body, principal, settings=settings))
 
     return await write(request, principal, f"channels.patch.{channel_id}", body.model_dump(mode="json"), run)
 
@@ -524,8 +347,7 @@ async def delete_channel(
     channel_id: uuid.UUID, request: Request, principal: Principal = Depends(require("notifier:write"))
 ):
     async def run(conn: asyncpg.Connection):
-        await _load_channel(conn, channel_id, principal, lock=True)
-        await store.update_channel(conn, channel_id, status="disabled")
+        await usecases.delete_channel(conn, channel_id, principal)
         return 204, {}
 
     await write(request, principal, f"channels.delete.{channel_id}", {}, run)
@@ -544,36 +366,21 @@ async def rotate_secret(
     principal: Principal = Depends(require("notifier:write")),
 ):
     settings = settings_of(request)
-    new_secret = vault.new_webhook_secret()
+    secret: list[str | None] = [None]
 
     async def run(conn: asyncpg.Connection):
-        row = await _load_channel(conn, channel_id, principal, lock=True)
-        if row["kind"] != "webhook":
-            raise Problem(
-                409,
-                "not-a-webhook",
-                "Only webhook channels have signing secrets",
-                f"channel {channel_id} is a {row['kind']} channel",
-            )
-        key = settings.data_key_bytes()
-        secrets = vault.open_(key, channel_id, bytes(row["secrets"]))
-        now = time.time()
-        until = now + body.overlap_s
-        signing = [s for s in secrets.get("signing", []) if not s.get("expires_at") or s["expires_at"] > now]
-        for s in signing:
-            s["expires_at"] = min(s["expires_at"], until) if s.get("expires_at") else until
-        signing = [s for s in signing if s["expires_at"] > now]
-        signing.append({"secret": new_secret, "expires_at": None})
-        secrets["signing"] = signing
-        await store.update_channel(conn, channel_id, secrets=vault.seal(key, channel_id, secrets))
+        rotated = await usecases.rotate_secret(
+            conn, channel_id, body, principal, usecases.wall_clock(), settings=settings
+        )
+        secret[0] = rotated.signing_secret
         return 200, {
-            "channel_id": str(channel_id),
-            "signing_secrets_active": len(signing),
-            "previous_valid_until": datetime.fromtimestamp(until, UTC).isoformat() if len(signing) > 1 else None,
+            "channel_id": str(rotated.channel_id),
+            "signing_secrets_active": rotated.active,
+            "previous_valid_until": _iso(rotated.previous_valid_until),
         }
 
     response = await write(request, principal, f"channels.rotate.{channel_id}", body.model_dump(), run)
-    return _with_secret(response, new_secret)
+    return _with_secret(response, secret[0])
 
 
 @router.post(
@@ -588,22 +395,7 @@ async def pause_channel(
     principal: Principal = Depends(require("notifier:write")),
 ):
     async def run(conn: asyncpg.Connection):
-        row = await _load_channel(conn, channel_id, principal, lock=True)
-        if row["status"] == "disabled":
-            raise Problem(409, "channel-disabled", "The channel is disabled")
-        # Free text a person typed: a phone or ID number in it is masked before it is stored,
-        # shown or published (notifier.events is kept forever).
-        reason = scrub_text(body.reason)
-        paused = await store.pause_channel(conn, channel_id, reason)
-        if paused:
-            await outbox.add(
-                conn,
-                ChannelPaused(
-                    channel_id=channel_id, channel_kind=row["kind"], owner_region=row["owner_region"], reason=reason
-                ),
-                trace_id=trace_id_var.get(),
-            )
-        return 200, channel_view(await store.get_channel(conn, channel_id))
+        return 200, _channel_answer(await usecases.pause_channel(conn, channel_id, body, principal))
 
     return await write(request, principal, f"channels.pause.{channel_id}", body.model_dump(), run)
 
@@ -615,34 +407,7 @@ async def resume_channel(
     channel_id: uuid.UUID, request: Request, principal: Principal = Depends(require("notifier:write"))
 ):
     async def run(conn: asyncpg.Connection):
-        row = await _load_channel(conn, channel_id, principal, lock=True)
-        if row["status"] == "disabled":
-            raise Problem(409, "channel-disabled", "The channel is disabled")
-        released = []
-        if row["status"] == "paused":
-            await store.update_channel(
-                conn, channel_id, status="active", paused_reason=None, paused_at=None, failing_since=None
-            )
-            await outbox.add(
-                conn,
-                ChannelResumed(channel_id=channel_id, channel_kind=row["kind"], owner_region=row["owner_region"]),
-                trace_id=trace_id_var.get(),
-            )
-            released = await store.release_held(conn, channel_id)
-            await store.enqueue_many(
-                conn,
-                [
-                    (
-                        topics.DELIVER,
-                        str(r["channel_id"]),
-                        deliver_record(r["id"], r["channel_id"], r["event_type"], r["event_time"]),
-                    )
-                    for r in released
-                ],
-            )
-        view = channel_view(await store.get_channel(conn, channel_id))
-        view["released"] = len(released)
-        return 200, view
+        return 200, _channel_answer(await usecases.resume_channel(conn, channel_id, principal))
 
     return await write(request, principal, f"channels.resume.{channel_id}", {}, run)
 
@@ -659,53 +424,13 @@ async def test_channel(
     settings = settings_of(request)
 
     async def run(conn: asyncpg.Connection):
-        row = await _load_channel(conn, channel_id, principal)
-        if row["status"] != "active":
-            raise Problem(
-                409,
-                "channel-not-active",
-                f"The channel is {row['status']}",
-                "resume it first" if row["status"] == "paused" else None,
-            )
-        config = orjson.loads(row["config"]) if isinstance(row["config"], str) else row["config"]
-        data = {"channel_name": row["name"], "requested_by": principal.subject}
-        if row["kind"] == "webhook":
-            payload = orjson.dumps(
-                {
-                    "specversion": "1.0",
-                    "id": str(uuid.uuid4()),
-                    "source": "/changai/notifier",
-                    "type": domain.TEST_TYPE,
-                    "time": datetime.now(UTC).isoformat(),
-                    "datacontenttype": "application/json",
-                    "data": data,
-                }
-            )
-        else:
-            notice = renderer().notice(domain.TEST_TYPE, data, row["locale"], Names())
-            payload = orjson.dumps(
-                renderer().layout(notice, row["kind"], config.get("format", "markdown"), keyword=config.get("keyword"))
-            )
-        d = await store.insert_test_delivery(
-            conn,
-            channel_id=channel_id,
-            region=row["owner_region"],
-            payload=payload,
-            payload_hash=domain.payload_hash(payload),
-            requested_by=principal.subject,
-            event_type=domain.TEST_TYPE,
-        )
-        await store.enqueue(
-            conn,
-            topics.DELIVER,
-            str(channel_id),
-            deliver_record(d["id"], channel_id, domain.TEST_TYPE, d["event_time"]),
-        )
-        return 202, {"delivery_id": str(d["id"])}
+        delivery_id = await usecases.test_send(conn, channel_id, principal, now_cn())
+        return 202, {"delivery_id": str(delivery_id)}
 
     response = await write(request, principal, f"channels.test.{channel_id}", {}, run)
     if response.status_code != 202:
         return response
+    # The answer waits (bounded) for the worker's attempt: a person testing a channel wants its outcome.
     delivery_id = uuid.UUID(orjson.loads(response.body)["delivery_id"])
     deadline = time.monotonic() + settings.notifier_test_send_wait_s
     pool = request.app.state.db
@@ -713,13 +438,11 @@ async def test_channel(
         request.app.state.relay.wake()
     while time.monotonic() < deadline:
         async with pool.acquire() as conn:
-            row = await store.get_delivery(conn, delivery_id)
-            assert row is not None, "the delivery was written by this request"
-            if row["status"] in ("delivered", "dead"):
-                attempts = await store.attempts_of(conn, [delivery_id])
-                view = delivery_view(row, attempts)
-                view["delivered"] = row["status"] == "delivered"
-                return JSONResponse(view, status_code=200)
+            outcome = await usecases.test_outcome(conn, delivery_id)
+        if outcome is not None:
+            view = delivery_view(outcome.row, outcome.attempts)
+            view["delivered"] = outcome.row["status"] == "delivered"
+            return JSONResponse(view, status_code=200)
         await asyncio.sleep(0.1)
     return JSONResponse(
         {"delivery_id": str(delivery_id), "status": "pending", "detail": "not sent yet: follow it in the delivery log"},
@@ -731,22 +454,12 @@ async def test_channel(
 # -- unsubscribing from e-mail (mail clients, no token) -----------------------------------------------
 
 
-async def _unsubscribe_target(request: Request, channel_id: uuid.UUID, address: str, token: str) -> bytes:
-    """The data key, once the link is proven ours; 404 for anything else (nothing to learn from it)."""
-    key = settings_of(request).data_key_bytes()
-    if not hmac.compare_digest(outbound.unsubscribe_token(key, str(channel_id), address).encode(), token.encode()):
-        raise not_found("channel", channel_id)
-    return key
-
-
 @router.get("/unsubscribe/{channel_id}", include_in_schema=False)
 async def unsubscribe_page(
     channel_id: uuid.UUID, request: Request, address: str = Query(max_length=320), token: str = Query(max_length=64)
 ):
     """A page with one button (link scanners follow GET links: only a POST unsubscribes)."""
-    await _unsubscribe_target(request, channel_id, address, token)
-    from html import escape
-
+    usecases.check_unsubscribe_link(channel_id, address, token, settings_of(request))
     action = escape(str(request.url), quote=True)
     return Response(
         f'<!DOCTYPE html><html lang="zh-CN"><meta charset="utf-8"><title>退订通知</title>'
@@ -763,36 +476,9 @@ async def unsubscribe(
 ):
     """RFC 8058 one-click unsubscribe: the address leaves the channel's recipients; a channel left
     with none is paused (its owner is told, as for any pause)."""
-    key = await _unsubscribe_target(request, channel_id, address, token)
     async with request.app.state.db.acquire() as conn, conn.transaction():
-        row = await store.get_channel(conn, channel_id, lock=True)
-        if row is None or row["kind"] != "email":
-            raise not_found("channel", channel_id)
-        secrets = vault.open_(key, channel_id, bytes(row["secrets"]))
-        before = list(secrets.get("to", []))
-        left = [a for a in before if a.lower() != address.lower()]
-        if len(left) != len(before):
-            secrets["to"] = left
-            await store.update_channel(
-                conn,
-                channel_id,
-                secrets=vault.seal(key, channel_id, secrets),
-                config={"to": [domain.mask_email(a) for a in left]},
-            )
-            if not left and row["status"] == "active":
-                reason = "every recipient unsubscribed"
-                if await store.pause_channel(conn, channel_id, reason):
-                    await outbox.add(
-                        conn,
-                        ChannelPaused(
-                            channel_id=channel_id,
-                            channel_kind=row["kind"],
-                            owner_region=row["owner_region"],
-                            reason=reason,
-                        ),
-                        trace_id=trace_id_var.get(),
-                    )
-    return {"channel_id": str(channel_id), "unsubscribed": True, "recipients_left": len(left)}
+        left = await usecases.unsubscribe(conn, channel_id, address, token, settings=settings_of(request))
+    return {"channel_id": str(channel_id), "unsubscribed": True, "recipients_left": left}
 
 
 # -- the delivery log -------------------------------------------------------------------------
@@ -805,16 +491,6 @@ def _log_key(row) -> str:
 def _parse_log_key(text: str) -> tuple[datetime, uuid.UUID]:
     when, ident = text.split("|")
     return datetime.fromisoformat(when), uuid.UUID(ident)
-
-
-def _when(name: str, text: str | None) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise invalid(name, "an ISO 8601 date-time, e.g. 2024-05-01T08:00:00+08:00") from None
-    return value if value.tzinfo else value.replace(tzinfo=domain.SHANGHAI)
 
 
 @router.get(
@@ -835,24 +511,10 @@ async def list_deliveries(
     cursor: str | None = Cursor,
 ):
     before = decode_cursor(cursor, _parse_log_key)
+    query = usecases.DeliveryQuery(branch_id, channel_id, event_type, status, since, until)
     async with request.app.state.db.acquire() as conn:
-        rows = await store.list_deliveries(
-            conn,
-            regions=regions.descendants(principal.region),
-            branch_id=branch_id,
-            channel_id=channel_id,
-            event_type=event_type,
-            status=status,
-            since=_when("since", since),
-            until=_when("until", until),
-            limit=limit + 1,
-            before=before,
-        )
-        attempts = await store.attempts_of(conn, [r["id"] for r in rows[:limit]])
-    by_delivery: dict = {}
-    for a in attempts:
-        by_delivery.setdefault(a["delivery_id"], []).append(a)
-    return page(rows, limit, key=_log_key, view=lambda r: delivery_view(r, by_delivery.get(r["id"], [])))
+        rows, attempts = await usecases.list_deliveries(conn, query, principal, limit=limit, before=before)
+    return page(rows, limit, key=_log_key, view=lambda r: delivery_view(r, attempts.get(r["id"], [])))
 
 
 @router.get("/deliveries/{delivery_id}", response_model=DeliveryOut, summary="One delivery with every attempt")
@@ -860,10 +522,8 @@ async def get_delivery(
     delivery_id: uuid.UUID, request: Request, principal: Principal = Depends(require("notifier:read"))
 ):
     async with request.app.state.db.acquire() as conn:
-        row = await store.get_delivery(conn, delivery_id)
-        if row is None or not principal.may_act_on(row["owner_region"]):
-            raise not_found("delivery", delivery_id)
-        return delivery_view(row, await store.attempts_of(conn, [delivery_id]))
+        result = await usecases.get_delivery(conn, delivery_id, principal)
+    return delivery_view(result.row, result.attempts)
 
 
 @router.post(
@@ -876,26 +536,8 @@ async def resend_delivery(
     delivery_id: uuid.UUID, request: Request, principal: Principal = Depends(require("notifier:write"))
 ):
     async def run(conn: asyncpg.Connection):
-        row = await store.get_delivery(conn, delivery_id)
-        if row is None or not principal.may_act_on(row["owner_region"]):
-            raise not_found("delivery", delivery_id)
-        if row["status"] in ("routed", "ready", "sending", "retrying", "deferred"):
-            raise Problem(
-                409,
-                "delivery-in-progress",
-                "The delivery is still in progress",
-                f"it is {row['status']}; resend once it is delivered or dead",
-            )
-        new = await store.resend(conn, delivery_id, principal.subject)
-        if new is None:
-            raise Problem(409, "nothing-to-resend", "The delivery was never rendered")
-        await store.enqueue(
-            conn,
-            topics.DELIVER,
-            str(new["channel_id"]),
-            deliver_record(new["id"], new["channel_id"], row["event_type"], new["event_time"]),
-        )
-        return 202, {"delivery_id": str(new["id"]), "resend_of": str(delivery_id)}
+        new = await usecases.resend(conn, delivery_id, principal)
+        return 202, {"delivery_id": str(new), "resend_of": str(delivery_id)}
 
     return await write(request, principal, f"deliveries.resend.{delivery_id}", {}, run)
 
@@ -910,31 +552,8 @@ async def resend_range(
     body: inputs.ResendRange, request: Request, principal: Principal = Depends(require("notifier:write"))
 ):
     async def run(conn: asyncpg.Connection):
-        await _load_channel(conn, body.channel_id, principal)
-        rows = await store.list_deliveries(
-            conn,
-            regions=regions.descendants(principal.region),
-            branch_id=None,
-            channel_id=body.channel_id,
-            event_type=None,
-            status=body.status,
-            since=_when("since", body.since),
-            until=_when("until", body.until),
-            limit=1000,
-            before=None,
-        )
-        made = []
-        for row in rows:
-            new = await store.resend(conn, row["id"], principal.subject)
-            if new is not None:
-                made.append(str(new["id"]))
-                await store.enqueue(
-                    conn,
-                    topics.DELIVER,
-                    str(new["channel_id"]),
-                    deliver_record(new["id"], new["channel_id"], row["event_type"], new["event_time"]),
-                )
-        return 202, {"resent": len(made), "delivery_ids": made}
+        made = await usecases.resend_range(conn, body, principal)
+        return 202, {"resent": len(made), "delivery_ids": [str(d) for d in made]}
 
     return await write(request, principal, "deliveries.resend-range", body.model_dump(mode="json"), run)
 
@@ -949,9 +568,7 @@ async def resend_range(
 )
 async def get_branch(branch_id: uuid.UUID, request: Request, principal: Principal = Depends(require("notifier:read"))):
     async with request.app.state.db.acquire() as conn:
-        row = await store.get_branch(conn, branch_id)
-    if row is None or not principal.may_act_on(row["region_code"]):
-        raise not_found("branch", branch_id)
+        row = await usecases.get_branch(conn, branch_id, principal)
     return {
         "id": str(row["id"]),
         "name": row["name"],
@@ -975,12 +592,5 @@ async def preview(
     format: str = Query("markdown", pattern="^(markdown|text)$"),
     keyword: str | None = None,
 ):
-    if event_type not in REGISTRY and event_type != domain.TEST_TYPE:
-        raise not_found("event type", event_type)
-    notice = renderer().notice(event_type, sample(event_type), locale, Names())
-    return {
-        "event_type": event_type,
-        "locale": locale,
-        "kind": kind,
-        "body": renderer().layout(notice, kind, format, keyword=keyword),
-    }
+    body = usecases.preview(event_type, locale, kind, format, keyword)
+    return {"event_type": event_type, "locale": locale, "kind": kind, "body": body}

@@ -15,8 +15,9 @@ from services.notifier.settings import NotifierSettings
 
 
 def build_app(settings: NotifierSettings | None = None):
-    from services.notifier.api import renderer, router
+    from services.notifier.api import router
     from services.notifier.pipeline import seed_channels
+    from services.notifier.usecases import renderer
     from shared.http import create_app
 
     settings = settings or NotifierSettings()
