@@ -4,12 +4,14 @@ The service runs as a process (``python -m services.funding api``) on Kafka and 
 full durability. Measured in one run:
 
 1. Disbursements over HTTP (each: Idempotency-Key, one transaction locking the grant, a
-   balanced journal entry through ``post_entry``, the disbursement, the event in the outbox),
-   50 concurrent clients for SECONDS: (a) all against ONE grant (the hot-row worst case),
-   (b) each client on its own grant to its own beneficiary. Then the ledger check.
-2. Raw asyncpg, same machine, same 50 connections: the least a double-entry payment costs —
-   one transaction, two guarded balance UPDATEs and two line INSERTs on bare tables — on one
-   hot account and on 50 accounts. The ratio is what the service's safety costs.
+   balanced journal entry through ``pay_grant``, the disbursement, the event in the outbox),
+   50 concurrent keep-alive clients (a minimal HTTP/1.1 client: httpx would take the CPU it
+   measures) for SECONDS after a 1 s warm-up: (a) each client on its own grant, (b) all against
+   ONE grant (the hot-row worst case), (c) as (a) over REPLICAS processes (the second API-only).
+   The outbox backlog is sampled meanwhile and must drain after; then the ledger check.
+2. Raw asyncpg, same run, same database, 50 connections: the statements the service sends for a
+   payment (key, ``pay_grant``, event, key's answer, in one transaction) with nothing around them.
+   The ratio is what HTTP, validation, authentication and event encoding cost.
 3. The subsidy saga: CLAIMS session.completed events produced at once to training.events;
    time until every claim is paid (each: inbox + claim + grant + two entries + 4 events),
    against a raw aiokafka consumer reading the same records.
@@ -18,7 +20,7 @@ full durability. Measured in one run:
    (every statement, BEGIN, COMMIT and the pool's reset on release), process CPU (API, outbox relay
    and the in-process client) and wall time per payment.
 
-    python -m bench funding             (SECONDS=… CLAIMS=… PAYMENTS=… to change the sizes)
+    python -m bench funding             (SECONDS=… CLAIMS=… PAYMENTS=… REPLICAS=…)
     FUNDING_BENCH=cost python -m bench funding     (only 4)
     FUNDING_BENCH=http python -m bench funding     (only 1 and 2)
 """
@@ -37,7 +39,7 @@ import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer
 
-from bench.common import servers, summary, table
+from bench.common import Load, aim, aims_table, http_load, load_avg, raw_load, servers, summary, table
 from shared.auth import mint_token
 from shared.events import encode, envelope
 from shared.events.training import SessionCompleted
@@ -47,6 +49,7 @@ SECONDS = float(os.environ.get("SECONDS", "10"))
 CLIENTS = 50
 CLAIMS = int(os.environ.get("CLAIMS", "2000"))
 PAYMENTS = int(os.environ.get("PAYMENTS", "300"))
+REPLICAS = int(os.environ.get("REPLICAS", "2"))
 HEADERS = {"Authorization": "Bearer " + mint_token("bench", ["funding:write", "funding:read", "funding:admin"], "640000")}
 
 
@@ -54,65 +57,6 @@ async def _post(client: httpx.AsyncClient, path: str, body: dict) -> dict:
     response = await client.post(path, json=body, headers={"Idempotency-Key": uuid.uuid4().hex})
     response.raise_for_status()
     return response.json()
-
-
-async def http_payments(client: httpx.AsyncClient, grant_ids: list[str]) -> tuple[int, int, list[float]]:
-    """CLIENTS loops paying 0.01 yuan for SECONDS; client i pays grant i % len(grant_ids)."""
-    ok = refused = 0
-    latencies: list[float] = []
-    stop = time.monotonic() + SECONDS
-
-    async def loop(i: int) -> None:
-        nonlocal ok, refused
-        path = f"/v1/grants/{grant_ids[i % len(grant_ids)]}/disbursements"
-        while time.monotonic() < stop:
-            t = time.perf_counter()
-            key = uuid.uuid4().hex
-            try:
-                r = await client.post(path, json={"amount": "0.01"}, headers={"Idempotency-Key": key})
-            except httpx.TransportError:  # as a careful client does: the same key again, paid at most once
-                r = await client.post(path, json={"amount": "0.01"}, headers={"Idempotency-Key": key})
-            latencies.append((time.perf_counter() - t) * 1000)
-            if r.status_code == 201:
-                ok += 1
-            else:
-                refused += 1
-
-    await asyncio.gather(*(loop(i) for i in range(CLIENTS)))
-    return ok, refused, latencies
-
-
-async def raw_payments(dsn: str, accounts: int) -> tuple[int, list[float]]:
-    """The floor: a guarded double-entry payment on bare tables, CLIENTS connections, SECONDS."""
-    pool = await asyncpg.create_pool(dsn, min_size=CLIENTS, max_size=CLIENTS)
-    async with pool.acquire() as conn:
-        await conn.execute("""
-            DROP TABLE IF EXISTS raw_lines; DROP TABLE IF EXISTS raw_accounts;
-            CREATE TABLE raw_accounts (id int PRIMARY KEY, balance bigint NOT NULL CHECK (balance >= 0));
-            CREATE TABLE raw_lines (id bigserial PRIMARY KEY, account_id int NOT NULL, amount bigint NOT NULL);""")
-        await conn.executemany("INSERT INTO raw_accounts VALUES ($1, $2)",
-                               [(i, 10**12 if i < accounts else 0) for i in range(2 * accounts)])
-    done = 0
-    latencies: list[float] = []
-    stop = time.monotonic() + SECONDS
-
-    async def loop(i: int) -> None:
-        nonlocal done
-        src = i % accounts
-        payee = accounts + src  # each paying account has its own payee, as each grant its beneficiary
-        async with pool.acquire() as conn:
-            while time.monotonic() < stop:
-                t = time.perf_counter()
-                async with conn.transaction():
-                    await conn.execute("UPDATE raw_accounts SET balance = balance - 1 WHERE id = $1", src)
-                    await conn.execute("UPDATE raw_accounts SET balance = balance + 1 WHERE id = $1", payee)
-                    await conn.execute("INSERT INTO raw_lines (account_id, amount) VALUES ($1, -1), ($2, 1)", src, payee)
-                latencies.append((time.perf_counter() - t) * 1000)
-                done += 1
-
-    await asyncio.gather(*(loop(i) for i in range(CLIENTS)))
-    await pool.close()
-    return done, latencies
 
 
 def completion(organiser: str, persons: int = 5) -> SessionCompleted:
@@ -157,7 +101,7 @@ def counting_round_trips():
 
 async def cost_per_payment(s) -> list[tuple]:
     """Round trips, process CPU and wall time of one payment (app in process, sequential, after a warm-up)."""
-    from services.funding.config import FundingSettings
+    from services.funding.settings import FundingSettings
     from services.funding.main import build_app
 
     dsn = await s.database("funding")
@@ -187,6 +131,77 @@ async def cost_per_payment(s) -> list[tuple]:
             ("wall time per payment, ms (sequential)", f"{wall / PAYMENTS * 1000:.2f}")]
 
 
+KEY_INSERT = ("INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3) "
+              "ON CONFLICT DO NOTHING RETURNING true")
+KEY_ANSWER = "UPDATE idempotency_keys SET status = $3, body = $4 WHERE scope = $1 AND key = $2"
+OUTBOX_INSERT = "INSERT INTO outbox (event_id, topic, key, lane, event_type, value) VALUES ($1, $2, $3, $4, $5, $6)"
+
+
+async def raw_same_statements(dsn: str, grant_ids: list[str], sample: asyncpg.Record, body: str) -> Load:
+    """The floor of a payment: the statements the service sends for one, by plain asyncpg on CLIENTS
+    connections, in one transaction each — the key, ``pay_grant``, the event (a stored one's bytes under a
+    new id), the key's answer — with no HTTP, no validation and no event encoding."""
+    today = date.today()
+    digest = b"\x00" * 32
+
+    async def work(conn: asyncpg.Connection, i: int, n: int) -> None:
+        key = uuid.uuid4().hex
+        async with conn.transaction():
+            await conn.fetchval(KEY_INSERT, "raw:grants.disburse", key, digest)
+            await conn.fetchrow("SELECT * FROM pay_grant($1, $2, $3, $4, $5, $6, $7)",
+                                uuid.UUID(grant_ids[i % len(grant_ids)]), 1, today, None, uuid.uuid4(), None, None)
+            await conn.execute(OUTBOX_INSERT, uuid.uuid4(), sample["topic"], sample["key"], sample["lane"],
+                               sample["event_type"], sample["value"])
+            await conn.execute(KEY_ANSWER, "raw:grants.disburse", key, 201, body)
+
+    return await raw_load(dsn, work, clients=CLIENTS, seconds=SECONDS)
+
+
+async def backlog_watch(dsn: str, until: asyncio.Event) -> tuple[int, float]:
+    """The outbox backlog sampled every 0.5 s while the load runs; then the time to drain it."""
+    conn = await asyncpg.connect(dsn)
+    peak = 0
+    try:
+        while not until.is_set():
+            peak = max(peak, await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(until.wait(), 0.5)
+        t = time.perf_counter()
+        while await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"):
+            if time.perf_counter() - t > 120:
+                raise TimeoutError("outbox not drained in 120 s")
+            await asyncio.sleep(0.05)
+        return peak, time.perf_counter() - t
+    finally:
+        await conn.close()
+
+
+async def http_load_watched(dsn: str, ports: list[int], grant_ids: list[str]) -> tuple[Load, int, float]:
+    def make(i: int, n: int) -> tuple[str, bytes, str]:
+        return (f"/v1/grants/{grant_ids[i % len(grant_ids)]}/disbursements", b'{"amount":"0.01"}',
+                f"Idempotency-Key: {uuid.uuid4().hex}\r\n")
+
+    stop = asyncio.Event()
+    watch = asyncio.create_task(backlog_watch(dsn, stop))
+    try:
+        load = await http_load(ports, HEADERS, make, clients=CLIENTS, seconds=SECONDS, warmup=1.0)
+    finally:
+        stop.set()
+    peak, drain = await watch
+    return load, peak, drain
+
+
+async def start_funding(s, dsn: str, replica: int) -> int:
+    """One funding process; the second is an API-only replica (no consumers), as docs/deployment.md runs it."""
+    extra = {} if replica == 0 else {"CHANGAI_FUNDING_SUBSIDY_CONSUMER": "false",
+                                     "CHANGAI_FUNDING_BRANCH_CONSUMER": "false"}
+    env = s.env("funding", database_url=dsn, CHANGAI_FUNDING_SUBSIDY_GROUP=f"bench-funding-{uuid.uuid4().hex[:6]}",
+                CHANGAI_DB_POOL_MAX=os.environ.get("CHANGAI_DB_POOL_MAX", "20"), CHANGAI_LOG_LEVEL="WARNING",
+                **extra)
+    await s.start(f"funding-{replica}", ["-m", "services.funding", "api"], env, health="/readyz")
+    return int(env["CHANGAI_HTTP_PORT"])
+
+
 async def main() -> None:
     if os.environ.get("FUNDING_BENCH") == "cost":
         async with servers() as s:
@@ -194,39 +209,58 @@ async def main() -> None:
         return
     only_http = os.environ.get("FUNDING_BENCH") == "http"
     async with servers() as s:
+        print(f"machine: {os.cpu_count()} CPUs, load average {load_avg()}")
         if not only_http:
             print(table(await cost_per_payment(s), ("one payment, in process", "")))
         dsn = await s.database("funding")
-        env = s.env("funding", database_url=dsn, CHANGAI_FUNDING_SUBSIDY_GROUP=f"bench-funding-{uuid.uuid4().hex[:6]}",
-                    CHANGAI_DB_POOL_MAX="20")
-        await s.start("funding", ["-m", "services.funding", "api"], env, health="/readyz")
-        base = f"http://127.0.0.1:{env['CHANGAI_HTTP_PORT']}"
-        rows = []
-        limits = httpx.Limits(max_connections=CLIENTS + 10, max_keepalive_connections=CLIENTS + 10)
-        async with httpx.AsyncClient(base_url=base, headers=HEADERS, timeout=60, limits=limits) as client:
+        port = await start_funding(s, dsn, 0)
+        base = f"http://127.0.0.1:{port}"
+        rows, aims = [], []
+        async with httpx.AsyncClient(base_url=base, headers=HEADERS, timeout=60) as client:
             fund = await _post(client, "/v1/funds", {"name": "bench fund", "source_kind": "skills_account",
                                                      "fiscal_year": 2021, "amount": "100000000.00"})
             hot = await _post(client, "/v1/grants", {"fund_id": fund["id"], "beneficiary_kind": "enterprise",
                                                      "beneficiary_id": "bench-e", "beneficiary_name": "bench enterprise",
                                                      "purpose": "bench", "amount": "1000000.00"})
-            spread = [await _post(client, "/v1/grants", {"fund_id": fund["id"], "beneficiary_kind": "enterprise",
-                                                         "beneficiary_id": f"bench-e{i}", "beneficiary_name": "bench enterprise",
-                                                         "purpose": "bench", "amount": "10000.00"})
+            spread = [(await _post(client, "/v1/grants", {"fund_id": fund["id"], "beneficiary_kind": "enterprise",
+                                                          "beneficiary_id": f"bench-e{i}", "beneficiary_name": "bench enterprise",
+                                                          "purpose": "bench", "amount": "100000.00"}))["id"]
                       for i in range(CLIENTS)]
-            results = {}
-            for label, ids in (("one hot grant", [hot["id"]]), ("50 grants", [g["id"] for g in spread])):
-                ok, refused, lat = await http_payments(client, ids)
-                results[label] = ok / SECONDS
-                rows.append((f"HTTP disbursement, {label}", ok, refused, f"{ok / SECONDS:.0f}", *summary(lat)))
+            spread_load, peak, drain = await http_load_watched(dsn, [port], spread)
+            hot_load, _, _ = await http_load_watched(dsn, [port], [hot["id"]])
+            replica_load = None
+            if REPLICAS > 1:
+                ports = [port] + [await start_funding(s, dsn, r) for r in range(1, REPLICAS)]
+                replica_load, _, _ = await http_load_watched(dsn, ports, spread)
             check = (await client.get("/v1/ledger/check")).json()
-        for label, accounts in (("one hot grant", 1), ("50 grants", CLIENTS)):
-            done, lat = await raw_payments(dsn, accounts)
-            rows.append((f"raw asyncpg double entry, {label}", done, 0, f"{done / SECONDS:.0f}", *summary(lat)))
-            rows.append((f"  ratio service / raw, {label}", "", "", f"{results[label] / (done / SECONDS):.2f}",
-                         "", "", "", ""))
-        print(table(rows, ("what", "paid", "refused", "per s", "p50 ms", "p90 ms", "p99 ms", "max ms")))
+        conn = await asyncpg.connect(dsn)
+        try:
+            sample = await conn.fetchrow("SELECT topic, key, lane, event_type, value FROM outbox "
+                                         "ORDER BY seq DESC LIMIT 1")  # a payment's event: the last load paid
+            body = await conn.fetchval("SELECT body::text FROM idempotency_keys WHERE body IS NOT NULL "
+                                       "ORDER BY created_at DESC LIMIT 1")
+        finally:
+            await conn.close()
+        raw_spread = await raw_same_statements(dsn, spread, sample, body)
+        raw_hot = await raw_same_statements(dsn, [hot["id"]], sample, body)
+        for label, load, raw in (("50 grants", spread_load, raw_spread), ("one hot grant", hot_load, raw_hot),
+                                 (f"50 grants, {REPLICAS} processes", replica_load, raw_spread)):
+            if load is None:
+                continue
+            rows.append((f"HTTP disbursement, {label}", load.count(201), sum(load.statuses.values()) - load.count(201),
+                         f"{load.rate(201):,.0f}", *summary(load.latencies), load.load))
+            rows.append((f"raw asyncpg, same statements, {label}", raw.count(200), 0, f"{raw.rate(200):,.0f}",
+                         *summary(raw.latencies), raw.load))
+        print(table(rows, ("what", "paid", "other", "per s", "p50 ms", "p90 ms", "p99 ms", "max ms", "load")))
+        print(f"outbox backlog during the 50-grant load: peak {peak} events, drained {drain:.2f} s after it")
         print(f"ledger check after the run: {'balanced' if check['ok'] else check['violations'][:3]} "
               f"({check['entries']} entries, {check['lines']} lines)")
+        best = max((x for x in (spread_load, replica_load) if x is not None), key=lambda x: x.rate(201))
+        procs = "" if best is spread_load else f", {REPLICAS} processes"
+        aims.append(aim(f"funding payment, 50 clients, 50 grants{procs}", best.rate(201), best.p99,
+                        raw_spread.rate(200), raw_spread.p99, "≥ 1,000/s, p99 ≤ 50 ms",
+                        best.rate(201) >= 1000 and best.p99 <= 50 and check["ok"], best.load))
+        print(aims_table(aims))
         if only_http:
             return
 

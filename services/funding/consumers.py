@@ -18,7 +18,7 @@ import asyncpg
 from fastapi import FastAPI
 
 from services.funding import domain, store, usecases
-from services.funding.config import FundingSettings
+from services.funding.settings import FundingSettings
 from shared import inbox
 from shared.clock import today_cn
 from shared.consumer import EventConsumer

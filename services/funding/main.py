@@ -11,8 +11,8 @@ from __future__ import annotations
 import sys
 
 from services.funding.api import router
-from services.funding.config import FundingSettings
 from services.funding.consumers import branch_part, seed_part, subsidy_part
+from services.funding.settings import FundingSettings
 from shared.http import create_app, serve
 
 

@@ -41,14 +41,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.stores.memory import Store as MemoryStore
 from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Gauge, generate_latest
-from pydantic import Field
 
-from services.projection.domain import DEDUPE_WINDOW, DOMAIN_TOPICS, Projection, base_topic
+from services.projection.domain import DOMAIN_TOPICS, Projection, base_topic
 from services.projection.exposition import FiguresCollector, Renderer, figures_registry
+from services.projection.settings import ProjectionSettings, dead_letter_topics
 from shared.consumer import drop_lag, report_lag
 from shared.events import InvalidEvent, UnknownEventType, decode, parse_data
 from shared.kafka import DEAD_LETTERS, connection, dlq_topic, kafka_security, read_to_end
-from shared.settings import Settings
 from shared.timing import within
 from shared.topics import apps_create_topics
 
@@ -62,34 +61,6 @@ READY = Gauge("changai_projection_ready", "1 once the tables are recovered and t
 
 _CONSUMER_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 TABLES = ("counters", "aggregates")
-
-
-class ProjectionSettings(Settings):
-    service: str = "projection"
-    http_port: int = 8005
-    # Faust app id = consumer group id = prefix of the changelog topics.
-    projection_app_id: str = "changai-projection"
-    # Read "<prefix>membership.events" etc. instead (an isolated run on a shared cluster: tests, benchmarks).
-    projection_topic_prefix: str = ""
-    projection_batch_max: int = 5000
-    projection_fetch_wait_ms: int = 200
-    projection_session_timeout_s: float = 10.0
-    projection_faust_sensors: bool = True
-    # Event ids remembered per source partition to skip an event published twice (domain.RecentIds).
-    projection_dedupe_window: int = Field(default=DEDUPE_WINDOW, ge=0)
-
-    def source_topics(self) -> list[str]:
-        return [self.projection_topic_prefix + t for t in DOMAIN_TOPICS]
-
-    def dlq_topics(self) -> list[str]:
-        return [self.projection_topic_prefix + t for t in dead_letter_topics()]
-
-
-def dead_letter_topics() -> list[str]:
-    """Every dead-letter topic the platform declares (``<topic>.dlq``, one partition each)."""
-    from shared.topics import TOPICS
-
-    return [t.name for t in TOPICS if t.name.endswith(".dlq")]
 
 
 def changelog_configs(settings: ProjectionSettings) -> dict[str, str]:

@@ -21,7 +21,8 @@ import time
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.protocol.admin import DeleteGroupsRequest
 
-from services.projection.main import ProjectionSettings, changelog_topics
+from services.projection.main import changelog_topics
+from services.projection.settings import ProjectionSettings
 from shared.kafka import connection
 
 GROUP_ID_NOT_FOUND, NON_EMPTY_GROUP = 69, 68

@@ -11,19 +11,8 @@ import sys
 
 from services.training.api import router
 from services.training.consumers import read_model_part, rebuild
+from services.training.settings import TrainingSettings
 from shared.http import create_app, serve
-from shared.settings import Settings
-
-
-class TrainingSettings(Settings):
-    service: str = "training"
-    http_port: int = 8002
-    # Consumer group of the member read model; the generation is appended (``training-members-g1``).
-    members_group: str = "training-members"
-    # The topic the read model is built from (a setting so a test or a bench can use a private copy).
-    members_topic: str = "membership.events"
-    # Off only for tools that must not consume (e.g. a benchmark seeding the read model itself).
-    members_consumer: bool = True
 
 
 def build_app(settings: TrainingSettings | None = None):

@@ -8,7 +8,7 @@ import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from services.funding.config import FundingSettings
+from services.funding.settings import FundingSettings
 from services.funding.main import build_app
 from services.funding import store
 from shared.auth import mint_token

@@ -12,7 +12,8 @@ import httpx
 from aiokafka import AIOKafkaConsumer
 
 from services.training.consumers import topic_partitions
-from services.training.main import TrainingSettings, build_app
+from services.training.main import build_app
+from services.training.settings import TrainingSettings
 from shared.auth import mint_token
 from shared.events import CloudEvent, EventData, decode, encode, envelope
 from shared.events.membership import BranchEstablished, MemberJoined
