@@ -16,3 +16,17 @@ async def claim(conn: asyncpg.Connection, consumer: str, event_id: str | uuid.UU
         uuid.UUID(str(event_id)),
     )
     return bool(row)
+
+
+async def claim_many(conn: asyncpg.Connection, consumer: str, event_ids: list[str]) -> set[str]:
+    """``claim`` for a batch, in one statement: the ids (as given) claimed now; the others were redeliveries."""
+    if not event_ids:
+        return set()
+    rows = await conn.fetch(
+        "INSERT INTO inbox (consumer, event_id) SELECT $1, unnest($2::uuid[]) "
+        "ON CONFLICT DO NOTHING RETURNING event_id",
+        consumer,
+        [uuid.UUID(str(e)) for e in event_ids],
+    )
+    claimed = {r["event_id"] for r in rows}
+    return {e for e in event_ids if uuid.UUID(str(e)) in claimed}

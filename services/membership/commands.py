@@ -6,8 +6,9 @@ actor built from the source's region scope: every rule, scope check and event is
 meets. Each command is applied once (the inbox claim, by command id, in the transaction of its effect),
 and its outcome is published on ``membership.events`` (``changai.membership.command.applied.v1`` /
 ``.rejected.v1`` with the problem's type and a scrubbed detail, no personal data) for the intake to answer
-the source. A partition's batch is one transaction, each command in its own savepoint, so a refusal
-undoes only that command.
+the source. A partition's batch is one transaction (``apply_commands``): one inbox claim for the batch, its
+consecutive joins through ``usecases.join_many`` (the batch form of the join, same rules), a leave on its
+own in a savepoint, every outcome queued at once; a refusal undoes only its own command.
 """
 
 from __future__ import annotations
@@ -68,48 +69,134 @@ async def _apply(
     return await usecases.leave(conn, found["id"], domain.EndIn(on=cmd.left_on, reason=cmd.reason), actor, today)
 
 
-async def apply_command(
-    conn: asyncpg.Connection,
-    event: CloudEvent,
-    cmd: JoinCommand | LeaveCommand,
-    keys: CommandKeys,
-    vault: Vault,
-    today: date,
-) -> CommandApplied | CommandRejected | None:
-    """Inside the caller's transaction: apply one command once; None for a redelivery."""
-    if not await inbox.claim(conn, INBOX, event.id):
-        return None
-    common = dict(
+def _common(event: CloudEvent, cmd: JoinCommand | LeaveCommand) -> dict:
+    return dict(
         command_id=event.id,
         intake_id=cmd.intake_id,
         command=cmd.event_type,
         upstream_source=cmd.upstream_source,
         region_code=cmd.region_scope,
     )
-    outcome: CommandApplied | CommandRejected
-    try:
-        async with conn.transaction():  # a savepoint: a refusal undoes this command only
-            row = await _apply(conn, cmd, keys, vault, today)
-        outcome = CommandApplied(**common, member_id=row["id"])
-    except DomainError as exc:
-        outcome = CommandRejected(
-            **common,
-            status=status_of(exc),
-            problem_type=exc.kind,
-            title=exc.title,
-            detail=scrub_text(exc.detail) if exc.detail else None,
-        )
-    except ValidationError as exc:  # the person's data against MemberIn / EndIn (never echoed)
+
+
+def _rejected(event: CloudEvent, cmd: JoinCommand | LeaveCommand, exc: Exception) -> CommandRejected:
+    """A refusal as the source hears it: the problem's type and title, a scrubbed detail."""
+    if isinstance(exc, ValidationError):  # the person's data against MemberIn / EndIn (never echoed)
         err = exc.errors()[0]
-        outcome = CommandRejected(
-            **common,
+        return CommandRejected(
+            **_common(event, cmd),
             status=422,
             problem_type="validation-error",
             title="Request is not valid",
             detail=scrub_text(f"{'.'.join(map(str, err['loc']))}: {err['msg']}"),
         )
-    await usecases.emit(conn, outcome)
-    return outcome
+    assert isinstance(exc, DomainError)
+    return CommandRejected(
+        **_common(event, cmd),
+        status=status_of(exc),
+        problem_type=exc.kind,
+        title=exc.title,
+        detail=scrub_text(exc.detail) if exc.detail else None,
+    )
+
+
+async def _apply_one(
+    conn: asyncpg.Connection,
+    event: CloudEvent,
+    cmd: JoinCommand | LeaveCommand,
+    keys: CommandKeys,
+    vault: Vault,
+    today: date,
+) -> CommandApplied | CommandRejected:
+    try:
+        async with conn.transaction():  # a savepoint: a refusal undoes this command only
+            row = await _apply(conn, cmd, keys, vault, today)
+        return CommandApplied(**_common(event, cmd), member_id=row["id"])
+    except (DomainError, ValidationError) as exc:
+        return _rejected(event, cmd, exc)
+
+
+async def _join_run(
+    conn: asyncpg.Connection,
+    run: list[tuple[CloudEvent, JoinCommand]],
+    keys: CommandKeys,
+    vault: Vault,
+    today: date,
+) -> list[CommandApplied | CommandRejected]:
+    """Consecutive joins of a batch through ``usecases.join_many`` (the batch form of the API's join)."""
+    codes = [cmd.employer_credit_code for _, cmd in run if cmd.branch_id is None]
+    branch_of = await store.active_branches_by_credit_codes(conn, codes) if codes else {}
+    outcomes: list[CommandApplied | CommandRejected | None] = [None] * len(run)
+    joins: list[tuple[domain.MemberIn, Principal]] = []
+    at: list[int] = []
+    for i, (event, cmd) in enumerate(run):
+        branch_id = cmd.branch_id or branch_of.get(cmd.employer_credit_code)
+        if branch_id is None:
+            exc = NotFound("branch of the employer", cmd.employer_credit_code, kind="no-branch-for-employer")
+            outcomes[i] = _rejected(event, cmd, exc)
+            continue
+        person = keys.open(cmd.intake_id, cmd.sealed)
+        try:
+            member = domain.MemberIn(
+                branch_id=branch_id,
+                name=person["name"],
+                id_number=person["id_number"],
+                phone=person.get("phone"),
+                employment_form=cmd.employment_form,
+                occupation=cmd.occupation,
+                joined_on=cmd.joined_on,
+            )
+        except ValidationError as exc:
+            outcomes[i] = _rejected(event, cmd, exc)
+            continue
+        joins.append((member, actor_of(cmd)))
+        at.append(i)
+    for i, result in zip(at, await usecases.join_many(conn, joins, today, vault=vault), strict=True):
+        event, cmd = run[i]
+        if isinstance(result, DomainError):
+            outcomes[i] = _rejected(event, cmd, result)
+        else:
+            outcomes[i] = CommandApplied(**_common(event, cmd), member_id=result["id"])
+    return [o for o in outcomes if o is not None]
+
+
+async def apply_commands(
+    conn: asyncpg.Connection,
+    items: list[tuple[CloudEvent, JoinCommand | LeaveCommand]],
+    keys: CommandKeys,
+    vault: Vault,
+    today: date,
+) -> list[CommandApplied | CommandRejected]:
+    """Inside the caller's transaction (a partition's batch): apply each command not applied before
+    (one inbox claim for the batch), in order: consecutive joins together (``usecases.join_many``), a
+    leave on its own (it may follow the same person's join). Every outcome goes to the outbox at once.
+    Should the batch form fail on something other than a refusal, the batch is applied one command at a
+    time instead (each in a savepoint), so one odd command cannot hold the partition."""
+    claimed = await inbox.claim_many(conn, INBOX, [event.id for event, _ in items])
+    fresh, seen = [], set()
+    for event, cmd in items:
+        if event.id in claimed and event.id not in seen:
+            seen.add(event.id)
+            fresh.append((event, cmd))
+    outcomes: list[CommandApplied | CommandRejected] = []
+    try:
+        async with conn.transaction():
+            i = 0
+            while i < len(fresh):
+                if isinstance(fresh[i][1], JoinCommand):
+                    j = i
+                    while j < len(fresh) and isinstance(fresh[j][1], JoinCommand):
+                        j += 1
+                    outcomes += await _join_run(conn, fresh[i:j], keys, vault, today)  # type: ignore[arg-type]
+                    i = j
+                else:
+                    outcomes.append(await _apply_one(conn, *fresh[i], keys, vault, today))
+                    i += 1
+    except asyncpg.PostgresError:
+        log.warning("a batch of commands failed as a batch; applying them one at a time", exc_info=True)
+        outcomes = [await _apply_one(conn, event, cmd, keys, vault, today) for event, cmd in fresh]
+    await usecases.emit(conn, *outcomes)
+    return outcomes
 
 
 class CommandConsumer(EventConsumer):
@@ -136,10 +223,12 @@ def command_consumer(
 ) -> EventConsumer:
     async def handle(items: list[tuple[CloudEvent, EventData]]) -> None:
         today = today_cn()
+        commands = []
+        for event, cmd in items:
+            assert isinstance(cmd, JoinCommand | LeaveCommand)  # CommandConsumer parses only those
+            commands.append((event, cmd))
         async with pool.acquire() as conn, conn.transaction():
-            for event, cmd in items:
-                assert isinstance(cmd, JoinCommand | LeaveCommand)  # CommandConsumer parses only those
-                await apply_command(conn, event, cmd, keys, vault, today)
+            await apply_commands(conn, commands, keys, vault, today)
 
     return CommandConsumer(bootstrap, group_id, ["membership.commands"], batch_handler=handle)
 

@@ -44,6 +44,15 @@ async def active_branch_by_credit_code(conn: asyncpg.Connection, credit_code: st
     )
 
 
+async def active_branches_by_credit_codes(conn: asyncpg.Connection, codes: list[str]) -> dict[str, uuid.UUID]:
+    """The active branch of each employer named by credit code (a batch of the intake's joins)."""
+    rows = await conn.fetch(
+        "SELECT credit_code, id FROM branches WHERE credit_code = ANY($1::text[]) AND status = 'active'",
+        sorted(set(codes)),
+    )
+    return {r["credit_code"]: r["id"] for r in rows}
+
+
 async def branch_exists(conn: asyncpg.Connection, branch_id: uuid.UUID) -> bool:
     return await conn.fetchval("SELECT EXISTS (SELECT 1 FROM branches WHERE id = $1)", branch_id)
 
@@ -172,6 +181,36 @@ async def insert_member(conn: asyncpg.Connection, **row: Any) -> asyncpg.Record 
         f"ON CONFLICT (id_hash) DO NOTHING RETURNING {MEMBER_RETURNING}",
         *row.values(),
     )
+
+
+NEW_MEMBER_COLUMNS = (
+    "id, id_hash, branch_id, name, id_cipher, id_masked, phone_cipher, phone_masked, birth_year, sex, "
+    "home_region_code, employment_form, occupation, skill_level, joined_on"
+)
+
+
+async def insert_members(conn: asyncpg.Connection, rows: list[tuple]) -> set[uuid.UUID]:
+    """Insert many new members in one statement (rows in ``NEW_MEMBER_COLUMNS`` order), each unless the
+    person (id_hash) is already a member; returns the ids inserted. The caller sorts the rows by id_hash,
+    so concurrent writers take the unique index's locks in one order."""
+    if not rows:
+        return set()
+    cols = [list(c) for c in zip(*rows, strict=True)]
+    inserted = await conn.fetch(
+        f"INSERT INTO members ({NEW_MEMBER_COLUMNS}) SELECT * FROM unnest($1::uuid[], $2::bytea[], $3::uuid[], "
+        "$4::text[], $5::bytea[], $6::text[], $7::bytea[], $8::text[], $9::smallint[], $10::text[], $11::text[], "
+        "$12::text[], $13::text[], $14::smallint[], $15::date[]) ON CONFLICT (id_hash) DO NOTHING RETURNING id",
+        *cols,
+    )
+    return {r["id"] for r in inserted}
+
+
+async def get_members(conn: Conn, member_ids: list[uuid.UUID]) -> dict[uuid.UUID, asyncpg.Record]:
+    rows = await conn.fetch(
+        f"SELECT {MEMBER_COLUMNS} FROM members m JOIN branches b ON b.id = m.branch_id WHERE m.id = ANY($1::uuid[])",
+        member_ids,
+    )
+    return {r["id"]: r for r in rows}
 
 
 async def member_by_hash(conn: Conn, id_hash: bytes, *, lock: bool = False) -> asyncpg.Record | None:
