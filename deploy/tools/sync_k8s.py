@@ -5,6 +5,9 @@
 
 * ``base/kafka/topics.yaml``: a Strimzi ``KafkaTopic`` per topic of ``shared.topics.TOPICS``
   and ``STREAM_TOPICS`` (partitions, retention, cleanup policy and extra configs as declared there).
+* ``base/kafka/users.yaml``: a Strimzi ``KafkaUser`` per Kafka client of the platform (SCRAM-SHA-512), with
+  ACLs for exactly the topics it reads and writes and the consumer groups it uses (``kafka_access``, read
+  from the services' settings and ``shared.topics``).
 * ``base/migrations/migrations.yaml``: a migrations ``Job`` (and its ``NetworkPolicy``) per service
   database of ``deploy/local/stack.py`` (``SERVICE_DATABASES``).
 * ``base/monitoring/``: a ``PrometheusRule`` per ``deploy/prometheus/*.rules.yml`` (its
@@ -81,6 +84,107 @@ def render_topics() -> str:
                      "config": config},
         })
     return HEADER.format(source="shared/topics.py (TOPICS, STREAM_TOPICS)") + _dump_all(docs)
+
+
+# --------------------------------------------------------------------------- Kafka users and ACLs
+
+
+def _default(settings_class, field: str):
+    """A setting's default as the code declares it (not as this shell's environment would override it)."""
+    return settings_class.model_fields[field].default
+
+
+def kafka_access() -> dict[str, dict]:
+    """What each Kafka client of the platform does, as its code does it: topics read, topics written,
+    consumer groups (name, pattern type), and the extra operations the projection's rebuild needs.
+
+    * Every ``shared.consumer.EventConsumer`` (and the stream processors' ``parse_or_dead_letter``) writes
+      a record it cannot parse to ``<topic>.dlq`` (``shared.kafka.dlq_topic``).
+    * The notifier's API and worker share one outbox table, and both run its relay (shared.outbox):
+      either may publish any of the notifier's records, so both write every topic that outbox holds.
+    * Faust: the app id is the consumer group; the app reads and writes its leader topic and changelogs.
+    * The training read model's group gets a generation suffix (``training-members-g<N>``): a prefix ACL.
+    * ``python -m services.projection.rebuild`` deletes the projection's changelogs, leader topic and group.
+    """
+    from services.funding.settings import FundingSettings
+    from services.intake.settings import IntakeSettings
+    from services.membership.settings import MembershipSettings
+    from services.notifier.settings import NotifierSettings
+    from services.notifier.topics import DEFERRED, DELIVER, DOMAIN_SOURCES, RETRIES
+    from services.projection.settings import ProjectionSettings, dead_letter_topics
+    from services.training.settings import TrainingSettings
+    from shared.kafka import dlq_topic
+    from shared.topics import STREAM_APPS, TOPICS, stream_topics
+
+    def faust_topics(app_id: str) -> list[str]:
+        return [t.name for t in stream_topics(app_id, STREAM_APPS[app_id])]
+
+    # What the notifier's outbox holds (its relays publish it): every notifier.* topic but the dead letters
+    # of notifier.events, which its consumers write.
+    notifier_outbox = [t.name for t in TOPICS if t.name.startswith("notifier.") and t.name != "notifier.events.dlq"]
+    notifier_app = f"changai-{_default(NotifierSettings, 'notifier_app_id')}"
+    projection_app = _default(ProjectionSettings, "projection_app_id")
+    domain = list(DOMAIN_SOURCES)
+    intake_topics = _default(IntakeSettings, "intake_kafka_topics").split(",")
+    membership_reads = ["training.events", "membership.commands"]
+    training_reads = [_default(TrainingSettings, "members_topic")]
+    funding_reads = [_default(FundingSettings, "funding_training_topic"),
+                     _default(FundingSettings, "funding_membership_topic")]
+    intake_reads = ["membership.events", *intake_topics]
+    return {
+        "membership": {
+            "read": membership_reads, "write": ["membership.events", *map(dlq_topic, membership_reads)],
+            "groups": [(_default(MembershipSettings, "certificates_group_id"), "literal"),
+                       (_default(MembershipSettings, "commands_group_id"), "literal")]},
+        "training": {
+            "read": training_reads, "write": ["training.events", *map(dlq_topic, training_reads)],
+            "groups": [(_default(TrainingSettings, "members_group") + "-", "prefix")]},
+        "funding": {
+            "read": funding_reads, "write": ["funding.events", *map(dlq_topic, funding_reads)],
+            "groups": [(_default(FundingSettings, "funding_subsidy_group"), "literal"),
+                       (_default(FundingSettings, "funding_branch_group"), "literal")]},
+        "reform": {"read": [], "write": ["reform.events"], "groups": []},
+        "intake": {
+            "read": intake_reads, "write": ["membership.commands", *map(dlq_topic, intake_reads)],
+            "groups": [(_default(IntakeSettings, "intake_outcomes_group_id"), "literal"),
+                       (_default(IntakeSettings, "intake_kafka_group_id"), "literal")]},
+        "notifier-api": {"read": [], "write": notifier_outbox, "groups": []},
+        "notifier-worker": {
+            "read": [*domain, DELIVER, DEFERRED, *RETRIES, *faust_topics(notifier_app)],
+            "write": [*notifier_outbox, *map(dlq_topic, domain), *faust_topics(notifier_app)],
+            "groups": [(notifier_app, "literal")]},
+        "projection": {
+            "read": [*domain, *dead_letter_topics(), *faust_topics(projection_app)],
+            "write": [*map(dlq_topic, domain), *faust_topics(projection_app)],
+            "groups": [(projection_app, "literal")],
+            "delete": faust_topics(projection_app)},
+    }
+
+
+def render_users() -> str:
+    docs = []
+    for user, access in kafka_access().items():
+        operations: dict[str, list[str]] = {}
+        for op, key in (("Read", "read"), ("Write", "write"), ("Delete", "delete")):
+            for topic in access.get(key, []):
+                ops = operations.setdefault(topic, ["Describe"])
+                if op not in ops:
+                    ops.append(op)
+        acls = [{"resource": {"type": "topic", "name": topic, "patternType": "literal"}, "operations": ops}
+                for topic, ops in operations.items()]
+        for group, pattern in access["groups"]:
+            ops = ["Read", "Describe", *(["Delete"] if access.get("delete") else [])]
+            acls.append({"resource": {"type": "group", "name": group, "patternType": pattern}, "operations": ops})
+        docs.append({
+            "apiVersion": "kafka.strimzi.io/v1",
+            "kind": "KafkaUser",
+            "metadata": {"name": user, "labels": {"strimzi.io/cluster": KAFKA_CLUSTER}},
+            # The User Operator writes the password to the Secret of the same name (key `password`), which
+            # the service's Deployment mounts as CHANGAI_KAFKA_SASL_PASSWORD.
+            "spec": {"authentication": {"type": "scram-sha-512"},
+                     "authorization": {"type": "simple", "acls": acls}},
+        })
+    return HEADER.format(source="the services' settings and shared/topics.py (kafka_access)") + _dump_all(docs)
 
 
 def service_databases() -> tuple[str, ...]:
@@ -171,7 +275,11 @@ def dashboard_files() -> list[Path]:
 
 
 def rule_files() -> list[Path]:
-    return sorted(RULES_DIR.glob("*.rules.yml")) if RULES_DIR.is_dir() else []
+    """The rule files every Prometheus loads (deploy/prometheus/*.rules.yml), then those for Kubernetes only
+    (deploy/prometheus/kubernetes/: the operators' targets, which Compose and the local stack do not have)."""
+    if not RULES_DIR.is_dir():
+        return []
+    return sorted(RULES_DIR.glob("*.rules.yml")) + sorted((RULES_DIR / "kubernetes").glob("*.rules.yml"))
 
 
 def k8s_name(text: str) -> str:
@@ -196,12 +304,13 @@ def render_rules() -> str | None:
             "apiVersion": "monitoring.coreos.com/v1",
             "kind": "PrometheusRule",
             "metadata": {"name": prometheus_rule_name(path),
-                         "annotations": {"changai.io/source": f"deploy/prometheus/{path.name}"}},
+                         "annotations": {"changai.io/source": str(path.relative_to(ROOT))}},
             "spec": {"groups": groups},
         })
     if not docs:
         return None
-    return HEADER.format(source="deploy/prometheus/*.rules.yml") + _dump_all(docs)
+    return HEADER.format(source="deploy/prometheus/*.rules.yml and deploy/prometheus/kubernetes/*.rules.yml") + \
+        _dump_all(docs)
 
 
 def render_monitoring_kustomization(has_rules: bool) -> str:
@@ -221,6 +330,7 @@ def render_monitoring_kustomization(has_rules: bool) -> str:
 def expected_files() -> dict[Path, bytes]:
     """Every derived file under base/, with its content."""
     files: dict[Path, bytes] = {BASE / "kafka" / "topics.yaml": render_topics().encode(),
+                                BASE / "kafka" / "users.yaml": render_users().encode(),
                                 BASE / "migrations" / "migrations.yaml": render_migrations().encode()}
     rules = render_rules()
     if rules is not None:
@@ -233,7 +343,7 @@ def expected_files() -> dict[Path, bytes]:
 
 def managed_paths() -> set[Path]:
     """Derived files present now, including stale ones the script would delete."""
-    found = {BASE / "kafka" / "topics.yaml", BASE / "migrations" / "migrations.yaml",
+    found = {BASE / "kafka" / "topics.yaml", BASE / "kafka" / "users.yaml", BASE / "migrations" / "migrations.yaml",
              BASE / "monitoring" / "kustomization.yaml",
              BASE / "monitoring" / "prometheus-rules.yaml"}
     found |= set((BASE / "monitoring" / "dashboards").glob("*.json"))

@@ -298,6 +298,12 @@ def _python_pattern(pattern: str) -> str | None:
     return None
 
 
+def _open(branch: Any) -> Any:
+    if isinstance(branch, dict) and branch.get("additionalProperties") is False:
+        return {k: v for k, v in branch.items() if k != "additionalProperties"}
+    return branch
+
+
 def crd_to_jsonschema(node: Any, path: tuple[str, ...] = (), cel: list | None = None) -> Any:
     """An apiextensions openAPIV3Schema as a strict JSON Schema, as kubeconform does it:
     `nullable` becomes a null type, int-or-string both types, and an object with declared
@@ -314,7 +320,9 @@ def crd_to_jsonschema(node: Any, path: tuple[str, ...] = (), cel: list | None = 
         elif key in ("items", "additionalProperties", "not") and isinstance(value, dict):
             out[key] = crd_to_jsonschema(value, path + ("*",), cel)
         elif key in ("allOf", "anyOf", "oneOf"):
-            out[key] = [crd_to_jsonschema(v, path, cel) for v in value]
+            # A branch's `properties` only say which fields it needs (structural schemas declare the
+            # fields outside): the branch admits the others, as the API server does.
+            out[key] = [_open(crd_to_jsonschema(v, path, cel)) for v in value]
         elif key == "x-kubernetes-validations":
             if cel is not None:
                 cel.append((path, value))

@@ -122,8 +122,9 @@ def test_deploy_k8s_service_matches_the_code(spec, overlay):
     assert {o["metadata"]["name"] for o in ds.find(objects, "ConfigMap")} >= set(refs)
     assert own["CHANGAI_SERVICE"] == spec.name and own["CHANGAI_HTTP_PORT"] == str(spec.port)
     assert common["CHANGAI_HTTP_HOST"] == "0.0.0.0"
-    kafka = ds.find(objects, "Kafka")[0]["metadata"]["name"]
-    assert common["CHANGAI_KAFKA_BOOTSTRAP"] == f"{kafka}-kafka-bootstrap:9092"
+    kafka = ds.find(objects, "Kafka")[0]
+    (listener,) = kafka["spec"]["kafka"]["listeners"]  # the TLS one (test_deploy_kafka_security)
+    assert common["CHANGAI_KAFKA_BOOTSTRAP"] == f"{kafka['metadata']['name']}-kafka-bootstrap:{listener['port']}"
     # Probes, resources, security.
     assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz" if spec.role == "api" else "/livez",
@@ -182,8 +183,9 @@ def test_deploy_k8s_network_policy_allows_only_what_the_service_needs(spec, over
     assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
     peers = [(peer.get("podSelector", {}).get("matchLabels", {}), rule.get("ports", []))
              for rule in policy["egress"] for peer in rule.get("to", [])]
-    kafka = ds.find(objects, "Kafka")[0]["metadata"]["name"]
-    assert any(sel.get("strimzi.io/cluster") == kafka and {"protocol": "TCP", "port": 9092} in ports
+    kafka = ds.find(objects, "Kafka")[0]
+    port = kafka["spec"]["kafka"]["listeners"][0]["port"]
+    assert any(sel.get("strimzi.io/cluster") == kafka["metadata"]["name"] and {"protocol": "TCP", "port": port} in ports
                for sel, ports in peers), "no egress to the Kafka brokers"
     # DNS: the overlay's setting (dns.yaml), checked by test_deploy_production.
     assert policy["egress"][0]["ports"] and any(p.get("port") in (53, 5353) for p in policy["egress"][0]["ports"]), \
@@ -207,14 +209,21 @@ def test_deploy_k8s_secrets_exist_or_are_provided_outside(overlay):
     secrets = {o["metadata"]["name"] for o in ds.find(objects, "Secret")}
     clusters = {o["metadata"]["name"] for o in ds.find(objects, "Cluster")}
     external = {"changai-secrets"} if overlay == "prod" else set()  # created from the secret store (README.md, "Deployment")
+    # Strimzi's User Operator writes a Secret per KafkaUser (its name), the Cluster Operator the cluster CA's.
+    kafka_users = {o["metadata"]["name"] for o in ds.find(objects, "KafkaUser")}
+    kafka_ca = {f"{o['metadata']['name']}-cluster-ca-cert" for o in ds.find(objects, "Kafka")}
     for dep in ds.find(objects, "Deployment"):
+        for volume in dep["spec"]["template"]["spec"].get("volumes", []):
+            if "secret" in volume:
+                assert volume["secret"]["secretName"] in secrets | kafka_ca, f"{dep['metadata']['name']}: {volume}"
         for env in dep["spec"]["template"]["spec"]["containers"][0].get("env", []):
             ref = (env.get("valueFrom") or {}).get("secretKeyRef")
             if not ref or ref.get("optional"):
                 continue
             name = ref["name"]
             made_by_cnpg = name.endswith("-app") and name[: -len("-app")] in clusters
-            assert name in secrets or made_by_cnpg or name in external, f"{dep['metadata']['name']}: Secret {name}?"
+            assert name in secrets or made_by_cnpg or name in external or name in kafka_users, \
+                f"{dep['metadata']['name']}: Secret {name}?"
 
 
 # --------------------------------------------------------------------------- topics

@@ -75,7 +75,8 @@ def test_deploy_every_vendored_schema_is_accounted_for():
     present = {str(p.relative_to(ds.VENDOR)) for p in ds.VENDOR.rglob("*.json") if p.name != "sources.json"}
     assert listed == present, "vendor/schemas/sources.json and the files disagree"
     kinds = {k for _, k in ds.crd_schemas()}
-    assert {"Kafka", "KafkaNodePool", "KafkaTopic", "Cluster", "ServiceMonitor", "PrometheusRule"} <= kinds
+    assert {"Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser", "KafkaMirrorMaker2", "Cluster", "Pooler",
+            "ScheduledBackup", "ObjectStore", "ServiceMonitor", "PodMonitor", "PrometheusRule"} <= kinds
 
 
 # The checks above must be able to fail: each broken object below is rejected.
@@ -105,6 +106,14 @@ def _broken_variants():
         variant("Kafka", "changai", lambda o: o["spec"]["kafka"].update(
             metricsConfig={"type": "jmxPrometheusExporter"}), "kafka-field-with-cel-rules"),
         variant("Deployment", "membership", lambda o: o["metadata"].update(labels={"a": 1}), "metadata-wrong-type"),
+        variant("KafkaUser", "membership", lambda o: o["spec"]["authorization"]["acls"][0]["resource"].update(
+            type="topics"), "kafkauser-bad-resource-type"),
+        variant("ScheduledBackup", "pg-notifier-nightly", lambda o: o["spec"].pop("cluster"), "backup-missing-cluster"),
+        variant("Cluster", "pg-notifier", lambda o: o["spec"]["postgresql"]["synchronous"].update(number=0),
+                "cnpg-breaks-cel-rule"),
+        variant("Cluster", "pg-notifier", lambda o: o["spec"]["postgresql"]["synchronous"].update(
+            dataDurability="preferred", standbyNamesPre=["a"]), "cnpg-breaks-cel-rule-of-an-object"),
+        variant("KafkaMirrorMaker2", "changai-dr", lambda o: o["spec"].pop("target"), "mirrormaker-missing-target"),
     ]
 
 

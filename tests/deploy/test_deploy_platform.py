@@ -1,0 +1,287 @@
+"""Static checks of what a platform team asks for (issue 19, "What a platform team will ask for"):
+Kafka authentication and ACLs, Kafka and PostgreSQL metrics and alerts, spread, backups."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+import deploy_support as ds
+
+PLATFORM_RULES = ds.RULES_DIR / "kubernetes" / "platform.rules.yml"
+
+
+def _env(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def _common(objects) -> dict[str, str]:
+    """changai-common (its name carries kustomize's hash suffix)."""
+    (found,) = [o for o in ds.find(objects, "ConfigMap") if o["metadata"]["name"].rsplit("-", 1)[0] == "changai-common"]
+    return found["data"]
+
+
+# ------------------------------------------------------------------ Kafka: authentication and ACLs
+
+
+@pytest.mark.parametrize("overlay", ds.OVERLAYS)
+def test_kafka_listens_only_with_tls_and_scram(overlay):
+    kafka = ds.one(ds.overlay_objects(overlay), "Kafka", "changai")["spec"]
+    listeners = kafka["kafka"]["listeners"]
+    plain = [lst["name"] for lst in listeners if not lst["tls"] or lst.get("authentication", {}).get("type") is None]
+    assert not plain, f"{overlay}: listeners without TLS or authentication: {plain}"
+    assert all(lst["authentication"]["type"] == "scram-sha-512" for lst in listeners)
+    assert kafka["kafka"]["authorization"]["type"] == "simple", "ACLs are not enforced without an authorizer"
+    assert "userOperator" in kafka["entityOperator"], "no User Operator: the KafkaUsers would never get a password"
+
+
+def _code_groups() -> set[str]:
+    """Every consumer group the code uses: the services' *group* settings and the Faust app ids."""
+    from services.funding.settings import FundingSettings
+    from services.intake.settings import IntakeSettings
+    from services.membership.settings import MembershipSettings
+    from services.notifier.settings import NotifierSettings
+    from services.projection.settings import ProjectionSettings
+    from services.training.settings import TrainingSettings
+
+    groups = set()
+    for cls in (FundingSettings, IntakeSettings, MembershipSettings, TrainingSettings):
+        groups |= {f.default for name, f in cls.model_fields.items() if "group" in name}
+    groups.add("changai-" + NotifierSettings.model_fields["notifier_app_id"].default)
+    groups.add(ProjectionSettings.model_fields["projection_app_id"].default)
+    return groups
+
+
+@pytest.mark.parametrize("overlay", ds.OVERLAYS)
+def test_every_kafka_user_acl_names_a_topic_or_group_that_exists(overlay):
+    from services.training.consumers import group_id
+
+    objects = ds.overlay_objects(overlay)
+    topics = {t["spec"]["topicName"] for t in ds.find(objects, "KafkaTopic")}
+    groups = _code_groups()
+    granted_groups = set()
+    users = ds.find(objects, "KafkaUser")
+    assert users
+    for user in users:
+        name = user["metadata"]["name"]
+        assert user["metadata"]["labels"]["strimzi.io/cluster"] == "changai"
+        assert user["spec"]["authentication"]["type"] == "scram-sha-512"
+        for acl in user["spec"]["authorization"]["acls"]:
+            resource, ops = acl["resource"], acl["operations"]
+            assert "All" not in ops and resource["type"] in ("topic", "group"), f"{name}: too broad: {acl}"
+            assert resource.get("name") not in (None, "*"), f"{name}: wildcard: {acl}"
+            if resource["type"] == "topic":
+                assert resource["patternType"] == "literal", f"{name}: {acl}"
+                assert resource["name"] in topics, f"{name}: ACL on {resource['name']}, which is no KafkaTopic"
+            elif resource["patternType"] == "literal":
+                assert resource["name"] in groups, f"{name}: ACL on group {resource['name']}, which no code uses"
+                granted_groups.add(resource["name"])
+            else:  # a prefix: the training read model's generations, training-members-g<N>
+                owners = {g for g in groups if group_id(g, 1).startswith(resource["name"])}
+                assert owners, f"{name}: prefix ACL {resource['name']} matches no group of the code"
+                granted_groups |= owners
+    assert granted_groups == groups, f"groups no KafkaUser may use: {groups - granted_groups}"
+
+
+def _service_users(objects) -> dict[str, dict]:
+    return {u["metadata"]["name"]: u for u in ds.find(objects, "KafkaUser")}
+
+
+def _topic_ops(user: dict) -> dict[str, set[str]]:
+    return {a["resource"]["name"]: set(a["operations"]) for a in user["spec"]["authorization"]["acls"]
+            if a["resource"]["type"] == "topic"}
+
+
+@pytest.mark.parametrize("overlay", ds.OVERLAYS)
+def test_every_service_logs_in_as_its_own_kafka_user(overlay):
+    objects = ds.overlay_objects(overlay)
+    users = _service_users(objects)
+    common = _common(objects)
+    kafka = ds.one(objects, "Kafka", "changai")
+    (listener,) = kafka["spec"]["kafka"]["listeners"]
+    assert common["CHANGAI_KAFKA_BOOTSTRAP"] == f"changai-kafka-bootstrap:{listener['port']}"
+    assert common["CHANGAI_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert common["CHANGAI_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
+    cafile = common["CHANGAI_KAFKA_SSL_CAFILE"]
+    for spec in ds.services():
+        dep = ds.one(objects, "Deployment", spec.name)
+        pod = dep["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        env = _env(container)
+        assert env["CHANGAI_KAFKA_SASL_USERNAME"]["value"] == spec.name and spec.name in users, spec.name
+        assert env["CHANGAI_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": spec.name, "key": "password"}
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        (ca,) = [n for n, v in volumes.items() if v.get("secret", {}).get("secretName") == "changai-cluster-ca-cert"]
+        assert os.path.join(mounts[ca], "ca.crt") == cafile, f"{spec.name}: the CA is not where CHANGAI_KAFKA_SSL_CAFILE says"
+    # No KafkaUser nobody logs in as, except the MirrorMaker's (prod).
+    assert set(users) - {s.name for s in ds.services()} <= {"mirror-maker"}
+
+
+def test_kafka_users_grant_what_the_code_does():
+    """Spot checks against the code, independent of the generator: the writers of each domain topic, and
+    every consumer's dead letters."""
+    from shared.topics import domain_topics
+
+    users = _service_users(ds.overlay_objects("prod"))
+    writers = {t: {u for u, user in users.items() if "Write" in _topic_ops(user).get(t, set())} for t in domain_topics()}
+    assert writers["membership.events"] == {"membership"}
+    assert writers["training.events"] == {"training"}
+    assert writers["funding.events"] == {"funding"}
+    assert writers["reform.events"] == {"reform"}
+    assert writers["notifier.events"] == {"notifier-api", "notifier-worker"}  # one outbox table, two relays
+    for user, spec in users.items():
+        ops = _topic_ops(spec)
+        for topic, granted in ops.items():
+            if "Read" in granted and not topic.endswith(".dlq") and f"{topic}.dlq" in {
+                    t["spec"]["topicName"] for t in ds.find(ds.overlay_objects("prod"), "KafkaTopic")}:
+                assert "Write" in ops.get(f"{topic}.dlq", set()) or user == "mirror-maker", \
+                    f"{user} reads {topic} but may not write its dead letters"
+
+
+# ------------------------------------------------------------------ metrics and alerts
+
+
+@pytest.mark.parametrize("overlay", ds.OVERLAYS)
+def test_kafka_metrics_are_exported_and_scraped(overlay):
+    objects = ds.overlay_objects(overlay)
+    kafka = ds.one(objects, "Kafka", "changai")["spec"]
+    ref = kafka["kafka"]["metricsConfig"]["valueFrom"]["configMapKeyRef"]
+    config = ds.one(objects, "ConfigMap", ref["name"])["data"][ref["key"]]
+    rules = ds.yaml.safe_load(config)["rules"]
+    assert rules, "the JMX exporter has no rules"
+    assert "kafkaExporter" in kafka
+    monitors = {m["metadata"]["name"]: m for m in ds.find(objects, "PodMonitor")}
+    assert monitors["kafka-brokers"]["spec"]["selector"]["matchLabels"]["strimzi.io/broker-role"] == "true"
+    assert monitors["kafka-exporter"]["spec"]["selector"]["matchLabels"]["strimzi.io/name"] == "changai-kafka-exporter"
+    for name in ("kafka-brokers", "kafka-exporter"):
+        assert [e["port"] for e in monitors[name]["spec"]["podMetricsEndpoints"]] == ["tcp-prometheus"]
+    # Every metric the platform alerts read from the brokers is one the rules produce.
+    names = set(re.findall(r"\bkafka_(?:server|controller)_[a-z_]+", PLATFORM_RULES.read_text()))
+    produced = [re.sub(r"\$\d+", "(.+)", r["name"]) for r in rules]
+    for metric in names:
+        assert any(re.fullmatch(p, metric) for p in produced), f"{metric}: no JMX exporter rule produces it"
+
+
+def _jobs_of_monitors(objects) -> dict[str, str]:
+    """What `absent()` must name for each monitor: a ServiceMonitor's job (its Service's name, the default
+    jobLabel) or a PodMonitor's (<namespace>/<name>)."""
+    jobs = {}
+    for sm in ds.find(objects, "ServiceMonitor"):
+        assert "jobLabel" not in sm["spec"]
+        jobs[sm["metadata"]["name"]] = f'up{{job="{sm["metadata"]["name"]}"}}'
+    for pm in ds.find(objects, "PodMonitor"):
+        assert "jobLabel" not in pm["spec"]
+        jobs[pm["metadata"]["name"]] = f'up{{job=~".+/{pm["metadata"]["name"]}"}}'
+    return jobs
+
+
+@pytest.mark.parametrize("overlay", ds.OVERLAYS)
+def test_every_scrape_target_has_an_absent_alert(overlay):
+    objects = ds.overlay_objects(overlay)
+    rules = [r for o in ds.find(objects, "PrometheusRule") for g in o["spec"]["groups"] for r in g["rules"]]
+    absent = {m for r in rules if "alert" in r for m in re.findall(r"absent\((up\{[^}]*\})\)", r["expr"])}
+    missing = {name: sel for name, sel in _jobs_of_monitors(objects).items() if sel not in absent}
+    assert not missing, f"{overlay}: no absent() alert for {missing}"
+    alerts = {r["alert"] for r in rules if "alert" in r}
+    assert {"KafkaBrokerDown", "KafkaNoActiveController", "KafkaOfflinePartitions", "KafkaUnderReplicatedPartitions",
+            "ChangaiVolumeAlmostFull", "ChangaiVolumeFillsWithin4Days"} <= alerts
+
+
+def _promtool() -> str:
+    exe = shutil.which("promtool")
+    if exe is None:
+        pytest.fail("promtool not found: install the Debian prometheus package")
+    return exe
+
+
+def test_platform_rules_pass_promtool():
+    check = subprocess.run([_promtool(), "check", "rules", str(PLATFORM_RULES)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    test = subprocess.run([_promtool(), "test", "rules", "platform.test.yml"], capture_output=True, text=True,
+                          cwd=PLATFORM_RULES.parent / "tests")
+    assert test.returncode == 0, test.stdout + test.stderr
+
+
+@pytest.mark.parametrize("overlay", ds.OVERLAYS)
+def test_volume_alerts_cover_every_volume(overlay):
+    objects = ds.overlay_objects(overlay)
+    expr = next(r["expr"] for o in ds.find(objects, "PrometheusRule") for g in o["spec"]["groups"]
+                for r in g["rules"] if r.get("alert") == "ChangaiVolumeFillsWithin4Days")
+    pattern = re.search(r'persistentvolumeclaim=~"([^"]+)"', expr).group(1)
+    pool = ds.one(objects, "KafkaNodePool", "dual-role")["spec"]
+    claims = [f"data-{v['id']}-changai-dual-role-{n}" for v in pool["storage"]["volumes"] for n in range(pool["replicas"])]
+    for cluster in ds.find(objects, "Cluster"):
+        claims += [f"{cluster['metadata']['name']}-{n}" for n in range(1, cluster["spec"]["instances"] + 1)]
+    assert all(re.fullmatch(pattern, c) for c in claims), [c for c in claims if not re.fullmatch(pattern, c)]
+
+
+# ------------------------------------------------------------------ spread and draining
+
+
+def test_prod_spreads_kafka_and_postgres_over_zones_and_nodes():
+    objects = ds.overlay_objects("prod")
+    kafka = ds.one(objects, "Kafka", "changai")["spec"]["kafka"]
+    assert kafka["rack"]["topologyKey"] == "topology.kubernetes.io/zone"
+    spread = ds.one(objects, "KafkaNodePool", "dual-role")["spec"]["template"]["pod"]["topologySpreadConstraints"]
+    assert {(c["topologyKey"], c["whenUnsatisfiable"]) for c in spread} == {
+        ("topology.kubernetes.io/zone", "DoNotSchedule"), ("kubernetes.io/hostname", "DoNotSchedule")}
+    for cluster in ds.find(objects, "Cluster"):
+        spec = cluster["spec"]
+        assert spec["affinity"]["enablePodAntiAffinity"] and spec["affinity"]["podAntiAffinityType"] == "required"
+        assert spec["affinity"]["topologyKey"] == "kubernetes.io/hostname"
+        assert [c["topologyKey"] for c in spec["topologySpreadConstraints"]] == ["topology.kubernetes.io/zone"]
+        sync = spec["postgresql"]["synchronous"]
+        assert sync["number"] >= 1 and sync["number"] < spec["instances"] and sync["dataDurability"] == "required"
+
+
+@pytest.mark.parametrize("overlay", ds.OVERLAYS)
+def test_http_services_drain_before_they_stop(overlay):
+    objects = ds.overlay_objects(overlay)
+    for spec in ds.services():
+        if spec.role != "api":
+            continue
+        pod = ds.one(objects, "Deployment", spec.name)["spec"]["template"]["spec"]
+        seconds = pod["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
+        assert 0 < seconds < pod.get("terminationGracePeriodSeconds", 30) - 10, spec.name
+
+
+# ------------------------------------------------------------------ backups
+
+
+def test_prod_backs_up_every_database():
+    objects = ds.overlay_objects("prod")
+    stores = {o["metadata"]["name"] for o in ds.find(objects, "ObjectStore")}
+    scheduled = {}
+    for backup in ds.find(objects, "ScheduledBackup"):
+        spec = backup["spec"]
+        assert spec["method"] == "plugin" and spec["pluginConfiguration"]["name"] == "barman-cloud.cloudnative-pg.io"
+        assert len(spec["schedule"].split()) == 6, "CloudNativePG schedules have a seconds field"
+        scheduled[spec["cluster"]["name"]] = backup
+    for cluster in ds.find(objects, "Cluster"):
+        name = cluster["metadata"]["name"]
+        (plugin,) = cluster["spec"]["plugins"]
+        assert plugin["name"] == "barman-cloud.cloudnative-pg.io" and plugin["isWALArchiver"] is True
+        assert plugin["parameters"]["barmanObjectName"] in stores, name
+        assert name in scheduled, f"{name}: no ScheduledBackup"
+    assert set(scheduled) == {c["metadata"]["name"] for c in ds.find(objects, "Cluster")}
+
+
+def test_prod_mirrors_every_domain_topic():
+    from shared.topics import BY_NAME, domain_topics
+
+    objects = ds.overlay_objects("prod")
+    (mirror,) = ds.find(objects, "KafkaMirrorMaker2")
+    (source,) = mirror["spec"]["mirrors"]
+    pattern = source["topicsPattern"]
+    for topic in domain_topics():
+        assert re.fullmatch(pattern, topic), f"{topic} is not mirrored"
+        assert BY_NAME[topic].configs()["retention.ms"] == "-1"  # kept forever: the rebuild source
+    user = source["source"]["authentication"]["username"]
+    granted = _topic_ops(_service_users(objects)[user])
+    assert set(granted) == set(domain_topics()) and all("Write" not in ops for ops in granted.values())
+    pod_labels = mirror["spec"]["template"]["pod"]["metadata"]["labels"]
+    assert pod_labels["changai.io/kafka-client"] == "true", "the listener's NetworkPolicy would refuse it"
