@@ -97,7 +97,6 @@ def test_metrics_use_route_templates(client):
 async def test_a_hanging_shutdown_step_is_abandoned_and_reported(caplog):
     import asyncio
     import logging
-    import time
 
     from shared.http import stop_within
 
@@ -115,16 +114,16 @@ async def test_a_hanging_shutdown_step_is_abandoned_and_reported(caplog):
     async def quick():
         stopped.append(True)
 
-    started = time.monotonic()
     logger = logging.getLogger("shared.http")
     session_handlers, logger.handlers = logger.handlers, []  # keep this staged hang out of the session's report
     try:
         with caplog.at_level("ERROR", logger="shared.http"):
             await stop_within("stubborn thing", stubborn, timeout=0.2)
+        # Returned while the step still runs (it ends 0.5 s after its cancellation): not waited for.
+        assert not finished.is_set()
     finally:
         logger.handlers = session_handlers
     await stop_within("quick thing", quick, timeout=5)
-    assert time.monotonic() - started < 2
     assert stopped == [True]
     [record] = [r for r in caplog.records if r.getMessage().startswith("shutdown step did not finish")]
     assert record.step == "stubborn thing"
