@@ -7,12 +7,13 @@ and ``intake:emit`` (an upstream system: its token's ``sub`` is its registered c
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import asyncpg
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -148,24 +149,11 @@ async def emit(request: Request, actor: Principal = Depends(EMIT)):
     settings: IntakeSettings = request.app.state.settings
     kind = wire.mode(request.headers)
     body = await request.body()
+    # one connection for the caller's registration and the event's transaction (an acquire less an event)
     async with pool(request).acquire() as conn:
         source = await usecases.caller_source(conn, actor)
-    if kind == "batch":
-        if len(body) > settings.intake_max_batch_bytes:
-            raise Problem(
-                413,
-                "batch-too-large",
-                "The batch is too large",
-                f"a batch is at most {settings.intake_max_batch_bytes} bytes",
-            )
-        items = wire.parse_batch(body, settings.intake_max_batch_events, settings.intake_max_event_bytes)
-    elif len(body) > settings.intake_max_event_bytes:
-        raise wire.event_too_large(settings.intake_max_event_bytes)
-    elif kind == "structured":
-        items = [wire.parse_structured(body)]
-    else:
-        items = [wire.parse_binary(dict(request.headers), body)]
-    accepted = await accept(request, source, items, "http")
+        items = parse(request, kind, body, settings)
+        accepted = await accept(request, conn, source, items, "http")
     if kind == "batch":
         return JSONResponse(
             BatchAnswer(
@@ -187,13 +175,31 @@ async def emit(request: Request, actor: Principal = Depends(EMIT)):
     return JSONResponse(answer, status_code=202 if result.outcome == "accepted" else 200)
 
 
-async def accept(request: Request, source: domain.Source, items, channel: str) -> usecases.Accepted:
+def parse(request: Request, kind: str, body: bytes, settings: IntakeSettings) -> list:
+    """The request's events (or the refusal of each that did not parse), by the binding's mode."""
+    if kind == "batch":
+        if len(body) > settings.intake_max_batch_bytes:
+            raise Problem(
+                413,
+                "batch-too-large",
+                "The batch is too large",
+                f"a batch is at most {settings.intake_max_batch_bytes} bytes",
+            )
+        return wire.parse_batch(body, settings.intake_max_batch_events, settings.intake_max_event_bytes)
+    if len(body) > settings.intake_max_event_bytes:
+        raise wire.event_too_large(settings.intake_max_event_bytes)
+    if kind == "structured":
+        return [wire.parse_structured(body)]
+    return [wire.parse_binary(dict(request.headers), body)]
+
+
+async def accept(request: Request, conn, source: domain.Source, items, channel: str) -> usecases.Accepted:
     settings: IntakeSettings = request.app.state.settings
 
     def source_for(event: domain.Incoming) -> domain.Source:
         return source  # over HTTP every event is checked against the caller's own registration
 
-    async with pool(request).acquire() as conn, conn.transaction():
+    async with conn.transaction():
         accepted = await usecases.accept(
             conn,
             items,
@@ -205,6 +211,44 @@ async def accept(request: Request, source: domain.Source, items, channel: str) -
         )
     metrics.count(source.source, channel, accepted.results)
     return accepted
+
+
+WEBHOOK_ORIGIN = re.compile(r"^[A-Za-z0-9*]([A-Za-z0-9.*-]{0,252}[A-Za-z0-9])?(:[0-9]{1,5})?$")
+
+
+@router.options(
+    "/events",
+    status_code=200,
+    response_class=Response,
+    summary="CloudEvents webhook validation handshake (abuse protection)",
+    description="A sender asks, with `WebHook-Request-Origin` (its DNS name) and optionally "
+    "`WebHook-Request-Rate` (requests a minute), whether it may deliver here; the answer grants it in "
+    "`WebHook-Allowed-Origin` and `WebHook-Allowed-Rate` (CloudEvents HTTP 1.1 Web Hooks, section 4). "
+    "No token: the handshake is consent to receive, not authorisation; every POST still needs one.",
+    responses={200: {"description": "delivery allowed (see the WebHook-Allowed-* headers)"}},
+)
+async def webhook_handshake(
+    request: Request,
+    origin: str | None = Header(default=None, alias="WebHook-Request-Origin", max_length=255),
+    rate: str | None = Header(default=None, alias="WebHook-Request-Rate", max_length=20),
+):
+    if origin is None or not WEBHOOK_ORIGIN.match(origin):
+        raise Problem(
+            400,
+            "not-a-webhook-handshake",
+            "Not a webhook validation request",
+            "send WebHook-Request-Origin: the sending system's DNS name (e.g. hr.example.com)",
+        )
+    most: int = request.app.state.settings.intake_webhook_max_rate
+    asked = int(rate) if rate is not None and rate.isdigit() and int(rate) > 0 else most
+    return Response(
+        status_code=200,
+        headers={
+            "Allow": "POST, OPTIONS",
+            "WebHook-Allowed-Origin": origin,
+            "WebHook-Allowed-Rate": str(min(asked, most)),
+        },
+    )
 
 
 @router.get("/events/{event_id}", response_model=EventStatus, summary="An event's answer (to its own source)")

@@ -174,3 +174,22 @@ async def test_an_event_is_answered_to_its_own_source_only(intake, membership):
     r = await client.get(f"/v1/events/{event['id']}", params={"source": source}, headers=other_token)
     assert r.status_code == 404
     assert orjson.loads(r.content)["status"] == 404
+
+
+async def test_the_webhook_validation_handshake_grants_the_origin_asked(intake):
+    """CloudEvents HTTP Web Hooks, section 4: an OPTIONS with WebHook-Request-Origin is answered with the
+    origin allowed and the rate (requests a minute); no token is needed (consent, not authorisation)."""
+    _, client, _ = intake
+    r = await client.options("/v1/events", headers={"WebHook-Request-Origin": "hr.example.com",
+                                                    "WebHook-Request-Rate": "120"})
+    assert r.status_code == 200, r.text
+    assert r.headers["webhook-allowed-origin"] == "hr.example.com"
+    assert r.headers["webhook-allowed-rate"] == "120"
+    assert "POST" in r.headers["allow"]
+    greedy = await client.options("/v1/events", headers={"WebHook-Request-Origin": "hr.example.com",
+                                                         "WebHook-Request-Rate": "99999999"})
+    assert greedy.headers["webhook-allowed-rate"] == "60000"  # never more than the intake allows
+    for bad in ({}, {"WebHook-Request-Origin": "not a host name"}):
+        refused = await client.options("/v1/events", headers=bad)
+        assert refused.status_code == 400 and "webhook-allowed-origin" not in refused.headers
+        assert refused.json()["type"].endswith("/not-a-webhook-handshake")
