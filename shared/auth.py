@@ -52,6 +52,26 @@ class Principal:
         if not self.may_act_on(region_code):
             raise NotFound(what, ident)
 
+    # The one owner rule, where records belong to a region or to a reform member unit (notifier channels):
+    #   a liaison's token (a ``unit`` claim) acts for its own unit's records only, never a region's;
+    #   any other token for its region's records, and for a unit's when it is region-level (the office).
+    def may_act_for(self, region_code: str | None, unit_id: object = None) -> bool:
+        if unit_id is not None:
+            return str(unit_id) == self.unit if self.unit is not None else self.region == regions.REGION_ROOT
+        return self.unit is None and self.may_act_on(region_code)
+
+    def ensure_owner(self, region_code: str | None, unit_id: object = None) -> None:
+        """A write naming an owner (a region, or a member unit): 403 unless the caller may act for it."""
+        if not self.may_act_for(region_code, unit_id):
+            if self.unit is not None:
+                raise OutOfScope(f"token speaks for member unit {self.unit} only", kind="out-of-scope")
+            raise OutOfScope(f"token is scoped to {self.region}; {unit_id or region_code} is not under it")
+
+    def ensure_owner_visible(self, region_code: str | None, unit_id: object, what: str, ident: object = None) -> None:
+        """A read (or a write addressed by id) of a record owned by a region or a unit: 404 outside the rule."""
+        if not self.may_act_for(region_code, unit_id):
+            raise NotFound(what, ident)
+
     def ensure_region_level(self) -> None:
         """Region-wide settings (funds, rates, routes) need a token scoped to the whole region."""
         if self.region != regions.REGION_ROOT:

@@ -1,6 +1,7 @@
 """The notifier's HTTP API: channels and subscriptions, secret rotation, test sends, pause and
 resume, the delivery log and resends. Scopes ``notifier:write`` / ``notifier:read``; a token
-acts on the channels of branches and federations inside its region. Each route parses, calls its
+acts on the channels of branches and federations inside its region; a reform member unit's liaison
+(a token with the ``unit`` claim) on its own unit's channels only. Each route parses, calls its
 use case (``usecases.py``: the rules, the scope checks, the writes) and shapes the answer.
 
 Secrets are never returned: a webhook's signing secret is shown once, in the answer that
@@ -40,8 +41,9 @@ EventTypeFilter = Query(None, max_length=200, pattern=r"^[a-z0-9_.]+$", descript
 
 
 class OwnerOut(BaseModel):
-    kind: Literal["branch", "federation"]
+    kind: Literal["branch", "federation", "reform_unit"]
     branch_id: str | None = None
+    unit_id: str | None = None
     region_code: str
     name: str | None = None
 
@@ -186,6 +188,7 @@ def channel_view(row, owner_name: str | None = None) -> dict:
         "owner": {
             "kind": row["owner_kind"],
             "branch_id": str(row["owner_branch_id"]) if row["owner_branch_id"] else None,
+            "unit_id": str(row["owner_unit_id"]) if row["owner_unit_id"] else None,
             "region_code": row["owner_region"],
             "name": owner_name,
         },
@@ -298,12 +301,15 @@ async def list_channels(
     principal: Principal = Depends(require("notifier:read")),
     branch_id: uuid.UUID | None = None,
     region_code: str | None = Query(None, pattern=r"^64\d{4}$"),
+    unit_id: uuid.UUID | None = Query(None, description="a reform member unit's channels"),
     kind: ChannelKind | None = None,
     status: ChannelStatus | None = None,
     limit: int = Limit,
     cursor: str | None = Cursor,
 ):
-    query = usecases.ChannelQuery(branch_id=branch_id, region_code=region_code, kind=kind, status=status)
+    query = usecases.ChannelQuery(
+        branch_id=branch_id, region_code=region_code, kind=kind, status=status, unit_id=unit_id
+    )
     after = decode_cursor(cursor, uuid.UUID)
     async with request.app.state.db.acquire() as conn:
         rows, names = await usecases.list_channels(conn, query, principal, limit=limit, after=after)
@@ -311,7 +317,7 @@ async def list_channels(
         rows,
         limit,
         key=lambda r: r["id"],
-        view=lambda r: channel_view(r, names.get(r["owner_branch_id"]) if r["owner_branch_id"] else None),
+        view=lambda r: channel_view(r, names.get(r["owner_branch_id"] or r["owner_unit_id"])),
     )
 
 

@@ -1,8 +1,9 @@
 """The notifier's rules: who hears of an event, what counts as delivered, when to wait. No I/O.
 
-* Routing: an event concerns some branches (by id) and some regions; a channel gets it when
-  it subscribes to the type and its owner is one of those branches, or a federation whose
-  region contains the event's (scope ``subtree``), or exactly that region (scope ``own``).
+* Routing: an event concerns some branches (by id), some reform member units (a task's lead unit)
+  and some regions; a channel gets it when it subscribes to the type and its owner is one of those
+  branches or units, or a federation whose region contains the event's (scope ``subtree``), or
+  exactly that region (scope ``own``).
 * Outcomes: robots answer HTTP 200 even when they refuse, so their ``errcode`` decides.
 * Budgets, quiet hours, retry schedules, byte-exact truncation, DingTalk signing.
 """
@@ -59,6 +60,10 @@ BRANCH_DEFAULTS = (
     "changai.notifier.channel.paused.v1",
     "changai.notifier.channel.resumed.v1",
 )
+# The office (a region-level federation channel) hears overdue tasks as one digest per supervision
+# scan (``supervision.digest``), not one notice per task: it is in FEDERATION_DEFAULTS, the task
+# types are not (a channel may still subscribe to them).
+SUPERVISION_DIGEST = "changai.reform.supervision.digest.v1"
 # A federation hears what happens to the branches, sessions, competitions, studios and money
 # under it; not each member joining or enrolling (thousands a day in a city: a robot taking 20
 # messages a minute would never catch up). Those can be subscribed to explicitly.
@@ -71,6 +76,17 @@ FEDERATION_DEFAULTS = (
     "changai.training.studio.*",
     "changai.funding.*",
     "changai.notifier.channel.*",
+    SUPERVISION_DIGEST,
+)
+# A reform member unit's channel (its liaison's group): the supervision of the tasks it leads.
+UNIT_DEFAULTS = (
+    "changai.reform.task.assigned.v1",
+    "changai.reform.task.sent_back.v1",
+    "changai.reform.task.completed.v1",
+    "changai.reform.task.progress_due.v1",
+    "changai.reform.task.overdue.v1",
+    "changai.notifier.channel.paused.v1",
+    "changai.notifier.channel.resumed.v1",
 )
 # Events that are never routed as notices (they describe notices; routing them would loop).
 NOT_ROUTED = (
@@ -94,6 +110,8 @@ def valid_pattern(pattern: str, known: Iterable[str]) -> bool:
 
 
 def default_subscriptions(owner_kind: str) -> list[str]:
+    if owner_kind == "reform_unit":
+        return list(UNIT_DEFAULTS)
     return list(BRANCH_DEFAULTS if owner_kind == "branch" else FEDERATION_DEFAULTS)
 
 
@@ -106,6 +124,7 @@ class Concern:
     members: set[uuid.UUID] = field(default_factory=set)  # to look up: member → branch
     sessions: set[uuid.UUID] = field(default_factory=set)  # to look up: session → organising branch
     regions: set[str] = field(default_factory=set)
+    units: set[uuid.UUID] = field(default_factory=set)  # reform member units: a task's lead unit
 
 
 def as_uuid(value: Any) -> uuid.UUID | None:
@@ -120,6 +139,8 @@ def as_uuid(value: Any) -> uuid.UUID | None:
 
 BRANCH_FIELDS = ("branch_id", "from_branch_id", "to_branch_id", "into_branch_id", "transferred_to")
 REGION_FIELDS = ("region_code", "from_region_code", "to_region_code")
+# A reform task's event reaches its lead unit's channels (a re-assignment also the unit it was taken from).
+UNIT_FIELDS = ("lead_unit_id", "previous_lead_unit_id")
 
 
 def concern(event_type: str, data: Any) -> Concern:
@@ -139,6 +160,9 @@ def concern(event_type: str, data: Any) -> Concern:
             c.members.add(m)
         if (s := as_uuid(get("session_id"))) is not None and get("organiser_id") is None:
             c.sessions.add(s)
+    for name in UNIT_FIELDS:
+        if (u := as_uuid(get(name))) is not None:
+            c.units.add(u)
     for name in REGION_FIELDS:
         code = get(name)
         if code and regions.get(str(code)):
@@ -155,7 +179,7 @@ class Channel:
     id: uuid.UUID
     kind: str
     name: str
-    owner_kind: str  # branch | federation
+    owner_kind: str  # branch | federation | reform_unit
     owner_branch_id: uuid.UUID | None
     owner_region: str
     scope: str  # own | subtree
@@ -165,13 +189,19 @@ class Channel:
     config: dict = field(default_factory=dict)
     secrets: dict = field(default_factory=dict)
     quiet_hours: dict | None = None
+    owner_unit_id: uuid.UUID | None = None  # a reform member unit's channel
 
     def __repr__(self) -> str:
-        return f"Channel({self.id}, {self.kind}, {self.owner_kind}:{self.owner_branch_id or self.owner_region})"
+        owner = self.owner_branch_id or self.owner_unit_id or self.owner_region
+        return f"Channel({self.id}, {self.kind}, {self.owner_kind}:{owner})"
 
     @property
     def owner_key(self) -> tuple[str, str]:
-        return (self.owner_kind, str(self.owner_branch_id) if self.owner_kind == "branch" else self.owner_region)
+        if self.owner_kind == "branch":
+            return (self.owner_kind, str(self.owner_branch_id))
+        if self.owner_kind == "reform_unit":
+            return (self.owner_kind, str(self.owner_unit_id))
+        return (self.owner_kind, self.owner_region)
 
 
 @dataclass(frozen=True)
@@ -194,11 +224,16 @@ class ChannelIndex:
         self._hears: dict[str, bool] = {}
         self.by_branch: dict[uuid.UUID, list[Channel]] = {}
         self.by_region: dict[str, list[Channel]] = {}
+        self.by_unit: dict[uuid.UUID, list[Channel]] = {}
         for ch in self.by_id.values():
             if ch.status == "disabled":
                 continue
             if ch.owner_kind == "branch" and ch.owner_branch_id:
                 self.by_branch.setdefault(ch.owner_branch_id, []).append(ch)
+            elif ch.owner_kind == "reform_unit":
+                # routed by the unit id only: a unit's channel is no federation's, whatever its region
+                if ch.owner_unit_id:
+                    self.by_unit.setdefault(ch.owner_unit_id, []).append(ch)
             else:
                 self.by_region.setdefault(ch.owner_region, []).append(ch)
 
@@ -221,9 +256,10 @@ class ChannelIndex:
         self._rebuild()
 
     def owned_by(self, owner_kind: str, owner: str) -> list[Channel]:
-        if owner_kind == "branch":
-            branch = as_uuid(owner)
-            return list(self.by_branch.get(branch, [])) if branch is not None else []
+        if owner_kind in ("branch", "reform_unit"):
+            ident = as_uuid(owner)
+            found = self.by_branch if owner_kind == "branch" else self.by_unit
+            return list(found.get(ident, [])) if ident is not None else []
         return list(self.by_region.get(owner, []))
 
 
@@ -259,6 +295,9 @@ def targets(
             for ch in index.by_branch.get(parent, ()):
                 if ch.scope == "subtree":
                     add(ch, b)
+    for u in sorted(c.units):
+        for ch in index.by_unit.get(u, ()):
+            add(ch, None)
     for r in sorted(c.regions):
         for code in regions.ancestors(r):
             for ch in index.by_region.get(code, ()):
@@ -275,7 +314,8 @@ def targets(
         paused = ts[0].channel
         others = [ch for ch in index.owned_by(owner_kind, owner) if ch.status == "active" and ch.id not in chosen]
         if not others:
-            branch = as_uuid(owner)
+            # the federation above: a branch's region's parents; a member unit's, the office (640000)
+            branch = as_uuid(owner) if owner_kind == "branch" else None
             region = owner if owner_kind == "federation" else branch_regions.get(branch) if branch else None
             for code in regions.ancestors(region)[1:] if region else [regions.REGION_ROOT]:
                 others = [ch for ch in index.by_region.get(code, ()) if ch.status == "active"]
@@ -292,6 +332,8 @@ def paused_notice_targets(
 ) -> list[Target]:
     """Where "your channel was paused" goes: the owner's other active channels, else the federation above."""
     others = [ch for ch in index.owned_by(*paused.owner_key) if ch.status == "active" and ch.id != paused.id]
+    if not others and paused.owner_kind == "reform_unit":  # a member unit's channel: the office hears it
+        others = [ch for ch in index.by_region.get(regions.REGION_ROOT, ()) if ch.status == "active"]
     if not others:
         region = (
             paused.owner_region

@@ -20,15 +20,19 @@ class Strict(BaseModel):
 
 
 class Owner(Strict):
-    """A branch (by id), or a federation (by region code: the region, a city or a county)."""
+    """A branch (by id), a federation (by region code: the region, a city or a county), or a reform
+    member unit (by id: its liaison's group hears the supervision of the tasks it leads)."""
 
     branch_id: uuid.UUID | None = None
     region_code: str | None = Field(default=None, pattern=r"^64\d{4}$")
+    unit_id: uuid.UUID | None = Field(default=None, description="a member unit of the reform coordination group")
 
     @model_validator(mode="after")
     def _one(self):
-        if (self.branch_id is None) == (self.region_code is None):
-            raise ValueError("give exactly one of branch_id (a branch) or region_code (a federation)")
+        if sum(v is not None for v in (self.branch_id, self.region_code, self.unit_id)) != 1:
+            raise ValueError(
+                "give exactly one of branch_id (a branch), region_code (a federation) or unit_id (a reform member unit)"
+            )
         return self
 
 

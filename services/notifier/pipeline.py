@@ -47,6 +47,7 @@ from services.notifier.settings import NotifierSettings
 from shared import outbox, regions
 from shared.events import CloudEvent, EventData, encode, envelope
 from shared.events import membership as m
+from shared.events import reform as rf
 from shared.events import training as t
 from shared.events.notifier import ChannelPaused, ChannelResumed, DeliveryFailed, DeliverySucceeded, NoticeDigest
 from shared.timing import wait_set
@@ -148,6 +149,7 @@ def channel_from_row(row, key: bytes) -> Channel:
         name=row["name"],
         owner_kind=row["owner_kind"],
         owner_branch_id=row["owner_branch_id"],
+        owner_unit_id=row.get("owner_unit_id"),
         owner_region=row["owner_region"],
         scope=row["scope"],
         event_types=list(row["event_types"]),
@@ -289,6 +291,7 @@ READ_MODEL_TYPES = frozenset(
         m.MemberTransferred.event_type,
         t.SessionScheduled.event_type,
         t.SessionCompleted.event_type,
+        rf.UnitRegistered.event_type,
     }
 )
 
@@ -363,6 +366,8 @@ class ReadModel:
         elif isinstance(data, m.MemberTransferred):
             self._members[data.member_id] = data.to_branch_id
             self.last_write = self._behind()
+        elif isinstance(data, rf.UnitRegistered):  # a reform member unit: a channel may name it as owner
+            await store.upsert_reform_unit(conn, data.unit_id, data.name)
         elif isinstance(data, (t.SessionScheduled, t.SessionCompleted)):
             organiser = domain.as_uuid(data.organiser_id) if str(data.organiser_kind) == "branch" else None
             if self._sessions.get(data.session_id, ...) != organiser:  # completed after scheduled: known

@@ -162,9 +162,23 @@ async def get_branch(conn, branch_id: uuid.UUID) -> asyncpg.Record | None:
     return await conn.fetchrow("SELECT * FROM branches WHERE id = $1", branch_id)
 
 
+async def upsert_reform_unit(conn, unit_id: uuid.UUID, name: str) -> None:
+    await conn.execute(
+        "INSERT INTO reform_units (id, name) VALUES ($1, $2) "
+        "ON CONFLICT (id) DO UPDATE SET name = $2, updated_at = now() WHERE reform_units.name IS DISTINCT FROM $2",
+        unit_id,
+        name,
+    )
+
+
+async def reform_unit_names(conn, unit_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+    rows = await conn.fetch("SELECT id, name FROM reform_units WHERE id = ANY($1::uuid[])", list(unit_ids))
+    return {r["id"]: r["name"] for r in rows}
+
+
 # -- channels ---------------------------------------------------------------------------
 CHANNEL_COLUMNS = (
-    "id, kind, name, owner_kind, owner_branch_id, owner_region, scope, event_types, locale, config, "
+    "id, kind, name, owner_kind, owner_branch_id, owner_unit_id, owner_region, scope, event_types, locale, config, "
     "secrets, quiet_hours, status, paused_reason, paused_at, failing_since, seed, created_by, "
     "created_at, updated_at"
 )
@@ -189,12 +203,14 @@ async def list_channels(
     status: str | None,
     limit: int,
     after: uuid.UUID | None,
+    owner_unit_id: uuid.UUID | None = None,
 ) -> list:
     return await conn.fetch(
         f"""SELECT {CHANNEL_COLUMNS} FROM channels
             WHERE ($1::text[] IS NULL OR owner_region = ANY($1::text[]))
               AND ($2::uuid IS NULL OR owner_branch_id = $2) AND ($3::text IS NULL OR kind = $3)
               AND ($4::text IS NULL OR status = $4) AND ($5::uuid IS NULL OR id > $5)
+              AND ($7::uuid IS NULL OR owner_unit_id = $7)
             ORDER BY id LIMIT $6""",
         list(regions) if regions is not None else None,
         owner_branch_id,
@@ -202,6 +218,7 @@ async def list_channels(
         status,
         after,
         limit,
+        owner_unit_id,
     )
 
 
@@ -222,11 +239,12 @@ async def insert_channel(
     quiet_hours: dict | None,
     created_by: str,
     seed: bool = False,
+    owner_unit_id: uuid.UUID | None = None,
 ) -> None:
     await conn.execute(
         """INSERT INTO channels (id, kind, name, owner_kind, owner_branch_id, owner_region, scope, event_types, locale,
-                                 config, secrets, quiet_hours, created_by, seed)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)""",
+                                 config, secrets, quiet_hours, created_by, seed, owner_unit_id)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)""",
         id,
         kind,
         name,
@@ -241,6 +259,7 @@ async def insert_channel(
         orjson.dumps(quiet_hours).decode() if quiet_hours else None,
         created_by,
         seed,
+        owner_unit_id,
     )
 
 
@@ -625,7 +644,7 @@ async def block_robot(conn, robot: str, seconds: float, errcode: int | None) -> 
 # -- the delivery log ------------------------------------------------------------------------
 DELIVERY_COLUMNS = (
     "d.id, d.event_id, d.event_type, d.event_time, d.channel_id, c.kind AS channel_kind, "
-    "c.name AS channel_name, c.owner_region, d.branch_id, d.region_code, d.fallback_for, d.resend_of, "
+    "c.name AS channel_name, c.owner_region, c.owner_unit_id, d.branch_id, d.region_code, d.fallback_for, d.resend_of, "
     "d.requested_by, d.status, d.attempts, d.failures, d.payload_hash, d.next_attempt_at, "
     "d.last_status_code, d.last_errcode, d.last_error, d.created_at, d.delivered_at"
 )
@@ -643,10 +662,11 @@ async def list_deliveries(
     until,
     limit: int,
     before: tuple[datetime, uuid.UUID] | None,
+    owner_unit_id: uuid.UUID | None = None,
 ) -> list[asyncpg.Record]:
     return await conn.fetch(
         f"""SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN channels c ON c.id = d.channel_id
-            WHERE c.owner_region = ANY($1::text[])
+            WHERE c.owner_region = ANY($1::text[]) AND ($11::uuid IS NULL OR c.owner_unit_id = $11)
               AND ($2::uuid IS NULL OR d.branch_id = $2) AND ($3::uuid IS NULL OR d.channel_id = $3)
               AND ($4::text IS NULL OR d.event_type = $4) AND ($5::text IS NULL OR d.status = $5)
               AND ($6::timestamptz IS NULL OR d.created_at >= $6) AND ($7::timestamptz IS NULL OR d.created_at < $7)
@@ -662,6 +682,7 @@ async def list_deliveries(
         before[0] if before else None,
         before[1] if before else None,
         limit,
+        owner_unit_id,
     )
 
 

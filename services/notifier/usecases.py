@@ -2,10 +2,15 @@
 
 Each takes the connection (the caller's transaction: the route's ``write`` with its Idempotency-Key),
 the command, the actor (a ``Principal``) and, where time matters, the clock; it checks who may do it
-with the one region rule — a channel, delivery or branch outside the actor's scope is ``NotFound`` (404:
-never told it exists), a write naming an owner outside it ``OutOfScope`` (403), lists cut to the scope —
-decides with ``domain``, writes with ``store``, and queues its events (outbox) and deliver records in the
-same transaction. Refusals are ``shared.errors`` exceptions; ``shared.http`` makes them problems.
+with the one owner rule (``Principal.may_act_for``) — a channel, delivery or branch outside the actor's
+scope is ``NotFound`` (404: never told it exists), a write naming an owner outside it ``OutOfScope``
+(403), lists cut to the scope — decides with ``domain``, writes with ``store``, and queues its events
+(outbox) and deliver records in the same transaction. Refusals are ``shared.errors`` exceptions;
+``shared.http`` makes them problems.
+
+Who owns a channel: a branch or a federation (a token acts on those of its region and below), or a
+reform member unit (its liaison's token, with the ``unit`` claim, acts on its own unit's channels and
+no other; the office, a region-level token without a unit, on every unit's).
 """
 
 from __future__ import annotations
@@ -44,12 +49,13 @@ def renderer() -> Renderer:
 
 @dataclass
 class Owner:
-    """A channel's owner, resolved and checked: its kind, branch, region and name."""
+    """A channel's owner, resolved and checked: its kind, branch or unit, region and name."""
 
-    kind: str  # branch | federation
+    kind: str  # branch | federation | reform_unit
     branch_id: uuid.UUID | None
     region: str
     name: str | None
+    unit_id: uuid.UUID | None = None
 
 
 @dataclass
@@ -92,11 +98,38 @@ class ChannelQuery:
     region_code: str | None = None
     kind: str | None = None
     status: str | None = None
+    unit_id: uuid.UUID | None = None
+
+
+def _actor_unit(actor: Principal) -> uuid.UUID | None:
+    """The unit a liaison's token speaks for (a claim that is no unit id speaks for none)."""
+    return domain.as_uuid(actor.unit) if actor.unit is not None else None
+
+
+def _unit_filter(actor: Principal, requested: uuid.UUID | None) -> tuple[bool, uuid.UUID | None]:
+    """(any to show, the unit to filter on): a liaison sees its own unit's channels only."""
+    if actor.unit is None:
+        return True, requested
+    own = _actor_unit(actor)
+    if own is None or (requested is not None and requested != own):
+        return False, None
+    return True, own
 
 
 # -- owners, subscriptions, settings ----------------------------------------------------------------
 async def resolve_owner(conn, actor: Principal, owner: inputs.Owner) -> Owner:
     """The owner a new channel names, checked against the actor's scope (403 outside it)."""
+    if owner.unit_id is not None:
+        actor.ensure_owner(regions.REGION_ROOT, owner.unit_id)
+        name = (await store.reform_unit_names(conn, [owner.unit_id])).get(owner.unit_id)
+        if name is None:
+            raise Invalid(
+                "owner.unit_id",
+                "no such member unit (the notifier learns units from reform events; "
+                "a new unit may take a moment to appear)",
+            )
+        # a unit's channels are the region's ledger's (640000), routed by the unit's id
+        return Owner("reform_unit", None, regions.REGION_ROOT, name, unit_id=owner.unit_id)
     if owner.branch_id is not None:
         branch = await store.get_branch(conn, owner.branch_id)
         if branch is None or branch["status"] != "active":
@@ -105,14 +138,23 @@ async def resolve_owner(conn, actor: Principal, owner: inputs.Owner) -> Owner:
                 "no such active branch (the notifier learns branches from "
                 "membership events; a new branch may take a moment to appear)",
             )
-        actor.ensure_region(branch["region_code"])
+        actor.ensure_owner(branch["region_code"])
         return Owner("branch", owner.branch_id, branch["region_code"], branch["name"])
     assert owner.region_code is not None, "Owner's validator requires a branch id or a region code"
     region = regions.get(owner.region_code)
     if region is None:
         raise Invalid("owner.region_code", "not a Ningxia region, city or county code")
-    actor.ensure_region(region.code)
+    actor.ensure_owner(region.code)
     return Owner("federation", None, region.code, f"{region.name}总工会")
+
+
+def channel_scope(requested: str | None, owner_kind: str) -> str:
+    """``subtree`` (everything under the owner) or ``own``; a member unit's channel has no subtree."""
+    if owner_kind == "reform_unit":
+        if requested == "subtree":
+            raise Invalid("scope", "a member unit's channel hears its own unit's tasks: scope is own")
+        return "own"
+    return requested or ("subtree" if owner_kind == "federation" else "own")
 
 
 def event_types(patterns: list[str] | None, owner_kind: str) -> list[str]:
@@ -206,7 +248,7 @@ async def channel_settings(
 
 # -- channels -------------------------------------------------------------------------------------
 def _visible(actor: Principal, row: asyncpg.Record | None) -> bool:
-    return row is not None and actor.may_act_on(row["owner_region"])
+    return row is not None and actor.may_act_for(row["owner_region"], row["owner_unit_id"])
 
 
 async def visible_channel(conn, channel_id: uuid.UUID, actor: Principal, *, lock: bool = False) -> asyncpg.Record:
@@ -217,10 +259,18 @@ async def visible_channel(conn, channel_id: uuid.UUID, actor: Principal, *, lock
     return row
 
 
+async def owner_names(conn, rows: list[asyncpg.Record]) -> dict[uuid.UUID, str]:
+    """The names of the branches and member units owning these channels, by owner id."""
+    names = await store.branch_names(conn, [r["owner_branch_id"] for r in rows if r["owner_branch_id"]])
+    units = [r["owner_unit_id"] for r in rows if r["owner_unit_id"]]
+    if units:
+        names.update(await store.reform_unit_names(conn, units))
+    return names
+
+
 async def _owner_name(conn, row: asyncpg.Record) -> str | None:
-    if row["owner_branch_id"]:
-        return (await store.branch_names(conn, [row["owner_branch_id"]])).get(row["owner_branch_id"])
-    return None
+    owner = row["owner_branch_id"] or row["owner_unit_id"]
+    return (await owner_names(conn, [row])).get(owner) if owner else None
 
 
 async def create_channel(
@@ -237,8 +287,9 @@ async def create_channel(
         name=cmd.name,
         owner_kind=owner.kind,
         owner_branch_id=owner.branch_id,
+        owner_unit_id=owner.unit_id,
         owner_region=owner.region,
-        scope=cmd.scope or ("subtree" if owner.kind == "federation" else "own"),
+        scope=channel_scope(cmd.scope, owner.kind),
         event_types=event_types(cmd.event_types, owner.kind),
         locale=cmd.locale,
         config=config,
@@ -254,8 +305,12 @@ async def create_channel(
 async def list_channels(
     conn, query: ChannelQuery, actor: Principal, *, limit: int, after: uuid.UUID | None
 ) -> tuple[list[asyncpg.Record], dict[uuid.UUID, str]]:
-    """Channels the actor may see (cut to its scope; ``limit`` + 1 rows), and their owners' names."""
-    scope = regions.descendants(actor.region)
+    """Channels the actor may see (cut to its scope; ``limit`` + 1 rows), and their owners' names. A
+    liaison's list is its own unit's channels."""
+    shown, unit = _unit_filter(actor, query.unit_id)
+    scope = regions.descendants(regions.REGION_ROOT if unit is not None and actor.unit else actor.region)
+    if not shown:
+        return [], {}
     if query.region_code is not None:
         if query.region_code not in scope:
             return [], {}
@@ -264,13 +319,13 @@ async def list_channels(
         conn,
         regions=scope,
         owner_branch_id=query.branch_id,
+        owner_unit_id=unit,
         kind=query.kind,
         status=query.status,
         limit=limit + 1,
         after=after,
     )
-    names = await store.branch_names(conn, [r["owner_branch_id"] for r in rows if r["owner_branch_id"]])
-    return rows, names
+    return rows, await owner_names(conn, rows)
 
 
 async def get_channel(conn, channel_id: uuid.UUID, actor: Principal) -> ChannelResult:
@@ -288,7 +343,7 @@ async def update_channel(
     if cmd.name is not None:
         fields["name"] = cmd.name
     if cmd.scope is not None:
-        fields["scope"] = cmd.scope
+        fields["scope"] = channel_scope(cmd.scope, row["owner_kind"])
     if cmd.locale is not None:
         fields["locale"] = cmd.locale
     if cmd.event_types is not None:
@@ -503,10 +558,14 @@ async def list_deliveries(
     conn, query: DeliveryQuery, actor: Principal, *, limit: int, before: tuple[datetime, uuid.UUID] | None
 ) -> tuple[list[asyncpg.Record], dict[uuid.UUID, list[asyncpg.Record]]]:
     """The log, newest first, cut to the actor's channels (``limit`` + 1 rows: the page's and whether there
-    is more); the attempts of the page's deliveries."""
+    is more); the attempts of the page's deliveries. A liaison's log is its own unit's channels'."""
+    shown, unit = _unit_filter(actor, None)
+    if not shown:
+        return [], {}
     rows = await store.list_deliveries(
         conn,
-        regions=regions.descendants(actor.region),
+        regions=regions.descendants(regions.REGION_ROOT if unit is not None else actor.region),
+        owner_unit_id=unit,
         branch_id=query.branch_id,
         channel_id=query.channel_id,
         event_type=query.event_type,
@@ -564,10 +623,10 @@ async def resend(conn, delivery_id: uuid.UUID, actor: Principal) -> uuid.UUID:
 
 async def resend_range(conn, cmd: inputs.ResendRange, actor: Principal) -> list[uuid.UUID]:
     """Resend a channel's notices in a time range (up to 1,000; dead ones by default); the new ids."""
-    await visible_channel(conn, cmd.channel_id, actor)
+    channel = await visible_channel(conn, cmd.channel_id, actor)
     rows = await store.list_deliveries(
         conn,
-        regions=regions.descendants(actor.region),
+        regions=[channel["owner_region"]],
         branch_id=None,
         channel_id=cmd.channel_id,
         event_type=None,
@@ -588,7 +647,7 @@ async def resend_range(conn, cmd: inputs.ResendRange, actor: Principal) -> list[
 # -- read model and templates -----------------------------------------------------------------------
 async def get_branch(conn, branch_id: uuid.UUID, actor: Principal) -> asyncpg.Record:
     row = await store.get_branch(conn, branch_id)
-    if row is None or not actor.may_act_on(row["region_code"]):
+    if row is None or not actor.may_act_for(row["region_code"]):
         raise NotFound("branch", branch_id)
     return row
 

@@ -28,7 +28,9 @@ from shared.events import EventData
 from shared.events.reform import (
     CityPlanRecorded,
     DocumentIssued,
+    OverdueTask,
     PilotDesignated,
+    SupervisionDigest,
     TaskAssigned,
     TaskCompleted,
     TaskCompletionReported,
@@ -37,6 +39,7 @@ from shared.events.reform import (
     TaskProgressReported,
     TaskSentBack,
     TaskStatus,
+    UnitOverdue,
     UnitRegistered,
     YearClosed,
     YearOpened,
@@ -399,24 +402,39 @@ def visible_unit_filter(actor: Principal, requested: uuid.UUID | None) -> uuid.U
 async def supervise(conn, today: date, now: datetime, quiet_after: timedelta, limit: int = 500) -> list[EventData]:
     """One pass of the due-time scan: overdue notices (once per deadline) and gentle reminders (once per
     quiet spell), each stage recorded on the task in the same transaction as its event. Rows are locked
-    with SKIP LOCKED, so two replicas scanning at once never tell the same task twice."""
+    with SKIP LOCKED, so two replicas scanning at once never tell the same task twice.
+
+    The tasks a pass finds overdue are also told to the office as one ``supervision.digest`` (by lead
+    unit), written last in the same transaction: the scan is the natural batch, so the office reads one
+    list per scan instead of a notice per task, and the digest lists exactly the tasks told."""
     events: list[EventData] = []
+    overdue: dict[uuid.UUID, UnitOverdue] = {}
     for row in await store.due_for_supervision(conn, today, now - quiet_after, limit):
         task = store.task_of(row)
         days = domain.overdue_days(task, today)
         if days is not None:
             await store.set_task(conn, task.id, overdue_for=task.deadline)
             await store.add_history(conn, task.id, "supervision", "overdue", detail={"days_overdue": days})
-            events += await emit(
-                conn,
-                TaskOverdue(
-                    **await _task_event(conn, task),
-                    title=task.title,
-                    deadline=task.deadline,
-                    days_overdue=days,
-                    status=task.status,
-                ),
+            told = TaskOverdue(
+                **await _task_event(conn, task),
+                title=task.title,
+                deadline=task.deadline,
+                days_overdue=days,
+                status=task.status,
             )
+            events += await emit(conn, told)
+            item = OverdueTask(
+                task_id=task.id,
+                year=task.year,
+                number=task.number,
+                title=task.title,
+                deadline=task.deadline,
+                days_overdue=days,
+            )
+            if task.lead_unit_id in overdue:
+                overdue[task.lead_unit_id].overdue.append(item)
+            else:
+                overdue[task.lead_unit_id] = UnitOverdue(unit_id=task.lead_unit_id, unit=told.lead_unit, overdue=[item])
             continue
         silent = domain.silent_days(task, now, quiet_after)
         if silent is not None:
@@ -428,6 +446,18 @@ async def supervise(conn, today: date, now: datetime, quiet_after: timedelta, li
                     **await _task_event(conn, task), title=task.title, deadline=task.deadline, days_silent=silent
                 ),
             )
+    if overdue:
+        by_unit = sorted(overdue.values(), key=lambda u: u.unit)
+        events += await emit(
+            conn,
+            SupervisionDigest(
+                digest_id=uuid.uuid4(),
+                scanned_on=today,
+                count=sum(len(u.overdue) for u in by_unit),
+                by_unit=by_unit,
+                region_code=ROOT,
+            ),
+        )
     return events
 
 

@@ -14,7 +14,7 @@ from datetime import date
 from enum import StrEnum
 from uuid import UUID
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from shared.events.base import EventData, event
 from shared.events.membership import RegionCode
@@ -142,6 +142,35 @@ class TaskProgressDue(_TaskEvent):
     title: str
     deadline: date
     days_silent: int = Field(ge=1)
+
+
+class OverdueTask(BaseModel):
+    """A task that became overdue in a supervision scan (as ``task.overdue`` tells it)."""
+
+    task_id: UUID
+    year: int = Year
+    number: int = Field(ge=1)
+    title: str
+    deadline: date
+    days_overdue: int = Field(ge=1)
+
+
+class UnitOverdue(BaseModel):
+    unit_id: UUID
+    unit: str = Field(description="the lead unit's name")
+    overdue: list[OverdueTask] = Field(min_length=1)
+
+
+@event("changai.reform.supervision.digest.v1", subject="digest_id")
+class SupervisionDigest(EventData):
+    """One notice for the office per supervision scan that found tasks overdue: those tasks, by lead unit
+    (each unit's own channels hear its tasks one by one, as ``task.overdue``; the office reads one list)."""
+
+    digest_id: UUID
+    scanned_on: date = Field(description="the scan's date in China")
+    count: int = Field(ge=1, description="tasks that became overdue in the scan")
+    by_unit: list[UnitOverdue] = Field(min_length=1)
+    region_code: str = RegionCode
 
 
 @event("changai.reform.document.issued.v1", subject="document_id")

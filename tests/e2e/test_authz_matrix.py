@@ -35,6 +35,9 @@ The one region rule (``shared.auth.Principal``), as the other-city principal mee
 * reform's coordination ledger (units, years, tasks, documents, the meeting's report) is the
   region's: commands and lists need a region-level token (403), one record by id is 404 outside it;
   a liaison officer reports for its own unit only (another unit's task: 404);
+* a reform member unit's notifier channels (``test_a_liaison_acts_on_its_own_units_channels_only``):
+  every channel route on a unit's channel — its liaison and the office act, another unit's liaison and
+  any county or city are refused (404 by id, 403 naming the unit; lists and the log cut to the unit);
 * public routes (no token: regions, key industries, certificate verification) are recipes of kind
   ``public`` and answer every principal.
 
@@ -344,6 +347,26 @@ class World:
         channel = await self.get("channel", county)
         answer = await self.call("notifier", "POST", f"/v1/channels/{channel['id']}/test", (200, 202))
         return {"id": answer.get("delivery_id") or answer["id"], "channel_id": channel["id"]}
+
+    async def _new_unit_channel(self, county):  # a webhook channel of reform member unit A (OWN) or B
+        unit = await self.get("notifier_unit", county)
+        return await self.call("notifier", "POST", "/v1/channels", 201, json={
+            "kind": "webhook", "name": f"单位通道{uuid.uuid4().hex[:4]}", "owner": {"unit_id": unit["id"]},
+            "config": {"url": "http://127.0.0.1:9/unit"}})
+
+    async def _new_notifier_unit(self, county):  # a member unit, once the notifier's read model has it
+        unit = await self.get("unit", county)
+        body = {"kind": "webhook", "name": "探测", "owner": {"unit_id": unit["id"]},
+                "config": {"url": "http://127.0.0.1:9/x"}}
+
+        async def known():  # a refused probe writes nothing; the first accepted one is disabled at once
+            resp = await self.http.post(self.apis.urls["notifier"] + "/v1/channels", json=body, headers=self.admin)
+            if resp.status_code == 201:
+                await self.call("notifier", "DELETE", f"/v1/channels/{resp.json()['id']}", 204)
+            return resp.status_code == 201
+
+        await until(known, timeout=90)
+        return unit
 
     async def _new_notifier_branch(self, county):
         branch = await self.get("branch", county)
@@ -1257,3 +1280,79 @@ async def test_the_own_county_cannot_name_another_citys_object(matrix_apis):
         if resp.status_code not in (403, 404):
             wrong.append(f"{line}: {resp.text[:200]}")
     assert not wrong, "writes naming another city's object were not refused:\n" + "\n".join(wrong)
+
+
+# --------------------------------------------------------------------------- a reform member unit's channels
+# The notifier's channel routes on a channel owned by reform member unit A (issue 17): the one owner rule
+# (shared.auth.Principal.may_act_for). Its liaison (a token with A's ``unit`` claim) and the office (a
+# region-level token without a unit) act on it; B's liaison, the own county and the other city are refused:
+# 404 for the channel by id, 403 for a channel naming unit A; A's channel is not in their lists or logs.
+UNIT_CHANNEL_ROUTES = (  # (method, path, body, the success statuses)
+    ("GET", "/v1/channels/{channel_id}", None, {200}),
+    ("PATCH", "/v1/channels/{channel_id}", {"name": "改名单位通道"}, {200}),
+    ("POST", "/v1/channels/{channel_id}/rotate-secret", {}, {200}),
+    ("POST", "/v1/channels/{channel_id}/pause", {}, {200}),
+    ("POST", "/v1/channels/{channel_id}/resume", {}, {200}),
+    ("POST", "/v1/channels/{channel_id}/test", None, {200, 202}),
+    ("DELETE", "/v1/channels/{channel_id}", None, {204}),
+)
+
+
+async def test_a_liaison_acts_on_its_own_units_channels_only(matrix_apis):
+    apis, http = matrix_apis
+    world = World(apis, http, all_scopes(apis))
+    a, b = await world.get("notifier_unit", OWN), await world.get("notifier_unit", OTHER_COUNTY)
+    scopes = ["notifier:write", "notifier:read"]
+    tokens = {
+        "party": mint_token("matrix-liaison-a", scopes, REGION, unit=a["id"]),
+        "region": mint_token("matrix-office", scopes, REGION),
+        "other_party": mint_token("matrix-liaison-b", scopes, REGION, unit=b["id"]),
+        "own_county": mint_token("matrix-own-county", scopes, OWN),
+        "other_city": mint_token("matrix-other-city", scopes, OTHER_CITY),
+    }
+    allowed = ("party", "region")
+    wrong: list[str] = []
+
+    async def call(principal: str, method: str, path: str, body=None) -> httpx.Response:
+        return await http.request(method, apis.urls["notifier"] + path, json=body,
+                                  headers={"Authorization": f"Bearer {tokens[principal]}"})
+
+    def judge(principal: str, what: str, resp: httpx.Response, want: set[int]) -> None:
+        line = f"{what:<52} {principal:<12} {resp.status_code}"
+        print(line)
+        if resp.status_code not in want:
+            wrong.append(f"{line}: want {sorted(want)}: {resp.text[:160]}")
+
+    for method, path, body, ok in UNIT_CHANNEL_ROUTES:
+        for principal in tokens:  # a fresh channel each: a success may change or disable it
+            channel = await world.new("unit_channel", OWN)
+            if path.endswith("/resume"):
+                await world.call("notifier", "POST", f"/v1/channels/{channel['id']}/pause", 200, json={})
+            resp = await call(principal, method, path.format(channel_id=channel["id"]), body)
+            judge(principal, f"{method} {path}", resp, ok if principal in allowed else {404})
+
+    create = {"kind": "webhook", "name": "矩阵单位通道", "owner": {"unit_id": a["id"]},
+              "config": {"url": "http://127.0.0.1:9/unit-new"}}
+    for principal in tokens:
+        resp = await call(principal, "POST", "/v1/channels", create)
+        judge(principal, "POST /v1/channels (owner: unit A)", resp, {201} if principal in allowed else {403})
+
+    channel = await world.get("unit_channel", OWN)
+    delivery = await world.call("notifier", "POST", f"/v1/channels/{channel['id']}/test", (200, 202))
+    delivery_id = delivery.get("delivery_id") or delivery["id"]
+    for principal in tokens:
+        listed = await call(principal, "GET", f"/v1/channels?limit=200&unit_id={a['id']}")
+        judge(principal, "GET /v1/channels?unit_id=A", listed, {200})
+        if (channel["id"] in listed.text) != (principal in allowed):
+            wrong.append(f"GET /v1/channels {principal}: A's channel {'missing' if principal in allowed else 'listed'}")
+        log = await call(principal, "GET", f"/v1/deliveries?limit=200&channel_id={channel['id']}")
+        judge(principal, "GET /v1/deliveries?channel_id=A's", log, {200})
+        if (delivery_id in log.text) != (principal in allowed):
+            wrong.append(f"GET /v1/deliveries {principal}: A's {'missing' if principal in allowed else 'listed'}")
+        one = await call(principal, "GET", f"/v1/deliveries/{delivery_id}")
+        judge(principal, "GET /v1/deliveries/{id} (A's)", one, {200} if principal in allowed else {404})
+    # a liaison's token reaches no region's channel
+    region_channel = await world.get("channel", OWN)
+    resp = await call("party", "GET", f"/v1/channels/{region_channel['id']}")
+    judge("party", "GET /v1/channels/{id} (a county's)", resp, {404})
+    assert not wrong, "\n".join(wrong)

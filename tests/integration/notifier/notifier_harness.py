@@ -153,8 +153,10 @@ class Notifier:
     async def api_ok(self, path: str) -> bool:
         return (await self.api.get(path)).status_code == 200
 
-    async def channel(self, kind: str, config: dict, *, branch_id=None, region_code=None, **extra) -> dict:
-        owner = {"branch_id": str(branch_id)} if branch_id else {"region_code": region_code}
+    async def channel(self, kind: str, config: dict, *, branch_id=None, region_code=None, unit_id=None,
+                      **extra) -> dict:
+        owner = ({"branch_id": str(branch_id)} if branch_id else {"unit_id": str(unit_id)} if unit_id
+                 else {"region_code": region_code})
         body = {"kind": kind, "name": f"{kind} {uuid.uuid4().hex[:4]}", "owner": owner, "config": config, **extra}
         response = await self.api.post("/v1/channels", json=body)
         assert response.status_code == 201, response.text

@@ -21,9 +21,12 @@ from shared import webhooks
 pytestmark = pytest.mark.integration
 
 
+UNRESOLVABLE = "hooks.changai.invalid"  # .invalid is reserved: no DNS answers it (RFC 6761)
+
+
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory):
-    return make_tls(tmp_path_factory.mktemp("tls"))
+    return make_tls(tmp_path_factory.mktemp("tls"), names=("localhost", UNRESOLVABLE))
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +42,7 @@ async def _post(http, url: str, secret: str, fakes: Receivers, name: str):
                                        b'{"type":"t"}', timeout=5, allow_private=True)
 
 
-async def test_webhook_over_https_goes_to_the_checked_address_with_the_hosts_name(tls, https):
+async def test_webhook_over_https_goes_to_the_checked_address_with_the_hosts_name(tls, https, monkeypatch):
     ca, _, _ = tls
     secret = vault.new_webhook_secret()
     https.hook("tls-a", [secret])
@@ -54,6 +57,19 @@ async def test_webhook_over_https_goes_to_the_checked_address_with_the_hosts_nam
         # white-box: the pool's key is what must not be an address
         origins = {c._origin.host for c in http._transport._pool.connections}  # noqa: SLF001
         assert origins == {b"localhost"}
+
+    # A name no DNS answers, checked to 127.0.0.1: only a connection made to the checked address
+    # reaches the receiver (a client that resolved the name itself would fail), and TLS and Host
+    # still name the host.
+    async def checked(url, *, allow_private, resolve=True):
+        return UNRESOLVABLE, ["127.0.0.1"]
+
+    monkeypatch.setattr(webhooks, "check_url", checked)
+    async with outbound.http_client(ca_bundle=str(ca)) as http:
+        outcome = await _post(http, f"https://{UNRESOLVABLE}:{https.port}/hooks/tls-a", secret, https, "tls-a")
+    assert outcome.delivered, outcome.error
+    call = https.received("hook:tls-a")[-1]
+    assert call.headers["host"] == f"{UNRESOLVABLE}:{https.port}" and https.server_names[-1] == UNRESOLVABLE
 
 
 async def test_a_certificate_not_signed_by_a_trusted_ca_is_refused(tls, https):
