@@ -2,6 +2,7 @@
 Kafka authentication and ACLs, Kafka and PostgreSQL metrics and alerts, spread, backups."""
 from __future__ import annotations
 
+import copy
 import os
 import re
 import shutil
@@ -27,14 +28,13 @@ def _common(objects) -> dict[str, str]:
 # ------------------------------------------------------------------ Kafka: authentication and ACLs
 
 
-@pytest.mark.parametrize("overlay", ds.OVERLAYS)
-def test_kafka_listens_only_with_tls_and_scram(overlay):
-    kafka = ds.one(ds.overlay_objects(overlay), "Kafka", "changai")["spec"]
+def check_kafka_listens_only_with_tls_and_scram(objects) -> None:
+    kafka = ds.one(objects, "Kafka", "changai")["spec"]
     listeners = kafka["kafka"]["listeners"]
     plain = [lst["name"] for lst in listeners if not lst["tls"] or lst.get("authentication", {}).get("type") is None]
-    assert not plain, f"{overlay}: listeners without TLS or authentication: {plain}"
+    assert not plain, f"listeners without TLS or authentication: {plain}"
     assert all(lst["authentication"]["type"] == "scram-sha-512" for lst in listeners)
-    assert kafka["kafka"]["authorization"]["type"] == "simple", "ACLs are not enforced without an authorizer"
+    assert kafka["kafka"].get("authorization", {}).get("type") == "simple", "ACLs are not enforced without an authorizer"
     assert "userOperator" in kafka["entityOperator"], "no User Operator: the KafkaUsers would never get a password"
 
 
@@ -55,11 +55,9 @@ def _code_groups() -> set[str]:
     return groups
 
 
-@pytest.mark.parametrize("overlay", ds.OVERLAYS)
-def test_every_kafka_user_acl_names_a_topic_or_group_that_exists(overlay):
+def check_every_kafka_user_acl_names_a_topic_or_group_that_exists(objects) -> None:
     from services.training.consumers import group_id
 
-    objects = ds.overlay_objects(overlay)
     topics = {t["spec"]["topicName"] for t in ds.find(objects, "KafkaTopic")}
     groups = _code_groups()
     granted_groups = set()
@@ -95,9 +93,7 @@ def _topic_ops(user: dict) -> dict[str, set[str]]:
             if a["resource"]["type"] == "topic"}
 
 
-@pytest.mark.parametrize("overlay", ds.OVERLAYS)
-def test_every_service_logs_in_as_its_own_kafka_user(overlay):
-    objects = ds.overlay_objects(overlay)
+def check_every_service_logs_in_as_its_own_kafka_user(objects) -> None:
     users = _service_users(objects)
     common = _common(objects)
     kafka = ds.one(objects, "Kafka", "changai")
@@ -111,6 +107,7 @@ def test_every_service_logs_in_as_its_own_kafka_user(overlay):
         pod = dep["spec"]["template"]["spec"]
         (container,) = pod["containers"]
         env = _env(container)
+        assert {"CHANGAI_KAFKA_SASL_USERNAME", "CHANGAI_KAFKA_SASL_PASSWORD"} <= set(env), f"{spec.name}: no login"
         assert env["CHANGAI_KAFKA_SASL_USERNAME"]["value"] == spec.name and spec.name in users, spec.name
         assert env["CHANGAI_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": spec.name, "key": "password"}
         mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
@@ -179,13 +176,11 @@ def _jobs_of_monitors(objects) -> dict[str, str]:
     return jobs
 
 
-@pytest.mark.parametrize("overlay", ds.OVERLAYS)
-def test_every_scrape_target_has_an_absent_alert(overlay):
-    objects = ds.overlay_objects(overlay)
+def check_every_scrape_target_has_an_absent_alert(objects) -> None:
     rules = [r for o in ds.find(objects, "PrometheusRule") for g in o["spec"]["groups"] for r in g["rules"]]
     absent = {m for r in rules if "alert" in r for m in re.findall(r"absent\((up\{[^}]*\})\)", r["expr"])}
     missing = {name: sel for name, sel in _jobs_of_monitors(objects).items() if sel not in absent}
-    assert not missing, f"{overlay}: no absent() alert for {missing}"
+    assert not missing, f"no absent() alert for {missing}"
     alerts = {r["alert"] for r in rules if "alert" in r}
     assert {"KafkaBrokerDown", "KafkaNoActiveController", "KafkaOfflinePartitions", "KafkaUnderReplicatedPartitions",
             "ChangaiVolumeAlmostFull", "ChangaiVolumeFillsWithin4Days"} <= alerts
@@ -222,8 +217,7 @@ def test_volume_alerts_cover_every_volume(overlay):
 # ------------------------------------------------------------------ spread and draining
 
 
-def test_prod_spreads_kafka_and_postgres_over_zones_and_nodes():
-    objects = ds.overlay_objects("prod")
+def check_prod_spreads_kafka_and_postgres_over_zones_and_nodes(objects) -> None:
     kafka = ds.one(objects, "Kafka", "changai")["spec"]["kafka"]
     assert kafka["rack"]["topologyKey"] == "topology.kubernetes.io/zone"
     spread = ds.one(objects, "KafkaNodePool", "dual-role")["spec"]["template"]["pod"]["topologySpreadConstraints"]
@@ -234,26 +228,24 @@ def test_prod_spreads_kafka_and_postgres_over_zones_and_nodes():
         assert spec["affinity"]["enablePodAntiAffinity"] and spec["affinity"]["podAntiAffinityType"] == "required"
         assert spec["affinity"]["topologyKey"] == "kubernetes.io/hostname"
         assert [c["topologyKey"] for c in spec["topologySpreadConstraints"]] == ["topology.kubernetes.io/zone"]
-        sync = spec["postgresql"]["synchronous"]
+        sync = spec["postgresql"].get("synchronous")
+        assert sync, f"{cluster['metadata']['name']}: asynchronous replication"
         assert sync["number"] >= 1 and sync["number"] < spec["instances"] and sync["dataDurability"] == "required"
 
 
-@pytest.mark.parametrize("overlay", ds.OVERLAYS)
-def test_http_services_drain_before_they_stop(overlay):
-    objects = ds.overlay_objects(overlay)
+def check_http_services_drain_before_they_stop(objects) -> None:
     for spec in ds.services():
         if spec.role != "api":
             continue
         pod = ds.one(objects, "Deployment", spec.name)["spec"]["template"]["spec"]
-        seconds = pod["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
+        seconds = pod["containers"][0].get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
         assert 0 < seconds < pod.get("terminationGracePeriodSeconds", 30) - 10, spec.name
 
 
 # ------------------------------------------------------------------ backups
 
 
-def test_prod_backs_up_every_database():
-    objects = ds.overlay_objects("prod")
+def check_prod_backs_up_every_database(objects) -> None:
     stores = {o["metadata"]["name"] for o in ds.find(objects, "ObjectStore")}
     scheduled = {}
     for backup in ds.find(objects, "ScheduledBackup"):
@@ -270,10 +262,9 @@ def test_prod_backs_up_every_database():
     assert set(scheduled) == {c["metadata"]["name"] for c in ds.find(objects, "Cluster")}
 
 
-def test_prod_mirrors_every_domain_topic():
+def check_prod_mirrors_every_domain_topic(objects) -> None:
     from shared.topics import BY_NAME, domain_topics
 
-    objects = ds.overlay_objects("prod")
     (mirror,) = ds.find(objects, "KafkaMirrorMaker2")
     (source,) = mirror["spec"]["mirrors"]
     pattern = source["topicsPattern"]
@@ -285,3 +276,79 @@ def test_prod_mirrors_every_domain_topic():
     assert set(granted) == set(domain_topics()) and all("Write" not in ops for ops in granted.values())
     pod_labels = mirror["spec"]["template"]["pod"]["metadata"]["labels"]
     assert pod_labels["changai.io/kafka-client"] == "true", "the listener's NetworkPolicy would refuse it"
+
+
+# ------------------------------------------------------------------ the checks, on both overlays, and that they can fail
+
+CHECKS = {
+    "tls-and-scram": check_kafka_listens_only_with_tls_and_scram,
+    "acls": check_every_kafka_user_acl_names_a_topic_or_group_that_exists,
+    "kafka-login": check_every_service_logs_in_as_its_own_kafka_user,
+    "absent-alerts": check_every_scrape_target_has_an_absent_alert,
+    "drain": check_http_services_drain_before_they_stop,
+}
+PROD_CHECKS = {
+    "spread": check_prod_spreads_kafka_and_postgres_over_zones_and_nodes,
+    "backups": check_prod_backs_up_every_database,
+    "mirror": check_prod_mirrors_every_domain_topic,
+}
+
+
+@pytest.mark.parametrize(("overlay", "check"), [(o, c) for o in ds.OVERLAYS for c in CHECKS]
+                         + [("prod", c) for c in PROD_CHECKS])
+def test_platform_check_holds(overlay, check):
+    {**CHECKS, **PROD_CHECKS}[check](ds.overlay_objects(overlay))
+
+
+def _mutated(mutate):
+    objects = copy.deepcopy(ds.overlay_objects("prod"))
+    mutate(objects)
+    return objects
+
+
+def _user(objects, name):
+    return ds.one(objects, "KafkaUser", name)
+
+
+def _container(objects, name):
+    return ds.one(objects, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
+
+
+def _acl(topic=None, group=None, ops=("Read", "Describe"), pattern="literal"):
+    kind, name = ("topic", topic) if topic else ("group", group)
+    return {"resource": {"type": kind, "name": name, "patternType": pattern}, "operations": list(ops)}
+
+
+BREAKAGES = [
+    ("tls-and-scram", lambda o: ds.one(o, "Kafka", "changai")["spec"]["kafka"]["listeners"].append(
+        {"name": "plain", "port": 9092, "type": "internal", "tls": False}), "a plaintext listener"),
+    ("tls-and-scram", lambda o: ds.one(o, "Kafka", "changai")["spec"]["kafka"].pop("authorization"), "no authorizer"),
+    ("acls", lambda o: _user(o, "reform")["spec"]["authorization"]["acls"].append(_acl(topic="reform.evnts")),
+     "an ACL on a topic that does not exist"),
+    ("acls", lambda o: _user(o, "intake")["spec"]["authorization"]["acls"].append(_acl(group="intake-typo")),
+     "an ACL on a group no code uses"),
+    ("acls", lambda o: _user(o, "funding")["spec"]["authorization"]["acls"].pop(), "a group of the code ungranted"),
+    ("acls", lambda o: _user(o, "reform")["spec"]["authorization"]["acls"].append(
+        _acl(topic="reform.events", ops=("All",))), "All"),
+    ("kafka-login", lambda o: _container(o, "training")["env"].__setitem__(
+        slice(None), [e for e in _container(o, "training")["env"] if e["name"] != "CHANGAI_KAFKA_SASL_PASSWORD"]),
+     "a service without its password"),
+    ("kafka-login", lambda o: next(e for e in _container(o, "funding")["env"]
+                                   if e["name"] == "CHANGAI_KAFKA_SASL_USERNAME").update(value="membership"),
+     "a service logging in as another"),
+    ("absent-alerts", lambda o: o.append({"apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",
+                                          "metadata": {"name": "new-thing"}, "spec": {}}), "a monitor without absent()"),
+    ("drain", lambda o: _container(o, "membership").pop("lifecycle"), "an API without preStop"),
+    ("spread", lambda o: ds.find(o, "Cluster")[0]["spec"]["postgresql"].pop("synchronous"), "asynchronous replication"),
+    ("backups", lambda o: o.remove(ds.find(o, "ScheduledBackup")[0]), "a database without a ScheduledBackup"),
+    ("backups", lambda o: ds.find(o, "Cluster")[0]["spec"]["plugins"][0]["parameters"].update(
+        barmanObjectName="elsewhere"), "WAL archived to an ObjectStore that does not exist"),
+    ("mirror", lambda o: ds.one(o, "KafkaMirrorMaker2", "changai-dr")["spec"]["mirrors"][0].update(
+        topicsPattern="membership\\.events"), "a domain topic not mirrored"),
+]
+
+
+@pytest.mark.parametrize(("check", "mutate"), [pytest.param(c, m, id=why) for c, m, why in BREAKAGES])
+def test_platform_check_fails_on_a_broken_manifest(check, mutate):
+    with pytest.raises(AssertionError):
+        {**CHECKS, **PROD_CHECKS}[check](_mutated(mutate))
