@@ -1,5 +1,6 @@
 """Static checks of what a platform team asks for (issue 19, "What a platform team will ask for"):
 Kafka authentication and ACLs, Kafka and PostgreSQL metrics and alerts, spread, backups."""
+
 from __future__ import annotations
 
 import copy
@@ -8,9 +9,8 @@ import re
 import shutil
 import subprocess
 
-import pytest
-
 import deploy_support as ds
+import pytest
 
 PLATFORM_RULES = ds.RULES_DIR / "kubernetes" / "platform.rules.yml"
 
@@ -34,7 +34,9 @@ def check_kafka_listens_only_with_tls_and_scram(objects) -> None:
     plain = [lst["name"] for lst in listeners if not lst["tls"] or lst.get("authentication", {}).get("type") is None]
     assert not plain, f"listeners without TLS or authentication: {plain}"
     assert all(lst["authentication"]["type"] == "scram-sha-512" for lst in listeners)
-    assert kafka["kafka"].get("authorization", {}).get("type") == "simple", "ACLs are not enforced without an authorizer"
+    assert kafka["kafka"].get("authorization", {}).get("type") == "simple", (
+        "ACLs are not enforced without an authorizer"
+    )
     assert "userOperator" in kafka["entityOperator"], "no User Operator: the KafkaUsers would never get a password"
 
 
@@ -89,8 +91,11 @@ def _service_users(objects) -> dict[str, dict]:
 
 
 def _topic_ops(user: dict) -> dict[str, set[str]]:
-    return {a["resource"]["name"]: set(a["operations"]) for a in user["spec"]["authorization"]["acls"]
-            if a["resource"]["type"] == "topic"}
+    return {
+        a["resource"]["name"]: set(a["operations"])
+        for a in user["spec"]["authorization"]["acls"]
+        if a["resource"]["type"] == "topic"
+    }
 
 
 def check_every_service_logs_in_as_its_own_kafka_user(objects) -> None:
@@ -113,7 +118,9 @@ def check_every_service_logs_in_as_its_own_kafka_user(objects) -> None:
         mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
         volumes = {v["name"]: v for v in pod["volumes"]}
         (ca,) = [n for n, v in volumes.items() if v.get("secret", {}).get("secretName") == "changai-cluster-ca-cert"]
-        assert os.path.join(mounts[ca], "ca.crt") == cafile, f"{spec.name}: the CA is not where CHANGAI_KAFKA_SSL_CAFILE says"
+        assert os.path.join(mounts[ca], "ca.crt") == cafile, (
+            f"{spec.name}: the CA is not where CHANGAI_KAFKA_SSL_CAFILE says"
+        )
     # No KafkaUser nobody logs in as, except the MirrorMaker's (prod).
     assert set(users) - {s.name for s in ds.services()} <= {"mirror-maker"}
 
@@ -124,7 +131,9 @@ def test_kafka_users_grant_what_the_code_does():
     from shared.topics import domain_topics
 
     users = _service_users(ds.overlay_objects("prod"))
-    writers = {t: {u for u, user in users.items() if "Write" in _topic_ops(user).get(t, set())} for t in domain_topics()}
+    writers = {
+        t: {u for u, user in users.items() if "Write" in _topic_ops(user).get(t, set())} for t in domain_topics()
+    }
     assert writers["membership.events"] == {"membership"}
     assert writers["training.events"] == {"training"}
     assert writers["funding.events"] == {"funding"}
@@ -133,10 +142,15 @@ def test_kafka_users_grant_what_the_code_does():
     for user, spec in users.items():
         ops = _topic_ops(spec)
         for topic, granted in ops.items():
-            if "Read" in granted and not topic.endswith(".dlq") and f"{topic}.dlq" in {
-                    t["spec"]["topicName"] for t in ds.find(ds.overlay_objects("prod"), "KafkaTopic")}:
-                assert "Write" in ops.get(f"{topic}.dlq", set()) or user == "mirror-maker", \
+            if (
+                "Read" in granted
+                and not topic.endswith(".dlq")
+                and f"{topic}.dlq"
+                in {t["spec"]["topicName"] for t in ds.find(ds.overlay_objects("prod"), "KafkaTopic")}
+            ):
+                assert "Write" in ops.get(f"{topic}.dlq", set()) or user == "mirror-maker", (
                     f"{user} reads {topic} but may not write its dead letters"
+                )
 
 
 # ------------------------------------------------------------------ metrics and alerts
@@ -150,7 +164,13 @@ def test_kafka_metrics_are_exported_and_scraped(overlay):
     config = ds.one(objects, "ConfigMap", ref["name"])["data"][ref["key"]]
     rules = ds.yaml.safe_load(config)["rules"]
     assert rules, "the JMX exporter has no rules"
-    assert "kafkaExporter" in kafka
+    exporter = kafka["kafkaExporter"]
+    # The exporter reports every group of the code and every topic (its regexes filter what it reports).
+    groups = {*_code_groups(), "training-members-g1"}
+    assert all(re.match(exporter["groupRegex"], g) for g in groups), [
+        g for g in groups if not re.match(exporter["groupRegex"], g)
+    ]
+    assert all(re.match(exporter["topicRegex"], t["spec"]["topicName"]) for t in ds.find(objects, "KafkaTopic"))
     monitors = {m["metadata"]["name"]: m for m in ds.find(objects, "PodMonitor")}
     assert monitors["kafka-brokers"]["spec"]["selector"]["matchLabels"]["strimzi.io/broker-role"] == "true"
     assert monitors["kafka-exporter"]["spec"]["selector"]["matchLabels"]["strimzi.io/name"] == "changai-kafka-exporter"
@@ -182,8 +202,14 @@ def check_every_scrape_target_has_an_absent_alert(objects) -> None:
     missing = {name: sel for name, sel in _jobs_of_monitors(objects).items() if sel not in absent}
     assert not missing, f"no absent() alert for {missing}"
     alerts = {r["alert"] for r in rules if "alert" in r}
-    assert {"KafkaBrokerDown", "KafkaNoActiveController", "KafkaOfflinePartitions", "KafkaUnderReplicatedPartitions",
-            "ChangaiVolumeAlmostFull", "ChangaiVolumeFillsWithin4Days"} <= alerts
+    assert {
+        "KafkaBrokerDown",
+        "KafkaNoActiveController",
+        "KafkaOfflinePartitions",
+        "KafkaUnderReplicatedPartitions",
+        "ChangaiVolumeAlmostFull",
+        "ChangaiVolumeFillsWithin4Days",
+    } <= alerts
 
 
 def _promtool() -> str:
@@ -196,19 +222,30 @@ def _promtool() -> str:
 def test_platform_rules_pass_promtool():
     check = subprocess.run([_promtool(), "check", "rules", str(PLATFORM_RULES)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
-    test = subprocess.run([_promtool(), "test", "rules", "platform.test.yml"], capture_output=True, text=True,
-                          cwd=PLATFORM_RULES.parent / "tests")
+    test = subprocess.run(
+        [_promtool(), "test", "rules", "platform.test.yml"],
+        capture_output=True,
+        text=True,
+        cwd=PLATFORM_RULES.parent / "tests",
+    )
     assert test.returncode == 0, test.stdout + test.stderr
 
 
 @pytest.mark.parametrize("overlay", ds.OVERLAYS)
 def test_volume_alerts_cover_every_volume(overlay):
     objects = ds.overlay_objects(overlay)
-    expr = next(r["expr"] for o in ds.find(objects, "PrometheusRule") for g in o["spec"]["groups"]
-                for r in g["rules"] if r.get("alert") == "ChangaiVolumeFillsWithin4Days")
+    expr = next(
+        r["expr"]
+        for o in ds.find(objects, "PrometheusRule")
+        for g in o["spec"]["groups"]
+        for r in g["rules"]
+        if r.get("alert") == "ChangaiVolumeFillsWithin4Days"
+    )
     pattern = re.search(r'persistentvolumeclaim=~"([^"]+)"', expr).group(1)
     pool = ds.one(objects, "KafkaNodePool", "dual-role")["spec"]
-    claims = [f"data-{v['id']}-changai-dual-role-{n}" for v in pool["storage"]["volumes"] for n in range(pool["replicas"])]
+    claims = [
+        f"data-{v['id']}-changai-dual-role-{n}" for v in pool["storage"]["volumes"] for n in range(pool["replicas"])
+    ]
     for cluster in ds.find(objects, "Cluster"):
         claims += [f"{cluster['metadata']['name']}-{n}" for n in range(1, cluster["spec"]["instances"] + 1)]
     assert all(re.fullmatch(pattern, c) for c in claims), [c for c in claims if not re.fullmatch(pattern, c)]
@@ -222,7 +259,9 @@ def check_prod_spreads_kafka_and_postgres_over_zones_and_nodes(objects) -> None:
     assert kafka["rack"]["topologyKey"] == "topology.kubernetes.io/zone"
     spread = ds.one(objects, "KafkaNodePool", "dual-role")["spec"]["template"]["pod"]["topologySpreadConstraints"]
     assert {(c["topologyKey"], c["whenUnsatisfiable"]) for c in spread} == {
-        ("topology.kubernetes.io/zone", "DoNotSchedule"), ("kubernetes.io/hostname", "DoNotSchedule")}
+        ("topology.kubernetes.io/zone", "DoNotSchedule"),
+        ("kubernetes.io/hostname", "DoNotSchedule"),
+    }
     for cluster in ds.find(objects, "Cluster"):
         spec = cluster["spec"]
         assert spec["affinity"]["enablePodAntiAffinity"] and spec["affinity"]["podAntiAffinityType"] == "required"
@@ -278,7 +317,7 @@ def check_prod_mirrors_every_domain_topic(objects) -> None:
     assert pod_labels["changai.io/kafka-client"] == "true", "the listener's NetworkPolicy would refuse it"
 
 
-# ------------------------------------------------------------------ the checks, on both overlays, and that they can fail
+# ------------------------------------------------------------------ the checks, and that they can fail
 
 CHECKS = {
     "tls-and-scram": check_kafka_listens_only_with_tls_and_scram,
@@ -294,8 +333,9 @@ PROD_CHECKS = {
 }
 
 
-@pytest.mark.parametrize(("overlay", "check"), [(o, c) for o in ds.OVERLAYS for c in CHECKS]
-                         + [("prod", c) for c in PROD_CHECKS])
+@pytest.mark.parametrize(
+    ("overlay", "check"), [(o, c) for o in ds.OVERLAYS for c in CHECKS] + [("prod", c) for c in PROD_CHECKS]
+)
 def test_platform_check_holds(overlay, check):
     {**CHECKS, **PROD_CHECKS}[check](ds.overlay_objects(overlay))
 
@@ -320,31 +360,71 @@ def _acl(topic=None, group=None, ops=("Read", "Describe"), pattern="literal"):
 
 
 BREAKAGES = [
-    ("tls-and-scram", lambda o: ds.one(o, "Kafka", "changai")["spec"]["kafka"]["listeners"].append(
-        {"name": "plain", "port": 9092, "type": "internal", "tls": False}), "a plaintext listener"),
+    (
+        "tls-and-scram",
+        lambda o: ds.one(o, "Kafka", "changai")["spec"]["kafka"]["listeners"].append(
+            {"name": "plain", "port": 9092, "type": "internal", "tls": False}
+        ),
+        "a plaintext listener",
+    ),
     ("tls-and-scram", lambda o: ds.one(o, "Kafka", "changai")["spec"]["kafka"].pop("authorization"), "no authorizer"),
-    ("acls", lambda o: _user(o, "reform")["spec"]["authorization"]["acls"].append(_acl(topic="reform.evnts")),
-     "an ACL on a topic that does not exist"),
-    ("acls", lambda o: _user(o, "intake")["spec"]["authorization"]["acls"].append(_acl(group="intake-typo")),
-     "an ACL on a group no code uses"),
+    (
+        "acls",
+        lambda o: _user(o, "reform")["spec"]["authorization"]["acls"].append(_acl(topic="reform.evnts")),
+        "an ACL on a topic that does not exist",
+    ),
+    (
+        "acls",
+        lambda o: _user(o, "intake")["spec"]["authorization"]["acls"].append(_acl(group="intake-typo")),
+        "an ACL on a group no code uses",
+    ),
     ("acls", lambda o: _user(o, "funding")["spec"]["authorization"]["acls"].pop(), "a group of the code ungranted"),
-    ("acls", lambda o: _user(o, "reform")["spec"]["authorization"]["acls"].append(
-        _acl(topic="reform.events", ops=("All",))), "All"),
-    ("kafka-login", lambda o: _container(o, "training")["env"].__setitem__(
-        slice(None), [e for e in _container(o, "training")["env"] if e["name"] != "CHANGAI_KAFKA_SASL_PASSWORD"]),
-     "a service without its password"),
-    ("kafka-login", lambda o: next(e for e in _container(o, "funding")["env"]
-                                   if e["name"] == "CHANGAI_KAFKA_SASL_USERNAME").update(value="membership"),
-     "a service logging in as another"),
-    ("absent-alerts", lambda o: o.append({"apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",
-                                          "metadata": {"name": "new-thing"}, "spec": {}}), "a monitor without absent()"),
+    (
+        "acls",
+        lambda o: _user(o, "reform")["spec"]["authorization"]["acls"].append(_acl(topic="reform.events", ops=("All",))),
+        "All",
+    ),
+    (
+        "kafka-login",
+        lambda o: _container(o, "training")["env"].__setitem__(
+            slice(None), [e for e in _container(o, "training")["env"] if e["name"] != "CHANGAI_KAFKA_SASL_PASSWORD"]
+        ),
+        "a service without its password",
+    ),
+    (
+        "kafka-login",
+        lambda o: next(e for e in _container(o, "funding")["env"] if e["name"] == "CHANGAI_KAFKA_SASL_USERNAME").update(
+            value="membership"
+        ),
+        "a service logging in as another",
+    ),
+    (
+        "absent-alerts",
+        lambda o: o.append(
+            {
+                "apiVersion": "monitoring.coreos.com/v1",
+                "kind": "PodMonitor",
+                "metadata": {"name": "new-thing"},
+                "spec": {},
+            }
+        ),
+        "a monitor without absent()",
+    ),
     ("drain", lambda o: _container(o, "membership").pop("lifecycle"), "an API without preStop"),
     ("spread", lambda o: ds.find(o, "Cluster")[0]["spec"]["postgresql"].pop("synchronous"), "asynchronous replication"),
     ("backups", lambda o: o.remove(ds.find(o, "ScheduledBackup")[0]), "a database without a ScheduledBackup"),
-    ("backups", lambda o: ds.find(o, "Cluster")[0]["spec"]["plugins"][0]["parameters"].update(
-        barmanObjectName="elsewhere"), "WAL archived to an ObjectStore that does not exist"),
-    ("mirror", lambda o: ds.one(o, "KafkaMirrorMaker2", "changai-dr")["spec"]["mirrors"][0].update(
-        topicsPattern="membership\\.events"), "a domain topic not mirrored"),
+    (
+        "backups",
+        lambda o: ds.find(o, "Cluster")[0]["spec"]["plugins"][0]["parameters"].update(barmanObjectName="elsewhere"),
+        "WAL archived to an ObjectStore that does not exist",
+    ),
+    (
+        "mirror",
+        lambda o: ds.one(o, "KafkaMirrorMaker2", "changai-dr")["spec"]["mirrors"][0].update(
+            topicsPattern="membership\\.events"
+        ),
+        "a domain topic not mirrored",
+    ),
 ]
 
 
