@@ -8,7 +8,8 @@ Three dashboards, provisioned by docker-compose and Kubernetes from deploy/grafa
 * ``reform-overview.json`` "产改进展 Reform overview": the event-countable figures of
   the source article (docs/domain.md), by city, Chinese titles with English subtitles;
 * ``pipeline-health.json`` "管道健康 Pipeline health": RED metrics per service, consumer
-  lag, outbox backlog, dead letters, notice delivery success, the projection itself;
+  lag, outbox backlog, dead letters, notice delivery success, the projection itself, the event
+  intake (received, applied, lag, refused by reason, duplicates, per source and type);
 * ``reform-ledger.json`` "改革任务台账 Reform task ledger": the coordinating office's tasks by
   status and unit, completion rate, overdue now, documents, pilots, city plans.
 
@@ -777,14 +778,88 @@ def pipeline_health() -> dict:
             h=8,
         ),
     ]
+    # The event intake's own figures (its /metrics, per registered source and upstream type).
+    intake = [
+        Panel(
+            "接入事件 · Intake: events received",
+            "Upstream events received per second, by source and type (HTTP and the Kafka intake topics).",
+            "timeseries",
+            [
+                Target(
+                    f"sum by (source, type) (rate(changai_intake_events_received_total{R}))",
+                    "{{source}} {{type}}",
+                )
+            ],
+            w=8,
+            h=8,
+            unit="ops",
+        ),
+        Panel(
+            "接入已办结 · Intake: applied",
+            "Events the owning service applied per second, by source and type.",
+            "timeseries",
+            [Target(f"sum by (source, type) (rate(changai_intake_applied_total{R}))", "{{source}} {{type}}")],
+            w=8,
+            h=8,
+            unit="ops",
+        ),
+        Panel(
+            "接入延迟 p95 · Intake: lag p95",
+            "From the event's time to its outcome (applied or refused by the owning service), by source and type.",
+            "timeseries",
+            [
+                Target(
+                    f"histogram_quantile(0.95, sum by (source, type, le) (rate(changai_intake_lag_seconds_bucket{R})))",
+                    "{{source}} {{type}}",
+                )
+            ],
+            w=8,
+            h=8,
+            unit="s",
+        ),
+        Panel(
+            "接入拒收 · Intake: refused, by reason",
+            "Events refused so far, by source, type and reason (the intake's checks and the owning service's).",
+            "table",
+            [Target("sum by (source, type, reason) (changai_intake_rejected_total)", instant=True)],
+            w=8,
+            h=8,
+        ),
+        Panel(
+            "接入重复 · Intake: duplicates",
+            "Redeliveries of events already accepted (each changes nothing), by source and type.",
+            "bargauge",
+            [Target("sum by (source, type) (changai_intake_duplicates_total)", "{{source}} {{type}}")],
+            w=8,
+            h=8,
+        ),
+        Panel(
+            "接入拒收率 · Intake: refused share",
+            "Refused ÷ received over the last hour, by source (the alert fires above 10% over 15 minutes).",
+            "bargauge",
+            [
+                Target(
+                    "sum by (source) (increase(changai_intake_rejected_total[1h])) / "
+                    "sum by (source) (increase(changai_intake_events_received_total[1h]))",
+                    "{{source}}",
+                )
+            ],
+            w=8,
+            h=8,
+            unit="percentunit",
+            decimals=1,
+        ),
+    ]
     return dashboard(
         "changai-pipeline-health",
         "管道健康 Pipeline health",
-        "Is the pipe healthy: services' RED metrics, outboxes, consumers, dead letters, notices, the projection.",
+        "Is the pipe healthy: services' RED metrics, outboxes, consumers, dead letters, notices, the projection, "
+        "the event intake.",
         [
             ("服务 · Services (RED)", red),
             ("事件流 · Event flow", events),
             ("死信与通知 · Dead letters and notices", dead),
+            ("事件接入 · Event intake", intake),
         ],
         ["changai", "operations"],
         year_variable=False,

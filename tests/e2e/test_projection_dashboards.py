@@ -1,13 +1,15 @@
 """End to end: real membership service, real Kafka, the projection worker, the real Prometheus.
 
 A scenario goes through the membership API (branches and members: outbox → Kafka →
-projection) and, for the services being built beside it, as events published on the real
+projection) and the event intake (an upstream HR system's hire, its redelivery and a refused
+event: the pipeline dashboard's intake panels), and, for the services being built beside it, as events published on the real
 topics. Then every panel query of both dashboards must return data from Prometheus, and
 the key figures must have moved by exactly what the scenario sent.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import re
 import time
@@ -28,6 +30,7 @@ from shared.regions import REGIONS
 pytestmark = pytest.mark.e2e
 JOB = f"projection-e2e-{uuid.uuid4().hex[:6]}"
 MEMBERSHIP_JOB = f"membership-e2e-{uuid.uuid4().hex[:6]}"
+INTAKE_JOB = f"intake-e2e-{uuid.uuid4().hex[:6]}"
 ALPHABET = "0123456789ABCDEFGH"
 
 
@@ -67,21 +70,26 @@ async def test_dashboards_show_the_scenario(stack, make_database):
     rng = random.Random()
     # -- the servers: membership (API + outbox relay) and the projection on the real topics
     m_env = stack.service_env("membership", database_url=await make_database("membership"))
+    i_env = stack.service_env("intake", database_url=await make_database("intake"),
+                              CHANGAI_INTAKE_OUTCOMES_GROUP_ID=f"e2e-outcomes-{uuid.uuid4().hex[:8]}",
+                              CHANGAI_INTAKE_CONSUME_KAFKA="false")
     p_env = stack.service_env("projection", CHANGAI_PROJECTION_APP_ID=f"e2e-projection-{uuid.uuid4().hex[:8]}",
                               CHANGAI_LOG_LEVEL="WARNING")
     await asyncio.gather(stack.start_service("membership", ["-m", "services.membership", "api"], m_env),
+                         stack.start_service("intake", ["-m", "services.intake", "api"], i_env),
                          stack.start_service("projection", ["-m", "services.projection", "worker"], p_env,
                                              timeout=90))
     stack.prometheus.set_targets({JOB: [f"127.0.0.1:{p_env['CHANGAI_HTTP_PORT']}"],
-                                  MEMBERSHIP_JOB: [f"127.0.0.1:{m_env['CHANGAI_HTTP_PORT']}"]})
+                                  MEMBERSHIP_JOB: [f"127.0.0.1:{m_env['CHANGAI_HTTP_PORT']}"],
+                                  INTAKE_JOB: [f"127.0.0.1:{i_env['CHANGAI_HTTP_PORT']}"]})
     prom = stack.prometheus
     try:
-        await _scenario_and_checks(stack, prom, m_env, rng)
+        await _scenario_and_checks(stack, prom, m_env, i_env, rng)
     finally:
-        prom.set_targets({JOB: [], MEMBERSHIP_JOB: []})
+        prom.set_targets({JOB: [], MEMBERSHIP_JOB: [], INTAKE_JOB: []})
 
 
-async def _scenario_and_checks(stack, prom, m_env, rng) -> None:
+async def _scenario_and_checks(stack, prom, m_env, i_env, rng) -> None:
     # caught up with whatever the shared topics held before: lag 0 everywhere, seen by Prometheus
     await prom.wait_for(f'changai_projection_ready{{job="{JOB}"}} == 1', timeout=90)
     await prom.wait_for(f'sum(changai_consumer_lag{{job="{JOB}"}}) == 0', timeout=120)
@@ -110,6 +118,28 @@ async def _scenario_and_checks(stack, prom, m_env, rng) -> None:
                                       "employment_form": "courier", "joined_on": "2021-05-01"})
             assert r.status_code == 201, r.text
             api_members[REGIONS[county].parent] += 1
+        # an upstream HR system: one hire (a join through the intake), its redelivery, one refused
+        intake = f"http://127.0.0.1:{i_env['CHANGAI_HTTP_PORT']}/v1"
+        client_id = f"e2e-hr-{uuid.uuid4().hex[:8]}"
+        source = f"urn:changai:e2e:hr:{client_id}"
+        admin = {"Authorization": "Bearer " + mint_token("e2e", ["intake:admin"], "640000")}
+        r = await http.post(f"{intake}/sources", headers=admin, json={
+            "source": source, "name": "端到端人事系统", "region_code": "640104", "client_id": client_id,
+            "event_types": ["enterprise.hr.employee.hired.v1"]})
+        assert r.status_code == 201, r.text
+        emitter = {"Authorization": "Bearer " + mint_token(client_id, ["intake:emit"], "640104"),
+                   "content-type": "application/cloudevents-batch+json"}
+        branch_id, county = branch_ids[0]
+        hire = {"specversion": "1.0", "id": str(uuid.uuid4()), "source": source,
+                "type": "enterprise.hr.employee.hired.v1", "datacontenttype": "application/json",
+                "data": {"employee_ref": "E1", "name": "马春燕", "id_number": id_number(county, rng),
+                         "employer_credit_code": credit_code(county, rng), "branch_id": branch_id,
+                         "hired_on": "2021-05-01", "employment_form": "courier"}}  # the branch id names the branch
+        refused = {**hire, "id": str(uuid.uuid4()), "data": {**hire["data"], "id_number": "640104199003071231"}}
+        r = await http.post(f"{intake}/events", headers=emitter, content=json.dumps([hire, hire, refused]))
+        assert r.status_code == 207 and [x["outcome"] for x in r.json()["results"]] == [
+            "accepted", "duplicate", "rejected"], r.text
+        api_members[REGIONS[county].parent] += 1
 
     # -- part 2: the other services' events, published as their outboxes would, and one poison record
     events = scenario(seed=rng.randrange(10**9))
@@ -151,6 +181,7 @@ async def _scenario_and_checks(stack, prom, m_env, rng) -> None:
                  plus(person_times_before, person_times))
     await prom.wait_for(f'changai_dlq_records_total{{job="{JOB}",topic="notifier.events"}}', timeout=60)
     await prom.wait_for(f'changai_outbox_published_total{{job="{MEMBERSHIP_JOB}"}} > 0', timeout=60)
+    await prom.wait_for(f'changai_intake_applied_total{{job="{INTAKE_JOB}"}} > 0', timeout=90)
     await asyncio.sleep(3)  # a few more scrapes, so rate() over 1m has two points everywhere
 
     # -- every panel of both dashboards has data

@@ -65,7 +65,10 @@ def test_dashboards_query_only_metrics_that_exist():
                 "changai_outbox_backlog", "changai_outbox_oldest_unpublished_age_seconds",
                 "changai_outbox_published_total", "changai_dead_letters_total",
                 "changai_projection_scrape_duration_seconds", "changai_faust_total_rebalances",
-                "changai_faust_messages_received_total", "changai_notice_delivery_latency_seconds_bucket"}
+                "changai_faust_messages_received_total", "changai_notice_delivery_latency_seconds_bucket",
+                # the event intake's own /metrics (services/intake/metrics.py)
+                "changai_intake_events_received_total", "changai_intake_applied_total",
+                "changai_intake_rejected_total", "changai_intake_duplicates_total", "changai_intake_lag_seconds_bucket"}
     for name, build in dashboards.DASHBOARDS.items():
         board = build()
         assert board["panels"], name
