@@ -24,6 +24,7 @@ full durability. Measured in one run:
     FUNDING_BENCH=cost python -m bench funding     (only 4)
     FUNDING_BENCH=http python -m bench funding     (only 1 and 2)
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -39,7 +40,7 @@ import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer
 
-from bench.common import Load, aim, aims_table, http_load, load_avg, raw_load, servers, summary, table
+from bench.common import KEY_ANSWER, KEY_INSERT, OUTBOX_INSERT, CpuClock, Load, backlog_watch, aim, aims_table, http_load, load_avg, raw_load, servers, summary, table
 from shared.auth import mint_token
 from shared.events import encode, envelope
 from shared.events.training import SessionCompleted
@@ -50,7 +51,9 @@ CLIENTS = 50
 CLAIMS = int(os.environ.get("CLAIMS", "2000"))
 PAYMENTS = int(os.environ.get("PAYMENTS", "300"))
 REPLICAS = int(os.environ.get("REPLICAS", "2"))
-HEADERS = {"Authorization": "Bearer " + mint_token("bench", ["funding:write", "funding:read", "funding:admin"], "640000")}
+HEADERS = {
+    "Authorization": "Bearer " + mint_token("bench", ["funding:write", "funding:read", "funding:admin"], "640000")
+}
 
 
 async def _post(client: httpx.AsyncClient, path: str, body: dict) -> dict:
@@ -61,11 +64,23 @@ async def _post(client: httpx.AsyncClient, path: str, body: dict) -> dict:
 
 def completion(organiser: str, persons: int = 5) -> SessionCompleted:
     return SessionCompleted(
-        session_id=uuid.uuid4(), programme_id=uuid.uuid4(), programme_name="bench programme", number=1,
-        organiser_id=organiser, organiser_kind="branch", organiser_name="bench branch", region_code="640104",
-        city_code="640100", subsidy_category="pre_job", person_times=persons, passed=persons, failed=0,
-        eligible_member_ids=[uuid.uuid4() for _ in range(persons)], eligible_persons=persons,
-        completed_on=date(2021, 6, 1))
+        session_id=uuid.uuid4(),
+        programme_id=uuid.uuid4(),
+        programme_name="bench programme",
+        number=1,
+        organiser_id=organiser,
+        organiser_kind="branch",
+        organiser_name="bench branch",
+        region_code="640104",
+        city_code="640100",
+        subsidy_category="pre_job",
+        person_times=persons,
+        passed=persons,
+        failed=0,
+        eligible_member_ids=[uuid.uuid4() for _ in range(persons)],
+        eligible_persons=persons,
+        completed_on=date(2021, 6, 1),
+    )
 
 
 _COUNTING: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("counting", default=None)
@@ -105,16 +120,39 @@ async def cost_per_payment(s) -> list[tuple]:
     from services.funding.main import build_app
 
     dsn = await s.database("funding")
-    app = build_app(FundingSettings(database_url=dsn, kafka_bootstrap=s.kafka.bootstrap, db_pool_min=2,
-                                    db_pool_max=4, funding_subsidy_consumer=False))
+    app = build_app(
+        FundingSettings(
+            database_url=dsn,
+            kafka_bootstrap=s.kafka.bootstrap,
+            db_pool_min=2,
+            db_pool_max=4,
+            funding_subsidy_consumer=False,
+        )
+    )
     with counting_round_trips():
-        async with app.router.lifespan_context(app), httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url="http://funding", headers=HEADERS) as client:
-            fund = await _post(client, "/v1/funds", {"name": "cost fund", "source_kind": "skills_account",
-                                                     "fiscal_year": 2021, "amount": "1000000.00"})
-            grant = await _post(client, "/v1/grants", {"fund_id": fund["id"], "beneficiary_kind": "enterprise",
-                                                       "beneficiary_id": "cost-e", "beneficiary_name": "cost enterprise",
-                                                       "purpose": "cost", "amount": "100000.00"})
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://funding", headers=HEADERS
+            ) as client,
+        ):
+            fund = await _post(
+                client,
+                "/v1/funds",
+                {"name": "cost fund", "source_kind": "skills_account", "fiscal_year": 2021, "amount": "1000000.00"},
+            )
+            grant = await _post(
+                client,
+                "/v1/grants",
+                {
+                    "fund_id": fund["id"],
+                    "beneficiary_kind": "enterprise",
+                    "beneficiary_id": "cost-e",
+                    "beneficiary_name": "cost enterprise",
+                    "purpose": "cost",
+                    "amount": "100000.00",
+                },
+            )
             path = f"/v1/grants/{grant['id']}/disbursements"
             logging.getLogger("httpx").setLevel(logging.WARNING)  # the app's logging set-up logs each request
             for _ in range(30):  # warm-up: prepared statements cached, pool connections open
@@ -126,18 +164,16 @@ async def cost_per_payment(s) -> list[tuple]:
                 await _post(client, path, {"amount": "0.01"})
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
             _COUNTING.set(None)
-    return [("round trips to PostgreSQL per payment", f"{counter[0] / PAYMENTS:.1f}"),
-            ("process CPU per payment, ms", f"{cpu / PAYMENTS * 1000:.2f}"),
-            ("wall time per payment, ms (sequential)", f"{wall / PAYMENTS * 1000:.2f}")]
+    return [
+        ("round trips to PostgreSQL per payment", f"{counter[0] / PAYMENTS:.1f}"),
+        ("process CPU per payment, ms", f"{cpu / PAYMENTS * 1000:.2f}"),
+        ("wall time per payment, ms (sequential)", f"{wall / PAYMENTS * 1000:.2f}"),
+    ]
 
 
-KEY_INSERT = ("INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3) "
-              "ON CONFLICT DO NOTHING RETURNING true")
-KEY_ANSWER = "UPDATE idempotency_keys SET status = $3, body = $4 WHERE scope = $1 AND key = $2"
-OUTBOX_INSERT = "INSERT INTO outbox (event_id, topic, key, lane, event_type, value) VALUES ($1, $2, $3, $4, $5, $6)"
-
-
-async def raw_same_statements(dsn: str, grant_ids: list[str], sample: asyncpg.Record, body: str) -> Load:
+async def raw_same_statements(
+    dsn: str, grant_ids: list[str], sample: asyncpg.Record, body: str, clock: CpuClock
+) -> Load:
     """The floor of a payment: the statements the service sends for one, by plain asyncpg on CLIENTS
     connections, in one transaction each — the key, ``pay_grant``, the event (a stored one's bytes under a
     new id), the key's answer — with no HTTP, no validation and no event encoding."""
@@ -148,43 +184,44 @@ async def raw_same_statements(dsn: str, grant_ids: list[str], sample: asyncpg.Re
         key = uuid.uuid4().hex
         async with conn.transaction():
             await conn.fetchval(KEY_INSERT, "raw:grants.disburse", key, digest)
-            await conn.fetchrow("SELECT * FROM pay_grant($1, $2, $3, $4, $5, $6, $7)",
-                                uuid.UUID(grant_ids[i % len(grant_ids)]), 1, today, None, uuid.uuid4(), None, None)
-            await conn.execute(OUTBOX_INSERT, uuid.uuid4(), sample["topic"], sample["key"], sample["lane"],
-                               sample["event_type"], sample["value"])
+            await conn.fetchrow(
+                "SELECT * FROM pay_grant($1, $2, $3, $4, $5, $6, $7)",
+                uuid.UUID(grant_ids[i % len(grant_ids)]),
+                1,
+                today,
+                None,
+                uuid.uuid4(),
+                None,
+                None,
+            )
+            await conn.execute(
+                OUTBOX_INSERT,
+                uuid.uuid4(),
+                sample["topic"],
+                sample["key"],
+                sample["lane"],
+                sample["event_type"],
+                sample["value"],
+            )
             await conn.execute(KEY_ANSWER, "raw:grants.disburse", key, 201, body)
 
-    return await raw_load(dsn, work, clients=CLIENTS, seconds=SECONDS)
+    return await raw_load(dsn, work, clients=CLIENTS, seconds=SECONDS, clock=clock)
 
 
-async def backlog_watch(dsn: str, until: asyncio.Event) -> tuple[int, float]:
-    """The outbox backlog sampled every 0.5 s while the load runs; then the time to drain it."""
-    conn = await asyncpg.connect(dsn)
-    peak = 0
-    try:
-        while not until.is_set():
-            peak = max(peak, await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(until.wait(), 0.5)
-        t = time.perf_counter()
-        while await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"):
-            if time.perf_counter() - t > 120:
-                raise TimeoutError("outbox not drained in 120 s")
-            await asyncio.sleep(0.05)
-        return peak, time.perf_counter() - t
-    finally:
-        await conn.close()
-
-
-async def http_load_watched(dsn: str, ports: list[int], grant_ids: list[str]) -> tuple[Load, int, float]:
+async def http_load_watched(
+    dsn: str, ports: list[int], grant_ids: list[str], clock: CpuClock
+) -> tuple[Load, int, float, dict[str, float]]:
     def make(i: int, n: int) -> tuple[str, bytes, str]:
-        return (f"/v1/grants/{grant_ids[i % len(grant_ids)]}/disbursements", b'{"amount":"0.01"}',
-                f"Idempotency-Key: {uuid.uuid4().hex}\r\n")
+        return (
+            f"/v1/grants/{grant_ids[i % len(grant_ids)]}/disbursements",
+            b'{"amount":"0.01"}',
+            f"Idempotency-Key: {uuid.uuid4().hex}\r\n",
+        )
 
     stop = asyncio.Event()
     watch = asyncio.create_task(backlog_watch(dsn, stop))
     try:
-        load = await http_load(ports, HEADERS, make, clients=CLIENTS, seconds=SECONDS, warmup=1.0)
+        load = await http_load(ports, HEADERS, make, clients=CLIENTS, seconds=SECONDS, warmup=1.0, clock=clock)
     finally:
         stop.set()
     peak, drain = await watch
@@ -193,13 +230,21 @@ async def http_load_watched(dsn: str, ports: list[int], grant_ids: list[str]) ->
 
 async def start_funding(s, dsn: str, replica: int) -> int:
     """One funding process; the second is an API-only replica (no consumers), as docs/deployment.md runs it."""
-    extra = {} if replica == 0 else {"CHANGAI_FUNDING_SUBSIDY_CONSUMER": "false",
-                                     "CHANGAI_FUNDING_BRANCH_CONSUMER": "false"}
-    env = s.env("funding", database_url=dsn, CHANGAI_FUNDING_SUBSIDY_GROUP=f"bench-funding-{uuid.uuid4().hex[:6]}",
-                CHANGAI_DB_POOL_MAX=os.environ.get("CHANGAI_DB_POOL_MAX", "20"), CHANGAI_LOG_LEVEL="WARNING",
-                **extra)
-    await s.start(f"funding-{replica}", ["-m", "services.funding", "api"], env, health="/readyz")
-    return int(env["CHANGAI_HTTP_PORT"])
+    extra = (
+        {}
+        if replica == 0
+        else {"CHANGAI_FUNDING_SUBSIDY_CONSUMER": "false", "CHANGAI_FUNDING_BRANCH_CONSUMER": "false"}
+    )
+    env = s.env(
+        "funding",
+        database_url=dsn,
+        CHANGAI_FUNDING_SUBSIDY_GROUP=f"bench-funding-{uuid.uuid4().hex[:6]}",
+        CHANGAI_DB_POOL_MAX=os.environ.get("CHANGAI_DB_POOL_MAX", "20"),
+        CHANGAI_LOG_LEVEL="WARNING",
+        **extra,
+    )
+    svc = await s.start(f"funding-{replica}", ["-m", "services.funding", "api"], env, health="/readyz")
+    return int(env["CHANGAI_HTTP_PORT"]), svc.pid
 
 
 async def main() -> None:
@@ -213,53 +258,120 @@ async def main() -> None:
         if not only_http:
             print(table(await cost_per_payment(s), ("one payment, in process", "")))
         dsn = await s.database("funding")
-        port = await start_funding(s, dsn, 0)
+        port, pid = await start_funding(s, dsn, 0)
+        clock = CpuClock({"service": [pid], "postgres": s.pg.pid})
         base = f"http://127.0.0.1:{port}"
         rows, aims = [], []
         async with httpx.AsyncClient(base_url=base, headers=HEADERS, timeout=60) as client:
-            fund = await _post(client, "/v1/funds", {"name": "bench fund", "source_kind": "skills_account",
-                                                     "fiscal_year": 2021, "amount": "100000000.00"})
-            hot = await _post(client, "/v1/grants", {"fund_id": fund["id"], "beneficiary_kind": "enterprise",
-                                                     "beneficiary_id": "bench-e", "beneficiary_name": "bench enterprise",
-                                                     "purpose": "bench", "amount": "1000000.00"})
-            spread = [(await _post(client, "/v1/grants", {"fund_id": fund["id"], "beneficiary_kind": "enterprise",
-                                                          "beneficiary_id": f"bench-e{i}", "beneficiary_name": "bench enterprise",
-                                                          "purpose": "bench", "amount": "100000.00"}))["id"]
-                      for i in range(CLIENTS)]
-            spread_load, peak, drain = await http_load_watched(dsn, [port], spread)
-            hot_load, _, _ = await http_load_watched(dsn, [port], [hot["id"]])
+            fund = await _post(
+                client,
+                "/v1/funds",
+                {"name": "bench fund", "source_kind": "skills_account", "fiscal_year": 2021, "amount": "100000000.00"},
+            )
+            hot = await _post(
+                client,
+                "/v1/grants",
+                {
+                    "fund_id": fund["id"],
+                    "beneficiary_kind": "enterprise",
+                    "beneficiary_id": "bench-e",
+                    "beneficiary_name": "bench enterprise",
+                    "purpose": "bench",
+                    "amount": "1000000.00",
+                },
+            )
+            spread = [
+                (
+                    await _post(
+                        client,
+                        "/v1/grants",
+                        {
+                            "fund_id": fund["id"],
+                            "beneficiary_kind": "enterprise",
+                            "beneficiary_id": f"bench-e{i}",
+                            "beneficiary_name": "bench enterprise",
+                            "purpose": "bench",
+                            "amount": "100000.00",
+                        },
+                    )
+                )["id"]
+                for i in range(CLIENTS)
+            ]
+            spread_load, peak, drain = await http_load_watched(dsn, [port], spread, clock)
+            hot_load, _, _ = await http_load_watched(dsn, [port], [hot["id"]], clock)
             replica_load = None
             if REPLICAS > 1:
-                ports = [port] + [await start_funding(s, dsn, r) for r in range(1, REPLICAS)]
-                replica_load, _, _ = await http_load_watched(dsn, ports, spread)
+                more = [await start_funding(s, dsn, r) for r in range(1, REPLICAS)]
+                clock2 = CpuClock({"service": [pid] + [p for _, p in more], "postgres": s.pg.pid})
+                replica_load, _, _ = await http_load_watched(dsn, [port] + [p for p, _ in more], spread, clock2)
             check = (await client.get("/v1/ledger/check")).json()
         conn = await asyncpg.connect(dsn)
         try:
-            sample = await conn.fetchrow("SELECT topic, key, lane, event_type, value FROM outbox "
-                                         "ORDER BY seq DESC LIMIT 1")  # a payment's event: the last load paid
-            body = await conn.fetchval("SELECT body::text FROM idempotency_keys WHERE body IS NOT NULL "
-                                       "ORDER BY created_at DESC LIMIT 1")
+            sample = await conn.fetchrow(
+                "SELECT topic, key, lane, event_type, value FROM outbox ORDER BY seq DESC LIMIT 1"
+            )  # a payment's event: the last load paid
+            body = await conn.fetchval(
+                "SELECT body::text FROM idempotency_keys WHERE body IS NOT NULL ORDER BY created_at DESC LIMIT 1"
+            )
         finally:
             await conn.close()
-        raw_spread = await raw_same_statements(dsn, spread, sample, body)
-        raw_hot = await raw_same_statements(dsn, [hot["id"]], sample, body)
-        for label, load, raw in (("50 grants", spread_load, raw_spread), ("one hot grant", hot_load, raw_hot),
-                                 (f"50 grants, {REPLICAS} processes", replica_load, raw_spread)):
+        raw_clock = CpuClock({"client": [os.getpid()], "postgres": s.pg.pid})
+        raw_spread = await raw_same_statements(dsn, spread, sample, body, raw_clock)
+        raw_hot = await raw_same_statements(dsn, [hot["id"]], sample, body, raw_clock)
+        for label, load, raw in (
+            ("50 grants", spread_load, raw_spread),
+            ("one hot grant", hot_load, raw_hot),
+            (f"50 grants, {REPLICAS} processes", replica_load, raw_spread),
+        ):
             if load is None:
                 continue
-            rows.append((f"HTTP disbursement, {label}", load.count(201), sum(load.statuses.values()) - load.count(201),
-                         f"{load.rate(201):,.0f}", *summary(load.latencies), load.load))
-            rows.append((f"raw asyncpg, same statements, {label}", raw.count(200), 0, f"{raw.rate(200):,.0f}",
-                         *summary(raw.latencies), raw.load))
-        print(table(rows, ("what", "paid", "other", "per s", "p50 ms", "p90 ms", "p99 ms", "max ms", "load")))
+            rows.append(
+                (
+                    f"HTTP disbursement, {label}",
+                    load.count(201),
+                    sum(load.statuses.values()) - load.count(201),
+                    f"{load.rate(201):,.0f}",
+                    *summary(load.latencies),
+                    load.cpu_text(),
+                    load.load,
+                )
+            )
+            rows.append(
+                (
+                    f"raw asyncpg, same statements, {label}",
+                    raw.count(200),
+                    0,
+                    f"{raw.rate(200):,.0f}",
+                    *summary(raw.latencies),
+                    raw.cpu_text(),
+                    raw.load,
+                )
+            )
+        print(
+            table(
+                rows,
+                ("what", "paid", "other", "per s", "p50 ms", "p90 ms", "p99 ms", "max ms", "CPU ms a write", "load"),
+            )
+        )
         print(f"outbox backlog during the 50-grant load: peak {peak} events, drained {drain:.2f} s after it")
-        print(f"ledger check after the run: {'balanced' if check['ok'] else check['violations'][:3]} "
-              f"({check['entries']} entries, {check['lines']} lines)")
+        print(
+            f"ledger check after the run: {'balanced' if check['ok'] else check['violations'][:3]} "
+            f"({check['entries']} entries, {check['lines']} lines)"
+        )
         best = max((x for x in (spread_load, replica_load) if x is not None), key=lambda x: x.rate(201))
         procs = "" if best is spread_load else f", {REPLICAS} processes"
-        aims.append(aim(f"funding payment, 50 clients, 50 grants{procs}", best.rate(201), best.p99,
-                        raw_spread.rate(200), raw_spread.p99, "≥ 1,000/s, p99 ≤ 50 ms",
-                        best.rate(201) >= 1000 and best.p99 <= 50 and check["ok"], best.load))
+        aims.append(
+            aim(
+                f"funding payment, 50 clients, 50 grants{procs}",
+                best.rate(201),
+                best.p99,
+                raw_spread.rate(200),
+                raw_spread.p99,
+                "≥ 1,000/s, p99 ≤ 50 ms",
+                best.rate(201) >= 1000 and best.p99 <= 50 and check["ok"],
+                best.load,
+            )
+        )
         print(aims_table(aims))
         if only_http:
             return
@@ -267,13 +379,27 @@ async def main() -> None:
         # -- the saga --------------------------------------------------------------------
         organiser = str(uuid.uuid4())
         async with httpx.AsyncClient(base_url=base, headers=HEADERS, timeout=60) as client:
-            resp = await client.put(f"/v1/beneficiaries/branch/{organiser}", json={"name": "bench branch"},
-                                    headers={"Idempotency-Key": uuid.uuid4().hex})
+            resp = await client.put(
+                f"/v1/beneficiaries/branch/{organiser}",
+                json={"name": "bench branch"},
+                headers={"Idempotency-Key": uuid.uuid4().hex},
+            )
             resp.raise_for_status()
-            saga_fund = await _post(client, "/v1/funds", {"name": "bench subsidies", "source_kind": "skills_account",
-                                                          "fiscal_year": 2021, "amount": "100000000.00"})
-            resp = await client.put("/v1/subsidy-routes/pre_job", json={"fund_id": saga_fund["id"], "year": 2021},
-                                    headers={"Idempotency-Key": uuid.uuid4().hex})
+            saga_fund = await _post(
+                client,
+                "/v1/funds",
+                {
+                    "name": "bench subsidies",
+                    "source_kind": "skills_account",
+                    "fiscal_year": 2021,
+                    "amount": "100000000.00",
+                },
+            )
+            resp = await client.put(
+                "/v1/subsidy-routes/pre_job",
+                json={"fund_id": saga_fund["id"], "year": 2021},
+                headers={"Idempotency-Key": uuid.uuid4().hex},
+            )
             resp.raise_for_status()
         producer = make_producer(s.kafka.bootstrap)
         await producer.start()
@@ -293,8 +419,9 @@ async def main() -> None:
         finally:
             await conn.close()
         wanted = {k for k, _, _ in records}
-        consumer = AIOKafkaConsumer("training.events", bootstrap_servers=s.kafka.bootstrap,
-                                    auto_offset_reset="earliest", group_id=None)
+        consumer = AIOKafkaConsumer(
+            "training.events", bootstrap_servers=s.kafka.bootstrap, auto_offset_reset="earliest", group_id=None
+        )
         await consumer.start()
         t = time.monotonic()
         seen = 0
@@ -305,9 +432,14 @@ async def main() -> None:
             raw_s = time.monotonic() - t
         finally:
             await consumer.stop()
-        print(table([
-            (f"subsidy saga: {CLAIMS} completions → paid claims", f"{saga_s:.1f}", f"{CLAIMS / saga_s:.0f}"),
-            ("  (producing them took)", f"{produced:.1f}", ""),
-            ("raw aiokafka: read the same records", f"{raw_s:.1f}", f"{CLAIMS / raw_s:.0f}"),
-            ("  ratio saga / raw read", "", f"{(CLAIMS / saga_s) / (CLAIMS / raw_s):.3f}"),
-        ], ("what", "seconds", "per s")))
+        print(
+            table(
+                [
+                    (f"subsidy saga: {CLAIMS} completions → paid claims", f"{saga_s:.1f}", f"{CLAIMS / saga_s:.0f}"),
+                    ("  (producing them took)", f"{produced:.1f}", ""),
+                    ("raw aiokafka: read the same records", f"{raw_s:.1f}", f"{CLAIMS / raw_s:.0f}"),
+                    ("  ratio saga / raw read", "", f"{(CLAIMS / saga_s) / (CLAIMS / raw_s):.3f}"),
+                ],
+                ("what", "seconds", "per s"),
+            )
+        )

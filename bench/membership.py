@@ -12,6 +12,7 @@
 
     python -m bench membership          (MEMBERS=… JOIN_SECONDS=… to change the sizes;
                                          CHANGAI_BENCH_OWN=0 to use the runner's servers)
+    MEMBERSHIP_BENCH=joins python -m bench membership     (only 1)
 """
 from __future__ import annotations
 
@@ -28,7 +29,22 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from bench.common import local_stack, servers, summary, table
+from bench.common import (
+    KEY_ANSWER,
+    KEY_INSERT,
+    OUTBOX_INSERT,
+    CpuClock,
+    Load,
+    aim,
+    aims_table,
+    backlog_watch,
+    http_load,
+    local_stack,
+    raw_load,
+    servers,
+    summary,
+    table,
+)
 from shared import regions
 from shared.auth import mint_token
 from shared.identifiers import id_check_char, uscc_check_char
@@ -134,33 +150,6 @@ class JoinedCounter:
         await self.consumer.stop()
 
 
-class RawClient:
-    """A minimal HTTP/1.1 keep-alive client for the join load: httpx costs ~2.5 ms of CPU a request,
-    which on this 2-core machine the load generator would take from the service it measures."""
-
-    def __init__(self, host: str, port: int, headers: dict[str, str]):
-        self.host, self.port = host, port
-        self.head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        self.reader = self.writer = None
-
-    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        self.writer.write(f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
-                          f"{self.head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line[:15].lower() == b"content-length:":
-                length = int(line[15:])
-        return status, await self.reader.readexactly(length)
-
-    async def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
 def vm_hwm_mib(pid: int) -> float:
     for line in open(f"/proc/{pid}/status"):
         if line.startswith("VmHWM:"):
@@ -173,93 +162,80 @@ async def stream(data: bytes, chunk: int = 256 * 1024):
         yield data[i:i + chunk]
 
 
-class CpuClock:
-    """CPU seconds (user + system) used by the service process, PostgreSQL (all its processes) and the Kafka
-    JVM: what each part costs, whatever else the machine is doing (wall times depend on that)."""
-
-    TICK = os.sysconf("SC_CLK_TCK")
-
-    def __init__(self, service_pid: int, pg_pid: int | None, kafka_pid: int | None):
-        self.pids = {"service": service_pid, "postgres": pg_pid, "kafka": kafka_pid}
-
-    @classmethod
-    def _cpu(cls, pid: int) -> float:
-        try:
-            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / cls.TICK
-        except (OSError, IndexError, ValueError):
-            return 0.0
-
-    def _tree(self, root: int) -> float:
-        total = self._cpu(root)
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    if int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1]) == root:
-                        total += self._cpu(int(entry))
-                except (OSError, IndexError, ValueError):
-                    pass
-        return total
-
-    def read(self) -> dict[str, float]:
-        return {name: (self._tree(pid) if name == "postgres" else self._cpu(pid)) if pid else float("nan")
-                for name, pid in self.pids.items()}
-
-
 def _load() -> str:
     return "load average %.1f %.1f %.1f" % os.getloadavg()
 
 
-async def single_joins(env: dict, dsn: str, token: dict, branch_ids: list[str]) -> None:
-    """50 concurrent clients joining new members for JOIN_SECONDS; the outbox backlog sampled twice a second."""
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
-    backlog: list[int] = []
-    stop_at = time.perf_counter() + JOIN_SECONDS
+async def single_joins(port: int, dsn: str, token: dict, branch_ids: list[str], clock: CpuClock) -> Load:
+    """50 concurrent keep-alive clients joining new members for JOIN_SECONDS, each with an Idempotency-Key as
+    upstream systems are asked to send; the outbox backlog sampled twice a second and drained after."""
     counties = [r.code for r in regions.COUNTIES]
     seq = iter(range(10**9))
+    rngs: dict[int, random.Random] = {}
 
-    async def client(n: int) -> None:
-        crng = random.Random(n)
-        c = RawClient("127.0.0.1", int(env["CHANGAI_HTTP_PORT"]), token)
-        try:
-            while time.perf_counter() < stop_at:
-                i = next(seq)
-                county, j = counties[i % 22], i // 22
-                # sequence numbers 800-999 are never used by the import's rows (000-799): no collision
-                body17 = f"{county}{date(1970, 1, 1) + timedelta(days=j // 200):%Y%m%d}{800 + j % 200}"
-                body = {"branch_id": branch_ids[counties.index(county) * BRANCHES_PER_COUNTY + crng.randrange(5)],
-                        "name": "单独入会", "id_number": body17 + id_check_char(body17), "phone": "13900000000",
-                        "employment_form": crng.choice(FORMS)}
-                t = time.perf_counter()
-                status, _ = await c.post("/v1/members", orjson.dumps(body))
-                latencies.append((time.perf_counter() - t) * 1000)
-                statuses[status] = statuses.get(status, 0) + 1
-        finally:
-            await c.close()
+    def make(n_client: int, _: int) -> tuple[str, bytes, str]:
+        crng = rngs.setdefault(n_client, random.Random(n_client))
+        i = next(seq)
+        county, j = counties[i % 22], i // 22
+        # sequence numbers 800-999 are never used by the import's rows (000-799): no collision
+        body17 = f"{county}{date(1970, 1, 1) + timedelta(days=j // 200):%Y%m%d}{800 + j % 200}"
+        body = {"branch_id": branch_ids[counties.index(county) * BRANCHES_PER_COUNTY + crng.randrange(5)],
+                "name": "单独入会", "id_number": body17 + id_check_char(body17), "phone": "13900000000",
+                "employment_form": crng.choice(FORMS)}
+        return "/v1/members", orjson.dumps(body), f"Idempotency-Key: {uuid.uuid4().hex}\r\n"
 
-    async def watch_backlog() -> None:
-        conn = await asyncpg.connect(dsn)
-        try:
-            while time.perf_counter() < stop_at + 10:
-                backlog.append(await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"))
-                if time.perf_counter() > stop_at and backlog[-1] == 0:
-                    break
-                await asyncio.sleep(0.5)
-        finally:
-            await conn.close()
-
-    t = time.perf_counter()
-    await asyncio.gather(watch_backlog(), *(client(n) for n in range(JOIN_CLIENTS)))
-    elapsed = min(time.perf_counter() - t, JOIN_SECONDS + 1)
-    created = statuses.get(201, 0)
-    print(table([("POST /v1/members", JOIN_CLIENTS, created, f"{created / elapsed:,.0f}/s", *summary(latencies),
-                  max(backlog), backlog[-1])],
-                ("single joins over HTTP", "clients", "201s", "rate", "median ms", "p90 ms", "p99 ms", "max ms",
-                 "max outbox backlog", "backlog after")))
-    other = {k: v for k, v in statuses.items() if k != 201}
+    stop = asyncio.Event()
+    watch = asyncio.create_task(backlog_watch(dsn, stop))
+    try:
+        load = await http_load([port], token, make, clients=JOIN_CLIENTS, seconds=JOIN_SECONDS, warmup=1.0,
+                               clock=clock)
+    finally:
+        stop.set()
+    peak, drain = await watch
+    raw = await raw_joins(dsn, CpuClock({"client": os.getpid(), "postgres": clock.pids["postgres"]}))
+    print(table([("POST /v1/members", JOIN_CLIENTS, load.count(201), f"{load.rate(201):,.0f}/s", *summary(load.latencies),
+                  load.cpu_text(), load.load),
+                 ("raw asyncpg, same statements", JOIN_CLIENTS, raw.count(200), f"{raw.rate(200):,.0f}/s",
+                  *summary(raw.latencies), raw.cpu_text(), raw.load)],
+                ("single joins", "clients", "joined", "rate", "median ms", "p90 ms", "p99 ms", "max ms",
+                 "CPU ms a join", "load")))
+    print(f"outbox backlog during the joins: peak {peak} events, drained {drain:.2f} s after them")
+    other = {k: v for k, v in load.statuses.items() if k != 201}
     if other:
         print(f"other answers: {other}")
+    print(aims_table([aim("membership join, 50 clients", load.rate(201), load.p99, raw.rate(200), raw.p99,
+                          "≥ 1,000/s, p99 ≤ 50 ms", load.rate(201) >= 1000 and load.p99 <= 50 and not other,
+                          load.load)]))
+    return load
+
+
+async def raw_joins(dsn: str, clock: CpuClock) -> Load:
+    """The floor of a join: the statements the service sends for one (key, branch lock, member insert, event,
+    the member read back, key's answer) by plain asyncpg in one transaction, a stored member's values under a
+    new id and hash, with no HTTP, validation, encryption or event encoding."""
+    from services.membership import store
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        member = dict(await conn.fetchrow(f"SELECT {store.NEW_MEMBER_COLUMNS} FROM members LIMIT 1"))
+        event = await conn.fetchrow("SELECT topic, key, lane, event_type, value FROM outbox ORDER BY seq DESC LIMIT 1")
+        answer = await conn.fetchval("SELECT body::text FROM idempotency_keys WHERE body IS NOT NULL "
+                                     "ORDER BY created_at DESC LIMIT 1")
+    finally:
+        await conn.close()
+
+    async def work(conn: asyncpg.Connection, i: int, n: int) -> None:
+        key, member_id = uuid.uuid4().hex, uuid.uuid4()
+        async with conn.transaction():
+            await conn.fetchval(KEY_INSERT, "raw:members.join", key, b"\x00" * 32)
+            await store.lock_branches(conn, [member["branch_id"]])
+            await store.insert_member(conn, **{**member, "id": member_id, "id_hash": os.urandom(32)})
+            await conn.execute(OUTBOX_INSERT, uuid.uuid4(), event["topic"], event["key"], event["lane"],
+                               event["event_type"], event["value"])
+            await store.get_member(conn, member_id)
+            await conn.execute(KEY_ANSWER, "raw:members.join", key, 201, answer)
+
+    return await raw_load(dsn, work, clients=JOIN_CLIENTS, seconds=JOIN_SECONDS, clock=clock)
 
 
 async def main() -> None:
@@ -279,7 +255,7 @@ async def _run() -> None:
         env = s.env("membership", database_url=dsn, CHANGAI_CERTIFICATES_GROUP_ID=f"bench-{uuid.uuid4().hex[:8]}",
                     CHANGAI_LOG_LEVEL="WARNING")
         svc = await s.start("membership", ["-m", "services.membership", "api"], env)
-        clock = CpuClock(svc.pid, s.pg.pid, s.kafka.pid)
+        clock = CpuClock({"service": svc.pid, "postgres": s.pg.pid, "kafka": s.kafka.pid})
         base = f"http://127.0.0.1:{env['CHANGAI_HTTP_PORT']}"
         token = {"Authorization": "Bearer " + mint_token("bench", ["membership:write", "membership:read"])}
         rng = random.Random(2021)
@@ -296,7 +272,9 @@ async def _run() -> None:
                     branch_ids.append(r.json()["id"])
 
             # 1. Single joins first: they also warm the service, PostgreSQL and the broker's JIT.
-            await single_joins(env, dsn, token, branch_ids)
+            await single_joins(int(env["CHANGAI_HTTP_PORT"]), dsn, token, branch_ids, clock)
+            if os.environ.get("MEMBERSHIP_BENCH") == "joins":
+                return
 
             # 2. The bulk import.
             started = time.perf_counter()

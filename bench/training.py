@@ -12,6 +12,10 @@ asyncpg COPY of the same number of rows, raw aiokafka sends of 5,000 records.
     python -m bench training          (make bench)
     CHANGAI_BENCH_SESSIONS=500 python -m bench training    (a smaller run)
     CHANGAI_BENCH_TRAINING_PATHS=roster python -m bench training   (only the bulk roster path)
+    TRAINING_BENCH=single python -m bench training   (only the single enrolments, 50 clients, SINGLE_SECONDS)
+
+First, single enrolments over HTTP (one member a request, 50 keep-alive clients each on a session of its own)
+against ``usecases.enrol`` called on plain asyncpg connections in the same run.
 
 Two paths to the same 134,000 person-times, each on its own 5,000 sessions: ``roster`` sends every
 session's roster (member, result) through ``POST /v1/rosters?complete=true`` in a few streamed CSV
@@ -31,7 +35,8 @@ import httpx
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bench.common import servers, table
+from bench.common import CpuClock, aim, aims_table, backlog_watch, http_load, raw_load, servers, table
+from bench.common import summary as summary_ms
 from services.training.consumers import rebuild, topic_partitions
 from shared import regions
 from shared.auth import mint_token
@@ -279,6 +284,72 @@ async def run_roster(http, session_ids: list[str], slots: list, bootstrap: str) 
     return t
 
 
+SINGLE_SECONDS = float(os.environ.get("SINGLE_SECONDS", "10"))
+SINGLE_CLIENTS = 50
+
+
+async def single_enrolments(s, dsn: str, port: int, pid: int, auth: dict, members: list, member_branch: dict) -> None:
+    """50 concurrent keep-alive clients, each enrolling members one by one (``POST
+    /v1/sessions/{id}/enrolments`` with an Idempotency-Key) into a session of its own for SINGLE_SECONDS; then
+    the same use case (its statements, its rules and its event) called on plain asyncpg connections by as
+    many clients, which is what the HTTP layer and the pool add to."""
+    from services.training import usecases
+    from services.training.domain import EnrolIn
+    from shared.auth import Principal
+
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=auth, timeout=60) as http:
+        async def post(path: str, body: dict) -> dict:
+            r = await http.post(path, json=body, headers={"Idempotency-Key": uuid.uuid4().hex})
+            r.raise_for_status()
+            return r.json()
+
+        programme = await post("/v1/programmes", {
+            "name": "基准项目 单独报名", "occupation": "电工", "target_level": 4, "provider_kind": "technical_school",
+            "provider_name": "宁夏技师学院", "subsidy_category": "pre_job"})
+        sessions = [(await post("/v1/sessions", {
+            "programme_id": programme["id"], "organiser_kind": "branch",
+            "organiser_id": str(member_branch[members[i]][0]), "starts_on": "2021-03-01", "ends_on": "2021-08-20",
+            "capacity": 10000}))["id"] for i in range(2 * SINGLE_CLIENTS)]
+    share = len(members) // (2 * SINGLE_CLIENTS)
+
+    def make(i: int, n: int) -> tuple[str, bytes, str]:
+        return (f"/v1/sessions/{sessions[i]}/enrolments", f'{{"member_id":"{members[i * share + n % share]}"}}'.encode(),
+                f"Idempotency-Key: {uuid.uuid4().hex}\r\n")
+
+    stop = asyncio.Event()
+    watch = asyncio.create_task(backlog_watch(dsn, stop))
+    try:
+        load = await http_load([port], auth, make, clients=SINGLE_CLIENTS, seconds=SINGLE_SECONDS, warmup=1.0,
+                               clock=CpuClock({"service": pid, "postgres": s.pg.pid}))
+    finally:
+        stop.set()
+    peak, drain = await watch
+    actor = Principal("bench", frozenset({"training:write", "training:read"}), "640000")
+    today = date(2021, 3, 1)
+
+    async def work(conn: asyncpg.Connection, i: int, n: int) -> None:  # the second half of the members
+        session = uuid.UUID(sessions[SINGLE_CLIENTS + i])
+        async with conn.transaction():
+            await usecases.enrol(conn, session, EnrolIn(member_id=members[(SINGLE_CLIENTS + i) * share + n % share]),
+                                 actor, today)
+
+    raw = await raw_load(dsn, work, clients=SINGLE_CLIENTS, seconds=SINGLE_SECONDS,
+                         clock=CpuClock({"client": os.getpid(), "postgres": s.pg.pid}))
+    print(table([("POST .../enrolments", load.count(201), f"{load.rate(201):,.0f}/s", *summary_ms(load.latencies),
+                  load.cpu_text(), load.load),
+                 ("usecases.enrol on plain asyncpg", raw.count(200), f"{raw.rate(200):,.0f}/s",
+                  *summary_ms(raw.latencies), raw.cpu_text(), raw.load)],
+                ("single enrolments, 50 clients", "enrolled", "rate", "median ms", "p90 ms", "p99 ms", "max ms",
+                 "CPU ms an enrolment", "load")))
+    print(f"outbox backlog during the enrolments: peak {peak} events, drained {drain:.2f} s after them")
+    other = {k: v for k, v in load.statuses.items() if k != 201}
+    if other:
+        print(f"other answers: {other}")
+    print(aims_table([aim("training enrolment, 50 clients", load.rate(201), load.p99, raw.rate(200), raw.p99,
+                          "≥ 1,000/s, p99 ≤ 50 ms", load.rate(201) >= 1000 and load.p99 <= 50 and not other,
+                          load.load)]))
+
+
 async def main() -> None:
     sessions_n = SESSIONS
     person_times = PERSON_TIMES * sessions_n // 5000
@@ -288,9 +359,13 @@ async def main() -> None:
         members, member_branch = await seed_read_model(dsn, person_times)
         seed_s = time.perf_counter() - seed_started
         env = s.env("training", database_url=dsn, CHANGAI_MEMBERS_CONSUMER="false", CHANGAI_DB_POOL_MAX="20")
-        await s.start("training", ["-m", "services.training", "api"], env)
+        svc = await s.start("training", ["-m", "services.training", "api"], env)
         base = f"http://127.0.0.1:{env['CHANGAI_HTTP_PORT']}"
         auth = {"Authorization": "Bearer " + mint_token("bench", ["training:write", "training:read"], "640000")}
+        if os.environ.get("TRAINING_BENCH") in ("single", None):
+            await single_enrolments(s, dsn, int(env["CHANGAI_HTTP_PORT"]), svc.pid, auth, members, member_branch)
+            if os.environ.get("TRAINING_BENCH") == "single":
+                return
         print(f"seeded {len(members):,} members / {BRANCHES} branches in {seed_s:.1f} s; "
               f"{sessions_n:,} sessions, {person_times:,} person-times per path ({', '.join(PATHS)}), "
               f"concurrency {CONCURRENCY}", flush=True)
