@@ -20,6 +20,7 @@ from typing import Any
 
 import asyncpg
 import orjson
+from asyncpg.transaction import Transaction
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -164,6 +165,7 @@ def create_app(
                     min_size=settings.db_pool_min,
                     max_size=settings.db_pool_max,
                     timeout=settings.db_connect_timeout_s,
+                    reset=keep_session,
                 )
                 stack.push_async_callback(close_pool, app.state.db)
                 stack.push_async_callback(outage.stop)
@@ -313,6 +315,15 @@ def task_stacks(limit: int = 30) -> list[str]:
     return lines
 
 
+async def keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset on release, beyond what asyncpg always does (roll back an open transaction, drop
+    listener callbacks): nothing. asyncpg's default also sends ``pg_advisory_unlock_all(); CLOSE ALL;
+    UNLISTEN *; RESET ALL`` — one round trip on every release, a seventh of a keyed write's — to undo
+    session state that no request leaves on a pool connection: settings are set per transaction
+    (``set_config(..., true)``), advisory locks are transaction locks, cursors live in transactions, and
+    LISTEN and session locks are taken on connections of their own (the outbox relay's, the migrations')."""
+
+
 async def close_pool(pool: asyncpg.Pool, timeout: float = 10.0) -> None:
     """Close gracefully, but never hang shutdown on a connection someone failed to release."""
     try:
@@ -343,6 +354,9 @@ async def write(
     The key row is inserted first in the same transaction, so a concurrent repeat
     waits on it and then replays the committed answer; a failed write rolls the
     key back, so a retry runs again. The same key with a different body is 422.
+
+    With a key, the transaction costs two round trips of its own, not four: ``BEGIN`` travels
+    with the key's insert and ``COMMIT`` with the key's answer (``_keyed``).
     """
     key = request.headers.get("idempotency-key")
     if key is not None and not (1 <= len(key) <= 255):
@@ -350,41 +364,103 @@ async def write(
     pool: asyncpg.Pool = request.app.state.db
     scope = f"{principal.subject}:{operation}"
     digest = _request_hash(payload)
-    async with pool.acquire() as conn, conn.transaction():
-        if key is not None:
-            fresh = await conn.fetchval(
-                "INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3) "
-                "ON CONFLICT DO NOTHING RETURNING true",
-                scope,
-                key,
-                digest,
-            )
-            if not fresh:
-                row = await conn.fetchrow(
-                    "SELECT request_hash, status, body FROM idempotency_keys WHERE scope = $1 AND key = $2", scope, key
-                )
-                if row["request_hash"] != digest:
-                    raise Problem(
-                        422,
-                        "idempotency-key-reused",
-                        "Idempotency-Key was used with a different request",
-                        "send a new key for a new request",
-                    )
-                return JSONResponse(
-                    orjson.loads(row["body"]),
-                    status_code=row["status"],
-                    headers={"Idempotent-Replayed": "true", **(headers or {})},
-                )
-        status, body = await fn(conn)
-        if key is not None:
-            await conn.execute(
-                "UPDATE idempotency_keys SET status = $3, body = $4 WHERE scope = $1 AND key = $2",
-                scope,
-                key,
-                status,
-                orjson.dumps(body, default=str).decode(),
-            )
+    async with pool.acquire() as conn:
+        if key is not None and _literals_safe(conn, scope, key):
+            status, body, replay = await _keyed(conn, scope, key, digest, fn)
+        else:
+            async with conn.transaction():
+                replay = await _claim_key(conn, scope, key, digest) if key is not None else None
+                if replay is None:
+                    status, body = await fn(conn)
+                    if key is not None:
+                        await conn.execute(_ANSWER, scope, key, status, orjson.dumps(body, default=str).decode())
+    if replay is not None:
+        return _replayed(replay, digest, headers)
     return JSONResponse(orjson.loads(orjson.dumps(body, default=str)), status_code=status, headers=headers)
+
+
+_CLAIM = (
+    "INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING true"
+)
+_FIRST_ANSWER = "SELECT request_hash, status, body FROM idempotency_keys WHERE scope = $1 AND key = $2"
+_ANSWER = "UPDATE idempotency_keys SET status = $3, body = $4 WHERE scope = $1 AND key = $2"
+
+
+async def _claim_key(conn: asyncpg.Connection, scope: str, key: str, digest: bytes) -> asyncpg.Record | None:
+    """Insert the key (a concurrent holder of it makes this wait for its end); None when it is new, else the
+    first request's row."""
+    if await conn.fetchval(_CLAIM, scope, key, digest):
+        return None
+    return await conn.fetchrow(_FIRST_ANSWER, scope, key)
+
+
+def _replayed(row: asyncpg.Record, digest: bytes, headers: dict[str, str] | None) -> JSONResponse:
+    if row["request_hash"] != digest:
+        raise Problem(
+            422,
+            "idempotency-key-reused",
+            "Idempotency-Key was used with a different request",
+            "send a new key for a new request",
+        )
+    return JSONResponse(
+        orjson.loads(row["body"]), status_code=row["status"], headers={"Idempotent-Replayed": "true", **(headers or {})}
+    )
+
+
+def _literal(text: str) -> str:
+    """A SQL string literal. Safe only where ``standard_conforming_strings`` is on (a backslash is then an
+    ordinary character and a quote is the only one to escape; ``_literals_safe`` checks) and the text has no
+    NUL (which a PostgreSQL text cannot hold either)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _literals_safe(conn: asyncpg.Connection, *texts: str) -> bool:
+    settings = conn.get_settings()
+    return getattr(settings, "standard_conforming_strings", "off") == "on" and not any("\x00" in t for t in texts)
+
+
+async def _keyed(
+    conn: asyncpg.Connection, scope: str, key: str, digest: bytes, fn: Write
+) -> tuple[int, Any, asyncpg.Record | None]:
+    """A keyed write in one transaction of which the bounds cost no round trip of their own: ``BEGIN`` is sent
+    with the key's insert and ``COMMIT`` with the key's answer, each as one simple query (several statements,
+    one round trip). A simple query takes no parameters, so the key, scope and answer travel as literals
+    (``_literal``); asyncpg is told of the transaction (``_top_xact``) so that ``conn.transaction()`` within
+    ``fn`` makes a savepoint, as inside ``conn.transaction()``. Returns (status, body, None), or the first
+    request's row for a key already used."""
+    raw = getattr(conn, "_con", conn)  # the pool's proxy forwards reads, not writes, to the connection
+    xact = raw.transaction()
+    claimed = await raw.execute(
+        "BEGIN; INSERT INTO idempotency_keys (scope, key, request_hash) "
+        f"VALUES ({_literal(scope)}, {_literal(key)}, '\\x{digest.hex()}'::bytea) ON CONFLICT DO NOTHING"
+    )
+    _adopt(raw, xact)
+    try:
+        if claimed == "INSERT 0 0":
+            replay = await raw.fetchrow(_FIRST_ANSWER, scope, key)
+            await raw.execute("ROLLBACK")
+            return 0, None, replay
+        status, body = await fn(conn)
+        answer = orjson.dumps(body, default=str).decode()
+        await raw.execute(
+            f"UPDATE idempotency_keys SET status = {int(status)}, body = {_literal(answer)} "
+            f"WHERE scope = {_literal(scope)} AND key = {_literal(key)}; COMMIT"
+        )
+        return status, body, None
+    except BaseException:
+        _adopt(raw, None)
+        if not raw.is_closed() and raw.is_in_transaction():
+            await raw.execute("ROLLBACK")
+        raise
+    finally:
+        _adopt(raw, None)
+
+
+def _adopt(conn: asyncpg.Connection, xact: Transaction | None) -> None:
+    """Tell asyncpg that ``xact`` is the connection's open transaction (begun by a simple query of ours), or
+    that none is: its own ``conn.transaction()`` then nests as a savepoint, and the pool's release rolls back
+    what is left open. asyncpg has no public call for it (pinned in requirements.lock; docs/platform.md)."""
+    conn._top_xact = xact  # noqa: SLF001
 
 
 def new_id() -> uuid.UUID:

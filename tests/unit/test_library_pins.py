@@ -22,6 +22,9 @@ CHECKED = {
     # pinned addresses)
     "httpx": SpecifierSet(">=0.29.0,<0.30"),
     "httpcore": SpecifierSet(">=1.0.9,<1.1"),
+    # shared/http.py _adopt: Connection._top_xact (a transaction begun by a simple query of ours, nested
+    # conn.transaction() calls become savepoints) and the pool proxy's _con
+    "asyncpg": SpecifierSet(">=0.32.0,<0.33"),
 }
 
 
@@ -51,3 +54,11 @@ async def test_the_private_attributes_are_there():
         assert transport._pool._network_backend is not None  # replaced by the notifier's PinnedBackend
     finally:
         await transport.aclose()
+
+
+def test_asyncpg_keeps_its_open_transaction_where_shared_http_sets_it():
+    from asyncpg.connection import Connection
+    from asyncpg.pool import PoolConnectionProxy
+
+    assert "_top_xact" in Connection.__slots__ or "_top_xact" in Connection.__init__.__code__.co_names
+    assert "_con" in PoolConnectionProxy.__slots__
