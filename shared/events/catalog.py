@@ -53,6 +53,19 @@ def asyncapi() -> dict[str, Any]:
             "payload": {"$ref": f"../shared/events/schemas/{name}.json"},
             "bindings": {"kafka": {"key": {"type": "string", "description": f"partition key: {cls.subject_field}"}}},
         }
+    # The upstream types (shared.events.upstream): what other systems send to the intake, on intake.<kind>.
+    from shared.events.upstream import TOPIC_OF, UPSTREAM
+
+    for name, ucls in sorted(UPSTREAM.items()):
+        messages[name.replace(".", "_")] = {
+            "name": name,
+            "title": ucls.__name__,
+            "summary": (ucls.__doc__ or name).strip().splitlines()[0],
+            "contentType": "application/cloudevents+json; charset=utf-8",
+            "payload": {"$ref": f"../shared/events/schemas/upstream/{name}.json"},
+            "description": "Upstream: the `data` of a CloudEvent an external system sends to the intake "
+            "(POST /v1/events or this topic).",
+        }
     for topic in TOPICS:
         chan = topic.name.replace(".", "_")
         msgs = {
@@ -60,6 +73,12 @@ def asyncapi() -> dict[str, Any]:
             for m, cls in ((n.replace(".", "_"), c) for n, c in sorted(REGISTRY.items()))
             if cls.topic == topic.name
         }
+        upstream = {
+            n.replace(".", "_"): {"$ref": f"#/components/messages/{n.replace('.', '_')}"}
+            for n in sorted(UPSTREAM)
+            if TOPIC_OF.get(n) == topic.name
+        }
+        msgs |= upstream
         channels[chan] = {
             "address": topic.name,
             "description": topic.purpose,
@@ -75,7 +94,13 @@ def asyncapi() -> dict[str, Any]:
                 }
             },
         }
-        if msgs:
+        if upstream:  # produced by other systems, read by the intake
+            operations[f"receive_{chan}"] = {
+                "action": "receive",
+                "channel": {"$ref": f"#/channels/{chan}"},
+                "messages": [{"$ref": f"#/channels/{chan}/messages/{m}"} for m in upstream],
+            }
+        elif msgs:
             operations[f"publish_{chan}"] = {
                 "action": "send",
                 "channel": {"$ref": f"#/channels/{chan}"},
@@ -112,6 +137,9 @@ def write() -> None:
             if problems:
                 raise SystemExit(f"{name}: breaking change ({'; '.join(problems)}): publish a new version instead")
         path.write_text(render_schema(schema), encoding="utf-8")
+    from shared.events import upstream
+
+    upstream.write()  # the intake's upstream catalogue, refused the same way on a breaking change
     ASYNCAPI.parent.mkdir(exist_ok=True)
     ASYNCAPI.write_text(render_asyncapi(), encoding="utf-8")
     print(f"{len(REGISTRY)} event schemas and {ASYNCAPI.relative_to(ROOT)} written")

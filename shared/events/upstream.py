@@ -92,6 +92,11 @@ UPSTREAM: dict[str, type[UpstreamData]] = {
     "enterprise.hr.employee.hired.v1": EmployeeHired,
     "enterprise.hr.employee.left.v1": EmployeeLeft,
 }
+# The Kafka intake topic each type is read from (its channel in docs/asyncapi.yaml); HTTP takes every type.
+TOPIC_OF: dict[str, str] = {
+    "enterprise.hr.employee.hired.v1": "intake.hr",
+    "enterprise.hr.employee.left.v1": "intake.hr",
+}
 
 
 def json_schema(event_type: str) -> dict[str, Any]:
