@@ -320,10 +320,13 @@ async def open_year(body: domain.YearIn, request: Request, actor: Principal = De
     return await write(request, actor, "years.open", body.model_dump(mode="json"), run)
 
 
-@router.get("/years", response_model=list[YearOut], tags=["years"], summary="The ledgers, by year")
-async def list_years(request: Request, actor: Principal = Depends(READ)):
+@router.get("/years", response_model=Page[YearOut], tags=["years"], summary="The ledgers, by year")
+async def list_years(
+    request: Request, limit: int = Limit, cursor: str | None = Cursor, actor: Principal = Depends(READ)
+):
     usecases.ensure_office_or_reader(actor)
-    return [year_view(dict(r)) for r in await store.years(db(request))]
+    rows = await store.years(db(request), after=decode_cursor(cursor), limit=limit)
+    return page(rows, limit, key=lambda r: r["year"], view=lambda r: year_view(dict(r)))
 
 
 @router.post(
@@ -600,11 +603,14 @@ async def record_city_plan(
 
 @router.get(
     "/city-plans",
-    response_model=list[CityPlanOut],
+    response_model=Page[CityPlanOut],
     tags=["city plans"],
     summary="City implementation plans, cut to the caller's region",
 )
-async def list_city_plans(request: Request, actor: Principal = Depends(READ)):
+async def list_city_plans(
+    request: Request, limit: int = Limit, cursor: str | None = Cursor, actor: Principal = Depends(READ)
+):
     # A city's plan concerns the city and every county in it.
     codes = [c.code for c in regions.CITIES if actor.may_act_on(c.code) or regions.contains(c.code, actor.region)]
-    return [plan_view(r) for r in await store.city_plans(db(request), codes)]
+    rows = await store.city_plans(db(request), codes, after=decode_cursor(cursor, str), limit=limit)
+    return page(rows, limit, key=lambda r: r["city_code"], view=plan_view)

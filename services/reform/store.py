@@ -130,8 +130,11 @@ _YEAR_SUMMARY = (
 )
 
 
-async def years(conn) -> list[asyncpg.Record]:
-    return await conn.fetch(_YEAR_SUMMARY + " ORDER BY y.year")
+async def years(conn, *, after: int | None, limit: int) -> list[asyncpg.Record]:
+    """Up to ``limit + 1`` years' summaries after the cursor, by year."""
+    return await conn.fetch(
+        _YEAR_SUMMARY + " WHERE $1::bigint IS NULL OR y.year > $1 ORDER BY y.year LIMIT $2", after, limit + 1
+    )
 
 
 async def year_summary(conn, year: int) -> asyncpg.Record | None:
@@ -341,8 +344,15 @@ async def upsert_city_plan(conn, plan_id: uuid.UUID, cmd: Any, city_code: str) -
     return row, row["inserted"]
 
 
-async def city_plans(conn, codes: list[str]) -> list[asyncpg.Record]:
-    return await conn.fetch("SELECT * FROM city_plans WHERE city_code = ANY($1::text[]) ORDER BY city_code", codes)
+async def city_plans(conn, codes: list[str], *, after: str | None, limit: int) -> list[asyncpg.Record]:
+    """Up to ``limit + 1`` of these cities' plans after the cursor, by city code."""
+    return await conn.fetch(
+        "SELECT * FROM city_plans WHERE city_code = ANY($1::text[]) AND ($2::text IS NULL OR city_code > $2) "
+        "ORDER BY city_code LIMIT $3",
+        codes,
+        after,
+        limit + 1,
+    )
 
 
 # -- the meeting's report --------------------------------------------------------------------

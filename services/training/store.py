@@ -617,19 +617,31 @@ async def add_participants(
     )
 
 
-async def participants(conn: Conn, competition_id: uuid.UUID) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
-    named = await conn.fetch(
+async def named_participants(
+    conn: Conn, competition_id: uuid.UUID, *, after: uuid.UUID | None, limit: int
+) -> list[asyncpg.Record]:
+    """Up to ``limit + 1`` named participants in member-id order after the cursor (the primary key's order)."""
+    return await conn.fetch(
         "SELECT member_id, branch_id, registered_at FROM competition_members "
-        "WHERE competition_id = $1 ORDER BY registered_at, member_id",
+        "WHERE competition_id = $1 AND ($2::uuid IS NULL OR member_id > $2) ORDER BY member_id LIMIT $3",
         competition_id,
+        after,
+        int(limit) + 1,
     )
-    counts = await conn.fetch(
+
+
+async def reported_headcounts(
+    conn: Conn, competition_id: uuid.UUID, *, after: uuid.UUID | None, limit: int
+) -> list[asyncpg.Record]:
+    """Up to ``limit + 1`` branches' reported headcounts (summed over their reports) in branch-id order."""
+    return await conn.fetch(
         "SELECT branch_id, sum(headcount)::int AS headcount, count(*)::int AS reports "
-        "FROM competition_headcounts WHERE competition_id = $1 GROUP BY branch_id "
-        "ORDER BY branch_id",
+        "FROM competition_headcounts WHERE competition_id = $1 AND ($2::uuid IS NULL OR branch_id > $2) "
+        "GROUP BY branch_id ORDER BY branch_id LIMIT $3",
         competition_id,
+        after,
+        int(limit) + 1,
     )
-    return named, counts
 
 
 async def set_held(conn: asyncpg.Connection, competition_id: uuid.UUID, on: date) -> None:

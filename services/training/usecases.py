@@ -197,17 +197,18 @@ async def list_competitions(
     )
 
 
-@dataclass
-class Participants:
-    competition: Record
-    named: list[Record]
-    reported: list[Record]
+async def list_named_participants(
+    conn, competition_id: uuid.UUID, actor: Principal, *, after: uuid.UUID | None, limit: int
+) -> list[Record]:
+    await _visible_competition(conn, competition_id, actor)
+    return await store.named_participants(conn, competition_id, after=after, limit=limit)
 
 
-async def competition_participants(conn, competition_id: uuid.UUID, actor: Principal) -> Participants:
-    c = await _visible_competition(conn, competition_id, actor)
-    named, counts = await store.participants(conn, competition_id)
-    return Participants(c, named, counts)
+async def list_reported_headcounts(
+    conn, competition_id: uuid.UUID, actor: Principal, *, after: uuid.UUID | None, limit: int
+) -> list[Record]:
+    await _visible_competition(conn, competition_id, actor)
+    return await store.reported_headcounts(conn, competition_id, after=after, limit=limit)
 
 
 async def get_studio(conn, studio_id: uuid.UUID, actor: Principal) -> tuple[Record, list[Record]]:

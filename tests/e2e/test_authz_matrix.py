@@ -690,6 +690,7 @@ def competition_route(key: str, state: str, body=None, fresh: bool = True, ok: i
 
 competition_route("GET /v1/competitions/{competition_id}", "competition", fresh=False)
 competition_route("GET /v1/competitions/{competition_id}/participants", "competition", fresh=False)
+competition_route("GET /v1/competitions/{competition_id}/headcounts", "competition", fresh=False)
 competition_route("POST /v1/competitions/{competition_id}/participants", "competition",
                   body=lambda m: {"member_ids": [m["id"]]})
 competition_route("POST /v1/competitions/{competition_id}/held", "competition", body={"held_on": day(-1)})

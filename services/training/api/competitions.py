@@ -10,7 +10,7 @@ from services.training import domain, usecases
 from services.training.api import views
 from services.training.api.deps import Db, Reader, Writer, run_write
 from shared.events.training import CompetitionKind, Tier
-from shared.pagination import Cursor, Limit, Page, decode_cursor, page
+from shared.pagination import Cursor, Limit, Page, decode_cursor, page, uuid_key
 from shared.regions import RegionCode
 
 router = APIRouter(tags=["competitions"])
@@ -84,11 +84,30 @@ async def register_participants(
 
 @router.get(
     "/competitions/{competition_id}/participants",
-    response_model=views.ParticipantList,
-    summary="Named participants and reported headcounts per branch",
+    response_model=Page[views.NamedParticipant],
+    summary="Named participants, by member id, cursor-paginated (the totals are on the competition)",
 )
-async def list_participants(competition_id: uuid.UUID, db: Db, actor: Reader):
-    return views.participants(await usecases.competition_participants(db, competition_id, actor))
+async def list_participants(
+    competition_id: uuid.UUID, db: Db, actor: Reader, limit: int = Limit, cursor: str | None = Cursor
+):
+    rows = await usecases.list_named_participants(
+        db, competition_id, actor, after=decode_cursor(cursor, uuid_key), limit=limit
+    )
+    return page(rows, limit, key=lambda r: r["member_id"], view=views.named_participant)
+
+
+@router.get(
+    "/competitions/{competition_id}/headcounts",
+    response_model=Page[views.ReportedHeadcount],
+    summary="Headcounts the branches reported (summed per branch), by branch id, cursor-paginated",
+)
+async def list_headcounts(
+    competition_id: uuid.UUID, db: Db, actor: Reader, limit: int = Limit, cursor: str | None = Cursor
+):
+    rows = await usecases.list_reported_headcounts(
+        db, competition_id, actor, after=decode_cursor(cursor, uuid_key), limit=limit
+    )
+    return page(rows, limit, key=lambda r: r["branch_id"], view=views.reported_headcount)
 
 
 @router.post("/competitions/{competition_id}/held", response_model=views.Competition, summary="Mark a competition held")

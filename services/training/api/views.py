@@ -11,7 +11,7 @@ import orjson
 from pydantic import BaseModel, Field
 
 from services.training import domain
-from services.training.usecases import Completed, Enrolled, Participants, Recorded, Registered, SessionCertificates
+from services.training.usecases import Completed, Enrolled, Recorded, Registered, SessionCertificates
 from shared import regions
 from shared.errors import DomainError, status_of
 from shared.events.training import (
@@ -456,30 +456,18 @@ class NamedParticipant(BaseModel):
     branch_id: uuid.UUID | None
 
 
+def named_participant(r) -> NamedParticipant:
+    return NamedParticipant(member_id=r["member_id"], branch_id=r["branch_id"])
+
+
 class ReportedHeadcount(BaseModel):
     branch_id: uuid.UUID
     headcount: int
     reports: int
 
 
-class ParticipantList(BaseModel):
-    competition_id: uuid.UUID
-    named: list[NamedParticipant]
-    reported: list[ReportedHeadcount]
-    total: int
-
-
-def participants(p: Participants) -> ParticipantList:
-    c = p.competition
-    return ParticipantList(
-        competition_id=c["id"],
-        named=[NamedParticipant(member_id=r["member_id"], branch_id=r["branch_id"]) for r in p.named],
-        reported=[
-            ReportedHeadcount(branch_id=r["branch_id"], headcount=r["headcount"], reports=r["reports"])
-            for r in p.reported
-        ],
-        total=c["named"] + c["reported"],
-    )
+def reported_headcount(r) -> ReportedHeadcount:
+    return ReportedHeadcount(branch_id=r["branch_id"], headcount=r["headcount"], reports=r["reports"])
 
 
 # ============================================================================ studios

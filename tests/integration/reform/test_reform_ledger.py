@@ -17,6 +17,20 @@ async def _year_with_units(client, year: int, n: int = 3) -> tuple[int, list[dic
     return year, units
 
 
+async def _all_pages(client, path: str, field: str) -> list:
+    """A field of every item of a list, one item a page (so the cursor is followed), in the order served."""
+    seen, cursor = [], None
+    while True:
+        resp = await client.get(path, params={"limit": 1, **({"cursor": cursor} if cursor else {})})
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert len(body["items"]) <= 1
+        seen += [item[field] for item in body["items"]]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            return seen
+
+
 def _task(year: int, number: int, lead: dict, co: list[dict] = (), deadline: str = "2099-06-30") -> dict:
     return {
         "year": year,
@@ -36,6 +50,8 @@ async def test_a_task_from_assignment_to_verified_completion_with_history(reform
     year, (lead, co, other) = await _year_with_units(client, 2091)
     task = await post(client, "/v1/tasks", _task(year, 17, lead, [co]))
     assert task["label"] == "2091-17" and task["status"] == "assigned"
+    years = await _all_pages(client, "/v1/years", "year")
+    assert year in years and years == sorted(set(years))
     tid = task["id"]
 
     # the co-operating unit reports progress; the lead reports completion; another unit sees nothing
@@ -207,7 +223,12 @@ async def test_pilots_and_city_plans_are_cut_to_the_callers_region(reform):
     await client.put(
         "/v1/city-plans/640100", json={"title": "银川市实施方案", "issued_on": "2020-08-01"}, headers=key()
     )
-    assert [p["city_code"] for p in (await client.get("/v1/city-plans", headers=CITY)).json()] == ["640200"]
+    assert [p["city_code"] for p in (await client.get("/v1/city-plans", headers=CITY)).json()["items"]] == ["640200"]
+    # The office sees every city's plan, a page at a time like every list, by city code.
+    plans = await _all_pages(client, "/v1/city-plans", "city_code")
+    assert {"640100", "640200"} <= set(plans) and plans == sorted(set(plans))
+    bad = await client.get("/v1/city-plans", params={"cursor": "_w"})  # not UTF-8 once decoded
+    assert bad.status_code == 400 and bad.headers["content-type"].startswith(PROBLEM)
     # the office's writes need the office: a city token with every scope is refused
     city_admin = {"Authorization": CITY["Authorization"]}
     resp = await client.post("/v1/pilots", json=pilot, headers={**key(), **city_admin})

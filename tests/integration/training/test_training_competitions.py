@@ -14,6 +14,18 @@ def kind(resp) -> str:
     return resp.json()["type"].rsplit("/", 1)[-1]
 
 
+async def all_pages(client, path: str, *, limit: int) -> list[dict]:
+    """Every page of a list, following next_cursor to the end."""
+    pages, cursor = [], None
+    while True:
+        resp = await client.get(path, params={"limit": limit, **({"cursor": cursor} if cursor else {})})
+        assert resp.status_code == 200, resp.text
+        pages.append(resp.json())
+        cursor = pages[-1]["next_cursor"]
+        if cursor is None:
+            return pages
+
+
 async def test_competition_with_named_and_reported_participants(stack, training):
     app, client, _ = training
     branch_a, m = await seed_members(stack, app, 5, region="640104")
@@ -54,11 +66,23 @@ async def test_competition_with_named_and_reported_participants(stack, training)
         half = await client.post(f"/v1/competitions/{cid}/participants", headers=key(), json={"headcount": 5})
         assert (half.status_code, kind(half)) == (422, "validation-error")
 
-        listed = (await client.get(f"/v1/competitions/{cid}/participants")).json()
-        assert sorted(p["member_id"] for p in listed["named"]) == sorted(str(x) for x in m[:4])
-        assert {p["branch_id"]: p["headcount"] for p in listed["reported"]} == {
-            str(branch_a.branch_id): 40, str(branch_b.branch_id): 120}
-        assert listed["total"] == 164
+        # Both lists page like every list: limit, an opaque cursor, {"items", "next_cursor"}.
+        named_pages = await all_pages(client, f"/v1/competitions/{cid}/participants", limit=3)
+        assert [len(p["items"]) for p in named_pages] == [3, 1]
+        listed = [p for page in named_pages for p in page["items"]]
+        assert [p["member_id"] for p in listed] == sorted(str(x) for x in m[:4])  # by member id, each once
+        assert {p["branch_id"] for p in listed} == {str(branch_a.branch_id)}
+        headcount_pages = await all_pages(client, f"/v1/competitions/{cid}/headcounts", limit=1)
+        assert [len(p["items"]) for p in headcount_pages] == [1, 1]
+        reported_by = {p["branch_id"]: (p["headcount"], p["reports"]) for page in headcount_pages for p in page["items"]}
+        assert reported_by == {str(branch_a.branch_id): (40, 1), str(branch_b.branch_id): (120, 1)}
+        assert (await client.get(f"/v1/competitions/{cid}")).json()["participants"] == {
+            "named": 4, "reported": 160, "total": 164}
+        for path in ("participants", "headcounts"):
+            bad = await client.get(f"/v1/competitions/{cid}/{path}", params={"cursor": "not-a-cursor"})
+            assert (bad.status_code, kind(bad)) == (400, "bad-cursor"), path
+        missing = await client.get(f"/v1/competitions/{uuid.uuid4()}/headcounts")
+        assert (missing.status_code, kind(missing)) == (404, "not-found")
 
         early = await client.post(f"/v1/competitions/{cid}/results", headers=key(), json={
             "winners": [{"name": "张三", "rank": 1, "award": "一等奖"}], "published_on": "2021-06-20"})

@@ -96,6 +96,7 @@ async def test_a_city_cannot_act_for_another_city(stack, training):
     # -- reads of Yinchuan records: 404 (never 403)
     reads = [f"/v1/sessions/{sid}", f"/v1/sessions/{sid}/enrolments", f"/v1/enrolments/{eids[0]}",
              f"/v1/competitions/{comp['id']}", f"/v1/competitions/{comp['id']}/participants",
+             f"/v1/competitions/{comp['id']}/headcounts",
              f"/v1/studios/{studio['id']}", f"/v1/members/{ym[0]}", f"/v1/programmes/{uuid.uuid4()}"]
     for path in reads:
         resp = await client.get(path, headers=SHIZUISHAN)

@@ -269,7 +269,7 @@ def test_every_route_declares_its_answer_and_lives_in_a_resource_router():
     app = build_app()
     spec = app.openapi()
     routes = [(m, p, op) for p, ops in spec["paths"].items() for m, op in ops.items()]
-    assert len(routes) == 40
+    assert len(routes) == 41
     for method, path, op in routes:
         ok = [code for code in op["responses"] if code.startswith("2")]
         assert ok and all(op["responses"][c]["content"]["application/json"]["schema"] for c in ok), (method, path)
