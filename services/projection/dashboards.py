@@ -9,7 +9,8 @@ Three dashboards, provisioned by docker-compose and Kubernetes from deploy/grafa
   the source article (docs/domain.md), by city, Chinese titles with English subtitles;
 * ``pipeline-health.json`` "管道健康 Pipeline health": RED metrics per service, consumer
   lag, outbox backlog, dead letters, notice delivery success, the projection itself, the event
-  intake (received, applied, lag, refused by reason, duplicates, per source and type);
+  intake (received, applied, lag, refused by reason, duplicates, per source and type), and in
+  Kubernetes the Kafka brokers (partitions at risk, bytes in, consumer-group lag);
 * ``reform-ledger.json`` "改革任务台账 Reform task ledger": the coordinating office's tasks by
   status and unit, completion rate, overdue now, documents, pilots, city plans.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,21 @@ ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "deploy" / "grafana" / "dashboards"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 YEAR_DEFAULT = "2021"
+# Series that exist only in Kubernetes, where Strimzi runs the brokers' JMX exporter and the Kafka Exporter
+# (deploy/k8s/base/kafka/): neither Compose nor the local stack has them, so the panels reading them are
+# checked against the manifests (tests/deploy/test_deploy_platform.py), not against a local Prometheus.
+KUBERNETES_ONLY_PREFIXES = ("kafka_",)
+
+
+def kubernetes_only(expr: str) -> bool:
+    """Whether a query reads only series that exist only in Kubernetes (KUBERNETES_ONLY_PREFIXES)."""
+    # Drop selectors, groupings, ranges and strings; what is left are metric names, functions and operators.
+    bare = re.sub(r'\{[^}]*\}|\b(?:by|without)\s*\([^)]*\)|"[^"]*"|\[[^\]]*\]', " ", expr)
+    names = set(re.findall(r"\b[a-zA-Z_:][a-zA-Z0-9_:]*\b", bare)) - PROMQL_WORDS
+    return bool(names) and all(n.startswith(KUBERNETES_ONLY_PREFIXES) for n in names)
+
+
+PROMQL_WORDS = {"sum", "rate", "increase", "max", "min", "avg", "count", "or", "and", "unless", "on", "ignoring"}
 
 CITY_NAMES = {
     c.code: f"{c.name} {en}"
@@ -850,16 +867,52 @@ def pipeline_health() -> dict:
             decimals=1,
         ),
     ]
+    # Kafka itself, from what Strimzi runs in Kubernetes (the brokers' JMX exporter and the Kafka Exporter,
+    # deploy/k8s/base/kafka/): empty in Compose and the local stack (KUBERNETES_ONLY_PREFIXES).
+    kafka = [
+        Panel(
+            "Kafka 分区风险 · Kafka: partitions at risk",
+            "Partitions under-replicated, below min.insync.replicas (acks=all writes to them fail) or without a "
+            "leader (neither read nor written), from the brokers' JMX metrics. Kubernetes only.",
+            "timeseries",
+            [
+                Target("sum(kafka_server_replicamanager_underreplicatedpartitions)", "under-replicated"),
+                Target("sum(kafka_server_replicamanager_underminisrpartitioncount)", "under min ISR"),
+                Target("sum(kafka_controller_kafkacontroller_offlinepartitionscount)", "offline"),
+            ],
+            w=8,
+            h=8,
+        ),
+        Panel(
+            "Kafka 写入 · Kafka: bytes in by topic",
+            "Bytes written to the brokers per second, by topic (the volumes' growth). Kubernetes only.",
+            "timeseries",
+            [Target(f"sum by (topic) (rate(kafka_server_brokertopicmetrics_bytesin_total{R}))", "{{topic}}")],
+            w=8,
+            h=8,
+            unit="Bps",
+        ),
+        Panel(
+            "Kafka 消费组积压 · Kafka: consumer-group lag",
+            "Records not yet read, by consumer group, as the brokers see it (Kafka Exporter): also for a group "
+            "whose processes are down, which then report nothing themselves. Kubernetes only.",
+            "timeseries",
+            [Target("sum by (consumergroup) (kafka_consumergroup_lag)", "{{consumergroup}}")],
+            w=8,
+            h=8,
+        ),
+    ]
     return dashboard(
         "changai-pipeline-health",
         "管道健康 Pipeline health",
         "Is the pipe healthy: services' RED metrics, outboxes, consumers, dead letters, notices, the projection, "
-        "the event intake.",
+        "the event intake, the Kafka brokers (Kubernetes).",
         [
             ("服务 · Services (RED)", red),
             ("事件流 · Event flow", events),
             ("死信与通知 · Dead letters and notices", dead),
             ("事件接入 · Event intake", intake),
+            ("Kafka（Kubernetes）· Kafka brokers", kafka),
         ],
         ["changai", "operations"],
         year_variable=False,

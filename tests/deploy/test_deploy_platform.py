@@ -432,3 +432,43 @@ BREAKAGES = [
 def test_platform_check_fails_on_a_broken_manifest(check, mutate):
     with pytest.raises(AssertionError):
         {**CHECKS, **PROD_CHECKS}[check](_mutated(mutate))
+
+
+# The families the Kafka Exporter (Strimzi's, danielqsj/kafka_exporter) serves, as its documentation lists them.
+KAFKA_EXPORTER_METRICS = {
+    "kafka_brokers",
+    "kafka_topic_partitions",
+    "kafka_topic_partition_current_offset",
+    "kafka_topic_partition_oldest_offset",
+    "kafka_topic_partition_in_sync_replica",
+    "kafka_topic_partition_leader",
+    "kafka_topic_partition_replicas",
+    "kafka_topic_partition_under_replicated_partition",
+    "kafka_consumergroup_current_offset",
+    "kafka_consumergroup_lag",
+    "kafka_consumergroup_members",
+}
+
+
+@pytest.mark.parametrize("overlay", ds.OVERLAYS)
+def test_kubernetes_only_dashboard_panels_read_what_kubernetes_exports(overlay):
+    """The dashboards' Kafka panels have no data outside Kubernetes (the dashboards' end-to-end test skips
+    them): here every metric they read must be one the brokers' JMX rules or the Kafka Exporter produce."""
+    from services.projection import dashboards
+
+    objects = ds.overlay_objects(overlay)
+    kafka = ds.one(objects, "Kafka", "changai")["spec"]
+    ref = kafka["kafka"]["metricsConfig"]["valueFrom"]["configMapKeyRef"]
+    rules = ds.yaml.safe_load(ds.one(objects, "ConfigMap", ref["name"])["data"][ref["key"]])["rules"]
+    produced = [re.sub(r"\$\d+", "(.+)", r["name"]) for r in rules]
+    read = [
+        (title, name)
+        for build in dashboards.DASHBOARDS.values()
+        for title, expr in dashboards.queries(build())
+        if dashboards.kubernetes_only(expr)
+        for name in re.findall(r"\bkafka_[a-z_]+", expr)
+    ]
+    assert read, "no Kafka panel on the dashboards"
+    for title, name in read:
+        from_exporter = name in KAFKA_EXPORTER_METRICS and "kafkaExporter" in kafka
+        assert from_exporter or any(re.fullmatch(p, name) for p in produced), f"{title}: nothing exports {name}"
