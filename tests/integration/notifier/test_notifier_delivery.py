@@ -16,6 +16,7 @@ from standardwebhooks.webhooks import Webhook
 
 from notifier_harness import read_records, values
 from services.notifier.domain import SHANGHAI
+from shared.events import encode, envelope
 from shared.events.funding import SubsidyRejected
 from shared.events.training import SessionCompleted
 
@@ -91,6 +92,29 @@ async def _delivered(notifier, branch, channel_ids):
     return log if len(log) == len(channel_ids) and all(d["status"] == "delivered" for d in log) else None
 
 
+async def test_an_event_published_twice_reaches_each_channel_once(notifier, receivers):
+    """A domain event redelivered (the same record again, as Kafka gives it after a consumer's crash)
+    is routed twice; the delivery id derived from event and channel makes it one notice."""
+    branch = await notifier.branch()
+    hook = f"twice-{uuid.uuid4().hex[:6]}"
+    channel = await notifier.channel("webhook", {"url": receivers.hook(hook)}, branch_id=branch)
+    receivers.set_hook_secrets(hook, [channel["signing_secret"]])
+    data = completed(branch)
+    event = envelope(data)
+    key, value, headers = encode(event)
+    # A notice after it, on the same key (so routed after both copies) and the same channel (so
+    # delivered after anything routed before it): when it has arrived, a second copy would have too.
+    _, marker_value, marker_headers = encode(marker := envelope(completed(branch, programme="其后")))
+    for v, h in ((value, headers), (value, headers), (marker_value, marker_headers)):
+        await notifier.producer.send_and_wait(data.topic, v, key=key, headers=h)
+    await notifier.until(lambda: any(c.headers["webhook-id"] == marker.id for c in receivers.received(f"hook:{hook}")),
+                         "the notice after it")
+    ok = [c for c in receivers.received(f"hook:{hook}") if c.headers["webhook-id"] == event.id and c.answer == 204]
+    assert len(ok) == 1, f"the event reached the receiver {len(ok)} times"
+    assert sorted(d["event_id"] for d in await notifier.deliveries(channel_id=channel["id"])) == sorted(
+        [event.id, marker.id])
+
+
 async def test_a_federation_hears_of_the_branches_under_it(notifier, receivers):
     city_hook, other_hook = f"city-{uuid.uuid4().hex[:6]}", f"county-{uuid.uuid4().hex[:6]}"
     city = await notifier.channel("webhook", {"url": receivers.hook(city_hook)}, region_code="640300")
@@ -109,7 +133,11 @@ async def test_a_federation_hears_of_the_branches_under_it(notifier, receivers):
 
     await notifier.until(lambda: {str(b) for b in in_city} <= seen(city_hook), "the city federation's notices")
     await notifier.until(lambda: str(elsewhere) in seen(other_hook), "the county federation's notice")
-    await asyncio.sleep(0.5)
+    # Nothing more is coming, shown by a condition rather than a pause: a later notice of each channel
+    # arrives after anything routed to it before (one task per channel keeps its order).
+    city_marker, county_marker = await notifier.branch("640302"), await notifier.branch("640402")
+    await notifier.until(lambda: str(city_marker) in seen(city_hook) and str(county_marker) in seen(other_hook),
+                         "a later notice on each channel")
     assert str(elsewhere) not in seen(city_hook)
     assert not {str(b) for b in in_city} & seen(other_hook)
     # Each notice once, every signature valid.
