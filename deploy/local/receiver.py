@@ -1,6 +1,6 @@
 """The demo notice receiver: a branch's own system receiving Standard Webhooks.
 
-    python deploy/local/receiver.py [--port 8009] [--keep 500]
+    python deploy/local/receiver.py [--port 8009] [--keep 500] [--record FILE]
 
 * ``POST /hooks/<anything>`` verifies the signature with the ``standardwebhooks`` package
   and the secret in ``CHANGAI_NOTIFIER_WEBHOOK_SECRET``; answers 204 when it verifies,
@@ -9,6 +9,11 @@
   ``DELETE /received`` forgets them.
 * ``POST /control`` with ``{"fail": N, "status": 503, "retry_after": 1}`` makes the next N
   hook calls fail with that status (fault tests: "a notice receiver failing").
+  ``{"hold": true}`` makes the next hook call wait for its answer (recorded, ``held``: true)
+  until ``{"release": true}`` or 60 s (fault tests: a sender killed after the receiver took a
+  notice, before it heard the answer).
+* ``--record FILE`` appends every notice to FILE as a JSON line, flushed before the answer, so
+  what was received outlives a restart of the receiver (fault tests: "the receiver down").
 * ``GET /livez`` answers 200.
 
 Standard library only, plus ``standardwebhooks``.
@@ -16,6 +21,7 @@ Standard library only, plus ``standardwebhooks``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -39,13 +45,16 @@ def _pick(body: object, *paths: str) -> str:
 
 
 class Receiver:
-    def __init__(self, secret: str | None, keep: int):
+    def __init__(self, secret: str | None, keep: int, record: str | None = None):
         self.webhook = Webhook(secret) if secret else None
         self.notices: deque[dict] = deque(maxlen=keep)
         self.lock = threading.Lock()
         self.fail_left, self.fail_status, self.retry_after = 0, 503, None
+        self.record = open(record, "a", encoding="utf-8") if record else None  # noqa: SIM115 - open while serving
+        self.hold_next = False
+        self.released = threading.Event()
 
-    def receive(self, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, dict[str, str]]:
+    def receive(self, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, dict[str, str], bool]:
         verified, reason = False, "no secret configured"
         if self.webhook:
             try:
@@ -64,6 +73,7 @@ class Receiver:
             if failing:
                 self.fail_left -= 1
             status = self.fail_status if failing else (204 if verified else 401)
+            held, self.hold_next = self.hold_next, False
             notice = {
                 "received_at": time.time(),
                 "path": path,
@@ -74,13 +84,17 @@ class Receiver:
                 "reason": reason,
                 "status": status,
                 "body": body,
+                "held": held,
             }
             self.notices.append(notice)
+            if self.record:
+                self.record.write(json.dumps(notice, ensure_ascii=False) + "\n")
+                self.record.flush()
         print(f"{time.strftime('%H:%M:%S')}  {notice['type']:<44} subject={notice['subject']:<38} "
               f"verified={'yes' if verified else 'no'}  -> {status}" + (f"  ({reason})" if reason else ""),
               flush=True)
         extra = {"Retry-After": str(self.retry_after)} if failing and self.retry_after is not None else {}
-        return status, extra
+        return status, extra, held
 
 
 def make_handler(receiver: Receiver):
@@ -126,7 +140,12 @@ def make_handler(receiver: Receiver):
             raw = self._body()
             if self.path.startswith("/hooks/"):
                 headers = {k.lower(): v for k, v in self.headers.items()}
-                status, extra = receiver.receive(self.path, headers, raw)
+                status, extra, held = receiver.receive(self.path, headers, raw)
+                if held:  # the answer waits; the sender may be gone by then
+                    receiver.released.wait(60)
+                    with contextlib.suppress(OSError):
+                        self._reply(status, headers=extra)
+                    return
                 self._reply(status, headers=extra)
             elif self.path == "/control":
                 try:
@@ -138,6 +157,12 @@ def make_handler(receiver: Receiver):
                     receiver.fail_left = int(ask.get("fail", 0))
                     receiver.fail_status = int(ask.get("status", 503))
                     receiver.retry_after = ask.get("retry_after")
+                    if ask.get("hold"):
+                        receiver.released.clear()
+                        receiver.hold_next = True
+                    if ask.get("release"):
+                        receiver.hold_next = False
+                        receiver.released.set()
                 self._reply(200, {"fail": receiver.fail_left, "status": receiver.fail_status})
             else:
                 self._reply(404, {"error": "not found"})
@@ -150,9 +175,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=int(os.environ.get("CHANGAI_RECEIVER_PORT", "8009")))
     parser.add_argument("--keep", type=int, default=500, help="notices kept in memory")
+    parser.add_argument("--record", help="append every notice to this file as a JSON line")
     args = parser.parse_args(argv)
     secret = os.environ.get("CHANGAI_NOTIFIER_WEBHOOK_SECRET")
-    receiver = Receiver(secret, args.keep)
+    receiver = Receiver(secret, args.keep, args.record)
     server = ThreadingHTTPServer((args.host, args.port), make_handler(receiver))
     server.daemon_threads = True
     print(f"receiver listening on http://{args.host}:{args.port}/hooks/... "
