@@ -1,4 +1,5 @@
-"""Grafana dashboards as code: a small generator, no dependency.
+"""Grafana dashboards as code, built with Grafana's own typed builders (``grafana-foundation-sdk``, a
+test/development dependency pinned in pyproject.toml; the services never import this module at run time).
 
     python -m services.projection dashboards          # writes deploy/grafana/dashboards/*.json
     python -m services.projection dashboards --check  # exit 1 if the committed JSON differs
@@ -24,9 +25,15 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from grafana_foundation_sdk.builders import bargauge, common, prometheus, stat, table, timeseries
+from grafana_foundation_sdk.builders import dashboard as dashboard_b
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common as cm
+from grafana_foundation_sdk.models import dashboard as dm
 
 from shared.regions import CITIES, REGION_ROOT, REGIONS
 
@@ -127,14 +134,19 @@ class Panel:
     unit: str = "short"
     by: str | None = None  # the label the series are split by (for display names)
     decimals: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    # stat panels: how the value is coloured and what is written (Grafana's BigValueColorMode/TextMode)
+    color_mode: str = "value"
+    text_mode: str = "auto"
 
 
-def row(title: str) -> dict:
-    return {"type": "row", "title": title, "collapsed": False, "panels": []}
+# The JSON is built with Grafana's own typed builders (grafana-foundation-sdk, pinned to the schema of
+# Grafana 11.6 in pyproject.toml): a misspelt option or a wrong type is an error here, not a panel that
+# silently ignores it. Positions are ours (rows of 24 columns), so the layout stays as designed.
+def _datasource() -> dm.DataSourceRef:
+    return dm.DataSourceRef(type_val=DATASOURCE["type"], uid=DATASOURCE["uid"])
 
 
-def _overrides(by: str | None) -> list[dict]:
+def _display_names(builder: Any, by: str | None) -> Any:
     names = (
         CITY_NAMES
         if by == "city"
@@ -142,71 +154,84 @@ def _overrides(by: str | None) -> list[dict]:
         if by == "region"
         else NAMES.get(by or "", {})
     )
-    return [
-        {"matcher": {"id": "byName", "options": code}, "properties": [{"id": "displayName", "value": name}]}
-        for code, name in names.items()
-    ]
+    for code, name in names.items():
+        builder = builder.override_by_name(code, [dm.DynamicConfigValue(id_val="displayName", value=name)])
+    return builder
 
 
-def _panel_json(panel: Panel, pid: int, x: int, y: int) -> dict:
-    targets = []
-    for i, t in enumerate(panel.targets):
-        target: dict[str, Any] = {
-            "datasource": DATASOURCE,
-            "expr": t.expr,
-            "refId": chr(ord("A") + i),
-            "legendFormat": t.legend or ("{{" + panel.by + "}}" if panel.by else "__auto"),
-        }
-        if panel.kind in ("stat", "bargauge", "table") or t.instant:
-            target["instant"] = True
-            target["range"] = False
-        targets.append(target)
-    defaults: dict[str, Any] = {"unit": panel.unit, "color": {"mode": "palette-classic"}}
-    if panel.decimals is not None:
-        defaults["decimals"] = panel.decimals
-    options: dict[str, Any]
+def _query(panel: Panel, t: Target, i: int) -> prometheus.Dataquery:
+    query = (
+        prometheus.Dataquery()
+        .datasource(_datasource())
+        .expr(t.expr)
+        .ref_id(chr(ord("A") + i))
+        .legend_format(t.legend or ("{{" + panel.by + "}}" if panel.by else "__auto"))
+    )
+    if panel.kind in ("stat", "bargauge", "table") or t.instant:
+        query = query.instant()  # and range: false
+    return query
+
+
+def _last_value() -> common.ReduceDataOptions:
+    return common.ReduceDataOptions().calcs(["lastNotNull"]).fields("").values(False)
+
+
+def _panel_builder(panel: Panel) -> Any:
+    builder: Any
     if panel.kind == "stat":
-        options = {
-            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-            "colorMode": "value",
-            "graphMode": "none",
-            "textMode": "auto",
-            "justifyMode": "auto",
-            "orientation": "auto",
-        }
-        defaults["color"] = {"mode": "fixed", "fixedColor": "blue"}
+        builder = (
+            stat.Panel()
+            .reduce_options(_last_value())
+            .color_mode(cm.BigValueColorMode(panel.color_mode))
+            .graph_mode(cm.BigValueGraphMode.NONE)
+            .text_mode(cm.BigValueTextMode(panel.text_mode))
+            .justify_mode(cm.BigValueJustifyMode.AUTO)
+            .orientation(cm.VizOrientation.AUTO)
+            .color_scheme(dashboard_b.FieldColor().mode(dm.FieldColorModeId.FIXED).fixed_color("blue"))
+        )
     elif panel.kind == "bargauge":
-        options = {
-            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-            "orientation": "horizontal",
-            "displayMode": "gradient",
-            "showUnfilled": True,
-            "valueMode": "color",
-            "namePlacement": "left",
-            "sizing": "auto",
-        }
-        defaults["min"] = 0
+        builder = (
+            bargauge.Panel()
+            .reduce_options(_last_value())
+            .orientation(cm.VizOrientation.HORIZONTAL)
+            .display_mode(cm.BarGaugeDisplayMode.GRADIENT)
+            .show_unfilled(True)
+            .value_mode(cm.BarGaugeValueMode.COLOR)
+            .name_placement(cm.BarGaugeNamePlacement.LEFT)
+            .sizing(cm.BarGaugeSizing.AUTO)
+            .min(0)
+        )
     elif panel.kind == "table":
-        options = {"showHeader": True, "cellHeight": "sm"}
+        builder = table.Panel().show_header(True).cell_height(cm.TableCellHeight.SM)
+    elif panel.kind == "timeseries":
+        builder = (
+            timeseries.Panel()
+            .legend(
+                common.VizLegendOptions()
+                .display_mode(cm.LegendDisplayMode.TABLE)
+                .placement(cm.LegendPlacement.RIGHT)
+                .show_legend(True)
+                .calcs(["lastNotNull"])
+            )
+            .tooltip(common.VizTooltipOptions().mode(cm.TooltipDisplayMode.MULTI).sort(cm.SortOrder.DESCENDING))
+            .draw_style(cm.GraphDrawStyle.LINE)
+            .line_width(1)
+            .fill_opacity(10)
+            .show_points(cm.VisibilityMode.NEVER)
+        )
     else:
-        options = {
-            "legend": {"displayMode": "table", "placement": "right", "showLegend": True, "calcs": ["lastNotNull"]},
-            "tooltip": {"mode": "multi", "sort": "desc"},
-        }
-        defaults["custom"] = {"drawStyle": "line", "lineWidth": 1, "fillOpacity": 10, "showPoints": "never"}
-    out = {
-        "id": pid,
-        "type": panel.kind,
-        "title": panel.title,
-        "description": panel.description,
-        "datasource": DATASOURCE,
-        "gridPos": {"x": x, "y": y, "w": panel.w, "h": panel.h},
-        "targets": targets,
-        "options": options,
-        "fieldConfig": {"defaults": defaults, "overrides": _overrides(panel.by)},
-    }
-    out.update(panel.extra)
-    return out
+        raise ValueError(f"{panel.title}: unknown panel kind {panel.kind!r}")
+    if panel.kind != "stat":
+        builder = builder.color_scheme(dashboard_b.FieldColor().mode(dm.FieldColorModeId.PALETTE_CLASSIC))
+    builder = builder.title(panel.title).description(panel.description).datasource(_datasource()).unit(panel.unit)
+    if panel.decimals is not None:
+        builder = builder.decimals(panel.decimals)
+    builder = builder.targets([_query(panel, t, i) for i, t in enumerate(panel.targets)])
+    return _display_names(builder, panel.by)
+
+
+def _row_builder(title: str) -> dashboard_b.Row:
+    return dashboard_b.Row(title)
 
 
 def dashboard(
@@ -217,60 +242,43 @@ def dashboard(
     tags: list[str],
     year_variable: bool,
 ) -> dict:
-    panels, pid, y = [], 1, 0
+    board = (
+        dashboard_b.Dashboard(title)
+        .uid(uid)
+        .description(description)
+        .tags(tags)
+        .editable()
+        .timezone("Asia/Shanghai")
+        .refresh("30s")
+        .time("now-6h", "now")
+        .tooltip(dm.DashboardCursorSync.CROSSHAIR)
+        .with_variable(
+            dashboard_b.DatasourceVariable("datasource")
+            .label("数据源 Data source")
+            .type("prometheus")
+            .current(dm.VariableOption(text="Prometheus", value="prometheus"))
+        )
+    )
+    if year_variable:
+        years = [str(y) for y in range(2020, 2031)]
+        board = board.with_variable(
+            dashboard_b.CustomVariable("year")
+            .label("年度 Year")
+            .values(",".join(years))
+            .current(dm.VariableOption(text=YEAR_DEFAULT, value=YEAR_DEFAULT))
+        )
+    # Our own layout: each section a row, its panels left to right, wrapping at 24 columns.
+    pid, y = 1, 0
     for section_title, section in sections:
-        r = row(section_title)
-        r.update({"id": pid, "gridPos": {"x": 0, "y": y, "w": 24, "h": 1}})
-        panels.append(r)
+        board = board.with_row(_row_builder(section_title).id(pid).grid_pos(dm.GridPos(h=1, w=24, x=0, y=y)))
         pid, y, x, line_h = pid + 1, y + 1, 0, 0
         for panel in section:
             if x + panel.w > 24:
                 x, y, line_h = 0, y + line_h, 0
-            panels.append(_panel_json(panel, pid, x, y))
+            board = board.with_panel(_panel_builder(panel).id(pid).grid_pos(dm.GridPos(h=panel.h, w=panel.w, x=x, y=y)))
             pid, x, line_h = pid + 1, x + panel.w, max(line_h, panel.h)
         y += line_h
-    variables: list[dict] = [
-        {
-            "name": "datasource",
-            "label": "数据源 Data source",
-            "type": "datasource",
-            "query": "prometheus",
-            "current": {"text": "Prometheus", "value": "prometheus"},
-            "hide": 0,
-            "refresh": 1,
-            "options": [],
-        }
-    ]
-    if year_variable:
-        years = [str(y) for y in range(2020, 2031)]
-        variables.append(
-            {
-                "name": "year",
-                "label": "年度 Year",
-                "type": "custom",
-                "query": ",".join(years),
-                "current": {"text": YEAR_DEFAULT, "value": YEAR_DEFAULT},
-                "hide": 0,
-                "options": [{"text": y, "value": y, "selected": y == YEAR_DEFAULT} for y in years],
-            }
-        )
-    return {
-        "uid": uid,
-        "title": title,
-        "description": description,
-        "tags": tags,
-        "editable": True,
-        "schemaVersion": 39,
-        "version": 1,
-        "timezone": "Asia/Shanghai",
-        "refresh": "30s",
-        "time": {"from": "now-6h", "to": "now"},
-        "graphTooltip": 1,
-        "templating": {"list": variables},
-        "annotations": {"list": []},
-        "links": [],
-        "panels": panels,
-    }
+    return json.loads(JSONEncoder(sort_keys=False).encode(board.build()))
 
 
 # --------------------------------------------------------------------------------- the two dashboards
@@ -658,16 +666,8 @@ def pipeline_health() -> dict:
             [Target("up", "{{job}} {{instance}}")],
             w=12,
             h=8,
-            extra={
-                "options": {
-                    "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                    "colorMode": "background",
-                    "graphMode": "none",
-                    "textMode": "value_and_name",
-                    "justifyMode": "auto",
-                    "orientation": "auto",
-                }
-            },
+            color_mode="background",
+            text_mode="value_and_name",
         ),
     ]
     events = [
