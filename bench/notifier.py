@@ -15,14 +15,20 @@ publication.
 3. The raw floor on the same machine: a bare aiokafka consumer + httpx POST to the same
    receiver (no database, no signing, no routing), on the same burst size.
 4. Fairness (``CHANGAI_BENCH_NOTIFIER_FLOOD``, default 100,000; 0 skips it;
-   ``CHANGAI_BENCH_NOTIFIER_ONLY=fairness`` runs only this): a second worker; a 100,000-member
-   import (``member.joined`` with an ``import_id``, straight to ``membership.events``) floods the
-   region's webhook channel, which asks for every member; ten quiet branch channels get a trickle
-   of ``subsidy.paid`` (5/s) while the flood drains, and a retry channel whose receiver refuses
-   each notice's first attempt (retry schedule 2 s, no jitter). Printed: the quiet channels'
-   first-attempt delay (receipt − event time) p50 / p99 / max, retry lateness against the schedule,
-   and the digests a city federation subscribed to member events got (how many, how long after
-   the import's last event).
+   ``CHANGAI_BENCH_NOTIFIER_ONLY=fairness`` runs only 4 and 5): a second worker; a 100,000-member
+   import (``member.joined`` with an ``import_id``) is put on ``membership.events`` before the worker
+   starts (all of it in transit ahead of everything else), for the region's webhook channel, which
+   asks for every member (the bulk lane); ten quiet branch channels get a trickle of ``subsidy.paid``
+   (5/s) and a retry channel, whose receiver refuses each notice's first attempt (retry schedule 2 s,
+   no jitter), every tenth, until the import is taken in and ``CHANGAI_BENCH_NOTIFIER_BACKLOG_S``
+   (60) more, or ``CHANGAI_BENCH_NOTIFIER_MAX_S``. Printed: the quiet channels' first-attempt delay
+   (receipt − event time) p50 / p90 / p99 / max (every minute while it runs, and at the end), retry
+   lateness against the schedule, the digests a city federation subscribed to member events got,
+   how many notices reached each point of the worker more than 1 s after their event.
+5. The replay of issue 15 (``CHANGAI_BENCH_NOTIFIER_REPLAY``, default 65,585; 0 skips it): the same,
+   with a 65,585-member import and the region's channel subscribed to everything (``*``): its
+   digests (how many, counting what, how long after the import), the quiet channels' first attempts.
+Every request is verified as a Standard Webhooks receiver would; duplicates are counted.
 Every notice is checked: one per event, none missing.
 """
 from __future__ import annotations
@@ -304,12 +310,17 @@ async def main() -> None:
 
 
 class FairReceiver(Receiver):
-    """Per path: every request's time by webhook-id; ``/hooks/retry…`` refuses each notice's first try."""
+    """Per path: every request's time by webhook-id; ``/hooks/retry…`` refuses each notice's first try.
+    Every request is verified as a Standard Webhooks receiver would (the channel's secret)."""
 
     def __init__(self):
         super().__init__()
         self.by_path: dict[str, dict[str, list[float]]] = {}
         self.bodies: dict[str, list[dict]] = {}
+        self.secrets: dict[str, object] = {}  # path -> standardwebhooks.Webhook
+        self.headers_of: dict[str, dict] = {}
+        self.invalid = 0
+        self.verified = 0
 
     def answer(self, now: float, path: str, msg_id: str, body: bytes) -> int:
         times = self.by_path.setdefault(path, {}).setdefault(msg_id, [])
@@ -319,9 +330,63 @@ class FairReceiver(Receiver):
         self.record(now, msg_id, body)
         return 503 if path.startswith("/hooks/retry") and len(times) == 1 else 204
 
+    async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                now = time.time()
+                lines = head.decode("latin-1").split("\r\n")
+                headers = {}
+                for line in lines[1:]:
+                    if ":" in line:
+                        k, v = line.split(":", 1)
+                        headers[k.strip().lower()] = v.strip()
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                path = lines[0].split(" ")[1] if " " in lines[0] else ""
+                hook = self.secrets.get(path)
+                try:
+                    hook.verify(body, headers)  # type: ignore[union-attr]
+                    self.verified += 1
+                except Exception:  # noqa: BLE001 - counted: every one must verify
+                    self.invalid += 1
+                status = self.answer(now, path, headers.get("webhook-id", ""), body)
+                writer.write(b"HTTP/1.1 %d X\r\ncontent-length: 0\r\n\r\n" % status)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionResetError):
+            pass
+        finally:
+            writer.close()
+
+
+def joined_members(n: int, import_id: uuid.UUID):
+    """``n`` members joining through one import, over five counties of two cities (by 50 branches)."""
+    from datetime import date
+
+    from shared.events.membership import MemberJoined
+
+    counties = ("640104", "640105", "640106", "640202", "640302")
+    branches = [uuid.uuid4() for _ in range(50)]
+    for i in range(n):
+        region = counties[i % len(counties)]
+        yield MemberJoined(member_id=uuid.uuid4(), branch_id=branches[i % 50], region_code=region,
+                           city_code=region[:4] + "00", employment_form="courier", birth_year=1990, sex="female",
+                           joined_on=date(2024, 5, 1), import_id=import_id)
+
 
 async def fairness(s) -> None:
     flood_n = int(os.environ.get("CHANGAI_BENCH_NOTIFIER_FLOOD", "100000"))
+    if flood_n > 0:
+        await scenario(s, flood_n, each=True)
+    replay_n = int(os.environ.get("CHANGAI_BENCH_NOTIFIER_REPLAY", "65585"))
+    if replay_n > 0:
+        await scenario(s, replay_n, each=False)
+
+
+async def scenario(s, flood_n: int, *, each: bool) -> None:
+    """``each``: the region's channel asks for every member (a flood of 100,000 notices to one channel);
+    else the replay of issue 15: the region's channel subscribed to everything (``*``) gets digests."""
+    import standardwebhooks
+
     receiver = FairReceiver()
     port = await receiver.start()
     dsn = await s.database("notifier")
@@ -329,7 +394,6 @@ async def fairness(s) -> None:
     from services.notifier import store
     from services.notifier.consumers import ensure_topics
     from services.notifier.settings import NotifierSettings
-    from shared.events.membership import MemberJoined
 
     settings = NotifierSettings(database_url=dsn, kafka_bootstrap=s.kafka.bootstrap)
     await ensure_topics(settings)
@@ -340,12 +404,14 @@ async def fairness(s) -> None:
 
     async def channel(name: str, *, branch=None, region=None, types: list[str]) -> None:
         channel_id = uuid.uuid4()
+        secret = vault.new_webhook_secret()
+        receiver.secrets[f"/hooks/{name}"] = standardwebhooks.Webhook(secret)
         await store.insert_channel(
             conn, id=channel_id, kind="webhook", name=name, owner_kind="branch" if branch else "federation",
             owner_branch_id=branch, owner_region=region or "640104", scope="subtree" if region else "own",
             event_types=types, locale="zh-CN", config={}, secrets=vault.seal(key, channel_id, {
                 "url": f"http://127.0.0.1:{port}/hooks/{name}",
-                "signing": [{"secret": vault.new_webhook_secret(), "expires_at": None}]}),
+                "signing": [{"secret": secret, "expires_at": None}]}),
             quiet_hours=None, created_by="bench")
 
     quiet = [uuid.uuid4() for _ in range(10)]
@@ -355,8 +421,10 @@ async def fairness(s) -> None:
     for i, b in enumerate(quiet):
         await channel(f"quiet{i}", branch=b, types=["changai.funding.*"])
     await channel("retry", branch=retry_branch, types=["changai.funding.*"])
-    # The region's channel asks for every member (the flood); a city's federation gets digests.
-    await channel("flood", region="640000", types=["changai.membership.member.joined.v1"])
+    # each: the region's channel asks for every member (the flood); else it hears everything, as digests.
+    region_path = "/hooks/fed640000"
+    await channel("fed640000", region="640000",
+                  types=["changai.membership.member.joined.v1"] if each else ["*"])
     await channel("fed640100", region="640100", types=["changai.membership.*"])
     await conn.close()
 
@@ -364,78 +432,159 @@ async def fairness(s) -> None:
                 CHANGAI_NOTIFIER_WEBHOOKS="{}", CHANGAI_OUTBOUND_ALLOW_PRIVATE="1", CHANGAI_LOG_LEVEL="WARNING",
                 CHANGAI_OUTBOX_POLL_INTERVAL_S="0.5", CHANGAI_NOTIFIER_RETRY_WEBHOOK="2,4,8",
                 CHANGAI_NOTIFIER_RETRY_JITTER="0")
-    await s.start("notifier-worker-fair", ["-m", "services.notifier", "worker"], env, health="/readyz")
+    worker = f"notifier-worker-{'fair' if each else 'replay'}"
     producer = make_producer(s.kafka.bootstrap, linger_ms=5)
     await producer.start()
+    metrics_url = f"http://127.0.0.1:{env['CHANGAI_HTTP_PORT']}/metrics"
     try:
-        warm = await publish(producer, [completed(b, 0) for b in quiet], 20)
-        await wait_for(receiver, warm, 60)
-
         import_id = uuid.uuid4()
-        counties = ("640104", "640105", "640106", "640202", "640302")
-        members_branches = [uuid.uuid4() for _ in range(50)]
 
         async def flood() -> tuple[float, float]:
             start = time.time()
             batch = []
-            for i in range(flood_n):
-                region = counties[i % len(counties)]
-                batch.append(MemberJoined(member_id=uuid.uuid4(), branch_id=members_branches[i % 50],
-                                          region_code=region, city_code=region[:4] + "00", employment_form="courier",
-                                          birth_year=1990, sex="female", joined_on=__import__("datetime").date(2024, 5, 1),
-                                          import_id=import_id))
+            for data in joined_members(flood_n, import_id):
+                batch.append(data)
                 if len(batch) == 2000:
                     await publish(producer, batch, None)
                     batch = []
             await publish(producer, batch, None)
             return start, time.time()
 
-        flood_task = asyncio.ensure_future(flood())
+        # The whole import is on membership.events before the worker starts: all of it in transit
+        # ahead of the quiet channels' events (the hardest case), and publishing it costs this
+        # process no CPU while the quiet notices are timed.
+        flood_start, flood_end = await flood()
+        await s.start(worker, ["-m", "services.notifier", "worker"], env, health="/readyz")
+        warm = await publish(producer, [completed(b, 0) for b in quiet], 20)
+        await wait_for(receiver, warm, 600)
+
+        def digested() -> int:
+            return sum(d["data"]["count"] for d in receiver.bodies.get(region_path, [])
+                       if d.get("type") == "changai.notifier.digest.sent.v1")
+
+        def flood_progress() -> int:
+            return len(receiver.by_path.get(region_path, {})) if each else digested()
+
+        started = time.time()
+        max_s = float(os.environ.get("CHANGAI_BENCH_NOTIFIER_MAX_S", "0")) or float("inf")
         quiet_ids: list[str] = []
         retry_ids: list[str] = []
-        flood_path = "/hooks/flood"
+        # During the flood: how many events the worker had routed, every 5 s.
+        routed_at: list[float] = []
         i = 0
-        while True:  # the trickle, while the flood's backlog lasts
-            done = len(receiver.by_path.get(flood_path, {}))
-            if flood_task.done() and done >= flood_n * 0.9:
+        taken_in_at = None  # when the worker had taken in the whole import
+        backlog_s = float(os.environ.get("CHANGAI_BENCH_NOTIFIER_BACKLOG_S", "60"))
+        while True:
+            # The trickle, while the flood lasts: each, until the import is taken in and then for
+            # backlog_s while the region's channel works through its backlog (it drains at its own
+            # pace, for an hour or more at 100,000: not waited for); else until the digests count it all.
+            if each and taken_in_at and (time.time() - taken_in_at >= backlog_s or flood_progress() >= flood_n):
+                break
+            if not each and digested() >= flood_n:
+                break
+            if time.time() - started > max_s:  # a bounded run: the figures so far
                 break
             quiet_ids += await publish(producer, [completed(quiet[i % 10], i)], None)
             if i % 10 == 0:
                 retry_ids += await publish(producer, [completed(retry_branch, i)], None)
+            if i % 25 == 0:
+                text = (await asyncio.to_thread(httpx.get, metrics_url)).text
+                routed_at.append(_routed(text))
+                if taken_in_at is None and routed_at[-1] >= flood_n:
+                    taken_in_at = time.time()
+            if i % 300 == 0 and i:  # progress every minute: the figures so far, should the run be cut short
+                got = [(receiver.seen[q][0] - receiver.seen[q][1]) * 1000 for q in quiet_ids if q in receiver.seen]
+                print(f"  {time.time() - started:5.0f} s: routed {routed_at[-1]:,.0f}; region channel "
+                      f"{flood_progress():,}; quiet received {len(got)} of {len(quiet_ids)}: p50/p90/p99/max "
+                      f"{' / '.join(summary(got or [0.0]))} ms; load {os.getloadavg()[0]:.1f}", flush=True)
             i += 1
             await asyncio.sleep(0.2)
-        flood_start, flood_end = await flood_task
-        await wait_for(receiver, quiet_ids, 300)
-        await wait_for(receiver, retry_ids, 300)
-        deadline = time.monotonic() + 900
-        while len(receiver.by_path.get(flood_path, {})) < flood_n and time.monotonic() < deadline:
-            await asyncio.sleep(1)
+        await wait_for(receiver, quiet_ids, 600)
+        await wait_for(receiver, retry_ids, 600)
         flood_done = time.time()
+        await asyncio.sleep(3)  # anything sent twice would come now
         fed = receiver.bodies.get("/hooks/fed640100", [])
+        region_digests = [d for d in receiver.bodies.get(region_path, [])
+                          if d.get("type") == "changai.notifier.digest.sent.v1"]
+        region_times = sorted(t for ts in receiver.by_path.get(region_path, {}).values() for t in ts)
         fed_last = max((t for ts in receiver.by_path.get("/hooks/fed640100", {}).values() for t in ts), default=None)
+        final_metrics = (await asyncio.to_thread(httpx.get, metrics_url)).text
+        routed_end = _metric_sum(final_metrics, "changai_notifier_bulk_lane_total")
     finally:
         await producer.stop()
         receiver.server.close()
 
     delays = [(receiver.seen[i][0] - receiver.seen[i][1]) * 1000 for i in quiet_ids]
+    during = [(receiver.seen[i][0] - receiver.seen[i][1]) * 1000 for i in quiet_ids
+              if receiver.seen[i][0] < (region_times[-1] if region_times else flood_end)]
     late = []
-    for msg, times in receiver.by_path.get("/hooks/retry", {}).items():
+    for times in receiver.by_path.get("/hooks/retry", {}).values():
         if len(times) >= 2:
             late.append((times[1] - times[0] - 2.0) * 1000)
-    flood_times = receiver.by_path.get(flood_path, {})
-    doubled = sum(1 for ts in flood_times.values() if len(ts) > 1)
+    doubled = sum(1 for ts in (t for p in receiver.by_path.values() for t in p.values()) if len(ts) > 1) - len(late)
     counted = sum(d["data"]["count"] for d in fed if d.get("type") == "changai.notifier.digest.sent.v1")
-    in_city = sum(1 for i in range(flood_n) if counties[i % len(counties)].startswith("6401"))
-    print(f"\nfairness: {flood_n:,} member.joined of one import to the region's channel "
-          f"(published in {flood_end - flood_start:.1f} s, delivered in {flood_done - flood_start:.1f} s, "
-          f"{len(flood_times):,} received, {doubled} twice); a trickle of {len(quiet_ids)} notices to 10 quiet "
-          f"channels and {len(retry_ids)} to a retry channel meanwhile")
-    print(table([("quiet channels' first attempt, during the flood", *summary(delays)),
+    in_city = sum(1 for i in range(flood_n) if ("640104", "640105", "640106", "640202", "640302")[i % 5]
+                  .startswith("6401"))
+    what = ("asks for every member" if each else "subscribed to everything (*): digests")
+    print(f"\n{'fairness' if each else 'replay of issue 15'}: {flood_n:,} member.joined of one import; the "
+          f"region's channel {what} (import published in {flood_end - flood_start:.1f} s; taken in by the worker "
+          f"{(taken_in_at or flood_done) - flood_start:.1f} s after its start; trickle stopped "
+          f"{flood_done - flood_start:.1f} s after it); a trickle of {len(quiet_ids)} notices to 10 "
+          f"quiet channels and {len(retry_ids)} to a retry channel meanwhile")
+    print(table([("quiet channels' first attempt, whole run", *summary(delays)),
+                 ("quiet channels' first attempt, while the region's channel was busy", *summary(during or [0.0])),
                  ("retry lateness against its 2 s schedule (ms)", *summary(late or [0.0]))],
                 ("delay (ms)", "p50", "p90", "p99", "max")))
     print(f"retries later than 10 % of their delay (200 ms): {sum(1 for x in late if x > 200)} of {len(late)}")
+    if each:
+        print(f"region channel: {len(receiver.by_path.get(region_path, {})):,} member notices received by then "
+              f"(the rest of its backlog drains at its pace); bulk lane rows "
+              f"{routed_end:,.0f}; events routed, every 5 s: "
+              f"{', '.join(f'{x:,.0f}' for x in routed_at[:12])}{' …' if len(routed_at) > 12 else ''}")
+    else:
+        last = (region_times[-1] - flood_end) if region_times else float("nan")
+        after = (region_times[-1] - taken_in_at) if region_times and taken_in_at else float("nan")
+        print(f"region channel (640000, *): {len(region_digests)} digest notice(s) counting {digested():,} of "
+              f"{flood_n:,} members, {len(region_times) - len(region_digests)} other notice(s); last digest "
+              f"{last:.1f} s after the import's last event was published (before the worker started), "
+              f"{after:.1f} s after the worker had routed it all (sampled every ~5 s)")
     print(f"city federation (640100, subscribed to changai.membership.*): {len(fed)} digest notice(s) counting "
           f"{counted:,} of its {in_city:,} members; last one {((fed_last or flood_end) - flood_end):.1f} s after the "
           f"import's last event was published")
+    print(f"requests: {receiver.verified + receiver.invalid:,}, signatures verified {receiver.verified:,}, "
+          f"invalid {receiver.invalid}; notices received twice (other than the scripted retries): {doubled}")
+    # Where a notice waited (the worker's histograms; the bulk lane's rows never pass "deliver"):
+    # how many of the notices that reached each point did so more than 1 s after their event.
+    spans = []
+    for point in ("route", "rendered", "deliver", "claimed", "sent"):
+        total, within = _bucket(final_metrics, point, "+Inf"), _bucket(final_metrics, point, "1.0")
+        spans.append(f"{point} {total - within:,.0f} of {total:,.0f}")
+    print("reached more than 1 s after the event: " + "; ".join(spans))
     load = os.getloadavg()
-    print(f"load average (2 cores): {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")
+    print(f"load average (2 cores): {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}", flush=True)
+
+
+def _routed(text: str) -> float:
+    """Events the worker has routed (every event it read that anyone may hear), from /metrics."""
+    for line in text.splitlines():
+        if line.startswith('changai_notifier_lag_seconds_count{point="route"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def _bucket(text: str, point: str, le: str) -> float:
+    for line in text.splitlines():
+        if line.startswith("changai_notifier_lag_seconds_bucket{") and f'le="{le}"' in line and \
+                f'point="{point}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def _metric_sum(text: str, name: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith(name + "_created") and not line.startswith("#"):
+            head = line.split(" ")[0]
+            if head == name or head.startswith(name + "{"):
+                total += float(line.rsplit(" ", 1)[1])
+    return total

@@ -231,6 +231,7 @@ async def _approve(
     amount_fen: int,
     on: date,
     claim_id: uuid.UUID | None = None,
+    batch_id: uuid.UUID | None = None,
 ) -> uuid.UUID:
     fund = await store.lock_fund(conn, fund_id)
     if fund is None:
@@ -278,6 +279,7 @@ async def _approve(
             purpose=purpose,
             region_code=region_code,
             amount_fen=amount_fen,
+            batch_id=batch_id,
         ),
     )
     return grant_id
@@ -354,6 +356,7 @@ async def _pay(
     memo: str | None,
     reference: uuid.UUID | None = None,
     regions: list[str] | None = None,
+    batch_id: uuid.UUID | None = None,
 ) -> Payment:
     disbursement_id = uuid.uuid4()
     paid = await store.pay_grant(
@@ -389,6 +392,7 @@ async def _pay(
             grant_remaining_fen=paid["remaining_fen"],
             paid_on=on,
             region_code=paid["region_code"],
+            batch_id=batch_id,
         ),
     )
     return Payment(
@@ -558,7 +562,10 @@ async def claim_subsidy(
         "member_ids": sorted(set(data.eligible_member_ids)),
         "completed_on": data.completed_on,
     }
-    outcome = await settle_claim(conn, claim, today, auto_register_organisers=auto_register_organisers)
+    # a session completed by a roster upload: its payment is of that batch (one digest for the federation)
+    outcome = await settle_claim(
+        conn, claim, today, auto_register_organisers=auto_register_organisers, batch_id=data.batch_id
+    )
     await store.insert_claim(conn, {**claim, **outcome})
     return {**claim, **outcome}
 
@@ -584,14 +591,20 @@ async def retry_claim(
 
 
 async def settle_claim(
-    conn: asyncpg.Connection, claim: dict[str, Any], today: date, *, auto_register_organisers: bool = False
+    conn: asyncpg.Connection,
+    claim: dict[str, Any],
+    today: date,
+    *,
+    auto_register_organisers: bool = False,
+    batch_id: uuid.UUID | None = None,
 ) -> dict[str, Any]:
     """Decide a subsidy claim and carry it out: pay it through a grant to the organiser, or reject it.
 
     ``claim`` holds the claim's facts (id, session, organiser, category, persons, completion
     date…). Returns the outcome columns to store with it. Runs in the caller's transaction.
     The organiser must be a registered beneficiary (a payee), unless ``auto_register_organisers``
-    lets an organiser named in the event be registered on the fly.
+    lets an organiser named in the event be registered on the fly. ``batch_id``: the bulk operation the
+    claim came from (a roster upload), carried by every event of its settlement.
     """
     category, completed_on = claim["category"], claim["completed_on"]
     rule = domain.rule_in_force(store.as_rules(await store.rules(conn, category)), completed_on)
@@ -621,6 +634,7 @@ async def settle_claim(
         region_code=claim["region_code"],
         city_code=claim["city_code"],
         persons=decision.persons,
+        batch_id=batch_id,
     )
     CLAIMS.labels(
         category, "paid" if decision.paid else "rejected", decision.reason.value if decision.reason else ""
@@ -662,10 +676,17 @@ async def settle_claim(
         amount_fen=decision.amount_fen,
         on=today,
         claim_id=claim["id"],
+        batch_id=batch_id,
     )
     disbursement_id = (
         await _pay(
-            conn, grant_id, decision.amount_fen, on=today, memo=f"subsidy claim {claim['id']}", reference=claim["id"]
+            conn,
+            grant_id,
+            decision.amount_fen,
+            on=today,
+            memo=f"subsidy claim {claim['id']}",
+            reference=claim["id"],
+            batch_id=batch_id,
         )
     ).id
     await emit(

@@ -14,9 +14,11 @@ drains what an older version left there.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -181,6 +183,18 @@ async def _send_all(
     _keep(asyncio.ensure_future(settle()))
 
 
+def _buffered(stream) -> Callable[[], int]:
+    """How many records wait in an agent's buffer (Faust's queue of the stream's channel)."""
+
+    def size() -> int:
+        try:
+            return int(stream.channel.queue.qsize())
+        except Exception:  # noqa: BLE001 - a stream without a queue: nothing to wait for
+            return 0
+
+    return size
+
+
 def _peek_type(value: bytes | None) -> str | None:
     try:
         return orjson.loads(value).get("type") if value else None
@@ -200,7 +214,45 @@ def _once(event):
     return ack
 
 
+def fair_fetch_order() -> None:
+    """Hand out aiokafka's buffered partitions side by side.
+
+    aiokafka hands out what it has fetched partition by partition in the order the data came
+    (``Fetcher._records``), taking up to ``max_records`` from the first partition first: while a
+    flooded topic has megabytes buffered, a quiet topic's record fetched after them is handed out
+    only once they are. Here each call takes an equal share of ``max_records`` from every buffered
+    partition, so every batch holds some of each, and Faust's round robin over topics hands a quiet
+    channel's event over near the start of the next batch: it waits for a batch of an import's
+    events, never for the import (issue 15). A partition holding an error is left to aiokafka's own
+    path. Reaches into aiokafka 0.14's private ``_records``, as ``shared.streams.bound_fetch_wait``
+    reaches into Faust (ADR 0003)."""
+    from aiokafka.consumer import fetcher
+
+    cls = fetcher.Fetcher
+    original = getattr(cls.fetched_records, "__wrapped__", cls.fetched_records)
+
+    async def fetched_records(self, partitions, timeout=0, max_records=None):
+        buffered = [
+            tp
+            for tp, held in self._records.items()  # aiokafka's private buffer: see the docstring
+            if (not partitions or tp in partitions) and isinstance(held, fetcher.FetchResult)
+        ]
+        if max_records is None or len(buffered) < 2:
+            return await original(self, partitions, timeout=timeout, max_records=max_records)
+        share = max(1, max_records // len(buffered))
+        drained: dict = {}
+        for tp in buffered:
+            drained.update(await original(self, {tp}, timeout=0, max_records=share))
+        if drained:
+            return drained
+        return await original(self, partitions, timeout=timeout, max_records=max_records)
+
+    functools.update_wrapper(fetched_records, original, assigned=(), updated=())  # sets __wrapped__ only
+    setattr(cls, "fetched_records", fetched_records)  # noqa: B010 - a deliberate patch, as in shared.streams
+
+
 def build_worker(settings: NotifierSettings) -> tuple[faust.App, Resources]:
+    fair_fetch_order()
     app = create_stream_app(
         settings.notifier_app_id,
         settings,
@@ -219,6 +271,14 @@ def build_worker(settings: NotifierSettings) -> tuple[faust.App, Resources]:
         web_stats_enabled=False,
         web_graph_enabled=False,
         web_metrics_enabled=False,
+        # One consumer feeds every agent, a fetched batch at a time, record by record (Faust hands each
+        # record over with a task or two). Batches of at most 100 records, an equal share from every
+        # buffered partition (fair_fetch_order), so a quiet topic's record is in the next batch
+        # whatever a flooded topic has buffered, and a batch is handed over quickly; 100 is within the
+        # room an agent buffer keeps above its high-water mark (4,096 / 1.25), so a batch never meets a
+        # full buffer, which would block the consumer for every topic (a flooded topic's agent over
+        # that mark is taken out of the fetch).
+        broker_max_poll_records=100,
     )
     res = Resources(settings)
     deliver_topic = _raw_topic(app, topics.DELIVER)
@@ -257,6 +317,9 @@ def build_worker(settings: NotifierSettings) -> tuple[faust.App, Resources]:
         topic: a bulk import's thousands of membership events do not hold up a funding or
         training event behind them in one agent's buffer."""
         await res.ready.wait()
+        name = next(iter(getattr(stream.channel, "topics", ())), str(id(stream)))
+        urgency = _ready(res.deliverer).urgency
+        urgency.buffers[name] = _buffered(stream)
         async for event in stream.noack().events():
             if not _ready(res.router).wants(_peek_type(event.message.value)):
                 event.ack()  # nobody hears it and the read model needs nothing from it: no parsing
@@ -266,13 +329,27 @@ def build_worker(settings: NotifierSettings) -> tuple[faust.App, Resources]:
                 event.ack()
                 continue
             ce, data = parsed
-            deliveries, held = await _retrying("routing an event", _ready(res.router).route, ce, data)
-            records = []
-            if deliveries:
+            deliveries, held = await _retrying(
+                "routing an event", _ready(res.router).route, ce, data, event.message.value
+            )
+            records: list[tuple[bytes, bytes]] = []
+            fan_out = [d for d in deliveries if not d.get("bulk")]
+            if fan_out:
                 records = await _retrying(
-                    "rendering notices", _ready(res.render).render, ce, data, event.message.value, deliveries
+                    "rendering notices", _ready(res.render).render, ce, data, event.message.value, fan_out
                 )
+            bulk = [d for d in deliveries if d.get("bulk")]
+            if bulk:  # a bulk operation's rows for channels that want each: the bulk lane, not the deliver topic
+                rows = await _retrying(
+                    "rendering bulk notices", _ready(res.render).records, ce, data, event.message.value, bulk
+                )
+                held.append(await _retrying("queueing bulk notices", _ready(res.deliverer).take_bulk, rows))
             await _send_all(deliver_topic, event, records, held)
+            if pipeline.batch_of(data) is not None:
+                urgency.in_bulk.add(name)
+                await urgency.bulk_turn()  # an import's next event waits for quiet ones to pass
+            else:
+                urgency.in_bulk.discard(name)
 
     for source in topics.DOMAIN_SOURCES:
         app.agent(_raw_topic(app, source), name=f"route-{source}")(route)
@@ -280,6 +357,7 @@ def build_worker(settings: NotifierSettings) -> tuple[faust.App, Resources]:
     @app.agent(deliver_topic)
     async def deliver(stream):
         await res.ready.wait()
+        _ready(res.deliverer).urgency.buffers[topics.DELIVER] = _buffered(stream)
         async for event in stream.noack().events():
             try:
                 record = orjson.loads(event.message.value)

@@ -116,6 +116,15 @@ OVER_BUDGET = Counter(
     "Notices dead-lettered because their robot stayed over its budget too long",
     ["kind"],
 )
+BULK = Counter(
+    "changai_notifier_bulk_lane_total",
+    "Rows of bulk operations (an import, a roster, a batch of payments) written straight to their channel's "
+    "queue in PostgreSQL for channels that asked for each row (the bulk lane: not on the deliver topic)",
+)
+YIELDED = Counter(
+    "changai_notifier_bulk_yielded_total",
+    "Times bulk work (an import's events, a channel's backlog) waited a moment for quiet notices to pass",
+)
 SEED_NS = uuid.UUID("a3f0c1d2-7b5e-4e8a-9c3f-5eed0c4a77e1")
 
 
@@ -481,7 +490,9 @@ class Router:
             return True
         return event_type in READ_MODEL_TYPES or self.channels.index.anyone_hears(event_type)
 
-    async def route(self, ce: CloudEvent, data: EventData) -> tuple[list[dict], list[asyncio.Future]]:
+    async def route(
+        self, ce: CloudEvent, data: EventData, raw: bytes | None = None
+    ) -> tuple[list[dict], list[asyncio.Future]]:
         """Apply the read model; the deliveries of this event (one per channel, ids derived from
         the event and the channel, so routing the same event again yields the same deliveries),
         and what the event must wait for before it is acknowledged (its read-model write, digests)."""
@@ -502,16 +513,19 @@ class Router:
                 if wants_each(tg.channel, ce.type):
                     each.append(tg)
                 else:
-                    held.append(digester.add(tg.channel, batch, ce, data, tg.branch_id))
+                    held.append(digester.add(tg.channel, batch, ce, data, tg.branch_id, raw))
             chosen = each
         if chosen:
             ROUTED.labels(ce.type).inc(len(chosen))
+        # A bulk operation's rows for the channels that asked for each one take the bulk lane
+        # (straight to the channel's queue in PostgreSQL), never the deliver topic: see Deliverer.take_bulk.
         return [
             {
                 "d": str(delivery_id(ce.id, tg.channel.id)),
                 "c": str(tg.channel.id),
                 "b": str(tg.branch_id) if tg.branch_id else None,
                 "f": str(tg.fallback_for) if tg.fallback_for else None,
+                **({"bulk": True} if batch is not None else {}),
             }
             for tg in chosen
         ], held
@@ -581,14 +595,16 @@ class RenderStage:
         self, ce: CloudEvent, data: EventData, raw: bytes, deliveries: list[dict]
     ) -> list[tuple[bytes, bytes]]:
         """Each delivery's payload, as records for the deliver topic, keyed by channel."""
+        return [(r["c"].encode(), orjson.dumps(r)) for r in await self.records(ce, data, raw, deliveries)]
+
+    async def records(self, ce: CloudEvent, data: EventData, raw: bytes, deliveries: list[dict]) -> list[dict]:
+        """Each delivery's payload, as deliver records (:func:`deliver_record`)."""
         with STAGE.labels("render").time():
             records = await self._render(ce, data, raw, deliveries)
         LAG.labels("rendered").observe(max(0.0, (_now() - ce.time).total_seconds()))
         return records
 
-    async def _render(
-        self, ce: CloudEvent, data: EventData, raw: bytes, deliveries: list[dict]
-    ) -> list[tuple[bytes, bytes]]:
+    async def _render(self, ce: CloudEvent, data: EventData, raw: bytes, deliveries: list[dict]) -> list[dict]:
         kinds = {ch.kind for d in deliveries if (ch := self.channels.get(uuid.UUID(d["c"])))}
         names = Names()
         if kinds - {"webhook"}:  # webhooks get the event itself: no names needed
@@ -611,21 +627,8 @@ class RenderStage:
             if key not in cache:
                 cache[key] = self._payload(ce, data, raw, ch, names, fallback)
             records.append(
-                (
-                    d["c"].encode(),
-                    orjson.dumps(
-                        deliver_record(
-                            d["d"],
-                            d["c"],
-                            ce.type,
-                            ce.time,
-                            i=ce.id,
-                            b=d.get("b"),
-                            r=region,
-                            f=fallback,
-                            p=cache[key].decode(),
-                        )
-                    ),
+                deliver_record(
+                    d["d"], d["c"], ce.type, ce.time, i=ce.id, b=d.get("b"), r=region, f=fallback, p=cache[key].decode()
                 )
             )
         return records
@@ -693,6 +696,7 @@ class DigestBucket:
     branches: set = field(default_factory=set)
     opened: float = field(default_factory=time.monotonic)
     touched: float = field(default_factory=time.monotonic)
+    first: tuple | None = None  # (event, data, raw) of its first event: a batch of one is told as that notice
     done: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -715,7 +719,13 @@ class Digester:
         self.task: asyncio.Task | None = None
 
     def add(
-        self, ch: Channel, batch: tuple[str, uuid.UUID], ce: CloudEvent, data: EventData, branch_id: uuid.UUID | None
+        self,
+        ch: Channel,
+        batch: tuple[str, uuid.UUID],
+        ce: CloudEvent,
+        data: EventData,
+        branch_id: uuid.UUID | None,
+        raw: bytes | None = None,
     ) -> asyncio.Future:
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._run(), name="notifier-digests")
@@ -723,6 +733,8 @@ class Digester:
         b = self.buckets.get(key)
         if b is None:
             b = self.buckets[key] = DigestBucket(ch.id, batch[0], batch[1], ce.type, ce.id, ce.time, ce.time, branch_id)
+            if raw is not None:
+                b.first = (ce, data, raw)
         b.count += 1
         b.last_time = max(b.last_time, ce.time)
         region = getattr(data, "region_code", None) or "—"
@@ -743,9 +755,32 @@ class Digester:
                     del self.buckets[key]
                     await self._flush(b, final=quiet)
 
+    async def _send_records(self, records: list[tuple[bytes, bytes]]) -> None:
+        for key, value in records:
+            delay = 0.5
+            while True:
+                try:
+                    await self.send(key, value)
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.warning("sending a digest failed; will try again", exc_info=True)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10)
+
     async def _flush(self, b: DigestBucket, *, final: bool) -> None:
         ch = await self.channels.get_or_load(b.channel_id)
         if ch is None:
+            b.done.set_result(None)
+            return
+        if b.count == 1 and b.first is not None:
+            # A batch of one (one session's roster, a single payment) is told as the notice itself.
+            ce1, data1, raw1 = b.first
+            one = [
+                {"d": str(delivery_id(ce1.id, ch.id)), "c": str(ch.id), "b": str(b.branch_id) if b.branch_id else None}
+            ]
+            await self._send_records(await self.render.render(ce1, data1, raw1, one))
             b.done.set_result(None)
             return
         report = None
@@ -775,24 +810,49 @@ class Digester:
             raw,
             [{"d": str(delivery_id(ce.id, ch.id)), "c": str(ch.id), "b": str(b.branch_id) if b.branch_id else None}],
         )
-        for key, value in records:
-            delay = 0.5
-            while True:
-                try:
-                    await self.send(key, value)
-                    break
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.warning("sending a digest failed; will try again", exc_info=True)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 10)
+        await self._send_records(records)
         DIGESTS.labels(b.event_type).inc()
         log.info(
             "digest sent",
             extra={"channel_id": str(ch.id), "event_type": b.event_type, "count": b.count, "final": final},
         )
         b.done.set_result(None)
+
+
+# -- quiet work first ----------------------------------------------------------------------------
+
+
+class Urgency:
+    """Quiet work goes first: bulk work (routing an import's events, sending a channel's backlog)
+    waits while a notice that is not part of a backlog is on its way through this worker.
+
+    One worker is one event loop: routing 100,000 members and sending one channel's backlog share
+    its CPU with the trickle of other channels' notices, turn by turn, and on a loaded machine
+    each turn is long. So before each unit of bulk work, :meth:`bulk_turn` waits (up to
+    ``max_wait_s``, so a bulk operation always moves on) while anything quiet is pending: records
+    in the buffers of the other agents (registered by the consumers), or notices queued for
+    channels without a backlog. While the import's agent waits, its buffer fills and Faust takes
+    its topic out of the fetch, so the consumer hands over the other topics' records at once."""
+
+    def __init__(self, max_wait_s: float = 0.2, tick_s: float = 0.005):
+        self.max_wait_s, self.tick_s = max_wait_s, tick_s
+        self.buffers: dict[str, Callable[[], int]] = {}  # agent (topic) -> records waiting in its buffer
+        self.in_bulk: set[str] = set()  # agents whose last event was of a bulk operation: their buffers are bulk
+        self.queued: Callable[[], bool] = lambda: False  # a first attempt waits in a channel's queue
+
+    def pending(self, agents: bool = True) -> bool:
+        if self.queued():
+            return True
+        return agents and any(size() > 0 for name, size in self.buffers.items() if name not in self.in_bulk)
+
+    async def bulk_turn(self, *, agents: bool = True) -> None:
+        """Wait while quiet work is pending. ``agents``: count the agents' buffers too (routing an
+        import's event gives way to other topics' events; a backlog's notice only to first attempts
+        already in a channel's queue and to the deliver agent's records)."""
+        deadline = time.monotonic() + self.max_wait_s
+        while self.pending(agents) and time.monotonic() < deadline:
+            YIELDED.inc()
+            await asyncio.sleep(self.tick_s)
 
 
 # -- delivering --------------------------------------------------------------------------------
@@ -804,6 +864,7 @@ class Item:
     record: dict
     ack: Callable[[], Awaitable[None]]
     via: str = "first"  # first (from Kafka) | backlog (read back from PostgreSQL) | due (retry, deferral) | lease
+    queued_at: float = field(default_factory=time.monotonic)
 
     @property
     def event_type(self) -> str | None:
@@ -833,6 +894,7 @@ class ChannelState:
     backlogged: bool = False
     spilling: bool = False  # new deliveries go to PostgreSQL (behind those already there)
     spill_pending: int = 0  # handed to the spiller, not yet written
+    drained: bool = False  # every backlog row written so far is read: wait for the spiller to write more
     cursor: tuple | None = None  # (next_attempt_at, id) of the last backlog row read into memory
     next_due: float = float("inf")  # epoch s: a retry, deferral or backlog in PostgreSQL is due then
     over_budget_since: float | None = None  # epoch s: its robot refused or had no room since, without a success
@@ -897,20 +959,22 @@ class Spiller:
 
     def __init__(self, pool: asyncpg.Pool, max_rows: int = 2000):
         self.pool, self.max_rows = pool, max_rows
-        self.pending: list[tuple[tuple, Callable[[], Awaitable[None]], ChannelState]] = []
+        self.pending: list[tuple[tuple, Callable[[], Awaitable[None]], ChannelState | None]] = []
         self.wake = asyncio.Event()
         self.room = asyncio.Event()
         self.room.set()
         self.task: asyncio.Task | None = None
         self.on_written: Callable[[ChannelState], None] = lambda st: None
 
-    async def add(self, row: tuple, ack: Callable[[], Awaitable[None]], st: ChannelState) -> None:
+    async def add(self, row: tuple, ack: Callable[[], Awaitable[None]], st: ChannelState | None) -> None:
+        """``st``: the channel's state when this worker owns it (else its owner finds the rows by its poll)."""
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._run(), name="notifier-spiller")
         while len(self.pending) >= self.max_rows * 4:  # back-pressure: Kafka waits, memory does not grow
             self.room.clear()
             await self.room.wait()
-        st.spill_pending += 1
+        if st is not None:
+            st.spill_pending += 1
         self.pending.append((row, ack, st))
         self.wake.set()
 
@@ -935,9 +999,10 @@ class Spiller:
                         delay = min(delay * 2, 10)
                 SPILLED.inc(len(batch))
                 for _, ack, st in batch:
-                    st.spill_pending -= 1
+                    if st is not None:
+                        st.spill_pending -= 1
                     await ack()
-                for st in {id(st): st for _, _, st in batch}.values():
+                for st in {id(st): st for _, _, st in batch if st is not None}.values():
                     self.on_written(st)
 
 
@@ -985,6 +1050,22 @@ class Deliverer:
         # Whether this worker owns a channel (its partition of notifier.deliver): only the owner
         # schedules a channel's retries and backlog, so its budget is kept in one place.
         self.owns: Callable[[uuid.UUID], bool] = lambda channel_id: True
+        self.urgency = Urgency()
+        self.urgency.queued = self.first_attempt_waiting
+
+    def first_attempt_waiting(self) -> bool:
+        """Whether a channel without a backlog has a notice queued for its first attempt or a retry at
+        its time (queued in the last 2 s: a channel kept busy by a slow receiver does not hold bulk
+        work up for longer)."""
+        recent = time.monotonic() - 2.0
+        return any(
+            st.queue
+            and not st.spilling
+            and not st.backlogged
+            and st.queue[0].via in ("first", "due")
+            and st.queue[0].queued_at > recent
+            for st in self.states.values()
+        )
 
     async def submit(
         self, delivery_id: uuid.UUID, channel_id: uuid.UUID, record: dict, ack: Callable[[], Awaitable[None]]
@@ -1015,8 +1096,48 @@ class Deliverer:
         st.wake.set()
 
     def _backlog_written(self, st: ChannelState) -> None:
-        if st.spill_pending == 0:
-            st.wake.set()
+        # Read back what was written even while more is on its way (a bulk import's rows keep
+        # coming for minutes): the spiller writes one statement at a time, so rows written later
+        # sort after the cursor and are read in their turn.
+        st.drained = False
+        st.wake.set()
+
+    async def take_bulk(self, records: list[dict]) -> asyncio.Future:
+        """The bulk lane: the rows of a bulk operation (an import, a roster, a batch of payments) for
+        the channels that asked for each row are written straight to those channels' queues in
+        PostgreSQL, many a statement, never onto the deliver topic. So a 100,000-member import adds
+        no record in front of a quiet channel's notice on ``notifier.deliver``: the cost of the fan-out
+        is one row each in a bulk write, and the flooded channel reads its rows back at its own pace.
+        Returns a future done when every row is written (the event is acknowledged then)."""
+        done = asyncio.get_running_loop().create_future()
+        left = len(records)
+        if not left:
+            done.set_result(None)
+            return done
+
+        async def written() -> None:
+            nonlocal left
+            left -= 1
+            if left == 0 and not done.done():
+                done.set_result(None)
+
+        for record in records:
+            delivery = uuid.UUID(record["d"])
+            channel_id = uuid.UUID(record["c"])
+            row = spill_row(delivery, record)
+            if row is None:
+                await written()
+                continue
+            st = None
+            if self.owns(channel_id):
+                st = self.states.get(channel_id)
+                if st is None and await self.channels.get_or_load(channel_id) is not None:
+                    st = await self._state(channel_id)
+                if st is not None and not st.spilling:
+                    st.spilling, st.cursor = True, None  # its newer deliveries queue behind these, in order
+            BULK.inc()
+            await self.spiller.add(row, written, st)
+        return done
 
     def _due(self, st: ChannelState, at: float) -> None:
         """Something of this channel waits in PostgreSQL from ``at`` (epoch s) on."""
@@ -1062,6 +1183,8 @@ class Deliverer:
                 st = await self._state(channel_id)
             if r["backlog"] and not st.spilling:
                 st.spilling, st.cursor = True, None  # its newer deliveries are in PostgreSQL: keep them in order
+            if r["backlog"]:
+                st.drained = False
             self._due(st, r["due"] or time.time())
             n += 1
         return n
@@ -1114,9 +1237,10 @@ class Deliverer:
         if backlog:
             st.cursor = (backlog[-1]["next_attempt_at"], backlog[-1]["id"])
         QUEUED.inc(len(front) + added)
+        st.drained = st.spilling and len(backlog) < room
         if st.spilling and len(backlog) < room and st.spill_pending == 0 and pending_before == 0:
             st.spilling = False  # the backlog is all in memory now: new deliveries queue here again
-            st.cursor = None
+            st.cursor, st.drained = None, False
         if len(due_now) >= 500:
             st.next_due = time.time()
         if later is not None:
@@ -1125,11 +1249,7 @@ class Deliverer:
     def _refill_wanted(self, st: ChannelState) -> bool:
         if st.next_due <= time.time():
             return True
-        return (
-            st.spilling
-            and st.spill_pending == 0
-            and len(st.queue) <= self.settings.notifier_max_queued_per_channel // 2
-        )
+        return st.spilling and not st.drained and len(st.queue) <= self.settings.notifier_max_queued_per_channel // 2
 
     async def _run(self, st: ChannelState) -> None:
         while True:
@@ -1182,6 +1302,11 @@ class Deliverer:
                     st.backlogged = True
                     st.over_budget_since = st.over_budget_since or time.time()
                     await asyncio.sleep(min(wait, max(0.01, st.next_due - time.time())))
+                    continue
+            if st.spilling or st.queue[0].via == "backlog":
+                # a backlog's notice: quiet channels' first attempts go first
+                await self.urgency.bulk_turn(agents=False)
+                if not st.queue:
                     continue
             batch = [st.queue.popleft()]
             if (

@@ -26,6 +26,13 @@ def Place(what: str):
 
 
 Year = Field(ge=2000, le=2100)
+# The bulk operation a payment came from, if any (the training roster upload whose completed sessions
+# it pays): the notifier tells a batch to a channel as one digest, not one notice per payment.
+PaymentBatch = Field(
+    default=None,
+    description="the batch this payment belongs to, if any (a roster upload whose completed sessions it "
+    "pays): told to channels as one digest per batch, not one notice each",
+)
 
 
 class SourceKind(StrEnum):
@@ -97,6 +104,7 @@ class GrantApproved(EventData):
     purpose: str
     region_code: str | None = Field(default=None, pattern=r"^64\d{4}$")
     amount_fen: int = Fen
+    batch_id: UUID | None = PaymentBatch
 
 
 @event("changai.funding.grant.revoked.v1", subject="grant_id")
@@ -127,6 +135,7 @@ class FundsDisbursed(EventData):
     grant_remaining_fen: int = Fen
     paid_on: date
     region_code: str | None = Place("the grant paid from")
+    batch_id: UUID | None = PaymentBatch
 
 
 @event("changai.funding.subsidy.claimed.v1", subject="claim_id")
@@ -143,6 +152,7 @@ class SubsidyClaimed(EventData):
     rate_fen: int = Fen
     amount_fen: int = Fen
     completed_on: date
+    batch_id: UUID | None = PaymentBatch
 
 
 @event("changai.funding.subsidy.paid.v1", subject="claim_id")
@@ -159,6 +169,7 @@ class SubsidyPaid(EventData):
     disbursement_id: UUID
     persons: int = Field(ge=0)
     amount_fen: int = Fen
+    batch_id: UUID | None = PaymentBatch
 
 
 @event("changai.funding.subsidy.rejected.v1", subject="claim_id")
@@ -173,3 +184,4 @@ class SubsidyRejected(EventData):
     amount_fen: int = Fen
     reason: RejectionReason
     detail: str
+    batch_id: UUID | None = PaymentBatch

@@ -58,6 +58,13 @@ class StudioLevel(StrEnum):
 
 
 SkillLevel = Field(ge=1, le=5, description="1 高级技师, 2 技师, 3 高级工, 4 中级工, 5 初级工")
+# Events of a bulk operation carry its id: the notifier tells them to a channel as one digest per
+# operation, not one notice each (a federation hearing of a 2,000-row roster gets a few notices).
+RosterUpload = Field(
+    default=None,
+    description="the roster upload (one bulk request) this came from, if any: its events are told to "
+    "channels as one digest per upload, not one notice each",
+)
 # The session's region on enrolment events, added later (optional: records written before lack it),
 # so that a federation's channel is routed an enrolment's changes like the session's own events.
 SessionRegion = Field(
@@ -104,6 +111,7 @@ class SessionStarted(EventData):
     city_code: str | None = CityCode
     subsidy_category: SubsidyCategory
     started_on: date
+    batch_id: UUID | None = RosterUpload
 
 
 @event("changai.training.session.completed.v1", subject="session_id")
@@ -126,6 +134,7 @@ class SessionCompleted(EventData):
     eligible_member_ids: list[UUID] = Field(description="active members who passed: the subsidy-eligible persons")
     eligible_persons: int = Field(ge=0)
     completed_on: date
+    batch_id: UUID | None = RosterUpload
 
 
 @event("changai.training.session.cancelled.v1", subject="session_id")
@@ -148,6 +157,7 @@ class EnrolmentEnrolled(EventData):
     region_code: str = RegionCode
     city_code: str | None = CityCode
     subsidy_category: SubsidyCategory
+    batch_id: UUID | None = RosterUpload
 
 
 @event("changai.training.enrolment.attended.v1", subject="enrolment_id")
@@ -158,6 +168,7 @@ class EnrolmentAttended(EventData):
     region_code: str | None = SessionRegion
     city_code: str | None = CityCode
     subsidy_category: SubsidyCategory | None = None
+    batch_id: UUID | None = RosterUpload
 
 
 @event("changai.training.enrolment.assessed.v1", subject="enrolment_id")
@@ -171,6 +182,7 @@ class EnrolmentAssessed(EventData):
     region_code: str | None = SessionRegion
     city_code: str | None = CityCode
     subsidy_category: SubsidyCategory | None = None
+    batch_id: UUID | None = RosterUpload
 
 
 @event("changai.training.enrolment.withdrawn.v1", subject="enrolment_id")
@@ -184,6 +196,7 @@ class EnrolmentWithdrawn(EventData):
     region_code: str | None = SessionRegion
     city_code: str | None = CityCode
     subsidy_category: SubsidyCategory | None = None
+    batch_id: UUID | None = RosterUpload
 
 
 @event("changai.training.certificate.issued.v1", subject="certificate_id")

@@ -33,6 +33,7 @@ from services.training.api.deps import Writer
 from shared.auth import Principal
 from shared.clock import today_cn
 from shared.errors import DomainError, Invalid
+from shared.events import EventData
 from shared.http import body_limit
 from shared.problems import Problem
 
@@ -144,6 +145,9 @@ class _Upload:
         self.rows = 0
         self.outcomes: list[SessionOutcome] = []
         self.refused: list[RefusedRow] = []
+        # The upload's id on every event it causes (and on the subsidy payments of the sessions it
+        # completes): the notifier tells an upload to a channel as one digest, not a notice per row.
+        self.batch_id = uuid.uuid4()
 
     def _parse(self, line: int, text: str) -> _Row | None:
         if self.fmt == "csv" and self.header is None:
@@ -228,8 +232,14 @@ class _Upload:
 
     async def _record(self, sid: uuid.UUID, rows: list[usecases.RosterRow]) -> None:
         try:
-            async with self.pool.acquire() as conn, conn.transaction():
+            # the roster's events, gathered to be marked as this upload's, then written once
+            async with (
+                self.pool.acquire() as conn,
+                conn.transaction(),
+                usecases.one_outbox_write(conn) as events,
+            ):
                 report = await usecases.record_roster(conn, sid, rows, self.actor, self.today, **self.options)
+                events[:] = [_of_batch(e, self.batch_id) for e in events]
         except DomainError as exc:  # the whole session refused; nothing of it was kept
             report = usecases.RosterReport(sid, rows=len(rows), problem=exc, refused=[(r, exc) for r in rows])
         finally:
@@ -264,6 +274,11 @@ class _Upload:
             session_outcomes=self.outcomes,
             refused_rows=self.refused,
         )
+
+
+def _of_batch(event: EventData, batch_id: uuid.UUID) -> EventData:
+    """The event marked as one of this upload's (the event types that carry a ``batch_id``)."""
+    return event.model_copy(update={"batch_id": batch_id}) if "batch_id" in type(event).model_fields else event
 
 
 async def _upload(request: Request, actor: Principal, path_session: uuid.UUID | None, options: dict[str, Any]):

@@ -5,6 +5,7 @@ import time
 import uuid
 from datetime import date
 
+import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
@@ -96,6 +97,33 @@ async def test_a_session_before_the_change_pays_300_and_after_it_800_per_person(
         assert await events_in_outbox(app.state.db, claim["grant_id"]) == [
             "changai.funding.grant.approved.v1", "changai.funding.disbursement.made.v1"]
     await ledger_ok(app.state.db)
+
+
+async def test_the_payment_of_a_session_completed_by_a_roster_upload_carries_its_batch_id(saga):
+    """A roster upload's completed sessions are paid as a batch: every event of a payment carries the
+    upload's batch id, so the notifier tells a federation of them as one digest (issue 15)."""
+    app, client, producer = saga
+    fund = await open_fund(client, "100000.00", "skills_account", 2023)
+    await route(client, "pre_job", 2023, fund["id"])
+    organiser = f"branch-{uuid.uuid4().hex[:8]}"
+    await register(client, organiser)
+    batch_id = uuid.uuid4()
+    session = completed(organiser, date(2023, 5, 1), 2).model_copy(update={"batch_id": batch_id})
+    await produce(producer, session)
+    claim = await claim_of(client, session.session_id)
+    assert claim["status"] == "paid", claim
+    rows = await app.state.db.fetch("SELECT event_type, value FROM outbox WHERE key = ANY($1::text[])",
+                                    [claim["id"], claim["grant_id"]])
+    marked = {r["event_type"].split(".", 2)[2]: orjson.loads(r["value"])["data"].get("batch_id") for r in rows}
+    assert marked == {"subsidy.claimed.v1": str(batch_id), "subsidy.paid.v1": str(batch_id),
+                      "grant.approved.v1": str(batch_id), "disbursement.made.v1": str(batch_id)}, marked
+    # A session completed on its own (no batch) is paid with no batch id.
+    alone = completed(organiser, date(2023, 5, 2), 1)
+    await produce(producer, alone)
+    single = await claim_of(client, alone.session_id)
+    rows = await app.state.db.fetch("SELECT value FROM outbox WHERE key = ANY($1::text[])",
+                                    [single["id"], single["grant_id"]])
+    assert rows and all(orjson.loads(r["value"])["data"].get("batch_id") is None for r in rows)
 
 
 async def test_an_exhausted_fund_rejects_the_claim_with_an_event_and_a_retry_pays_after_a_top_up(saga, stack):

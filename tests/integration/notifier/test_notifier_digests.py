@@ -1,6 +1,8 @@
 """Bulk operations arrive as digests (issue 15): a member import is told to a federation as a few
 notices with counts and regions, not one notice per member; a channel that subscribes to the type
-itself still gets every row. Real Kafka, PostgreSQL, worker process and verifying receivers."""
+itself still gets every row; a training roster upload and the subsidy payments of the sessions it
+completed (events carrying the upload's ``batch_id``) are digests too, and a batch of one is the
+notice itself. Real Kafka, PostgreSQL, worker process and verifying receivers."""
 from __future__ import annotations
 
 import uuid
@@ -10,7 +12,9 @@ from datetime import date
 import pytest
 
 from notifier_harness import Notifier, fast_settings
+from shared.events.funding import SubsidyPaid
 from shared.events.membership import MemberJoined
+from shared.events.training import EnrolmentEnrolled
 
 pytestmark = pytest.mark.integration
 
@@ -98,6 +102,65 @@ async def test_a_member_joining_on_their_own_is_one_notice(digesting, receivers)
     event = await n.publish(joined(branch, "640104", None))
     (call,) = await n.until(lambda: receivers.received(f"hook:{name}"), "the member's notice", timeout=90)
     assert call.json["type"] == JOINED and call.headers["webhook-id"] == event.id
+
+
+DIGEST = "changai.notifier.digest.sent.v1"
+
+
+async def test_a_roster_upload_and_its_payments_are_digests_and_a_batch_of_one_is_the_notice(digesting, receivers):
+    n = digesting
+    xingqing, xixia = await n.branch("640104"), await n.branch("640105")
+    federation = f"fed-{uuid.uuid4().hex[:6]}"
+    await hook(n, receivers, federation, region_code="640100",
+               event_types=["changai.training.*", "changai.funding.*"])
+    upload, alone = uuid.uuid4(), uuid.uuid4()
+    session = uuid.uuid4()
+
+    def enrolled(region: str) -> EnrolmentEnrolled:
+        return EnrolmentEnrolled(enrolment_id=uuid.uuid4(), session_id=session, member_id=uuid.uuid4(),
+                                 region_code=region, city_code="640100", subsidy_category="pre_job", batch_id=upload)
+
+    def paid(branch: uuid.UUID, region: str, batch: uuid.UUID) -> SubsidyPaid:
+        return SubsidyPaid(claim_id=uuid.uuid4(), session_id=uuid.uuid4(), organiser_id=str(branch),
+                           subsidy_category="pre_job", region_code=region, city_code="640100", fund_id=uuid.uuid4(),
+                           source_kind="special_fund", fiscal_year=2024, disbursement_id=uuid.uuid4(), persons=3,
+                           amount_fen=240000, batch_id=batch)
+
+    rows = [enrolled("640104") for _ in range(25)] + [enrolled("640105") for _ in range(15)]
+    rows += [paid(xingqing, "640104", upload) for _ in range(3)] + [paid(xixia, "640105", upload) for _ in range(2)]
+    for data in rows:
+        await n.producer.send(*_record(data))
+    await n.producer.flush()
+    single = await n.publish(paid(xingqing, "640104", alone))  # a batch of one payment
+
+    def calls():
+        return receivers.received(f"hook:{federation}")
+
+    def counted(event_type: str) -> int:
+        return sum(c.json["data"]["count"] for c in calls()
+                   if c.json["type"] == DIGEST and c.json["data"]["event_type"] == event_type)
+
+    await n.until(lambda: counted("changai.training.enrolment.enrolled.v1") >= 40
+                  and counted("changai.funding.subsidy.paid.v1") >= 5
+                  and any(c.json["type"] == "changai.funding.subsidy.paid.v1" for c in calls()),
+                  "the federation's digests and the single payment", timeout=120)
+    got = calls()
+    digests = [c.json["data"] for c in got if c.json["type"] == DIGEST]
+    assert len(digests) <= 4 and len(got) == len(digests) + 1, [c.json["type"] for c in got]  # a handful
+    by_kind = Counter()
+    for d in digests:
+        assert d["batch_id"] == str(upload)
+        by_kind[(d["batch_kind"], d["event_type"])] += d["count"]
+    assert by_kind == {("training.batch", "changai.training.enrolment.enrolled.v1"): 40,
+                       ("funding.batch", "changai.funding.subsidy.paid.v1"): 5}
+    regions = Counter()
+    for d in digests:
+        if d["event_type"] == "changai.training.enrolment.enrolled.v1":
+            regions.update(d["by_region"])
+    assert regions == {"640104": 25, "640105": 15}
+    (one,) = [c for c in got if c.json["type"] != DIGEST]
+    assert one.headers["webhook-id"] == single.id and one.json["data"]["batch_id"] == str(alone)
+    assert all(c.verified_with == [0] for c in got) and len({c.headers["webhook-id"] for c in got}) == len(got)
 
 
 def _record(data):

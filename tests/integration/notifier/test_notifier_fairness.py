@@ -5,6 +5,11 @@ get a trickle, some of them on the flooded channel's partition of ``notifier.del
 is judged against the flood's own progress, not the wall clock: a quiet channel's notice must
 arrive while the flood has moved on by only a few notices, and a retry must be sent at its due
 time by the due-time path while the flood still has most of its backlog.
+
+Then a bulk import in transit: a channel asks for every member of a 2,000-member import, and quiet
+channels' notices are published right behind it. The import's rows take the bulk lane (straight to
+the channel's queue in PostgreSQL), so none of them is on ``notifier.deliver`` ahead of a quiet
+notice, and a quiet notice arrives while the import is still being taken in.
 """
 from __future__ import annotations
 
@@ -18,9 +23,11 @@ import pytest
 from notifier_harness import Notifier, fast_settings
 from services.notifier import topics
 from shared.events.funding import SubsidyPaid
+from shared.events.membership import MemberJoined
 from shared.events.training import SessionCompleted
 from shared.outbox import murmur2
 from shared.topics import BY_NAME
+from tests.integration.kafka_records import read_to_end_of
 
 pytestmark = pytest.mark.integration
 
@@ -168,6 +175,62 @@ async def test_a_flooded_channel_delays_neither_quiet_channels_nor_retries(fair,
     calls = flood_calls()
     assert set(Counter(c.headers["webhook-id"] for c in calls).values()) == {1}
     assert len(calls) == FLOOD and all(c.verified_with == [0] for c in calls)
+
+
+IMPORT = 2000
+JOINED = "changai.membership.member.joined.v1"
+
+
+def joined(branch_id: uuid.UUID, import_id: uuid.UUID) -> MemberJoined:
+    return MemberJoined(member_id=uuid.uuid4(), branch_id=branch_id, region_code="640104", city_code="640100",
+                        employment_form="courier", birth_year=1990, sex="female", joined_on=date(2024, 5, 1),
+                        import_id=import_id)
+
+
+@pytest.mark.timeout(900)  # the import drains at the machine's pace; the assertions are made while it is in transit
+async def test_a_bulk_import_in_transit_does_not_hold_quiet_channels(fair, receivers):
+    members_branch = await fair.branch("640104")
+    flood_hook = f"import-{uuid.uuid4().hex[:6]}"
+    flood = await fair.channel("webhook", {"url": receivers.hook(flood_hook)}, region_code="640100",
+                               event_types=[JOINED])  # asks for every member of the import
+    receivers.set_hook_secrets(flood_hook, [flood["signing_secret"]])
+    receivers.slow(f"hook:{flood_hook}", 0.005)
+    quiet = []
+    for _ in range(3):
+        branch = await fair.branch()
+        name = f"quiet-{uuid.uuid4().hex[:6]}"
+        await webhook(fair, receivers, branch, ["changai.funding.*"], name)
+        quiet.append((branch, name))
+
+    import_id = uuid.uuid4()
+    for _ in range(IMPORT):
+        await fair.producer.send(*_record(joined(members_branch, import_id)))
+    await fair.producer.flush()
+
+    async def taken_in() -> int:  # the import's notices the worker holds for the channel (in PostgreSQL)
+        return await fair.db.fetchval("SELECT count(*) FROM deliveries WHERE channel_id = $1", uuid.UUID(flood["id"]))
+
+    # Quiet notices right behind the import: each arrives while the import is still being taken in
+    # (before the fix, its notices crossed notifier.deliver ahead of them, and the quiet ones waited).
+    progress = []
+    for branch, name in quiet:
+        await fair.publish(paid(branch))
+        await fair.until(lambda n=name: receivers.received(f"hook:{n}"), f"the quiet channel {name}", timeout=60,
+                         interval=0.02)
+        progress.append((await taken_in(), len(receivers.received(f"hook:{flood_hook}"))))
+    print(f"the import taken in / delivered when each quiet notice arrived: {progress} of {IMPORT}")
+    assert progress[0][0] < IMPORT, progress  # the first quiet notice did not wait for the import's intake
+    assert all(delivered < IMPORT for _, delivered in progress), progress  # nor for its deliveries
+
+    # Every member once, signed; and not one of them went through notifier.deliver.
+    await fair.until(lambda: len(receivers.received(f"hook:{flood_hook}")) >= IMPORT, "the whole import",
+                     timeout=800, interval=1.0)
+    calls = receivers.received(f"hook:{flood_hook}")
+    assert len(calls) == IMPORT and set(Counter(c.headers["webhook-id"] for c in calls).values()) == {1}
+    assert all(c.verified_with == [0] for c in calls)
+    on_deliver = [r for r in await read_to_end_of(fair.stack.bootstrap, topics.DELIVER)
+                  if r.key == flood["id"].encode()]
+    assert on_deliver == []
 
 
 def _two(calls):

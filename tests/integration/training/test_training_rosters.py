@@ -55,6 +55,9 @@ async def test_rosters_of_many_sessions_recorded_completed_and_repeatable(stack,
     assert len(of(mine, "enrolment.assessed.v1")) == 3
     assert [e.data["reason"] for e in of(mine, "enrolment.withdrawn.v1")] == ["absent"]
     assert {e.data["region_code"] for e in mine} == {"640104"}
+    # one upload, one batch id on every event it caused: the notifier tells it as digests (issue 15)
+    uploaded = [e for e in events if e.data.get("session_id") in (s1, s2)]
+    assert len({e.data.get("batch_id") for e in uploaded}) == 1 and uploaded[0].data.get("batch_id") is not None
     s2_view = (await client.get(f"/v1/sessions/{s2}")).json()
     assert (s2_view["status"], s2_view["enrolled"]) == ("in_progress", 2)
 
