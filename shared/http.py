@@ -366,17 +366,25 @@ async def write(
     digest = _request_hash(payload)
     async with pool.acquire() as conn:
         if key is not None and _literals_safe(conn, scope, key):
-            status, body, replay = await _keyed(conn, scope, key, digest, fn)
+            status, answer, replay = await _keyed(conn, scope, key, digest, fn)
         else:
             async with conn.transaction():
                 replay = await _claim_key(conn, scope, key, digest) if key is not None else None
                 if replay is None:
                     status, body = await fn(conn)
+                    answer = orjson.dumps(body, default=str)
                     if key is not None:
-                        await conn.execute(_ANSWER, scope, key, status, orjson.dumps(body, default=str).decode())
+                        await conn.execute(_ANSWER, scope, key, status, answer.decode())
     if replay is not None:
         return _replayed(replay, digest, headers)
-    return JSONResponse(orjson.loads(orjson.dumps(body, default=str)), status_code=status, headers=headers)
+    return RenderedJSON(answer, status_code=status, headers=headers)
+
+
+class RenderedJSON(JSONResponse):
+    """A JSON answer already rendered (by orjson, once: the bytes stored as a key's answer are the bytes sent)."""
+
+    def render(self, content: Any) -> bytes:
+        return content
 
 
 _CLAIM = (
@@ -421,12 +429,12 @@ def _literals_safe(conn: asyncpg.Connection, *texts: str) -> bool:
 
 async def _keyed(
     conn: asyncpg.Connection, scope: str, key: str, digest: bytes, fn: Write
-) -> tuple[int, Any, asyncpg.Record | None]:
+) -> tuple[int, bytes, asyncpg.Record | None]:
     """A keyed write in one transaction of which the bounds cost no round trip of their own: ``BEGIN`` is sent
     with the key's insert and ``COMMIT`` with the key's answer, each as one simple query (several statements,
     one round trip). A simple query takes no parameters, so the key, scope and answer travel as literals
     (``_literal``); asyncpg is told of the transaction (``_top_xact``) so that ``conn.transaction()`` within
-    ``fn`` makes a savepoint, as inside ``conn.transaction()``. Returns (status, body, None), or the first
+    ``fn`` makes a savepoint, as inside ``conn.transaction()``. Returns (status, answer's JSON, None), or the first
     request's row for a key already used."""
     raw = getattr(conn, "_con", conn)  # the pool's proxy forwards reads, not writes, to the connection
     xact = raw.transaction()
@@ -439,14 +447,14 @@ async def _keyed(
         if claimed == "INSERT 0 0":
             replay = await raw.fetchrow(_FIRST_ANSWER, scope, key)
             await raw.execute("ROLLBACK")
-            return 0, None, replay
+            return 0, b"", replay
         status, body = await fn(conn)
-        answer = orjson.dumps(body, default=str).decode()
+        answer = orjson.dumps(body, default=str)
         await raw.execute(
-            f"UPDATE idempotency_keys SET status = {int(status)}, body = {_literal(answer)} "
+            f"UPDATE idempotency_keys SET status = {int(status)}, body = {_literal(answer.decode())} "
             f"WHERE scope = {_literal(scope)} AND key = {_literal(key)}; COMMIT"
         )
-        return status, body, None
+        return status, answer, None
     except BaseException:
         _adopt(raw, None)
         if not raw.is_closed() and raw.is_in_transaction():
