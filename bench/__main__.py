@@ -31,6 +31,10 @@ def main(argv: list[str]) -> int:
         if inspect.iscoroutine(result):
             asyncio.run(result)
         print(f"== bench {area}: {time.monotonic() - started:.1f} s ==", flush=True)
+    from bench.common import AIMS, aims_table
+
+    if AIMS:  # every aim measured in this run, each with its raw figure from the same run
+        print(f"\n== aims ==\n{aims_table(AIMS)}", flush=True)
     return 0
 
 
