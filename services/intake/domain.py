@@ -22,8 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from standardwebhooks.webhooks import Webhook
 
 from shared.errors import DomainError, Invalid, OutOfScope, status_of
-from shared.events.intake import CommandKeys, JoinCommand, LeaveCommand
-from shared.events.upstream import UPSTREAM, EmployeeHired, EmployeeLeft, UpstreamData
+from shared.events.intake import CertificateCommand, CommandKeys, JoinCommand, LeaveCommand
+from shared.events.upstream import UPSTREAM, EmployeeHired, EmployeeLeft, HrssCertificateIssued, UpstreamData
 from shared.privacy import scrub_text
 from shared.problems import Problem
 from shared.regions import RegionCode
@@ -227,7 +227,9 @@ def problem_of(exc: DomainError) -> dict[str, Any]:
     return Problem(status_of(exc), exc.kind, exc.title, exc.detail, **exc.extra).body()
 
 
-def to_command(checked: Checked, source: Source, intake_id: uuid.UUID, keys: CommandKeys) -> JoinCommand | LeaveCommand:
+def to_command(
+    checked: Checked, source: Source, intake_id: uuid.UUID, keys: CommandKeys
+) -> JoinCommand | LeaveCommand | CertificateCommand:
     """The normalised command for the owning service; the person's data sealed, keyed by the person."""
     common = dict(
         intake_id=intake_id,
@@ -255,5 +257,17 @@ def to_command(checked: Checked, source: Source, intake_id: uuid.UUID, keys: Com
             sealed=keys.seal(intake_id, {"id_number": data.id_number}),
             left_on=data.left_on,
             reason=scrub_text(data.reason) if data.reason else None,
+        )
+    if isinstance(data, HrssCertificateIssued):
+        return CertificateCommand(
+            **common,
+            person_key=keys.person_key(data.id_number),
+            sealed=keys.seal(intake_id, {"name": data.name, "id_number": data.id_number}),
+            certificate_no=data.certificate_no,
+            occupation=data.occupation,
+            occupation_code=data.occupation_code,
+            level=data.level,
+            issued_on=data.issued_on,
+            issuer=data.issuer,
         )
     raise TypeError(f"no command for {type(data).__name__}")  # every catalogue type has a branch above

@@ -1,7 +1,9 @@
 """Commands for membership from the event intake (``membership.commands``).
 
 An upstream HR system's "employee hired" arrives as ``changai.command.membership.join.v1`` and is applied
-as the SAME join use case the API runs (``usecases.join``), "employee left" as the leave use case, with an
+as the SAME join use case the API runs (``usecases.join``), "employee left" as the leave use case, a
+certificate the human-resources and social-security department issued as ``usecases.record_certificate``
+(the certificate recorded, the member's skill level raised when higher), with an
 actor built from the source's region scope: every rule, scope check and event is the one an API call
 meets. Each command is applied once (the inbox claim, by command id, in the transaction of its effect),
 and its outcome is published on ``membership.events`` (``changai.membership.command.applied.v1`` /
@@ -27,23 +29,30 @@ from shared.clock import today_cn
 from shared.consumer import EventConsumer
 from shared.errors import DomainError, NotFound, status_of
 from shared.events import CloudEvent, EventData, InvalidEvent, decode
-from shared.events.intake import COMMANDS, CommandApplied, CommandKeys, CommandRejected, JoinCommand, LeaveCommand
+from shared.events.intake import (
+    COMMANDS,
+    CertificateCommand,
+    CommandApplied,
+    CommandKeys,
+    CommandRejected,
+    JoinCommand,
+    LeaveCommand,
+)
 from shared.kafka import dead_letter
 from shared.privacy import scrub_text
 
 log = logging.getLogger(__name__)
 
 INBOX = "membership.commands"  # the inbox's consumer name
+Command = JoinCommand | LeaveCommand | CertificateCommand
 
 
-def actor_of(cmd: JoinCommand | LeaveCommand) -> Principal:
+def actor_of(cmd: Command) -> Principal:
     """The source acts within its registered region scope, as a membership writer."""
     return Principal(f"intake:{cmd.actor}", frozenset({"membership:write"}), cmd.region_scope)
 
 
-async def _apply(
-    conn: asyncpg.Connection, cmd: JoinCommand | LeaveCommand, keys: CommandKeys, vault: Vault, today: date
-):
+async def _apply(conn: asyncpg.Connection, cmd: Command, keys: CommandKeys, vault: Vault, today: date):
     person = keys.open(cmd.intake_id, cmd.sealed)
     actor = actor_of(cmd)
     if isinstance(cmd, JoinCommand):
@@ -66,10 +75,20 @@ async def _apply(
     found = await store.member_by_hash(conn, vault.lookup_hash(person["id_number"]))
     if found is None:
         raise NotFound("member", "with that ID number")
+    if isinstance(cmd, CertificateCommand):
+        certificate = domain.CertificateRecordIn(
+            certificate_no=cmd.certificate_no,
+            occupation=cmd.occupation,
+            occupation_code=cmd.occupation_code,
+            level=cmd.level,
+            issued_on=cmd.issued_on,
+            issuer=cmd.issuer,
+        )
+        return await usecases.record_certificate(conn, found["id"], certificate, actor, today)
     return await usecases.leave(conn, found["id"], domain.EndIn(on=cmd.left_on, reason=cmd.reason), actor, today)
 
 
-def _common(event: CloudEvent, cmd: JoinCommand | LeaveCommand) -> dict:
+def _common(event: CloudEvent, cmd: Command) -> dict:
     return dict(
         command_id=event.id,
         intake_id=cmd.intake_id,
@@ -79,7 +98,7 @@ def _common(event: CloudEvent, cmd: JoinCommand | LeaveCommand) -> dict:
     )
 
 
-def _rejected(event: CloudEvent, cmd: JoinCommand | LeaveCommand, exc: Exception) -> CommandRejected:
+def _rejected(event: CloudEvent, cmd: Command, exc: Exception) -> CommandRejected:
     """A refusal as the source hears it: the problem's type and title, a scrubbed detail."""
     if isinstance(exc, ValidationError):  # the person's data against MemberIn / EndIn (never echoed)
         err = exc.errors()[0]
@@ -103,7 +122,7 @@ def _rejected(event: CloudEvent, cmd: JoinCommand | LeaveCommand, exc: Exception
 async def _apply_one(
     conn: asyncpg.Connection,
     event: CloudEvent,
-    cmd: JoinCommand | LeaveCommand,
+    cmd: Command,
     keys: CommandKeys,
     vault: Vault,
     today: date,
@@ -162,7 +181,7 @@ async def _join_run(
 
 async def apply_commands(
     conn: asyncpg.Connection,
-    items: list[tuple[CloudEvent, JoinCommand | LeaveCommand]],
+    items: list[tuple[CloudEvent, Command]],
     keys: CommandKeys,
     vault: Vault,
     today: date,
@@ -225,7 +244,7 @@ def command_consumer(
         today = today_cn()
         commands = []
         for event, cmd in items:
-            assert isinstance(cmd, JoinCommand | LeaveCommand)  # CommandConsumer parses only those
+            assert isinstance(cmd, Command)  # CommandConsumer parses only those
             commands.append((event, cmd))
         async with pool.acquire() as conn, conn.transaction():
             await apply_commands(conn, commands, keys, vault, today)

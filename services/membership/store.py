@@ -261,6 +261,19 @@ async def end_member(conn: asyncpg.Connection, member_id: uuid.UUID, status: str
     )
 
 
+async def insert_external_certificate(conn: asyncpg.Connection, **row: Any) -> bool:
+    """False when the issuer's certificate number is already recorded."""
+    cols = list(row)
+    placeholders = ", ".join(f"${i}" for i in range(1, len(cols) + 1))
+    return bool(
+        await conn.fetchval(
+            f"INSERT INTO external_certificates ({', '.join(cols)}) VALUES ({placeholders}) "
+            "ON CONFLICT (issuer, certificate_no) DO NOTHING RETURNING true",
+            *row.values(),
+        )
+    )
+
+
 async def set_skill_level(conn: asyncpg.Connection, member_id: uuid.UUID, level: int) -> None:
     await conn.execute("UPDATE members SET skill_level = $2, updated_at = now() WHERE id = $1", member_id, level)
 

@@ -552,6 +552,40 @@ async def apply_certificate(
     return "raised"
 
 
+async def record_certificate(
+    conn: asyncpg.Connection, member_id: uuid.UUID, cmd: domain.CertificateRecordIn, actor: Principal, today: date
+) -> asyncpg.Record:
+    """A certificate issued outside the platform (人社厅's, through the intake): recorded for the member once
+    per (issuer, number), and the member's level raised when it is higher (the same rule and event as a
+    training certificate's). A member outside the caller's scope is 404."""
+    member, branch, _ = await _lock_member_and_branches(conn, member_id, actor, [])
+    certificate_id = uuid.uuid4()
+    recorded = await store.insert_external_certificate(
+        conn,
+        id=certificate_id,
+        member_id=member_id,
+        issuer=cmd.issuer,
+        certificate_no=cmd.certificate_no,
+        occupation=cmd.occupation,
+        occupation_code=cmd.occupation_code,
+        level=cmd.level,
+        issued_on=cmd.issued_on,
+        recorded_by=actor.subject,
+    )
+    if not recorded:
+        raise Conflict(
+            "this issuer's certificate number is already recorded",
+            kind="certificate-recorded",
+            title="The certificate is already recorded",
+        )
+    if domain.raised_skill_level(member["skill_level"], cmd.level):
+        await store.set_skill_level(conn, member_id, cmd.level)
+        await emit(conn, domain.skill_level_changed(member, branch, cmd.level, certificate_id))
+    row = await store.get_member(conn, member_id)
+    assert row is not None, "the member is locked"
+    return row
+
+
 # -- stations --------------------------------------------------------------------------
 async def open_station(
     conn: asyncpg.Connection, cmd: domain.StationIn, actor: Principal, today: date

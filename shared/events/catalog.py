@@ -64,7 +64,7 @@ def asyncapi() -> dict[str, Any]:
             "contentType": "application/cloudevents+json; charset=utf-8",
             "payload": {"$ref": f"../shared/events/schemas/upstream/{name}.json"},
             "description": "Upstream: the `data` of a CloudEvent an external system sends to the intake "
-            "(POST /v1/events or this topic).",
+            "(POST /v1/events, or its intake topic when it has one).",
         }
     for topic in TOPICS:
         chan = topic.name.replace(".", "_")

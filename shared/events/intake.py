@@ -81,6 +81,19 @@ class LeaveCommand(_Command):
     reason: str | None = None
 
 
+@command("changai.command.membership.certificate.v1", subject="person_key", topic="membership.commands")
+class CertificateCommand(_Command):
+    """A certificate the human-resources and social-security department issued: recorded for the member,
+    raising the member's skill level when higher (membership's record_certificate use case)."""
+
+    certificate_no: str
+    occupation: str
+    occupation_code: str | None = None
+    level: int = Field(ge=1, le=5)
+    issued_on: date
+    issuer: str
+
+
 # -- outcomes (domain events of membership) ---------------------------------------------
 class _Outcome(EventData):
     command_id: UUID

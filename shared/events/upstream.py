@@ -88,9 +88,30 @@ class EmployeeLeft(UpstreamData):
     _id = field_validator("id_number")(_id_number)
 
 
+class HrssCertificateIssued(UpstreamData):
+    """The human-resources and social-security department (人社厅) issued a vocational skill level certificate
+    (职业技能等级证书): recorded for the member, whose skill level it raises when higher."""
+
+    certificate_no: str = Field(
+        min_length=1, max_length=64, pattern=r"^[0-9A-Za-z-]+$", description="证书编号, the issuer's own"
+    )
+    name: str = Field(min_length=1, max_length=50, description="姓名 on the certificate")
+    id_number: str = Field(description="resident ID number (GB 11643); sealed on arrival, never stored in clear")
+    occupation: str = Field(min_length=1, max_length=50, description="职业（工种）")
+    occupation_code: str | None = Field(
+        default=None, pattern=r"^\d-\d{2}-\d{2}-\d{2}$", description="职业编码 (大典 2022), e.g. 4-02-07-10"
+    )
+    level: int = Field(ge=1, le=5, description="1 高级技师 … 5 初级工")
+    issued_on: date
+    issuer: str = Field(min_length=1, max_length=100, description="the evaluation body or department that issued it")
+
+    _id = field_validator("id_number")(_id_number)
+
+
 UPSTREAM: dict[str, type[UpstreamData]] = {
     "enterprise.hr.employee.hired.v1": EmployeeHired,
     "enterprise.hr.employee.left.v1": EmployeeLeft,
+    "cn.gov.nx.hrss.certificate.issued.v1": HrssCertificateIssued,  # over HTTP (no Kafka intake topic yet)
 }
 # The Kafka intake topic each type is read from (its channel in docs/asyncapi.yaml); HTTP takes every type.
 TOPIC_OF: dict[str, str] = {

@@ -71,7 +71,7 @@ async def test_migration_rewrites_existing_rows(make_database, tmp_path, monkeyp
             "home_region_code, employment_form, joined_on) VALUES ($1, $2, 'x', '\\x01', '\\x01', $3, '1990-03-07', "
             "'male', '640104', 'standard', '2021-01-01')", mid, bid, number[:6] + "********" + number[-4:])
         applied = await migrate.apply(conn, "membership")
-        assert applied == ["membership/0003_unrebuildable_id_numbers.sql"]
+        assert applied[0] == "membership/0003_unrebuildable_id_numbers.sql"  # then any later ones
         row = await conn.fetchrow("SELECT * FROM members WHERE id = $1", mid)
     finally:
         await conn.close()
