@@ -110,7 +110,7 @@ async def main() -> None:
                       CHANGAI_COMMANDS_GROUP_ID=f"bench-commands-{run}", **common)
         i_env = s.env("intake", database_url=i_dsn, CHANGAI_INTAKE_OUTCOMES_GROUP_ID=f"bench-outcomes-{run}",
                       CHANGAI_INTAKE_KAFKA_GROUP_ID=f"bench-intake-hr-{run}", **common)
-        _, i_svc = await asyncio.gather(s.start("membership", ["-m", "services.membership", "api"], m_env),
+        m_svc, i_svc = await asyncio.gather(s.start("membership", ["-m", "services.membership", "api"], m_env),
                                             s.start("intake", ["-m", "services.intake", "api"], i_env))
         m_url = f"http://127.0.0.1:{m_env['CHANGAI_HTTP_PORT']}"
         i_port = int(i_env["CHANGAI_HTTP_PORT"])
@@ -145,10 +145,14 @@ async def main() -> None:
                         accepted += resp.json()["accepted"]
 
                 members0 = await m_conn.fetchval("SELECT count(*) FROM members")
+                clock = CpuClock({"intake": [i_svc.pid], "membership": [m_svc.pid], "postgres": s.pg.pid,
+                                  "kafka": s.kafka.pid})
+                cpu0 = clock.read()
                 start = time.perf_counter()
                 await asyncio.gather(*(send(b) for b in bodies))
                 accepted_s = time.perf_counter() - start
                 joined_s, decided_s, counts = await until_done(i_conn, m_conn, source, EVENTS, members0, start)
+                cpu_http = {k: v - cpu0[k] for k, v in clock.read().items()}
                 load = load_avg()
                 rows += [("HTTP batch: accepted (207, stored + command queued)", f"{accepted:,}", f"{accepted_s:.2f}",
                           f"{accepted / accepted_s:,.0f}", load),
@@ -167,6 +171,7 @@ async def main() -> None:
                 await producer.start()
                 members0 = await m_conn.fetchval("SELECT count(*) FROM members")
                 try:
+                    cpu0 = clock.read()
                     start = time.perf_counter()
                     futures = [await producer.send("intake.hr", value, key=f"k{i}".encode(),
                                                    headers=[("content-type", b"application/cloudevents+json")])
@@ -176,6 +181,7 @@ async def main() -> None:
                 finally:
                     await producer.stop()
                 joined_s, decided_s, counts = await until_done(i_conn, m_conn, k_source, EVENTS, members0, start)
+                cpu_kafka = {k: v - cpu0[k] for k, v in clock.read().items()}
                 load = load_avg()
                 rows += [("intake.hr: produced", f"{EVENTS:,}", f"{produced_s:.2f}", f"{EVENTS / produced_s:,.0f}",
                           load),
@@ -221,6 +227,12 @@ async def main() -> None:
             await i_conn.close()
             await m_conn.close()
     print(table(rows, ("phase", "events", "seconds", "events/s", "load")))
+    for what, cpu in (("HTTP batch", cpu_http), ("intake.hr", cpu_kafka)):
+        # CPU the pipeline's processes spent, whatever else the shared machine ran: on 2 idle cores the
+        # whole run cannot take less than total / 2 seconds (nor, with one Python process busiest, its own).
+        total = sum(cpu.values())
+        print(f"{what}: CPU ms an event " + " / ".join(f"{k} {v / EVENTS * 1000:.2f}" for k, v in cpu.items())
+              + f"; total {total:.1f} CPU s, busiest process {max(v for k, v in cpu.items() if k != 'postgres'):.1f} s")
     print(f"single binary-mode events, {SENDERS} senders, {SINGLE_SECONDS:.0f} s: statuses {service.statuses}, "
           f"{service.rate(202):,.0f}/s accepted, p50 {service.p50:.1f} ms, p99 {service.p99:.1f} ms, "
           f"CPU ms an event: {service.cpu_text()} (load {service.load}); raw asyncpg, same statements: "
