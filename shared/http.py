@@ -458,7 +458,10 @@ async def _keyed(
     except BaseException:
         _adopt(raw, None)
         if not raw.is_closed() and raw.is_in_transaction():
-            await raw.execute("ROLLBACK")
+            try:
+                await raw.execute("ROLLBACK")
+            except Exception:  # noqa: BLE001 - e.g. cancelled mid-query: the pool replaces a terminated connection
+                raw.terminate()
         raise
     finally:
         _adopt(raw, None)
