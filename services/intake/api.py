@@ -225,7 +225,10 @@ WEBHOOK_ORIGIN = re.compile(r"^[A-Za-z0-9*]([A-Za-z0-9.*-]{0,252}[A-Za-z0-9])?(:
     "`WebHook-Request-Rate` (requests a minute), whether it may deliver here; the answer grants it in "
     "`WebHook-Allowed-Origin` and `WebHook-Allowed-Rate` (CloudEvents HTTP 1.1 Web Hooks, section 4). "
     "No token: the handshake is consent to receive, not authorisation; every POST still needs one.",
-    responses={200: {"description": "delivery allowed (see the WebHook-Allowed-* headers)"}},
+    responses={
+        200: {"description": "delivery allowed (see the WebHook-Allowed-* headers)"},
+        400: {"description": "not a validation request: no WebHook-Request-Origin naming a host (a problem)"},
+    },
 )
 async def webhook_handshake(
     request: Request,
