@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -33,7 +34,7 @@ _S0, _S1, _S2, _S3, _S4, _S5 = (_chunk_sums(a, b) for a, b in ((0, 3), (3, 6), (
 
 
 def id_check_char(first17: str) -> str:
-    """The GB 11643 check character (ISO 7064 MOD 11-2) of 17 digits."""
+    """The GB 11643 check character (ISO 7064 MOD 11-2) of 17 digits (of a whole number's first 17)."""
     return _ID_CHECK[
         (
             _S0[first17[0:3]]
@@ -65,20 +66,29 @@ class InvalidIdentifier(ValueError):
     pass
 
 
+@functools.lru_cache(maxsize=1 << 16)  # an import's 450,000 people were born on a few thousand days
+def _birth_date(digits: str) -> date | None:
+    """``YYYYMMDD`` as a date, or None when it is not a real one."""
+    try:
+        return date.fromisoformat(f"{digits[0:4]}-{digits[4:6]}-{digits[6:8]}")
+    except ValueError:
+        return None
+
+
 def parse_resident_id(value: str, today: date | None = None) -> ResidentId:
     number = value.strip().upper()
     if len(number) != 18 or not number[:17].isdigit() or not (number[17].isdigit() or number[17] == "X"):
         raise InvalidIdentifier("must be 17 digits followed by a digit or X")
-    if id_check_char(number[:17]) != number[17]:
+    if id_check_char(number) != number[17]:  # it reads the first 17
         raise InvalidIdentifier("check digit does not match (GB 11643)")
-    try:
-        born = date.fromisoformat(f"{number[6:10]}-{number[10:12]}-{number[12:14]}")
-    except ValueError:
-        raise InvalidIdentifier("birth date in the number is not a real date") from None
+    born = _birth_date(number[6:14])
+    if born is None:
+        raise InvalidIdentifier("birth date in the number is not a real date")
     today = today or today_cn()  # in China, whatever the host's zone
     if born.year < 1900 or born > today:
         raise InvalidIdentifier("birth date in the number is not plausible")
-    return ResidentId(number, number[:6], born, "male" if int(number[16]) % 2 else "female")
+    # tuple.__new__ is what the named tuple's own __new__ calls, less a Python frame (once a row of an import)
+    return tuple.__new__(ResidentId, (number, number[:6], born, "male" if number[16] in "13579" else "female"))
 
 
 def mask_id_number(number: str) -> str:
@@ -114,6 +124,28 @@ def mask_phone(phone: str) -> str:
 def keyed_hash(key: bytes, value: str) -> bytes:
     """Deterministic lookup hash (HMAC-SHA256) so equality can be tested without the clear value."""
     return hmac.new(key, value.encode(), hashlib.sha256).digest()
+
+
+class KeyedHash:
+    """:func:`keyed_hash` with one key for many values: HMAC-SHA256 (RFC 2104) from the key's inner and
+    outer blocks, hashed once here, so a value costs two SHA-256 copies, updates and digests (~0.8 µs)
+    where the one-shot HMAC sets the key up again every call (~2 µs): once a row in a 450,000-row import."""
+
+    _BLOCK = 64  # SHA-256's block size
+
+    def __init__(self, key: bytes):
+        if len(key) > self._BLOCK:
+            key = hashlib.sha256(key).digest()
+        block = key.ljust(self._BLOCK, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+
+    def __call__(self, value: str) -> bytes:
+        inner = self._inner.copy()
+        inner.update(value.encode())
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
 
 _USCC_ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"

@@ -392,7 +392,7 @@ class Importer:
         ids = uuid7_batch(len(batch))
         good: list[Row] = []
         bad: list[Rejected] = []
-        rules, fields, lookup_hash = self.rules, self._fields, self.vault.lookup_hash_fast
+        rules, fields, lookup_hash = self.rules, self._fields, self.vault.lookup_hash
         for (row, record), member_id in zip(batch, ids, strict=True):
             if record is None:
                 bad.append(Rejected(row, "<row>", "not a JSON object"))

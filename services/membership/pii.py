@@ -16,7 +16,6 @@ The encryption and lookup keys are derived from ``Settings.data_key_bytes()`` wi
 from __future__ import annotations
 
 import functools
-import hmac
 import os
 import time
 import uuid
@@ -30,8 +29,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from shared import regions
 from shared.identifiers import (
     InvalidIdentifier,
+    KeyedHash,
     ResidentId,
-    keyed_hash,
     mask_phone,
     normalise_phone,
     parse_resident_id,
@@ -142,13 +141,8 @@ class Vault:
     def __init__(self, data_key: bytes):
         self._aes = AESGCM(_derive(data_key, b"aes-256-gcm v1"))
         self._mac_key = _derive(data_key, b"lookup hmac-sha256 v1")
-
-    def lookup_hash(self, number: str) -> bytes:
-        return keyed_hash(self._mac_key, number)
-
-    def lookup_hash_fast(self, number: str) -> bytes:
-        """The same digest as :meth:`lookup_hash`, by OpenSSL's one-shot HMAC (bulk imports)."""
-        return hmac.digest(self._mac_key, number.encode(), "sha256")
+        # lookup_hash(number) = keyed_hash(mac key, number), the key set up once (an import hashes every row)
+        self.lookup_hash = KeyedHash(self._mac_key)
 
     def encrypt(self, field: str, member_id: uuid.UUID, value: str) -> bytes:
         nonce = os.urandom(12)

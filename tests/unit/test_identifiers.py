@@ -62,6 +62,19 @@ def test_keyed_hash_is_deterministic_and_keyed():
     assert ids.keyed_hash(b"k1", "x") == ids.keyed_hash(b"k1", "x") != ids.keyed_hash(b"k2", "x")
 
 
+@pytest.mark.parametrize("key_length", [0, 1, 31, 32, 63, 64, 65, 200])  # around SHA-256's 64-byte block
+def test_keyed_hash_with_the_key_set_up_once_is_the_same_hmac(key_length):
+    import hmac
+    import random
+
+    rng = random.Random(key_length)
+    key = bytes(rng.randrange(256) for _ in range(key_length))
+    hasher = ids.KeyedHash(key)
+    for value in ["", "x", "64010419900307123X", "张三" * 40, *("".join(rng.choices("0123456789X", k=18)) for _ in range(50))]:
+        assert hasher(value) == ids.keyed_hash(key, value) == hmac.digest(key, value.encode(), "sha256")
+    assert hasher("x") == hasher("x")  # the set-up states are copied, never consumed
+
+
 @pytest.mark.parametrize("text, fen", [("800.00", 80000), ("0", 0), ("300", 30000), ("12.5", 1250), ("0.01", 1)])
 def test_yuan_to_fen(text, fen):
     assert yuan_to_fen(text) == fen

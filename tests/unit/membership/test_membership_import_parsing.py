@@ -130,6 +130,43 @@ def test_row_rules_refuse_with_field_and_reason_never_the_value(fields, field, r
             assert value not in result.reason
 
 
+def test_remembered_cells_give_what_a_fresh_check_gives_and_a_refusal_is_refused_on_every_row():
+    """The rules remember accepted employment forms, skill levels, branches and dates per distinct cell (the
+    import's speed): the answer must be the one a fresh set of rules gives, every refusal every time."""
+    rules = MemberRules(date(2021, 9, 1), BRANCH)
+    other = str(uuid.uuid4())
+    cells = [
+        {"employment_form": "外卖骑手", "skill_level": "高级技师", "branch_id": other, "joined_on": "2021/3/1"},
+        {"employment_form": " courier ", "skill_level": "", "branch_id": None, "joined_on": None},
+        {"employment_form": None, "skill_level": "3", "branch_id": f" {other} ", "joined_on": "20210301"},
+    ]
+    bad = [
+        ({"employment_form": "astronaut"}, "employment_form"),
+        ({"skill_level": "6"}, "skill_level"),
+        ({"branch_id": "not-a-uuid"}, "branch_id"),
+        ({"joined_on": "2030-01-01"}, "joined_on"),
+    ]
+    for _ in range(3):  # the second and third rounds are answered from what the first remembered
+        for fields in cells:
+            values = {"name": "张三", "id_number": make_id("64010419900307123"), "phone": None, "occupation": None,
+                      **fields}
+            fresh = MemberRules(date(2021, 9, 1), BRANCH)(*(values[f] for f in importer.FIELDS))
+            assert rules(*(values[f] for f in importer.FIELDS)) == fresh
+        for fields, field in bad:
+            values = {"name": "张三", "id_number": make_id("64010419900307123"), "phone": None, "occupation": None,
+                      "employment_form": None, "skill_level": None, "branch_id": None, "joined_on": None, **fields}
+            with pytest.raises(Invalid) as refused:
+                rules(*(values[f] for f in importer.FIELDS))
+            assert refused.value.field == field
+    # the typed values of a join over HTTP are the same keys' answers, not confused with the text ones
+    typed = rules("张三", make_id("64010419900307123"), None, "food_delivery", None, 1, uuid.UUID(other),
+                  date(2021, 3, 1))
+    assert (typed.employment_form, typed.skill_level, typed.branch_id, typed.joined_on) == (
+        "food_delivery", 1, uuid.UUID(other), date(2021, 3, 1))
+    with pytest.raises(Invalid):
+        rules("张三", make_id("64010419900307123"), None, None, None, 6, None, None)
+
+
 def test_shared_encoder_bytes_equal_the_models():
     member, branch, event_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     moment = datetime(2021, 9, 1, 8, 30, 15, 123456, tzinfo=UTC)
