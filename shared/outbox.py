@@ -31,6 +31,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from shared.events import CONTENT_TYPE, CloudEvent, EventData, encode, envelope
 from shared.kafka import make_producer
+from shared.logging import trace_id_var
 from shared.timing import wait_set, within
 
 log = logging.getLogger(__name__)
@@ -109,25 +110,45 @@ async def add(
     return event
 
 
-async def add_many(conn: asyncpg.Connection, items: Iterable[EventData], *, trace_id: str | None = None) -> int:
-    """Store many events with COPY (bulk writes); returns how many."""
-    rows = [_row(envelope(d, trace_id=trace_id), d.topic) for d in items]
-    if rows:
-        await conn.copy_records_to_table(
-            "outbox", records=rows, columns=["event_id", "topic", "key", "lane", "event_type", "value"]
+# Up to this many rows go in as one INSERT of arrays (one round trip); more go by COPY, which costs a round
+# trip more but is cheaper per row for an import's thousands.
+COPY_FROM = 64
+_ROW_COLUMNS = ["event_id", "topic", "key", "lane", "event_type", "value"]
+
+
+async def _store_rows(conn: asyncpg.Connection, rows: list[tuple]) -> int:
+    if len(rows) > COPY_FROM:
+        await conn.copy_records_to_table("outbox", records=rows, columns=_ROW_COLUMNS)
+    elif rows:
+        await conn.execute(
+            "INSERT INTO outbox (event_id, topic, key, lane, event_type, value)"
+            " SELECT e, t, k, l, y, v FROM unnest($1::uuid[], $2::text[], $3::text[], $4::smallint[], $5::text[],"
+            " $6::bytea[]) WITH ORDINALITY AS r(e, t, k, l, y, v, n) ORDER BY n",  # seq in the given order
+            *(list(column) for column in zip(*rows, strict=True)),
         )
     return len(rows)
+
+
+async def add_many(conn: asyncpg.Connection, items: Iterable[EventData], *, trace_id: str | None = None) -> int:
+    """Store many events in the caller's transaction, in order (bulk writes); returns how many."""
+    return await _store_rows(conn, [_row(envelope(d, trace_id=trace_id), d.topic) for d in items])
 
 
 async def add_encoded(conn: asyncpg.Connection, rows: list[tuple]) -> int:
-    """Store events the caller has already encoded, with COPY (bulk imports that build the
-    CloudEvent bytes themselves). Each row is ``(event_id: UUID, topic, key, lane, event_type,
-    value)``, with ``lane == lane_of(key)`` and ``value`` the exact record value ``encode`` gives."""
-    if rows:
-        await conn.copy_records_to_table(
-            "outbox", records=rows, columns=["event_id", "topic", "key", "lane", "event_type", "value"]
-        )
-    return len(rows)
+    """Store events the caller has already encoded (bulk imports that build the CloudEvent bytes
+    themselves). Each row is ``(event_id: UUID, topic, key, lane, event_type, value)``, with
+    ``lane == lane_of(key)`` and ``value`` the exact record value ``encode`` gives."""
+    return await _store_rows(conn, rows)
+
+
+async def emit(conn: asyncpg.Connection, *events: EventData) -> list[EventData]:
+    """A use case's events into the outbox, in this transaction and in order, with the request's or the
+    consumed event's trace id (the one way every service writes its events; returns them)."""
+    if len(events) == 1:
+        await add(conn, events[0], trace_id=trace_id_var.get())
+    elif events:
+        await add_many(conn, events, trace_id=trace_id_var.get())
+    return list(events)
 
 
 _WORDS: dict[int, struct.Struct] = {}

@@ -25,10 +25,8 @@ import asyncpg
 from prometheus_client import Counter
 
 from services.funding import domain, store
-from shared import outbox
 from shared.auth import Principal
 from shared.errors import Invalid, NotFound
-from shared.events import EventData
 from shared.events.funding import (
     FundClosed,
     FundOpened,
@@ -41,7 +39,7 @@ from shared.events.funding import (
     SubsidyRejected,
 )
 from shared.events.training import SessionCompleted
-from shared.logging import trace_id_var
+from shared.outbox import emit
 from shared.privacy import scrub_text
 from shared.regions import REGION_ROOT
 
@@ -56,11 +54,6 @@ REFUSED = Counter(
 
 # The subsidy saga acts for the federation: its grants go to the region the training event names.
 SAGA = Principal("funding.subsidy-saga", frozenset({"funding:write", domain.ADMIN_SCOPE}), REGION_ROOT)
-
-
-async def emit(conn: asyncpg.Connection, *events: EventData) -> None:
-    for event in events:
-        await outbox.add(conn, event, trace_id=trace_id_var.get())
 
 
 async def _post_within(

@@ -25,13 +25,14 @@ from starlette.requests import ClientDisconnect
 from services.membership import domain, store
 from services.membership.importer import Importer, ImportFailed
 from services.membership.pii import Vault, home_prefecture, mask_phone, uuid7
-from shared import inbox, outbox, regions
+from shared import inbox, regions
 from shared.auth import Principal
 from shared.errors import Conflict, DomainError, Invalid, NotFound
 from shared.events import CloudEvent, EventData
 from shared.events.training import CertificateIssued
 from shared.identifiers import mask_id_number
 from shared.logging import trace_id_var
+from shared.outbox import emit
 from shared.privacy import scrub_text
 
 log = logging.getLogger(__name__)
@@ -41,13 +42,6 @@ LOOKUP_WINDOW_S = 60
 CERTIFICATES = "membership.certificate-issued"  # the inbox's consumer name
 # The certificate consumer acts for the federation: a certificate may concern a member anywhere.
 CERTIFICATE_ACTOR = Principal("membership.certificates", frozenset({"membership:write"}), regions.REGION_ROOT)
-
-
-async def emit(conn: asyncpg.Connection, *events: EventData) -> None:
-    if len(events) == 1:
-        await outbox.add(conn, events[0], trace_id=trace_id_var.get())
-    elif events:
-        await outbox.add_many(conn, events, trace_id=trace_id_var.get())
 
 
 # -- branches ----------------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 
 from services.reform import domain, store
-from shared import outbox, regions
+from shared import regions
 from shared.auth import Principal
 from shared.crypto import FieldCipher
 from shared.errors import Conflict, Invalid, NotFound, OutOfScope
@@ -45,7 +45,7 @@ from shared.events.reform import (
     YearOpened,
 )
 from shared.identifiers import mask_phone
-from shared.logging import trace_id_var
+from shared.outbox import emit
 from shared.privacy import scrub_text
 
 ROOT = regions.REGION_ROOT
@@ -58,12 +58,6 @@ class Outcome:
     record: Any
     created: bool = True
     events: list[EventData] | None = None
-
-
-async def emit(conn: asyncpg.Connection, *events: EventData) -> list[EventData]:
-    for event in events:
-        await outbox.add(conn, event, trace_id=trace_id_var.get())
-    return list(events)
 
 
 def actor_unit(actor: Principal) -> uuid.UUID | None:

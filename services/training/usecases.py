@@ -31,7 +31,6 @@ from shared.auth import Principal
 from shared.errors import Conflict, DomainError, Invalid, NotFound
 from shared.events import EventData
 from shared.events.training import OrganiserKind
-from shared.logging import trace_id_var
 
 Record: TypeAlias = asyncpg.Record
 
@@ -50,10 +49,7 @@ async def emit_many(conn: asyncpg.Connection, events: Sequence[EventData]) -> No
     if pending is not None:
         pending.extend(events)
         return
-    if len(events) == 1:
-        await outbox.add(conn, events[0], trace_id=trace_id_var.get())
-    elif events:
-        await outbox.add_many(conn, events, trace_id=trace_id_var.get())
+    await outbox.emit(conn, *events)
 
 
 @asynccontextmanager
