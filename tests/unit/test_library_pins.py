@@ -42,6 +42,10 @@ async def test_the_private_attributes_are_there():
 
     assert callable(AIOKafkaConsumerThread._create_worker_consumer)
     assert callable(AIOKafkaAdminClient._send_request)
+    from aiokafka.consumer import fetcher  # the notifier's fair_fetch_order wraps these two
+
+    assert callable(fetcher.Fetcher.fetched_records) and isinstance(fetcher.FetchResult, type)
+    assert "_records" in fetcher.Fetcher.__init__.__code__.co_names
     consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:9", fetch_max_wait_ms=321)  # never started
     try:
         assert consumer._fetch_max_wait_ms == 321  # the attribute start() hands to its Fetcher
