@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
 import asyncpg
 import orjson
@@ -49,7 +49,7 @@ from shared.timing import within
 
 log = logging.getLogger(__name__)
 
-__all__ = ["body_limit", "create_app", "problem_response", "serve", "write"]
+__all__ = ["Db", "body_limit", "create_app", "db_pool", "problem_response", "serve", "write"]
 
 REQUESTS = Counter("changai_http_requests_total", "HTTP requests", ["service", "method", "route", "status"])
 LATENCY = Histogram(
@@ -228,7 +228,7 @@ def create_app(
         if with_database:
             try:
                 async with asyncio.timeout(2):
-                    await request.app.state.db.fetchval("SELECT 1")
+                    await db_pool(request).fetchval("SELECT 1")
                 checks["database"] = "ok"
             except Exception as exc:  # noqa: BLE001
                 checks["database"] = f"unavailable: {type(exc).__name__}"
@@ -333,6 +333,15 @@ async def close_pool(pool: asyncpg.Pool, timeout: float = 10.0) -> None:
         pool.terminate()
 
 
+def db_pool(request: Request) -> asyncpg.Pool:
+    """The service's database pool, which ``create_app``'s lifespan opens (the one place that knows where)."""
+    return request.app.state.db
+
+
+# A route's parameter ``pool: Db`` is the service's database pool.
+Db = Annotated[asyncpg.Pool, Depends(db_pool)]
+
+
 # -- writes with Idempotency-Key ------------------------------------------------
 Write = Callable[[asyncpg.Connection], Awaitable[tuple[int, Any]]]
 
@@ -361,7 +370,7 @@ async def write(
     key = request.headers.get("idempotency-key")
     if key is not None and not (1 <= len(key) <= 255):
         raise Problem(400, "bad-idempotency-key", "Idempotency-Key must be 1 to 255 characters")
-    pool: asyncpg.Pool = request.app.state.db
+    pool = db_pool(request)
     scope = f"{principal.subject}:{operation}"
     digest = _request_hash(payload)
     async with pool.acquire() as conn:

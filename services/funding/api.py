@@ -29,7 +29,7 @@ from shared.auth import Principal, require
 from shared.clock import today_cn
 from shared.events.funding import BeneficiaryKind, SourceKind
 from shared.events.training import SubsidyCategory
-from shared.http import write
+from shared.http import Db, write
 from shared.money import fen_to_yuan
 from shared.pagination import Cursor, Limit, Page, decode_cursor, page
 from shared.regions import RegionCode
@@ -42,13 +42,6 @@ ADMIN = require(domain.ADMIN_SCOPE)
 YuanText = Annotated[str, Field(pattern=r"^-?\d+\.\d{2}$", examples=["800.00"], description="decimal yuan")]
 BIGINT = 2**63 - 1
 RegionQuery = Query(None, description="narrow to this region and below (within the token's scope)")
-
-
-async def _pool(request: Request) -> asyncpg.Pool:
-    return request.app.state.db
-
-
-Db = Annotated[asyncpg.Pool, Depends(_pool)]
 
 
 # -- response models -----------------------------------------------------------------------

@@ -21,7 +21,7 @@ from services.intake import domain, metrics, usecases, wire
 from services.intake.settings import IntakeSettings
 from shared.auth import Principal, require
 from shared.clock import now_cn
-from shared.http import body_limit, write
+from shared.http import body_limit, db_pool, write
 from shared.pagination import Cursor, Limit, Page, decode_cursor, page
 from shared.problems import MEDIA_TYPE, Problem
 
@@ -72,10 +72,6 @@ def source_view(row: asyncpg.Record) -> dict[str, Any]:
     return {k: row[k] for k in SourceOut.model_fields} | {"event_types": list(row["event_types"])}
 
 
-def pool(request: Request) -> asyncpg.Pool:
-    return request.app.state.db
-
-
 # -- sources -----------------------------------------------------------------------------
 @router.post("/sources", status_code=201, response_model=SourceOut, summary="Register an upstream source")
 async def register_source(body: domain.SourceIn, request: Request, actor: Principal = Depends(ADMIN)):
@@ -89,13 +85,13 @@ async def register_source(body: domain.SourceIn, request: Request, actor: Princi
 async def list_sources(
     request: Request, limit: int = Limit, cursor: str | None = Cursor, actor: Principal = Depends(ADMIN)
 ):
-    rows = await usecases.list_sources(pool(request), actor, after=decode_cursor(cursor), limit=limit)
+    rows = await usecases.list_sources(db_pool(request), actor, after=decode_cursor(cursor), limit=limit)
     return page(rows, limit, key=lambda r: r["seq"], view=source_view)
 
 
 @router.get("/sources/{source_id}", response_model=SourceOut, summary="One registered source")
 async def get_source(source_id: uuid.UUID, request: Request, actor: Principal = Depends(ADMIN)):
-    return source_view(await usecases.get_source(pool(request), source_id, actor))
+    return source_view(await usecases.get_source(db_pool(request), source_id, actor))
 
 
 @router.patch("/sources/{source_id}", response_model=SourceOut, summary="Change a source's registration")
@@ -150,7 +146,7 @@ async def emit(request: Request, actor: Principal = Depends(EMIT)):
     kind = wire.mode(request.headers)
     body = await request.body()
     # one connection for the caller's registration and the event's transaction (an acquire less an event)
-    async with pool(request).acquire() as conn:
+    async with db_pool(request).acquire() as conn:
         source = await usecases.caller_source(conn, actor)
         items = parse(request, kind, body, settings)
         accepted = await accept(request, conn, source, items, "http")
@@ -261,4 +257,4 @@ async def event_status(
     source: str = Query(min_length=1, max_length=255, description="the event's CloudEvents source"),
     actor: Principal = Depends(EMIT),
 ):
-    return usecases.answer(await usecases.event_status(pool(request), source, event_id, actor))
+    return usecases.answer(await usecases.event_status(db_pool(request), source, event_id, actor))

@@ -28,7 +28,7 @@ from shared import regions
 from shared.auth import Principal, require
 from shared.clock import today_cn
 from shared.errors import NotFound
-from shared.http import body_limit, problem_response, write
+from shared.http import body_limit, db_pool, problem_response, write
 from shared.pagination import Cursor, Limit, Page, decode_cursor, page, uuid_key
 from shared.problems import Problem
 
@@ -42,10 +42,6 @@ REVEAL, AUDIT = "membership:reveal", "membership:audit"
 
 def vault(request: Request) -> Vault:
     return request.app.state.vault
-
-
-def db(request: Request) -> asyncpg.Pool:
-    return request.app.state.db
 
 
 async def _write(request: Request, principal: Principal, operation: str, payload, fn, headers=None):
@@ -418,7 +414,7 @@ async def list_branches(
     principal: Principal = Depends(require(READ)),
 ) -> dict:
     rows = await usecases.list_branches(
-        db(request),
+        db_pool(request),
         principal,
         region=region,
         industry_section=industry_section,
@@ -439,7 +435,7 @@ async def list_branches(
     summary="One union branch, with its member count",
 )
 async def get_branch(branch_id: uuid.UUID, request: Request, principal: Principal = Depends(require(READ))) -> dict:
-    found = await usecases.get_branch(db(request), branch_id, principal)
+    found = await usecases.get_branch(db_pool(request), branch_id, principal)
     return {**branch_view(found.branch), "member_count": found.member_count, "open_stations": found.open_stations}
 
 
@@ -520,7 +516,7 @@ async def join(body: domain.MemberIn, request: Request, principal: Principal = D
 )
 async def lookup(body: domain.LookupIn, request: Request, principal: Principal = Depends(require(READ))):
     per_minute = request.app.state.settings.lookup_rate_per_minute
-    async with db(request).acquire() as conn, conn.transaction():
+    async with db_pool(request).acquire() as conn, conn.transaction():
         found = await usecases.lookup(conn, body, principal, today_cn(), vault=vault(request), per_minute=per_minute)
     if found.outcome == "rate_limited":
         response = problem_response(
@@ -553,7 +549,7 @@ async def list_lookups(
     principal: Principal = Depends(require(AUDIT)),
 ) -> dict:
     rows = await usecases.list_lookups(
-        db(request), principal, subject=subject, after=decode_cursor(cursor, int), limit=limit + 1
+        db_pool(request), principal, subject=subject, after=decode_cursor(cursor, int), limit=limit + 1
     )
     return page(rows, limit, lambda r: r["seq"], lookup_audit_view)
 
@@ -571,7 +567,7 @@ async def list_members(
     principal: Principal = Depends(require(READ)),
 ) -> dict:
     rows = await usecases.list_members(
-        db(request),
+        db_pool(request),
         principal,
         region=region,
         branch_id=branch_id,
@@ -626,7 +622,7 @@ async def export_members(
     skill_level: int | None = Query(None, ge=1, le=5),
     principal: Principal = Depends(require(READ)),
 ):
-    pool = db(request)
+    pool = db_pool(request)
     form = employment_form.value if employment_form else None
     first = await usecases.list_members(
         pool,
@@ -675,7 +671,7 @@ async def export_members(
     summary="One member (ID number and phone masked)",
 )
 async def get_member(member_id: uuid.UUID, request: Request, principal: Principal = Depends(require(READ))) -> dict:
-    return member_view(await usecases.get_member(db(request), member_id, principal))
+    return member_view(await usecases.get_member(db_pool(request), member_id, principal))
 
 
 @router.get(
@@ -692,7 +688,7 @@ async def member_transfers(
     principal: Principal = Depends(require(READ)),
 ) -> dict:
     rows = await usecases.transfers_of(
-        db(request), member_id, principal, after=decode_cursor(cursor, _time_key), limit=limit + 1
+        db_pool(request), member_id, principal, after=decode_cursor(cursor, _time_key), limit=limit + 1
     )
     return page(rows, limit, lambda t: f"{t['created_at'].isoformat()}|{t['id']}", transfer_view)
 
@@ -759,7 +755,7 @@ async def reveal(
     member_id: uuid.UUID, body: domain.RevealIn, request: Request, principal: Principal = Depends(require(REVEAL))
 ):
     # Not through ``write``: an idempotency record would keep the clear numbers in its stored answer.
-    async with db(request).acquire() as conn, conn.transaction():
+    async with db_pool(request).acquire() as conn, conn.transaction():
         shown = await usecases.reveal(conn, member_id, body, principal, today_cn(), vault=vault(request))
     log.info(
         "member data revealed",
@@ -791,7 +787,7 @@ async def member_reveals(
     principal: Principal = Depends(require(AUDIT)),
 ) -> dict:
     rows = await usecases.reveals_of(
-        db(request), member_id, principal, after=decode_cursor(cursor, _time_key), limit=limit + 1
+        db_pool(request), member_id, principal, after=decode_cursor(cursor, _time_key), limit=limit + 1
     )
     return page(rows, limit, lambda r: f"{r['revealed_at'].isoformat()}|{r['id']}", reveal_audit_view)
 
@@ -870,7 +866,7 @@ async def import_members(
     principal: Principal = Depends(require(WRITE)),
 ):
     fmt, charset = _import_format(request.headers.get("content-type"), format)
-    pool, settings = db(request), request.app.state.settings
+    pool, settings = db_pool(request), request.app.state.settings
     await usecases.import_branch(pool, branch_id, principal)
     prior = await usecases.prior_import(pool, _content_digest(request), principal)
     if prior is not None:  # the same file, already imported without a rejected row: nothing to do
@@ -944,7 +940,7 @@ async def list_imports(
     principal: Principal = Depends(require(READ)),
 ) -> dict:
     rows = await usecases.list_imports(
-        db(request), principal, status=status, after=decode_cursor(cursor, int), limit=limit + 1
+        db_pool(request), principal, status=status, after=decode_cursor(cursor, int), limit=limit + 1
     )
     return page(rows, limit, lambda r: r["seq"], import_view)
 
@@ -964,7 +960,12 @@ async def get_import(
     principal: Principal = Depends(require(READ)),
 ) -> dict:
     rec, rows = await usecases.import_report(
-        db(request), import_id, principal, outcome=outcome, after_row=decode_cursor(cursor, int) or 0, limit=limit + 1
+        db_pool(request),
+        import_id,
+        principal,
+        outcome=outcome,
+        after_row=decode_cursor(cursor, int) or 0,
+        limit=limit + 1,
     )
     return {**import_view(rec), "report": page(rows, limit, lambda r: r["row"], report_row_view)}
 
@@ -1017,7 +1018,7 @@ async def list_stations(
     principal: Principal = Depends(require(READ)),
 ) -> dict:
     rows = await usecases.list_stations(
-        db(request),
+        db_pool(request),
         principal,
         region=region,
         branch_id=branch_id,
@@ -1030,4 +1031,4 @@ async def list_stations(
 
 @router.get("/stations/{station_id}", tags=["stations"], response_model=StationOut, summary="One service station")
 async def get_station(station_id: uuid.UUID, request: Request, principal: Principal = Depends(require(READ))) -> dict:
-    return station_view(await usecases.get_station(db(request), station_id, principal))
+    return station_view(await usecases.get_station(db_pool(request), station_id, principal))

@@ -27,7 +27,7 @@ from services.notifier import domain, inputs, usecases
 from services.notifier.settings import NotifierSettings
 from shared.auth import Principal, require
 from shared.clock import now_cn
-from shared.http import write
+from shared.http import db_pool, write
 from shared.pagination import Cursor, Limit, Page, decode_cursor, page
 
 router = APIRouter(prefix="/v1", tags=["notices"])
@@ -311,7 +311,7 @@ async def list_channels(
         branch_id=branch_id, region_code=region_code, kind=kind, status=status, unit_id=unit_id
     )
     after = decode_cursor(cursor, uuid.UUID)
-    async with request.app.state.db.acquire() as conn:
+    async with db_pool(request).acquire() as conn:
         rows, names = await usecases.list_channels(conn, query, principal, limit=limit, after=after)
     return page(
         rows,
@@ -325,7 +325,7 @@ async def list_channels(
 async def get_channel(
     channel_id: uuid.UUID, request: Request, principal: Principal = Depends(require("notifier:read"))
 ):
-    async with request.app.state.db.acquire() as conn:
+    async with db_pool(request).acquire() as conn:
         return _channel_answer(await usecases.get_channel(conn, channel_id, principal))
 
 
@@ -439,7 +439,7 @@ async def test_channel(
     # The answer waits (bounded) for the worker's attempt: a person testing a channel wants its outcome.
     delivery_id = uuid.UUID(orjson.loads(response.body)["delivery_id"])
     deadline = time.monotonic() + settings.notifier_test_send_wait_s
-    pool = request.app.state.db
+    pool = db_pool(request)
     if request.app.state.relay is not None:
         request.app.state.relay.wake()
     while time.monotonic() < deadline:
@@ -482,7 +482,7 @@ async def unsubscribe(
 ):
     """RFC 8058 one-click unsubscribe: the address leaves the channel's recipients; a channel left
     with none is paused (its owner is told, as for any pause)."""
-    async with request.app.state.db.acquire() as conn, conn.transaction():
+    async with db_pool(request).acquire() as conn, conn.transaction():
         left = await usecases.unsubscribe(conn, channel_id, address, token, settings=settings_of(request))
     return {"channel_id": str(channel_id), "unsubscribed": True, "recipients_left": left}
 
@@ -518,7 +518,7 @@ async def list_deliveries(
 ):
     before = decode_cursor(cursor, _parse_log_key)
     query = usecases.DeliveryQuery(branch_id, channel_id, event_type, status, since, until)
-    async with request.app.state.db.acquire() as conn:
+    async with db_pool(request).acquire() as conn:
         rows, attempts = await usecases.list_deliveries(conn, query, principal, limit=limit, before=before)
     return page(rows, limit, key=_log_key, view=lambda r: delivery_view(r, attempts.get(r["id"], [])))
 
@@ -527,7 +527,7 @@ async def list_deliveries(
 async def get_delivery(
     delivery_id: uuid.UUID, request: Request, principal: Principal = Depends(require("notifier:read"))
 ):
-    async with request.app.state.db.acquire() as conn:
+    async with db_pool(request).acquire() as conn:
         result = await usecases.get_delivery(conn, delivery_id, principal)
     return delivery_view(result.row, result.attempts)
 
@@ -573,7 +573,7 @@ async def resend_range(
     summary="A branch as the notifier knows it (from membership events)",
 )
 async def get_branch(branch_id: uuid.UUID, request: Request, principal: Principal = Depends(require("notifier:read"))):
-    async with request.app.state.db.acquire() as conn:
+    async with db_pool(request).acquire() as conn:
         row = await usecases.get_branch(conn, branch_id, principal)
     return {
         "id": str(row["id"]),

@@ -24,7 +24,7 @@ from shared import regions
 from shared.auth import Principal, require
 from shared.clock import now_cn, today_cn
 from shared.events.reform import PilotKind, PilotMode, TaskStatus, UnitKind
-from shared.http import write
+from shared.http import db_pool, write
 from shared.pagination import Cursor, Limit, Page, decode_cursor, page
 
 router = APIRouter(prefix="/v1")
@@ -259,10 +259,6 @@ def plan_view(r: asyncpg.Record) -> dict[str, Any]:
     }
 
 
-def db(request: Request) -> asyncpg.Pool:
-    return request.app.state.db
-
-
 # -- member units ------------------------------------------------------------------------------
 @router.post(
     "/units",
@@ -284,13 +280,13 @@ async def list_units(
     request: Request, limit: int = Limit, cursor: str | None = Cursor, actor: Principal = Depends(READ)
 ):
     usecases.ensure_office_or_reader(actor)
-    rows = await store.units_page(db(request), decode_cursor(cursor, str), limit)
+    rows = await store.units_page(db_pool(request), decode_cursor(cursor, str), limit)
     return page(rows, limit, key=lambda r: r["name"], view=unit_view)
 
 
 @router.get("/units/{unit_id}", response_model=UnitOut, tags=["units"], summary="One member unit")
 async def get_unit(unit_id: uuid.UUID, request: Request, actor: Principal = Depends(READ)):
-    return unit_view(await usecases.unit(db(request), unit_id, actor))
+    return unit_view(await usecases.unit(db_pool(request), unit_id, actor))
 
 
 @router.put(
@@ -325,7 +321,7 @@ async def list_years(
     request: Request, limit: int = Limit, cursor: str | None = Cursor, actor: Principal = Depends(READ)
 ):
     usecases.ensure_office_or_reader(actor)
-    rows = await store.years(db(request), after=decode_cursor(cursor), limit=limit)
+    rows = await store.years(db_pool(request), after=decode_cursor(cursor), limit=limit)
     return page(rows, limit, key=lambda r: r["year"], view=lambda r: year_view(dict(r)))
 
 
@@ -364,7 +360,7 @@ async def close_year(request: Request, year: int = YearPath, actor: Principal = 
     summary="The advancement meeting's report (推进会): tasks by status and unit, overdue, documents, pilots",
 )
 async def year_report(request: Request, year: int = YearPath, actor: Principal = Depends(READ)):
-    return await usecases.year_report(db(request), year, actor, today_cn())
+    return await usecases.year_report(db_pool(request), year, actor, today_cn())
 
 
 @router.get(
@@ -377,7 +373,7 @@ async def year_report(request: Request, year: int = YearPath, actor: Principal =
 async def year_report_xlsx(request: Request, year: int = YearPath, actor: Principal = Depends(READ)):
     from services.reform.report import workbook
 
-    report = await usecases.year_report(db(request), year, actor, today_cn())
+    report = await usecases.year_report(db_pool(request), year, actor, today_cn())
     data = workbook(report)
     return StreamingResponse(
         io.BytesIO(data),
@@ -416,7 +412,7 @@ async def list_tasks(
 ):
     unit = usecases.visible_unit_filter(actor, unit_id)
     rows = await store.tasks_page(
-        db(request),
+        db_pool(request),
         year=year,
         status=status.value if status else None,
         unit_id=unit,
@@ -429,7 +425,7 @@ async def list_tasks(
 
 @router.get("/tasks/{task_id}", response_model=TaskOut, tags=["tasks"], summary="One task")
 async def get_task(task_id: uuid.UUID, request: Request, actor: Principal = Depends(READ)):
-    return task_view(await usecases.task(db(request), task_id, actor))
+    return task_view(await usecases.task(db_pool(request), task_id, actor))
 
 
 @router.get(
@@ -445,8 +441,8 @@ async def task_history(
     cursor: str | None = Cursor,
     actor: Principal = Depends(READ),
 ):
-    await usecases.task(db(request), task_id, actor)
-    rows = await store.history(db(request), task_id, decode_cursor(cursor, int), limit)
+    await usecases.task(db_pool(request), task_id, actor)
+    rows = await store.history(db_pool(request), task_id, decode_cursor(cursor, int), limit)
     return page(rows, limit, key=lambda r: r["seq"], view=history_view)
 
 
@@ -545,7 +541,7 @@ async def list_documents(
 ):
     unit = usecases.visible_unit_filter(actor, unit_id)
     rows = await store.documents_page(
-        db(request), unit_id=unit, year=year, after=decode_cursor(cursor, int), limit=limit
+        db_pool(request), unit_id=unit, year=year, after=decode_cursor(cursor, int), limit=limit
     )
     return page(rows, limit, key=lambda r: r["seq"], view=document_view)
 
@@ -571,7 +567,7 @@ async def list_pilots(
     actor: Principal = Depends(READ),
 ):
     rows = await store.pilots_page(
-        db(request),
+        db_pool(request),
         year=year,
         kind=kind.value if kind else None,
         codes=actor.scope_codes(region),
@@ -612,5 +608,5 @@ async def list_city_plans(
 ):
     # A city's plan concerns the city and every county in it.
     codes = [c.code for c in regions.CITIES if actor.may_act_on(c.code) or regions.contains(c.code, actor.region)]
-    rows = await store.city_plans(db(request), codes, after=decode_cursor(cursor, str), limit=limit)
+    rows = await store.city_plans(db_pool(request), codes, after=decode_cursor(cursor, str), limit=limit)
     return page(rows, limit, key=lambda r: r["city_code"], view=plan_view)

@@ -1,4 +1,4 @@
-"""What every training route depends on: the scopes, the database pool, and a write's runner."""
+"""What every training route depends on: the scopes and a write's runner (the database pool is shared.http.Db)."""
 
 from __future__ import annotations
 
@@ -18,13 +18,6 @@ WRITE = require("training:write")
 READ = require("training:read")
 Writer = Annotated[Principal, Depends(WRITE)]
 Reader = Annotated[Principal, Depends(READ)]
-
-
-async def _pool(request: Request) -> asyncpg.Pool:
-    return request.app.state.db
-
-
-Db = Annotated[asyncpg.Pool, Depends(_pool)]
 
 
 async def run_write(

@@ -9,7 +9,8 @@ from fastapi import APIRouter, Query
 
 from services.training import usecases
 from services.training.api import views
-from services.training.api.deps import Db, Reader
+from services.training.api.deps import Reader
+from shared.http import Db
 from shared.regions import RegionCode
 
 router = APIRouter()

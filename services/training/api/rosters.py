@@ -34,7 +34,7 @@ from shared.auth import Principal
 from shared.clock import today_cn
 from shared.errors import DomainError, Invalid
 from shared.events import EventData
-from shared.http import body_limit
+from shared.http import body_limit, db_pool
 from shared.problems import Problem
 
 router = APIRouter(tags=["rosters"])
@@ -288,7 +288,7 @@ async def _upload(request: Request, actor: Principal, path_session: uuid.UUID | 
         raise Problem(400, "bad-idempotency-key", "Idempotency-Key must be 1 to 255 characters")
     scope = f"{actor.subject}:rosters.record"
     digest = hashlib.sha256(orjson.dumps({"session": str(path_session), **options}, default=str))
-    pool: asyncpg.Pool = request.app.state.db
+    pool: asyncpg.Pool = db_pool(request)
     first = key and await pool.fetchrow(
         "SELECT request_hash, status, body FROM idempotency_keys WHERE scope = $1 AND key = $2", scope, key
     )
@@ -375,7 +375,7 @@ async def record_session_roster(
     completed_on: date | None = COMPLETED,
 ):
     options = _options(complete, started_on, completed_on)
-    await usecases.get_session(request.app.state.db, session_id, actor)  # unknown or out of scope: 404 up front
+    await usecases.get_session(db_pool(request), session_id, actor)  # unknown or out of scope: 404 up front
     return await _upload(request, actor, session_id, options)
 
 

@@ -8,8 +8,9 @@ from fastapi import APIRouter, Query, Request
 
 from services.training import domain, usecases
 from services.training.api import views
-from services.training.api.deps import Db, Reader, Writer, run_write
+from services.training.api.deps import Reader, Writer, run_write
 from shared.events.training import StudioKind, StudioLevel
+from shared.http import Db
 from shared.pagination import Cursor, Limit, Page, decode_cursor, page
 from shared.regions import RegionCode
 
