@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from services.reform import domain, store, usecases
+from services.reform import domain, usecases
 from shared import regions
 from shared.auth import Principal, require
 from shared.clock import now_cn, today_cn
@@ -279,8 +279,7 @@ async def register_unit(body: domain.UnitIn, request: Request, actor: Principal 
 async def list_units(
     request: Request, limit: int = Limit, cursor: str | None = Cursor, actor: Principal = Depends(READ)
 ):
-    usecases.ensure_office_or_reader(actor)
-    rows = await store.units_page(db_pool(request), decode_cursor(cursor, str), limit)
+    rows = await usecases.units(db_pool(request), actor, decode_cursor(cursor, str), limit)
     return page(rows, limit, key=lambda r: r["name"], view=unit_view)
 
 
@@ -320,8 +319,7 @@ async def open_year(body: domain.YearIn, request: Request, actor: Principal = De
 async def list_years(
     request: Request, limit: int = Limit, cursor: str | None = Cursor, actor: Principal = Depends(READ)
 ):
-    usecases.ensure_office_or_reader(actor)
-    rows = await store.years(db_pool(request), after=decode_cursor(cursor), limit=limit)
+    rows = await usecases.years(db_pool(request), actor, decode_cursor(cursor), limit)
     return page(rows, limit, key=lambda r: r["year"], view=lambda r: year_view(dict(r)))
 
 
@@ -410,12 +408,12 @@ async def list_tasks(
     cursor: str | None = Cursor,
     actor: Principal = Depends(READ),
 ):
-    unit = usecases.visible_unit_filter(actor, unit_id)
-    rows = await store.tasks_page(
+    rows = await usecases.tasks(
         db_pool(request),
+        actor,
         year=year,
-        status=status.value if status else None,
-        unit_id=unit,
+        status=status,
+        unit_id=unit_id,
         overdue_on=today_cn() if overdue else None,
         after=decode_cursor(cursor, int),
         limit=limit,
@@ -441,8 +439,7 @@ async def task_history(
     cursor: str | None = Cursor,
     actor: Principal = Depends(READ),
 ):
-    await usecases.task(db_pool(request), task_id, actor)
-    rows = await store.history(db_pool(request), task_id, decode_cursor(cursor, int), limit)
+    rows = await usecases.task_history(db_pool(request), task_id, actor, decode_cursor(cursor, int), limit)
     return page(rows, limit, key=lambda r: r["seq"], view=history_view)
 
 
@@ -539,9 +536,8 @@ async def list_documents(
     cursor: str | None = Cursor,
     actor: Principal = Depends(READ),
 ):
-    unit = usecases.visible_unit_filter(actor, unit_id)
-    rows = await store.documents_page(
-        db_pool(request), unit_id=unit, year=year, after=decode_cursor(cursor, int), limit=limit
+    rows = await usecases.documents(
+        db_pool(request), actor, unit_id=unit_id, year=year, after=decode_cursor(cursor, int), limit=limit
     )
     return page(rows, limit, key=lambda r: r["seq"], view=document_view)
 
@@ -566,11 +562,12 @@ async def list_pilots(
     cursor: str | None = Cursor,
     actor: Principal = Depends(READ),
 ):
-    rows = await store.pilots_page(
+    rows = await usecases.pilots(
         db_pool(request),
+        actor,
         year=year,
-        kind=kind.value if kind else None,
-        codes=actor.scope_codes(region),
+        kind=kind,
+        region=region,
         after=decode_cursor(cursor, int),
         limit=limit,
     )
@@ -606,7 +603,5 @@ async def record_city_plan(
 async def list_city_plans(
     request: Request, limit: int = Limit, cursor: str | None = Cursor, actor: Principal = Depends(READ)
 ):
-    # A city's plan concerns the city and every county in it.
-    codes = [c.code for c in regions.CITIES if actor.may_act_on(c.code) or regions.contains(c.code, actor.region)]
-    rows = await store.city_plans(db_pool(request), codes, after=decode_cursor(cursor, str), limit=limit)
+    rows = await usecases.city_plans(db_pool(request), actor, decode_cursor(cursor, str), limit)
     return page(rows, limit, key=lambda r: r["city_code"], view=plan_view)

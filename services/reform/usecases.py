@@ -30,6 +30,7 @@ from shared.events.reform import (
     DocumentIssued,
     OverdueTask,
     PilotDesignated,
+    PilotKind,
     SupervisionDigest,
     TaskAssigned,
     TaskCompleted,
@@ -609,3 +610,79 @@ def ensure_office_or_reader(actor: Principal) -> None:
     """The meeting's report is the region's: a region-level token (the office or the group's members)."""
     if actor.region != ROOT:
         raise OutOfScope("the year's report is the region's: a region-level token reads it")
+
+
+# -- lists: each cut to what the caller may see, as the single reads are ------------------------
+# Each returns up to ``limit + 1`` rows after the cursor (the route's ``page`` tells whether there is more).
+async def units(conn, actor: Principal, after: str | None, limit: int) -> list[asyncpg.Record]:
+    ensure_office_or_reader(actor)
+    return await store.units_page(conn, after, limit)
+
+
+async def years(conn, actor: Principal, after: int | None, limit: int) -> list[asyncpg.Record]:
+    ensure_office_or_reader(actor)
+    return await store.years(conn, after=after, limit=limit)
+
+
+async def tasks(
+    conn,
+    actor: Principal,
+    *,
+    year: int | None,
+    status: TaskStatus | None,
+    unit_id: uuid.UUID | None,
+    overdue_on: date | None,
+    after: int | None,
+    limit: int,
+) -> list[asyncpg.Record]:
+    """The task ledger; ``overdue_on``: only the tasks not completed by their deadline before that day."""
+    return await store.tasks_page(
+        conn,
+        year=year,
+        status=status.value if status else None,
+        unit_id=visible_unit_filter(actor, unit_id),
+        overdue_on=overdue_on,
+        after=after,
+        limit=limit,
+    )
+
+
+async def task_history(
+    conn, task_id: uuid.UUID, actor: Principal, after: int | None, limit: int
+) -> list[asyncpg.Record]:
+    await task(conn, task_id, actor)  # unknown or not the caller's: 404
+    return await store.history(conn, task_id, after, limit)
+
+
+async def documents(
+    conn, actor: Principal, *, unit_id: uuid.UUID | None, year: int | None, after: int | None, limit: int
+) -> list[asyncpg.Record]:
+    return await store.documents_page(
+        conn, unit_id=visible_unit_filter(actor, unit_id), year=year, after=after, limit=limit
+    )
+
+
+async def pilots(
+    conn,
+    actor: Principal,
+    *,
+    year: int | None,
+    kind: PilotKind | None,
+    region: str | None,
+    after: int | None,
+    limit: int,
+) -> list[asyncpg.Record]:
+    return await store.pilots_page(
+        conn,
+        year=year,
+        kind=kind.value if kind else None,
+        codes=actor.scope_codes(region),
+        after=after,
+        limit=limit,
+    )
+
+
+async def city_plans(conn, actor: Principal, after: str | None, limit: int) -> list[asyncpg.Record]:
+    # A city's plan concerns the city and every county in it.
+    codes = [c.code for c in regions.CITIES if actor.may_act_on(c.code) or regions.contains(c.code, actor.region)]
+    return await store.city_plans(conn, codes, after=after, limit=limit)
