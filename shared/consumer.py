@@ -56,7 +56,49 @@ def drop_lag(consumer: str) -> None:
     report_lag(consumer, (), {})
 
 
-class EventConsumer:
+class KafkaLoop:
+    """A consumer group's member as a background task: ``start`` runs ``_run`` (which makes ``self.consumer``
+    and ``self.producer``); when it fails, its clients are closed and it runs again after ``retry_backoff``
+    seconds, until ``stop``."""
+
+    def __init__(self, name: str, retry_backoff: float = 1.0):
+        self.name = name
+        self.retry_backoff = retry_backoff
+        self._task: asyncio.Task | None = None
+        self.consumer: AIOKafkaConsumer | None = None  # made by each run, None between runs
+        self.producer: AIOKafkaProducer | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run_forever(), name=f"consumer-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._close()
+
+    async def _close(self) -> None:
+        for client in (self.consumer, self.producer):
+            if client is not None:
+                await client.stop()
+        self.consumer = self.producer = None
+
+    async def _run_forever(self) -> None:
+        while True:
+            try:
+                await self._run()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("consumer stopped; restarting", extra={"consumer": self.name})
+                await self._close()
+                await asyncio.sleep(self.retry_backoff)
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+
+class EventConsumer(KafkaLoop):
     def __init__(
         self,
         bootstrap: str,
@@ -70,43 +112,17 @@ class EventConsumer:
     ):
         if (handler is None) == (batch_handler is None):
             raise ValueError("give exactly one of handler and batch_handler")
+        super().__init__(group_id, retry_backoff)
         self.bootstrap = bootstrap
         self.group_id = group_id
         self.topics = topics
         self.handler = handler
         self.batch_handler = batch_handler
         self.event_types = event_types
-        self.retry_backoff = retry_backoff
-        self._task: asyncio.Task | None = None
-        self.consumer: AIOKafkaConsumer | None = None  # made by each run, None between runs
-        self.producer: AIOKafkaProducer | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run_forever(), name=f"consumer-{self.group_id}")
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        drop_lag(self.group_id)
-        for client in (self.consumer, self.producer):
-            if client is not None:
-                await client.stop()
-
-    async def _run_forever(self) -> None:
-        while True:
-            try:
-                await self._run()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("consumer stopped; restarting", extra={"consumer": self.group_id})
-                drop_lag(self.group_id)
-                for client in (self.consumer, self.producer):
-                    if client is not None:
-                        await client.stop()
-                self.consumer = self.producer = None
-                await asyncio.sleep(self.retry_backoff)
+    async def _close(self) -> None:
+        drop_lag(self.group_id)  # stopped or restarting: it holds no partition now
+        await super()._close()
 
     async def _run(self) -> None:
         self.producer = producer = make_producer(self.bootstrap)
@@ -197,4 +213,4 @@ async def wait_assigned(consumer: EventConsumer, timeout: float = 30.0) -> None:
     raise TimeoutError(f"consumer {consumer.group_id} got no partitions")
 
 
-__all__ = ["BatchHandler", "EventConsumer", "Handler", "TopicPartition", "wait_assigned"]
+__all__ = ["BatchHandler", "EventConsumer", "Handler", "KafkaLoop", "TopicPartition", "wait_assigned"]

@@ -12,18 +12,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import timedelta
 
 import asyncpg
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from services.intake import domain, metrics, store, usecases, wire
 from services.intake.settings import IntakeSettings
 from shared.clock import now_cn
-from shared.consumer import EventConsumer
+from shared.consumer import EventConsumer, KafkaLoop
 from shared.errors import DomainError
 from shared.events import CloudEvent, EventData
 from shared.events.intake import CommandApplied, CommandKeys, CommandRejected
@@ -57,41 +56,13 @@ def outcome_consumer(pool: asyncpg.Pool, bootstrap: str, group_id: str) -> Event
     )
 
 
-class KafkaIntake:
-    """The consumer group of the Kafka intake topics."""
+class KafkaIntake(KafkaLoop):
+    """The consumer group of the Kafka intake topics (started, stopped and restarted by ``KafkaLoop``)."""
 
     def __init__(self, pool: asyncpg.Pool, settings: IntakeSettings, keys: CommandKeys):
+        super().__init__(settings.intake_kafka_group_id)
         self.pool, self.settings, self.keys = pool, settings, keys
         self.topics = [t.strip() for t in settings.intake_kafka_topics.split(",") if t.strip()]
-        self._task: asyncio.Task | None = None
-        self.consumer: AIOKafkaConsumer | None = None
-        self.producer: AIOKafkaProducer | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run_forever(), name="intake-kafka")
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        await self._close()
-
-    async def _close(self) -> None:
-        for client in (self.consumer, self.producer):
-            if client is not None:
-                await client.stop()
-        self.consumer = self.producer = None
-
-    async def _run_forever(self) -> None:
-        while True:
-            try:
-                await self._run()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("kafka intake stopped; restarting")
-                await self._close()
-                await asyncio.sleep(1.0)
 
     async def _run(self) -> None:
         self.producer = producer = make_producer(self.settings.kafka_bootstrap)
