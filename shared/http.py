@@ -367,9 +367,7 @@ async def write(
     With a key, the transaction costs two round trips of its own, not four: ``BEGIN`` travels
     with the key's insert and ``COMMIT`` with the key's answer (``_keyed``).
     """
-    key = request.headers.get("idempotency-key")
-    if key is not None and not (1 <= len(key) <= 255):
-        raise Problem(400, "bad-idempotency-key", "Idempotency-Key must be 1 to 255 characters")
+    key = idempotency_key(request)
     pool = db_pool(request)
     scope = f"{principal.subject}:{operation}"
     digest = _request_hash(payload)
@@ -385,7 +383,7 @@ async def write(
                     if key is not None:
                         await conn.execute(_ANSWER, scope, key, status, answer.decode())
     if replay is not None:
-        return _replayed(replay, digest, headers)
+        return replayed(replay, digest, headers)
     return RenderedJSON(answer, status_code=status, headers=headers)
 
 
@@ -411,7 +409,17 @@ async def _claim_key(conn: asyncpg.Connection, scope: str, key: str, digest: byt
     return await conn.fetchrow(_FIRST_ANSWER, scope, key)
 
 
-def _replayed(row: asyncpg.Record, digest: bytes, headers: dict[str, str] | None) -> JSONResponse:
+def idempotency_key(request: Request) -> str | None:
+    """The request's ``Idempotency-Key``, or None without one; 400 when it is not 1 to 255 characters."""
+    key = request.headers.get("idempotency-key")
+    if key is not None and not (1 <= len(key) <= 255):
+        raise Problem(400, "bad-idempotency-key", "Idempotency-Key must be 1 to 255 characters")
+    return key
+
+
+def replayed(row: asyncpg.Record, digest: bytes, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The first answer given under a key (``row``: its request_hash, status, body), for a repeat of the same
+    request (``digest``); 422 when the key was first used with a different request."""
     if row["request_hash"] != digest:
         raise Problem(
             422,

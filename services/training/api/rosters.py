@@ -34,7 +34,7 @@ from shared.auth import Principal
 from shared.clock import today_cn
 from shared.errors import DomainError, Invalid
 from shared.events import EventData
-from shared.http import body_limit, db_pool
+from shared.http import body_limit, db_pool, idempotency_key, replayed
 from shared.problems import Problem
 
 router = APIRouter(tags=["rosters"])
@@ -283,9 +283,7 @@ def _of_batch(event: EventData, batch_id: uuid.UUID) -> EventData:
 
 async def _upload(request: Request, actor: Principal, path_session: uuid.UUID | None, options: dict[str, Any]):
     fmt = _format(request)
-    key = request.headers.get("idempotency-key")
-    if key is not None and not (1 <= len(key) <= 255):
-        raise Problem(400, "bad-idempotency-key", "Idempotency-Key must be 1 to 255 characters")
+    key = idempotency_key(request)
     scope = f"{actor.subject}:rosters.record"
     digest = hashlib.sha256(orjson.dumps({"session": str(path_session), **options}, default=str))
     pool: asyncpg.Pool = db_pool(request)
@@ -295,16 +293,7 @@ async def _upload(request: Request, actor: Principal, path_session: uuid.UUID | 
     if first:  # a repeat: read the body only to check it is the same, and answer the first report
         async for _ in _lines(request.stream(), digest):
             pass
-        if first["request_hash"] != digest.digest():
-            raise Problem(
-                422,
-                "idempotency-key-reused",
-                "Idempotency-Key was used with a different request",
-                "send a new key for a new request",
-            )
-        return JSONResponse(
-            orjson.loads(first["body"]), status_code=first["status"], headers={"Idempotent-Replayed": "true"}
-        )
+        return replayed(first, digest.digest())
     upload = _Upload(pool, actor, fmt, path_session, options)
     try:
         async for line, text in _lines(request.stream(), digest):
