@@ -171,3 +171,12 @@ def validate_credit_code(value: str) -> str:
     if uscc_check_char(code[:17]) != code[17]:
         raise InvalidIdentifier("check character does not match (GB 32100)")
     return code
+
+
+def credit_code_field(value: str) -> str:
+    """``validate_credit_code`` as a pydantic field validator: a refusal is re-raised as a plain ValueError
+    with its reason (pydantic reports it as the field's 422 error), without the identifier's traceback."""
+    try:
+        return validate_credit_code(value)
+    except InvalidIdentifier as exc:
+        raise ValueError(str(exc)) from None

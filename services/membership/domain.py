@@ -35,7 +35,7 @@ from shared.events.membership import (
     StationOpened,
     StationTransferred,
 )
-from shared.identifiers import validate_credit_code
+from shared.identifiers import credit_code_field
 
 MIN_MEMBER_AGE = 16  # the minimum working age (Labour Law art. 15): younger people cannot be members
 SKILL_LEVELS = {1: "高级技师", 2: "技师", 3: "高级工", 4: "中级工", 5: "初级工"}
@@ -77,13 +77,7 @@ class BranchIn(BaseModel):
     parent_id: uuid.UUID | None = None
     founded_on: date
 
-    @field_validator("credit_code")
-    @classmethod
-    def _credit_code(cls, v: str) -> str:
-        try:
-            return validate_credit_code(v)
-        except InvalidIdentifier as exc:
-            raise ValueError(str(exc)) from None
+    _credit_code = field_validator("credit_code")(credit_code_field)
 
     _name = field_validator("name")(_text)
     _region = field_validator("region_code")(_region)

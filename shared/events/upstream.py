@@ -22,7 +22,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.events.membership import EmploymentForm
-from shared.identifiers import InvalidIdentifier, normalise_phone, parse_resident_id, validate_credit_code
+from shared.identifiers import InvalidIdentifier, credit_code_field, normalise_phone, parse_resident_id
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas" / "upstream"
 SCHEMA_BASE = "https://changai.example/schemas/upstream/"
@@ -69,13 +69,7 @@ class EmployeeHired(UpstreamData):
         except InvalidIdentifier as exc:
             raise ValueError(str(exc)) from None
 
-    @field_validator("employer_credit_code")
-    @classmethod
-    def _credit_code(cls, v: str) -> str:
-        try:
-            return validate_credit_code(v)
-        except InvalidIdentifier as exc:
-            raise ValueError(str(exc)) from None
+    _credit_code = field_validator("employer_credit_code")(credit_code_field)
 
 
 class EmployeeLeft(UpstreamData):
