@@ -40,6 +40,7 @@ class Platform:
         self.stack, self.dsn, self.notifier_dsn = stack, dsn, notifier_dsn
         self.membership, self.receiver, self.projection = membership, receiver, projection
         self.http = httpx.AsyncClient(timeout=10)
+        self.notifier_group = NOTIFIER_GROUP.format(app_id="notifier")
 
     async def establish(self, **over) -> httpx.Response:
         return await self.http.post(f"{self.membership}/v1/branches", json=branch_body(**over), headers=TOKEN)
@@ -81,6 +82,25 @@ class Platform:
             await conn.close()
 
 
+NOTIFIER_GROUP = "changai-{app_id}"  # Faust's group is its app's id: shared.streams.create_stream_app
+
+
+async def start_group_at_the_end(bootstrap: str, group_id: str) -> None:
+    """Commit the current end offset of every topic's partitions for ``group_id``."""
+    consumer = AIOKafkaConsumer(**connection(bootstrap), group_id=group_id, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        cluster = await consumer._client.fetch_all_metadata()  # as services/training/consumers.py, pinned
+        tps = [TopicPartition(t, p) for t in cluster.topics() if not t.startswith("__")
+               for p in cluster.partitions_for_topic(t) or ()]
+        assert tps, "no topics in the suite's Kafka"
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        await consumer.commit({tp: end for tp, end in ends.items()})
+    finally:
+        await consumer.stop()
+
+
 @pytest.fixture(scope="module")
 async def platform(stack, make_database):
     dsn = await make_database("membership")
@@ -91,17 +111,25 @@ async def platform(stack, make_database):
     receiver_env = stack.service_env("receiver", http_port=receiver_port, **base)
     await stack.start_service("receiver", ["deploy/local/receiver.py", "--port", str(receiver_port)], receiver_env)
     m_env = stack.service_env("membership", database_url=dsn, CHANGAI_OUTBOX_POLL_INTERVAL_S="0.5", **base)
-    n_env = stack.service_env("notifier-worker", database_url=notifier_dsn, **base)
+    # The suite's Kafka holds earlier modules' events (thousands from the intake fault test), and this worker's
+    # seeded channel hears everything under the region: its group of its own starts where every topic ends now
+    # (committed before it starts, so no reset policy races a rebalance after the Kafka outage below), and
+    # it is ready (/readyz: partitions assigned) before the first write.
+    app_id = f"notifier-platform-{uuid.uuid4().hex[:8]}"
+    await start_group_at_the_end(stack.bootstrap, NOTIFIER_GROUP.format(app_id=app_id))
+    n_env = stack.service_env("notifier-worker", database_url=notifier_dsn, CHANGAI_NOTIFIER_APP_ID=app_id, **base)
     p_env = stack.service_env("projection", **base)
     await asyncio.gather(
         stack.start_service("membership", ["-m", "services.membership", "api"], m_env),
-        stack.start_service("notifier-worker", ["-m", "services.notifier", "worker"], n_env, timeout=90),
+        stack.start_service("notifier-worker", ["-m", "services.notifier", "worker"], n_env, health_path="/readyz",
+                            timeout=90),
         stack.start_service("projection", ["-m", "services.projection", "worker"], p_env, timeout=90),
     )
     projection_addr = f"127.0.0.1:{p_env['CHANGAI_HTTP_PORT']}"
     stack.prometheus.set_targets({"projection": [projection_addr]})
     p = Platform(stack, dsn, f"http://127.0.0.1:{m_env['CHANGAI_HTTP_PORT']}", receiver_url,
                  f"http://{projection_addr}", notifier_dsn)
+    p.notifier_group = NOTIFIER_GROUP.format(app_id=app_id)
     yield p
     await p.http.aclose()
 
@@ -197,7 +225,7 @@ async def test_kafka_down_write_accepted_and_delivered_once_after_restart(platfo
     partition = DefaultPartitioner()(branch_id.encode(), list(range(6)), list(range(6)))
     tp = TopicPartition("membership.events", partition)
     async with asyncio.timeout(120):
-        while await committed(bootstrap, "changai-notifier", tp) < ends[tp]:
+        while await committed(bootstrap, platform.notifier_group, tp) < ends[tp]:
             await asyncio.sleep(0.3)
     # ... and every delivery it logged for the branch has ended: one per channel, one notice received.
     conn = await asyncpg.connect(platform.notifier_dsn)

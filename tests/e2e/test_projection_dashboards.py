@@ -182,15 +182,21 @@ async def _scenario_and_checks(stack, prom, m_env, i_env, rng) -> None:
     await prom.wait_for(f'changai_dlq_records_total{{job="{JOB}",topic="notifier.events"}}', timeout=60)
     await prom.wait_for(f'changai_outbox_published_total{{job="{MEMBERSHIP_JOB}"}} > 0', timeout=60)
     await prom.wait_for(f'changai_intake_applied_total{{job="{INTAKE_JOB}"}} > 0', timeout=90)
-    await asyncio.sleep(3)  # a few more scrapes, so rate() over 1m has two points everywhere
 
-    # -- every panel of both dashboards has data
-    empty = []
-    for name, build in dashboards.DASHBOARDS.items():
-        for title, expr in dashboards.queries(build()):
-            if dashboards.kubernetes_only(expr):
-                continue  # Strimzi's exporters, absent here: tests/deploy/test_deploy_platform.py checks their names
-            if not await prom.query(expand(expr)):
-                empty.append(f"{name}: {title}: {expr}")
+    # -- every panel of both dashboards has data (polled: rate() over 1m needs two scrapes of every series,
+    # which a few more scrape intervals give; 60 s bounds it)
+    async def panels_without_data() -> list[str]:
+        empty = []
+        for name, build in dashboards.DASHBOARDS.items():
+            for title, expr in dashboards.queries(build()):
+                if dashboards.kubernetes_only(expr):
+                    continue  # Strimzi's exporters, absent here: tests/deploy/test_deploy_platform.py checks their names
+                if not await prom.query(expand(expr)):
+                    empty.append(f"{name}: {title}: {expr}")
+        return empty
+
+    deadline = time.monotonic() + 60
+    while (empty := await panels_without_data()) and time.monotonic() < deadline:
+        await asyncio.sleep(1)
     assert not empty, "panels without data:\n" + "\n".join(empty)
     assert re.match(r"^\d", (await prom.query(f'sum(changai_funds_amount_yuan{{job="{JOB}"}})'))[0]["value"][1])
