@@ -90,7 +90,7 @@ async def start_group_at_the_end(bootstrap: str, group_id: str) -> None:
     consumer = AIOKafkaConsumer(**connection(bootstrap), group_id=group_id, enable_auto_commit=False)
     await consumer.start()
     try:
-        cluster = await consumer._client.fetch_all_metadata()  # as services/training/consumers.py, pinned
+        cluster = await consumer._client.fetch_all_metadata()  # noqa: SLF001 - as training/consumers.py, pinned
         tps = [TopicPartition(t, p) for t in cluster.topics() if not t.startswith("__")
                for p in cluster.partitions_for_topic(t) or ()]
         assert tps, "no topics in the suite's Kafka"
