@@ -67,10 +67,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration" / "pr
 from e2e_services import until
 from notifier_harness import start_at_end
 from test_platform import TOKEN as MEMBERSHIP
-from test_platform import branch_body, end_offsets
+from test_platform import branch_body
 from test_projection_dedupe import metrics, total
 
-from tests.integration.kafka_records import read_to_end_of
+from tests.integration.kafka_records import end_offsets, read_to_end_of
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]  # the whole table in one test: 6–12 min here, bounded
 

@@ -14,6 +14,7 @@ from shared.auth import mint_token
 from shared.identifiers import uscc_check_char
 from shared.kafka import connection
 from shared.settings import Settings
+from tests.integration.kafka_records import end_offsets
 
 pytestmark = pytest.mark.e2e
 
@@ -156,16 +157,6 @@ async def test_branch_reaches_webhook_and_prometheus(platform):
 
     got = await platform.http.get(f"{platform.membership}/v1/branches/{branch['id']}", headers=TOKEN)
     assert got.status_code == 200 and got.json()["name"] == branch["name"]
-
-
-async def end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(**connection(bootstrap), group_id=None, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(6)]
-        return await consumer.end_offsets(tps)
-    finally:
-        await consumer.stop()
 
 
 async def committed(bootstrap: str, group: str, tp: TopicPartition) -> int:

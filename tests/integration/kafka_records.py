@@ -1,7 +1,7 @@
 """Reading what reached a topic, for the integration tests."""
 import asyncio
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 
 async def read_records(bootstrap: str, topic: str, want, timeout: float = 30.0) -> list:
@@ -20,14 +20,29 @@ async def read_records(bootstrap: str, topic: str, want, timeout: float = 30.0) 
     return records
 
 
-async def read_to_end_of(bootstrap: str, topic: str, timeout: float = 60.0) -> list:
-    """Every record of ``topic`` up to the end offsets seen now (not until an expected count: a record
-    published twice is in the answer). The topic's partitions are those ``shared.topics`` declares."""
-    from aiokafka import TopicPartition
-
-    from shared.kafka import read_to_end
+def partitions_of(topic: str) -> list[TopicPartition]:
+    """The partitions ``shared.topics`` declares for ``topic``."""
     from shared.topics import TOPICS
 
     (declared,) = [t for t in TOPICS if t.name == topic]
-    return [r async for r in read_to_end(bootstrap, [TopicPartition(topic, p) for p in range(declared.partitions)],
-                                         timeout=timeout)]
+    return [TopicPartition(topic, p) for p in range(declared.partitions)]
+
+
+async def end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
+    """Each declared partition's end offset now."""
+    from shared.kafka import connection
+
+    consumer = AIOKafkaConsumer(**connection(bootstrap), group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return await consumer.end_offsets(partitions_of(topic))
+    finally:
+        await consumer.stop()
+
+
+async def read_to_end_of(bootstrap: str, topic: str, timeout: float = 60.0) -> list:
+    """Every record of ``topic`` up to the end offsets seen now (not until an expected count: a record
+    published twice is in the answer). The topic's partitions are those ``shared.topics`` declares."""
+    from shared.kafka import read_to_end
+
+    return [r async for r in read_to_end(bootstrap, partitions_of(topic), timeout=timeout)]
