@@ -8,6 +8,9 @@
 * ``subsidies``: the claims the subsidy saga made for training sessions completed so far
   (rejected ones retried once the organiser is a registered payee); then the per-fund report
   and the ledger check.
+
+Every write's Idempotency-Key comes from what it is (``demo_replay.key``): a re-run replays the first
+answers, so the second run opens no second fund and pays nothing twice.
 """
 from __future__ import annotations
 
@@ -15,8 +18,9 @@ import asyncio
 import os
 import sys
 import time
-import uuid
 from typing import Any
+
+from demo_replay import key
 
 FUNDING_URL = os.environ.get("CHANGAI_DEMO_FUNDING_URL", "http://127.0.0.1:8003")
 FUNDED_YEAR = 2021
@@ -53,9 +57,9 @@ def _yuan(fen: int) -> str:
     return f"{fen // 100}.{fen % 100:02d}"
 
 
-async def _post(demo, headers, path: str, body: dict | None = None, method: str = "POST") -> dict:
+async def _post(demo, headers, path: str, body: dict | None = None, method: str = "POST", *, idem: str) -> dict:
     response = await demo.client.request(method, f"{_url(demo)}{path}", json=body,
-                                         headers={**headers, "Idempotency-Key": str(uuid.uuid4())})
+                                         headers={**headers, "Idempotency-Key": idem})
     if response.status_code >= 300:
         demo.failures += 1
         demo.row("funding", f"{method} {path}"[:46], f"{response.status_code} {response.text[:100]}")
@@ -82,7 +86,8 @@ async def step_funding(demo) -> None:
     funds = {}
     for name, kind, amount in FUNDS:
         fund = await _post(demo, headers, "/v1/funds", {"name": name, "source_kind": kind, "fiscal_year": FUNDED_YEAR,
-                                                        "amount": amount, "opened_on": "2021-01-15"})
+                                                        "amount": amount, "opened_on": "2021-01-15"},
+                           idem=key("fund", name))
         funds[kind] = fund
         demo.row("funding", f"fund {name}"[:46], f"opened {fund['total']} yuan")
     STATE["funds"] = funds
@@ -96,8 +101,9 @@ async def step_funding(demo) -> None:
             grant = await _post(demo, headers, "/v1/grants", {
                 "fund_id": funds[kind]["id"], "beneficiary_kind": "project", "beneficiary_id": f"cjrh-2021-{n + 1:02d}",
                 "beneficiary_name": f"产教融合项目{n + 1:02d}（{industry}）", "purpose": "产教融合项目建设 2021",
-                "amount": _yuan(share)})
-            await _post(demo, headers, f"/v1/grants/{grant['id']}/disbursements", {"amount": _yuan(share // 2)})
+                "amount": _yuan(share)}, idem=key("grant", kind, n))
+            await _post(demo, headers, f"/v1/grants/{grant['id']}/disbursements", {"amount": _yuan(share // 2)},
+                        idem=key("disbursement", grant["id"], 1))
         projects += 1
     demo.row("funding", "12 产教融合 projects × (central + regional)", f"{projects} funded, first half paid")
 
@@ -106,17 +112,19 @@ async def step_funding(demo) -> None:
         grant = await _post(demo, headers, "/v1/grants", {
             "fund_id": funds["union_funds"]["id"], "beneficiary_kind": "studio", "beneficiary_id": f"studio-2021-{n + 1:02d}",
             "beneficiary_name": f"劳模和工匠人才创新工作室{n + 1:02d}", "purpose": "新认定创新工作室资助",
-            "amount": "100000.00"})
-        await _post(demo, headers, f"/v1/grants/{grant['id']}/disbursements", {"amount": "100000.00"})
+            "amount": "100000.00"}, idem=key("grant", "studio", n))
+        await _post(demo, headers, f"/v1/grants/{grant['id']}/disbursements", {"amount": "100000.00"},
+                    idem=key("disbursement", grant["id"], 1))
         grant = await _post(demo, headers, "/v1/grants", {
             "fund_id": funds["special_fund"]["id"], "beneficiary_kind": "training_base",
             "beneficiary_id": f"base-2021-{n + 1:02d}", "beneficiary_name": f"高技能人才培训基地{n + 1:02d}",
-            "purpose": "高技能人才培训基地建设", "amount": "990000.00"})
-        await _post(demo, headers, f"/v1/grants/{grant['id']}/disbursements", {"amount": "495000.00"})
+            "purpose": "高技能人才培训基地建设", "amount": "990000.00"}, idem=key("grant", "training_base", n))
+        await _post(demo, headers, f"/v1/grants/{grant['id']}/disbursements", {"amount": "495000.00"},
+                    idem=key("disbursement", grant["id"], 1))
     demo.row("funding", "10 studios × 100,000 / 10 bases × 990,000", "granted; studios paid, bases half paid")
 
-    # An overdraft is refused by the ledger, with the balance.
-    response = await demo.client.post(f"{_url(demo)}/v1/grants", headers={**headers, "Idempotency-Key": str(uuid.uuid4())},
+    # An overdraft is refused by the ledger, with the balance (a refused write keeps no key: refused every run).
+    response = await demo.client.post(f"{_url(demo)}/v1/grants", headers={**headers, "Idempotency-Key": key("overdraft")},
                                       json={"fund_id": funds["union_funds"]["id"], "beneficiary_kind": "studio",
                                             "beneficiary_id": "studio-2021-11", "beneficiary_name": "第11个工作室",
                                             "purpose": "新认定创新工作室资助", "amount": "600000.00"})
@@ -131,11 +139,12 @@ async def step_funding(demo) -> None:
     demo.row("funding", "pre-job subsidy standard (岗前培训)",
              " → ".join(f"{r['rate']} from {r['effective_from']}" for r in rules))
     await _post(demo, headers, "/v1/subsidy-routes/pre_job", {"fund_id": funds["skills_account"]["id"], "year": None},
-                method="PUT")
+                method="PUT", idem=key("route", "pre_job"))
     demo.row("funding", "pre-job subsidies paid from", "职业技能提升行动专账 2021")
     for branch in demo.branches:  # training organisers must be registered payees to be paid
         await _post(demo, headers, f"/v1/beneficiaries/branch/{branch['id']}",
-                    {"name": branch["name"], "region_code": branch.get("region_code")}, method="PUT")
+                    {"name": branch["name"], "region_code": branch.get("region_code")}, method="PUT",
+                    idem=key("payee", branch["id"]))
     if demo.branches:
         demo.row("funding", f"{len(demo.branches)} demo branch(es)", "registered as payees (training organisers)")
     demo.row("funding", "set-up", f"done in {time.monotonic() - started:.1f} s")
@@ -158,7 +167,7 @@ async def step_subsidies(demo) -> None:
     for claim in claims:
         if claim["status"] == "rejected" and claim["reason"] in ("organiser_unknown", "no_fund", "fund_exhausted"):
             retried = await demo.client.post(f"{base}/v1/subsidy-claims/{claim['id']}/retry",
-                                             headers={**headers, "Idempotency-Key": str(uuid.uuid4())})
+                                             headers={**headers, "Idempotency-Key": key("retry", claim["id"])})
             if retried.status_code == 200:
                 demo.row("subsidies", f"claim {claim['id'][:8]} was {claim['reason']}", f"retried: {retried.json()['status']}")
                 claim = retried.json()
@@ -168,6 +177,29 @@ async def step_subsidies(demo) -> None:
                  outcome)
     if not claims:
         demo.row("subsidies", "claims", "none yet (sessions complete through the training service)")
+    scale = getattr(demo.config, "scale", None)
+    if scale is not None and scale.sessions:  # full scale: until the saga has a claim for every session
+        began, deadline = time.monotonic(), time.monotonic() + 600
+        wanted = scale.sessions + len(demo.branches)
+        while True:
+            made = paid = 0
+            cursor = None
+            while True:
+                params = {"limit": 200, **({"cursor": cursor} if cursor else {})}
+                listed = (await demo.client.get(f"{base}/v1/subsidy-claims", params=params, headers=headers)).json()
+                made += len(listed["items"])
+                paid += sum(1 for c in listed["items"] if c["status"] == "paid")
+                cursor = listed["next_cursor"]
+                if not cursor:
+                    break
+            if made >= wanted or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(2)
+        if made < wanted:
+            demo.failures += 1
+        demo.row("subsidies", f"claims for {wanted:,} completed sessions",
+                 f"{made:,} made by the saga ({paid:,} paid, the pre-job ones) {time.monotonic() - began:.1f} s "
+                 "after the rosters")
 
     report = (await demo.client.get(f"{base}/v1/reports/funds", params={"fiscal_year": FUNDED_YEAR},
                                     headers=headers)).json()

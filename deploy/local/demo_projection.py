@@ -53,7 +53,8 @@ async def step_figures(demo) -> None:
     deadline = time.monotonic() + 45
     try:
         while True:  # caught up: no lag, and Prometheus has scraped since
-            lag = await _query(demo, 'sum(changai_consumer_lag{consumer="changai-projection"})')
+            group = getattr(demo.config, "projection_group", "changai-projection")
+            lag = await _query(demo, f'sum(changai_consumer_lag{{consumer="{group}"}})')
             if lag and float(lag[0]["value"][1]) == 0:
                 break
             if time.monotonic() > deadline:
@@ -75,6 +76,8 @@ async def step_figures(demo) -> None:
             name = CITY.get(name, name)
             parts.append(f"{name} {value:,.0f}".strip())
         demo.row("figures", title, ", ".join(parts)[:120])
+        if hasattr(demo, "figures"):
+            demo.figures[title] = ", ".join(parts)
     boards = sorted(p.name for p in (ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"))
     demo.row("figures", "Grafana dashboards (deploy/grafana/dashboards)", ", ".join(boards))
 

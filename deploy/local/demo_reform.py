@@ -305,6 +305,17 @@ async def step_overdue_notice(demo) -> None:
     task_id = STATE.get("overdue_task")
     if task_id is None:
         raise _skip(demo, "no overdue task (the reform step did not run)")
+    runs = getattr(demo.config, "runs", None)
+    if runs is not None and not runs("notifier-worker"):
+        raise _skip(demo, "notifier-worker is not running")
+    if _key("task", OVERDUE_YEAR, 1) in getattr(demo, "replayed_keys", ()):
+        # An earlier run created the task and it was told then, once; the receiver (restarted since) has not
+        # kept that notice, the notifier's delivery log has.
+        told = await sys.modules[type(demo).__module__].told_before(demo, "changai.reform.task.overdue.v1")
+        demo.row("督办", "overdue notice (task of an earlier run)", f"told then: {'yes (delivery log)' if told else 'NO'}")
+        if not told:
+            demo.failures += 1
+        return
     deadline = time.monotonic() + max(demo.config.notice_timeout_s, 180)
     while time.monotonic() < deadline:
         try:
