@@ -56,7 +56,8 @@ CACHE_DIR = Path(os.environ.get("CHANGAI_CACHE") or Path.home() / ".cache" / "ch
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
 PYTHON = str(VENV_PYTHON) if VENV_PYTHON.exists() else sys.executable
 
-KAFKA_VERSION = "4.4.0"
+# deploy/versions.yaml names it (the Kafka Strimzi runs too); tests/deploy/test_deploy_versions.py checks.
+KAFKA_VERSION = "4.3.1"
 KAFKA_POM = HERE / "kafka" / "pom.xml"
 KAFKA_HEAP = ["-Xmx768m", "-Xms256m"]
 

@@ -11,9 +11,10 @@ compiling the CloudNativePG crate once).
 Where each schema comes from (every source is a registry package, pinned below):
 
 * Strimzi ``Kafka``, ``KafkaNodePool``, ``KafkaTopic``, ``KafkaUser``, ``KafkaMirrorMaker2``
-  (API ``kafka.strimzi.io/v1``):
-  the CRDs Strimzi's own generator wrote into the test jar of ``io.strimzi:api``
-  (Maven Central, classifier ``tests``, folder ``crds/v1/``).
+  (API ``kafka.strimzi.io/v1``): up to 0.51 the CRDs Strimzi's own generator wrote into the test
+  jar of ``io.strimzi:api`` (Maven Central, classifier ``tests``, folder ``crds/v1/``); from 1.x on
+  that jar carries none, so they come from the release's ``install/cluster-operator/`` folder
+  (``--strimzi-source DIR``: the release archive unpacked, or a checkout of the release tag).
 * Prometheus Operator ``ServiceMonitor``, ``PodMonitor``, ``PrometheusRule`` (``monitoring.coreos.com/v1``):
   the CRD files shipped in the Go module ``github.com/prometheus-operator/prometheus-operator``
   (``example/prometheus-operator-crd/``), fetched with ``go mod download``.
@@ -47,10 +48,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "vendor" / "schemas"
 
-STRIMZI_VERSION = "0.51.0"
-PROMETHEUS_OPERATOR_VERSION = "v0.85.0"
-CNPG_VERSION = "v1.30.0"
-BARMAN_CLOUD_PLUGIN_VERSION = "v0.15.0"
+# The operators' versions come from deploy/versions.yaml (the one source of third-party versions).
+OPERATORS = yaml.safe_load((ROOT / "deploy" / "versions.yaml").read_text())["operators"]
+STRIMZI_VERSION = str(OPERATORS["strimzi"])
+PROMETHEUS_OPERATOR_VERSION = f"v{OPERATORS['prometheus_operator']}"
+CNPG_VERSION = f"v{OPERATORS['cloudnative_pg']}"
+BARMAN_CLOUD_PLUGIN_VERSION = f"v{OPERATORS['barman_cloud_plugin']}"
 CHECK_JSONSCHEMA_VERSION = "0.39.0"
 
 STRIMZI_CRDS = {"Kafka": "040-Crd-kafka.yaml", "KafkaTopic": "043-Crd-kafkatopic.yaml",
@@ -106,17 +109,40 @@ def crd_entries(crd: dict, source: str) -> list[tuple[str, dict]]:
     return entries
 
 
+STRIMZI_SOURCE: Path | None = None  # --strimzi-source: the release's install/cluster-operator/ folder
+
+
 def strimzi(work: Path) -> tuple[list, dict]:
+    """Strimzi's CRDs: from the test jar of io.strimzi:api (up to 0.51 it carried crds/v1/), or, from
+    1.x on (the jars carry no CRDs any more), from the release's `install/cluster-operator/` folder
+    given with --strimzi-source (the release archive unpacked, or a checkout of the release tag)."""
     coords = f"io.strimzi:api:{STRIMZI_VERSION}:jar:tests"
-    run(["mvn", "-q", "-B", "dependency:copy", f"-Dartifact={coords}", f"-DoutputDirectory={work}"], cwd=work)
-    jar = work / f"api-{STRIMZI_VERSION}-tests.jar"
-    data = jar.read_bytes()
-    entries = []
-    with zipfile.ZipFile(io.BytesIO(data)) as z:
-        for kind, name in STRIMZI_CRDS.items():
-            crd = yaml.safe_load(z.read(f"crds/v1/{name}"))
-            entries += [e for e in crd_entries(crd, f"Maven Central {coords} crds/v1/{name}") if e[1]["version"] == "v1"]
-    return entries, {"artifact": f"Maven Central {coords}", "sha256": sha256(data)}
+    if STRIMZI_SOURCE is None:
+        run(["mvn", "-q", "-B", "dependency:copy", f"-Dartifact={coords}", f"-DoutputDirectory={work}"], cwd=work)
+        jar = work / f"api-{STRIMZI_VERSION}-tests.jar"
+        data = jar.read_bytes()
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            names = set(z.namelist())
+            if not all(f"crds/v1/{name}" in names for name in STRIMZI_CRDS.values()):
+                raise SystemExit(f"{coords} carries no crds/v1/ (Strimzi 1.x): give --strimzi-source "
+                                 f"<strimzi-{STRIMZI_VERSION}>/install/cluster-operator")
+            entries = []
+            for name in STRIMZI_CRDS.values():
+                crd = yaml.safe_load(z.read(f"crds/v1/{name}"))
+                entries += [e for e in crd_entries(crd, f"Maven Central {coords} crds/v1/{name}")
+                            if e[1]["version"] == "v1"]
+        return entries, {"artifact": f"Maven Central {coords}", "sha256": sha256(data)}
+    entries, digests = [], {}
+    for name in STRIMZI_CRDS.values():
+        data = (STRIMZI_SOURCE / name).read_bytes()
+        digests[name] = sha256(data)
+        crd = yaml.safe_load(data)
+        labels = crd["metadata"].get("labels") or {}
+        if labels.get("app") != "strimzi":
+            raise SystemExit(f"{STRIMZI_SOURCE / name} is not a Strimzi CRD")
+        source = f"Strimzi {STRIMZI_VERSION} release, install/cluster-operator/{name}"
+        entries += [e for e in crd_entries(crd, source) if e[1]["version"] == "v1"]
+    return entries, {"artifact": f"Strimzi {STRIMZI_VERSION} release, install/cluster-operator/", "sha256": digests}
 
 
 def go_module_crds(work: Path, module: str, folder: str, names: dict[str, str]) -> tuple[list, dict]:
@@ -183,7 +209,11 @@ def render(work: Path) -> dict[str, str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="compare with the committed files, write nothing")
+    parser.add_argument("--strimzi-source", type=Path, metavar="DIR",
+                        help="Strimzi's install/cluster-operator/ of the pinned release (Strimzi 1.x)")
     args = parser.parse_args()
+    global STRIMZI_SOURCE
+    STRIMZI_SOURCE = args.strimzi_source
     with tempfile.TemporaryDirectory(prefix="changai-vendor-") as tmp:
         files = render(Path(tmp))
     if args.check:

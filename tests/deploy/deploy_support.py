@@ -405,6 +405,20 @@ CEL_RULES: dict[str, Any] = {
     "(!has(self.standbyNamesPost) || self.standbyNamesPost.size()==0))":
         lambda v: v.get("dataDurability") != "preferred" or (_empty(v, "standbyNamesPre")
                                                             and _empty(v, "standbyNamesPost")),
+    # Strimzi 1.1+ KafkaUser authentication: certificate validity/renewal days only for `tls`, both or neither.
+    "self.type == 'tls' || (!has(self.validityDays) && !has(self.renewalDays))":
+        lambda v: v.get("type") == "tls" or (not _set(v, "validityDays") and not _set(v, "renewalDays")),
+    "self.type != 'tls' || (has(self.renewalDays) == has(self.validityDays))":
+        lambda v: v.get("type") != "tls" or _set(v, "renewalDays") == _set(v, "validityDays"),
+    "self.type != 'tls' || !has(self.renewalDays) || !has(self.validityDays) || self.renewalDays < self.validityDays":
+        lambda v: (v.get("type") != "tls" or not _set(v, "renewalDays") or not _set(v, "validityDays")
+                   or v["renewalDays"] < v["validityDays"]),
+    # Strimzi 1.x rack awareness: a topology label needs its key, an environment variable its name (a field
+    # that is absent fails the rule, as CEL's missing-field error does).
+    '(has(self.type) && self.type != "topology-label") || self.topologyKey != ""':
+        lambda v: (_set(v, "type") and v["type"] != "topology-label") or v.get("topologyKey", "") != "",
+    'has(self.type) == false || self.type != "environment-variable" || self.envVarName != ""':
+        lambda v: not _set(v, "type") or v["type"] != "environment-variable" or v.get("envVarName", "") != "",
     "self > 0": lambda v: v > 0,
     "!has(self.serverName)": lambda v: not _set(v, "serverName"),
 }
