@@ -248,8 +248,9 @@ async def run_calls(post, session_ids: list[str], slots: list, bootstrap: str) -
     return t
 
 
-async def run_roster(http, session_ids: list[str], slots: list, bootstrap: str) -> dict:
-    """Every session's roster through POST /v1/rosters?complete=true, in ROSTER_UPLOADS streamed CSV uploads."""
+async def run_roster(http, session_ids: list[str], slots: list, bootstrap: str, clock: CpuClock) -> dict:
+    """Every session's roster through POST /v1/rosters?complete=true, in ROSTER_UPLOADS streamed CSV uploads;
+    with the CPU seconds the service and PostgreSQL spent from the first byte to the last completion on Kafka."""
     n = len(session_ids)
     tail = CompletedTail(bootstrap, set(session_ids))
     await tail.start()
@@ -269,18 +270,23 @@ async def run_roster(http, session_ids: list[str], slots: list, bootstrap: str) 
             raise RuntimeError(f"POST /v1/rosters -> {resp.status_code} {resp.text[:300]}")
         return resp.json()
 
+    cpu0, load0 = clock.read(), os.getloadavg()[0]
     started = time.perf_counter()
     reports = await asyncio.gather(*(upload(p) for p in parts))
     answered = time.perf_counter() - started
     t_done = await tail.wait_all(timeout=900)
+    cpu = {k: v - cpu0[k] for k, v in clock.read().items()}
+    load1 = os.getloadavg()[0]
     await tail.stop()
     recorded = sum(r["recorded"] for r in reports)
     refused = sum(r["refused"] for r in reports)
     completed = sum(r["sessions_completed"] for r in reports)
     assert (recorded, refused, completed) == (sum(len(x) for x in slots), 0, n), (recorded, refused, completed)
-    t = {"answered": answered, "end_to_end": t_done - started, "person_times": recorded}
+    t = {"answered": answered, "end_to_end": t_done - started, "person_times": recorded, "cpu": cpu,
+         "load": f"{load0:.1f}–{load1:.1f}"}
     print(f"roster: {recorded:,} rows in {ROSTER_UPLOADS} uploads answered in {answered:.1f} s; "
-          f"all {n:,} session.completed on Kafka {t['end_to_end']:.1f} s after the first byte", flush=True)
+          f"all {n:,} session.completed on Kafka {t['end_to_end']:.1f} s after the first byte; CPU s "
+          + " / ".join(f"{k} {v:.1f}" for k, v in cpu.items()) + f"; load {t['load']}", flush=True)
     return t
 
 
@@ -393,7 +399,8 @@ async def main() -> None:
                 session_ids, schedule_s = await schedule(post, programmes, slots, member_branch)
                 print(f"{path}: scheduled {sessions_n:,} sessions in {schedule_s:.1f} s", flush=True)
                 if path == "roster":
-                    figures[path] = await run_roster(http, session_ids, slots, s.kafka.bootstrap)
+                    clock = CpuClock({"service": svc.pid, "postgres": s.pg.pid, "kafka": s.kafka.pid})
+                    figures[path] = await run_roster(http, session_ids, slots, s.kafka.bootstrap, clock)
                 else:
                     figures[path] = await run_calls(post, session_ids, slots, s.kafka.bootstrap)
                 figures[path]["schedule"] = schedule_s
@@ -421,7 +428,10 @@ async def main() -> None:
              f"{f['answered']:.1f}", f"{person_times / f['answered']:,.0f} person-times/s"),
             ("roster: first byte → all session.completed on Kafka (aim < 15 s)", f"{sessions_n:,}",
              f"{f['end_to_end']:.1f}", f"{person_times / f['end_to_end']:,.0f} person-times/s; "
-             f"{f['end_to_end'] / raw['copy_s']:,.0f}× raw COPY"),
+             f"{f['end_to_end'] / raw['copy_s']:,.0f}× raw COPY, {f['end_to_end'] / raw['send_s']:,.0f}× raw send"),
+            ("roster: CPU seconds, first byte → last completion on Kafka (load " + f["load"] + ")", "",
+             " / ".join(f"{k} {v:.1f}" for k, v in f["cpu"].items()),
+             " / ".join(f"{k} {v / person_times * 1e6:,.0f}" for k, v in f["cpu"].items()) + " µs a person-time"),
         ]
     if "calls" in figures:
         f = figures["calls"]

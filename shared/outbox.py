@@ -16,20 +16,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import struct
 import time
 import uuid
 import zlib
 from bisect import bisect_left
-from collections.abc import Iterable
-from datetime import datetime
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.producer.message_accumulator import BatchBuilder
+from asyncpg.pgproto.pgproto import UUID as PgUUID
 from prometheus_client import Counter, Gauge, Histogram
 
-from shared.events import CONTENT_TYPE, CloudEvent, EventData, encode, envelope
+from shared.events import CONTENT_TYPE, CloudEvent, EventData, encode, encode_value, envelope, json_time
+from shared.events.envelope import new_traceparents
 from shared.kafka import make_producer
 from shared.logging import trace_id_var
 from shared.timing import wait_set, within
@@ -129,9 +133,52 @@ async def _store_rows(conn: asyncpg.Connection, rows: list[tuple]) -> int:
     return len(rows)
 
 
+def encode_many(
+    items: Sequence[EventData], *, trace_id: str | None = None, update: Mapping[str, Any] | None = None
+) -> list[tuple]:
+    """Outbox rows of many events, each value byte for byte what ``encode(envelope(d))`` gives, without a
+    CloudEvent model an event (that cost ~14x the payload's own dump): one random draw for all the event
+    ids and traceparents, one time for the batch. ``update`` sets payload fields on the events whose type
+    has them (a bulk path's batch id), as ``model_copy(update=...)`` would. A test holds the bytes equal."""
+    n = len(items)
+    if not n:
+        return []
+    when = json_time(datetime.now(UTC))
+    traceparents = new_traceparents(trace_id, n)
+    raw = bytearray(os.urandom(16 * n))  # the event ids (version 4), 16 bytes at a time for the batch
+    raw[6::16] = bytes(raw[6::16]).translate(_VERSION_4)
+    raw[8::16] = bytes(raw[8::16]).translate(_VARIANT)
+    ids = bytes(raw)
+    rows = []
+    for i, d in enumerate(items):
+        cls = type(d)
+        data = d.model_dump(mode="json")
+        if update:
+            for name, value in update.items():
+                if name in data:
+                    data[name] = value
+        event_id = PgUUID(ids[16 * i : 16 * i + 16])
+        key = data[cls.subject_field]
+        if not isinstance(key, str):  # a subject that is not a string or an id in JSON
+            key = d.subject()
+        value = encode_value(cls, data, subject=key, event_id=str(event_id), time=when, traceparent=traceparents[i])
+        rows.append((event_id, cls.topic, key, lane_of(key), cls.event_type, value))
+    return rows
+
+
+_VERSION_4 = bytes(b & 0x0F | 0x40 for b in range(256))  # translate tables: a UUID's version and variant bits
+_VARIANT = bytes(b & 0x3F | 0x80 for b in range(256))
+
+
 async def add_many(conn: asyncpg.Connection, items: Iterable[EventData], *, trace_id: str | None = None) -> int:
     """Store many events in the caller's transaction, in order (bulk writes); returns how many."""
-    return await _store_rows(conn, [_row(envelope(d, trace_id=trace_id), d.topic) for d in items])
+    return await _store_rows(conn, encode_many(list(items), trace_id=trace_id))
+
+
+async def add_traced(conn: asyncpg.Connection, items: Iterable[tuple[EventData, str | None]]) -> int:
+    """``add_many`` with each event under its own trace id, in one statement: a consumer's batch, where each
+    event continues the trace of the event it answers (``(data, trace_id)`` pairs, in order)."""
+    return await _store_rows(conn, [_row(envelope(d, trace_id=t), d.topic) for d, t in items])
 
 
 async def add_encoded(conn: asyncpg.Connection, rows: list[tuple]) -> int:

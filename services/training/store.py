@@ -213,11 +213,12 @@ async def mark_rebuilt(conn: Conn) -> None:
 
 
 _JOINED = """INSERT INTO members (id, branch_id, region_code, city_code, employment_form, occupation, skill_level,
-                                   status, joined_on, ended_on)
-              VALUES ($1, $2, $3, $4, $5, $6, $7, 'active', $8, NULL)
+                                   status, joined_on, ended_on, id_hash)
+              VALUES ($1, $2, $3, $4, $5, $6, $7, 'active', $8, NULL, $9)
               ON CONFLICT (id) DO UPDATE SET branch_id = $2, region_code = $3, city_code = $4, employment_form = $5,
                   occupation = COALESCE($6, members.occupation), skill_level = COALESCE($7, members.skill_level),
-                  status = 'active', joined_on = $8, ended_on = NULL, updated_at = now()"""
+                  status = 'active', joined_on = $8, ended_on = NULL, id_hash = COALESCE($9, members.id_hash),
+                  updated_at = now()"""
 _TRANSFERRED = """INSERT INTO members (id, branch_id, region_code, city_code, employment_form, status)
                   VALUES ($1, $2, $3, $4, $5, 'active')
                   ON CONFLICT (id) DO UPDATE SET branch_id = $2, region_code = $3, city_code = $4,
@@ -248,6 +249,7 @@ def membership_statement(d: EventData) -> tuple[str, tuple] | None:
             d.occupation,
             d.skill_level,
             d.joined_on,
+            bytes.fromhex(d.id_hash) if d.id_hash else None,
         )
     if isinstance(d, MemberTransferred):
         return _TRANSFERRED, (d.member_id, d.to_branch_id, d.to_region_code, d.to_city_code, d.employment_form.value)
@@ -323,6 +325,11 @@ async def members_by_id(conn: Conn, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID,
 
 async def get_member(conn: Conn, member_id: uuid.UUID) -> asyncpg.Record | None:
     return await conn.fetchrow("SELECT * FROM members WHERE id = $1", member_id)
+
+
+async def member_by_hash(conn: Conn, id_hash: bytes) -> asyncpg.Record | None:
+    """The member whose ID number has this lookup hash (membership's, from member.joined), or None."""
+    return await conn.fetchrow("SELECT * FROM members WHERE id_hash = $1 ORDER BY updated_at DESC LIMIT 1", id_hash)
 
 
 async def get_branch(conn: Conn, branch_id: uuid.UUID) -> asyncpg.Record | None:
@@ -520,6 +527,95 @@ async def session_enrolments(conn: Conn, session_id: uuid.UUID) -> list[asyncpg.
 async def enrolments_by_id(conn: Conn, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, asyncpg.Record]:
     rows = await conn.fetch("SELECT * FROM enrolments WHERE id = ANY($1::uuid[])", list(ids))
     return {r["id"]: r for r in rows}
+
+
+# ============================================================================ rosters (bulk, set-based)
+async def lock_sessions(conn: asyncpg.Connection, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, asyncpg.Record]:
+    """Lock many sessions at once, in id order (two batches locking overlapping sets never deadlock):
+    the roster batch's ``get_session(lock=True)``."""
+    rows = await conn.fetch("SELECT * FROM sessions WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE", list(ids))
+    return {r["id"]: r for r in rows}
+
+
+async def programmes_by_id(conn: Conn, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, asyncpg.Record]:
+    rows = await conn.fetch("SELECT * FROM programmes WHERE id = ANY($1::uuid[])", list(ids))
+    return {r["id"]: r for r in rows}
+
+
+async def enrolments_of_sessions(conn: Conn, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[asyncpg.Record]]:
+    """Every enrolment of these sessions, each session's in ``seq`` order (as ``session_enrolments``)."""
+    out: dict[uuid.UUID, list[asyncpg.Record]] = {}
+    if ids:
+        for r in await conn.fetch(
+            "SELECT * FROM enrolments WHERE session_id = ANY($1::uuid[]) ORDER BY session_id, seq", list(ids)
+        ):
+            out.setdefault(r["session_id"], []).append(r)
+    return out
+
+
+async def insert_final_enrolments(conn: asyncpg.Connection, rows: list[tuple]) -> None:
+    """New enrolments straight in the state a roster leaves them (one row each instead of an INSERT and up
+    to three UPDATEs), in the given order. rows: (id, session id, member id, branch id, status, closed,
+    withdraw reason, attended, assessed); the times are the transaction's, as the single commands'."""
+    if rows:
+        await conn.execute(
+            """INSERT INTO enrolments (id, session_id, member_id, branch_id, status, closed, withdraw_reason,
+                                       attended_at, assessed_at, withdrawn_at)
+               SELECT v.id, v.session_id, v.member_id, v.branch_id, v.status, v.closed, v.reason,
+                      CASE WHEN v.attended THEN now() END, CASE WHEN v.assessed THEN now() END,
+                      CASE WHEN v.status = 'withdrawn' THEN now() END
+               FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::bool[], $7::text[],
+                           $8::bool[], $9::bool[]) WITH ORDINALITY
+                    AS v(id, session_id, member_id, branch_id, status, closed, reason, attended, assessed, n)
+               ORDER BY v.n""",
+            *(list(c) for c in zip(*rows, strict=True)),
+        )
+
+
+async def update_enrolments(conn: asyncpg.Connection, rows: list[tuple]) -> None:
+    """Existing enrolments a roster moved on. rows: (id, status, attended, assessed, withdrawn, withdraw
+    reason, closed)."""
+    if rows:
+        await conn.execute(
+            """UPDATE enrolments e SET status = v.status, closed = v.closed,
+                   attended_at = CASE WHEN v.attended THEN now() ELSE e.attended_at END,
+                   assessed_at = CASE WHEN v.assessed THEN now() ELSE e.assessed_at END,
+                   withdraw_reason = CASE WHEN v.withdrawn THEN v.reason ELSE e.withdraw_reason END,
+                   withdrawn_at = CASE WHEN v.withdrawn THEN now() ELSE e.withdrawn_at END
+               FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::bool[], $5::bool[], $6::text[], $7::bool[])
+                    AS v(id, status, attended, assessed, withdrawn, reason, closed)
+               WHERE e.id = v.id""",
+            *(list(c) for c in zip(*rows, strict=True)),
+        )
+
+
+_SESSION_COLUMNS = (
+    "id",
+    "status",
+    "started_on",
+    "enrolled",
+    "completed_on",
+    "person_times",
+    "passed",
+    "failed",
+    "eligible_persons",
+)
+
+
+async def update_sessions(conn: asyncpg.Connection, sessions: Sequence[Any]) -> None:
+    """Sessions as a roster batch left them (under their locks, so the figures are absolute)."""
+    if sessions:
+        await conn.execute(
+            """UPDATE sessions s SET status = v.status, started_on = v.started_on, enrolled = v.enrolled,
+                   completed_on = v.completed_on, person_times = v.person_times, passed = v.passed,
+                   failed = v.failed, eligible_persons = v.eligible_persons, updated_at = now()
+               FROM unnest($1::uuid[], $2::text[], $3::date[], $4::int[], $5::date[], $6::int[], $7::int[],
+                           $8::int[], $9::int[])
+                    AS v(id, status, started_on, enrolled, completed_on, person_times, passed, failed,
+                         eligible_persons)
+               WHERE s.id = v.id""",
+            *([s[c] for s in sessions] for c in _SESSION_COLUMNS),
+        )
 
 
 # ============================================================================ certificates

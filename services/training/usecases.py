@@ -16,9 +16,7 @@ capacity exact under concurrency (``CHECK (enrolled <= capacity)`` is the backst
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
-from contextvars import ContextVar
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, TypeAlias
@@ -31,39 +29,18 @@ from shared.auth import Principal
 from shared.errors import Conflict, DomainError, Invalid, NotFound
 from shared.events import EventData
 from shared.events.training import OrganiserKind
+from shared.logging import trace_id_var
 
 Record: TypeAlias = asyncpg.Record
 
 
-# Events of the commands run inside ``one_outbox_write``: written together at its end (bulk paths).
-_PENDING: ContextVar[list[EventData] | None] = ContextVar("training_pending_events", default=None)
-
-
 async def emit(conn: asyncpg.Connection, *events: EventData) -> None:
-    await emit_many(conn, list(events))
+    await outbox.emit(conn, *events)
 
 
 async def emit_many(conn: asyncpg.Connection, events: Sequence[EventData]) -> None:
     """Queue events in the outbox in this transaction, in order: one INSERT, or COPY for many."""
-    pending = _PENDING.get()
-    if pending is not None:
-        pending.extend(events)
-        return
     await outbox.emit(conn, *events)
-
-
-@asynccontextmanager
-async def one_outbox_write(conn: asyncpg.Connection) -> AsyncIterator[list[EventData]]:
-    """Run several commands and write all their events to the outbox in one COPY at the end, in the
-    order they were emitted (a bulk path's saving: one write instead of one per command). The caller
-    drops what a rolled-back savepoint emitted by cutting the yielded list back."""
-    pending: list[EventData] = []
-    token = _PENDING.set(pending)
-    try:
-        yield pending
-    finally:
-        _PENDING.reset(token)
-    await emit_many(conn, pending)
 
 
 # ============================================================================ loading within the scope
@@ -588,63 +565,111 @@ class RosterReport:
     unchanged: int = 0  # rows already in the state they ask for (a repeated upload)
     refused: list[tuple[RosterRow, Any]] = field(default_factory=list)  # (row, DomainError)
     completed: bool = False
-    problem: Any = None  # a refusal of the whole session (DomainError)
+    problem: Any = None  # a refusal of the whole session, or of its completion (DomainError)
+
+    def refuse_all(self, rows: list[RosterRow], problem: DomainError) -> RosterReport:
+        """The whole session refused: nothing of it is kept, every row answers ``problem``."""
+        self.problem, self.refused, self.recorded, self.unchanged = problem, [(r, problem) for r in rows], 0, 0
+        return self
 
 
 _WANTED = {"enrolled": 0, "absent": 0, "attended": 1, "passed": 2, "failed": 2}
 
 
-async def record_roster(
+class _SessionState:
+    """A locked session and its enrolments as a roster batch changes them in memory: what is written at
+    the batch's end (new enrolments in their final state, changed ones, the session row) and its events."""
+
+    def __init__(self, session: Record, programme: Record, enrolments: list[Record]):
+        self.original = session
+        self.session: dict[str, Any] = dict(session)
+        self.programme = programme
+        # ordered by seq, as store.session_enrolments; each a dict with what changed ("new", "attended", ...)
+        self.enrolments: list[dict[str, Any]] = [{**e, "was_closed": e["closed"]} for e in enrolments]
+        self.events: list[EventData] = []
+
+    def copy(self) -> _SessionState:
+        other = _SessionState.__new__(_SessionState)
+        other.original, other.programme = self.original, self.programme
+        other.session = dict(self.session)
+        other.enrolments = [dict(e) for e in self.enrolments]
+        other.events = list(self.events)
+        return other
+
+
+async def record_rosters(
     conn,
-    session_id: uuid.UUID,
-    rows: list[RosterRow],
+    rosters: list[tuple[uuid.UUID, list[RosterRow]]],
     actor: Principal,
     today: date,
     *,
     complete: bool = False,
     started_on: date | None = None,
     completed_on: date | None = None,
-) -> RosterReport:
-    """A session's whole roster in one go: each member is enrolled and, as the row says, marked attended
-    and assessed (``absent``: enrolled, never attended, closed as withdrawn at completion); then, with
-    ``complete``, the session is completed. It calls the same use cases as the single commands
-    (``enrol_members``, ``start_session``, ``record_attendance``, ``record_results``, ``complete_session``),
-    so every rule and event is the same; rows already in the state they ask for are ``unchanged``, so the
-    same roster sent twice changes nothing. Run it in a transaction: a refusal of the whole session
-    (unknown, out of scope, closed) leaves nothing of it; a refused completion keeps the rows recorded."""
-    report = RosterReport(session_id, rows=len(rows))
-    session = await _visible_session(conn, session_id, actor, lock=True)
-    if session["status"] in ("completed", "cancelled"):
-        return _closed_roster(report, session, rows, await store.session_enrolments(conn, session_id))
-    async with one_outbox_write(conn) as pending:
-        await _open_roster(conn, report, session, rows, actor, today, started_on)
+    batch_id: uuid.UUID | None = None,
+) -> list[RosterReport]:
+    """Many sessions' whole rosters in one go (the bulk roster command), a report for each (session id,
+    rows) in order: each member is enrolled and, as the row says, marked attended and assessed (``absent``:
+    enrolled, never attended, closed as withdrawn at completion); then, with ``complete``, the session is
+    completed. The rules are the single commands' own (``domain.decide_enrolments``, ``start_session``,
+    ``decide_attendance``, ``decide_results``, ``complete_session``), applied to the batch in memory under
+    the sessions' row locks, so every refusal and event is the same; the batch is then written set-based:
+    the new enrolments in their final state in one INSERT, the changed ones in one UPDATE, the sessions in
+    one UPDATE, every event in one outbox write (``batch_id`` on those that carry it).
+
+    Rows already in the state they ask for are ``unchanged`` (the same roster sent twice changes nothing
+    and writes no event). A refusal of a whole session (unknown, out of scope, closed to it) keeps nothing
+    of that session and touches no other; a refused completion keeps the roster recorded. A session's
+    rows may come in more than one part: each part sees what the ones before it did. Run it in a
+    transaction; a conflict the locks should make impossible (the live-enrolment index, the capacity
+    CHECK) is raised as the single command's ``Conflict``, for the caller to record the sessions one by one."""
+    ids = sorted({sid for sid, _ in rosters})
+    sessions = await store.lock_sessions(conn, ids)  # in id order: two batches never wait on each other crosswise
+    visible = [sid for sid in ids if sid in sessions and actor.may_act_on(sessions[sid]["region_code"])]
+    programmes = await store.programmes_by_id(conn, {sessions[sid]["programme_id"] for sid in visible})
+    enrolments = await store.enrolments_of_sessions(conn, visible)
+    wanted = {r.member_id for _, rows in rosters for r in rows}
+    wanted.update(e["member_id"] for es in enrolments.values() for e in es)
+    members = await store.members_by_id(conn, list(wanted))
+    states = {
+        sid: _SessionState(sessions[sid], programmes[sessions[sid]["programme_id"]], enrolments.get(sid, []))
+        for sid in visible
+    }
+    reports = []
+    for sid, rows in rosters:
+        report = RosterReport(sid, rows=len(rows))
+        state = states.get(sid)
+        if state is None:  # as a write addressed by the id of a record outside the scope: not found
+            reports.append(report.refuse_all(rows, NotFound("session", sid)))
+            continue
+        if state.session["status"] in ("completed", "cancelled"):
+            reports.append(_closed_roster(report, state, rows))
+            continue
+        trial = state.copy()  # the part's changes, kept only if the session is not refused whole
+        try:
+            _open_roster(report, trial, rows, members, actor, today, started_on)
+        except DomainError as exc:
+            reports.append(report.refuse_all(rows, exc))
+            continue
         if complete:
-            on = completed_on or min(session["ends_on"], today)
-            kept = len(pending)
-            try:
-                async with conn.transaction():  # a savepoint: a refused completion keeps the roster
-                    await complete_session(
-                        conn, session_id, domain.CompleteIn.model_construct(completed_on=on), actor, today
-                    )
-                report.completed = True
-            except DomainError as exc:
-                del pending[kept:]  # nothing of the refused completion is published
-                report.problem = exc
-    return report
+            _complete_roster(report, trial, members, completed_on or min(trial.session["ends_on"], today))
+        states[sid] = trial
+        reports.append(report)
+    await _write_rosters(conn, list(states.values()), batch_id)
+    return reports
 
 
-async def _open_roster(
-    conn,
+def _open_roster(
     report: RosterReport,
-    session: Record,
+    state: _SessionState,
     rows: list[RosterRow],
+    members: dict[uuid.UUID, Record],
     actor: Principal,
     today: date,
     started_on: date | None,
 ) -> None:
-    session_id = session["id"]
-    live = await store.live_enrolments(conn, session_id, [r.member_id for r in rows])
-    status = {m: e["status"] for m, e in live.items()}  # kept up to date below instead of re-read
+    session = state.session
+    live = {e["member_id"]: e for e in state.enrolments if e["status"] != "withdrawn"}
     refused: dict[int, Any] = {}
     changed: set[int] = set()
     first: dict[uuid.UUID, RosterRow] = {}
@@ -654,54 +679,58 @@ async def _open_roster(
         else:
             first[r.member_id] = r
 
-    def record(batch: list[RosterRow], outcomes: list[domain.Outcome], now: Any) -> None:
+    def record(batch: list[RosterRow], outcomes: list[domain.Outcome], apply) -> None:
         for r, o in zip(batch, outcomes, strict=True):
             if o.problem is not None:
                 refused[r.line] = o.problem
             else:
                 changed.add(r.line)
-                status[r.member_id] = now(r)
+                apply(r, live[r.member_id])
 
-    todo = [r for r in first.values() if r.member_id not in status]  # without a live place: enrol
+    todo = [r for r in first.values() if r.member_id not in live]  # without a live place: enrol
     if todo:
-        enrolled = await enrol_members(conn, session_id, [r.member_id for r in todo], actor, today)
-        record(todo, enrolled.outcomes, lambda r: "enrolled")
+        asked = [r.member_id for r in todo]
+        # the one region rule: a member outside the caller's scope is not there for it (as enrol_members)
+        hidden = {m for m in asked if m in members and not actor.may_act_on(members[m]["region_code"])}
+        outcomes = domain.decide_enrolments(session, asked, members, set(), hidden)
+        accepted = [o for o in outcomes if o.problem is None]
+        for o in accepted:
+            e = {
+                "id": o.enrolment_id,
+                "member_id": o.member_id,
+                "branch_id": members[o.member_id]["branch_id"],
+                "status": "enrolled",
+                "withdraw_reason": None,
+                "closed": False,
+                "new": True,
+            }
+            state.enrolments.append(e)
+            live[o.member_id] = e
+        session["enrolled"] += len(accepted)
+        state.events += domain.enrolled_events(session, accepted)
+        record(todo, outcomes, lambda r, e: None)
     going = [r for r in first.values() if r.line not in refused]
     # a session that has not started starts when its roster says anyone attended
     if any(_WANTED[r.result] >= 1 for r in going) and session["status"] == "scheduled":
-        await start_session(
-            conn,
-            session_id,
-            domain.StartIn.model_construct(started_on=started_on or min(session["starts_on"], today)),
-            actor,
-            today,
-        )
-    attend = [r for r in going if _WANTED[r.result] >= 1 and status.get(r.member_id) == "enrolled"]
+        started = domain.start_session(session, started_on or min(session["starts_on"], today))
+        session["status"], session["started_on"] = "in_progress", started.started_on
+        state.events.append(started)
+    attend = [r for r in going if _WANTED[r.result] >= 1 and live.get(r.member_id, {}).get("status") == "enrolled"]
     if attend:
-        done = await record_attendance(
-            conn,
-            session_id,
-            domain.AttendanceIn.model_construct(member_ids=[r.member_id for r in attend]),
-            actor,
-            today,
-        )
-        record(attend, done.outcomes, lambda r: "attended")
+        outcomes, attended = domain.decide_attendance(session, [r.member_id for r in attend], live)
+        state.events += attended
+        record(attend, outcomes, lambda r, e: e.update(status="attended", attended=True))
     assess = [
-        r for r in going if r.line not in refused and _WANTED[r.result] == 2 and status.get(r.member_id) == "attended"
+        r
+        for r in going
+        if r.line not in refused and _WANTED[r.result] == 2 and live.get(r.member_id, {}).get("status") == "attended"
     ]
     if assess:
-        done = await record_results(
-            conn,
-            session_id,
-            domain.ResultsIn.model_construct(
-                results=[domain.ResultItem.model_construct(member_id=r.member_id, result=r.result) for r in assess]
-            ),
-            actor,
-            today,
-        )
-        record(assess, done.outcomes, lambda r: r.result)
+        outcomes, assessed = domain.decide_results(session, [(r.member_id, r.result) for r in assess], live)
+        state.events += assessed
+        record(assess, outcomes, lambda r, e: e.update(status=r.result, assessed=True))
     for r in going:  # a passed row for an enrolment already failed (or the reverse) is a refusal, not unchanged
-        now = status.get(r.member_id)
+        now = live[r.member_id]["status"] if r.member_id in live else None
         if (
             r.line not in refused
             and r.result in ("passed", "failed")
@@ -720,13 +749,43 @@ async def _open_roster(
     report.unchanged = report.rows - report.recorded - len(report.refused)
 
 
-def _closed_roster(
-    report: RosterReport, session: Record, rows: list[RosterRow], enrolments: list[Record]
-) -> RosterReport:
+def _complete_roster(report: RosterReport, state: _SessionState, members: dict[uuid.UUID, Record], on: date) -> None:
+    """``complete_session``'s rule on the session as its roster left it; a refusal keeps the roster."""
+    session = state.session
+    active = {
+        e["member_id"]
+        for e in state.enrolments
+        if e["status"] == "passed" and (m := members.get(e["member_id"])) is not None and m["status"] == "active"
+    }
+    try:
+        done = domain.complete_session(session, state.programme, state.enrolments, active, on)
+    except DomainError as exc:
+        report.problem = exc
+        return
+    absent = {w.enrolment_id for w in done.absent}
+    for e in state.enrolments:
+        if e["id"] in absent:
+            e.update(status="withdrawn", withdraw_reason="absent", withdrawn=True)
+        e["closed"] = True
+    c = done.event
+    session.update(
+        status="completed",
+        completed_on=c.completed_on,
+        person_times=c.person_times,
+        passed=c.passed,
+        failed=c.failed,
+        eligible_persons=c.eligible_persons,
+        enrolled=session["enrolled"] - len(absent),
+    )
+    state.events += [*done.absent, c]
+    report.completed = True
+
+
+def _closed_roster(report: RosterReport, state: _SessionState, rows: list[RosterRow]) -> RosterReport:
     """A roster for a closed session (a repeated upload): rows that match how the session ended are
     unchanged; any other is refused as the single command would be."""
-    final = {e["member_id"]: e for e in enrolments}  # ordered by seq: a member's last enrolment wins
-    closed = domain.session_closed(session, "record a roster")
+    final = {e["member_id"]: e for e in state.enrolments}  # ordered by seq: a member's last enrolment wins
+    closed = domain.session_closed(state.session, "record a roster")
     seen: set[uuid.UUID] = set()
     for r in rows:
         e = final.get(r.member_id)
@@ -741,5 +800,57 @@ def _closed_roster(
         else:
             report.refused.append((r, closed))
         seen.add(r.member_id)
-    report.completed = session["status"] == "completed"
+    report.completed = state.session["status"] == "completed"
     return report
+
+
+async def _write_rosters(conn, states: list[_SessionState], batch_id: uuid.UUID | None) -> None:
+    """What the batch decided, set-based: a few statements for all its sessions, whatever their number."""
+    new: list[tuple] = []
+    changed: list[tuple] = []
+    sessions: list[Record | dict] = []
+    events: list[EventData] = []
+    for state in states:
+        for e in state.enrolments:
+            if e.get("new"):
+                new.append(
+                    (
+                        e["id"],
+                        state.session["id"],
+                        e["member_id"],
+                        e["branch_id"],
+                        e["status"],
+                        e["closed"],
+                        e["withdraw_reason"],
+                        bool(e.get("attended")),
+                        bool(e.get("assessed")),
+                    )
+                )
+            elif e.get("attended") or e.get("assessed") or e.get("withdrawn") or e["closed"] != e["was_closed"]:
+                changed.append(
+                    (
+                        e["id"],
+                        e["status"],
+                        bool(e.get("attended")),
+                        bool(e.get("assessed")),
+                        bool(e.get("withdrawn")),
+                        e["withdraw_reason"],
+                        e["closed"],
+                    )
+                )
+        if state.session != dict(state.original):
+            sessions.append(state.session)
+        events += state.events
+    try:
+        await store.insert_final_enrolments(conn, new)
+        await store.update_enrolments(conn, changed)
+        await store.update_sessions(conn, sessions)
+    except asyncpg.UniqueViolationError:  # not reachable under the session locks; the index is the backstop
+        raise Conflict(
+            "a member is already enrolled", kind="already-enrolled", title="Member is already enrolled in this session"
+        ) from None
+    except asyncpg.CheckViolationError:  # idem: the capacity CHECK
+        raise Conflict("no place left", kind="session-full", title="Session is full") from None
+    if events:
+        update = {"batch_id": str(batch_id)} if batch_id else None
+        await outbox.add_encoded(conn, outbox.encode_many(events, trace_id=trace_id_var.get(), update=update))

@@ -33,14 +33,15 @@ from services.training.api.deps import Writer
 from shared.auth import Principal
 from shared.clock import today_cn
 from shared.errors import DomainError, Invalid
-from shared.events import EventData
 from shared.http import body_limit, db_pool, idempotency_key, replayed
 from shared.problems import Problem
 
 router = APIRouter(tags=["rosters"])
 MAX_ROWS = 1_000_000
 MAX_SESSION_ROWS = 10_000  # a session's capacity is at most 10,000
-IN_FLIGHT = 4  # sessions of one upload recorded at the same time, each on its own connection
+IN_FLIGHT = 2  # batches of one upload recorded at the same time, each on its own connection
+BATCH_ROWS = 2_000  # a batch (one transaction) closes after the session that brings it to this many rows
+BATCH_SESSIONS = 200
 _CSV = ("text/csv", "application/csv")
 _NDJSON = ("application/x-ndjson", "application/ndjson", "application/jsonl")
 
@@ -129,8 +130,9 @@ def _text(raw: bytes, line: int) -> str:
 
 
 class _Upload:
-    """Parses rows, groups them by session and records each session as its rows end (up to ``IN_FLIGHT``
-    sessions at a time, so memory holds that many sessions' rows)."""
+    """Parses rows, groups them by session and records the sessions in batches (``BATCH_ROWS`` rows or
+    ``BATCH_SESSIONS`` sessions, a transaction each), up to ``IN_FLIGHT`` batches at a time, so memory holds
+    that many batches' rows, never the file."""
 
     def __init__(
         self, pool: asyncpg.Pool, actor: Principal, fmt: str, path_session: uuid.UUID | None, options: dict[str, Any]
@@ -142,6 +144,8 @@ class _Upload:
         self.header: list[str] | None = None
         self.current: uuid.UUID | None = None
         self.group: list[usecases.RosterRow] = []
+        self.batch: list[tuple[uuid.UUID, list[usecases.RosterRow]]] = []
+        self.batch_rows = 0
         self.rows = 0
         self.outcomes: list[SessionOutcome] = []
         self.refused: list[RefusedRow] = []
@@ -203,7 +207,7 @@ class _Upload:
         if row is None:
             return
         if row.session_id != self.current:
-            await self.flush()
+            await self.end_session()
             self.current = row.session_id
         if len(self.group) >= MAX_SESSION_ROWS:
             self._refuse(
@@ -215,49 +219,65 @@ class _Upload:
             return
         self.group.append(usecases.RosterRow(line, row.member_id, row.result))
 
+    async def end_session(self) -> None:
+        """A session's rows ended: into the batch, and the batch on its way once it is full."""
+        if self.group:
+            assert self.current is not None  # a group always belongs to a session
+            self.batch.append((self.current, self.group))
+            self.batch_rows += len(self.group)
+            self.group = []
+        if self.batch_rows >= BATCH_ROWS or len(self.batch) >= BATCH_SESSIONS:
+            await self.flush()
+
     async def flush(self) -> None:
-        if not self.group:
+        if self.group:
+            await self.end_session()
+        if not self.batch:
             return
-        sid, rows = self.current, self.group
-        assert sid is not None  # a group always belongs to a session
-        self.group = []
+        batch, self.batch, self.batch_rows = self.batch, [], 0
         await self.slots.acquire()
-        task = asyncio.create_task(self._record(sid, rows))
+        task = asyncio.create_task(self._record(batch))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
     async def finish(self) -> None:
-        """Wait for the sessions still being recorded (also when the upload failed: they commit on their own)."""
+        """Wait for the batches still being recorded (also when the upload failed: they commit on their own)."""
         await asyncio.gather(*list(self.tasks))
 
-    async def _record(self, sid: uuid.UUID, rows: list[usecases.RosterRow]) -> None:
+    async def _record(self, batch: list[tuple[uuid.UUID, list[usecases.RosterRow]]]) -> None:
         try:
-            # the roster's events, gathered to be marked as this upload's, then written once
-            async with (
-                self.pool.acquire() as conn,
-                conn.transaction(),
-                usecases.one_outbox_write(conn) as events,
-            ):
-                report = await usecases.record_roster(conn, sid, rows, self.actor, self.today, **self.options)
-                events[:] = [_of_batch(e, self.batch_id) for e in events]
-        except DomainError as exc:  # the whole session refused; nothing of it was kept
-            report = usecases.RosterReport(sid, rows=len(rows), problem=exc, refused=[(r, exc) for r in rows])
+            reports = await self._recorded(batch)
         finally:
             self.slots.release()
-        for r, refusal in report.refused:
-            self._refuse(r.line, sid, r.member_id, refusal)
-        self.outcomes.append(
-            SessionOutcome(
-                first_line=rows[0].line,
-                session_id=sid,
-                rows=report.rows,
-                recorded=report.recorded,
-                unchanged=report.unchanged,
-                refused=len(report.refused),
-                completed=report.completed,
-                problem=views.problem_body(report.problem) if report.problem else None,
+        for (sid, rows), report in zip(batch, reports, strict=True):
+            for r, refusal in report.refused:
+                self._refuse(r.line, sid, r.member_id, refusal)
+            self.outcomes.append(
+                SessionOutcome(
+                    first_line=rows[0].line,
+                    session_id=sid,
+                    rows=report.rows,
+                    recorded=report.recorded,
+                    unchanged=report.unchanged,
+                    refused=len(report.refused),
+                    completed=report.completed,
+                    problem=views.problem_body(report.problem) if report.problem else None,
+                )
             )
-        )
+
+    async def _recorded(self, batch: list[tuple[uuid.UUID, list[usecases.RosterRow]]]) -> list[usecases.RosterReport]:
+        """The batch in one transaction; if it fails on a conflict the locks should have made impossible,
+        each session alone, so that only the session at fault is refused (and nothing of it kept)."""
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                return await usecases.record_rosters(
+                    conn, batch, self.actor, self.today, batch_id=self.batch_id, **self.options
+                )
+        except DomainError as exc:
+            if len(batch) == 1:
+                sid, rows = batch[0]
+                return [usecases.RosterReport(sid, rows=len(rows)).refuse_all(rows, exc)]
+        return [(await self._recorded([one]))[0] for one in batch]
 
     def report(self) -> RosterReport:
         self.refused.sort(key=lambda r: r.line)
@@ -274,11 +294,6 @@ class _Upload:
             session_outcomes=self.outcomes,
             refused_rows=self.refused,
         )
-
-
-def _of_batch(event: EventData, batch_id: uuid.UUID) -> EventData:
-    """The event marked as one of this upload's (the event types that carry a ``batch_id``)."""
-    return event.model_copy(update={"batch_id": batch_id}) if "batch_id" in type(event).model_fields else event
 
 
 async def _upload(request: Request, actor: Principal, path_session: uuid.UUID | None, options: dict[str, Any]):

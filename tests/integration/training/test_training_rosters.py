@@ -138,3 +138,60 @@ async def test_rosters_of_many_sessions_recorded_completed_and_repeatable(stack,
         "/v1/rosters", content=f"session_id,member_id,result\n{s4},{m[0]}\rx,passed\n".encode(), headers=CSV
     )
     assert cr.status_code == 200 and [kind(r["problem"]) for r in cr.json()["refused_rows"]] == ["validation-error"]
+
+
+async def test_roster_in_parts_then_moved_on_and_completed(stack, training):
+    """One session's rows in two parts of one upload (the second part sees what the first did), capacity
+    held across them, then a second upload that moves the same enrolments on and completes the session:
+    the existing enrolments are updated (absent → withdrawn), the figures and events are the single
+    commands', and that upload again changes nothing."""
+    app, client, _ = training
+    branch, m = await seed_members(stack, app, 4, region="640104")
+    prog = await programme(client, "pre_job", name="名册分段培训")
+    s = (await session(client, prog["id"], branch.branch_id, capacity=3))["id"]
+    t = (await session(client, prog["id"], branch.branch_id, capacity=1))["id"]
+    first = [
+        "session_id,member_id,result",
+        f"{s},{m[0]},enrolled",
+        f"{s},{m[1]},enrolled",
+        f"{t},{m[0]},passed",
+        f"{s},{m[2]},attended",  # line 5: the session's second part
+        f"{s},{m[1]},attended",  # enrolled in the first part: moves on
+        f"{s},{m[3]},attended",  # line 7: the fourth member of a session of 3
+    ]
+    report = (await client.post("/v1/rosters", content=("\n".join(first) + "\n").encode(), headers=CSV)).json()
+    assert (report["rows"], report["recorded"], report["unchanged"], report["refused"]) == (6, 5, 0, 1), report
+    assert [(r["line"], kind(r["problem"])) for r in report["refused_rows"]] == [(7, "session-full")]
+    view = (await client.get(f"/v1/sessions/{s}")).json()
+    assert (view["status"], view["enrolled"]) == ("in_progress", 3)
+    enrolments = await app.state.db.fetch("SELECT member_id, status FROM enrolments WHERE session_id = $1", uuid.UUID(s))
+    states = {r["member_id"]: r["status"] for r in enrolments}
+    assert states == {m[0]: "enrolled", m[1]: "attended", m[2]: "attended"}
+
+    second = f"session_id,member_id,result\n{s},{m[0]},absent\n{s},{m[1]},passed\n{s},{m[2]},failed\n".encode()
+    async with tail(stack.bootstrap) as tl:
+        done = (await client.post("/v1/rosters", params={"complete": "true"}, content=second, headers=CSV)).json()
+        events = await tl.until(lambda es: of(es, "session.completed.v1", session_id=s))
+    assert (done["recorded"], done["unchanged"], done["refused"], done["sessions_completed"]) == (2, 1, 0, 1), done
+    [completed] = of(events, "session.completed.v1", session_id=s)
+    assert (completed.data["person_times"], completed.data["passed"], completed.data["failed"]) == (2, 1, 1)
+    assert completed.data["eligible_member_ids"] == [str(m[1])]
+    assert [e.data["member_id"] for e in of(events, "enrolment.withdrawn.v1", session_id=s)] == [str(m[0])]
+    assert sorted(e.data["result"] for e in of(events, "enrolment.assessed.v1", session_id=s)) == ["failed", "passed"]
+    rows = await app.state.db.fetch(
+        "SELECT member_id, status, closed, withdraw_reason, withdrawn_at IS NOT NULL AS w, assessed_at IS NOT NULL AS a"
+        " FROM enrolments WHERE session_id = $1",
+        uuid.UUID(s),
+    )
+    assert {r["member_id"]: tuple(r)[1:] for r in rows} == {
+        m[0]: ("withdrawn", True, "absent", True, False),
+        m[1]: ("passed", True, None, False, True),
+        m[2]: ("failed", True, None, False, True),
+    }
+    view = (await client.get(f"/v1/sessions/{s}")).json()
+    assert (view["status"], view["enrolled"], view["results"]["person_times"]) == ("completed", 2, 2)
+
+    outbox = await app.state.db.fetchval("SELECT count(*) FROM outbox")
+    again = (await client.post("/v1/rosters", params={"complete": "true"}, content=second, headers=CSV)).json()
+    assert (again["recorded"], again["unchanged"], again["refused"]) == (0, 3, 0), again
+    assert await app.state.db.fetchval("SELECT count(*) FROM outbox") == outbox
