@@ -9,7 +9,7 @@
 # copies them and the source. Every dependency is installed from a binary wheel
 # (--only-binary), so no compiler is needed in either stage.
 
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG PYTHON_IMAGE=python:3.11.15-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS deps
 ENV PIP_NO_CACHE_DIR=1 \

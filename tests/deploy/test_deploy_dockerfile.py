@@ -59,7 +59,8 @@ def test_deploy_dockerfile_shape():
     final = stages[-1]
     base = final[0][1].split()[0]
     base = re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), base)
-    assert re.fullmatch(r"python:3\.11-slim(-\w+)?", base), f"final stage base {base}"
+    # The exact patch release (and its digest once pin_images.py recorded one): test_deploy_versions.py.
+    assert re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?(@sha256:[0-9a-f]{64})?", base), f"final stage base {base}"
     users = [rest for k, rest in final if k == "USER"]
     assert users, "the final stage sets a USER"
     user = re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), users[-1]).split(":")[0]
