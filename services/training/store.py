@@ -555,21 +555,44 @@ async def enrolments_of_sessions(conn: Conn, ids: Sequence[uuid.UUID]) -> dict[u
 
 async def insert_final_enrolments(conn: asyncpg.Connection, rows: list[tuple]) -> None:
     """New enrolments straight in the state a roster leaves them (one row each instead of an INSERT and up
-    to three UPDATEs), in the given order. rows: (id, session id, member id, branch id, status, closed,
-    withdraw reason, attended, assessed); the times are the transaction's, as the single commands'."""
-    if rows:
-        await conn.execute(
-            """INSERT INTO enrolments (id, session_id, member_id, branch_id, status, closed, withdraw_reason,
-                                       attended_at, assessed_at, withdrawn_at)
-               SELECT v.id, v.session_id, v.member_id, v.branch_id, v.status, v.closed, v.reason,
-                      CASE WHEN v.attended THEN now() END, CASE WHEN v.assessed THEN now() END,
-                      CASE WHEN v.status = 'withdrawn' THEN now() END
-               FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::bool[], $7::text[],
-                           $8::bool[], $9::bool[]) WITH ORDINALITY
-                    AS v(id, session_id, member_id, branch_id, status, closed, reason, attended, assessed, n)
-               ORDER BY v.n""",
-            *(list(c) for c in zip(*rows, strict=True)),
-        )
+    to three UPDATEs), by COPY in the given order (their ``seq``). rows: (id, session id, member id, branch
+    id, status, closed, withdraw reason, attended, assessed); the times are the transaction's ``now()``, as
+    the single commands'."""
+    if not rows:
+        return
+    now = await conn.fetchval("SELECT now()")  # the transaction's start: what now() gives every statement in it
+    await conn.copy_records_to_table(
+        "enrolments",
+        columns=[
+            "id",
+            "session_id",
+            "member_id",
+            "branch_id",
+            "status",
+            "closed",
+            "withdraw_reason",
+            "attended_at",
+            "assessed_at",
+            "withdrawn_at",
+            "enrolled_at",
+        ],
+        records=[
+            (
+                i,
+                s,
+                m,
+                b,
+                status,
+                closed,
+                reason,
+                now if attended else None,
+                now if assessed else None,
+                now if status == "withdrawn" else None,
+                now,
+            )
+            for i, s, m, b, status, closed, reason, attended, assessed in rows
+        ],
+    )
 
 
 async def update_enrolments(conn: asyncpg.Connection, rows: list[tuple]) -> None:
