@@ -214,3 +214,27 @@ async def wait_assigned(consumer: EventConsumer, timeout: float = 30.0) -> None:
 
 
 __all__ = ["BatchHandler", "EventConsumer", "Handler", "KafkaLoop", "TopicPartition", "wait_assigned"]
+
+
+class CommandConsumer(EventConsumer):
+    """``EventConsumer`` reading the intake's command types (``shared.events.intake.COMMANDS``) instead of the
+    domain catalogue: what membership, training and funding read from their ``<service>.commands`` topic."""
+
+    async def _parse(self, record):
+        from pydantic import ValidationError
+
+        from shared.events.intake import COMMANDS
+
+        try:
+            event = decode(record.value)
+            cls = COMMANDS.get(event.type)
+            if cls is None:
+                return None  # a command type of a newer intake: not this build's
+            return event, cls.model_validate(event.data)
+        except InvalidEvent as exc:
+            await dead_letter(self.producer, record, str(exc), self.group_id)
+        except ValidationError as exc:
+            await dead_letter(
+                self.producer, record, f"command does not match its type: {exc.errors()[0]['msg']}", self.group_id
+            )
+        return None

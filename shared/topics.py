@@ -80,7 +80,8 @@ TOPICS: tuple[Topic, ...] = (
         retention_ms=4 * WEEK_MS,
         purpose="notifier: deliveries whose attempts were exhausted (dead letters)",
     ),
-    # The intake (services/intake): commands to membership, keyed by the person; kept 4 weeks, longer than
+    # The intake (services/intake): commands to membership (keyed by the person), training (by session) and
+    # funding (by disbursement); kept 4 weeks, longer than
     # membership can be down, and the intake's outbox can publish them again. Upstream systems that produce
     # to Kafka themselves write to intake.<kind>; records the intake refuses go to its dead letters.
     Topic(
@@ -96,6 +97,30 @@ TOPICS: tuple[Topic, ...] = (
         purpose="records of membership.commands that could not be parsed or validated",
     ),
     Topic(
+        "training.commands",
+        6,
+        retention_ms=4 * WEEK_MS,
+        purpose="intake: normalised commands for training (attendance from training providers), keyed by session",
+    ),
+    Topic(
+        "training.commands.dlq",
+        1,
+        retention_ms=4 * WEEK_MS,
+        purpose="records of training.commands that could not be parsed or validated",
+    ),
+    Topic(
+        "funding.commands",
+        6,
+        retention_ms=4 * WEEK_MS,
+        purpose="intake: normalised commands for funding (settlements from finance systems), keyed by disbursement",
+    ),
+    Topic(
+        "funding.commands.dlq",
+        1,
+        retention_ms=4 * WEEK_MS,
+        purpose="records of funding.commands that could not be parsed or validated",
+    ),
+    Topic(
         "intake.hr",
         6,
         retention_ms=WEEK_MS,
@@ -106,6 +131,30 @@ TOPICS: tuple[Topic, ...] = (
         1,
         retention_ms=4 * WEEK_MS,
         purpose="intake: records of intake.hr that were refused, with the reason in headers",
+    ),
+    Topic(
+        "intake.training",
+        6,
+        retention_ms=WEEK_MS,
+        purpose="intake: CloudEvents produced by training providers' systems (attendance recorded)",
+    ),
+    Topic(
+        "intake.training.dlq",
+        1,
+        retention_ms=4 * WEEK_MS,
+        purpose="intake: records of intake.training that were refused, with the reason in headers",
+    ),
+    Topic(
+        "intake.finance",
+        6,
+        retention_ms=WEEK_MS,
+        purpose="intake: CloudEvents produced by finance systems (payment settled)",
+    ),
+    Topic(
+        "intake.finance.dlq",
+        1,
+        retention_ms=4 * WEEK_MS,
+        purpose="intake: records of intake.finance that were refused, with the reason in headers",
     ),
 )
 

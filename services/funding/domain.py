@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
 from shared.auth import Principal
-from shared.errors import Conflict, OutOfScope
+from shared.errors import Conflict, Invalid, OutOfScope, RuleBroken
 from shared.events.funding import BeneficiaryKind, RejectionReason, SourceKind
 from shared.events.training import OrganiserKind, SubsidyCategory
 from shared.money import Yuan, fen_to_yuan, yuan_to_fen
@@ -81,6 +81,37 @@ class DisbursementIn(_In):
     amount: PositiveYuan = Field(description='decimal yuan string, e.g. "50000.00"')
     paid_on: date | None = None
     memo: Annotated[str | None, Scrubbed] = Field(default=None, max_length=500, pattern=NO_NUL)
+
+
+class SettlementIn(_In):
+    """The bank's report that a disbursement was paid out (a finance system's, through the intake)."""
+
+    amount_fen: int = Field(strict=True, gt=0, description="the amount settled, integer fen")
+    settled_at: AwareDatetime
+    bank_reference: str = Field(min_length=1, max_length=64, pattern=r"^[0-9A-Za-z-]+$")
+
+
+def settle(disbursement, cmd: SettlementIn, settled_on: date) -> bool:
+    """Whether this settlement changes the disbursement (False: the same settlement reported again).
+    The amount must match to the fen; a disbursement is settled once, after it was paid."""
+    if cmd.amount_fen != disbursement["amount_fen"]:
+        raise RuleBroken(
+            f"the bank settled {fen_to_yuan(cmd.amount_fen)} yuan; disbursement {disbursement['id']} paid "
+            f"{fen_to_yuan(disbursement['amount_fen'])}",
+            kind="amount-mismatch",
+            title="The settled amount is not the disbursement's",
+        )
+    if disbursement["bank_reference"] is not None:
+        if disbursement["bank_reference"] == cmd.bank_reference:
+            return False
+        raise Conflict(
+            f"disbursement {disbursement['id']} was settled under another bank reference",
+            kind="already-settled",
+            title="The disbursement is settled already",
+        )
+    if settled_on < disbursement["paid_on"]:
+        raise Invalid("settled_at", f"before the disbursement was paid ({disbursement['paid_on']})")
+    return True
 
 
 class BeneficiaryIn(_In):

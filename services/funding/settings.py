@@ -35,3 +35,7 @@ class FundingSettings(Settings):
     funding_branch_consumer: bool = True
     funding_branch_group: str = Field(default="funding.branches", min_length=1)
     funding_membership_topic: str = "membership.events"
+
+    # The intake's commands (funding.commands: settlements reported by finance systems).
+    funding_commands_consumer: bool = True
+    funding_commands_group: str = Field(default="funding.commands", min_length=1)

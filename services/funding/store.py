@@ -10,7 +10,7 @@ its fund while a revocation may hold that fund).
 from __future__ import annotations
 
 import uuid
-from datetime import date
+from datetime import date, datetime
 from typing import Any, TypeAlias
 
 import asyncpg
@@ -401,6 +401,27 @@ async def disbursements(conn: Conn, grant_id: uuid.UUID, after_entry: int | None
         grant_id,
         after_entry,
         limit,
+    )
+
+
+# -- settlements (the bank's reports, through the intake) ------------------------------------
+async def lock_disbursement(conn: asyncpg.Connection, disbursement_id: uuid.UUID) -> asyncpg.Record | None:
+    """A disbursement with its grant's region and fund, locked (its settlement is decided under the lock)."""
+    return await conn.fetchrow(
+        "SELECT d.*, g.region_code, g.fund_id FROM disbursements d JOIN grants g ON g.id = d.grant_id "
+        "WHERE d.id = $1 FOR UPDATE OF d",
+        disbursement_id,
+    )
+
+
+async def set_settled(
+    conn: asyncpg.Connection, disbursement_id: uuid.UUID, settled_at: datetime, bank_reference: str
+) -> None:
+    await conn.execute(
+        "UPDATE disbursements SET settled_at = $2, bank_reference = $3 WHERE id = $1",
+        disbursement_id,
+        settled_at,
+        bank_reference,
     )
 
 

@@ -26,8 +26,10 @@ from prometheus_client import Counter
 
 from services.funding import domain, store
 from shared.auth import Principal
+from shared.clock import CHINA
 from shared.errors import Invalid, NotFound
 from shared.events.funding import (
+    DisbursementSettled,
     FundClosed,
     FundOpened,
     FundsDisbursed,
@@ -430,6 +432,41 @@ async def list_disbursements(
 ) -> list[asyncpg.Record]:
     await get_grant(conn, grant_id, actor)
     return await store.disbursements(conn, grant_id, after, limit + 1)
+
+
+# -- settlements ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Settlement:
+    disbursement_id: uuid.UUID
+    changed: bool  # False: the same settlement reported again (nothing changed)
+
+
+async def settle_disbursement(
+    conn: asyncpg.Connection, disbursement_id: uuid.UUID, cmd: domain.SettlementIn, actor: Principal, today: date
+) -> Settlement:
+    """The bank paid a disbursement out: recorded once (``disbursement.settled``), the amount matching to
+    the fen. A disbursement outside the actor's scope is not found (404, the one region rule)."""
+    row = await store.lock_disbursement(conn, disbursement_id)
+    if row is None:
+        raise NotFound("disbursement", disbursement_id)
+    actor.ensure_visible(row["region_code"], "disbursement", disbursement_id)
+    if not domain.settle(row, cmd, cmd.settled_at.astimezone(CHINA).date()):
+        return Settlement(disbursement_id, False)
+    await store.set_settled(conn, disbursement_id, cmd.settled_at, cmd.bank_reference)
+    await emit(
+        conn,
+        DisbursementSettled(
+            disbursement_id=disbursement_id,
+            grant_id=row["grant_id"],
+            fund_id=row["fund_id"],
+            amount_fen=row["amount_fen"],
+            paid_on=row["paid_on"],
+            settled_at=cmd.settled_at,
+            bank_reference=cmd.bank_reference,
+            region_code=row["region_code"],
+        ),
+    )
+    return Settlement(disbursement_id, True)
 
 
 # -- payees (beneficiaries) ------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """What the intake reads from Kafka.
 
-* The owning services' outcomes (``changai.membership.command.applied.v1`` / ``.rejected.v1`` on
-  ``membership.events``): each becomes its event's status (accepted → applied / rejected), a batch per
-  partition in one transaction; a redelivered outcome finds the event decided and changes nothing.
+* The owning services' outcomes (``changai.<service>.command.applied.v1`` / ``.rejected.v1`` on
+  ``membership.events``, ``training.events`` and ``funding.events``): each becomes its event's status
+  (accepted → applied / rejected), a batch per partition in one transaction; a redelivered outcome finds
+  the event decided and changes nothing.
 * The Kafka intake topics (``intake.<kind>``): upstream systems that produce to Kafka themselves. Each
   record is checked exactly as over HTTP (``usecases.accept``) against the source its CloudEvent names
   (Kafka ACLs, per source user, are what stop one system writing as another); a record refused goes to
@@ -25,7 +26,7 @@ from shared.clock import now_cn
 from shared.consumer import EventConsumer, KafkaLoop
 from shared.errors import DomainError
 from shared.events import CloudEvent, EventData
-from shared.events.intake import CommandApplied, CommandKeys, CommandRejected
+from shared.events.intake import OUTCOME_TOPICS, OUTCOMES, AppliedOutcome, CommandKeys, RejectedOutcome
 from shared.kafka import dead_letter, make_consumer, make_producer
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 def outcome_consumer(pool: asyncpg.Pool, bootstrap: str, group_id: str) -> EventConsumer:
     async def handle(items: list[tuple[CloudEvent, EventData]]) -> None:
-        outcomes = [data for _, data in items if isinstance(data, CommandApplied | CommandRejected)]
+        outcomes = [data for _, data in items if isinstance(data, AppliedOutcome | RejectedOutcome)]
         async with pool.acquire() as conn, conn.transaction():
             decided = await usecases.record_outcomes(conn, outcomes, now_cn())
         for row in decided:
@@ -50,9 +51,9 @@ def outcome_consumer(pool: asyncpg.Pool, bootstrap: str, group_id: str) -> Event
     return EventConsumer(
         bootstrap,
         group_id,
-        ["membership.events"],
+        list(OUTCOME_TOPICS),
         batch_handler=handle,
-        event_types={CommandApplied.event_type, CommandRejected.event_type},
+        event_types={cls.event_type for cls in OUTCOMES},
     )
 
 

@@ -22,8 +22,23 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from standardwebhooks.webhooks import Webhook
 
 from shared.errors import DomainError, Invalid, OutOfScope, status_of
-from shared.events.intake import CertificateCommand, CommandKeys, JoinCommand, LeaveCommand
-from shared.events.upstream import UPSTREAM, EmployeeHired, EmployeeLeft, HrssCertificateIssued, UpstreamData
+from shared.events.intake import (
+    AttendanceCommand,
+    CertificateCommand,
+    CommandKeys,
+    JoinCommand,
+    LeaveCommand,
+    SettleCommand,
+)
+from shared.events.upstream import (
+    UPSTREAM,
+    AttendanceRecorded,
+    EmployeeHired,
+    EmployeeLeft,
+    HrssCertificateIssued,
+    PaymentSettled,
+    UpstreamData,
+)
 from shared.privacy import scrub_text
 from shared.problems import Problem
 from shared.regions import RegionCode
@@ -229,8 +244,10 @@ def problem_of(exc: DomainError) -> dict[str, Any]:
 
 def to_command(
     checked: Checked, source: Source, intake_id: uuid.UUID, keys: CommandKeys
-) -> JoinCommand | LeaveCommand | CertificateCommand:
-    """The normalised command for the owning service; the person's data sealed, keyed by the person."""
+) -> JoinCommand | LeaveCommand | CertificateCommand | AttendanceCommand | SettleCommand:
+    """The normalised command for the owning service: membership's keyed by the person, the person's data
+    sealed; training's keyed by the session, the trainee named by membership's lookup hash (no ID number);
+    funding's keyed by the disbursement (no personal data at all)."""
     common = dict(
         intake_id=intake_id,
         upstream_source=source.source,
@@ -269,5 +286,22 @@ def to_command(
             level=data.level,
             issued_on=data.issued_on,
             issuer=data.issuer,
+        )
+    if isinstance(data, AttendanceRecorded):
+        return AttendanceCommand(
+            **common,
+            session_id=data.session_id,
+            member_hash=keys.member_hash(data.id_number),
+            learner_ref=data.learner_ref,
+            attended_on=data.attended_on,
+            minutes=data.minutes,
+        )
+    if isinstance(data, PaymentSettled):
+        return SettleCommand(
+            **common,
+            disbursement_id=data.disbursement_id,
+            amount_fen=data.amount_fen,
+            settled_at=data.settled_at,
+            bank_reference=data.bank_reference,
         )
     raise TypeError(f"no command for {type(data).__name__}")  # every catalogue type has a branch above

@@ -27,6 +27,6 @@ class IntakeSettings(Settings):
     intake_reply_interval_s: float = Field(default=0.5, gt=0)
     intake_reply_timeout_s: float = Field(default=10.0, gt=0)
     intake_reply_max_backoff_s: float = Field(default=3600.0, gt=0)
-    intake_kafka_topics: str = "intake.hr"  # comma-separated intake.<kind> topics
+    intake_kafka_topics: str = "intake.hr,intake.training,intake.finance"  # comma-separated intake.<kind> topics
     # The webhook validation handshake: the most requests a minute a sender is allowed (it may ask fewer).
     intake_webhook_max_rate: int = Field(default=60000, gt=0)

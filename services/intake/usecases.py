@@ -26,7 +26,7 @@ from shared.auth import Principal
 from shared.crypto import FieldCipher
 from shared.errors import Conflict, DomainError, NotFound, OutOfScope
 from shared.events import encode, envelope
-from shared.events.intake import CommandApplied, CommandKeys, CommandRejected
+from shared.events.intake import AppliedOutcome, CommandKeys, RejectedOutcome
 from shared.logging import trace_id_var
 from shared.problems import PROBLEM_BASE
 
@@ -240,13 +240,14 @@ def answer(row: asyncpg.Record) -> dict[str, Any]:
 
 
 async def record_outcomes(
-    conn: asyncpg.Connection, outcomes: list[CommandApplied | CommandRejected], decided_at: datetime
+    conn: asyncpg.Connection, outcomes: list[AppliedOutcome | RejectedOutcome], decided_at: datetime
 ) -> list[asyncpg.Record]:
-    """The owning service's outcomes become each event's status (accepted → applied / rejected)."""
+    """The owning service's outcomes become each event's status (accepted → applied / rejected); the member
+    is named in the answer when the command concerned one (a join, a leave, a certificate, an attendance)."""
     rows: list[tuple] = []
     for o in outcomes:
-        if isinstance(o, CommandApplied):
-            rows.append((o.intake_id, "applied", o.member_id, None, decided_at))
+        if isinstance(o, AppliedOutcome):
+            rows.append((o.intake_id, "applied", getattr(o, "member_id", None), None, decided_at))
         else:
             problem = {"type": PROBLEM_BASE + o.problem_type, "title": o.title, "status": o.status}
             if o.detail:

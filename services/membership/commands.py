@@ -26,11 +26,10 @@ from services.membership.pii import Vault
 from shared import inbox
 from shared.auth import Principal
 from shared.clock import today_cn
-from shared.consumer import EventConsumer
+from shared.consumer import CommandConsumer, EventConsumer
 from shared.errors import DomainError, NotFound, status_of
-from shared.events import CloudEvent, EventData, InvalidEvent, decode
+from shared.events import CloudEvent, EventData
 from shared.events.intake import (
-    COMMANDS,
     CertificateCommand,
     CommandApplied,
     CommandKeys,
@@ -38,7 +37,6 @@ from shared.events.intake import (
     JoinCommand,
     LeaveCommand,
 )
-from shared.kafka import dead_letter
 from shared.privacy import scrub_text
 
 log = logging.getLogger(__name__)
@@ -216,25 +214,6 @@ async def apply_commands(
         outcomes = [await _apply_one(conn, event, cmd, keys, vault, today) for event, cmd in fresh]
     await usecases.emit(conn, *outcomes)
     return outcomes
-
-
-class CommandConsumer(EventConsumer):
-    """``EventConsumer`` reading command types (``COMMANDS``) instead of the domain catalogue."""
-
-    async def _parse(self, record):
-        try:
-            event = decode(record.value)
-            cls = COMMANDS.get(event.type)
-            if cls is None:
-                return None  # a command type of a newer intake: not this build's
-            return event, cls.model_validate(event.data)
-        except InvalidEvent as exc:
-            await dead_letter(self.producer, record, str(exc), self.group_id)
-        except ValidationError as exc:
-            await dead_letter(
-                self.producer, record, f"command does not match its type: {exc.errors()[0]['msg']}", self.group_id
-            )
-        return None
 
 
 def command_consumer(

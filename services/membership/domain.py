@@ -630,6 +630,7 @@ def member_joined_data(
     sex: str,
     joined_on: str,
     import_id: str | None = None,
+    id_hash: str | None = None,
 ) -> dict:
     """What ``member.joined`` says, in its JSON form (ids and dates as text): the birth year and sex
     derived from the ID number, never the number; ``import_id`` when a bulk import added the member (the
@@ -647,6 +648,7 @@ def member_joined_data(
         "sex": sex,
         "joined_on": joined_on,
         "import_id": import_id,
+        "id_hash": id_hash,
     }
 
 
@@ -660,6 +662,7 @@ def member_joined(
     born: date,
     sex: str,
     joined_on: date,
+    id_hash: bytes | None = None,
 ) -> MemberJoined:
     return MemberJoined.model_validate(
         member_joined_data(
@@ -672,6 +675,7 @@ def member_joined(
             born.year,
             sex,
             joined_on.isoformat(),
+            id_hash=id_hash.hex() if id_hash is not None else None,
         )
     )
 

@@ -523,6 +523,7 @@ class Importer:
                     m.sex,
                     m.joined_on.isoformat(),
                     import_id,
+                    r.id_hash.hex(),  # what training matches a provider's attendance report by
                 )
                 data["import_id"] = str(self.import_id)  # notices of an import go out as one digest
                 value = encode_value(

@@ -217,7 +217,7 @@ def _secrets(vault: Vault, member_id: uuid.UUID, person: domain.NewMember) -> di
     )
 
 
-def _joined(member_id: uuid.UUID, branch, person: domain.NewMember, skill: int | None) -> EventData:
+def _joined(member_id: uuid.UUID, branch, person: domain.NewMember, skill: int | None, id_hash: bytes) -> EventData:
     return domain.member_joined(
         member_id,
         branch,
@@ -227,6 +227,7 @@ def _joined(member_id: uuid.UUID, branch, person: domain.NewMember, skill: int |
         born=person.birth_date,
         sex=person.sex,
         joined_on=person.joined_on,
+        id_hash=id_hash,
     )
 
 
@@ -262,7 +263,7 @@ async def join(
         row = await store.rejoin_member(
             conn, member_id, skill_level=skill, **fields, **_secrets(vault, member_id, person)
         )
-    await emit(conn, _joined(member_id, branch, person, skill))
+    await emit(conn, _joined(member_id, branch, person, skill, id_hash))
     return await store.get_member(conn, member_id)
 
 
@@ -326,9 +327,9 @@ async def join_many(
         )
     inserted = await store.insert_members(conn, rows)
     events = []
-    for i, member_id, branch in staged.values():
+    for id_hash, (i, member_id, branch) in staged.items():
         if member_id in inserted:
-            events.append(_joined(member_id, branch, people[i], people[i].skill_level))
+            events.append(_joined(member_id, branch, people[i], people[i].skill_level, id_hash))
         else:
             one_by_one.append(i)  # already a member (a rejoin or a refusal): the single join decides
     await emit(conn, *events)

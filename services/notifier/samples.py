@@ -21,6 +21,7 @@ NS = uuid.UUID("6c1d2a8e-4c57-4a52-9f0e-6e6f74696365")
 
 BY_NAME: dict[str, Any] = {
     "region_code": "640104",
+    "id_hash": "5e" * 32,  # member.joined's lookup hash (hex), never shown in a notice
     "from_region_code": "640104",
     "to_region_code": "640105",
     "owner_region": "640100",

@@ -1,4 +1,4 @@
-"""What training does with others' events: the read model of members and branches.
+"""What training does with others' events: the read model of members and branches, and the intake's commands.
 
 ``membership.events`` → ``members`` / ``branches`` tables, enough to refuse enrolling someone
 who is not an active member and to know a member's branch and region. Every event is applied
@@ -17,6 +17,15 @@ rows, starts a new *generation*, and replays the topic from the beginning. The c
 named after the generation (``<group>-g<N>``), so a new generation starts from offset 0; a
 running service notices the new generation (every apply checks it under a share lock) and moves
 to the new group by itself.
+
+Commands from the intake (``training.commands``, ``changai.command.training.attendance.v1``): a training
+provider's attendance report, applied through the SAME use case as the API's attendance route
+(``usecases.record_attendance``, and ``usecases.start_session`` first when the session has not started,
+as a roster does), with an actor built from the source's region scope, so a session outside it is not
+found (404, the one region rule). The trainee is found in the member read model by membership's lookup
+hash (no ID number reaches training). Each command is applied once (the inbox claim, by command id, in the
+transaction of its effect) and its outcome goes on ``training.events`` (``changai.training.command.
+applied.v1`` / ``.rejected.v1``) for the intake to answer the source.
 """
 
 from __future__ import annotations
@@ -30,9 +39,14 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from services.training import store
-from shared.consumer import EventConsumer
+from services.training import domain, store, usecases
+from shared import inbox
+from shared.auth import Principal
+from shared.clock import today_cn
+from shared.consumer import CommandConsumer, EventConsumer
+from shared.errors import Conflict, DomainError, NotFound
 from shared.events import CloudEvent, EventData, InvalidEvent, UnknownEventType, decode, parse_data
+from shared.events.intake import AttendanceCommand, TrainingCommandApplied, TrainingCommandRejected, rejection
 from shared.events.membership import (
     BranchDissolved,
     BranchEstablished,
@@ -345,3 +359,98 @@ async def rebuild(
     }
     progress(f"rebuilt: {result}")
     return result
+
+
+# ---------------------------------------------------------------------------- commands from the intake
+COMMANDS_INBOX = "training.commands"  # the inbox's consumer name
+_ALREADY = frozenset({"attended", "passed", "failed"})  # an enrolment that has its attendance already
+
+
+def command_actor(cmd: AttendanceCommand) -> Principal:
+    """The source acts within its registered region scope, as a training writer."""
+    return Principal(f"intake:{cmd.actor}", frozenset({"training:write"}), cmd.region_scope)
+
+
+def _common(event: CloudEvent, cmd: AttendanceCommand) -> dict:
+    return dict(
+        command_id=event.id,
+        intake_id=cmd.intake_id,
+        command=cmd.event_type,
+        upstream_source=cmd.upstream_source,
+        region_code=cmd.region_scope,
+    )
+
+
+async def _attend(conn: asyncpg.Connection, event: CloudEvent, cmd: AttendanceCommand, today) -> TrainingCommandApplied:
+    actor = command_actor(cmd)
+    session = await usecases.get_session(conn, cmd.session_id, actor)  # outside the scope: 404
+    member = await store.member_by_hash(conn, bytes.fromhex(cmd.member_hash))
+    if member is None:
+        raise NotFound("member", "with that ID number", kind="unknown-trainee")
+    if session["status"] == "scheduled":  # a provider does not start sessions: its first report does, as a
+        # roster's row does; a report dated before the scheduled start is refused by start_session's rule
+        started_on = min(cmd.attended_on, today)
+        await usecases.start_session(
+            conn, cmd.session_id, domain.StartIn.model_construct(started_on=started_on), actor, today
+        )
+    done = await usecases.record_attendance(
+        conn, cmd.session_id, domain.AttendanceIn.model_construct(member_ids=[member["id"]]), actor, today
+    )
+    [outcome] = done.outcomes
+    changed = outcome.problem is None
+    if outcome.problem is not None:
+        problem = outcome.problem
+        already = isinstance(problem, Conflict) and problem.extra.get("enrolment_status") in _ALREADY
+        if not already:  # not enrolled, withdrawn: the use case's refusal is the answer
+            raise problem
+    assert outcome.enrolment_id is not None  # an enrolment was found (recorded now or before)
+    return TrainingCommandApplied(
+        **_common(event, cmd),
+        session_id=cmd.session_id,
+        enrolment_id=outcome.enrolment_id,
+        member_id=member["id"],
+        took_effect=changed,
+    )
+
+
+async def apply_commands(
+    conn: asyncpg.Connection, items: list[tuple[CloudEvent, AttendanceCommand]], today
+) -> list[TrainingCommandApplied | TrainingCommandRejected]:
+    """Inside the caller's transaction (a partition's batch): each command not applied before (one inbox
+    claim for the batch), in order, each in a savepoint so a refusal undoes only its own command; every
+    outcome goes to the outbox with the batch."""
+    claimed = await inbox.claim_many(conn, COMMANDS_INBOX, [event.id for event, _ in items])
+    outcomes: list[TrainingCommandApplied | TrainingCommandRejected] = []
+    seen: set[str] = set()
+    for event, cmd in items:
+        if event.id not in claimed or event.id in seen:
+            continue
+        seen.add(event.id)
+        try:
+            async with conn.transaction():
+                outcomes.append(await _attend(conn, event, cmd, today))
+        except DomainError as exc:
+            outcomes.append(TrainingCommandRejected(**_common(event, cmd), **rejection(exc)))
+    await usecases.emit_many(conn, outcomes)
+    return outcomes
+
+
+def command_consumer(pool: asyncpg.Pool, bootstrap: str, group_id: str) -> EventConsumer:
+    async def handle(items: list[tuple[CloudEvent, EventData]]) -> None:
+        commands = [(event, cmd) for event, cmd in items if isinstance(cmd, AttendanceCommand)]
+        if not commands:
+            return
+        async with pool.acquire() as conn, conn.transaction():
+            await apply_commands(conn, commands, today_cn())
+
+    return CommandConsumer(bootstrap, group_id, ["training.commands"], batch_handler=handle)
+
+
+def commands_part(group_id: str):
+    async def part(app) -> Callable[[], Awaitable[None]]:
+        consumer = command_consumer(app.state.db, app.state.settings.kafka_bootstrap, group_id)
+        consumer.start()
+        app.state.commands = consumer
+        return consumer.stop
+
+    return part

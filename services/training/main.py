@@ -10,7 +10,7 @@ import asyncio
 import sys
 
 from services.training.api import router
-from services.training.consumers import read_model_part, rebuild
+from services.training.consumers import commands_part, read_model_part, rebuild
 from services.training.settings import TrainingSettings
 from shared.http import create_app, serve
 
@@ -18,6 +18,8 @@ from shared.http import create_app, serve
 def build_app(settings: TrainingSettings | None = None):
     settings = settings or TrainingSettings()
     parts = [read_model_part(settings.members_group, settings.members_topic)] if settings.members_consumer else []
+    if settings.consume_commands:
+        parts.append(commands_part(settings.commands_group_id))
     return create_app(
         service="training",
         settings=settings,

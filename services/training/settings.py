@@ -14,3 +14,6 @@ class TrainingSettings(Settings):
     members_topic: str = "membership.events"
     # Off only for tools that must not consume (e.g. a benchmark seeding the read model itself).
     members_consumer: bool = True
+    # The intake's commands (training.commands: attendance reported by training providers).
+    consume_commands: bool = True
+    commands_group_id: str = "training-commands"

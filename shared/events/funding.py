@@ -6,7 +6,7 @@ fiscal year, and the beneficiary's kind, so the projection needs no lookup.
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 from enum import StrEnum
 from uuid import UUID
 
@@ -136,6 +136,21 @@ class FundsDisbursed(EventData):
     paid_on: date
     region_code: str | None = Place("the grant paid from")
     batch_id: UUID | None = PaymentBatch
+
+
+@event("changai.funding.disbursement.settled.v1", subject="grant_id")
+class DisbursementSettled(EventData):
+    """The bank paid a disbursement out (到账), as a finance system reported it: the amount matched to the fen.
+    Keyed by grant, after the disbursement's own ``disbursement.made``."""
+
+    disbursement_id: UUID
+    grant_id: UUID
+    fund_id: UUID
+    amount_fen: int = Fen
+    paid_on: date
+    settled_at: datetime
+    bank_reference: str = Field(description="the bank's transaction serial (流水号)")
+    region_code: str | None = Place("the grant paid from")
 
 
 @event("changai.funding.subsidy.claimed.v1", subject="claim_id")

@@ -18,7 +18,7 @@ refusal; the intake turns them into the answer to the source.
 from __future__ import annotations
 
 import base64
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 from uuid import UUID
 
@@ -52,12 +52,15 @@ def command(event_type: str, *, subject: str, topic: str):
     return register
 
 
-class _Command(EventData):
+class _CommandBase(EventData):
     intake_id: UUID = Field(description="the intake's record of the upstream event (the answer is keyed by it)")
     upstream_source: str = Field(description="the upstream CloudEvents source")
     upstream_type: str
     region_scope: str = Field(pattern=r"^64\d{4}$", description="the source's region scope: the actor's")
     actor: str = Field(description="the source's client id (the actor the owning service records)")
+
+
+class _Command(_CommandBase):
     person_key: str = Field(pattern=r"^[0-9a-f]{64}$", description="keyed hash of the ID number (record key)")
     sealed: str = Field(description="the person's data, sealed (base64; CommandKeys.open)")
 
@@ -94,7 +97,32 @@ class CertificateCommand(_Command):
     issuer: str
 
 
-# -- outcomes (domain events of membership) ---------------------------------------------
+@command("changai.command.training.attendance.v1", subject="session_id", topic="training.commands")
+class AttendanceCommand(_CommandBase):
+    """A training provider recorded a trainee's attendance: the member's enrolment in the session is marked
+    attended (training's record_attendance use case). The trainee is named by ``member_hash``, membership's
+    lookup hash of the ID number (``CommandKeys.member_hash``): training's member read model holds it, the
+    ID number itself never leaves the intake. Keyed by the session, so one session's reports keep order."""
+
+    session_id: UUID
+    member_hash: str = Field(pattern=r"^[0-9a-f]{64}$", description="membership's lookup hash of the ID number")
+    learner_ref: str = Field(description="the provider's own id of the trainee")
+    attended_on: date
+    minutes: int = Field(ge=1, le=1440)
+
+
+@command("changai.command.funding.settle.v1", subject="disbursement_id", topic="funding.commands")
+class SettleCommand(_CommandBase):
+    """A finance system reported a disbursement settled at the bank (funding's settle_disbursement use
+    case). Keyed by the disbursement."""
+
+    disbursement_id: UUID
+    amount_fen: int = Field(gt=0)
+    settled_at: datetime
+    bank_reference: str
+
+
+# -- outcomes (domain events of the owning services) ------------------------------------
 class _Outcome(EventData):
     command_id: UUID
     intake_id: UUID
@@ -120,6 +148,81 @@ class CommandRejected(_Outcome):
     detail: str | None = None
 
 
+class _Rejection(_Outcome):
+    status: int = Field(description="the HTTP status the refusal would have had at the API (4xx)")
+    problem_type: str
+    title: str
+    detail: str | None = None
+
+
+@event("changai.training.command.applied.v1", subject="intake_id")
+class TrainingCommandApplied(_Outcome):
+    """Training applied an intake command (an attendance): ``took_effect`` is false when the enrolment had
+    its attendance already (a later day's report of the same trainee)."""
+
+    session_id: UUID
+    enrolment_id: UUID
+    member_id: UUID
+    took_effect: bool
+
+
+@event("changai.training.command.rejected.v1", subject="intake_id")
+class TrainingCommandRejected(_Rejection):
+    """Training refused an intake command: the RFC 9457 problem (no personal data)."""
+
+
+@event("changai.funding.command.applied.v1", subject="intake_id")
+class FundingCommandApplied(_Outcome):
+    """Funding applied an intake command (a settlement): ``took_effect`` is false for a settlement already
+    recorded with the same bank reference (the bank's report sent again under a new event id)."""
+
+    disbursement_id: UUID
+    took_effect: bool
+
+
+@event("changai.funding.command.rejected.v1", subject="intake_id")
+class FundingCommandRejected(_Rejection):
+    """Funding refused an intake command: the RFC 9457 problem (no personal data)."""
+
+
+AppliedOutcome = CommandApplied | TrainingCommandApplied | FundingCommandApplied
+RejectedOutcome = CommandRejected | TrainingCommandRejected | FundingCommandRejected
+OUTCOMES: tuple[type[EventData], ...] = (
+    CommandApplied,
+    CommandRejected,
+    TrainingCommandApplied,
+    TrainingCommandRejected,
+    FundingCommandApplied,
+    FundingCommandRejected,
+)
+OUTCOME_TOPICS = ("membership.events", "training.events", "funding.events")
+
+
+def rejection(exc: Exception) -> dict[str, Any]:
+    """The fields of a refusal as the source hears it: the problem's type, title, status and a scrubbed
+    detail (a ``DomainError``, or the ``ValidationError`` of data checked again by the owning service)."""
+    from pydantic import ValidationError
+
+    from shared.errors import DomainError, status_of
+    from shared.privacy import scrub_text
+
+    if isinstance(exc, ValidationError):  # never echoed: the message only, scrubbed
+        err = exc.errors()[0]
+        return dict(
+            status=422,
+            problem_type="validation-error",
+            title="Request is not valid",
+            detail=scrub_text(f"{'.'.join(map(str, err['loc']))}: {err['msg']}"),
+        )
+    assert isinstance(exc, DomainError)
+    return dict(
+        status=status_of(exc),
+        problem_type=exc.kind,
+        title=exc.title,
+        detail=scrub_text(exc.detail) if exc.detail else None,
+    )
+
+
 class CommandKeys:
     """The keys the intake and membership share for commands, derived from the platform's data key."""
 
@@ -128,9 +231,18 @@ class CommandKeys:
         self._mac = HKDF(
             algorithm=hashes.SHA256(), length=32, salt=b"changai/commands/person-key", info=b"hmac-sha256 v1"
         ).derive(data_key)
+        self._member_mac = HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=b"changai/membership", info=b"lookup hmac-sha256 v1"
+        ).derive(data_key)
 
     def person_key(self, id_number: str) -> str:
         return keyed_hash(self._mac, id_number).hex()
+
+    def member_hash(self, id_number: str) -> str:
+        """Membership's lookup hash of an ID number (``services.membership.pii.Vault.lookup_hash``, the
+        same HKDF derivation from the data key; a unit test holds them equal): what training's member read
+        model matches a trainee by."""
+        return keyed_hash(self._member_mac, id_number).hex()
 
     def seal(self, intake_id: UUID, person: dict[str, Any]) -> str:
         return base64.b64encode(self._cipher.seal("person", intake_id, orjson.dumps(person).decode())).decode()

@@ -110,6 +110,12 @@ class MemberJoined(EventData):
         description="the bulk import that added the member, if any: "
         "its members are told to channels as one digest, not one notice each",
     )
+    id_hash: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="membership's keyed lookup hash of the ID number (HMAC-SHA256 under a key derived from the "
+        "platform's data key, hex), never the number: training matches a provider's attendance report by it",
+    )
 
 
 @event("changai.membership.member.transferred.v1", subject="member_id")

@@ -16,10 +16,10 @@ import argparse
 import json
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from shared.events.membership import EmploymentForm
 from shared.identifiers import InvalidIdentifier, credit_code_field, normalise_phone, parse_resident_id
@@ -102,15 +102,49 @@ class HrssCertificateIssued(UpstreamData):
     _id = field_validator("id_number")(_id_number)
 
 
+class AttendanceRecorded(UpstreamData):
+    """A training provider's learning platform recorded a trainee's attendance at a session (签到/学时):
+    becomes the attendance of the member's enrolment in that session (training's record_attendance)."""
+
+    session_id: UUID = Field(description="the training session, as the platform scheduled it (its id)")
+    learner_ref: str = Field(
+        min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$", description="the provider's own id of the trainee"
+    )
+    id_number: str = Field(
+        description="the trainee's resident ID number (GB 11643); hashed on arrival, never stored in clear"
+    )
+    attended_on: date = Field(description="the day of the lesson")
+    minutes: int = Field(ge=1, le=1440, description="minutes attended that day (学时 as minutes)")
+
+    _id = field_validator("id_number")(_id_number)
+
+
+class PaymentSettled(UpstreamData):
+    """A finance system's bank reported a disbursement paid out (到账): the disbursement becomes settled
+    (funding's settle_disbursement), its amount matching to the fen."""
+
+    disbursement_id: UUID = Field(description="the platform's disbursement, as the payment order named it")
+    amount_fen: int = Field(strict=True, gt=0, le=10**13, description="the amount settled, integer fen (分)")
+    currency: Literal["CNY"] = "CNY"
+    settled_at: AwareDatetime = Field(description="when the bank settled it (RFC 3339, with its offset)")
+    bank_reference: str = Field(
+        min_length=1, max_length=64, pattern=r"^[0-9A-Za-z-]+$", description="the bank's transaction serial (流水号)"
+    )
+
+
 UPSTREAM: dict[str, type[UpstreamData]] = {
     "enterprise.hr.employee.hired.v1": EmployeeHired,
     "enterprise.hr.employee.left.v1": EmployeeLeft,
     "cn.gov.nx.hrss.certificate.issued.v1": HrssCertificateIssued,  # over HTTP (no Kafka intake topic yet)
+    "training.provider.attendance.recorded.v1": AttendanceRecorded,
+    "finance.payment.settled.v1": PaymentSettled,
 }
 # The Kafka intake topic each type is read from (its channel in docs/asyncapi.yaml); HTTP takes every type.
 TOPIC_OF: dict[str, str] = {
     "enterprise.hr.employee.hired.v1": "intake.hr",
     "enterprise.hr.employee.left.v1": "intake.hr",
+    "training.provider.attendance.recorded.v1": "intake.training",
+    "finance.payment.settled.v1": "intake.finance",
 }
 
 
