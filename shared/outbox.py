@@ -134,17 +134,24 @@ async def _store_rows(conn: asyncpg.Connection, rows: list[tuple]) -> int:
 
 
 def encode_many(
-    items: Sequence[EventData], *, trace_id: str | None = None, update: Mapping[str, Any] | None = None
+    items: Sequence[EventData],
+    *,
+    trace_id: str | None = None,
+    update: Mapping[str, Any] | None = None,
+    trace_ids: Sequence[str | None] | None = None,
 ) -> list[tuple]:
     """Outbox rows of many events, each value byte for byte what ``encode(envelope(d))`` gives, without a
     CloudEvent model an event (that cost ~14x the payload's own dump): one random draw for all the event
     ids and traceparents, one time for the batch. ``update`` sets payload fields on the events whose type
-    has them (a bulk path's batch id), as ``model_copy(update=...)`` would. A test holds the bytes equal."""
+    has them (a bulk path's batch id), as ``model_copy(update=...)`` would. A test holds the bytes equal.
+    ``trace_ids``: each event's own trace (a consumer's batch, ``add_traced``) instead of one for all."""
     n = len(items)
     if not n:
         return []
     when = json_time(datetime.now(UTC))
-    traceparents = new_traceparents(trace_id, n)
+    traceparents = (
+        new_traceparents(trace_id, n) if trace_ids is None else [new_traceparents(t, 1)[0] for t in trace_ids]
+    )
     raw = bytearray(os.urandom(16 * n))  # the event ids (version 4), 16 bytes at a time for the batch
     raw[6::16] = bytes(raw[6::16]).translate(_VERSION_4)
     raw[8::16] = bytes(raw[8::16]).translate(_VARIANT)
@@ -178,7 +185,8 @@ async def add_many(conn: asyncpg.Connection, items: Iterable[EventData], *, trac
 async def add_traced(conn: asyncpg.Connection, items: Iterable[tuple[EventData, str | None]]) -> int:
     """``add_many`` with each event under its own trace id, in one statement: a consumer's batch, where each
     event continues the trace of the event it answers (``(data, trace_id)`` pairs, in order)."""
-    return await _store_rows(conn, [_row(envelope(d, trace_id=t), d.topic) for d, t in items])
+    pairs = list(items)
+    return await _store_rows(conn, encode_many([d for d, _ in pairs], trace_ids=[t for _, t in pairs]))
 
 
 async def add_encoded(conn: asyncpg.Connection, rows: list[tuple]) -> int:
