@@ -113,8 +113,11 @@ def kafka_access() -> dict[str, dict]:
     from services.notifier.topics import DEFERRED, DELIVER, DOMAIN_SOURCES, RETRIES
     from services.projection.settings import ProjectionSettings, dead_letter_topics
     from services.training.settings import TrainingSettings
+    from shared.events.intake import COMMANDS, OUTCOME_TOPICS
     from shared.kafka import dlq_topic
     from shared.topics import STREAM_APPS, TOPICS, stream_topics
+
+    COMMAND_TOPICS = sorted({cls.topic for cls in COMMANDS.values()})  # noqa: N806 - the intake writes each
 
     def faust_topics(app_id: str) -> list[str]:
         return [t.name for t in stream_topics(app_id, STREAM_APPS[app_id])]
@@ -127,10 +130,11 @@ def kafka_access() -> dict[str, dict]:
     domain = list(DOMAIN_SOURCES)
     intake_topics = _default(IntakeSettings, "intake_kafka_topics").split(",")
     membership_reads = ["training.events", "membership.commands"]
-    training_reads = [_default(TrainingSettings, "members_topic")]
+    training_reads = [_default(TrainingSettings, "members_topic"), "training.commands"]
     funding_reads = [_default(FundingSettings, "funding_training_topic"),
-                     _default(FundingSettings, "funding_membership_topic")]
-    intake_reads = ["membership.events", *intake_topics]
+                     _default(FundingSettings, "funding_membership_topic"), "funding.commands"]
+    # the owning services' outcomes (shared.events.intake.OUTCOME_TOPICS) and the Kafka intake topics
+    intake_reads = [*OUTCOME_TOPICS, *intake_topics]
     return {
         "membership": {
             "read": membership_reads, "write": ["membership.events", *map(dlq_topic, membership_reads)],
@@ -138,14 +142,16 @@ def kafka_access() -> dict[str, dict]:
                        (_default(MembershipSettings, "commands_group_id"), "literal")]},
         "training": {
             "read": training_reads, "write": ["training.events", *map(dlq_topic, training_reads)],
-            "groups": [(_default(TrainingSettings, "members_group") + "-", "prefix")]},
+            "groups": [(_default(TrainingSettings, "members_group") + "-", "prefix"),
+                       (_default(TrainingSettings, "commands_group_id"), "literal")]},
         "funding": {
             "read": funding_reads, "write": ["funding.events", *map(dlq_topic, funding_reads)],
             "groups": [(_default(FundingSettings, "funding_subsidy_group"), "literal"),
-                       (_default(FundingSettings, "funding_branch_group"), "literal")]},
+                       (_default(FundingSettings, "funding_branch_group"), "literal"),
+                       (_default(FundingSettings, "funding_commands_group"), "literal")]},
         "reform": {"read": [], "write": ["reform.events"], "groups": []},
         "intake": {
-            "read": intake_reads, "write": ["membership.commands", *map(dlq_topic, intake_reads)],
+            "read": intake_reads, "write": [*COMMAND_TOPICS, *map(dlq_topic, intake_reads)],
             "groups": [(_default(IntakeSettings, "intake_outcomes_group_id"), "literal"),
                        (_default(IntakeSettings, "intake_kafka_group_id"), "literal")]},
         "notifier-api": {"read": [], "write": notifier_outbox, "groups": []},
@@ -153,6 +159,12 @@ def kafka_access() -> dict[str, dict]:
             "read": [*domain, DELIVER, DEFERRED, *RETRIES, *faust_topics(notifier_app)],
             "write": [*notifier_outbox, *map(dlq_topic, domain), *faust_topics(notifier_app)],
             "groups": [(notifier_app, "literal")]},
+        # An upstream system that produces to Kafka logs in as the user of its kind (the intake's sources
+        # of that kind share it): it may write its intake topic and nothing else. Its answers come over
+        # HTTP (GET /v1/events/{id}, or its webhook), per source; the kind's dead letters hold other
+        # sources' refused records (personal data among them), so they are the operators' to read.
+        **{f"intake-source-{topic.removeprefix('intake.')}": {"read": [], "write": [topic], "groups": []}
+           for topic in intake_topics},
         "projection": {
             "read": [*domain, *dead_letter_topics(), *faust_topics(projection_app)],
             "write": [*map(dlq_topic, domain), *faust_topics(projection_app)],

@@ -121,8 +121,10 @@ def check_every_service_logs_in_as_its_own_kafka_user(objects) -> None:
         assert os.path.join(mounts[ca], "ca.crt") == cafile, (
             f"{spec.name}: the CA is not where CHANGAI_KAFKA_SSL_CAFILE says"
         )
-    # No KafkaUser nobody logs in as, except the MirrorMaker's (prod).
-    assert set(users) - {s.name for s in ds.services()} <= {"mirror-maker"}
+    # No KafkaUser nobody logs in as, except the MirrorMaker's (prod) and the upstream systems' (one per kind
+    # of intake source, logged in from outside the cluster).
+    others = set(users) - {s.name for s in ds.services()} - {"mirror-maker"}
+    assert all(u.startswith("intake-source-") for u in others), others
 
 
 def test_kafka_users_grant_what_the_code_does():
@@ -134,6 +136,14 @@ def test_kafka_users_grant_what_the_code_does():
     writers = {
         t: {u for u, user in users.items() if "Write" in _topic_ops(user).get(t, set())} for t in domain_topics()
     }
+    from services.intake.settings import IntakeSettings
+
+    intake_topics = IntakeSettings.model_fields["intake_kafka_topics"].default.split(",")
+    for topic in intake_topics:  # an upstream system's user writes its intake topic and nothing else
+        ops = _topic_ops(users[f"intake-source-{topic.removeprefix('intake.')}"])
+        assert ops == {topic: {"Describe", "Write"}}, ops
+    assert {u for u in users if u.startswith("intake-source-")} == {
+        f"intake-source-{t.removeprefix('intake.')}" for t in intake_topics}
     assert writers["membership.events"] == {"membership"}
     assert writers["training.events"] == {"training"}
     assert writers["funding.events"] == {"funding"}
