@@ -1,6 +1,7 @@
 """What funding does with others' events: the training-subsidy saga.
 
-``changai.training.session.completed.v1`` → in ONE transaction with the inbox record:
+``changai.training.session.completed.v1``, a partition's batch at a time → in ONE transaction with the
+batch's inbox records, for each event:
 a subsidy claim for the session (eligible persons × the rule in force on the completion
 date), paid from the fund configured for the category through a grant to the organiser
 that is approved and disbursed at once — or rejected with a reason. Both outcomes are
@@ -23,6 +24,7 @@ from shared import inbox
 from shared.clock import today_cn
 from shared.consumer import EventConsumer
 from shared.events import CloudEvent, EventData
+from shared.events.envelope import trace_id_of
 from shared.events.membership import BranchDissolved, BranchEstablished, BranchMerged, BranchUpdated
 from shared.events.training import SessionCompleted
 
@@ -31,53 +33,73 @@ log = logging.getLogger(__name__)
 INBOX_CONSUMER = "funding.subsidy"
 
 
-async def on_session_completed(
-    pool: asyncpg.Pool, event: CloudEvent, data: SessionCompleted, *, auto_register_organisers: bool = False
-) -> str:
-    """Apply one completion event; returns what happened (for logs and tests)."""
+async def on_sessions_completed(
+    pool: asyncpg.Pool, items: list[tuple[CloudEvent, EventData]], *, auto_register_organisers: bool = False
+) -> list[str]:
+    """Apply a partition's batch of completion events in ONE transaction with their inbox records; returns what
+    happened to each (for logs and tests): paid, rejected, redelivery or duplicate-session.
+
+    The inbox is claimed for the whole batch in one statement: a redelivered event (this batch's or an earlier
+    one's) changes nothing. A crash before the commit loses nothing: the offsets are committed after it
+    (``EventConsumer``), so the batch comes again and is applied whole."""
+    completions: dict[str, usecases.Completion] = {}
+    for event, data in items:
+        if isinstance(data, SessionCompleted) and event.id not in completions:  # an id twice: once
+            completions[event.id] = usecases.Completion(uuid.UUID(event.id), data, trace_id_of(event.traceparent))
     async with pool.acquire() as conn, conn.transaction():
-        if not await inbox.claim(conn, INBOX_CONSUMER, event.id):
-            return "redelivery"
-        claim = await usecases.claim_subsidy(
-            conn, uuid.UUID(event.id), data, today_cn(), auto_register_organisers=auto_register_organisers
+        fresh = await inbox.claim_many(conn, INBOX_CONSUMER, list(completions))
+        todo = [c for event_id, c in completions.items() if event_id in fresh]
+        claims = (
+            await usecases.claim_subsidies(
+                conn, todo, usecases.SAGA, today_cn(), auto_register_organisers=auto_register_organisers
+            )
+            if todo
+            else []
         )
-    if claim is None:
-        log.warning(
-            "session already claimed under another event; nothing paid",
-            extra={"session_id": str(data.session_id), "event_id": event.id},
+    outcomes: dict[str, str] = {}
+    for completion, claim in zip(todo, claims, strict=True):
+        if claim is None:
+            log.warning(
+                "session already claimed under another event; nothing paid",
+                extra={"session_id": str(completion.data.session_id), "event_id": str(completion.event_id)},
+            )
+        outcomes[str(completion.event_id)] = "duplicate-session" if claim is None else claim["status"]
+    if todo:
+        log.info(
+            "subsidy claims settled",
+            extra={
+                "events": len(items),
+                "paid": sum(1 for c in claims if c and c["status"] == "paid"),
+                "rejected": sum(1 for c in claims if c and c["status"] == "rejected"),
+                "paid_fen": sum(c["amount_fen"] for c in claims if c and c["status"] == "paid"),
+            },
         )
-        return "duplicate-session"
-    log.info(
-        "subsidy claim settled",
-        extra={
-            "session_id": str(data.session_id),
-            "claim_id": str(claim["id"]),
-            "status": claim["status"],
-            "reason": claim["reason"],
-            "amount_fen": claim["amount_fen"],
-        },
-    )
-    return claim["status"]
+    answers = []
+    for event, data in items:  # an event applied now answers once; again (in this batch or before): redelivery
+        if not isinstance(data, SessionCompleted):
+            answers.append("skipped")
+        else:
+            answers.append(outcomes.pop(event.id, "redelivery"))
+    return answers
 
 
 def subsidy_part(settings: FundingSettings):
-    """A ``create_app`` part: the subsidy consumer, started with the API and stopped with it."""
+    """A ``create_app`` part: the subsidy consumer, started with the API and stopped with it. It takes a
+    partition's records as they come (up to 500 a fetch) and applies them as one batch."""
 
     async def start(app: FastAPI):
         if not settings.funding_subsidy_consumer:
             return None
         pool: asyncpg.Pool = app.state.db
 
-        async def handle(event: CloudEvent, data) -> None:
-            await on_session_completed(
-                pool, event, data, auto_register_organisers=settings.funding_auto_register_organisers
-            )
+        async def handle(items: list[tuple[CloudEvent, EventData]]) -> None:
+            await on_sessions_completed(pool, items, auto_register_organisers=settings.funding_auto_register_organisers)
 
         consumer = EventConsumer(
             settings.kafka_bootstrap,
             settings.funding_subsidy_group,
             [settings.funding_training_topic],
-            handle,
+            batch_handler=handle,
             event_types={SessionCompleted.event_type},
         )
         consumer.start()

@@ -654,3 +654,167 @@ async def ledger_check(conn: Conn) -> dict[str, Any]:
         "paid_claims": len(claims),
         **dict(counts),
     }
+
+
+# -- the subsidy saga in batches (one statement per step for a whole batch) ------------------------
+async def claimed_sessions(conn: Conn, session_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of these sessions already have a claim."""
+    rows = await conn.fetch("SELECT session_id FROM subsidy_claims WHERE session_id = ANY ($1::uuid[])", session_ids)
+    return {r["session_id"] for r in rows}
+
+
+async def get_beneficiaries(conn: Conn, keys: list[tuple[str, str]]) -> dict[tuple[str, str], asyncpg.Record]:
+    """``get_beneficiary`` for many (kind, id) at once; the ones not registered are missing."""
+    rows = await conn.fetch(
+        """SELECT b.*, a.id AS account_id, a.balance AS received_fen
+             FROM unnest($1::text[], $2::text[]) AS k (kind, id)
+             JOIN beneficiaries b ON b.kind = k.kind AND b.id = k.id
+             JOIN accounts a ON a.kind = 'beneficiary' AND a.beneficiary_kind = b.kind AND a.beneficiary_id = b.id""",
+        [k for k, _ in keys],
+        [i for _, i in keys],
+    )
+    return {(r["kind"], r["id"]): r for r in rows}
+
+
+async def routes_for(conn: Conn, wanted: list[tuple[str, int]]) -> dict[tuple[str, int], uuid.UUID]:
+    """``route_for`` for many (category, year) at once; the ones with no route are missing."""
+    rows = await conn.fetch(
+        """SELECT w.category, w.year,
+                  (SELECT r.fund_id FROM subsidy_routes r WHERE r.category = w.category
+                      AND (r.year = w.year OR r.year IS NULL) ORDER BY r.year NULLS LAST LIMIT 1) AS fund_id
+             FROM unnest($1::text[], $2::int[]) AS w (category, year)""",
+        [c for c, _ in wanted],
+        [y for _, y in wanted],
+    )
+    return {(r["category"], r["year"]): r["fund_id"] for r in rows if r["fund_id"] is not None}
+
+
+async def lock_funds(conn: asyncpg.Connection, fund_ids: list[uuid.UUID]) -> dict[uuid.UUID, asyncpg.Record]:
+    """``lock_fund`` for many funds: the rows locked in id order (the one lock order: funds before grants and
+    accounts, and several funds by id), then read with their balances in a new statement."""
+    await conn.execute(
+        "SELECT 1 FROM funds WHERE id = ANY ($1::uuid[]) ORDER BY id FOR NO KEY UPDATE", sorted(set(fund_ids))
+    )
+    rows = await conn.fetch(
+        """SELECT f.*, a.id AS account_id, a.balance AS available_fen
+             FROM funds f JOIN accounts a ON a.kind = 'fund' AND a.fund_id = f.id WHERE f.id = ANY ($1::uuid[])""",
+        fund_ids,
+    )
+    return {r["id"]: r for r in rows}
+
+
+async def touch_beneficiaries(conn: asyncpg.Connection, payees: list[tuple[str, str, str, str | None]]) -> None:
+    """``upsert_beneficiary`` of registered payees (kind, id, name, region), as a grant to each does: the latest
+    name wins, a region once known stays. Each payee once."""
+    await conn.execute(
+        """INSERT INTO beneficiaries (kind, id, name, region_code)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+           ON CONFLICT (kind, id) DO UPDATE SET name = EXCLUDED.name,
+                  region_code = coalesce(beneficiaries.region_code, EXCLUDED.region_code), updated_at = now()""",
+        *(list(column) for column in zip(*payees, strict=True)),
+    )
+
+
+async def insert_paid_grants(conn: asyncpg.Connection, grants: list[dict[str, Any]]) -> dict[uuid.UUID, int]:
+    """Grants approved and paid in full at once (a subsidy's): the rows, already closed and paid, and their
+    accounts; returns each grant's account id. The journal entries that move the money come after."""
+    columns = ["id", "fund_id", "beneficiary_kind", "beneficiary_id", "beneficiary_name", "purpose", "region_code"]
+    await conn.execute(
+        """INSERT INTO grants (id, fund_id, beneficiary_kind, beneficiary_id, beneficiary_name, purpose, region_code,
+                               amount_fen, paid_fen, status, approved_on, closed_on, claim_id)
+           SELECT id, fund_id, bk, bi, bn, purpose, region, amount, amount, 'closed', paid_on, paid_on, claim_id
+             FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                         $8::bigint[], $9::date[], $10::uuid[])
+                  WITH ORDINALITY AS g (id, fund_id, bk, bi, bn, purpose, region, amount, paid_on, claim_id, n)
+            ORDER BY n""",
+        *([g[c] for g in grants] for c in columns),
+        [g["amount_fen"] for g in grants],
+        [g["paid_on"] for g in grants],
+        [g["claim_id"] for g in grants],
+    )
+    rows = await conn.fetch(
+        """INSERT INTO accounts (kind, fund_id, grant_id, name)
+           SELECT 'grant', fund_id, grant_id, name FROM unnest($1::uuid[], $2::uuid[], $3::text[])
+                  WITH ORDINALITY AS a (fund_id, grant_id, name, n) ORDER BY n
+           RETURNING id, grant_id""",
+        [g["fund_id"] for g in grants],
+        [g["id"] for g in grants],
+        [f"{g['beneficiary_name']}: {g['purpose']}"[:200] for g in grants],
+    )
+    return {r["grant_id"]: r["id"] for r in rows}
+
+
+async def post_entries(conn: asyncpg.Connection, entries: list[dict[str, Any]]) -> list[int]:
+    """Many balanced journal entries through the database's ``post_entries`` (which checks each as
+    ``post_entry`` does); each entry: kind, fund_id, grant_id, reference, memo, on, lines [(account, amount)].
+    Returns the entries' ids in the given order."""
+    line_entries, accounts, amounts = [], [], []
+    for n, entry in enumerate(entries, start=1):
+        for account_id, amount in entry["lines"]:
+            line_entries.append(n)
+            accounts.append(account_id)
+            amounts.append(amount)
+    return list(
+        await conn.fetchval(
+            "SELECT post_entries($1::text[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::date[],"
+            " $7::int[], $8::bigint[], $9::bigint[])",
+            *([e[c] for e in entries] for c in ("kind", "fund_id", "grant_id", "reference", "memo", "on")),
+            line_entries,
+            accounts,
+            amounts,
+        )
+    )
+
+
+async def insert_disbursements(conn: asyncpg.Connection, payments: list[dict[str, Any]]) -> None:
+    """Payments already posted to the journal (id, grant_id, amount_fen, paid_on, memo, entry_id)."""
+    await conn.execute(
+        """INSERT INTO disbursements (id, grant_id, amount_fen, paid_on, memo, entry_id)
+           SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::date[], $5::text[], $6::bigint[])""",
+        *([p[c] for p in payments] for c in ("id", "grant_id", "amount_fen", "paid_on", "memo", "entry_id")),
+    )
+
+
+_CLAIM_COLUMNS = {  # column → its array type for unnest (member_ids goes as text: unnest cannot take uuid[][])
+    "id": "uuid",
+    "session_id": "uuid",
+    "event_id": "uuid",
+    "programme_id": "uuid",
+    "programme_name": "text",
+    "session_number": "int",
+    "organiser_id": "text",
+    "organiser_kind": "text",
+    "organiser_name": "text",
+    "category": "text",
+    "region_code": "text",
+    "city_code": "text",
+    "persons": "int",
+    "member_ids": "text",
+    "completed_on": "date",
+    "status": "text",
+    "rate_fen": "bigint",
+    "amount_fen": "bigint",
+    "reason": "text",
+    "detail": "text",
+    "fund_id": "uuid",
+    "grant_id": "uuid",
+    "disbursement_id": "uuid",
+}
+_INSERT_CLAIMS = (
+    f"INSERT INTO subsidy_claims ({', '.join(_CLAIM_COLUMNS)}) SELECT "
+    + ", ".join("member_ids::uuid[]" if c == "member_ids" else c for c in _CLAIM_COLUMNS)
+    + " FROM unnest("
+    + ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_CLAIM_COLUMNS.values()))
+    + f") AS c ({', '.join(_CLAIM_COLUMNS)})"
+)
+
+
+async def insert_claims(conn: asyncpg.Connection, claims: list[dict[str, Any]]) -> None:
+    """``insert_claim`` for many claims in one statement."""
+
+    def value(claim: dict[str, Any], column: str) -> Any:
+        if column == "member_ids":
+            return "{" + ",".join(str(m) for m in claim["member_ids"]) + "}"
+        return claim[column]
+
+    await conn.execute(_INSERT_CLAIMS, *([value(c, column) for c in claims] for column in _CLAIM_COLUMNS))

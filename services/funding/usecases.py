@@ -41,7 +41,7 @@ from shared.events.funding import (
     SubsidyRejected,
 )
 from shared.events.training import SessionCompleted
-from shared.outbox import emit
+from shared.outbox import add_traced, emit
 from shared.privacy import scrub_text
 from shared.regions import REGION_ROOT
 
@@ -563,19 +563,9 @@ async def list_routes(conn) -> list[asyncpg.Record]:
 
 
 # -- the subsidy saga -----------------------------------------------------------------------
-async def claim_subsidy(
-    conn: asyncpg.Connection,
-    event_id: uuid.UUID,
-    data: SessionCompleted,
-    today: date,
-    *,
-    auto_register_organisers: bool = False,
-) -> dict[str, Any] | None:
-    """A completed session's claim, settled (paid or rejected) in the caller's transaction; None when the
-    session was already claimed (under another event id)."""
-    if await store.claim_by_session(conn, data.session_id) is not None:
-        return None
-    claim = {
+def _claim_facts(event_id: uuid.UUID, data: SessionCompleted) -> dict[str, Any]:
+    """A completion event's claim, before it is settled."""
+    return {
         "id": uuid.uuid4(),
         "session_id": data.session_id,
         "event_id": event_id,
@@ -592,12 +582,243 @@ async def claim_subsidy(
         "member_ids": sorted(set(data.eligible_member_ids)),
         "completed_on": data.completed_on,
     }
+
+
+async def claim_subsidy(
+    conn: asyncpg.Connection,
+    event_id: uuid.UUID,
+    data: SessionCompleted,
+    today: date,
+    *,
+    auto_register_organisers: bool = False,
+) -> dict[str, Any] | None:
+    """A completed session's claim, settled (paid or rejected) in the caller's transaction; None when the
+    session was already claimed (under another event id)."""
+    if await store.claim_by_session(conn, data.session_id) is not None:
+        return None
+    claim = _claim_facts(event_id, data)
     # a session completed by a roster upload: its payment is of that batch (one digest for the federation)
     outcome = await settle_claim(
         conn, claim, today, auto_register_organisers=auto_register_organisers, batch_id=data.batch_id
     )
     await store.insert_claim(conn, {**claim, **outcome})
     return {**claim, **outcome}
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One consumed ``session.completed``: its event id, its data and the trace it belongs to."""
+
+    event_id: uuid.UUID
+    data: SessionCompleted
+    trace_id: str | None = None
+
+
+async def claim_subsidies(
+    conn: asyncpg.Connection,
+    completions: list[Completion],
+    actor: Principal,
+    today: date,
+    *,
+    auto_register_organisers: bool = False,
+) -> list[dict[str, Any] | None]:
+    """``claim_subsidy`` for a batch of completions (a partition's), in the caller's transaction, with a fixed
+    number of statements whatever the batch's size: one answer per completion, in order (None: the session was
+    claimed before, or earlier in this batch).
+
+    The same rules decide each claim as in ``settle_claim`` (``domain.decide_subsidy`` with the rule in force,
+    the organiser, the routed fund), in the batch's order, each claim against the fund's balance less what the
+    claims before it took (all or nothing per claim). The routed funds are locked first, in id order, and every
+    account the batch moves is locked in id order by ``post_entries``: the one lock order of the single path.
+    The accounts' CHECKs still refuse any overdraft, so a wrong decision could only fail the batch, never pay."""
+    del actor  # the saga acts for the federation (SAGA): its claims name their own regions
+    claimed = await store.claimed_sessions(conn, [c.data.session_id for c in completions])
+    claims: list[tuple[Completion, dict[str, Any]] | None] = []
+    for completion in completions:
+        if completion.data.session_id in claimed:
+            claims.append(None)
+            continue
+        claimed.add(completion.data.session_id)
+        claims.append((completion, _claim_facts(completion.event_id, completion.data)))
+    todo = [c for c in claims if c is not None]
+    if not todo:
+        return [None] * len(claims)
+
+    rules = store.as_rules(await store.rules(conn))
+    payee_keys = sorted({(_payee_kind(claim), claim["organiser_id"]) for _, claim in todo})
+    organisers = await store.get_beneficiaries(conn, payee_keys)
+    if auto_register_organisers:
+        for _, claim in todo:
+            kind = _payee_kind(claim)
+            if (kind, claim["organiser_id"]) not in organisers and claim.get("organiser_name") and claim["persons"] > 0:
+                await store.upsert_beneficiary(
+                    conn, kind, claim["organiser_id"], scrub_text(claim["organiser_name"]), claim["region_code"]
+                )
+                organisers[(kind, claim["organiser_id"])] = await store.get_beneficiary(
+                    conn, kind, claim["organiser_id"]
+                )
+    wanted = sorted({(claim["category"], claim["completed_on"].year) for _, claim in todo})
+    routes = await store.routes_for(conn, wanted)
+    funds = await store.lock_funds(conn, list(set(routes.values()))) if routes else {}
+    available = {fund_id: fund["available_fen"] for fund_id, fund in funds.items()}
+
+    paid: list[dict[str, Any]] = []  # the claims to pay, with their grant's and payment's facts
+    traced: list[tuple[str | None, list]] = []  # each claim's events under its completion's trace
+    answers: dict[uuid.UUID, dict[str, Any]] = {}
+    for completion, claim in todo:
+        kind = _payee_kind(claim)
+        organiser = organisers.get((kind, claim["organiser_id"]))
+        fund_id = routes.get((claim["category"], claim["completed_on"].year))
+        fund = funds.get(fund_id) if fund_id else None
+        rule = domain.rule_in_force([r for r in rules if r.category == claim["category"]], claim["completed_on"])
+        decision = _decide(claim, rule, organiser, fund, available.get(fund_id) if fund_id else None)
+        _count(claim, decision)
+        batch_id = completion.data.batch_id
+        if not decision.paid:
+            outcome, event = _rejection(claim, decision, rule, fund, batch_id)
+            traced.append((completion.trace_id, [event]))
+        else:
+            assert fund is not None and organiser is not None  # a paid decision had both
+            available[fund["id"]] -= decision.amount_fen
+            grant_id, disbursement_id = uuid.uuid4(), uuid.uuid4()
+            outcome = _paid(fund, decision, grant_id, disbursement_id)
+            paid.append(
+                {
+                    "claim": claim,
+                    "decision": decision,
+                    "fund": fund,
+                    "organiser": organiser,
+                    "kind": kind,
+                    "grant_id": grant_id,
+                    "disbursement_id": disbursement_id,
+                    "purpose": _purpose(claim, decision),
+                    "batch_id": batch_id,
+                    "trace_id": completion.trace_id,
+                }
+            )
+        answers[claim["id"]] = {**claim, **outcome}
+
+    if paid:
+        await _pay_subsidies(conn, paid, today, traced)
+    await _emit_traced(conn, traced)
+    await store.insert_claims(conn, [answers[claim["id"]] for _, claim in todo])
+    return [None if c is None else answers[c[1]["id"]] for c in claims]
+
+
+async def _pay_subsidies(
+    conn: asyncpg.Connection, paid: list[dict[str, Any]], today: date, traced: list[tuple[str | None, list]]
+) -> None:
+    """A batch's paid claims in set-based statements: what ``_approve`` and ``_pay`` write for each (the grant
+    to the organiser, approved and disbursed in full, its two journal entries, the payment) and their events
+    in the same order (grant.approved, disbursement.made, subsidy.claimed, subsidy.paid)."""
+    payees: dict[tuple[str, str], tuple[str, str, str, str | None]] = {}
+    for p in paid:  # each payee once (one statement may touch a row only once), named as registered
+        key = (p["kind"], p["claim"]["organiser_id"])
+        payees.setdefault(key, (*key, p["organiser"]["name"], p["claim"]["region_code"]))
+    await store.touch_beneficiaries(conn, list(payees.values()))
+    grant_accounts = await store.insert_paid_grants(
+        conn,
+        [
+            {
+                "id": p["grant_id"],
+                "fund_id": p["fund"]["id"],
+                "beneficiary_kind": p["kind"],
+                "beneficiary_id": p["claim"]["organiser_id"],
+                "beneficiary_name": p["organiser"]["name"],
+                "purpose": p["purpose"],
+                "region_code": p["claim"]["region_code"],
+                "amount_fen": p["decision"].amount_fen,
+                "paid_on": today,
+                "claim_id": p["claim"]["id"],
+            }
+            for p in paid
+        ],
+    )
+    entries = []
+    for p in paid:
+        amount, fund, grant_id = p["decision"].amount_fen, p["fund"], p["grant_id"]
+        account = grant_accounts[grant_id]
+        entries.append(
+            {
+                "kind": "grant_approved",
+                "fund_id": fund["id"],
+                "grant_id": grant_id,
+                "reference": p["claim"]["id"],
+                "memo": p["purpose"][:200],
+                "on": today,
+                "lines": [(fund["account_id"], -amount), (account, amount)],
+            }
+        )
+        entries.append(
+            {
+                "kind": "disbursement",
+                "fund_id": fund["id"],
+                "grant_id": grant_id,
+                "reference": p["claim"]["id"],
+                "memo": _payment_memo(p["claim"]),
+                "on": today,
+                "lines": [(account, -amount), (p["organiser"]["account_id"], amount)],
+            }
+        )
+    entry_ids = await store.post_entries(conn, entries)
+    await store.insert_disbursements(
+        conn,
+        [
+            {
+                "id": p["disbursement_id"],
+                "grant_id": p["grant_id"],
+                "amount_fen": p["decision"].amount_fen,
+                "paid_on": today,
+                "memo": _payment_memo(p["claim"]),
+                "entry_id": entry_ids[2 * i + 1],
+            }
+            for i, p in enumerate(paid)
+        ],
+    )
+    for p in paid:
+        claim, decision, fund = p["claim"], p["decision"], p["fund"]
+        common = _common(claim, decision, p["batch_id"])
+        traced.append(
+            (
+                p["trace_id"],
+                [
+                    GrantApproved(
+                        grant_id=p["grant_id"],
+                        fund_id=fund["id"],
+                        source_kind=fund["source_kind"],
+                        fiscal_year=fund["fiscal_year"],
+                        beneficiary_kind=p["kind"],
+                        beneficiary_id=claim["organiser_id"],
+                        beneficiary_name=p["organiser"]["name"],
+                        purpose=p["purpose"],
+                        region_code=claim["region_code"],
+                        amount_fen=decision.amount_fen,
+                        batch_id=p["batch_id"],
+                    ),
+                    FundsDisbursed(
+                        disbursement_id=p["disbursement_id"],
+                        grant_id=p["grant_id"],
+                        fund_id=fund["id"],
+                        source_kind=fund["source_kind"],
+                        fiscal_year=fund["fiscal_year"],
+                        beneficiary_kind=p["kind"],
+                        beneficiary_id=claim["organiser_id"],
+                        amount_fen=decision.amount_fen,
+                        grant_remaining_fen=0,
+                        paid_on=today,
+                        region_code=claim["region_code"],
+                        batch_id=p["batch_id"],
+                    ),
+                    *_paid_events(claim, decision, fund, p["disbursement_id"], common),
+                ],
+            )
+        )
+
+
+async def _emit_traced(conn: asyncpg.Connection, traced: list[tuple[str | None, list]]) -> None:
+    """The batch's events into the outbox in one statement, each claim's in their order, each under its
+    completion's trace id (as the single path's, which runs under the consumed event's trace)."""
+    await add_traced(conn, [(event, trace_id) for trace_id, events in traced for event in events])
 
 
 async def retry_claim(
@@ -620,6 +841,139 @@ async def retry_claim(
     return await store.get_claim(conn, claim_id)
 
 
+def _payee_kind(claim: dict[str, Any]) -> str:
+    return domain.organiser_beneficiary_kind(claim["organiser_kind"]).value
+
+
+def _decide(
+    claim: dict[str, Any],
+    rule: domain.Rule | None,
+    organiser: asyncpg.Record | None,
+    fund: asyncpg.Record | None,
+    available_fen: int | None = None,
+) -> domain.Decision:
+    """The claim decided by the domain's rule; ``available_fen``: the fund's balance if not the row's (a batch's
+    claims each see what the claims before them left)."""
+    return domain.decide_subsidy(
+        persons=claim["persons"],
+        rule=rule,
+        organiser_known=organiser is not None,
+        fund=domain.FundState(
+            fund["id"],
+            fund["status"],
+            fund["available_fen"] if available_fen is None else available_fen,
+            fund["name"],
+        )
+        if fund
+        else None,
+        category=claim["category"],
+        completed_on=claim["completed_on"],
+        organiser=f"{_payee_kind(claim)} {claim['organiser_id']}",
+    )
+
+
+def _count(claim: dict[str, Any], decision: domain.Decision) -> None:
+    CLAIMS.labels(
+        claim["category"], "paid" if decision.paid else "rejected", decision.reason.value if decision.reason else ""
+    ).inc()
+
+
+def _common(claim: dict[str, Any], decision: domain.Decision, batch_id: uuid.UUID | None) -> dict[str, Any]:
+    """The fields every subsidy event of this claim carries."""
+    return dict(
+        claim_id=claim["id"],
+        session_id=claim["session_id"],
+        organiser_id=claim["organiser_id"],
+        subsidy_category=claim["category"],
+        region_code=claim["region_code"],
+        city_code=claim["city_code"],
+        persons=decision.persons,
+        batch_id=batch_id,
+    )
+
+
+def _rejection(
+    claim: dict[str, Any],
+    decision: domain.Decision,
+    rule: domain.Rule | None,
+    fund: asyncpg.Record | None,
+    batch_id: uuid.UUID | None,
+) -> tuple[dict[str, Any], SubsidyRejected]:
+    """A rejected claim's outcome columns and its event."""
+    assert decision.reason is not None  # a refusal always says why
+    event = SubsidyRejected(
+        **_common(claim, decision, batch_id),
+        amount_fen=decision.amount_fen,
+        reason=decision.reason,
+        detail=decision.detail,
+    )
+    return {
+        "status": "rejected",
+        "rate_fen": decision.rate_fen if rule else None,
+        "amount_fen": decision.amount_fen,
+        "reason": decision.reason.value,
+        "detail": decision.detail,
+        "fund_id": fund["id"] if fund else None,
+        "grant_id": None,
+        "disbursement_id": None,
+    }, event
+
+
+def _paid(
+    fund: asyncpg.Record, decision: domain.Decision, grant_id: uuid.UUID, disbursement_id: uuid.UUID
+) -> dict[str, Any]:
+    """A paid claim's outcome columns."""
+    return {
+        "status": "paid",
+        "rate_fen": decision.rate_fen,
+        "amount_fen": decision.amount_fen,
+        "reason": None,
+        "detail": None,
+        "fund_id": fund["id"],
+        "grant_id": grant_id,
+        "disbursement_id": disbursement_id,
+    }
+
+
+def _paid_events(
+    claim: dict[str, Any],
+    decision: domain.Decision,
+    fund: asyncpg.Record,
+    disbursement_id: uuid.UUID,
+    common: dict[str, Any],
+) -> tuple[SubsidyClaimed, SubsidyPaid]:
+    return (
+        SubsidyClaimed(
+            **common, rate_fen=decision.rate_fen, amount_fen=decision.amount_fen, completed_on=claim["completed_on"]
+        ),
+        SubsidyPaid(
+            **common,
+            fund_id=fund["id"],
+            source_kind=fund["source_kind"],
+            fiscal_year=fund["fiscal_year"],
+            disbursement_id=disbursement_id,
+            amount_fen=decision.amount_fen,
+        ),
+    )
+
+
+def _purpose(claim: dict[str, Any], decision: domain.Decision) -> str:
+    """The subsidy grant's purpose: the category, programme, session number, persons × rate, and the session."""
+    label = domain.CATEGORY_LABEL[domain.SubsidyCategory(claim["category"])]
+    programme = claim.get("programme_name") or "training"
+    number = claim.get("session_number")
+    purpose = scrub_text(
+        f"{label}: {programme}"
+        + (f" 第{number}期" if number else "")
+        + f", {decision.persons} × {domain.fen_str(decision.rate_fen)} yuan"
+    )
+    return purpose + f" (session {claim['session_id']})"  # after the scrub: a uuid's digit groups are no phone
+
+
+def _payment_memo(claim: dict[str, Any]) -> str:
+    return f"subsidy claim {claim['id']}"
+
+
 async def settle_claim(
     conn: asyncpg.Connection,
     claim: dict[str, Any],
@@ -638,7 +992,7 @@ async def settle_claim(
     """
     category, completed_on = claim["category"], claim["completed_on"]
     rule = domain.rule_in_force(store.as_rules(await store.rules(conn, category)), completed_on)
-    beneficiary_kind = domain.organiser_beneficiary_kind(claim["organiser_kind"]).value
+    beneficiary_kind = _payee_kind(claim)
     organiser = await store.get_beneficiary(conn, beneficiary_kind, claim["organiser_id"])
     if organiser is None and auto_register_organisers and claim.get("organiser_name") and claim["persons"] > 0:
         await store.upsert_beneficiary(
@@ -647,54 +1001,14 @@ async def settle_claim(
         organiser = await store.get_beneficiary(conn, beneficiary_kind, claim["organiser_id"])
     fund_id = await store.route_for(conn, category, completed_on.year)
     fund = await store.lock_fund(conn, fund_id) if fund_id else None
-    decision = domain.decide_subsidy(
-        persons=claim["persons"],
-        rule=rule,
-        organiser_known=organiser is not None,
-        fund=domain.FundState(fund["id"], fund["status"], fund["available_fen"], fund["name"]) if fund else None,
-        category=category,
-        completed_on=completed_on,
-        organiser=f"{beneficiary_kind} {claim['organiser_id']}",
-    )
-    common = dict(
-        claim_id=claim["id"],
-        session_id=claim["session_id"],
-        organiser_id=claim["organiser_id"],
-        subsidy_category=category,
-        region_code=claim["region_code"],
-        city_code=claim["city_code"],
-        persons=decision.persons,
-        batch_id=batch_id,
-    )
-    CLAIMS.labels(
-        category, "paid" if decision.paid else "rejected", decision.reason.value if decision.reason else ""
-    ).inc()
+    decision = _decide(claim, rule, organiser, fund)
+    _count(claim, decision)
     if not decision.paid:
-        assert decision.reason is not None  # a refusal always says why
-        await emit(
-            conn,
-            SubsidyRejected(**common, amount_fen=decision.amount_fen, reason=decision.reason, detail=decision.detail),
-        )
-        return {
-            "status": "rejected",
-            "rate_fen": decision.rate_fen if rule else None,
-            "amount_fen": decision.amount_fen,
-            "reason": decision.reason.value,
-            "detail": decision.detail,
-            "fund_id": fund["id"] if fund else None,
-            "grant_id": None,
-            "disbursement_id": None,
-        }
+        outcome, event = _rejection(claim, decision, rule, fund, batch_id)
+        await emit(conn, event)
+        return outcome
     assert fund is not None and organiser is not None  # a paid decision had both
-    label = domain.CATEGORY_LABEL[domain.SubsidyCategory(category)]
-    programme = claim.get("programme_name") or "training"
-    number = claim.get("session_number")
-    purpose = scrub_text(
-        f"{label}: {programme}"
-        + (f" 第{number}期" if number else "")
-        + f", {decision.persons} × {domain.fen_str(decision.rate_fen)} yuan"
-    )
-    purpose += f" (session {claim['session_id']})"  # after the scrub: a uuid's digit groups are no phone number
+    purpose = _purpose(claim, decision)
     grant_id = await _approve(
         conn,
         fund_id=fund["id"],
@@ -714,33 +1028,13 @@ async def settle_claim(
             grant_id,
             decision.amount_fen,
             on=today,
-            memo=f"subsidy claim {claim['id']}",
+            memo=_payment_memo(claim),
             reference=claim["id"],
             batch_id=batch_id,
         )
     ).id
-    await emit(
-        conn,
-        SubsidyClaimed(**common, rate_fen=decision.rate_fen, amount_fen=decision.amount_fen, completed_on=completed_on),
-        SubsidyPaid(
-            **common,
-            fund_id=fund["id"],
-            source_kind=fund["source_kind"],
-            fiscal_year=fund["fiscal_year"],
-            disbursement_id=disbursement_id,
-            amount_fen=decision.amount_fen,
-        ),
-    )
-    return {
-        "status": "paid",
-        "rate_fen": decision.rate_fen,
-        "amount_fen": decision.amount_fen,
-        "reason": None,
-        "detail": None,
-        "fund_id": fund["id"],
-        "grant_id": grant_id,
-        "disbursement_id": disbursement_id,
-    }
+    await emit(conn, *_paid_events(claim, decision, fund, disbursement_id, _common(claim, decision, batch_id)))
+    return _paid(fund, decision, grant_id, disbursement_id)
 
 
 async def get_claim(conn, claim_id: uuid.UUID, actor: Principal) -> asyncpg.Record:
