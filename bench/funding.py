@@ -40,7 +40,22 @@ import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer
 
-from bench.common import KEY_ANSWER, KEY_INSERT, OUTBOX_INSERT, CpuClock, Load, backlog_watch, aim, aims_table, http_load, load_avg, raw_load, servers, summary, table
+from bench.common import (
+    KEY_ANSWER,
+    KEY_INSERT,
+    OUTBOX_INSERT,
+    CpuClock,
+    Load,
+    backlog_watch,
+    aim,
+    aims_table,
+    http_load,
+    load_avg,
+    raw_load,
+    servers,
+    summary,
+    table,
+)
 from shared.auth import mint_token
 from shared.events import encode, envelope
 from shared.events.training import SessionCompleted
@@ -248,9 +263,22 @@ async def start_funding(s, dsn: str, replica: int) -> int:
 
 
 async def main() -> None:
-    if os.environ.get("FUNDING_BENCH") == "cost":
+    mode = os.environ.get("FUNDING_BENCH")
+    if mode == "cost":
         async with servers() as s:
             print(table(await cost_per_payment(s), ("one payment, in process", "")))
+        return
+    if mode == "saga-profile":
+        async with servers() as s:
+            await saga_profile(s)
+        return
+    if mode == "saga":
+        async with servers() as s:
+            print(f"machine: {os.cpu_count()} CPUs, load average {load_avg()}")
+            dsn = await s.database("funding")
+            port, pid = await start_funding(s, dsn, 0)
+            rows = await saga_rate(s, dsn, f"http://127.0.0.1:{port}", pid)
+            print(table(rows, ("what", "seconds", "per s", "CPU ms a claim")))
         return
     only_http = os.environ.get("FUNDING_BENCH") == "http"
     async with servers() as s:
@@ -376,16 +404,134 @@ async def main() -> None:
         if only_http:
             return
 
-        # -- the saga --------------------------------------------------------------------
-        organiser = str(uuid.uuid4())
-        async with httpx.AsyncClient(base_url=base, headers=HEADERS, timeout=60) as client:
-            resp = await client.put(
-                f"/v1/beneficiaries/branch/{organiser}",
-                json={"name": "bench branch"},
-                headers={"Idempotency-Key": uuid.uuid4().hex},
-            )
-            resp.raise_for_status()
-            saga_fund = await _post(
+        print(table(await saga_rate(s, dsn, base, pid), ("what", "seconds", "per s", "CPU ms a claim")))
+
+
+async def saga_setup(base: str) -> str:
+    """A registered organiser, a fund and the pre-job route to it; returns the organiser's id."""
+    organiser = str(uuid.uuid4())
+    async with httpx.AsyncClient(base_url=base, headers=HEADERS, timeout=60) as client:
+        resp = await client.put(
+            f"/v1/beneficiaries/branch/{organiser}",
+            json={"name": "bench branch"},
+            headers={"Idempotency-Key": uuid.uuid4().hex},
+        )
+        resp.raise_for_status()
+        saga_fund = await _post(
+            client,
+            "/v1/funds",
+            {"name": "bench subsidies", "source_kind": "skills_account", "fiscal_year": 2021, "amount": "100000000.00"},
+        )
+        resp = await client.put(
+            "/v1/subsidy-routes/pre_job",
+            json={"fund_id": saga_fund["id"], "year": 2021},
+            headers={"Idempotency-Key": uuid.uuid4().hex},
+        )
+        resp.raise_for_status()
+    return organiser
+
+
+async def saga_rate(s, dsn: str, base: str, pid: int) -> list[tuple]:
+    """CLAIMS completions produced at once → all paid (the service's consumer), then a raw aiokafka consumer
+    reading the same records; CPU seconds of the service, PostgreSQL and Kafka meanwhile (and the reader's)."""
+    organiser = await saga_setup(base)
+    clock = CpuClock({"service": [pid], "postgres": s.pg.pid, "kafka": s.kafka.pid})
+    producer = make_producer(s.kafka.bootstrap)
+    await producer.start()
+    records = [encode(envelope(completion(organiser))) for _ in range(CLAIMS)]
+    before = clock.read()
+    load = load_avg()
+    started = time.monotonic()
+    futures = [await producer.send("training.events", v, key=k, headers=h) for k, v, h in records]
+    await asyncio.gather(*futures)
+    produced = time.monotonic() - started
+    await producer.stop()
+    conn = await asyncpg.connect(dsn)
+    try:
+        while await conn.fetchval("SELECT count(*) FROM subsidy_claims WHERE status = 'paid'") < CLAIMS:
+            await asyncio.sleep(0.1)
+            if time.monotonic() - started > 600:
+                raise TimeoutError("claims not all paid in 10 minutes")
+        saga_s = time.monotonic() - started
+        after = clock.read()
+        check = await conn.fetchval("SELECT count(*) FROM subsidy_claims WHERE status <> 'paid'")
+    finally:
+        await conn.close()
+    load = f"{load}–{load_avg()}"
+    wanted = {k for k, _, _ in records}
+    raw_clock = CpuClock({"reader": [os.getpid()], "kafka": s.kafka.pid})
+    consumer = AIOKafkaConsumer(
+        "training.events", bootstrap_servers=s.kafka.bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    raw_before = raw_clock.read()
+    t = time.monotonic()
+    seen = 0
+    try:
+        while seen < CLAIMS:
+            for batch in (await consumer.getmany(timeout_ms=200, max_records=5000)).values():
+                seen += sum(r.key in wanted for r in batch)
+        raw_s = time.monotonic() - t
+        raw_after = raw_clock.read()
+    finally:
+        await consumer.stop()
+
+    def per_claim(a: dict, b: dict) -> str:
+        return " / ".join(f"{k} {(b[k] - a[k]) / CLAIMS * 1000:.2f}" for k in a)
+
+    return [
+        (
+            f"subsidy saga: {CLAIMS} completions → paid claims",
+            f"{saga_s:.1f}",
+            f"{CLAIMS / saga_s:,.0f}",
+            per_claim(before, after),
+        ),
+        ("  (producing them took)", f"{produced:.1f}", "", ""),
+        (
+            "raw aiokafka: read the same records",
+            f"{raw_s:.2f}",
+            f"{CLAIMS / raw_s:,.0f}",
+            per_claim(raw_before, raw_after),
+        ),
+        ("  ratio saga / raw read", "", f"{(CLAIMS / saga_s) / (CLAIMS / raw_s):.3f}", ""),
+        (f"  load average during the saga; claims not paid: {check}", "", load, ""),
+    ]
+
+
+async def saga_profile(s) -> None:
+    """The saga's handler in this process on PROFILE_CLAIMS parsed completions (no Kafka in the way): round trips to
+    PostgreSQL, process CPU and wall time a claim, then a cProfile of the same run (top functions by own time)."""
+    import cProfile
+    import pstats
+
+    from services.funding import consumers
+    from services.funding.main import build_app
+    from services.funding.settings import FundingSettings
+
+    n = int(os.environ.get("PROFILE_CLAIMS", "1000"))
+    batch = int(os.environ.get("PROFILE_BATCH", "500"))
+    dsn = await s.database("funding")
+    app = build_app(
+        FundingSettings(
+            database_url=dsn,
+            kafka_bootstrap=s.kafka.bootstrap,
+            funding_subsidy_consumer=False,
+            funding_branch_consumer=False,
+            log_level="WARNING",  # as the benchmark's service runs: no line a claim
+        )
+    )
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://funding", headers=HEADERS) as client:
+            organiser = str(uuid.uuid4())
+            (
+                await client.put(
+                    f"/v1/beneficiaries/branch/{organiser}",
+                    json={"name": "bench branch"},
+                    headers={"Idempotency-Key": uuid.uuid4().hex},
+                )
+            ).raise_for_status()
+            fund = await _post(
                 client,
                 "/v1/funds",
                 {
@@ -395,51 +541,56 @@ async def main() -> None:
                     "amount": "100000000.00",
                 },
             )
-            resp = await client.put(
-                "/v1/subsidy-routes/pre_job",
-                json={"fund_id": saga_fund["id"], "year": 2021},
-                headers={"Idempotency-Key": uuid.uuid4().hex},
-            )
-            resp.raise_for_status()
-        producer = make_producer(s.kafka.bootstrap)
-        await producer.start()
-        records = [encode(envelope(completion(organiser))) for _ in range(CLAIMS)]
-        started = time.monotonic()
-        futures = [await producer.send("training.events", v, key=k, headers=h) for k, v, h in records]
-        await asyncio.gather(*futures)
-        produced = time.monotonic() - started
-        await producer.stop()
-        conn = await asyncpg.connect(dsn)
-        try:
-            while await conn.fetchval("SELECT count(*) FROM subsidy_claims WHERE status = 'paid'") < CLAIMS:
-                await asyncio.sleep(0.1)
-                if time.monotonic() - started > 600:
-                    raise TimeoutError("claims not all paid in 10 minutes")
-            saga_s = time.monotonic() - started
-        finally:
-            await conn.close()
-        wanted = {k for k, _, _ in records}
-        consumer = AIOKafkaConsumer(
-            "training.events", bootstrap_servers=s.kafka.bootstrap, auto_offset_reset="earliest", group_id=None
-        )
-        await consumer.start()
-        t = time.monotonic()
-        seen = 0
-        try:
-            while seen < CLAIMS:
-                for batch in (await consumer.getmany(timeout_ms=200, max_records=5000)).values():
-                    seen += sum(r.key in wanted for r in batch)
-            raw_s = time.monotonic() - t
-        finally:
-            await consumer.stop()
-        print(
-            table(
-                [
-                    (f"subsidy saga: {CLAIMS} completions → paid claims", f"{saga_s:.1f}", f"{CLAIMS / saga_s:.0f}"),
-                    ("  (producing them took)", f"{produced:.1f}", ""),
-                    ("raw aiokafka: read the same records", f"{raw_s:.1f}", f"{CLAIMS / raw_s:.0f}"),
-                    ("  ratio saga / raw read", "", f"{(CLAIMS / saga_s) / (CLAIMS / raw_s):.3f}"),
-                ],
-                ("what", "seconds", "per s"),
-            )
-        )
+            (
+                await client.put(
+                    "/v1/subsidy-routes/pre_job",
+                    json={"fund_id": fund["id"], "year": 2021},
+                    headers={"Idempotency-Key": uuid.uuid4().hex},
+                )
+            ).raise_for_status()
+        pool = app.state.db
+        handler = getattr(consumers, "on_sessions_completed", None)
+
+        async def run(items) -> None:
+            if handler is None:
+                for event, data in items:
+                    await consumers.on_session_completed(pool, event, data)
+            else:
+                for i in range(0, len(items), batch):
+                    await handler(pool, items[i : i + batch])
+
+        def make(k: int):
+            out = []
+            for _ in range(k):
+                data = completion(organiser)
+                out.append((envelope(data), data))
+            return out
+
+        await run(make(50))  # warm-up: prepared statements, pool connections
+        rows = []
+        with counting_round_trips():
+            counter = [0]
+            _COUNTING.set(counter)
+            items = make(n)
+            cpu, wall = time.process_time(), time.perf_counter()
+            await run(items)
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            _COUNTING.set(None)
+        path = "batched" if handler else "one at a time"
+        rows += [
+            (f"{n} claims {path} (batches of {batch}), load {load_avg()}", ""),
+            ("round trips to PostgreSQL a claim", f"{counter[0] / n:.2f}"),
+            ("process CPU a claim, ms", f"{cpu / n * 1000:.3f}"),
+            ("wall time a claim, ms", f"{wall / n * 1000:.3f}"),
+            ("claims/s in process", f"{n / wall:,.0f}"),
+        ]
+        print(table(rows, ("the saga's handler, in process", "")))
+        profile = cProfile.Profile()
+        items = make(n)
+        profile.enable()
+        await run(items)
+        profile.disable()
+        pstats.Stats(profile).sort_stats("tottime").print_stats(25)
+        async with pool.acquire() as conn:
+            paid = await conn.fetchval("SELECT count(*) FROM subsidy_claims WHERE status = 'paid'")
+        print(f"paid claims: {paid} of {2 * n + 50}")
