@@ -1,8 +1,10 @@
 """The notifier worker: faust-streaming agents route → render → deliver.
 
     domain topics ──route, render──▶ notifier.deliver ──deliver──▶ one task per channel ──▶ receivers
-                   (digests of bulk       (keyed by channel)      │ its queue's tail, retries and
-                    operations)                                   ▼ deferrals wait in PostgreSQL
+                   (digests of bulk   │   (keyed by channel;      ▲ │ its queue's tail, retries and
+                    operations)       │    other workers'         │ ▼ deferrals wait in PostgreSQL
+                                      │    channels)              │
+                                      └── channels this worker owns: handed over in process
 
 Every agent acknowledges a record only when what it produced from it is safely stored or
 acknowledged by Kafka, so a crash means the record is read again; the delivery rows in
@@ -117,6 +119,7 @@ class Resources:
         self.deliverer = pipeline.Deliverer(s, self.pool, self.http, self.channels, self.renderer)
         self.due = pipeline.DueQueue(forward)
         self.router.digester = pipeline.Digester(s, self.channels, self.render, forward)
+        self.router.digester.hand_over = self.deliverer.hand_over
         self.ready.set()
 
 
@@ -335,9 +338,14 @@ def build_worker(settings: NotifierSettings) -> tuple[faust.App, Resources]:
             records: list[tuple[bytes, bytes]] = []
             fan_out = [d for d in deliveries if not d.get("bulk")]
             if fan_out:
-                records = await _retrying(
-                    "rendering notices", _ready(res.render).render, ce, data, event.message.value, fan_out
+                rendered = await _retrying(
+                    "rendering notices", _ready(res.render).records, ce, data, event.message.value, fan_out
                 )
+                # The channels this worker owns get theirs at once, in process; the deliver topic
+                # carries only what other workers' channels are sent.
+                others, stored = await _ready(res.deliverer).hand_over(rendered)
+                held.extend(stored)
+                records = [(r["c"].encode(), orjson.dumps(r)) for r in others]
             bulk = [d for d in deliveries if d.get("bulk")]
             if bulk:  # a bulk operation's rows for channels that want each: the bulk lane, not the deliver topic
                 rows = await _retrying(

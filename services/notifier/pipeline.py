@@ -121,6 +121,10 @@ BULK = Counter(
     "Rows of bulk operations (an import, a roster, a batch of payments) written straight to their channel's "
     "queue in PostgreSQL for channels that asked for each row (the bulk lane: not on the deliver topic)",
 )
+HANDED = Counter(
+    "changai_notifier_handed_over_total",
+    "Deliveries handed straight to their channel's task in this worker (it owns the channel): no Kafka hop",
+)
 YIELDED = Counter(
     "changai_notifier_bulk_yielded_total",
     "Times bulk work (an import's events, a channel's backlog) waited a moment for quiet notices to pass",
@@ -717,6 +721,8 @@ class Digester:
         self.settings, self.channels, self.render, self.send = settings, channels, render, send
         self.buckets: dict[tuple, DigestBucket] = {}
         self.task: asyncio.Task | None = None
+        # Deliverer.hand_over: digests for channels this worker owns skip the deliver topic too
+        self.hand_over: Callable[[list[dict]], Awaitable[tuple[list[dict], list[asyncio.Future]]]] | None = None
 
     def add(
         self,
@@ -780,8 +786,7 @@ class Digester:
             one = [
                 {"d": str(delivery_id(ce1.id, ch.id)), "c": str(ch.id), "b": str(b.branch_id) if b.branch_id else None}
             ]
-            await self._send_records(await self.render.render(ce1, data1, raw1, one))
-            b.done.set_result(None)
+            await self._deliver(b, await self.render.records(ce1, data1, raw1, one))
             return
         report = None
         if b.batch_kind == "membership.import" and self.settings.notifier_import_report_url:
@@ -804,19 +809,35 @@ class Digester:
         )
         ce = envelope(data, event_id=event_id)
         _, raw, _ = encode(ce)
-        records = await self.render.render(
+        records = await self.render.records(
             ce,
             data,
             raw,
             [{"d": str(delivery_id(ce.id, ch.id)), "c": str(ch.id), "b": str(b.branch_id) if b.branch_id else None}],
         )
-        await self._send_records(records)
+        await self._deliver(b, records)
         DIGESTS.labels(b.event_type).inc()
         log.info(
             "digest sent",
             extra={"channel_id": str(ch.id), "event_type": b.event_type, "count": b.count, "final": final},
         )
-        b.done.set_result(None)
+
+    async def _deliver(self, b: DigestBucket, records: list[dict]) -> None:
+        """To the channel's task when this worker owns it, else onto the deliver topic; the batch's
+        events are acknowledged (``b.done``) once the digest is stored for good either way."""
+        held: list[asyncio.Future] = []
+        if self.hand_over is not None:
+            records, held = await self.hand_over(records)
+        await self._send_records([(r["c"].encode(), orjson.dumps(r)) for r in records])
+        if not held:
+            b.done.set_result(None)
+            return
+
+        def stored(_: asyncio.Future) -> None:
+            if not b.done.done():
+                b.done.set_result(None)
+
+        asyncio.gather(*held).add_done_callback(stored)
 
 
 # -- quiet work first ----------------------------------------------------------------------------
@@ -898,6 +919,9 @@ class ChannelState:
     cursor: tuple | None = None  # (next_attempt_at, id) of the last backlog row read into memory
     next_due: float = float("inf")  # epoch s: a retry, deferral or backlog in PostgreSQL is due then
     over_budget_since: float | None = None  # epoch s: its robot refused or had no room since, without a success
+    # retries this worker scheduled, (due epoch s, seq, item): taken at their time straight from here,
+    # without reading them back from PostgreSQL first (which stays the way after a restart)
+    retries: list = field(default_factory=list)
     task: asyncio.Task | None = None
 
 
@@ -1044,6 +1068,7 @@ class Deliverer:
         self.settings, self.pool, self.http, self.channels, self.renderer = settings, pool, http, channels, renderer
         self.states: dict[uuid.UUID, ChannelState] = {}
         self._creating: dict[uuid.UUID, asyncio.Lock] = {}
+        self._seq = itertools.count()  # ties in a channel's retry heap
         self.recorder = GroupCommit(pool)
         self.spiller = Spiller(pool)
         self.spiller.on_written = self._backlog_written
@@ -1094,6 +1119,42 @@ class Deliverer:
         st.ids.add(delivery_id)
         QUEUED.inc()
         st.wake.set()
+
+    async def hand_over(self, records: list[dict]) -> tuple[list[dict], list[asyncio.Future]]:
+        """Deliver records (from the render stage, or a digest) for the channels this worker owns go
+        straight to their channel's task: no hop through ``notifier.deliver``, where a quiet channel's
+        notice waited its turn in the consumer with everything else (issue 15). Returns the records
+        for the channels other workers own (for the deliver topic) and, for those handed over, a
+        future each, done when the delivery is stored for good: its first attempt's outcome recorded
+        (delivered, a retry or a deferral in PostgreSQL) or its row written to the channel's backlog.
+        The event they came from is acknowledged only then, so a crash before reads it again and
+        routes it to the same delivery ids (one per event × channel): nothing lost, nothing doubled.
+        A record that cannot be handed over (the database away) takes the deliver topic instead."""
+        loop = asyncio.get_running_loop()
+        rest: list[dict] = []
+        held: list[asyncio.Future] = []
+        for record in records:
+            channel_id = uuid.UUID(record["c"])
+            if not self.owns(channel_id):
+                rest.append(record)
+                continue
+            stored = loop.create_future()
+
+            async def ack(stored: asyncio.Future = stored) -> None:
+                if not stored.done():
+                    stored.set_result(None)
+
+            try:
+                await self.submit(uuid.UUID(record["d"]), channel_id, record, ack)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the deliver topic is the way that needs no database
+                log.warning("handing a delivery to its channel failed; it takes the deliver topic", exc_info=True)
+                rest.append(record)
+                continue
+            HANDED.inc()
+            held.append(stored)
+        return rest, held
 
     def _backlog_written(self, st: ChannelState) -> None:
         # Read back what was written even while more is on its way (a bulk import's rows keep
@@ -1246,13 +1307,31 @@ class Deliverer:
         if later is not None:
             self._due(st, later)
 
+    def _take_retries(self, st: ChannelState) -> None:
+        """The retries this worker scheduled that are due now, to the front of the channel's queue."""
+        now = time.time()
+        due = []
+        while st.retries and st.retries[0][0] <= now:
+            item = heapq.heappop(st.retries)[2]
+            if item.delivery_id not in st.ids:
+                due.append(item)
+        for item in reversed(due):
+            item.queued_at = time.monotonic()
+            st.queue.appendleft(item)
+            st.ids.add(item.delivery_id)
+        QUEUED.inc(len(due))
+
     def _refill_wanted(self, st: ChannelState) -> bool:
+        if st.queue and st.queue[0].via == "due":
+            return False  # a retry at its time goes first; what else is due is read after it
         if st.next_due <= time.time():
             return True
         return st.spilling and not st.drained and len(st.queue) <= self.settings.notifier_max_queued_per_channel // 2
 
     async def _run(self, st: ChannelState) -> None:
         while True:
+            if st.retries and st.retries[0][0] <= time.time():
+                self._take_retries(st)
             if self._refill_wanted(st):
                 try:
                     await self._refill(st)
@@ -1266,10 +1345,12 @@ class Deliverer:
                 st.wake.clear()
                 if self._refill_wanted(st):
                     continue
-                wait = min(300.0, max(0.0, st.next_due - time.time()))
+                due = min(st.next_due, st.retries[0][0]) if st.retries else st.next_due
+                wait = min(300.0, max(0.0, due - time.time()))
                 if (
                     not await wait_set(st.wake, wait)
                     and not st.queue
+                    and not st.retries
                     and st.next_due == float("inf")
                     and not st.spilling
                     and st.spill_pending == 0
@@ -1444,9 +1525,10 @@ class Deliverer:
         LAG.labels("claimed").observe(max(0.0, (_now() - claims[0][1].event_time).total_seconds()))
         with STAGE.labels("send").time():
             outcome, body_claims = await self._send(ch, [c for _, c in claims])
-        LAG.labels("sent").observe(max(0.0, (_now() - claims[0][1].event_time).total_seconds()))
+        answered = _now()
+        LAG.labels("sent").observe(max(0.0, (answered - claims[0][1].event_time).total_seconds()))
         with STAGE.labels("record").time():
-            await self._finish(ch, body_claims, outcome, send_id)
+            await self._finish(ch, body_claims, outcome, send_id, answered=answered)
         if outcome.result != "throttled":
             st.window.record()
             if outcome.delivered:
@@ -1512,17 +1594,31 @@ class Deliverer:
         return outcome, claims
 
     async def _finish(
-        self, ch: Channel, claims: list[store.Claim], o: Outcome, send_id: uuid.UUID, *, over_budget: bool = False
+        self,
+        ch: Channel,
+        claims: list[store.Claim],
+        o: Outcome,
+        send_id: uuid.UUID,
+        *,
+        over_budget: bool = False,
+        answered: datetime | None = None,
     ) -> None:
         """Record the outcome of one request for every notice it carried, in one transaction,
-        retrying until the database takes it (the attempt happened: it must be in the log)."""
+        retrying until the database takes it (the attempt happened: it must be in the log).
+        ``answered``: when the receiver answered (a retry's delay counts from then)."""
         delay = 0.5
         while True:
             try:
-                due = await self._record(ch, claims, o, send_id, over_budget=over_budget)
+                retries = await self._record(ch, claims, o, send_id, over_budget=over_budget, since=answered)
                 st = self.states.get(ch.id)
-                if due is not None and st is not None:
-                    self._due(st, due)  # this worker owns the channel: its retries wait in its own task
+                if retries and st is not None:
+                    # this worker owns the channel: its retries wait in its own task, taken at their
+                    # time from memory; the due time in PostgreSQL stays the way back after a restart
+                    for due, c in retries:
+                        record = deliver_record(c.delivery_id, c.channel_id, c.event_type, c.event_time, due=due)
+                        item = Item(c.delivery_id, record, _nothing, "due")
+                        heapq.heappush(st.retries, (due, next(self._seq), item))
+                    self._due(st, min(due for due, _ in retries))
                 return
             except asyncio.CancelledError:
                 raise
@@ -1532,11 +1628,18 @@ class Deliverer:
                 delay = min(delay * 2, 10)
 
     async def _record(
-        self, ch: Channel, claims: list[store.Claim], o: Outcome, send_id: uuid.UUID, *, over_budget: bool = False
-    ) -> float | None:
-        """Returns when the earliest retry it scheduled is due (epoch s), if any."""
+        self,
+        ch: Channel,
+        claims: list[store.Claim],
+        o: Outcome,
+        send_id: uuid.UUID,
+        *,
+        over_budget: bool = False,
+        since: datetime | None = None,
+    ) -> list[tuple[float, store.Claim]]:
+        """Returns the retries it scheduled: (due epoch s, claim)."""
         s = self.settings
-        earliest: float | None = None
+        retried: list[tuple[float, store.Claim]] = []
         digest_of = len(claims) if len(claims) > 1 else None
         outcome_name = (
             "expired"
@@ -1578,7 +1681,7 @@ class Deliverer:
             ATTEMPTS.labels(ch.kind, outcome_name).inc()
             DELIVERED.labels(ch.kind).inc()
             LATENCY.labels(ch.kind).observe(max(0.0, (now - c.event_time).total_seconds()))
-            return None
+            return retried
         robot = robot_of(ch)
         async with self.pool.acquire() as conn, conn.transaction():
             if o.result == "throttled" and robot:
@@ -1627,8 +1730,9 @@ class Deliverer:
                         status_code=o.status_code,
                         errcode=o.errcode,
                         error=o.error,
+                        since=since,
                     )
-                    earliest = min(earliest or due.timestamp(), due.timestamp())
+                    retried.append((due.timestamp(), c))
                     continue
                 failures = c.failures + 1
                 delay = (
@@ -1642,9 +1746,16 @@ class Deliverer:
                     channel_failing = True
                 if delay is not None:
                     due = await store.mark_retry(
-                        conn, c, delay_s=delay, counts=True, status_code=o.status_code, errcode=o.errcode, error=o.error
+                        conn,
+                        c,
+                        delay_s=delay,
+                        counts=True,
+                        status_code=o.status_code,
+                        errcode=o.errcode,
+                        error=o.error,
+                        since=since,
                     )
-                    earliest = min(earliest or due.timestamp(), due.timestamp())
+                    retried.append((due.timestamp(), c))
                     continue
                 await store.mark_dead(conn, c, status_code=o.status_code, errcode=o.errcode, error=o.error)
                 if test:
@@ -1711,7 +1822,7 @@ class Deliverer:
             PAUSED.labels(ch.kind).inc()
             ch.status = "paused"
             log.warning("channel paused", extra={"channel_id": str(ch.id), "kind": ch.kind})
-        return earliest
+        return retried
 
 
 # -- retries and deferrals ---------------------------------------------------------------------

@@ -417,10 +417,14 @@ async def mark_delivered(conn, claim: Claim, *, status_code, errcode) -> None:
     )
 
 
-async def mark_retry(conn, claim: Claim, *, delay_s: float, counts: bool, status_code, errcode, error) -> datetime:
+async def mark_retry(
+    conn, claim: Claim, *, delay_s: float, counts: bool, status_code, errcode, error, since: datetime | None = None
+) -> datetime:
+    """``since``: when the failed attempt was answered (the schedule counts from it, not from this
+    write; default now)."""
     return await conn.fetchval(
         """UPDATE deliveries SET status = 'retrying', failures = failures + $2::int, lease_until = NULL,
-               next_attempt_at = clock_timestamp() + make_interval(secs => $3), last_status_code = $4,
+               next_attempt_at = COALESCE($7, clock_timestamp()) + make_interval(secs => $3), last_status_code = $4,
                last_errcode = $5,
                last_error = $6, updated_at = now() WHERE id = $1 RETURNING next_attempt_at""",
         claim.delivery_id,
@@ -429,6 +433,7 @@ async def mark_retry(conn, claim: Claim, *, delay_s: float, counts: bool, status
         status_code,
         errcode,
         (error or "")[:1000],
+        since,
     )
 
 

@@ -3,8 +3,9 @@
 A real lost lease: a webhook's first attempt gets no answer in time (a failure, a retry stored in
 PostgreSQL, its Kafka record committed), the retry is claimed (``sending``, a lease) and the worker
 is SIGKILLed while the receiver still holds that request. Nothing on Kafka brings this delivery
-back (the test waits until the worker group's committed offsets reach the end of
-``notifier.deliver`` before it kills), so only the sweeper's poll for lapsed leases can. A new
+back (the test waits until the worker group's committed offsets reach the end of every topic it
+reads — the domain event's, whose record is acknowledged once the first attempt's outcome is stored,
+and ``notifier.deliver`` — before it kills), so only the sweeper's poll for lapsed leases can. A new
 worker must find it, send it once with the same ``webhook-id``, log the lost attempt as
 ``interrupted``, and count the pick-up as ``via="lease"``.
 """
@@ -19,23 +20,23 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 from test_notifier_delivery import completed
 
-from services.notifier import topics
+from notifier_harness import WORKER_TOPICS
 
 pytestmark = pytest.mark.integration
 
 HANG_S = 5.0  # the receiver holds each request longer than the worker waits (attempt timeout 3 s)
 
 
-async def _deliver_committed(notifier) -> bool:
-    """The worker's consumer group has committed every record of ``notifier.deliver``."""
+async def _all_committed(notifier) -> bool:
+    """The worker's consumer group has committed every record of every topic it reads."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=notifier.stack.bootstrap, group_id=f"changai-{notifier.app_id}", enable_auto_commit=False
     )
     await consumer.start()
     try:
         await consumer._client.force_metadata_update()  # noqa: SLF001 - a new consumer knows no topic yet
-        tps = [TopicPartition(topics.DELIVER, p) for p in consumer.partitions_for_topic(topics.DELIVER) or ()]
-        assert tps, "notifier.deliver has no partitions"
+        tps = [TopicPartition(t, p) for t in WORKER_TOPICS for p in consumer.partitions_for_topic(t) or ()]
+        assert tps, "the worker's topics have no partitions"
         ends = await consumer.end_offsets(tps)
         for tp in tps:
             if (await consumer.committed(tp) or 0) < ends[tp]:
@@ -68,7 +69,7 @@ async def test_a_lease_lost_with_its_worker_is_picked_up_by_the_sweeper_and_deli
     event = await notifier.publish(completed(branch, programme="租约测试"))
 
     async def retry_in_flight_and_committed():
-        if not await _deliver_committed(notifier):  # once true it stays true: nothing more is written there
+        if not await _all_committed(notifier):  # once true it stays true: nothing more is written there
             return None
         return await notifier.db.fetchrow(
             "SELECT id FROM deliveries WHERE event_id = $1 AND status = 'sending' AND failures >= 1",
@@ -78,7 +79,7 @@ async def test_a_lease_lost_with_its_worker_is_picked_up_by_the_sweeper_and_deli
     # One condition, checked just before the kill, so it falls inside a retry's attempt (3 s each)
     # however slow the commit was.
     row = await notifier.until(
-        retry_in_flight_and_committed, "a retry in flight, notifier.deliver committed", timeout=60
+        retry_in_flight_and_committed, "a retry in flight, every record committed", timeout=60
     )
     notifier.kill_worker()
 
