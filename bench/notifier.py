@@ -454,7 +454,7 @@ async def scenario(s, flood_n: int, *, each: bool) -> None:
         # ahead of the quiet channels' events (the hardest case), and publishing it costs this
         # process no CPU while the quiet notices are timed.
         flood_start, flood_end = await flood()
-        await s.start(worker, ["-m", "services.notifier", "worker"], env, health="/readyz")
+        svc = await s.start(worker, ["-m", "services.notifier", "worker"], env, health="/readyz")
         warm = await publish(producer, [completed(b, 0) for b in quiet], 20)
         await wait_for(receiver, warm, 600)
 
@@ -510,6 +510,10 @@ async def scenario(s, flood_n: int, *, each: bool) -> None:
         fed_last = max((t for ts in receiver.by_path.get("/hooks/fed640100", {}).values() for t in ts), default=None)
         final_metrics = (await asyncio.to_thread(httpx.get, metrics_url)).text
         routed_end = _metric_sum(final_metrics, "changai_notifier_bulk_lane_total")
+        # The worker goes now: left running, it would drain its backlog (tens of thousands of notices
+        # in the flood) on the same CPU through the next scenario, which earlier runs measured so.
+        await svc.stop(grace=5)
+        s.services.remove(svc)
     finally:
         await producer.stop()
         receiver.server.close()
