@@ -117,7 +117,7 @@ def kafka_access() -> dict[str, dict]:
     from shared.kafka import dlq_topic
     from shared.topics import STREAM_APPS, TOPICS, stream_topics
 
-    COMMAND_TOPICS = sorted({cls.topic for cls in COMMANDS.values()})  # noqa: N806 - the intake writes each
+    command_topics = sorted({cls.topic for cls in COMMANDS.values()})  # the intake writes each
 
     def faust_topics(app_id: str) -> list[str]:
         return [t.name for t in stream_topics(app_id, STREAM_APPS[app_id])]
@@ -151,7 +151,7 @@ def kafka_access() -> dict[str, dict]:
                        (_default(FundingSettings, "funding_commands_group"), "literal")]},
         "reform": {"read": [], "write": ["reform.events"], "groups": []},
         "intake": {
-            "read": intake_reads, "write": [*COMMAND_TOPICS, *map(dlq_topic, intake_reads)],
+            "read": intake_reads, "write": [*command_topics, *map(dlq_topic, intake_reads)],
             "groups": [(_default(IntakeSettings, "intake_outcomes_group_id"), "literal"),
                        (_default(IntakeSettings, "intake_kafka_group_id"), "literal")]},
         "notifier-api": {"read": [], "write": notifier_outbox, "groups": []},
