@@ -631,6 +631,9 @@ async def record_rosters(
     wanted = {r.member_id for _, rows in rosters for r in rows}
     wanted.update(e["member_id"] for es in enrolments.values() for e in es)
     members = await store.members_by_id(conn, list(wanted))
+    # the one region rule once a region, not once a member: members outside the caller's scope
+    allowed = {code: actor.may_act_on(code) for code in {m["region_code"] for m in members.values()}}
+    hidden = {mid for mid, m in members.items() if not allowed[m["region_code"]]}
     states = {
         sid: _SessionState(sessions[sid], programmes[sessions[sid]["programme_id"]], enrolments.get(sid, []))
         for sid in visible
@@ -647,7 +650,7 @@ async def record_rosters(
             continue
         trial = state.copy()  # the part's changes, kept only if the session is not refused whole
         try:
-            _open_roster(report, trial, rows, members, actor, today, started_on)
+            _open_roster(report, trial, rows, members, hidden, today, started_on)
         except DomainError as exc:
             reports.append(report.refuse_all(rows, exc))
             continue
@@ -664,7 +667,7 @@ def _open_roster(
     state: _SessionState,
     rows: list[RosterRow],
     members: dict[uuid.UUID, Record],
-    actor: Principal,
+    hidden: set[uuid.UUID],
     today: date,
     started_on: date | None,
 ) -> None:
@@ -689,10 +692,8 @@ def _open_roster(
 
     todo = [r for r in first.values() if r.member_id not in live]  # without a live place: enrol
     if todo:
-        asked = [r.member_id for r in todo]
         # the one region rule: a member outside the caller's scope is not there for it (as enrol_members)
-        hidden = {m for m in asked if m in members and not actor.may_act_on(members[m]["region_code"])}
-        outcomes = domain.decide_enrolments(session, asked, members, set(), hidden)
+        outcomes = domain.decide_enrolments(session, [r.member_id for r in todo], members, set(), hidden)
         accepted = [o for o in outcomes if o.problem is None]
         for o in accepted:
             e = {
