@@ -18,13 +18,20 @@ from datetime import UTC, datetime
 
 import asyncpg
 import pytest
+from aiokafka.errors import KafkaError
 
 from shared.consumer import wait_assigned
 from tests.integration.funding.funding_support import approve, open_fund, running_funding
 from tests.integration.funding.funding_support import key as funding_key
 from tests.integration.intake.intake_support import ADMIN, decided, emitter, send_binary, structured
 from tests.integration.membership.membership_support import unique_id_number
-from tests.integration.training.training_support import programme, running_training, session, wait_for
+from tests.integration.training.training_support import (
+    position_group_at_end,
+    programme,
+    running_training,
+    session,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -32,9 +39,22 @@ ATTENDANCE = "training.provider.attendance.recorded.v1"
 SETTLED = "finance.payment.settled.v1"
 
 
+async def offsets_answered(bootstrap: str, attempts: int = 3) -> None:
+    """A fresh broker under load may time out the first offsets request (40 s) of a module that runs first:
+    ask again, at most ``attempts`` times, before the training fixture asks for them."""
+    for attempt in range(attempts):
+        try:
+            await position_group_at_end(bootstrap, f"intake-tests-warm-{uuid.uuid4().hex[:8]}")
+            return
+        except KafkaError:
+            if attempt == attempts - 1:
+                raise
+
+
 @pytest.fixture(scope="module")
 async def training(stack, make_database, intake):
     dsn = await make_database("training")
+    await offsets_answered(stack.bootstrap)
     async with running_training(stack, dsn) as (app, client):
         await wait_assigned(app.state.commands)
         yield app, client
