@@ -1,11 +1,12 @@
 """Rosters in bulk: one request takes a session's whole roster, or many sessions' rosters, as CSV or
-NDJSON, streamed; each session is recorded by ``usecases.record_roster`` in its own transaction (the
-same use cases as the single commands); the answer reports every refused row by its line.
+NDJSON, streamed; the sessions are recorded in batches by ``usecases.record_rosters`` (the single
+commands' domain rules, set-based writes), a transaction a batch; the answer reports every refused row by
+its line.
 
 CSV: a header line, then ``session_id,member_id,result`` (``session_id`` may be left out when the path
 names the session). NDJSON: one ``{"session_id": …, "member_id": …, "result": …}`` per line. ``result``
 is ``enrolled``, ``attended``, ``passed``, ``failed`` or ``absent``. A session's rows come together;
-sessions are recorded as their rows end, so memory holds one session's rows at a time.
+sessions go into a batch as their rows end, so memory holds a few batches' rows, never the file.
 
 Idempotent twice over: rows already in the state they ask for are ``unchanged`` (the same roster sent
 again changes nothing), and an ``Idempotency-Key`` replays the first report of the same body.
