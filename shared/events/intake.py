@@ -1,17 +1,21 @@
 """The intake's commands to the owning services, and the outcomes those services publish.
 
 Commands (``COMMANDS``, not the domain ``REGISTRY``): the intake turns an accepted upstream event into a
-normalised command on the owning service's command topic (``membership.commands``), keyed by the person
-(a keyed hash, never the ID number), so one person's commands keep their order. A command is a CloudEvent
+normalised command on the owning service's command topic: ``membership.commands`` keyed by the person (a
+keyed hash, never the ID number), so one person's commands keep their order; ``training.commands`` keyed by
+the session (a provider's attendance reports); ``funding.commands`` keyed by the disbursement (a finance
+system's settlements). A command is a CloudEvent
 like every record of the platform (same envelope, same outbox), but it is addressed to one service and is
 not a fact: it is not in the domain catalogue, and only its addressee reads it.
 
 The person's personal data (name, ID number, phone) travels sealed: AES-256-GCM under a key both the
 intake and membership derive from the platform's data key (``shared.crypto.FieldCipher`` purpose
-``commands``), bound to the intake's record id. Nothing else on the command is personal.
+``commands``), bound to the intake's record id. Nothing else on the command is personal. Training's
+attendance command carries no sealed data: only membership's lookup hash of the trainee's ID number
+(``CommandKeys.member_hash``), which training's member read model matches.
 
-Outcomes (``changai.membership.command.applied.v1`` / ``.rejected.v1``, in the domain catalogue, on
-``membership.events``): what the owning service did with a command, with the RFC 9457 problem of a
+Outcomes (``changai.<service>.command.applied.v1`` / ``.rejected.v1``, in the domain catalogue, on
+``<service>.events``): what the owning service did with a command, with the RFC 9457 problem of a
 refusal; the intake turns them into the answer to the source.
 """
 
@@ -25,12 +29,14 @@ from uuid import UUID
 import orjson
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from shared.crypto import FieldCipher
+from shared.errors import DomainError, status_of
 from shared.events.base import EventData, event
 from shared.events.membership import EmploymentForm, RegionCode
 from shared.identifiers import keyed_hash
+from shared.privacy import scrub_text
 
 COMMANDS_SOURCE = "/changai/intake"
 COMMANDS: dict[str, type[EventData]] = {}
@@ -201,11 +207,6 @@ OUTCOME_TOPICS = ("membership.events", "training.events", "funding.events")
 def rejection(exc: Exception) -> dict[str, Any]:
     """The fields of a refusal as the source hears it: the problem's type, title, status and a scrubbed
     detail (a ``DomainError``, or the ``ValidationError`` of data checked again by the owning service)."""
-    from pydantic import ValidationError
-
-    from shared.errors import DomainError, status_of
-    from shared.privacy import scrub_text
-
     if isinstance(exc, ValidationError):  # never echoed: the message only, scrubbed
         err = exc.errors()[0]
         return dict(
