@@ -13,6 +13,7 @@
     python -m bench membership          (MEMBERS=… JOIN_SECONDS=… to change the sizes;
                                          CHANGAI_BENCH_OWN=0 to use the runner's servers)
     MEMBERSHIP_BENCH=joins python -m bench membership     (only 1)
+    MEMBERSHIP_BENCH=import python -m bench membership    (only 2 and 3; MEMBERS=100000 for a quicker look)
 """
 from __future__ import annotations
 
@@ -272,7 +273,8 @@ async def _run() -> None:
                     branch_ids.append(r.json()["id"])
 
             # 1. Single joins first: they also warm the service, PostgreSQL and the broker's JIT.
-            await single_joins(int(env["CHANGAI_HTTP_PORT"]), dsn, token, branch_ids, clock)
+            if os.environ.get("MEMBERSHIP_BENCH") != "import":
+                await single_joins(int(env["CHANGAI_HTTP_PORT"]), dsn, token, branch_ids, clock)
             if os.environ.get("MEMBERSHIP_BENCH") == "joins":
                 return
 

@@ -140,29 +140,10 @@ class TextDecoder:
 
 
 # -- text → records -------------------------------------------------------------------
-class _Lines:
-    """The csv module's input: complete records only, fed between reads."""
-
-    __slots__ = ("items",)
-
-    def __init__(self):
-        self.items: list[str] = []
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> str:
-        if not self.items:
-            raise StopIteration
-        return self.items.pop()
-
-
 class CsvRecords:
     """Incremental CSV: text in, complete records out (quoted fields may hold newlines)."""
 
     def __init__(self):
-        self._lines = _Lines()
-        self._reader = csv.reader(self._lines)
         self._tail = ""
         self._open: list[str] = []  # lines of a record whose quoted field is still open
         self._open_quotes = 0
@@ -200,10 +181,8 @@ class CsvRecords:
         if final and self._open:
             ready.append("".join(self._open))
             self._open = []
-        ready.reverse()
-        self._lines.items = ready
-        try:
-            return [r for r in self._reader if r and any(r)]
+        try:  # a reader a feed: it is handed complete records only, so it carries no state between feeds
+            return [r for r in csv.reader(ready) if r and any(r)]
         except csv.Error as exc:
             raise ImportFailed(f"CSV is malformed: {exc}") from None
 
@@ -507,15 +486,20 @@ class Importer:
             rows_out = []
             topic, event_type = MemberJoined.topic, MemberJoined.event_type
             lane_of = outbox.lane_of
-            import_id = str(self.import_id)
+            import_id = str(self.import_id)  # notices of an import go out as one digest
             traceparents = iter(new_traceparents(self.trace_id, len(inserted)))  # this request's trace, a span each
+            # A batch's few branches as the event writes them: their id as text once each, not once a row.
+            about = {
+                bid: (str(b["id"]), b["region_code"]) for bid, b in open_to.items() if not isinstance(b, DomainError)
+            }
             for r, event_id in zip((r for r in staged.values() if r.member_id in inserted), event_ids, strict=True):
-                m, b = r.member, open_to[r.member.branch_id]
+                m = r.member
+                branch_id, region_code = about[m.branch_id]
                 member_id = str(r.member_id)
                 data = domain.member_joined_data(
                     member_id,
-                    str(b["id"]),
-                    b["region_code"],
+                    branch_id,
+                    region_code,
                     m.employment_form,
                     m.occupation,
                     m.skill_level,
@@ -525,7 +509,6 @@ class Importer:
                     import_id,
                     r.id_hash.hex(),  # what training matches a provider's attendance report by
                 )
-                data["import_id"] = str(self.import_id)  # notices of an import go out as one digest
                 value = encode_value(
                     MemberJoined,
                     data,
