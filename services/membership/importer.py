@@ -494,11 +494,11 @@ class Importer:
             }
             for r, event_id in zip((r for r in staged.values() if r.member_id in inserted), event_ids, strict=True):
                 m = r.member
-                branch_id, region_code = about[m.branch_id]
+                branch_text, region_code = about[m.branch_id]
                 member_id = str(r.member_id)
                 data = domain.member_joined_data(
                     member_id,
-                    branch_id,
+                    branch_text,
                     region_code,
                     m.employment_form,
                     m.occupation,
