@@ -49,6 +49,8 @@ def run_worker(settings: NotifierSettings) -> None:
     import logging
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per notice sent is the delivery log's job
+    # httpcore traces every step of a request at DEBUG (~10 records a notice when enabled): never wanted here
+    logging.getLogger("httpcore").setLevel(logging.INFO)
     Renderer().check()
     loop = asyncio.new_event_loop()
     try:
