@@ -101,7 +101,13 @@ class Servers:
             if self.runner:
                 self.report(f"test servers: reusing the runner's PostgreSQL at {self.runner.pg.address}")
                 return self.runner.pg
-            pg = await local_stack.start_postgres(self.state_dir, local_stack.free_port(), fast=True)
+            for attempt in range(3):  # another suite on this machine may bind the chosen port first
+                try:
+                    pg = await local_stack.start_postgres(self.state_dir, local_stack.free_port(), fast=True)
+                    break
+                except local_stack.StackError as exc:
+                    if "Address already in use" not in str(exc) or attempt == 2:
+                        raise
             self.summary.append(f"PostgreSQL initdb+start {pg.start_seconds:.1f} s")
             self.report(f"test servers: PostgreSQL {pg.address} up in {pg.start_seconds:.1f} s (initdb + start)")
             return pg

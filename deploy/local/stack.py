@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -116,8 +117,27 @@ def say(msg: str) -> None:
     print(msg, flush=True)
 
 
+def _ephemeral_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A free port below the kernel's ephemeral range. A port the kernel hands out (bind to 0) is also the
+    source port of the next outgoing connection, so between this check and the server's own bind another
+    process's client could take it (seen: PostgreSQL "Address already in use" with many suites at once)."""
+    floor = _ephemeral_floor()
+    for _ in range(200):
+        port = random.randint(max(1024, floor - 12000), floor - 1)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # the range below is crowded: let the kernel choose
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 

@@ -45,10 +45,17 @@ async def running(stack, make_database):
     membership_dsn, notifier_dsn = await make_database("membership"), await make_database("notifier")
     app_id = f"notifier-e2e{uuid.uuid4().hex[:6]}"
     await start_at_end(stack.bootstrap, f"changai-{app_id}")
+    # membership.commands holds earlier modules' intake commands (1,200 from the intake fault test): with the
+    # default group this fresh membership would reject each (unknown branch) and the seeded region webhook would
+    # queue ~1,000 command.rejected notices ahead of this test's branch (seen in a stress run). A group of its own
+    # starts at the topic's end.
+    commands_group = f"membership-commands-{app_id}"
+    await start_at_end(stack.bootstrap, commands_group, names=["membership.commands"])
     common = {**fast_settings(fakes.base, 25), "CHANGAI_NOTIFIER_APP_ID": app_id,
               "CHANGAI_NOTIFIER_WEBHOOKS": json.dumps({"640000": fakes.hook("seed", [SECRET])}),
               "CHANGAI_NOTIFIER_WEBHOOK_SECRET": SECRET}
-    m_env = stack.service_env("membership", database_url=membership_dsn, CHANGAI_OUTBOX_POLL_INTERVAL_S="0.2")
+    m_env = stack.service_env("membership", database_url=membership_dsn, CHANGAI_OUTBOX_POLL_INTERVAL_S="0.2",
+                              CHANGAI_COMMANDS_GROUP_ID=commands_group)
     w_env = stack.service_env("notifier-worker", database_url=notifier_dsn, **common)
     a_env = stack.service_env("notifier-api", database_url=notifier_dsn, **common)
     await asyncio.gather(

@@ -118,6 +118,11 @@ async def platform(stack, make_database):
     # it is ready (/readyz: partitions assigned) before the first write.
     app_id = f"notifier-platform-{uuid.uuid4().hex[:8]}"
     await start_group_at_the_end(stack.bootstrap, NOTIFIER_GROUP.format(app_id=app_id))
+    # Likewise membership's command group: with the default one this fresh membership would reject every earlier
+    # module's leftover intake command and the seeded channel would hear each rejection first.
+    commands_group = f"membership-commands-{app_id}"
+    await start_group_at_the_end(stack.bootstrap, commands_group)
+    m_env["CHANGAI_COMMANDS_GROUP_ID"] = commands_group
     n_env = stack.service_env("notifier-worker", database_url=notifier_dsn, CHANGAI_NOTIFIER_APP_ID=app_id, **base)
     p_env = stack.service_env("projection", **base)
     await asyncio.gather(
