@@ -71,6 +71,9 @@ def summarise(result: dict) -> tuple[int, int, list[str]]:
     return ops, cases, failures
 
 
+# The APIs are fuzzed at once, each for MAX_SECONDS; on top come schemathesis' own start (seconds of imports per
+# API) and the last case's answer (--request-timeout 30). Under load the default 300 s cut it short (seen at load 46).
+@pytest.mark.timeout(MAX_SECONDS + 300)
 async def test_fuzz_every_api(fuzz_apis, stack):
     async with httpx.AsyncClient(timeout=30) as http:
         await fuzz_apis.load_openapi(http)
