@@ -28,7 +28,7 @@ from shared import regions
 from shared.auth import Principal, require
 from shared.clock import today_cn
 from shared.errors import NotFound
-from shared.http import body_limit, db_pool, problem_response, write
+from shared.http import Db, body_limit, problem_response, write
 from shared.pagination import Cursor, Limit, Page, decode_cursor, page, uuid_key
 from shared.problems import Problem
 
@@ -402,7 +402,7 @@ async def establish_branch(body: domain.BranchIn, request: Request, principal: P
     "/branches", tags=["branches"], response_model=Page[BranchOut], summary="Branches, filtered, a page at a time"
 )
 async def list_branches(
-    request: Request,
+    pool: Db,
     region: str | None = Query(None, description="city or county, and below"),
     industry_section: str | None = Query(None, pattern=r"^[A-T]$"),
     kind: domain.BranchKind | None = None,
@@ -414,7 +414,7 @@ async def list_branches(
     principal: Principal = Depends(require(READ)),
 ) -> dict:
     rows = await usecases.list_branches(
-        db_pool(request),
+        pool,
         principal,
         region=region,
         industry_section=industry_section,
@@ -434,8 +434,8 @@ async def list_branches(
     response_model=BranchDetailOut,
     summary="One union branch, with its member count",
 )
-async def get_branch(branch_id: uuid.UUID, request: Request, principal: Principal = Depends(require(READ))) -> dict:
-    found = await usecases.get_branch(db_pool(request), branch_id, principal)
+async def get_branch(branch_id: uuid.UUID, pool: Db, principal: Principal = Depends(require(READ))) -> dict:
+    found = await usecases.get_branch(pool, branch_id, principal)
     return {**branch_view(found.branch), "member_count": found.member_count, "open_stations": found.open_stations}
 
 
@@ -514,9 +514,9 @@ async def join(body: domain.MemberIn, request: Request, principal: Principal = D
     responses={429: {"description": "too many lookups by this caller in the last minute (Retry-After)"}},
     summary="Find a member by ID number (in the body, never in a URL); audited, rate-limited per caller",
 )
-async def lookup(body: domain.LookupIn, request: Request, principal: Principal = Depends(require(READ))):
+async def lookup(body: domain.LookupIn, request: Request, pool: Db, principal: Principal = Depends(require(READ))):
     per_minute = request.app.state.settings.lookup_rate_per_minute
-    async with db_pool(request).acquire() as conn, conn.transaction():
+    async with pool.acquire() as conn, conn.transaction():
         found = await usecases.lookup(conn, body, principal, today_cn(), vault=vault(request), per_minute=per_minute)
     if found.outcome == "rate_limited":
         response = problem_response(
@@ -542,21 +542,21 @@ async def lookup(body: domain.LookupIn, request: Request, principal: Principal =
     summary="The audit of lookups by ID number: who, when, outcome, trace id (scope membership:audit)",
 )
 async def list_lookups(
-    request: Request,
+    pool: Db,
     subject: str | None = Query(None, max_length=200, description="one caller"),
     limit: int = Limit,
     cursor: str | None = Cursor,
     principal: Principal = Depends(require(AUDIT)),
 ) -> dict:
     rows = await usecases.list_lookups(
-        db_pool(request), principal, subject=subject, after=decode_cursor(cursor, int), limit=limit + 1
+        pool, principal, subject=subject, after=decode_cursor(cursor, int), limit=limit + 1
     )
     return page(rows, limit, lambda r: r["seq"], lookup_audit_view)
 
 
 @router.get("/members", tags=["members"], response_model=Page[MemberOut], summary="Members, filtered, a page at a time")
 async def list_members(
-    request: Request,
+    pool: Db,
     region: str | None = Query(None, description="city or county, and below"),
     branch_id: uuid.UUID | None = None,
     employment_form: domain.EmploymentForm | None = None,
@@ -567,7 +567,7 @@ async def list_members(
     principal: Principal = Depends(require(READ)),
 ) -> dict:
     rows = await usecases.list_members(
-        db_pool(request),
+        pool,
         principal,
         region=region,
         branch_id=branch_id,
@@ -614,7 +614,7 @@ EXPORT_PAGE = 1000
     summary="Members as CSV (masked; a cell that would run as a formula is neutralised)",
 )
 async def export_members(
-    request: Request,
+    pool: Db,
     region: str | None = Query(None, description="city or county, and below"),
     branch_id: uuid.UUID | None = None,
     employment_form: domain.EmploymentForm | None = None,
@@ -622,7 +622,6 @@ async def export_members(
     skill_level: int | None = Query(None, ge=1, le=5),
     principal: Principal = Depends(require(READ)),
 ):
-    pool = db_pool(request)
     form = employment_form.value if employment_form else None
     first = await usecases.list_members(
         pool,
@@ -670,8 +669,8 @@ async def export_members(
     response_model=MemberOut,
     summary="One member (ID number and phone masked)",
 )
-async def get_member(member_id: uuid.UUID, request: Request, principal: Principal = Depends(require(READ))) -> dict:
-    return member_view(await usecases.get_member(db_pool(request), member_id, principal))
+async def get_member(member_id: uuid.UUID, pool: Db, principal: Principal = Depends(require(READ))) -> dict:
+    return member_view(await usecases.get_member(pool, member_id, principal))
 
 
 @router.get(
@@ -682,13 +681,13 @@ async def get_member(member_id: uuid.UUID, request: Request, principal: Principa
 )
 async def member_transfers(
     member_id: uuid.UUID,
-    request: Request,
+    pool: Db,
     limit: int = Limit,
     cursor: str | None = Cursor,
     principal: Principal = Depends(require(READ)),
 ) -> dict:
     rows = await usecases.transfers_of(
-        db_pool(request), member_id, principal, after=decode_cursor(cursor, _time_key), limit=limit + 1
+        pool, member_id, principal, after=decode_cursor(cursor, _time_key), limit=limit + 1
     )
     return page(rows, limit, lambda t: f"{t['created_at'].isoformat()}|{t['id']}", transfer_view)
 
@@ -752,10 +751,14 @@ router.add_api_route(
     summary="The full ID number and phone: needs scope membership:reveal; every reveal is audited",
 )
 async def reveal(
-    member_id: uuid.UUID, body: domain.RevealIn, request: Request, principal: Principal = Depends(require(REVEAL))
+    member_id: uuid.UUID,
+    body: domain.RevealIn,
+    request: Request,
+    pool: Db,
+    principal: Principal = Depends(require(REVEAL)),
 ):
     # Not through ``write``: an idempotency record would keep the clear numbers in its stored answer.
-    async with db_pool(request).acquire() as conn, conn.transaction():
+    async with pool.acquire() as conn, conn.transaction():
         shown = await usecases.reveal(conn, member_id, body, principal, today_cn(), vault=vault(request))
     log.info(
         "member data revealed",
@@ -781,13 +784,13 @@ async def reveal(
 )
 async def member_reveals(
     member_id: uuid.UUID,
-    request: Request,
+    pool: Db,
     limit: int = Limit,
     cursor: str | None = Cursor,
     principal: Principal = Depends(require(AUDIT)),
 ) -> dict:
     rows = await usecases.reveals_of(
-        db_pool(request), member_id, principal, after=decode_cursor(cursor, _time_key), limit=limit + 1
+        pool, member_id, principal, after=decode_cursor(cursor, _time_key), limit=limit + 1
     )
     return page(rows, limit, lambda r: f"{r['revealed_at'].isoformat()}|{r['id']}", reveal_audit_view)
 
@@ -861,12 +864,13 @@ def _content_digest(request: Request) -> bytes | None:
 @body_limit(None)  # streamed: a 450,000-member file is read row by row, never held whole
 async def import_members(
     request: Request,
+    pool: Db,
     branch_id: uuid.UUID | None = Query(None, description="branch of rows without a branch_id"),
     format: Literal["csv", "ndjson"] | None = Query(None, description="instead of Content-Type"),
     principal: Principal = Depends(require(WRITE)),
 ):
     fmt, charset = _import_format(request.headers.get("content-type"), format)
-    pool, settings = db_pool(request), request.app.state.settings
+    settings = request.app.state.settings
     await usecases.import_branch(pool, branch_id, principal)
     prior = await usecases.prior_import(pool, _content_digest(request), principal)
     if prior is not None:  # the same file, already imported without a rejected row: nothing to do
@@ -933,14 +937,14 @@ async def import_members(
     summary="Imports in the caller's scope, newest first (progress of running ones)",
 )
 async def list_imports(
-    request: Request,
+    pool: Db,
     status: Literal["running", "completed", "failed"] | None = None,
     limit: int = Limit,
     cursor: str | None = Cursor,
     principal: Principal = Depends(require(READ)),
 ) -> dict:
     rows = await usecases.list_imports(
-        db_pool(request), principal, status=status, after=decode_cursor(cursor, int), limit=limit + 1
+        pool, principal, status=status, after=decode_cursor(cursor, int), limit=limit + 1
     )
     return page(rows, limit, lambda r: r["seq"], import_view)
 
@@ -953,14 +957,14 @@ async def list_imports(
 )
 async def get_import(
     import_id: uuid.UUID,
-    request: Request,
+    pool: Db,
     outcome: Literal["accepted", "rejected", "already_member"] | None = None,
     limit: int = Query(100, ge=1, le=1000),
     cursor: str | None = Cursor,
     principal: Principal = Depends(require(READ)),
 ) -> dict:
     rec, rows = await usecases.import_report(
-        db_pool(request),
+        pool,
         import_id,
         principal,
         outcome=outcome,
@@ -1009,7 +1013,7 @@ async def close_station(
     summary="Service stations by region, a page at a time",
 )
 async def list_stations(
-    request: Request,
+    pool: Db,
     region: str | None = Query(None, description="city or county, and below"),
     branch_id: uuid.UUID | None = None,
     status: Literal["open", "closed"] | None = None,
@@ -1018,7 +1022,7 @@ async def list_stations(
     principal: Principal = Depends(require(READ)),
 ) -> dict:
     rows = await usecases.list_stations(
-        db_pool(request),
+        pool,
         principal,
         region=region,
         branch_id=branch_id,
@@ -1030,5 +1034,5 @@ async def list_stations(
 
 
 @router.get("/stations/{station_id}", tags=["stations"], response_model=StationOut, summary="One service station")
-async def get_station(station_id: uuid.UUID, request: Request, principal: Principal = Depends(require(READ))) -> dict:
-    return station_view(await usecases.get_station(db_pool(request), station_id, principal))
+async def get_station(station_id: uuid.UUID, pool: Db, principal: Principal = Depends(require(READ))) -> dict:
+    return station_view(await usecases.get_station(pool, station_id, principal))
