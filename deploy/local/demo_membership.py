@@ -178,7 +178,12 @@ def _import_file(branches: list[dict], count: int, rng: random.Random, first: da
         seen.add(number)
         skill = rng.choice(("", "", "", "5", "4", "3", "2", "1"))
         joined = first + timedelta(days=rng.randrange(days))
-        joined = max(joined, date.fromisoformat(b["founded_on"]))
+        born = date(int(number[6:10]), int(number[10:12]), int(number[12:14]))
+        try:  # a member is at least 16 on the day of joining
+            sixteen = born.replace(year=born.year + 16)
+        except ValueError:  # born on 29 February
+            sixteen = date(born.year + 16, 3, 1)
+        joined = max(joined, date.fromisoformat(b["founded_on"]), sixteen)
         lines.append(f"{rng.choice(SURNAMES)}{rng.choice(GIVEN)},{number},{_phone(rng)},{rng.choice(forms)},,"
                      f"{skill},{b['id']},{joined.isoformat()}")
     return ("\n".join(lines) + "\n").encode("gb18030")  # as Excel exports it in China
