@@ -19,7 +19,6 @@ from pydantic import ValidationError
 
 from services.funding import domain, usecases
 from shared import inbox
-from shared.auth import Principal
 from shared.clock import today_cn
 from shared.consumer import CommandConsumer, EventConsumer
 from shared.errors import DomainError
@@ -30,27 +29,16 @@ from shared.outbox import emit
 INBOX = "funding.commands"  # the inbox's consumer name
 
 
-def actor_of(cmd: SettleCommand) -> Principal:
-    """The source acts within its registered region scope, as a funding writer."""
-    return Principal(f"intake:{cmd.actor}", frozenset({"funding:write"}), cmd.region_scope)
-
-
-def _common(event: CloudEvent, cmd: SettleCommand) -> dict:
-    return dict(
-        command_id=event.id,
-        intake_id=cmd.intake_id,
-        command=cmd.event_type,
-        upstream_source=cmd.upstream_source,
-        region_code=cmd.region_scope,
-    )
-
-
 async def _settle(conn: asyncpg.Connection, event: CloudEvent, cmd: SettleCommand, today: date):
     settlement = domain.SettlementIn(
         amount_fen=cmd.amount_fen, settled_at=cmd.settled_at, bank_reference=cmd.bank_reference
     )
-    done = await usecases.settle_disbursement(conn, cmd.disbursement_id, settlement, actor_of(cmd), today)
-    return FundingCommandApplied(**_common(event, cmd), disbursement_id=done.disbursement_id, took_effect=done.changed)
+    done = await usecases.settle_disbursement(
+        conn, cmd.disbursement_id, settlement, cmd.acting_as("funding:write"), today
+    )
+    return FundingCommandApplied(
+        **cmd.outcome_fields(event.id), disbursement_id=done.disbursement_id, took_effect=done.changed
+    )
 
 
 async def apply_commands(
@@ -69,7 +57,7 @@ async def apply_commands(
             async with conn.transaction():  # a savepoint: a refusal undoes this command only
                 outcomes.append(await _settle(conn, event, cmd, today))
         except (DomainError, ValidationError) as exc:
-            outcomes.append(FundingCommandRejected(**_common(event, cmd), **rejection(exc)))
+            outcomes.append(FundingCommandRejected(**cmd.outcome_fields(event.id), **rejection(exc)))
     await emit(conn, *outcomes)
     return outcomes
 

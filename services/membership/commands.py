@@ -45,14 +45,9 @@ INBOX = "membership.commands"  # the inbox's consumer name
 Command = JoinCommand | LeaveCommand | CertificateCommand
 
 
-def actor_of(cmd: Command) -> Principal:
-    """The source acts within its registered region scope, as a membership writer."""
-    return Principal(f"intake:{cmd.actor}", frozenset({"membership:write"}), cmd.region_scope)
-
-
 async def _apply(conn: asyncpg.Connection, cmd: Command, keys: CommandKeys, vault: Vault, today: date):
     person = keys.open(cmd.intake_id, cmd.sealed)
-    actor = actor_of(cmd)
+    actor = cmd.acting_as("membership:write")
     if isinstance(cmd, JoinCommand):
         branch_id = cmd.branch_id
         if branch_id is None:
@@ -86,22 +81,12 @@ async def _apply(conn: asyncpg.Connection, cmd: Command, keys: CommandKeys, vaul
     return await usecases.leave(conn, found["id"], domain.EndIn(on=cmd.left_on, reason=cmd.reason), actor, today)
 
 
-def _common(event: CloudEvent, cmd: Command) -> dict:
-    return dict(
-        command_id=event.id,
-        intake_id=cmd.intake_id,
-        command=cmd.event_type,
-        upstream_source=cmd.upstream_source,
-        region_code=cmd.region_scope,
-    )
-
-
 def _rejected(event: CloudEvent, cmd: Command, exc: Exception) -> CommandRejected:
     """A refusal as the source hears it: the problem's type and title, a scrubbed detail."""
     if isinstance(exc, ValidationError):  # the person's data against MemberIn / EndIn (never echoed)
         err = exc.errors()[0]
         return CommandRejected(
-            **_common(event, cmd),
+            **cmd.outcome_fields(event.id),
             status=422,
             problem_type="validation-error",
             title="Request is not valid",
@@ -109,7 +94,7 @@ def _rejected(event: CloudEvent, cmd: Command, exc: Exception) -> CommandRejecte
         )
     assert isinstance(exc, DomainError)
     return CommandRejected(
-        **_common(event, cmd),
+        **cmd.outcome_fields(event.id),
         status=status_of(exc),
         problem_type=exc.kind,
         title=exc.title,
@@ -128,7 +113,7 @@ async def _apply_one(
     try:
         async with conn.transaction():  # a savepoint: a refusal undoes this command only
             row = await _apply(conn, cmd, keys, vault, today)
-        return CommandApplied(**_common(event, cmd), member_id=row["id"])
+        return CommandApplied(**cmd.outcome_fields(event.id), member_id=row["id"])
     except (DomainError, ValidationError) as exc:
         return _rejected(event, cmd, exc)
 
@@ -166,14 +151,14 @@ async def _join_run(
         except ValidationError as exc:
             outcomes[i] = _rejected(event, cmd, exc)
             continue
-        joins.append((member, actor_of(cmd)))
+        joins.append((member, cmd.acting_as("membership:write")))
         at.append(i)
     for i, result in zip(at, await usecases.join_many(conn, joins, today, vault=vault), strict=True):
         event, cmd = run[i]
         if isinstance(result, DomainError):
             outcomes[i] = _rejected(event, cmd, result)
         else:
-            outcomes[i] = CommandApplied(**_common(event, cmd), member_id=result["id"])
+            outcomes[i] = CommandApplied(**cmd.outcome_fields(event.id), member_id=result["id"])
     return [o for o in outcomes if o is not None]
 
 

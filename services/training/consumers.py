@@ -41,7 +41,6 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from services.training import domain, store, usecases
 from shared import inbox
-from shared.auth import Principal
 from shared.clock import today_cn
 from shared.consumer import CommandConsumer, EventConsumer
 from shared.errors import Conflict, DomainError, NotFound
@@ -366,23 +365,8 @@ COMMANDS_INBOX = "training.commands"  # the inbox's consumer name
 _ALREADY = frozenset({"attended", "passed", "failed"})  # an enrolment that has its attendance already
 
 
-def command_actor(cmd: AttendanceCommand) -> Principal:
-    """The source acts within its registered region scope, as a training writer."""
-    return Principal(f"intake:{cmd.actor}", frozenset({"training:write"}), cmd.region_scope)
-
-
-def _common(event: CloudEvent, cmd: AttendanceCommand) -> dict:
-    return dict(
-        command_id=event.id,
-        intake_id=cmd.intake_id,
-        command=cmd.event_type,
-        upstream_source=cmd.upstream_source,
-        region_code=cmd.region_scope,
-    )
-
-
 async def _attend(conn: asyncpg.Connection, event: CloudEvent, cmd: AttendanceCommand, today) -> TrainingCommandApplied:
-    actor = command_actor(cmd)
+    actor = cmd.acting_as("training:write")
     session = await usecases.get_session(conn, cmd.session_id, actor)  # outside the scope: 404
     member = await store.member_by_hash(conn, bytes.fromhex(cmd.member_hash))
     if member is None:
@@ -405,7 +389,7 @@ async def _attend(conn: asyncpg.Connection, event: CloudEvent, cmd: AttendanceCo
             raise problem
     assert outcome.enrolment_id is not None  # an enrolment was found (recorded now or before)
     return TrainingCommandApplied(
-        **_common(event, cmd),
+        **cmd.outcome_fields(event.id),
         session_id=cmd.session_id,
         enrolment_id=outcome.enrolment_id,
         member_id=member["id"],
@@ -430,7 +414,7 @@ async def apply_commands(
             async with conn.transaction():
                 outcomes.append(await _attend(conn, event, cmd, today))
         except DomainError as exc:
-            outcomes.append(TrainingCommandRejected(**_common(event, cmd), **rejection(exc)))
+            outcomes.append(TrainingCommandRejected(**cmd.outcome_fields(event.id), **rejection(exc)))
     await usecases.emit_many(conn, outcomes)
     return outcomes
 

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import Field, ValidationError
 
+from shared.auth import Principal
 from shared.crypto import FieldCipher
 from shared.errors import DomainError, status_of
 from shared.events.base import EventData, event
@@ -64,6 +65,21 @@ class _CommandBase(EventData):
     upstream_type: str
     region_scope: str = Field(pattern=r"^64\d{4}$", description="the source's region scope: the actor's")
     actor: str = Field(description="the source's client id (the actor the owning service records)")
+
+    def acting_as(self, write_scope: str) -> Principal:
+        """The actor an owning service applies this command as: the source, within its registered region scope,
+        with only that service's write scope (the one way an intake command becomes an actor)."""
+        return Principal(f"intake:{self.actor}", frozenset({write_scope}), self.region_scope)
+
+    def outcome_fields(self, command_id: str | UUID) -> dict[str, Any]:
+        """What every outcome (applied or rejected) of this command says about it."""
+        return dict(
+            command_id=command_id,
+            intake_id=self.intake_id,
+            command=self.event_type,
+            upstream_source=self.upstream_source,
+            region_code=self.region_scope,
+        )
 
 
 class _Command(_CommandBase):
