@@ -45,7 +45,7 @@ STRESS_RUNS ?= 1
 test-stress: venv  ## the whole suite under load: two busy loops beside it, STRESS_RUNS times in a row
 	@set -e; for n in $$(seq 1 $(STRESS_RUNS)); do \
 	  $(VPY) -c 'while True: pass' & b1=$$!; $(VPY) -c 'while True: pass' & b2=$$!; \
-	  trap "kill $$b1 $$b2 2>/dev/null" EXIT; \
+	  trap "kill $$b1 $$b2 2>/dev/null || true" EXIT; \
 	  echo "test-stress run $$n of $(STRESS_RUNS), two busy loops: pids $$b1 $$b2"; \
 	  start=$$(date +%s); rc=0; $(VPY) -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
 	  kill $$b1 $$b2 2>/dev/null; wait $$b1 $$b2 2>/dev/null || true; \
