@@ -27,7 +27,7 @@ from shared import inbox
 from shared.auth import Principal
 from shared.clock import today_cn
 from shared.consumer import CommandConsumer, EventConsumer
-from shared.errors import DomainError, NotFound, status_of
+from shared.errors import DomainError, NotFound
 from shared.events import CloudEvent, EventData
 from shared.events.intake import (
     CertificateCommand,
@@ -36,8 +36,8 @@ from shared.events.intake import (
     CommandRejected,
     JoinCommand,
     LeaveCommand,
+    rejection,
 )
-from shared.privacy import scrub_text
 
 log = logging.getLogger(__name__)
 
@@ -82,24 +82,8 @@ async def _apply(conn: asyncpg.Connection, cmd: Command, keys: CommandKeys, vaul
 
 
 def _rejected(event: CloudEvent, cmd: Command, exc: Exception) -> CommandRejected:
-    """A refusal as the source hears it: the problem's type and title, a scrubbed detail."""
-    if isinstance(exc, ValidationError):  # the person's data against MemberIn / EndIn (never echoed)
-        err = exc.errors()[0]
-        return CommandRejected(
-            **cmd.outcome_fields(event.id),
-            status=422,
-            problem_type="validation-error",
-            title="Request is not valid",
-            detail=scrub_text(f"{'.'.join(map(str, err['loc']))}: {err['msg']}"),
-        )
-    assert isinstance(exc, DomainError)
-    return CommandRejected(
-        **cmd.outcome_fields(event.id),
-        status=status_of(exc),
-        problem_type=exc.kind,
-        title=exc.title,
-        detail=scrub_text(exc.detail) if exc.detail else None,
-    )
+    """A refusal as the source hears it (``shared.events.intake.rejection``: type, title, a scrubbed detail)."""
+    return CommandRejected(**cmd.outcome_fields(event.id), **rejection(exc))
 
 
 async def _apply_one(
