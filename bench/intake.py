@@ -29,7 +29,18 @@ import asyncpg
 import httpx
 import orjson
 
-from bench.common import CpuClock, aim, aims_table, http_load, load_avg, raw_load, servers, table
+from bench.common import (
+    SINGLE_WRITE_TARGET,
+    CpuClock,
+    aim,
+    aims_table,
+    http_load,
+    load_avg,
+    raw_load,
+    servers,
+    single_write_met,
+    table,
+)
 from shared.auth import mint_token
 from shared.identifiers import id_check_char, uscc_check_char
 from shared.kafka import make_producer
@@ -160,8 +171,9 @@ async def main() -> None:
                           f"{EVENTS / joined_s:,.0f}", load),
                          ("HTTP batch: applied, answer at the intake", f"{counts.get('applied', 0):,}",
                           f"{decided_s:.2f}", f"{counts.get('applied', 0) / decided_s:,.0f}", load)]
-                aims.append(aim("intake: 10,000 hires, HTTP batch → applied", decided_s, None, None, None,
-                                "< 10 s", decided_s < 10 and counts.get("applied", 0) == EVENTS, load, unit=" s"))
+                aims.append(aim(f"intake: {EVENTS:,} hires, HTTP batch (500 a request) → applied", decided_s,
+                                None, None, None, "< 10 s", decided_s < 10 and counts.get("applied", 0) == EVENTS,
+                                load, unit=" s"))
 
                 # 2. the Kafka intake topic
                 _, k_source = await register(http, i_url, admin, run, "kafka")
@@ -189,8 +201,8 @@ async def main() -> None:
                           f"{EVENTS / joined_s:,.0f}", load),
                          ("intake.hr: applied, answer at the intake", f"{counts.get('applied', 0):,}",
                           f"{decided_s:.2f}", f"{counts.get('applied', 0) / decided_s:,.0f}", load)]
-                aims.append(aim("intake: 10,000 hires on intake.hr → applied", decided_s, None, None, None, "< 10 s",
-                                decided_s < 10 and counts.get("applied", 0) == EVENTS, load, unit=" s"))
+                aims.append(aim(f"intake: {EVENTS:,} hires on intake.hr → applied", decided_s, None, None, None,
+                                "< 10 s", decided_s < 10 and counts.get("applied", 0) == EVENTS, load, unit=" s"))
 
                 # 3. single binary-mode events, 50 concurrent senders, beside raw asyncpg
                 s_client, s_source = await register(http, i_url, admin, run, "single")
@@ -239,6 +251,8 @@ async def main() -> None:
           f"{floor.rate(200):,.0f}/s, p50 {floor.p50:.1f} ms, p99 {floor.p99:.1f} ms, CPU ms: {floor.cpu_text()} "
           f"(load {floor.load})")
     aims.append(aim("intake: single binary events, 50 senders", service.rate(202), service.p99, floor.rate(200),
-                    floor.p99, "≥ 1,000/s, p99 ≤ 50 ms", service.rate(202) >= 1000 and service.p99 <= 50,
+                    floor.p99, SINGLE_WRITE_TARGET,
+                    single_write_met(service.rate(202), service.p99, {k: v for k, v in service.statuses.items()
+                                                                      if k != 202}),
                     service.load))
     print(aims_table(aims))

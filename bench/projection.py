@@ -10,6 +10,10 @@
    the last poll that saw events move (so the worker's start-up is not counted).
 4. ``/metrics`` is scraped 50 times with the full label set; the server-side render time
    (``changai_projection_scrape_duration_seconds``) and the client's wall time are reported.
+5. Horizontal scale (``CHANGAI_BENCH_PROJECTION_TWO_WORKERS``, default 1): two workers of a new app id on the
+   same backlog split its partitions; their counts together must be the backlog exactly, each a share.
+
+Aims (issue 18): the projection at ≥ 0.8 of the raw consumer; two workers with no event counted twice.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import uuid
 
 import httpx
 
-from bench.common import servers, summary, table
+from bench.common import aim, aims_table, load_avg, servers, summary, table
 from services.projection.synthetic import backlog, create_topics, encode_all, full_label_set, produce
 from shared.events import decode, parse_data
 from shared.kafka import make_consumer
@@ -62,6 +66,44 @@ async def raw_consume(bootstrap: str, topics: list[str], total: int) -> tuple[fl
         await consumer.stop()
 
 
+TWO_WORKERS = os.environ.get("CHANGAI_BENCH_PROJECTION_TWO_WORKERS", "1") == "1"
+
+
+async def two_workers(s, prefix: str, total: int) -> dict:
+    """Two projection workers of a new app id on the same backlog: Faust splits the partitions between them, and
+    the counts of both /metrics together must be the backlog exactly (none counted twice, none missed), each
+    worker counting a share. Rate: from the first poll that saw events move to the last, both together."""
+    app_id = f"bench-projection-{uuid.uuid4().hex[:8]}"
+    envs = [s.env("projection", CHANGAI_PROJECTION_TOPIC_PREFIX=prefix, CHANGAI_PROJECTION_APP_ID=app_id,
+                  CHANGAI_LOG_LEVEL="WARNING") for _ in range(2)]
+    load0 = load_avg()
+    await asyncio.gather(*(s.start(f"projection-{i}", ["-m", "services.projection", "worker"], env)
+                           for i, env in enumerate(envs)))
+    urls = [f"http://127.0.0.1:{env['CHANGAI_HTTP_PORT']}/metrics" for env in envs]
+    polls: list[tuple[float, int]] = []
+    each = [0, 0]
+    async with httpx.AsyncClient(timeout=30) as http:
+        deadline = time.monotonic() + float(os.environ.get("CHANGAI_BENCH_PROJECTION_MAX_S", "1800"))
+        settled = 0
+        while time.monotonic() < deadline:
+            each = [projected_count((await http.get(u)).text) for u in urls]
+            polls.append((time.perf_counter(), sum(each)))
+            # done when the sum has stayed at (or above) the backlog for 3 polls: a partition counted by both
+            # workers (a rebalance that left a stale count) would show as more than the backlog
+            settled = settled + 1 if sum(each) >= total else 0
+            if settled >= 3:
+                break
+            await asyncio.sleep(1.0)
+    moving = [i for i in range(1, len(polls)) if polls[i][1] > polls[i - 1][1]] or [len(polls) - 1]
+    first, last = polls[max(0, moving[0] - 1)], polls[moving[-1]]
+    rate = (last[1] - first[1]) / max(last[0] - first[0], 1e-6)
+    counted = sum(each)
+    print(f"two projection workers: {counted:,} of {total:,} events counted ({' + '.join(map(str, each))}), "
+          f"{rate:,.0f} events/s together", flush=True)
+    return {"rate": rate, "counted": counted, "each": each, "met": counted == total and min(each) > 0,
+            "load": f"{load0}–{load_avg()}"}
+
+
 async def main() -> None:
     total_backlog = int(os.environ.get("CHANGAI_BENCH_PROJECTION_EVENTS", "1000000"))
     async with servers() as s:
@@ -83,7 +125,8 @@ async def main() -> None:
         env = s.env("projection", CHANGAI_PROJECTION_TOPIC_PREFIX=prefix,
                     CHANGAI_PROJECTION_APP_ID=f"bench-projection-{uuid.uuid4().hex[:8]}", CHANGAI_LOG_LEVEL="WARNING")
         url = f"http://127.0.0.1:{env['CHANGAI_HTTP_PORT']}/metrics"
-        await s.start("projection", ["-m", "services.projection", "worker"], env)
+        load0 = load_avg()
+        worker = await s.start("projection", ["-m", "services.projection", "worker"], env)
         polls: list[tuple[float, int]] = []
         async with httpx.AsyncClient(timeout=30) as http:
             deadline = time.monotonic() + 3600
@@ -98,6 +141,7 @@ async def main() -> None:
             proj_rate = (last[1] - first[1]) / (last[0] - first[0])
             print(f"projection worker: {polls[-1][1]:,} events, {last[1] - first[1]:,} of them in "
                   f"{last[0] - first[0]:.1f} s = {proj_rate:,.0f} events/s", flush=True)
+            proj_load = f"{load0}–{load_avg()}"
 
             server_ms, client_ms, series = [], [], 0
             for _ in range(50):
@@ -109,6 +153,12 @@ async def main() -> None:
                 await asyncio.sleep(0.05)
             server_ms = server_ms[1:]  # each value is the previous scrape's
 
+            split = None
+            if TWO_WORKERS:
+                await worker.stop(grace=5)  # idle now; it would only take CPU from the two
+                s.services.remove(worker)
+                split = await two_workers(s, prefix, total)
+
         print()
         print(table([("raw aiokafka consumer + parse", f"{raw_rate:,.0f}", "1.00"),
                      ("projection (1 worker: Faust tables + batch reader)", f"{proj_rate:,.0f}", f"{proj_rate / raw_rate:.2f}")],
@@ -118,3 +168,12 @@ async def main() -> None:
                       *summary(server_ms)),
                      ("/metrics over HTTP, client wall time", len(client_ms), *summary(client_ms))],
                     ("scrape", "n", "median ms", "p90 ms", "p99 ms", "max ms")))
+        rows = [aim(f"projection on a {total:,}-event backlog vs a raw aiokafka consumer with parsing", proj_rate, None,
+                    raw_rate, None, "≥ 0.8 of raw", proj_rate >= 0.8 * raw_rate, proj_load)]
+        if split is not None:
+            rows.append(aim("horizontal scale: projection, 2 workers split the partitions", split["rate"], None,
+                            proj_rate, None, "all counted once, both workers busy", split["met"], split["load"],
+                            figure=f"{split['rate']:,.0f}/s, counted {split['counted']:,} of {total:,} "
+                            f"({' + '.join(f'{c:,}' for c in split['each'])})", raw=f"1 worker {proj_rate:,.0f}/s"))
+        print()
+        print(aims_table(rows))

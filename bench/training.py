@@ -11,7 +11,7 @@ asyncpg COPY of the same number of rows, raw aiokafka sends of 5,000 records.
 
     python -m bench training          (make bench)
     CHANGAI_BENCH_SESSIONS=500 python -m bench training    (a smaller run)
-    CHANGAI_BENCH_TRAINING_PATHS=roster python -m bench training   (only the bulk roster path)
+    CHANGAI_BENCH_TRAINING_PATHS=roster,calls python -m bench training   (also the per-session calls; default: roster)
     TRAINING_BENCH=single python -m bench training   (only the single enrolments, 50 clients, SINGLE_SECONDS)
 
 First, single enrolments over HTTP (one member a request, 50 keep-alive clients each on a session of its own)
@@ -35,7 +35,19 @@ import httpx
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bench.common import CpuClock, aim, aims_table, backlog_watch, http_load, raw_load, servers, table
+from bench.common import (
+    AIMS,
+    SINGLE_WRITE_TARGET,
+    CpuClock,
+    aim,
+    aims_table,
+    backlog_watch,
+    http_load,
+    raw_load,
+    servers,
+    single_write_met,
+    table,
+)
 from bench.common import summary as summary_ms
 from services.training.consumers import rebuild, topic_partitions
 from shared import regions
@@ -51,7 +63,8 @@ BRANCHES = 200
 CONCURRENCY = int(os.environ.get("CHANGAI_BENCH_CONCURRENCY", "16"))
 REBUILD_EVENTS = int(os.environ.get("CHANGAI_BENCH_REBUILD_EVENTS", "100000"))
 CATEGORIES = ("pre_job", "skills_upgrade", "new_form")
-PATHS = [p.strip() for p in os.environ.get("CHANGAI_BENCH_TRAINING_PATHS", "roster,calls").split(",") if p.strip()]
+# The roster path is the aim's (issue 18); the per-session calls (~30,000 requests, minutes) only when asked for.
+PATHS = [p.strip() for p in os.environ.get("CHANGAI_BENCH_TRAINING_PATHS", "roster").split(",") if p.strip()]
 ROSTER_UPLOADS = int(os.environ.get("CHANGAI_BENCH_ROSTER_UPLOADS", "4"))  # concurrent uploads, sessions split evenly
 
 
@@ -351,9 +364,9 @@ async def single_enrolments(s, dsn: str, port: int, pid: int, auth: dict, member
     other = {k: v for k, v in load.statuses.items() if k != 201}
     if other:
         print(f"other answers: {other}")
-    print(aims_table([aim("training enrolment, 50 clients", load.rate(201), load.p99, raw.rate(200), raw.p99,
-                          "≥ 1,000/s, p99 ≤ 50 ms", load.rate(201) >= 1000 and load.p99 <= 50 and not other,
-                          load.load)]))
+    print(aims_table([aim("training enrolment, 50 clients (raw: the use case on plain asyncpg)", load.rate(201),
+                          load.p99, raw.rate(200), raw.p99, SINGLE_WRITE_TARGET,
+                          single_write_met(load.rate(201), load.p99, other), load.load)]))
 
 
 async def main() -> None:
@@ -421,6 +434,9 @@ async def main() -> None:
     rows = []
     if "roster" in figures:
         f = figures["roster"]
+        aim(f"training rosters: {person_times:,} person-times in {sessions_n:,} sessions → all session.completed on "
+            "Kafka", f["end_to_end"], None, raw["copy_s"], None, "< 15 s", f["end_to_end"] < 15, f["load"], " s",
+            raw=f"COPY {raw['copy_s']:.2f} s, send {raw['send_s']:.2f} s")
         rows += [
             ("roster: schedule sessions (POST /v1/sessions)", f"{sessions_n:,}", f"{f['schedule']:.1f}",
              f"{sessions_n / f['schedule']:,.0f} sessions/s"),
@@ -463,3 +479,5 @@ async def main() -> None:
           f"{summary['total']['person_times']:,} person-times, {summary['total']['persons']:,} distinct persons); "
           f"outbox rows {outbox_rows:,} ({unpublished} unpublished at the end); "
           f"session.completed record ≈ {completed_size} bytes")
+    if "roster" in figures:
+        print(aims_table([a for a in AIMS if a.name.startswith("training rosters")]))
