@@ -67,6 +67,8 @@ class DemoConfig:
     notifier_url: str | None = None
     reform_url: str | None = None
     projection_group: str = "changai-projection"  # the projection's consumer group, whose lag the figures wait on
+    intake_url: str | None = None
+    intake_job: str = "intake"  # the intake's Prometheus job (the intake step reads its counters)
 
     def runs(self, service: str) -> bool:
         return self.running is None or service in self.running
@@ -85,6 +87,7 @@ class Demo:
     replayed_keys: set[str] = field(default_factory=set)  # Idempotency-Keys answered with an earlier run's answer
     times: list[tuple[str, float]] = field(default_factory=list)  # (step, seconds) in order
     figures: dict[str, str] = field(default_factory=dict)  # the figures step's rows, as Prometheus had them
+    events: Counter = field(default_factory=Counter)  # the intake's answers to the demo's upstream events
 
     def row(self, step: str, item: str, result: str) -> None:
         print(f"{pad(step, 10)} {pad(item, 46)} {result}", flush=True)
@@ -255,6 +258,8 @@ from demo_reform import STEPS as REFORM_STEPS  # noqa: E402  (the coordinating o
 STEPS += REFORM_STEPS
 from demo_projection import STEPS as PROJECTION_STEPS  # noqa: E402  (the figures as Prometheus has them)
 STEPS += PROJECTION_STEPS
+from demo_intake import STEPS as INTAKE_STEPS  # noqa: E402  (upstream systems emit events; after the figures)
+STEPS += INTAKE_STEPS
 STEPS += REFORM_LATE_STEPS  # the overdue task's notice, once the notifier is through the earlier steps' notices
 
 
@@ -287,6 +292,10 @@ async def replay(config: DemoConfig | None = None, steps: list[tuple[str, Step]]
     w = demo.writes
     print(f"writes: {w['fresh']} done, {w['replayed']} replayed (an earlier run did them), {w['refused']} refused"
           f" (on purpose or already), {w['unkeyed']} without an Idempotency-Key (bulk imports: same rows, same answer)")
+    if demo.events:
+        e = demo.events
+        print(f"upstream events: {e['accepted']} accepted, {e['duplicate']} duplicates (an earlier run sent them), "
+              f"{e['rejected']} refused")
     print(f"demo finished in {total:.1f} s at scale {config.scale.name!r}"
           + (f" with {demo.failures} failed check(s)" if demo.failures else ""), flush=True)
     return demo

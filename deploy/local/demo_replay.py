@@ -46,6 +46,7 @@ class Scale:
     earlier_members: int = 0  # members who joined before 2021, one more bulk import
     sessions: int = 0  # training sessions recorded through the bulk roster path
     person_times: int = 0  # their person-times (rows of the rosters)
+    intake_hires: int = 300  # an enterprise's hires its HR system emits to the intake (one batch request)
 
 
 SCALES = {
