@@ -69,6 +69,7 @@ class DemoConfig:
     projection_group: str = "changai-projection"  # the projection's consumer group, whose lag the figures wait on
     intake_url: str | None = None
     intake_job: str = "intake"  # the intake's Prometheus job (the intake step reads its counters)
+    projection_job: str | None = None  # a test's own projection job (the intake step's figures from it only)
 
     def runs(self, service: str) -> bool:
         return self.running is None or service in self.running
