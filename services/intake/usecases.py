@@ -1,9 +1,10 @@
 """The intake's commands: one function each, called by the routes and the consumers alike.
 
 ``accept`` is the one path of every upstream event, whichever way it came (HTTP binary, structured or
-batch mode, or the Kafka intake topic): check each event (``domain.check_event``), then in the caller's
-ONE transaction record every new (source, id) and queue its command in the outbox. A (source, id) seen
-before is a duplicate and changes nothing. When the transaction commits the events are durably accepted
+batch mode, or the Kafka intake topic): check each event (``domain.check_event``), then in ONE statement
+(atomic by itself; within the caller's transaction when it has one, as the Kafka path does) record every new
+(source, id) and queue its command in the outbox. A (source, id) seen before is a duplicate and changes
+nothing. When that statement (or the caller's transaction) commits the events are durably accepted
 (the 202); the command reaches the owning service through the outbox relay, at least once, and the owning
 service's inbox applies it once.
 """
@@ -186,32 +187,31 @@ async def accept(
             seen.add((item.source, item.id))
             fresh.append((len(results), checked, source, uuid.uuid4(), uuid.uuid4()))
         results.append(result)
-    rows = [
-        (
-            intake_id,
-            source.id,
-            source.source,
-            checked.incoming.id,
-            checked.incoming.type,
-            channel,
-            checked.time,
-            command_id,
-        )
-        for _, checked, source, intake_id, command_id in fresh
-    ]
-    inserted = await store.insert_events(conn, rows)
+    rows = []
     encoded = []
     trace_id = trace_id_var.get()
-    for index, checked, source, intake_id, command_id in fresh:
-        if intake_id not in inserted:
-            results[index].outcome = "duplicate"
-            continue
+    for _, checked, source, intake_id, command_id in fresh:
+        rows.append(
+            (
+                intake_id,
+                source.id,
+                source.source,
+                checked.incoming.id,
+                checked.incoming.type,
+                channel,
+                checked.time,
+                command_id,
+            )
+        )
+        # encoded before the insert (a redelivery's is dropped by it): the event and its command in one statement
         command = domain.to_command(checked, source, intake_id, keys)
         key, value, _ = encode(envelope(command, trace_id=trace_id, event_id=str(command_id)))
-        encoded.append(
-            (command_id, command.topic, key.decode(), outbox.lane_of(key.decode()), command.event_type, value)
-        )
-    await outbox.add_encoded(conn, encoded)
+        k = key.decode()
+        encoded.append((command_id, command.topic, k, outbox.lane_of(k), command.event_type, value))
+    inserted = await store.insert_events(conn, rows, encoded)
+    for index, _, _, intake_id, _ in fresh:
+        if intake_id not in inserted:
+            results[index].outcome = "duplicate"
     return Accepted(results)
 
 
