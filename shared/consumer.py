@@ -15,12 +15,20 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from datetime import date
+from typing import Any, TypeVar
 
+import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import Counter, Gauge
+from pydantic import ValidationError
 
+from shared import inbox, outbox
+from shared.clock import today_cn
+from shared.errors import DomainError
 from shared.events import CloudEvent, EventData, InvalidEvent, UnknownEventType, decode, parse_data
 from shared.events.envelope import trace_id_of
+from shared.events.intake import COMMANDS, rejection
 from shared.kafka import dead_letter, make_consumer, make_producer
 from shared.logging import trace_id_var
 
@@ -213,23 +221,38 @@ async def wait_assigned(consumer: EventConsumer, timeout: float = 30.0) -> None:
     raise TimeoutError(f"consumer {consumer.group_id} got no partitions")
 
 
-__all__ = ["BatchHandler", "EventConsumer", "Handler", "KafkaLoop", "TopicPartition", "wait_assigned"]
+__all__ = [
+    "BatchHandler",
+    "CommandConsumer",
+    "EventConsumer",
+    "Handler",
+    "KafkaLoop",
+    "TopicPartition",
+    "apply_each_once",
+    "apply_one",
+    "command_consumer",
+    "commands_part",
+    "new_commands",
+    "refused",
+    "wait_assigned",
+]
 
 
 class CommandConsumer(EventConsumer):
     """``EventConsumer`` reading the intake's command types (``shared.events.intake.COMMANDS``) instead of the
-    domain catalogue: what membership, training and funding read from their ``<service>.commands`` topic."""
+    domain catalogue: what membership, training and funding read from their ``<service>.commands`` topic.
+    ``commands``: the types this service applies (another type on its topic is skipped like an unknown one)."""
+
+    def __init__(self, *args, commands: tuple[type[EventData], ...] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.commands = commands
 
     async def _parse(self, record):
-        from pydantic import ValidationError
-
-        from shared.events.intake import COMMANDS
-
         try:
             event = decode(record.value)
             cls = COMMANDS.get(event.type)
-            if cls is None:
-                return None  # a command type of a newer intake: not this build's
+            if cls is None or (self.commands is not None and cls not in self.commands):
+                return None  # a command type of a newer intake, or not this service's
             return event, cls.model_validate(event.data)
         except InvalidEvent as exc:
             await dead_letter(self.producer, record, str(exc), self.group_id)
@@ -238,3 +261,107 @@ class CommandConsumer(EventConsumer):
                 self.producer, record, f"command does not match its type: {exc.errors()[0]['msg']}", self.group_id
             )
         return None
+
+
+# -- applying the intake's commands (membership, training, funding) -------------------------------------
+# A refusal of a command: what the owning service's API would have answered with a 4xx (a domain rule, or
+# data the use case checks again). Anything else (the database down) is not an answer: the batch is retried.
+REFUSALS: tuple[type[Exception], ...] = (DomainError, ValidationError)
+
+Applied = TypeVar("Applied", bound=EventData)
+Rejected = TypeVar("Rejected", bound=EventData)
+Command = TypeVar("Command", bound=EventData)
+# A service's use of a partition's batch of commands, inside the batch's transaction: (conn, items, today).
+ApplyCommands = Callable[[asyncpg.Connection, list[tuple[CloudEvent, Any]], date], Awaitable[Any]]
+
+
+def refused(rejected: type[Rejected], event: CloudEvent, cmd: Any, exc: Exception) -> Rejected:
+    """The rejected outcome of ``cmd``: its common fields and the RFC 9457 problem (``intake.rejection``)."""
+    return rejected(**cmd.outcome_fields(event.id), **rejection(exc))
+
+
+async def new_commands(
+    conn: asyncpg.Connection, consumer: str, items: list[tuple[CloudEvent, Command]]
+) -> list[tuple[CloudEvent, Command]]:
+    """The commands of a batch not applied before, in order: one inbox claim for the batch (in the caller's
+    transaction, so the claim commits with the effect), a command id twice in the batch once."""
+    claimed = await inbox.claim_many(conn, consumer, [event.id for event, _ in items])
+    fresh = []
+    for event, cmd in items:
+        if event.id in claimed:
+            claimed.discard(event.id)
+            fresh.append((event, cmd))
+    return fresh
+
+
+async def apply_one(
+    conn: asyncpg.Connection,
+    event: CloudEvent,
+    cmd: Any,
+    apply: Callable[[asyncpg.Connection, CloudEvent, Any], Awaitable[Applied]],
+    rejected: type[Rejected],
+) -> Applied | Rejected:
+    """``apply``'s applied outcome, or the rejected one for a refusal; a savepoint, so a refusal undoes this
+    command only."""
+    try:
+        async with conn.transaction():
+            return await apply(conn, event, cmd)
+    except REFUSALS as exc:
+        return refused(rejected, event, cmd, exc)
+
+
+async def apply_each_once(
+    conn: asyncpg.Connection,
+    consumer: str,
+    items: list[tuple[CloudEvent, Any]],
+    apply: Callable[[asyncpg.Connection, CloudEvent, Any], Awaitable[Applied]],
+    rejected: type[Rejected],
+) -> list[Applied | Rejected]:
+    """Inside the caller's transaction (a partition's batch): each command not applied before, in order, each
+    in its savepoint (``apply_one``); every outcome goes to the outbox with the batch. Returns the outcomes."""
+    outcomes = [
+        await apply_one(conn, event, cmd, apply, rejected) for event, cmd in await new_commands(conn, consumer, items)
+    ]
+    await outbox.emit(conn, *outcomes)
+    return outcomes
+
+
+def command_consumer(
+    pool: asyncpg.Pool,
+    bootstrap: str,
+    group_id: str,
+    topic: str,
+    commands: tuple[type[EventData], ...],
+    apply_commands: ApplyCommands,
+) -> CommandConsumer:
+    """The consumer of a service's command topic: a partition's batch in one transaction, given to
+    ``apply_commands`` with today's date (offsets committed after it, so a crash means redelivery)."""
+
+    async def handle(items: list[tuple[CloudEvent, EventData]]) -> None:
+        if not items:
+            return
+        async with pool.acquire() as conn, conn.transaction():
+            await apply_commands(conn, list(items), today_cn())
+
+    return CommandConsumer(bootstrap, group_id, [topic], batch_handler=handle, commands=commands)
+
+
+def commands_part(
+    topic: str,
+    group_id: str,
+    commands: tuple[type[EventData], ...],
+    apply_commands: Callable[[Any], ApplyCommands],
+):
+    """A ``create_app`` part: the command consumer, started with the API and stopped with it
+    (``app.state.commands``). ``apply_commands(app)`` gives the service's batch apply (it may need the app's
+    state, membership's vault)."""
+
+    async def part(app) -> Callable[[], Awaitable[None]]:
+        consumer = command_consumer(
+            app.state.db, app.state.settings.kafka_bootstrap, group_id, topic, commands, apply_commands(app)
+        )
+        consumer.start()
+        app.state.commands = consumer
+        return consumer.stop
+
+    return part

@@ -27,7 +27,12 @@ def build_app(settings: FundingSettings | None = None):
         title="Changai funding (资金)",
         description="Funds, grants and disbursements on a double-entry ledger; training subsidies "
         "paid automatically when sessions complete.",
-        parts=[seed_part(settings), subsidy_part(settings), branch_part(settings), commands_part(settings)],
+        parts=[
+            seed_part(settings),
+            subsidy_part(settings),
+            branch_part(settings),
+            *([commands_part(settings.funding_commands_group)] if settings.funding_commands_consumer else []),
+        ],
     )
 
 

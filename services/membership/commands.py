@@ -23,12 +23,11 @@ from pydantic import ValidationError
 
 from services.membership import domain, store, usecases
 from services.membership.pii import Vault
-from shared import inbox
 from shared.auth import Principal
-from shared.clock import today_cn
-from shared.consumer import CommandConsumer, EventConsumer
+from shared.consumer import apply_one, new_commands, refused
+from shared.consumer import commands_part as shared_commands_part
 from shared.errors import DomainError, NotFound
-from shared.events import CloudEvent, EventData
+from shared.events import CloudEvent
 from shared.events.intake import (
     CertificateCommand,
     CommandApplied,
@@ -36,12 +35,12 @@ from shared.events.intake import (
     CommandRejected,
     JoinCommand,
     LeaveCommand,
-    rejection,
 )
 
 log = logging.getLogger(__name__)
 
 INBOX = "membership.commands"  # the inbox's consumer name
+TOPIC = "membership.commands"
 Command = JoinCommand | LeaveCommand | CertificateCommand
 
 
@@ -82,8 +81,8 @@ async def _apply(conn: asyncpg.Connection, cmd: Command, keys: CommandKeys, vaul
 
 
 def _rejected(event: CloudEvent, cmd: Command, exc: Exception) -> CommandRejected:
-    """A refusal as the source hears it (``shared.events.intake.rejection``: type, title, a scrubbed detail)."""
-    return CommandRejected(**cmd.outcome_fields(event.id), **rejection(exc))
+    """A refusal as the source hears it (``shared.consumer.refused``: type, title, a scrubbed detail)."""
+    return refused(CommandRejected, event, cmd, exc)
 
 
 async def _apply_one(
@@ -94,12 +93,11 @@ async def _apply_one(
     vault: Vault,
     today: date,
 ) -> CommandApplied | CommandRejected:
-    try:
-        async with conn.transaction():  # a savepoint: a refusal undoes this command only
-            row = await _apply(conn, cmd, keys, vault, today)
+    async def apply(conn: asyncpg.Connection, event: CloudEvent, cmd: Command) -> CommandApplied:
+        row = await _apply(conn, cmd, keys, vault, today)
         return CommandApplied(**cmd.outcome_fields(event.id), member_id=row["id"])
-    except (DomainError, ValidationError) as exc:
-        return _rejected(event, cmd, exc)
+
+    return await apply_one(conn, event, cmd, apply, CommandRejected)
 
 
 async def _join_run(
@@ -158,12 +156,7 @@ async def apply_commands(
     leave on its own (it may follow the same person's join). Every outcome goes to the outbox at once.
     Should the batch form fail on something other than a refusal, the batch is applied one command at a
     time instead (each in a savepoint), so one odd command cannot hold the partition."""
-    claimed = await inbox.claim_many(conn, INBOX, [event.id for event, _ in items])
-    fresh, seen = [], set()
-    for event, cmd in items:
-        if event.id in claimed and event.id not in seen:
-            seen.add(event.id)
-            fresh.append((event, cmd))
+    fresh = await new_commands(conn, INBOX, items)
     outcomes: list[CommandApplied | CommandRejected] = []
     try:
         async with conn.transaction():
@@ -185,32 +178,16 @@ async def apply_commands(
     return outcomes
 
 
-def command_consumer(
-    pool: asyncpg.Pool, bootstrap: str, group_id: str, keys: CommandKeys, vault: Vault
-) -> EventConsumer:
-    async def handle(items: list[tuple[CloudEvent, EventData]]) -> None:
-        today = today_cn()
-        commands = []
-        for event, cmd in items:
-            assert isinstance(cmd, Command)  # CommandConsumer parses only those
-            commands.append((event, cmd))
-        async with pool.acquire() as conn, conn.transaction():
-            await apply_commands(conn, commands, keys, vault, today)
+def commands_part(group_id: str):
+    """A ``create_app`` part: the consumer of ``membership.commands`` (``shared.consumer.commands_part``), with
+    the keys to open the commands' sealed data and the app's vault."""
 
-    return CommandConsumer(bootstrap, group_id, ["membership.commands"], batch_handler=handle)
+    def apply_for(app):
+        keys, vault = CommandKeys(app.state.settings.data_key_bytes()), app.state.vault
 
+        async def apply(conn: asyncpg.Connection, items: list[tuple[CloudEvent, Command]], today: date):
+            return await apply_commands(conn, items, keys, vault, today)
 
-async def commands_part(app):
-    settings = app.state.settings
-    if not settings.consume_commands:
-        return None
-    consumer = command_consumer(
-        app.state.db,
-        settings.kafka_bootstrap,
-        settings.commands_group_id,
-        CommandKeys(settings.data_key_bytes()),
-        app.state.vault,
-    )
-    consumer.start()
-    app.state.commands = consumer
-    return consumer.stop
+        return apply
+
+    return shared_commands_part(TOPIC, group_id, (JoinCommand, LeaveCommand, CertificateCommand), apply_for)

@@ -61,13 +61,14 @@ def build_app(settings: Settings | None = None, *, process: bool = False):
     """The app; ``process``: it is this process's only app (``main``), so it may tune the process's
     garbage collector (not in tests, which build many apps in one interpreter)."""
     settings = _membership_settings(settings)
+    commands = [commands_part(settings.commands_group_id)] if settings.consume_commands else []
     return create_app(
         service="membership",
         settings=settings,
         routers=[router],
         title="Changai membership (工会会员与组织)",
         description="Regions, union branches, members, transfers, service stations and bulk import.",
-        parts=[vault_part, certificates_part, commands_part, *([freeze_startup_objects] if process else [])],
+        parts=[vault_part, certificates_part, *commands, *([freeze_startup_objects] if process else [])],
     )
 
 

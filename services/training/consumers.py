@@ -40,12 +40,11 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from services.training import domain, store, usecases
-from shared import inbox
-from shared.clock import today_cn
-from shared.consumer import CommandConsumer, EventConsumer
-from shared.errors import Conflict, DomainError, NotFound
+from shared.consumer import EventConsumer, apply_each_once
+from shared.consumer import commands_part as shared_commands_part
+from shared.errors import Conflict, NotFound
 from shared.events import CloudEvent, EventData, InvalidEvent, UnknownEventType, decode, parse_data
-from shared.events.intake import AttendanceCommand, TrainingCommandApplied, TrainingCommandRejected, rejection
+from shared.events.intake import AttendanceCommand, TrainingCommandApplied, TrainingCommandRejected
 from shared.events.membership import (
     BranchDissolved,
     BranchEstablished,
@@ -400,41 +399,15 @@ async def _attend(conn: asyncpg.Connection, event: CloudEvent, cmd: AttendanceCo
 async def apply_commands(
     conn: asyncpg.Connection, items: list[tuple[CloudEvent, AttendanceCommand]], today
 ) -> list[TrainingCommandApplied | TrainingCommandRejected]:
-    """Inside the caller's transaction (a partition's batch): each command not applied before (one inbox
-    claim for the batch), in order, each in a savepoint so a refusal undoes only its own command; every
-    outcome goes to the outbox with the batch."""
-    claimed = await inbox.claim_many(conn, COMMANDS_INBOX, [event.id for event, _ in items])
-    outcomes: list[TrainingCommandApplied | TrainingCommandRejected] = []
-    seen: set[str] = set()
-    for event, cmd in items:
-        if event.id not in claimed or event.id in seen:
-            continue
-        seen.add(event.id)
-        try:
-            async with conn.transaction():
-                outcomes.append(await _attend(conn, event, cmd, today))
-        except DomainError as exc:
-            outcomes.append(TrainingCommandRejected(**cmd.outcome_fields(event.id), **rejection(exc)))
-    await usecases.emit_many(conn, outcomes)
-    return outcomes
+    """Inside the caller's transaction (a partition's batch): each attendance not applied before, once, in its
+    savepoint, its outcome to the outbox (``shared.consumer.apply_each_once``)."""
 
+    async def attend(conn: asyncpg.Connection, event: CloudEvent, cmd: AttendanceCommand) -> TrainingCommandApplied:
+        return await _attend(conn, event, cmd, today)
 
-def command_consumer(pool: asyncpg.Pool, bootstrap: str, group_id: str) -> EventConsumer:
-    async def handle(items: list[tuple[CloudEvent, EventData]]) -> None:
-        commands = [(event, cmd) for event, cmd in items if isinstance(cmd, AttendanceCommand)]
-        if not commands:
-            return
-        async with pool.acquire() as conn, conn.transaction():
-            await apply_commands(conn, commands, today_cn())
-
-    return CommandConsumer(bootstrap, group_id, ["training.commands"], batch_handler=handle)
+    return await apply_each_once(conn, COMMANDS_INBOX, items, attend, TrainingCommandRejected)
 
 
 def commands_part(group_id: str):
-    async def part(app) -> Callable[[], Awaitable[None]]:
-        consumer = command_consumer(app.state.db, app.state.settings.kafka_bootstrap, group_id)
-        consumer.start()
-        app.state.commands = consumer
-        return consumer.stop
-
-    return part
+    """A ``create_app`` part: the consumer of ``training.commands`` (``shared.consumer.commands_part``)."""
+    return shared_commands_part("training.commands", group_id, (AttendanceCommand,), lambda app: apply_commands)
