@@ -14,6 +14,7 @@ import base64
 import hashlib
 import hmac
 import random
+import re
 import time
 import urllib.parse
 import uuid
@@ -484,6 +485,9 @@ def quiet_until(now: datetime, quiet: dict | None) -> datetime | None:
     return candidate.astimezone(UTC)
 
 
+_HHMM = re.compile(r"[0-9]{1,2}:[0-9]{2}")
+
+
 def validate_quiet_hours(quiet: dict) -> dict:
     out = {
         "start": quiet.get("start", "22:00"),
@@ -492,6 +496,10 @@ def validate_quiet_hours(quiet: dict) -> dict:
     }
     for key in ("start", "end"):
         try:
+            # ASCII digits, at most two: int() also takes "٢٢" and "99999999999999999999", whose time() is an
+            # OverflowError (a 500), not the ValueError a request is refused with
+            if not (isinstance(out[key], str) and _HHMM.fullmatch(out[key])):
+                raise ValueError(out[key])
             _hhmm(out[key])
         except (ValueError, AttributeError):
             raise ValueError(f"quiet_hours.{key} must be HH:MM") from None
