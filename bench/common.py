@@ -307,11 +307,11 @@ async def backlog_watch(dsn: str, until: asyncio.Event) -> tuple[int, float]:
     peak = 0
     try:
         while not until.is_set():
-            peak = max(peak, await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"))
+            peak = max(peak, await conn.fetchval("SELECT count(*) FROM outbox_pending"))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(until.wait(), 0.5)
         t = time.perf_counter()
-        while await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"):
+        while await conn.fetchval("SELECT count(*) FROM outbox_pending"):
             if time.perf_counter() - t > 120:
                 raise TimeoutError("outbox not drained in 120 s")
             await asyncio.sleep(0.05)

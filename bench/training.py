@@ -422,7 +422,7 @@ async def main() -> None:
         conn = await asyncpg.connect(dsn)
         try:
             outbox_rows = await conn.fetchval("SELECT count(*) FROM outbox")
-            unpublished = await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            unpublished = await conn.fetchval("SELECT count(*) FROM outbox_pending")
             completed_size = await conn.fetchval(
                 "SELECT avg(length(value))::int FROM outbox WHERE event_type = 'changai.training.session.completed.v1'")
         finally:

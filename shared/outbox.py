@@ -1,8 +1,11 @@
 """Transactional outbox: events written with the domain change, published by a relay.
 
 ``await outbox.add(conn, event)`` inside the caller's transaction stores the exact
-CloudEvent bytes. The :class:`OutboxRelay` publishes unpublished rows in order with
-an idempotent producer, woken by LISTEN/NOTIFY with polling as the fallback.
+CloudEvent bytes, and the table's insert trigger queues the row in ``outbox_pending``
+(its seq and lane) in the same transaction. The :class:`OutboxRelay` publishes the queued
+rows in order with an idempotent producer, woken by LISTEN/NOTIFY with polling as the
+fallback, and marks them sent by deleting them from the queue (the event rows are never
+rewritten).
 Several relays (replicas) share the work through ``FOR UPDATE SKIP LOCKED`` on
 lanes: a key always falls in the same lane and a lane is held by one relay at a
 time, so each aggregate's events reach Kafka in the order they were written. The
@@ -77,18 +80,33 @@ RELAYS_PRESENT = (
 # Lanes with rows waiting (one index probe each), in random order so that replicas pick different ones,
 # at most $1 of them (this relay's share), skipping those another relay holds.
 _TAKE_LANES = (
-    "SELECT lane FROM outbox_lanes l WHERE EXISTS (SELECT 1 FROM outbox o WHERE o.lane = l.lane "
-    "AND o.published_at IS NULL) ORDER BY random() LIMIT $1 FOR UPDATE SKIP LOCKED"
+    "SELECT lane FROM outbox_lanes l WHERE EXISTS (SELECT 1 FROM outbox_pending p WHERE p.lane = l.lane) "
+    "ORDER BY random() LIMIT $1 FOR UPDATE SKIP LOCKED"
 )
+# The waiting rows are the ``outbox_pending`` queue (seq, lane), filled by the outbox's insert trigger in the
+# writer's transaction; publishing deletes them there (the outbox rows, ~800 bytes each, are never rewritten).
 # What the relay reads of a row: the key as bytes and the write time as epoch seconds, as Kafka and the
-# delay histogram want them (no str or datetime made per row only to be converted again).
-_COLUMNS = "seq, topic, convert_to(key, 'UTF8') AS key, value, extract(epoch FROM created_at)::float8 AS created"
+# delay histogram want them (no str or datetime made per row only to be converted again). Each event is one
+# primary-key probe of the outbox (``OFFSET 0`` keeps it a probe per queued seq: the planner cannot turn it
+# into a join that scans or sorts the outbox, whatever its statistics say), in the queue's seq order.
+_EVENT = (
+    "CROSS JOIN LATERAL (SELECT topic, convert_to(key, 'UTF8') AS key, value, "
+    "extract(epoch FROM created_at)::float8 AS created FROM outbox o WHERE o.seq = p.seq OFFSET 0) o"
+)
+# Alone (or the others idle): the oldest waiting rows, whatever their lane, by the queue's primary key.
+_TAKE_OLDEST = f"SELECT p.seq, o.* FROM (SELECT seq FROM outbox_pending ORDER BY seq LIMIT $1) p {_EVENT}"
 # With some of the lanes: the oldest rows of each, an equal share of the batch each, by one short range
-# scan of the (lane, seq) index a lane rather than one sort of those lanes' whole backlog. Order matters
-# only within a key, hence within a lane; rows of different lanes may go in any order.
+# scan of the queue's (lane, seq) index a lane rather than one sort of those lanes' whole backlog. Order
+# matters only within a key, hence within a lane; rows of different lanes may go in any order.
 _TAKE_ROWS = (
-    f"SELECT o.* FROM unnest($1::smallint[]) AS l(lane) CROSS JOIN LATERAL (SELECT {_COLUMNS} "
-    "FROM outbox WHERE lane = l.lane AND published_at IS NULL ORDER BY seq LIMIT $2) o"
+    "SELECT p.seq, o.* FROM unnest($1::smallint[]) AS l(lane) CROSS JOIN LATERAL "
+    f"(SELECT seq FROM outbox_pending WHERE lane = l.lane ORDER BY seq LIMIT $2) p {_EVENT}"
+)
+_MARK_SENT = "DELETE FROM outbox_pending WHERE seq = ANY($1::bigint[])"
+# The backlog gauges: the queue's size, and the age of its oldest row (by seq: one probe, not a scan).
+_BACKLOG = (
+    "SELECT count(*) AS n, extract(epoch FROM clock_timestamp() - "
+    "(SELECT created_at FROM outbox WHERE seq = min(p.seq))) AS age FROM outbox_pending p"
 )
 
 
@@ -403,10 +421,7 @@ class OutboxRelay:
             return
         self._backlog_checked = now
         async with self.pool.acquire() as conn:
-            row = await conn.fetchrow(
-                "SELECT count(*) AS n, extract(epoch FROM clock_timestamp() - min(created_at)) AS age "
-                "FROM outbox WHERE published_at IS NULL"
-            )
+            row = await conn.fetchrow(_BACKLOG)
         BACKLOG.labels(self.service).set(row["n"])
         OLDEST.labels(self.service).set(float(row["age"] or 0))
 
@@ -420,16 +435,14 @@ class OutboxRelay:
 
     async def _publish(self, limit: int) -> int:
         """One cycle: lock the free lanes, publish up to ``limit`` of their rows in order, mark them
-        published, release the lanes."""
+        sent (out of the queue), release the lanes."""
         producer = await self._ensure_producer()
         async with self.pool.acquire() as conn, conn.transaction():
             lanes = [r["lane"] for r in await conn.fetch(_TAKE_LANES, self.lane_share)]
             if not lanes:
                 return 0
             if len(lanes) == LANES:  # alone (or the others idle): the oldest rows, whatever their lane
-                rows = await conn.fetch(
-                    f"SELECT {_COLUMNS} FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1", limit
-                )
+                rows = await conn.fetch(_TAKE_OLDEST, limit)
             else:
                 rows = await conn.fetch(_TAKE_ROWS, lanes, -(-limit // len(lanes)))
             if not rows:
@@ -440,10 +453,7 @@ class OutboxRelay:
             except BaseException:  # timed out or stopped: its outcome no longer matters, nor is it an error
                 acked.add_done_callback(lambda f: f.cancelled() or f.exception())
                 raise
-            await conn.execute(
-                "UPDATE outbox SET published_at = clock_timestamp() WHERE seq = ANY($1::bigint[])",
-                [r["seq"] for r in rows],
-            )
+            await conn.execute(_MARK_SENT, [r["seq"] for r in rows])
         now = time.time()
         observe_many(PUBLISH_DELAY.labels(self.service), [now - r["created"] for r in rows])
         PUBLISHED.labels(self.service).inc(len(rows))
@@ -485,7 +495,7 @@ class OutboxRelay:
         while time.monotonic() < deadline:
             if await self.publish_batch() == 0:
                 async with self.pool.acquire() as conn:
-                    if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM outbox WHERE published_at IS NULL)"):
+                    if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM outbox_pending)"):
                         return
             await asyncio.sleep(0)
         raise TimeoutError("outbox not drained in time")

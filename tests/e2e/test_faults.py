@@ -614,7 +614,7 @@ async def test_fault_table_nothing_lost_nothing_doubled(platform):
     # Each relay caught up by itself: every row published and marked sent (none left to publish again and again).
     async def outboxes_empty():
         waiting = [
-            (await p.sql(db, "SELECT count(*) AS n FROM outbox WHERE published_at IS NULL"))[0]["n"]
+            (await p.sql(db, "SELECT count(*) AS n FROM outbox_pending"))[0]["n"]
             for db in ("membership", "funding")
         ]
         return not any(waiting)

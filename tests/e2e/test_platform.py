@@ -188,7 +188,7 @@ async def test_kafka_down_write_accepted_and_delivered_once_after_restart(platfo
         assert ready.status_code == 200 and ready.json()["checks"]["kafka"] != "ok"
         conn = await asyncpg.connect(platform.dsn)
         try:
-            assert await conn.fetchval("SELECT count(*) FROM outbox WHERE key = $1 AND published_at IS NULL",
+            assert await conn.fetchval("SELECT count(*) FROM outbox JOIN outbox_pending USING (seq) WHERE key = $1",
                                        resp.json()["id"]) == 1, "the event must wait in the outbox"
         finally:
             await conn.close()
@@ -203,7 +203,7 @@ async def test_kafka_down_write_accepted_and_delivered_once_after_restart(platfo
         while True:
             conn = await asyncpg.connect(platform.dsn)
             try:
-                if not await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"):
+                if not await conn.fetchval("SELECT count(*) FROM outbox_pending"):
                     break
             finally:
                 await conn.close()

@@ -49,12 +49,12 @@ async def test_relays_publish_each_key_in_order_exactly_once(stack, make_databas
 
         # Every row marked sent (Kafka acknowledges before the relay marks its rows): bounded wait.
         async with asyncio.timeout(60):
-            while await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"):
+            while await pool.fetchval("SELECT count(*) FROM outbox_pending"):
                 await asyncio.sleep(0.05)
     finally:
         for r in relays:
             await r.stop()
-        remaining = await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        remaining = await pool.fetchval("SELECT count(*) FROM outbox_pending")
         await pool.close()
     # The relays are stopped: everything they ever published is below the end offsets read now, so a
     # duplicate, wherever it landed, is in this read (not cut off by stopping at the expected count).
@@ -87,7 +87,7 @@ async def test_rolled_back_write_leaves_no_event(stack, make_database):
                 await outbox.add(conn, branch(committed, 1))
         relay.start()
         async with asyncio.timeout(60):
-            while await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"):
+            while await pool.fetchval("SELECT count(*) FROM outbox_pending"):
                 await asyncio.sleep(0.05)
         assert await pool.fetchval("SELECT count(*) FROM outbox") == 1
     finally:
@@ -215,9 +215,75 @@ async def test_relay_listens_again_after_losing_its_connection(stack, make_datab
         key = uuid.uuid4()
         async with pool.acquire() as conn, conn.transaction():
             await outbox.add(conn, branch(key, 0))
+            assert await conn.fetchval("SELECT count(*) FROM outbox_pending") == 1  # so the wait below can fail
         async with asyncio.timeout(10):
-            while await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"):
+            while await pool.fetchval("SELECT count(*) FROM outbox_pending"):
                 await asyncio.sleep(0.05)
     finally:
         await relay.stop()
         await pool.close()
+
+
+async def test_every_outbox_insert_is_queued_for_the_relay(stack, make_database):
+    """The relay publishes what ``outbox_pending`` holds: every path that writes the outbox (one event, a
+    short batch, a COPY, a plain INSERT as the notifier's SQL functions do) queues its rows with their lane
+    in the writer's transaction, and a rolled-back write queues nothing."""
+    dsn = await make_database("membership")
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with conn.transaction():
+            await outbox.add(conn, branch(uuid.uuid4(), 0))
+            await outbox.add_many(conn, [branch(uuid.uuid4(), n) for n in range(3)])  # one INSERT of arrays
+            await outbox.add_many(conn, [branch(uuid.uuid4(), n) for n in range(outbox.COPY_FROM + 1)])  # COPY
+            await conn.execute(
+                "INSERT INTO outbox (event_id, topic, key, lane, event_type, value)"
+                " SELECT gen_random_uuid(), topic, 'raw', $1, event_type, value FROM outbox LIMIT 2", outbox.lane_of("raw"))
+        with pytest.raises(RuntimeError):
+            async with conn.transaction():
+                await outbox.add_many(conn, [branch(uuid.uuid4(), n) for n in range(outbox.COPY_FROM + 1)])
+                raise RuntimeError("domain change failed")
+        written = await conn.fetch("SELECT seq, key, lane FROM outbox ORDER BY seq")
+        queued = await conn.fetch("SELECT seq, lane FROM outbox_pending ORDER BY seq")
+    finally:
+        await conn.close()
+    assert len(written) == 1 + 3 + outbox.COPY_FROM + 1 + 2
+    assert [(r["seq"], r["lane"]) for r in queued] == [(r["seq"], r["lane"]) for r in written]
+    assert all(r["lane"] == outbox.lane_of(r["key"]) for r in written)
+
+
+async def test_rows_waiting_before_the_queue_existed_are_published_after_the_upgrade(stack, make_database):
+    """The migration that moved the relay's queue out of the outbox (``published_at`` to ``outbox_pending``)
+    queues the rows that were still waiting and only those: nothing written before an upgrade is lost or
+    sent again because of it."""
+    from shared import migrate
+
+    server = await make_database("membership")  # a database on the test server, to create this one from
+    admin = await asyncpg.connect(server)
+    name = f"test_upgrade_{uuid.uuid4().hex[:10]}"
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        dsn = f"{server.rsplit('/', 1)[0]}/{name}"
+        conn = await asyncpg.connect(dsn)
+        try:
+            first = migrate.ROOT / "shared" / "migrations" / "0001_platform.sql"
+            sql = first.read_text(encoding="utf-8")
+            await conn.execute(sql)
+            await conn.execute("CREATE TABLE schema_migrations (name text PRIMARY KEY, checksum text NOT NULL,"
+                               " applied_at timestamptz NOT NULL DEFAULT now())")
+            await conn.execute("INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2)",
+                               "shared/0001_platform.sql", migrate.hashlib.sha256(sql.encode()).hexdigest())
+            async with conn.transaction():
+                await outbox.add_many(conn, [branch(uuid.uuid4(), n) for n in range(10)])
+            await conn.execute("UPDATE outbox SET published_at = now() WHERE seq <= 4")  # sent before the upgrade
+            applied = await migrate.apply(conn, "membership")
+            assert "shared/0002_outbox_pending.sql" in applied
+            assert [r["seq"] for r in await conn.fetch("SELECT seq FROM outbox_pending ORDER BY seq")] == list(
+                range(5, 11))
+            async with conn.transaction():  # and what is written after it is queued by the new trigger
+                await outbox.add(conn, branch(uuid.uuid4(), 11))
+            assert await conn.fetchval("SELECT count(*) FROM outbox_pending") == 7
+        finally:
+            await conn.close()
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()

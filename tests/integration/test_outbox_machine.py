@@ -148,7 +148,7 @@ class RelayMachine(RuleBasedStateMachine):
             finally:
                 await held.stop()
             unmarked = await self.ctx.pool.fetchval(
-                "SELECT count(*) FROM outbox WHERE published_at IS NULL AND event_id = ANY($1::uuid[])", ids)
+                "SELECT count(*) FROM outbox JOIN outbox_pending USING (seq) WHERE event_id = ANY($1::uuid[])", ids)
             assert unmarked == len(ids), "the relay was not killed between send and mark"
 
         self.run(crash())
@@ -164,7 +164,7 @@ class RelayMachine(RuleBasedStateMachine):
         survivor.start()
         try:
             async with asyncio.timeout(60):  # bounded wait for every row to be marked sent
-                while await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"):
+                while await pool.fetchval("SELECT count(*) FROM outbox_pending"):
                     await asyncio.sleep(0.05)
         finally:
             for relay in [survivor, *self.relays]:

@@ -271,7 +271,7 @@ class LedgerMachine(RuleBasedStateMachine):
     async def events_match_the_database(self):
         pool = self.pool
         async with asyncio.timeout(60):  # the app's relay publishes everything (poll 0.2 s, LISTEN/NOTIFY)
-            while await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"):
+            while await pool.fetchval("SELECT count(*) FROM outbox_pending"):
                 await asyncio.sleep(0.05)
         keys = {f.id for f in self.funds} | {g.id for g in self.grants}
         if not keys:

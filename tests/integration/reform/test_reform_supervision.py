@@ -89,7 +89,7 @@ async def test_overdue_told_once_by_two_replicas_and_after_a_restart_and_once_on
                 status=200,
             )
             await until(lambda: reaches(told(pool, quiet["id"], PROGRESS_DUE), 2), timeout=60)
-            await until(lambda: pool.fetchval("SELECT count(*) = 0 FROM outbox WHERE published_at IS NULL"))
+            await until(lambda: pool.fetchval("SELECT count(*) = 0 FROM outbox_pending"))
             assert await told(pool, quiet["id"], PROGRESS_DUE) == 2
 
     # on Kafka, read to the end offsets (not to an expected count): the overdue notice is there once
