@@ -25,7 +25,7 @@ DEFAULT_NOTES = """## Reading the figures, and where the time goes
   printed with the figures. On a shared machine compare the ratios to the raw baselines of the same run
   and the CPU a write, not the wall times.
 - Run one area: `python -m bench <area>` (areas: the modules of `bench/`); the sizes and time caps are
-  environment settings named in each module's docstring.
+  environment settings named in each module's docstring. The elapsed table above gives each area's time.
 - Profiles and what would move each figure: the member import in [membership.md](membership.md) (Where the
   import's time goes); the roster path in [training.md](training.md) (Rosters in bulk); payments and the
   saga in [funding.md](funding.md) (Capacity: where the time goes; The saga's capacity); the notifier's
