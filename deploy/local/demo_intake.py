@@ -203,21 +203,30 @@ async def _emit_binary(demo, http, auth: dict, events: list[dict], accepted: set
 
 async def _answers(demo, http, auth: dict, events: list[dict], timeout: float = 60) -> dict[str, dict]:
     """Each event's answer (``GET /v1/events/{id}?source=``, as a poll source asks), once decided (bounded)."""
-    gate = asyncio.Semaphore(16)
     pending = {e["id"]: e for e in events}
     answers: dict[str, dict] = {}
     deadline = time.monotonic() + timeout
 
     async def one(event: dict) -> None:
-        async with gate:
-            response = await http.get(f"{_url(demo)}/v1/events/{event['id']}", params={"source": event["source"]},
-                                      headers=auth)
+        response = await http.get(f"{_url(demo)}/v1/events/{event['id']}", params={"source": event["source"]},
+                                  headers=auth)
         if response.status_code == 200 and response.json()["status"] != "accepted":
             answers[event["id"]] = response.json()
             pending.pop(event["id"])
 
+    gate = asyncio.Semaphore(16)
+
+    async def gated(event: dict) -> None:
+        async with gate:
+            await one(event)
+
     while pending:
-        await asyncio.gather(*(one(e) for e in list(pending.values())))
+        # While the owning service is still applying, ask for the last event sent only (not for all of them
+        # every round: that would take CPU from the service); once it is decided, ask for the others at once.
+        last = list(pending.values())[-1]
+        await one(last)
+        if last["id"] not in pending:
+            await asyncio.gather(*(gated(e) for e in list(pending.values())))
         if pending:
             if time.monotonic() > deadline:
                 break
