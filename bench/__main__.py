@@ -75,8 +75,10 @@ def main(argv: list[str]) -> int:
         runs.append(_report.AreaRun(area, time.monotonic() - started, load0, os.getloadavg()[0], error))
         print(f"== bench {area}: {runs[-1].seconds:.1f} s{' (' + error + ')' if error else ''} ==", flush=True)
     CURRENT_AREA[0] = ""
-    print(f"\n== elapsed per area ==\n{_report.areas_table(runs)}\ntotal {sum(r.seconds for r in runs) / 60:.1f} min",
-          flush=True)
+    print(
+        f"\n== elapsed per area ==\n{_report.areas_table(runs)}\ntotal {sum(r.seconds for r in runs) / 60:.1f} min",
+        flush=True,
+    )
     if AIMS:  # every aim measured in this run, each with its raw figure from the same run
         print(f"\n== aims ==\n{aims_table(AIMS)}", flush=True)
     if doc:

@@ -8,7 +8,7 @@ import platform
 import re
 import subprocess
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.common import Aim, aims_markdown, table
@@ -44,8 +44,7 @@ class AreaRun:
     error: str = ""
 
     def cells(self) -> tuple[str, ...]:
-        return (self.name, f"{self.seconds:,.0f} s", f"{self.load_start:.1f}–{self.load_end:.1f}",
-                self.error or "ok")
+        return (self.name, f"{self.seconds:,.0f} s", f"{self.load_start:.1f}–{self.load_end:.1f}", self.error or "ok")
 
 
 @dataclass
@@ -59,8 +58,10 @@ class Machine:
     system: str = field(default_factory=lambda: f"{platform.system()} {platform.release()}")
 
     def text(self) -> str:
-        return (f"{self.cores} cores ({self.model}), {self.ram_gib:.0f} GiB RAM, {self.system}; Python {self.python}, "
-                f"Kafka {self.kafka}, PostgreSQL {self.postgres}")
+        return (
+            f"{self.cores} cores ({self.model}), {self.ram_gib:.0f} GiB RAM, {self.system}; Python {self.python}, "
+            f"Kafka {self.kafka}, PostgreSQL {self.postgres}"
+        )
 
 
 def cpu_model(cpuinfo: str) -> str:
@@ -94,8 +95,9 @@ def postgres_version() -> str:
     try:
         from bench.common import local_stack
 
-        out = subprocess.run([str(local_stack.postgres_bindir() / "postgres"), "--version"], capture_output=True,
-                             text=True, timeout=30).stdout
+        out = subprocess.run(
+            [str(local_stack.postgres_bindir() / "postgres"), "--version"], capture_output=True, text=True, timeout=30
+        ).stdout
         return pg_version_of(out)
     except Exception:  # noqa: BLE001 - the report names what it could not find
         return "unknown"
@@ -104,19 +106,27 @@ def postgres_version() -> str:
 def machine() -> Machine:
     from bench.common import local_stack
 
-    return Machine(os.cpu_count() or 0, cpu_model(_read("/proc/cpuinfo")), ram_gib(_read("/proc/meminfo")),
-                   platform.python_version(), local_stack.KAFKA_VERSION, postgres_version())
+    return Machine(
+        os.cpu_count() or 0,
+        cpu_model(_read("/proc/cpuinfo")),
+        ram_gib(_read("/proc/meminfo")),
+        platform.python_version(),
+        local_stack.KAFKA_VERSION,
+        postgres_version(),
+    )
 
 
 def areas_table(runs: list[AreaRun]) -> str:
     return table([r.cells() for r in runs], ("area", "elapsed", "load average", "result"))
 
 
-def latest_section(aims: list[Aim], runs: list[AreaRun], host: Machine, started: datetime, finished: datetime,
-                   command: str) -> str:
+def latest_section(
+    aims: list[Aim], runs: list[AreaRun], host: Machine, started: datetime, finished: datetime, command: str
+) -> str:
     """The generated 'Latest measurement' section (Markdown)."""
     total = sum(r.seconds for r in runs)
-    met = sum(a.met for a in aims)
+    sized = [a for a in aims if a.sized]
+    met = sum(a.met for a in sized)
     lines = [
         "## Latest measurement",
         "",
@@ -124,8 +134,10 @@ def latest_section(aims: list[Aim], runs: list[AreaRun], host: Machine, started:
         f"{host.text()}. Load average (1 min) at each area's start and end is below; other work on the machine "
         "moves wall times, so read the ratios to the raw baselines of the same run.",
         "",
-        f"{met} of {len(aims)} aims met. `ratio` is the share of the raw baseline's speed the platform reaches "
-        "in the same run (rate ÷ raw rate, or raw time ÷ time); an aim whose area did not run is not listed.",
+        f"{met} of {len(sized)} aims met"
+        + (f" ({len(aims) - len(sized)} more measured at a smaller size)" if len(sized) < len(aims) else "")
+        + ". `ratio` is the share of the raw baseline's speed the platform reaches in the same run (rate ÷ raw "
+        "rate, or raw time ÷ time); an aim whose area did not run is not listed.",
         "",
         aims_markdown(aims) if aims else "(no aim measured in this run)",
         "",
@@ -141,11 +153,13 @@ def write_doc(path: Path, section: str) -> None:
     marker (hand-written notes) or, on a page without the marker (a diary of earlier runs), DEFAULT_NOTES."""
     old = path.read_text(encoding="utf-8") if path.exists() else ""
     notes = old.split(GENERATED_END, 1)[1].lstrip("\n") if GENERATED_END in old else DEFAULT_NOTES
-    head = ("# Measured figures\n\nBack to the [README](../README.md). `make bench` (`python -m bench`, or "
-            "`python -m bench <area>`) reruns them; `python -m bench --doc docs/benchmarks.md` rewrites this "
-            "head from the run.\n\n")
+    head = (
+        "# Measured figures\n\nBack to the [README](../README.md). `make bench` (`python -m bench`, or "
+        "`python -m bench <area>`) reruns them; `python -m bench --doc docs/benchmarks.md` rewrites this "
+        "head from the run.\n\n"
+    )
     path.write_text(head + section + "\n" + GENERATED_END + "\n\n" + notes, encoding="utf-8")
 
 
 def now_utc() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)

@@ -340,10 +340,15 @@ class Aim:
     met: bool
     load: str
     area: str = ""
+    sized: bool = True  # run at the aim's own size: a smaller run's PASS or FAIL says nothing about the aim
+
+    @property
+    def verdict(self) -> str:
+        return ("PASS" if self.met else "FAIL") if self.sized else "n/a: smaller run"
 
     def cells(self) -> tuple[str, ...]:
-        return (self.name, self.figure, self.p99, self.raw, self.raw_p99, self.ratio, self.target,
-                "PASS" if self.met else "FAIL", self.load)
+        return (self.name, self.figure, self.p99, self.raw, self.raw_p99, self.ratio, self.target, self.verdict,
+                self.load)
 
 
 AIMS: list[Aim] = []  # every area's aims, printed together at the end of `python -m bench`
@@ -381,10 +386,12 @@ def aim(
     figure: str | None = None,
     raw: str | None = None,
     ratio: str | None = None,
+    sized: bool = True,
 ) -> Aim:
     """One row of the aims table, also kept for the summary at the end. ``unit``: "/s" (a rate), " s" (a time:
     its ratio is raw time / time) or anything else (printed after the value); ``figure`` / ``raw`` / ``ratio``
-    replace the texts made from the numbers (e.g. a figure with its peak RSS beside it)."""
+    replace the texts made from the numbers (e.g. a figure with its peak RSS beside it); ``sized=False``: the run
+    was smaller than the aim's size (a quick look), so it is neither met nor failed."""
     row = Aim(
         name,
         figure if figure is not None else _figure(rate, unit),
@@ -396,6 +403,7 @@ def aim(
         bool(met),
         load,
         CURRENT_AREA[0],
+        sized,
     )
     AIMS.append(row)
     return row
@@ -419,6 +427,6 @@ def aims_markdown(rows: list[Aim]) -> str:
     lines = ["| area | " + " | ".join(AIM_HEADER) + " |", "|" + "---|" * (len(AIM_HEADER) + 1)]
     for r in rows:
         cells = list(r.cells())
-        cells[7] = cells[7] if r.met else f"**{cells[7]}**"
+        cells[7] = f"**{cells[7]}**" if r.sized and not r.met else cells[7]
         lines.append("| " + " | ".join(cell(c) for c in (r.area, *cells)) + " |")
     return "\n".join(lines)

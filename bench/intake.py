@@ -173,7 +173,7 @@ async def main() -> None:
                           f"{decided_s:.2f}", f"{counts.get('applied', 0) / decided_s:,.0f}", load)]
                 aims.append(aim(f"intake: {EVENTS:,} hires, HTTP batch (500 a request) → applied", decided_s,
                                 None, None, None, "< 10 s", decided_s < 10 and counts.get("applied", 0) == EVENTS,
-                                load, unit=" s"))
+                                load, unit=" s", sized=EVENTS >= 10_000))
 
                 # 2. the Kafka intake topic
                 _, k_source = await register(http, i_url, admin, run, "kafka")
@@ -202,7 +202,8 @@ async def main() -> None:
                          ("intake.hr: applied, answer at the intake", f"{counts.get('applied', 0):,}",
                           f"{decided_s:.2f}", f"{counts.get('applied', 0) / decided_s:,.0f}", load)]
                 aims.append(aim(f"intake: {EVENTS:,} hires on intake.hr → applied", decided_s, None, None, None,
-                                "< 10 s", decided_s < 10 and counts.get("applied", 0) == EVENTS, load, unit=" s"))
+                                "< 10 s", decided_s < 10 and counts.get("applied", 0) == EVENTS, load, unit=" s",
+                                sized=EVENTS >= 10_000))
 
                 # 3. single binary-mode events, 50 concurrent senders, beside raw asyncpg
                 s_client, s_source = await register(http, i_url, admin, run, "single")
