@@ -319,8 +319,8 @@ async def _until(check, timeout: float, interval: float = 0.5):
 
 
 def _by_kind(events: list[dict], accepted: set[str], answers: dict[str, dict]) -> dict[str, Counter]:
-    """What this run did per (source, type): ``sent``, ``duplicate`` (answered so now), and of the events it
-    accepted (not duplicates), ``applied`` and ``rejected`` by the owning service."""
+    """What this run did per (source, type): ``sent``, and of the events it stored (not duplicates) those
+    ``applied`` and those ``rejected`` by the owning service."""
     out: dict[str, Counter] = {"sent": Counter(), "applied": Counter(), "rejected": Counter()}
     for e in events:
         kind = (e["source"], e["type"])
