@@ -29,6 +29,7 @@ from shared.events.membership import (
     MemberJoined,
     MemberLapsed,
     MemberLeft,
+    MemberLookup,
     MemberSkillLevelChanged,
     MemberTransferred,
     StationClosed,
@@ -678,6 +679,11 @@ def member_joined(
             id_hash=id_hash.hex() if id_hash is not None else None,
         )
     )
+
+
+def member_lookup(member_id: uuid.UUID, region_code: str, id_hash: bytes) -> MemberLookup:
+    """``member.lookup``: the member's lookup hash again, for a reader whose ``member.joined`` had none."""
+    return MemberLookup(member_id=member_id, region_code=region_code, id_hash=id_hash.hex())
 
 
 def ensure_member_active(member) -> None:

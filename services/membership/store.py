@@ -7,7 +7,7 @@ merge, a transfer, a join and the certificate consumer never deadlock one anothe
 from __future__ import annotations
 
 import uuid
-from datetime import date
+from datetime import date, datetime
 from typing import Any, TypeAlias
 
 import asyncpg
@@ -211,6 +211,21 @@ async def get_members(conn: Conn, member_ids: list[uuid.UUID]) -> dict[uuid.UUID
         member_ids,
     )
     return {r["id"]: r for r in rows}
+
+
+async def member_lookups(
+    conn: Conn, *, after: uuid.UUID | None, limit: int, created_before: datetime | None = None
+) -> list[asyncpg.Record]:
+    """The next ``limit`` members after ``after`` in id order (a keyset page; ids are UUIDv7): id, lookup hash
+    and the region of the member's branch (``member.joined``'s), those created before ``created_before`` only
+    when given."""
+    return await conn.fetch(
+        "SELECT m.id, m.id_hash, b.region_code FROM members m JOIN branches b ON b.id = m.branch_id "
+        "WHERE m.id > $1 AND ($3::timestamptz IS NULL OR m.created_at < $3) ORDER BY m.id LIMIT $2",
+        after or uuid.UUID(int=0),
+        limit,
+        created_before,
+    )
 
 
 async def member_by_hash(conn: Conn, id_hash: bytes, *, lock: bool = False) -> asyncpg.Record | None:

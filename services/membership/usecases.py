@@ -16,7 +16,7 @@ import logging
 import math
 import uuid
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from typing import Any, TypeAlias
 
 import asyncpg
@@ -32,7 +32,7 @@ from shared.events import CloudEvent, EventData
 from shared.events.training import CertificateIssued
 from shared.identifiers import mask_id_number
 from shared.logging import trace_id_var
-from shared.outbox import emit
+from shared.outbox import add_many, emit
 from shared.privacy import scrub_text
 
 log = logging.getLogger(__name__)
@@ -761,3 +761,19 @@ async def _fail_quietly(pool: asyncpg.Pool, import_id: uuid.UUID, importer, erro
         await finish_import(pool, import_id, importer, "failed", error)
     except Exception:  # noqa: BLE001
         log.warning("could not record the failed import", extra={"import_id": str(import_id)})
+
+
+# -- lookup hashes for readers that lack them (``python -m services.membership publish-lookups``) ---------
+async def publish_lookups(
+    conn: asyncpg.Connection, *, after: uuid.UUID | None, limit: int, created_before: datetime | None = None
+) -> tuple[int, uuid.UUID | None]:
+    """In the caller's transaction: ``member.lookup`` of the next ``limit`` members after ``after`` (id order)
+    into the outbox; returns how many and the last member's id (the next page's ``after``; None at the end).
+    An operator's one-shot for readers whose ``member.joined`` had no ``id_hash`` (training's attendance
+    match), not a change of any member: no actor, no rule. It carries the keyed hash ``member.joined`` carries,
+    never the ID number."""
+    rows = await store.member_lookups(conn, after=after, limit=limit, created_before=created_before)
+    if not rows:
+        return 0, None
+    await add_many(conn, [domain.member_lookup(r["id"], r["region_code"], r["id_hash"]) for r in rows])
+    return len(rows), rows[-1]["id"]

@@ -89,11 +89,14 @@ UNIT_DEFAULTS = (
     "changai.notifier.channel.paused.v1",
     "changai.notifier.channel.resumed.v1",
 )
-# Events that are never routed as notices (they describe notices; routing them would loop).
+# Events that are never routed as notices (they describe notices, so routing them would loop; or change nothing).
 NOT_ROUTED = (
     "changai.notifier.delivery.succeeded.v1",
     "changai.notifier.delivery.failed.v1",
     "changai.notifier.digest.sent.v1",
+    # A member's lookup hash published again (a backfill of every member): no change of anyone's, and a
+    # 'changai.membership.*' channel would get one notice per member of the region.
+    "changai.membership.member.lookup.v1",
 )
 
 

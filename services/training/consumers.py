@@ -53,6 +53,7 @@ from shared.events.membership import (
     MemberJoined,
     MemberLapsed,
     MemberLeft,
+    MemberLookup,
     MemberSkillLevelChanged,
     MemberTransferred,
 )
@@ -72,6 +73,7 @@ EVENT_TYPES = {
         MemberLeft,
         MemberLapsed,
         MemberSkillLevelChanged,
+        MemberLookup,  # a lookup hash a member's member.joined lacked (membership's publish-lookups)
         BranchEstablished,
         BranchUpdated,
         BranchMerged,

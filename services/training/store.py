@@ -19,6 +19,7 @@ from shared.events.membership import (
     MemberJoined,
     MemberLapsed,
     MemberLeft,
+    MemberLookup,
     MemberSkillLevelChanged,
     MemberTransferred,
 )
@@ -227,6 +228,9 @@ _ENDED = """INSERT INTO members (id, branch_id, region_code, city_code, employme
             VALUES ($1, $2, $3, $4, $5, $6, $7)
             ON CONFLICT (id) DO UPDATE SET status = $6, ended_on = $7, updated_at = now()"""
 _SKILL = "UPDATE members SET skill_level = $2, updated_at = now() WHERE id = $1"
+# A lookup hash published again (member.lookup, after the member's member.joined): the row untouched when it
+# has that hash already (the fact twice, or a member.joined that carried it), so a second backfill writes nothing.
+_LOOKUP = "UPDATE members SET id_hash = $2, updated_at = now() WHERE id = $1 AND id_hash IS DISTINCT FROM $2"
 _BRANCH = """INSERT INTO branches (id, name, region_code, city_code, kind, status)
              VALUES ($1, $2, $3, $4, $5, 'active')
              ON CONFLICT (id) DO UPDATE SET name = $2, region_code = $3, city_code = $4, kind = $5,
@@ -275,6 +279,8 @@ def membership_statement(d: EventData) -> tuple[str, tuple] | None:
         )
     if isinstance(d, MemberSkillLevelChanged):
         return _SKILL, (d.member_id, d.to_level)
+    if isinstance(d, MemberLookup):
+        return _LOOKUP, (d.member_id, bytes.fromhex(d.id_hash))
     if isinstance(d, (BranchEstablished, BranchUpdated)):
         return _BRANCH, (d.branch_id, d.name, d.region_code, d.city_code, d.kind.value)
     if isinstance(d, BranchMerged):
@@ -328,7 +334,7 @@ async def get_member(conn: Conn, member_id: uuid.UUID) -> asyncpg.Record | None:
 
 
 async def member_by_hash(conn: Conn, id_hash: bytes) -> asyncpg.Record | None:
-    """The member whose ID number has this lookup hash (membership's, from member.joined), or None."""
+    """The member whose ID number has this lookup hash (membership's, from member.joined or member.lookup), or None."""
     return await conn.fetchrow("SELECT * FROM members WHERE id_hash = $1 ORDER BY updated_at DESC LIMIT 1", id_hash)
 
 

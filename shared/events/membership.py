@@ -118,6 +118,22 @@ class MemberJoined(EventData):
     )
 
 
+@event("changai.membership.member.lookup.v1", subject="member_id")
+class MemberLookup(EventData):
+    """A member's lookup hash, published again (``python -m services.membership publish-lookups``).
+
+    For members whose ``member.joined`` predates its ``id_hash``: keyed by the member, so it follows that
+    member's ``member.joined``; the same fact again changes nothing. Not a change of the member: the notifier
+    tells no channel of it."""
+
+    member_id: UUID
+    region_code: str = RegionCode
+    id_hash: str = Field(
+        pattern=r"^[0-9a-f]{64}$",
+        description="membership's keyed lookup hash of the ID number (as member.joined's id_hash), never the number",
+    )
+
+
 @event("changai.membership.member.transferred.v1", subject="member_id")
 class MemberTransferred(EventData):
     """A member moved between branches (转会)."""
