@@ -27,6 +27,7 @@ import zlib
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
 import asyncpg
@@ -77,30 +78,33 @@ RELAYS_PRESENT = (
     "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
     f"AND classid::bigint = {PRESENCE_KEY >> 32} AND objid::bigint = {PRESENCE_KEY & 0xFFFFFFFF} AND objsubid = 1"
 )
-# Lanes with rows waiting (one index probe each), in random order so that replicas pick different ones,
-# at most $1 of them (this relay's share), skipping those another relay holds.
-_TAKE_LANES = (
-    "SELECT lane FROM outbox_lanes l WHERE EXISTS (SELECT 1 FROM outbox_pending p WHERE p.lane = l.lane) "
-    "ORDER BY random() LIMIT $1 FOR UPDATE SKIP LOCKED"
-)
 # The waiting rows are the ``outbox_pending`` queue (seq, lane), filled by the outbox's insert trigger in the
 # writer's transaction; publishing deletes them there (the outbox rows, ~800 bytes each, are never rewritten).
-# What the relay reads of a row: the key as bytes and the write time as epoch seconds, as Kafka and the
-# delay histogram want them (no str or datetime made per row only to be converted again). Each event is one
-# primary-key probe of the outbox (``OFFSET 0`` keeps it a probe per queued seq: the planner cannot turn it
-# into a join that scans or sorts the outbox, whatever its statistics say), in the queue's seq order.
+# A cycle takes its lanes and their rows in one statement (one round trip):
+# - ``l``: lanes with rows waiting (one index probe each), in random order so that replicas pick different
+#   ones, at most $1 of them (this relay's share), skipping those another relay holds;
+# - all 16 (alone, or the others idle): the oldest waiting rows, whatever their lane, by the queue's key;
+# - some: the oldest rows of each, an equal share of the $2 rows each, by one short range scan of the
+#   queue's (lane, seq) index a lane rather than one sort of those lanes' whole backlog.
+# Each branch is gated on the lane count (a one-time filter: the other is not run). Order matters only within
+# a key, hence within a lane. What the relay reads of a row: the key as bytes and the write time as epoch
+# seconds, as Kafka and the delay histogram want them. Each event is one primary-key probe of the outbox
+# (``OFFSET 0`` keeps it a probe per queued seq: the planner cannot turn it into a join that scans or sorts
+# the outbox, whatever its statistics say).
 _EVENT = (
     "CROSS JOIN LATERAL (SELECT topic, convert_to(key, 'UTF8') AS key, value, "
     "extract(epoch FROM created_at)::float8 AS created FROM outbox o WHERE o.seq = p.seq OFFSET 0) o"
 )
-# Alone (or the others idle): the oldest waiting rows, whatever their lane, by the queue's primary key.
-_TAKE_OLDEST = f"SELECT p.seq, o.* FROM (SELECT seq FROM outbox_pending ORDER BY seq LIMIT $1) p {_EVENT}"
-# With some of the lanes: the oldest rows of each, an equal share of the batch each, by one short range
-# scan of the queue's (lane, seq) index a lane rather than one sort of those lanes' whole backlog. Order
-# matters only within a key, hence within a lane; rows of different lanes may go in any order.
-_TAKE_ROWS = (
-    "SELECT p.seq, o.* FROM unnest($1::smallint[]) AS l(lane) CROSS JOIN LATERAL "
-    f"(SELECT seq FROM outbox_pending WHERE lane = l.lane ORDER BY seq LIMIT $2) p {_EVENT}"
+_TAKE = (
+    "WITH l AS MATERIALIZED (SELECT lane FROM outbox_lanes l WHERE EXISTS "
+    "(SELECT 1 FROM outbox_pending p WHERE p.lane = l.lane) ORDER BY random() LIMIT $1 FOR UPDATE SKIP LOCKED), "
+    "n AS MATERIALIZED (SELECT count(*)::int AS n FROM l) "
+    "SELECT p.seq, o.* FROM (SELECT seq FROM outbox_pending WHERE (SELECT n FROM n) = "
+    f"{LANES} ORDER BY seq LIMIT $2) p {_EVENT} "
+    "UNION ALL "
+    "SELECT p.seq, o.* FROM l CROSS JOIN LATERAL (SELECT seq FROM outbox_pending WHERE lane = l.lane "
+    f"AND (SELECT n FROM n) < {LANES} ORDER BY seq "
+    f"LIMIT ($2 + (SELECT n FROM n) - 1) / greatest((SELECT n FROM n), 1)) p {_EVENT}"
 )
 _MARK_SENT = "DELETE FROM outbox_pending WHERE seq = ANY($1::bigint[])"
 # The backlog gauges: the queue's size, and the age of its oldest row (by seq: one probe, not a scan).
@@ -237,6 +241,7 @@ async def emit(conn: asyncpg.Connection, *events: EventData) -> list[EventData]:
     return list(events)
 
 
+_SEQ = itemgetter(0)
 _WORDS: dict[int, struct.Struct] = {}
 
 
@@ -438,15 +443,10 @@ class OutboxRelay:
         sent (out of the queue), release the lanes."""
         producer = await self._ensure_producer()
         async with self.pool.acquire() as conn, conn.transaction():
-            lanes = [r["lane"] for r in await conn.fetch(_TAKE_LANES, self.lane_share)]
-            if not lanes:
-                return 0
-            if len(lanes) == LANES:  # alone (or the others idle): the oldest rows, whatever their lane
-                rows = await conn.fetch(_TAKE_OLDEST, limit)
-            else:
-                rows = await conn.fetch(_TAKE_ROWS, lanes, -(-limit // len(lanes)))
+            rows = await conn.fetch(_TAKE, self.lane_share, limit)
             if not rows:
                 return 0
+            rows.sort(key=_SEQ)  # the plan gives each lane's rows in order; this holds it whatever the plan
             acked = asyncio.gather(*await self._send(producer, rows))
             try:
                 await within(acked, self.publish_timeout)
