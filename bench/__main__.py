@@ -28,7 +28,8 @@ ORDER = ("platform", "funding", "intake", "membership", "training", "projection"
 
 def areas() -> list[str]:
     found = {m.name for m in pkgutil.iter_modules([str(HERE)]) if m.name != "common" and not m.name.startswith("_")}
-    return [a for a in ORDER if a in found] + sorted(found - set(ORDER))
+    # an area not in ORDER yet runs before the replay, which stays last (it starts the whole stack)
+    return [a for a in ORDER[:-1] if a in found] + sorted(found - set(ORDER)) + [a for a in ORDER[-1:] if a in found]
 
 
 def parse(argv: list[str]) -> tuple[list[str], str | None]:
