@@ -4,8 +4,12 @@ that trainee refused ``unknown-trainee``; ``publish-lookups`` (membership's one-
 relay) gives training the hash, and the same attendance is then applied; a second run changes nothing."""
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 import uuid
-from datetime import date
+from datetime import date, timedelta
+from pathlib import Path
 
 import pytest
 from aiokafka import TopicPartition
@@ -28,6 +32,7 @@ from tests.integration.membership.membership_support import running, unique_id_n
 pytestmark = pytest.mark.integration
 
 COMMANDS = "training.commands"
+ROOT = Path(__file__).resolve().parents[3]
 
 
 async def join_as_before_id_hash(membership, branch_id: str, number: str) -> uuid.UUID:
@@ -104,9 +109,21 @@ async def test_publish_lookups_lets_training_match_a_member_whose_joined_had_no_
         assert (applied.data["member_id"], applied.data["took_effect"]) == (str(member_id), True)
         assert await tdb.fetchval("SELECT status FROM enrolments WHERE id = $1", enrolment_id) == "attended"
 
-        # Twice: a second fact per member, applied (its inbox row), and the member's row not even rewritten.
+        # Only members created before a time: none before the member's row was, the member just after it.
+        created = await membership.app.state.db.fetchval("SELECT created_at FROM members WHERE id = $1", member_id)
+        assert await publish_lookups(membership.dsn, created_before=created, progress=lambda _: None) == 0
+
+        # Twice, by the operator's command line this time: a second fact per member, applied (its inbox row),
+        # and the member's row not even rewritten.
         before = await tdb.fetchrow("SELECT * FROM members WHERE id = $1", member_id)
-        assert await publish_lookups(membership.dsn, progress=lambda _: None) == 1
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.membership", "publish-lookups", "--created-before",
+            (created + timedelta(microseconds=1)).isoformat(),
+            cwd=ROOT, env={**os.environ, "CHANGAI_DATABASE_URL": membership.dsn},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        assert proc.returncode == 0, err.decode()
+        assert "published: 1 member.lookup events" in out.decode(), out.decode()
         lookups = [decode(v) for v in await membership.app.state.db.fetchval(
             "SELECT array_agg(value ORDER BY seq) FROM outbox WHERE event_type = $1", MemberLookup.event_type)]
         assert [e.data for e in lookups] == [{"member_id": str(member_id), "region_code": "640104",
