@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import sys
 import time
 from collections.abc import Callable
@@ -52,25 +51,8 @@ async def certificates_part(app: FastAPI):
     return consumer.stop
 
 
-# Measured on the 450,000-member import (docs/membership.md, "Where the time goes"): with CPython's
-# defaults the garbage collector took ~20 % of the service's CPU, most of it full collections that walk
-# every object the service loaded at startup (~100,000: FastAPI, pydantic, the event catalogue) again and
-# again while an import allocates millions of short-lived objects, all freed by reference counting.
-# So the service process freezes what startup built (never scanned again) and collects its youngest
-# generation every 50,000 allocations instead of 700; the older generations keep their defaults.
-GC_GEN0_THRESHOLD = 50_000
-
-
-async def freeze_startup_objects(app: FastAPI):
-    """Last lifespan part of the service process: what startup built lives as long as the process."""
-    gc.collect()
-    gc.freeze()
-    return None
-
-
-def build_app(settings: Settings | None = None, *, process: bool = False):
-    """The app; ``process``: it is this process's only app (``main``), so it may tune the process's
-    garbage collector (not in tests, which build many apps in one interpreter)."""
+def build_app(settings: Settings | None = None):
+    """The app (the service process's garbage collector is tuned by ``shared.http.serve``, as every service's)."""
     settings = _membership_settings(settings)
     commands = [commands_part(settings.commands_group_id)] if settings.consume_commands else []
     return create_app(
@@ -79,7 +61,7 @@ def build_app(settings: Settings | None = None, *, process: bool = False):
         routers=[router],
         title="Changai membership (工会会员与组织)",
         description="Regions, union branches, members, transfers, service stations and bulk import.",
-        parts=[vault_part, certificates_part, *commands, *([freeze_startup_objects] if process else [])],
+        parts=[vault_part, certificates_part, *commands],
     )
 
 
@@ -137,8 +119,7 @@ def main(argv: list[str]) -> None:
     role = argv[0] if argv else "api"
     settings = MembershipSettings(service="membership")
     if role == "api":
-        gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
-        serve(build_app(settings, process=True), settings)
+        serve(build_app(settings), settings)
     elif role == "publish-lookups":
         from shared import migrate
 
