@@ -16,6 +16,7 @@ drains what an older version left there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -68,7 +69,7 @@ class LingeringRelay(OutboxRelay):
     relay wakes on every insert) costs more than the notices. So each batch waits a little for
     company first."""
 
-    linger_s = 0.05
+    linger_s = 0.2  # at 0.05 s a flooded channel's outcomes were a relay cycle (3 round trips) each few notices
 
     async def publish_batch(self) -> int:
         await asyncio.sleep(self.linger_s)
@@ -349,20 +350,23 @@ def build_worker(settings: NotifierSettings) -> tuple[faust.App, Resources]:
                 event.ack()
                 continue
             ce, data = parsed
-            deliveries, held = await _retrying(
-                "routing an event", _ready(res.router).route, ce, data, event.message.value
-            )
-            records: list[tuple[bytes, bytes]] = []
-            fan_out = [d for d in deliveries if not d.get("bulk")]
-            if fan_out:
-                rendered = await _retrying(
-                    "rendering notices", _ready(res.render).records, ce, data, event.message.value, fan_out
+            bulk_event = pipeline.batch_of(data) is not None
+            # a quiet event holds bulk work back while it is routed, rendered and handed over
+            with contextlib.nullcontext() if bulk_event else urgency.quiet():
+                deliveries, held = await _retrying(
+                    "routing an event", _ready(res.router).route, ce, data, event.message.value
                 )
-                # The channels this worker owns get theirs at once, in process; the deliver topic
-                # carries only what other workers' channels are sent.
-                others, stored = await _ready(res.deliverer).hand_over(rendered)
-                held.extend(stored)
-                records = [(r["c"].encode(), orjson.dumps(r)) for r in others]
+                records: list[tuple[bytes, bytes]] = []
+                fan_out = [d for d in deliveries if not d.get("bulk")]
+                if fan_out:
+                    rendered = await _retrying(
+                        "rendering notices", _ready(res.render).records, ce, data, event.message.value, fan_out
+                    )
+                    # The channels this worker owns get theirs at once, in process; the deliver topic
+                    # carries only what other workers' channels are sent.
+                    others, stored = await _ready(res.deliverer).hand_over(rendered)
+                    held.extend(stored)
+                    records = [(r["c"].encode(), orjson.dumps(r)) for r in others]
             bulk = [d for d in deliveries if d.get("bulk")]
             if bulk:  # a bulk operation's rows for channels that want each: the bulk lane, not the deliver topic
                 rows = await _retrying(
@@ -370,7 +374,7 @@ def build_worker(settings: NotifierSettings) -> tuple[faust.App, Resources]:
                 )
                 held.append(await _retrying("queueing bulk notices", _ready(res.deliverer).take_bulk, rows))
             await _send_all(deliver_topic, event, records, held)
-            if pipeline.batch_of(data) is not None:
+            if bulk_event:
                 urgency.in_bulk.add(name)
                 await urgency.bulk_turn()  # an import's next event waits for quiet ones to pass
             else:
@@ -440,6 +444,20 @@ def build_worker(settings: NotifierSettings) -> tuple[faust.App, Resources]:
             },
             status=200 if ok else 503,
         )
+
+    @app.page("/channels/{channel_id}")
+    async def channel_known(web, request, channel_id: str):
+        """Whether this worker knows a channel, as it routes by it (status, subscriptions; never its
+        settings or secrets). A channel is learnt by NOTIFY when it is written, a moment after the
+        API's answer: whoever needs the worker to route by a channel it just created or changed
+        (the integration tests) waits for this page to show it, not for a while."""
+        try:
+            ch = _ready(res.channels).get(uuid.UUID(channel_id)) if res.ready.is_set() else None
+        except ValueError:
+            ch = None
+        if ch is None:
+            return web.json({"known": False}, status=404)
+        return web.json({"id": str(ch.id), "known": True, "status": ch.status, "event_types": list(ch.event_types)})
 
     return app, res
 

@@ -135,6 +135,8 @@ def as_uuid(value: Any) -> uuid.UUID | None:
     """The value as a UUID, or None when it is not one (events carry ids as text or UUIDs)."""
     if isinstance(value, uuid.UUID):
         return value
+    if value is None:  # most fields asked for are absent: no raised and caught ValueError for them
+        return None
     try:
         return uuid.UUID(str(value))
     except (TypeError, ValueError):
@@ -147,9 +149,32 @@ REGION_FIELDS = ("region_code", "from_region_code", "to_region_code")
 UNIT_FIELDS = ("lead_unit_id", "previous_lead_unit_id")
 
 
+# Per event class, whether it has an attribute: asking a pydantic event for a field it lacks raises
+# and catches an AttributeError inside getattr (pydantic's __getattr__ formats a message first), and
+# routing asks each event for ~15 fields most events lack (profiled: a large share of an import's
+# routing CPU). The answer depends on the class only, so it is looked up once per class and name.
+_HAS: dict[tuple[type, str], bool] = {}
+
+
+def field_of(data: Any, name: str) -> Any:
+    """``data``'s field ``name`` (a dict's key, an event's attribute), None when it has none."""
+    if isinstance(data, dict):
+        return data.get(name)
+    key = (type(data), name)
+    has = _HAS.get(key)
+    if has is None:
+        cls = type(data)
+        fields = getattr(cls, "model_fields", None)
+        has = _HAS[key] = (name in fields or hasattr(cls, name)) if isinstance(fields, dict) else True
+    return getattr(data, name, None) if has else None
+
+
 def concern(event_type: str, data: Any) -> Concern:
     c = Concern()
-    get = (lambda name: data.get(name)) if isinstance(data, dict) else (lambda name: getattr(data, name, None))
+
+    def get(name: str) -> Any:
+        return field_of(data, name)
+
     for name in BRANCH_FIELDS:
         if (b := as_uuid(get(name))) is not None:
             c.branches.add(b)

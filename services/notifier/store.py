@@ -478,9 +478,10 @@ def delivered_args(
 
 
 async def delivered_many(conn, rows: list[tuple]) -> None:
-    """Several deliveries recorded in one round trip and one commit (group commit)."""
-    async with conn.transaction():
-        await conn.executemany(DELIVERED_SQL, rows)
+    """Several deliveries recorded in one round trip and one commit (group commit). ``executemany``
+    is atomic by itself (asyncpg ≥ 0.22: one implicit transaction up to its Sync): an explicit
+    transaction would only add a BEGIN and a COMMIT round trip, each a context switch under load."""
+    await conn.executemany(DELIVERED_SQL, rows)
 
 
 async def mark_dead(conn, claim: Claim, *, status_code, errcode, error) -> None:

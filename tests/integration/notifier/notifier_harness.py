@@ -160,7 +160,25 @@ class Notifier:
         body = {"kind": kind, "name": f"{kind} {uuid.uuid4().hex[:4]}", "owner": owner, "config": config, **extra}
         response = await self.api.post("/v1/channels", json=body)
         assert response.status_code == 201, response.text
-        return response.json()
+        made = response.json()
+        await self.worker_knows(made)
+        return made
+
+    async def worker_knows(self, channel: dict) -> None:
+        """Wait for the worker to route by the channel as written (its page shows the channel's status
+        and subscriptions): it learns a channel by NOTIFY a moment after the API answers, and an event
+        published in that moment would be routed without it (the digest test's race)."""
+        if self.worker is None or not self.worker.alive():
+            return  # a killed worker loads every channel when it starts again
+        url = f"http://127.0.0.1:{self.worker_env['CHANGAI_HTTP_PORT']}/channels/{channel['id']}"
+
+        async def known() -> bool:
+            async with httpx.AsyncClient(timeout=5) as http:
+                answer = await http.get(url)
+            seen = answer.json() if answer.status_code == 200 else {}
+            return seen.get("status") == channel["status"] and seen.get("event_types") == channel["event_types"]
+
+        await self.until(known, f"the worker to know channel {channel['id']}")
 
     async def deliveries(self, **filters) -> list[dict]:
         params = {k: str(v) for k, v in filters.items() if v is not None}

@@ -26,7 +26,10 @@ def test_faust_router_table_and_statistics_views_are_not_served():
 
 
 @pytest.mark.parametrize("path, expected", [("/livez", 200), ("/metrics", 200), ("/router/", 404),
-                                            ("/table/", 404), ("/graph/", 404), ("/stats/", 404)])
+                                            ("/table/", 404), ("/graph/", 404), ("/stats/", 404),
+                                            # a channel this worker does not route by (not started: none)
+                                            ("/channels/7d8a3c52-8d8e-4c41-9b7e-2f0d1c3a4b5e", 404),
+                                            ("/channels/not-an-id", 404)])
 def test_what_the_worker_answers(path, expected):
     """The web server as the worker runs it (its routes, no Kafka needed for them)."""
     from aiohttp.test_utils import TestClient, TestServer
