@@ -79,34 +79,35 @@ RELAYS_PRESENT = (
     f"AND classid::bigint = {PRESENCE_KEY >> 32} AND objid::bigint = {PRESENCE_KEY & 0xFFFFFFFF} AND objsubid = 1"
 )
 # The waiting rows are the ``outbox_pending`` queue (seq, lane), filled by the outbox's insert trigger in the
-# writer's transaction; publishing deletes them there (the outbox rows, ~800 bytes each, are never rewritten).
-# A cycle takes its lanes and their rows in one statement (one round trip):
+# writer's transaction. A cycle is three round trips: BEGIN; one statement that locks its lanes, takes their
+# oldest rows out of the queue and reads their events; COMMIT once Kafka has acknowledged them. Taking them
+# out is marking them sent: until the commit no one else sees it, and a relay that fails or dies before it
+# (Kafka down, timed out, killed) rolls it back, so the rows wait again (the outbox rows, ~800 bytes each,
+# are never rewritten). In the statement:
 # - ``l``: lanes with rows waiting (one index probe each), in random order so that replicas pick different
 #   ones, at most $1 of them (this relay's share), skipping those another relay holds;
 # - all 16 (alone, or the others idle): the oldest waiting rows, whatever their lane, by the queue's key;
 # - some: the oldest rows of each, an equal share of the $2 rows each, by one short range scan of the
-#   queue's (lane, seq) index a lane rather than one sort of those lanes' whole backlog.
-# Each branch is gated on the lane count (a one-time filter: the other is not run). Order matters only within
-# a key, hence within a lane. What the relay reads of a row: the key as bytes and the write time as epoch
-# seconds, as Kafka and the delay histogram want them. Each event is one primary-key probe of the outbox
-# (``OFFSET 0`` keeps it a probe per queued seq: the planner cannot turn it into a join that scans or sorts
-# the outbox, whatever its statistics say).
-_EVENT = (
-    "CROSS JOIN LATERAL (SELECT topic, convert_to(key, 'UTF8') AS key, value, "
-    "extract(epoch FROM created_at)::float8 AS created FROM outbox o WHERE o.seq = p.seq OFFSET 0) o"
-)
+#   queue's (lane, seq) index a lane rather than one sort of those lanes' whole backlog;
+# each branch gated on the lane count (a one-time filter: the other is not run). Order matters only within
+# a key, hence within a lane (the relay sorts the rows by seq). What the relay reads of a row: the key as
+# bytes and the write time as epoch seconds, as Kafka and the delay histogram want them. Each event is one
+# primary-key probe of the outbox (``OFFSET 0`` keeps it a probe per queued seq: the planner cannot turn it
+# into a join that scans or sorts the outbox, whatever its statistics say).
 _TAKE = (
     "WITH l AS MATERIALIZED (SELECT lane FROM outbox_lanes l WHERE EXISTS "
     "(SELECT 1 FROM outbox_pending p WHERE p.lane = l.lane) ORDER BY random() LIMIT $1 FOR UPDATE SKIP LOCKED), "
-    "n AS MATERIALIZED (SELECT count(*)::int AS n FROM l) "
-    "SELECT p.seq, o.* FROM (SELECT seq FROM outbox_pending WHERE (SELECT n FROM n) = "
-    f"{LANES} ORDER BY seq LIMIT $2) p {_EVENT} "
+    "n AS MATERIALIZED (SELECT count(*)::int AS n FROM l), "
+    "s AS (SELECT seq FROM (SELECT seq FROM outbox_pending WHERE (SELECT n FROM n) = "
+    f"{LANES} ORDER BY seq LIMIT $2) a "
     "UNION ALL "
-    "SELECT p.seq, o.* FROM l CROSS JOIN LATERAL (SELECT seq FROM outbox_pending WHERE lane = l.lane "
+    "SELECT p.seq FROM l CROSS JOIN LATERAL (SELECT seq FROM outbox_pending WHERE lane = l.lane "
     f"AND (SELECT n FROM n) < {LANES} ORDER BY seq "
-    f"LIMIT ($2 + (SELECT n FROM n) - 1) / greatest((SELECT n FROM n), 1)) p {_EVENT}"
+    "LIMIT ($2 + (SELECT n FROM n) - 1) / greatest((SELECT n FROM n), 1)) p), "
+    "d AS (DELETE FROM outbox_pending WHERE seq = ANY (ARRAY (SELECT seq FROM s)) RETURNING seq) "
+    "SELECT d.seq, o.* FROM d CROSS JOIN LATERAL (SELECT topic, convert_to(key, 'UTF8') AS key, value, "
+    "extract(epoch FROM created_at)::float8 AS created FROM outbox o WHERE o.seq = d.seq OFFSET 0) o"
 )
-_MARK_SENT = "DELETE FROM outbox_pending WHERE seq = ANY($1::bigint[])"
 # The backlog gauges: the queue's size, and the age of its oldest row (by seq: one probe, not a scan).
 _BACKLOG = (
     "SELECT count(*) AS n, extract(epoch FROM clock_timestamp() - "
@@ -439,21 +440,21 @@ class OutboxRelay:
         return published
 
     async def _publish(self, limit: int) -> int:
-        """One cycle: lock the free lanes, publish up to ``limit`` of their rows in order, mark them
-        sent (out of the queue), release the lanes."""
+        """One cycle: lock the free lanes, take up to ``limit`` of their rows out of the queue, publish
+        them in order, and commit (marks them sent, releases the lanes) once Kafka has them all."""
         producer = await self._ensure_producer()
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(_TAKE, self.lane_share, limit)
             if not rows:
                 return 0
-            rows.sort(key=_SEQ)  # the plan gives each lane's rows in order; this holds it whatever the plan
+            rows.sort(key=_SEQ)  # each lane's rows in the order they were written
             acked = asyncio.gather(*await self._send(producer, rows))
             try:
                 await within(acked, self.publish_timeout)
             except BaseException:  # timed out or stopped: its outcome no longer matters, nor is it an error
                 acked.add_done_callback(lambda f: f.cancelled() or f.exception())
                 raise
-            await conn.execute(_MARK_SENT, [r["seq"] for r in rows])
+            # Leaving the block commits: the rows, taken out of the queue by _TAKE, are marked sent.
         now = time.time()
         observe_many(PUBLISH_DELAY.labels(self.service), [now - r["created"] for r in rows])
         PUBLISHED.labels(self.service).inc(len(rows))
