@@ -145,11 +145,24 @@ async def emit(request: Request, actor: Principal = Depends(EMIT)):
     settings: IntakeSettings = request.app.state.settings
     kind = wire.mode(request.headers)
     body = await request.body()
-    # one connection for the caller's registration and the event's transaction (an acquire less an event)
+    known = getattr(request.app.state, "known_sources", None)
+    if known is None:
+        known = request.app.state.known_sources = {}
+    # one connection for the caller's registration and the event's statement (an acquire less an event)
     async with db_pool(request).acquire() as conn:
-        source = await usecases.caller_source(conn, actor)
+        cached = kind != "batch" and actor.subject in known  # a batch reads it (once for up to 500 events)
+        source, changed = await usecases.caller_source(conn, actor, known if kind != "batch" else None)
         items = parse(request, kind, body, settings)
-        accepted = await accept(request, conn, source, items, "http")
+        try:
+            # a known registration: confirmed by the event's own statement, and a refusal is checked again
+            accepted = await accept(request, conn, source, items, "http", (source.id, changed) if cached else None)
+            if cached and accepted.results[0].outcome == "rejected":
+                raise usecases.RegistrationChanged
+        except usecases.RegistrationChanged:
+            known.pop(actor.subject, None)
+            source, _ = await usecases.caller_source(conn, actor, known)
+            accepted = await accept(request, conn, source, items, "http", None)
+    metrics.count(source.source, "http", accepted.results)
     if kind == "batch":
         return JSONResponse(
             BatchAnswer(
@@ -189,7 +202,9 @@ def parse(request: Request, kind: str, body: bytes, settings: IntakeSettings) ->
     return [wire.parse_binary(dict(request.headers), body)]
 
 
-async def accept(request: Request, conn, source: domain.Source, items, channel: str) -> usecases.Accepted:
+async def accept(
+    request: Request, conn, source: domain.Source, items, channel: str, current: tuple[uuid.UUID, datetime] | None
+) -> usecases.Accepted:
     settings: IntakeSettings = request.app.state.settings
 
     def source_for(event: domain.Incoming) -> domain.Source:
@@ -205,8 +220,8 @@ async def accept(request: Request, conn, source: domain.Source, items, channel: 
         now=now_cn(),
         max_future=timedelta(seconds=settings.intake_max_future_s),
         keys=request.app.state.keys,
+        current=current,
     )
-    metrics.count(source.source, channel, accepted.results)
     return accepted
 
 

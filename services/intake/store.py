@@ -92,26 +92,38 @@ async def update_source(conn, source_id: uuid.UUID, changes: dict[str, Any]) -> 
 
 
 # -- events ------------------------------------------------------------------------------
-async def insert_events(conn, rows: list[tuple], commands: list[tuple]) -> set[uuid.UUID]:
+async def insert_events(
+    conn, rows: list[tuple], commands: list[tuple], current: tuple[uuid.UUID, datetime] | None = None
+) -> set[uuid.UUID] | None:
     """Rows ``(id, source_id, source, event_id, type, channel, event_time, command_id)`` and each one's command,
     encoded for the outbox (``outbox.add_encoded``'s rows, the command id first), in ONE statement: a
     (source, event_id) already there is a redelivery, left as it was, and its command is not queued. Returns
     the ids inserted. One round trip, atomic without a transaction of its own (a single event over HTTP needs
-    no BEGIN and COMMIT: two round trips of the five it took)."""
+    no BEGIN and COMMIT: two round trips of the five it took).
+
+    ``current``: (source id, updated_at) of the registration the events were checked against, when it was
+    read earlier (a cached one): the statement then inserts only if the registration is still that one, and
+    returns None when it is not (nothing written: check again against the registration as it is now)."""
     if not rows:
         return set()
     cols = [list(c) for c in zip(*rows, strict=True)]
     queued = [list(c) for c in zip(*commands, strict=True)] if commands else [[]] * 6
-    inserted = await conn.fetch(
-        "WITH e AS (INSERT INTO intake_events (id, source_id, source, event_id, type, channel, event_time, "
-        "command_id) SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], "
-        "$7::timestamptz[], $8::uuid[]) ON CONFLICT (source, event_id) DO NOTHING RETURNING id, command_id), "
+    source_id, seen = current if current is not None else (None, None)
+    row = await conn.fetchrow(
+        "WITH g AS (SELECT 1 WHERE $15::uuid IS NULL UNION ALL "
+        "SELECT 1 FROM sources WHERE id = $15::uuid AND updated_at = $16::timestamptz), "
+        "e AS (INSERT INTO intake_events (id, source_id, source, event_id, type, channel, event_time, command_id) "
+        "SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], "
+        "$7::timestamptz[], $8::uuid[]) WHERE EXISTS (SELECT 1 FROM g) "
+        "ON CONFLICT (source, event_id) DO NOTHING RETURNING id, command_id), "
         f"c AS ({outbox.insert_where(9, 'r.e IN (SELECT command_id FROM e)')}) "
-        "SELECT id FROM e",
+        "SELECT EXISTS (SELECT 1 FROM g) AS current, array(SELECT id FROM e) AS ids",
         *cols,
         *queued,
+        source_id,
+        seen,
     )
-    return {r["id"] for r in inserted}
+    return set(row["ids"]) if row["current"] else None
 
 
 async def get_event(conn, source: str, event_id: str) -> asyncpg.Record | None:

@@ -193,3 +193,38 @@ async def test_the_webhook_validation_handshake_grants_the_origin_asked(intake):
         refused = await client.options("/v1/events", headers=bad)
         assert refused.status_code == 400 and "webhook-allowed-origin" not in refused.headers
         assert refused.json()["type"].endswith("/not-a-webhook-handshake")
+
+
+async def test_a_change_to_the_registration_is_honoured_at_the_next_event_though_the_caller_is_known(intake):
+    """A single event trusts the caller's registration read at an earlier event only as far as its own statement
+    confirms it unchanged: a suspension, a reactivation or a narrower list of types counts at the next event."""
+    _, client, dsn = intake
+    source, token = await register(client)
+    row = next(s for s in (await client.get("/v1/sources", headers=ADMIN)).json()["items"] if s["source"] == source)
+
+    async def emit(event_type: str = HIRED):
+        return await send_binary(client, structured(source, event_type, hired(credit_code("640104"),
+                                                                              unique_id_number())), token)
+
+    async def change(**fields):
+        r = await client.patch(f"/v1/sources/{row['id']}", json=fields, headers=ADMIN)
+        assert r.status_code == 200, r.text
+
+    assert (await emit()).status_code == 202  # the caller is known from here on
+    assert (await emit()).status_code == 202
+    await change(status="suspended")
+    r = await emit()
+    assert r.status_code == 403 and r.json()["type"].endswith("/source-suspended"), r.text
+    await change(status="active")
+    assert (await emit()).status_code == 202
+    await change(event_types=[LEFT])
+    r = await emit()
+    assert r.status_code == 403 and r.json()["type"].endswith("/type-not-registered"), r.text
+    conn = await asyncpg.connect(dsn)
+    try:  # the accepted ones only, each with its command
+        assert await conn.fetchval("SELECT count(*) FROM intake_events WHERE source = $1", source) == 3
+        assert await conn.fetchval(
+            "SELECT count(*) FROM outbox o JOIN intake_events e ON o.event_id = e.command_id WHERE e.source = $1",
+            source) == 3
+    finally:
+        await conn.close()
