@@ -870,16 +870,28 @@ class Urgency:
         # Quiet work past the queues: an event being routed and rendered, a first attempt or a retry
         # being claimed and sent. Counted too, or bulk work would take the loop (and the database)
         # back at every await of the quiet notice's own path, between its buffer and its receiver.
-        self.in_flight = 0
+        # Each for its first ``hold_s`` only: a slow receiver (up to the attempt timeout) or a database
+        # away must not hold an import back for that long.
+        self.hold_s = 0.5
+        self._flights: dict[int, float] = {}  # a piece of quiet work -> when it started (monotonic)
+        self._seq = itertools.count()
 
     @contextlib.contextmanager
     def quiet(self) -> Iterator[None]:
-        """Around a piece of quiet work that awaits: bulk work waits meanwhile (at most ``max_wait_s``)."""
-        self.in_flight += 1
+        """Around a piece of quiet work that awaits: bulk work waits meanwhile (at most ``max_wait_s``
+        a unit, and for the first ``hold_s`` of the piece)."""
+        token = next(self._seq)
+        self._flights[token] = time.monotonic()
         try:
             yield
         finally:
-            self.in_flight -= 1
+            self._flights.pop(token, None)
+
+    @property
+    def in_flight(self) -> int:
+        """Pieces of quiet work still holding bulk work back."""
+        since = time.monotonic() - self.hold_s
+        return sum(1 for started in self._flights.values() if started > since)
 
     def pending(self, agents: bool = True) -> bool:
         if self.in_flight > 0 or self.queued():

@@ -136,6 +136,7 @@ class Receivers:
         self.calls: list[Call] = []
         self.scripts: dict[str, deque] = defaultdict(deque)
         self.delays: dict[str, float] = {}
+        self.arrived: dict[str, int] = defaultdict(int)  # requests that reached a hook, answered or not yet
         self.hooks: dict[str, list[str]] = {}
         self.wecom: dict[str, Robot] = {}
         self.dingtalk: dict[str, Robot] = {}
@@ -223,6 +224,8 @@ class Receivers:
 
     def _hook(self, path, headers, body, parsed) -> tuple[int, None]:
         target = "hook:" + path.removeprefix("/hooks/")
+        with self.lock:
+            self.arrived[target] += 1
         delay = self.delays.get(target)
         if delay:
             time.sleep(delay)

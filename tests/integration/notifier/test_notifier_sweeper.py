@@ -71,10 +71,14 @@ async def test_a_lease_lost_with_its_worker_is_picked_up_by_the_sweeper_and_deli
     async def retry_in_flight_and_committed():
         if not await _all_committed(notifier):  # once true it stays true: nothing more is written there
             return None
-        return await notifier.db.fetchrow(
-            "SELECT id FROM deliveries WHERE event_id = $1 AND status = 'sending' AND failures >= 1",
+        row = await notifier.db.fetchrow(
+            "SELECT id, (SELECT count(*) FROM attempts a WHERE a.delivery_id = d.id) AS made FROM deliveries d"
+            " WHERE event_id = $1 AND status = 'sending' AND failures >= 1",
             uuid.UUID(event.id),
         )
+        # and the retry's request has reached the receiver (a claim is committed a moment before its
+        # request goes out: a kill in that moment left an attempt that no held request would end)
+        return row if row is not None and receivers.arrived[target] >= row["made"] else None
 
     # One condition, checked just before the kill, so it falls inside a retry's attempt (3 s each)
     # however slow the commit was.
