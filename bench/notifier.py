@@ -389,7 +389,7 @@ class FairReceiver(Receiver):
         times = self.by_path.setdefault(path, {}).setdefault(msg_id, [])
         times.append(now)
         if path.startswith("/hooks/fed"):
-            self.bodies.setdefault(path, []).append(orjson.loads(body))
+            self.bodies.setdefault(path, []).append({**orjson.loads(body), "_received": now})
         self.record(now, msg_id, body)
         return 503 if path.startswith("/hooks/retry") and len(times) == 1 else 204
 
@@ -610,12 +610,10 @@ async def scenario(s, flood_n: int, *, each: bool) -> None:
               f"{routed_end:,.0f}; events routed, every 5 s: "
               f"{', '.join(f'{x:,.0f}' for x in routed_at[:12])}{' …' if len(routed_at) > 12 else ''}")
     else:
-        last = (region_times[-1] - flood_end) if region_times else float("nan")
-        after = (region_times[-1] - taken_in_at) if region_times and taken_in_at else float("nan")
+        last = last_digest_after(region_digests, flood_end)
         print(f"region channel (640000, *): {len(region_digests)} digest notice(s) counting {digested():,} of "
               f"{flood_n:,} members, {len(region_times) - len(region_digests)} other notice(s); last digest "
-              f"{last:.1f} s after the import's last event was published (before the worker started), "
-              f"{after:.1f} s after the worker had routed it all (sampled every ~5 s)")
+              f"{last:.1f} s after the import's last event was published (before the worker started)")
     print(f"city federation (640100, subscribed to changai.membership.*): {len(fed)} digest notice(s) counting "
           f"{counted:,} of its {in_city:,} members; last one {((fed_last or flood_end) - flood_end):.1f} s after the "
           f"import's last event was published")
@@ -648,13 +646,20 @@ async def scenario(s, flood_n: int, *, each: bool) -> None:
                         f"{load0}–{load_avg()}", " ms", figure=f"p99 +{late_p99:,.0f} ms, "
                         f"{sum(1 for x in late if x > 200)} of {len(late)} over 10 %", sized=sized))
     else:
-        after_s = (region_times[-1] - taken_in_at) if region_times and taken_in_at else float("nan")
+        # The issue's measure: the region's last digest after the import's end (its last event published;
+        # the worker starts after that here, so its start-up counts against the aim too).
+        after_s = last_digest_after(region_digests, flood_end)
         whole = digested() >= flood_n
         rows.append(aim(f"notifier digests: region's last digest after the import's end{cut}", after_s, None, None,
                         None, "all counted, within 60 s", whole and after_s <= 60, f"{load0}–{load_avg()}", " s",
                         figure=f"{after_s:,.1f} s, {len(region_digests)} digests counting {digested():,} of "
                         f"{flood_n:,}", sized=sized))
     print(aims_table(rows), flush=True)
+
+
+def last_digest_after(digests: list[dict], since: float) -> float:
+    """Seconds from ``since`` to the last digest notice received (each body carries its ``_received`` time)."""
+    return max(d["_received"] for d in digests) - since if digests else float("nan")
 
 
 def _routed(text: str) -> float:
