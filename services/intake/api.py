@@ -145,23 +145,21 @@ async def emit(request: Request, actor: Principal = Depends(EMIT)):
     settings: IntakeSettings = request.app.state.settings
     kind = wire.mode(request.headers)
     body = await request.body()
-    known = getattr(request.app.state, "known_sources", None)
-    if known is None:
-        known = request.app.state.known_sources = {}
-    # one connection for the caller's registration and the event's statement (an acquire less an event)
+    # one connection for the caller's registration and the event's statement (an acquire less an event); no
+    # transaction of ours: accept writes in one statement, atomic by itself (BEGIN and COMMIT would be two round
+    # trips more, ~15 % of a single event's CPU in the service)
     async with db_pool(request).acquire() as conn:
-        cached = kind != "batch" and actor.subject in known  # a batch reads it (once for up to 500 events)
-        source, changed = await usecases.caller_source(conn, actor, known if kind != "batch" else None)
-        items = parse(request, kind, body, settings)
-        try:
-            # a known registration: confirmed by the event's own statement, and a refusal is checked again
-            accepted = await accept(request, conn, source, items, "http", (source.id, changed) if cached else None)
-            if cached and accepted.results[0].outcome == "rejected":
-                raise usecases.RegistrationChanged
-        except usecases.RegistrationChanged:
-            known.pop(actor.subject, None)
-            source, _ = await usecases.caller_source(conn, actor, known)
-            accepted = await accept(request, conn, source, items, "http", None)
+        source, accepted = await usecases.accept_from_caller(
+            conn,
+            actor,
+            lambda: parse(request, kind, body, settings),
+            request.app.state.known_sources,
+            batch=kind == "batch",
+            channel="http",
+            now=now_cn(),
+            max_future=timedelta(seconds=settings.intake_max_future_s),
+            keys=request.app.state.keys,
+        )
     metrics.count(source.source, "http", accepted.results)
     if kind == "batch":
         return JSONResponse(
@@ -200,29 +198,6 @@ def parse(request: Request, kind: str, body: bytes, settings: IntakeSettings) ->
     if kind == "structured":
         return [wire.parse_structured(body)]
     return [wire.parse_binary(dict(request.headers), body)]
-
-
-async def accept(
-    request: Request, conn, source: domain.Source, items, channel: str, current: tuple[uuid.UUID, datetime] | None
-) -> usecases.Accepted:
-    settings: IntakeSettings = request.app.state.settings
-
-    def source_for(event: domain.Incoming) -> domain.Source:
-        return source  # over HTTP every event is checked against the caller's own registration
-
-    # no transaction of ours: accept writes in one statement, atomic by itself (BEGIN and COMMIT would be two
-    # round trips more, ~15 % of a single event's CPU in the service)
-    accepted = await usecases.accept(
-        conn,
-        items,
-        source_for,
-        channel=channel,
-        now=now_cn(),
-        max_future=timedelta(seconds=settings.intake_max_future_s),
-        keys=request.app.state.keys,
-        current=current,
-    )
-    return accepted
 
 
 WEBHOOK_ORIGIN = re.compile(r"^[A-Za-z0-9*]([A-Za-z0-9.*-]{0,252}[A-Za-z0-9])?(:[0-9]{1,5})?$")

@@ -23,6 +23,7 @@ from shared.http import create_app, serve
 def keys_part(settings: IntakeSettings):
     async def keys(app: FastAPI):
         app.state.keys = CommandKeys(settings.data_key_bytes())
+        app.state.known_sources = {}  # callers' registrations seen lately (usecases.accept_from_caller)
         app.state.cipher = FieldCipher(settings.data_key_bytes(), "intake")  # sources' reply secrets
         return None
 

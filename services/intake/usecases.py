@@ -12,6 +12,7 @@ service's inbox applies it once.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -136,6 +137,43 @@ async def caller_source(
             known.clear()
         known[actor.subject] = found
     return found
+
+
+async def accept_from_caller(
+    conn,
+    actor: Principal,
+    read_items: Callable[[], list],
+    known: dict[str, tuple[Source, datetime]],
+    *,
+    batch: bool,
+    channel: str,
+    now: datetime,
+    max_future: timedelta,
+    keys: CommandKeys,
+) -> tuple[Source, Accepted]:
+    """``accept`` over HTTP: every event checked against the caller's own registration. A single event takes
+    it from ``known`` (the callers seen lately) when there, confirmed by the event's own statement; a changed
+    registration, or a refusal decided on the kept one, is read again and decided anew. A batch reads it
+    (once for up to 500 events). ``read_items`` parses the request once the caller is known to be registered."""
+    cached = not batch and actor.subject in known
+    source, changed = await caller_source(conn, actor, None if batch else known)
+    items = read_items()
+
+    async def decide(source: Source, current: tuple[uuid.UUID, datetime] | None) -> Accepted:
+        return await accept(
+            conn, items, lambda _: source, channel=channel, now=now, max_future=max_future, keys=keys, current=current
+        )
+
+    if cached:
+        try:
+            accepted = await decide(source, (source.id, changed))
+            if accepted.results[0].outcome != "rejected":
+                return source, accepted
+        except RegistrationChanged:
+            pass
+        known.pop(actor.subject, None)
+        source, _ = await caller_source(conn, actor, known)
+    return source, await decide(source, None)
 
 
 # -- events --------------------------------------------------------------------------------
