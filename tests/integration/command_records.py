@@ -10,25 +10,17 @@ from __future__ import annotations
 import asyncio
 import time
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from shared.events import CloudEvent, encode
 from shared.kafka import connection, make_producer
-from tests.integration.kafka_records import end_offsets
+from tests.integration.kafka_records import start_at_end as at_end
 
 
 async def start_at_end(bootstrap: str, group: str, topic: str) -> None:
-    """Commit ``group``'s offsets at the topic's end now: it starts after what other tests left on the
-    shared command topic."""
-    ends = await end_offsets(bootstrap, topic)
-    consumer = AIOKafkaConsumer(**connection(bootstrap), group_id=group, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        consumer.assign(list(ends))
-        await consumer.commit(ends)
-    finally:
-        await consumer.stop()
+    """``group`` starts after what other tests left on the shared command ``topic``."""
+    await at_end(bootstrap, group, [topic])
 
 
 async def committed_past(bootstrap: str, group: str, tp: TopicPartition, offset: int, timeout: float = 60) -> None:

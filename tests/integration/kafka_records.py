@@ -46,3 +46,18 @@ async def read_to_end_of(bootstrap: str, topic: str, timeout: float = 60.0) -> l
     from shared.kafka import read_to_end
 
     return [r async for r in read_to_end(bootstrap, partitions_of(topic), timeout=timeout)]
+
+
+async def start_at_end(bootstrap: str, group: str, topics) -> None:
+    """Commit ``group``'s offsets at the end of each of ``topics`` (their declared partitions) now: a new group
+    then starts after what other tests left on the shared topics."""
+    from shared.kafka import connection
+
+    tps = [tp for topic in topics for tp in partitions_of(topic)]
+    consumer = AIOKafkaConsumer(**connection(bootstrap), group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        await consumer.commit(await consumer.end_offsets(tps))
+    finally:
+        await consumer.stop()

@@ -16,7 +16,6 @@ from datetime import date
 import asyncpg
 import httpx
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from services.notifier import topics
 from services.notifier.main import build_app
@@ -26,6 +25,7 @@ from shared.events import EventData, encode, envelope
 from shared.events.membership import BranchEstablished
 from shared.kafka import make_producer
 from tests.integration.kafka_records import read_records
+from tests.integration.kafka_records import start_at_end as at_end
 
 WORKER_TOPICS = (*topics.DOMAIN_SOURCES, topics.DELIVER, topics.DEFERRED, *topics.RETRIES)
 TOKEN = mint_token("notifier-tests", ["notifier:write", "notifier:read"], "640000")
@@ -66,21 +66,7 @@ def fast_settings(receivers_base: str, smtp_port: int) -> dict[str, str]:
 
 async def start_at_end(bootstrap: str, group: str, names=WORKER_TOPICS) -> None:
     """Commit the current end offsets of ``names`` for the (new) consumer group ``group``."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(t, p) for t in names for p in (consumer.partitions_for_topic(t) or
-                                                              await _partitions(consumer, t))]
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-        await consumer.commit({tp: offset for tp, offset in ends.items()})
-    finally:
-        await consumer.stop()
-
-
-async def _partitions(consumer, topic: str) -> set[int]:
-    await consumer._client.force_metadata_update()  # noqa: SLF001 - a topic not yet in the metadata
-    return consumer.partitions_for_topic(topic) or set()
+    await at_end(bootstrap, group, names)
 
 
 class Notifier:
